@@ -2,7 +2,7 @@
 
 Usage: python scripts/gen_proto.py [OUT_DIR]
 
-The generated modules are committed; tests/test_proto_generated.py regenerates
+The generated modules are committed; tests/proto/test_generated_up_to_date.py regenerates
 into a temporary directory and fails if anything would change. The output is
 only reproducible with the grpcio-tools version pinned in pyproject.toml.
 """
