@@ -1,0 +1,435 @@
+"""Durable Raft state: the log, hard state, conf state and snapshot metadata.
+
+`Storage` is what the Raft core reads. `MemoryStorage` keeps everything in lists
+(tests, simulation); `LMDBStorage` keeps it in an LMDB environment of its own and
+fsyncs once per write call, so a Ready batch costs one fsync (group commit).
+
+Both keep a "compaction point": the index and term of the last discarded entry
+(or of the last snapshot). `first_index()` is one past it, and `term()` of it still
+answers, which is what the leader needs to build the first MsgApp after compaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+from typing import Protocol
+
+from etcdproto.raftpb import raft_pb2 as pb
+from kubekv_raft.errors import CompactedError, SnapshotOutOfDateError, UnavailableError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Storage", "MemoryStorage", "LMDBStorage", "limit_size"]
+
+
+class Storage(Protocol):
+    """The read side of Raft's durable state, as the core uses it."""
+
+    def initial_state(self) -> tuple[pb.HardState, pb.ConfState]:
+        """Hard state and membership to restart from."""
+        ...
+
+    def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[pb.Entry]:
+        """Entries [lo, hi), at least one if any, at most max_size bytes beyond the first."""
+        ...
+
+    def term(self, i: int) -> int:
+        """Term of entry i; the compaction point's index also answers."""
+        ...
+
+    def first_index(self) -> int:
+        """Index of the first entry still held (compaction point + 1)."""
+        ...
+
+    def last_index(self) -> int:
+        """Index of the last entry held (first_index() - 1 when empty)."""
+        ...
+
+    def snapshot(self) -> pb.Snapshot:
+        """The most recent snapshot, for a follower that fell behind the log."""
+        ...
+
+
+def limit_size(ents: list[pb.Entry], max_size: int | None) -> list[pb.Entry]:
+    """Trim ents to at most max_size bytes, but always keep the first entry."""
+    if max_size is None or not ents:
+        return ents
+    size = ents[0].ByteSize()
+    for n in range(1, len(ents)):
+        size += ents[n].ByteSize()
+        if size > max_size:
+            return ents[:n]
+    return ents
+
+
+class MemoryStorage:
+    """Storage held in memory: ents[0] is a dummy entry at the compaction point."""
+
+    def __init__(self) -> None:
+        self._hard_state = pb.HardState()
+        self._conf_state = pb.ConfState()
+        self._snapshot = pb.Snapshot()
+        self._ents: list[pb.Entry] = [pb.Entry()]
+        self._lock = threading.Lock()
+
+    # -- read side ---------------------------------------------------------
+    def initial_state(self) -> tuple[pb.HardState, pb.ConfState]:
+        """Hard state and membership to restart from."""
+        return _copy(self._hard_state), _copy(self._conf_state)
+
+    def hard_state(self) -> pb.HardState:
+        """The last hard state written."""
+        return _copy(self._hard_state)
+
+    def conf_state(self) -> pb.ConfState:
+        """The last membership written."""
+        return _copy(self._conf_state)
+
+    def first_index(self) -> int:
+        """Index of the first entry still held."""
+        return self._ents[0].index + 1
+
+    def last_index(self) -> int:
+        """Index of the last entry held."""
+        return self._ents[0].index + len(self._ents) - 1
+
+    def term(self, i: int) -> int:
+        """Term of entry i (the compaction point's term for i == first_index() - 1)."""
+        with self._lock:
+            offset = self._ents[0].index
+            if i < offset:
+                raise CompactedError(f"index {i} compacted (first is {offset + 1})")
+            if i - offset >= len(self._ents):
+                raise UnavailableError(f"index {i} past last {self.last_index()}")
+            return self._ents[i - offset].term
+
+    def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[pb.Entry]:
+        """Entries [lo, hi), size-limited but never empty when lo < hi."""
+        with self._lock:
+            offset = self._ents[0].index
+            if lo <= offset:
+                raise CompactedError(f"index {lo} compacted (first is {offset + 1})")
+            if hi > self.last_index() + 1:
+                raise UnavailableError(f"entries up to {hi} asked, last is {self.last_index()}")
+            return limit_size(self._ents[lo - offset : hi - offset], max_size)
+
+    def snapshot(self) -> pb.Snapshot:
+        """The most recent snapshot."""
+        return self._snapshot
+
+    # -- write side --------------------------------------------------------
+    def append(self, entries: list[pb.Entry], hard_state: pb.HardState | None = None) -> None:
+        """Append entries, replacing any at or after entries[0].index; then set hard_state."""
+        with self._lock:
+            if entries:
+                first = self.first_index()
+                last = entries[-1].index
+                if last >= first:
+                    if entries[0].index < first:
+                        entries = entries[first - entries[0].index :]
+                    start = entries[0].index
+                    if start > self.last_index() + 1:
+                        raise ValueError(f"gap: appending {start} after last {self.last_index()}")
+                    del self._ents[start - self._ents[0].index :]
+                    self._ents.extend(entries)
+            if hard_state is not None:
+                self._hard_state = _copy(hard_state)
+
+    def set_hard_state(self, hs: pb.HardState) -> None:
+        """Record term, vote and commit."""
+        self._hard_state = _copy(hs)
+
+    def set_conf_state(self, cs: pb.ConfState) -> None:
+        """Record the membership to restart from."""
+        self._conf_state = _copy(cs)
+
+    def compact(self, index: int) -> None:
+        """Discard entries <= index, keeping index's term as the new compaction point."""
+        with self._lock:
+            offset = self._ents[0].index
+            if index <= offset:
+                raise CompactedError(f"index {index} already compacted")
+            if index > self.last_index():
+                raise UnavailableError(f"compact {index} past last {self.last_index()}")
+            i = index - offset
+            dummy = pb.Entry(index=self._ents[i].index, term=self._ents[i].term)
+            self._ents = [dummy, *self._ents[i + 1 :]]
+
+    def create_snapshot(
+        self, index: int, conf_state: pb.ConfState | None = None, data: bytes = b""
+    ) -> pb.Snapshot:
+        """Record a snapshot of the application's state as of applied index `index`."""
+        with self._lock:
+            if index <= self._snapshot.metadata.index:
+                raise SnapshotOutOfDateError(f"snapshot {index} not newer")
+            offset = self._ents[0].index
+            if index > self.last_index():
+                raise UnavailableError(f"snapshot {index} past last {self.last_index()}")
+            snap = pb.Snapshot(data=data)
+            snap.metadata.index = index
+            snap.metadata.term = self._ents[index - offset].term
+            if conf_state is not None:
+                snap.metadata.conf_state.CopyFrom(conf_state)
+            self._snapshot = snap
+            return snap
+
+    def apply_snapshot(self, snapshot: pb.Snapshot) -> None:
+        """Replace the whole log by a snapshot received from the leader."""
+        with self._lock:
+            md = snapshot.metadata
+            if md.index <= self._snapshot.metadata.index or md.index <= self._ents[0].index:
+                raise SnapshotOutOfDateError(f"snapshot {md.index} not newer")
+            self._snapshot = _copy(snapshot)
+            self._ents = [pb.Entry(index=md.index, term=md.term)]
+            self._conf_state = _copy(md.conf_state)
+            if self._hard_state.commit < md.index:
+                self._hard_state.commit = md.index
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _copy(m):  # type: ignore[no-untyped-def]
+    c = type(m)()
+    c.CopyFrom(m)
+    return c
+
+
+_U64 = struct.Struct(">Q")
+_U64x2 = struct.Struct(">QQ")
+_K_HARD = b"hard_state"
+_K_CONF = b"conf_state"
+_K_SNAP_META = b"snapshot_meta"
+_K_SNAP_DATA = b"snapshot_data"
+_K_COMPACTED = b"compacted"  # (index, term) of the last discarded entry
+
+
+class LMDBStorage:
+    """Storage in its own LMDB environment; each write call is one fsynced transaction.
+
+    Safe for one writer thread and any number of reader threads: every call opens
+    its own LMDB transaction, and LMDB serialises writers.
+    """
+
+    def __init__(self, path: str, map_size: int = 64 << 30) -> None:
+        import lmdb  # storage is I/O; the pure core never imports this module
+
+        self.path = path
+        self._env = lmdb.open(
+            path,
+            map_size=map_size,
+            max_dbs=4,
+            lock=True,
+            sync=True,
+            metasync=True,
+            writemap=False,
+            subdir=True,
+        )
+        self._entries = self._env.open_db(b"entries")
+        self._meta = self._env.open_db(b"meta")
+
+    # -- helpers -----------------------------------------------------------
+    def _get_meta(self, txn, key: bytes, cls):  # type: ignore[no-untyped-def]
+        raw = txn.get(key, db=self._meta)
+        m = cls()
+        if raw is not None:
+            m.ParseFromString(raw)
+        return m
+
+    def _compacted(self, txn) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+        raw = txn.get(_K_COMPACTED, db=self._meta)
+        return _U64x2.unpack(raw) if raw is not None else (0, 0)
+
+    def _last(self, txn) -> int:  # type: ignore[no-untyped-def]
+        cur = txn.cursor(db=self._entries)
+        if cur.last():
+            return _U64.unpack(cur.key())[0]
+        return self._compacted(txn)[0]
+
+    # -- read side ---------------------------------------------------------
+    def initial_state(self) -> tuple[pb.HardState, pb.ConfState]:
+        """Hard state and membership to restart from."""
+        with self._env.begin() as txn:
+            return (
+                self._get_meta(txn, _K_HARD, pb.HardState),
+                self._get_meta(txn, _K_CONF, pb.ConfState),
+            )
+
+    def hard_state(self) -> pb.HardState:
+        """The last hard state written."""
+        with self._env.begin() as txn:
+            return self._get_meta(txn, _K_HARD, pb.HardState)
+
+    def conf_state(self) -> pb.ConfState:
+        """The last membership written."""
+        with self._env.begin() as txn:
+            return self._get_meta(txn, _K_CONF, pb.ConfState)
+
+    def first_index(self) -> int:
+        """Index of the first entry still held."""
+        with self._env.begin() as txn:
+            return self._compacted(txn)[0] + 1
+
+    def last_index(self) -> int:
+        """Index of the last entry held."""
+        with self._env.begin() as txn:
+            return self._last(txn)
+
+    def term(self, i: int) -> int:
+        """Term of entry i (the compaction point's term for i == first_index() - 1)."""
+        with self._env.begin() as txn:
+            ci, ct = self._compacted(txn)
+            if i < ci:
+                raise CompactedError(f"index {i} compacted (first is {ci + 1})")
+            if i == ci:
+                return ct
+            raw = txn.get(_U64.pack(i), db=self._entries)
+            if raw is None:
+                raise UnavailableError(f"index {i} past last {self._last(txn)}")
+            e = pb.Entry()
+            e.ParseFromString(raw)
+            return e.term
+
+    def entries(self, lo: int, hi: int, max_size: int | None = None) -> list[pb.Entry]:
+        """Entries [lo, hi), size-limited but never empty when lo < hi."""
+        with self._env.begin() as txn:
+            ci, _ = self._compacted(txn)
+            if lo <= ci:
+                raise CompactedError(f"index {lo} compacted (first is {ci + 1})")
+            last = self._last(txn)
+            if hi > last + 1:
+                raise UnavailableError(f"entries up to {hi} asked, last is {last}")
+            out: list[pb.Entry] = []
+            if lo >= hi:
+                return out
+            size = 0
+            cur = txn.cursor(db=self._entries)
+            if not cur.set_key(_U64.pack(lo)):
+                raise UnavailableError(f"entry {lo} missing")
+            for key, raw in cur:
+                if _U64.unpack(key)[0] >= hi:
+                    break
+                size += len(raw)
+                if out and max_size is not None and size > max_size:
+                    break
+                e = pb.Entry()
+                e.ParseFromString(raw)
+                out.append(e)
+            return out
+
+    def snapshot(self) -> pb.Snapshot:
+        """The most recent snapshot (metadata plus whatever data it was recorded with)."""
+        with self._env.begin() as txn:
+            snap = pb.Snapshot(data=txn.get(_K_SNAP_DATA, db=self._meta) or b"")
+            snap.metadata.CopyFrom(self._get_meta(txn, _K_SNAP_META, pb.SnapshotMetadata))
+            return snap
+
+    # -- write side --------------------------------------------------------
+    def append(self, entries: list[pb.Entry], hard_state: pb.HardState | None = None) -> None:
+        """Append entries (replacing any at or after entries[0].index) and hard_state; one fsync."""
+        with self._env.begin(write=True) as txn:
+            if entries:
+                ci, _ = self._compacted(txn)
+                if entries[-1].index > ci:
+                    if entries[0].index <= ci:
+                        entries = entries[ci + 1 - entries[0].index :]
+                    start = entries[0].index
+                    last = self._last(txn)
+                    if start > last + 1:
+                        raise ValueError(f"gap: appending {start} after last {last}")
+                    cur = txn.cursor(db=self._entries)
+                    if start <= last and cur.set_range(_U64.pack(start)):
+                        for key in list(cur.iternext(values=False)):
+                            txn.delete(key, db=self._entries)
+                    cur.putmulti(
+                        ((_U64.pack(e.index), e.SerializeToString()) for e in entries),
+                        append=True,
+                    )
+            if hard_state is not None:
+                txn.put(_K_HARD, hard_state.SerializeToString(), db=self._meta)
+
+    def set_hard_state(self, hs: pb.HardState) -> None:
+        """Record term, vote and commit; one fsync."""
+        with self._env.begin(write=True) as txn:
+            txn.put(_K_HARD, hs.SerializeToString(), db=self._meta)
+
+    def set_conf_state(self, cs: pb.ConfState) -> None:
+        """Record the membership to restart from; one fsync."""
+        with self._env.begin(write=True) as txn:
+            txn.put(_K_CONF, cs.SerializeToString(), db=self._meta)
+
+    def compact(self, index: int) -> None:
+        """Discard entries <= index, keeping index's term as the new compaction point."""
+        with self._env.begin(write=True) as txn:
+            ci, _ = self._compacted(txn)
+            if index <= ci:
+                raise CompactedError(f"index {index} already compacted")
+            raw = txn.get(_U64.pack(index), db=self._entries)
+            if raw is None:
+                raise UnavailableError(f"compact {index} past last {self._last(txn)}")
+            e = pb.Entry()
+            e.ParseFromString(raw)
+            cur = txn.cursor(db=self._entries)
+            doomed = []
+            if cur.first():
+                for key in cur.iternext(values=False):
+                    if _U64.unpack(key)[0] > index:
+                        break
+                    doomed.append(key)
+            for key in doomed:
+                txn.delete(key, db=self._entries)
+            txn.put(_K_COMPACTED, _U64x2.pack(index, e.term), db=self._meta)
+
+    def create_snapshot(
+        self, index: int, conf_state: pb.ConfState | None = None, data: bytes = b""
+    ) -> pb.Snapshot:
+        """Record a snapshot of the application's state as of applied index `index`.
+
+        `data` may be the state itself or a handle the transport resolves to a stream.
+        """
+        with self._env.begin(write=True) as txn:
+            old = self._get_meta(txn, _K_SNAP_META, pb.SnapshotMetadata)
+            if index <= old.index:
+                raise SnapshotOutOfDateError(f"snapshot {index} not newer")
+            ci, ct = self._compacted(txn)
+            if index == ci:
+                term = ct
+            else:
+                raw = txn.get(_U64.pack(index), db=self._entries)
+                if raw is None or index < ci:
+                    raise UnavailableError(f"snapshot {index} not in the log")
+                e = pb.Entry()
+                e.ParseFromString(raw)
+                term = e.term
+            snap = pb.Snapshot(data=data)
+            snap.metadata.index = index
+            snap.metadata.term = term
+            if conf_state is not None:
+                snap.metadata.conf_state.CopyFrom(conf_state)
+            txn.put(_K_SNAP_META, snap.metadata.SerializeToString(), db=self._meta)
+            txn.put(_K_SNAP_DATA, data, db=self._meta)
+            return snap
+
+    def apply_snapshot(self, snapshot: pb.Snapshot) -> None:
+        """Replace the whole log by a snapshot received from the leader; one fsync."""
+        md = snapshot.metadata
+        with self._env.begin(write=True) as txn:
+            old = self._get_meta(txn, _K_SNAP_META, pb.SnapshotMetadata)
+            ci, _ = self._compacted(txn)
+            if md.index <= old.index or md.index <= ci:
+                raise SnapshotOutOfDateError(f"snapshot {md.index} not newer")
+            txn.drop(self._entries, delete=False)
+            txn.put(_K_COMPACTED, _U64x2.pack(md.index, md.term), db=self._meta)
+            txn.put(_K_SNAP_META, md.SerializeToString(), db=self._meta)
+            txn.put(_K_SNAP_DATA, snapshot.data, db=self._meta)
+            txn.put(_K_CONF, md.conf_state.SerializeToString(), db=self._meta)
+            hs = self._get_meta(txn, _K_HARD, pb.HardState)
+            if hs.commit < md.index:
+                hs.commit = md.index
+                txn.put(_K_HARD, hs.SerializeToString(), db=self._meta)
+
+    def close(self) -> None:
+        """Close the environment; the object is unusable afterwards."""
+        self._env.close()

@@ -1,0 +1,186 @@
+"""One test body for both storages: the log conflict rule, compaction, snapshots, reopen."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from etcdproto.raftpb import raft_pb2 as pb
+from kubekv_raft.errors import CompactedError, SnapshotOutOfDateError, UnavailableError
+from kubekv_raft.storage import LMDBStorage, MemoryStorage
+
+
+def ents(*pairs: tuple[int, int]) -> list[pb.Entry]:
+    """Entries from (index, term) pairs, with data naming both."""
+    return [pb.Entry(index=i, term=t, data=f"{i}/{t}".encode()) for i, t in pairs]
+
+
+class Factory:
+    def __init__(self, kind: str, tmp_path) -> None:
+        self.kind = kind
+        self.path = str(tmp_path / "raft")
+        self.store = self.open()
+
+    def open(self):
+        return (
+            MemoryStorage() if self.kind == "memory" else LMDBStorage(self.path, map_size=1 << 26)
+        )
+
+    def reopen(self):
+        """LMDB: close and open again from disk. Memory: the same object."""
+        if self.kind == "lmdb":
+            self.store.close()
+            self.store = self.open()
+        return self.store
+
+
+@pytest.fixture(params=["memory", "lmdb"])
+def fx(request, tmp_path):
+    f = Factory(request.param, tmp_path)
+    yield f
+    f.store.close()
+
+
+def test_empty(fx):
+    s = fx.store
+    assert (s.first_index(), s.last_index()) == (1, 0)
+    assert s.term(0) == 0
+    assert s.entries(1, 1) == []
+    hs, cs = s.initial_state()
+    assert hs == pb.HardState() and cs == pb.ConfState()
+    with pytest.raises(UnavailableError):
+        s.term(1)
+    with pytest.raises(UnavailableError):
+        s.entries(1, 2)
+    with pytest.raises(CompactedError):
+        s.entries(0, 1)
+
+
+def test_append_and_read(fx):
+    s = fx.store
+    s.append(ents((1, 1), (2, 1), (3, 2)), pb.HardState(term=2, vote=3, commit=2))
+    assert (s.first_index(), s.last_index()) == (1, 3)
+    assert [s.term(i) for i in (1, 2, 3)] == [1, 1, 2]
+    assert s.entries(1, 4) == ents((1, 1), (2, 1), (3, 2))
+    assert s.entries(2, 3) == ents((2, 1))
+    assert s.hard_state() == pb.HardState(term=2, vote=3, commit=2)
+    s = fx.reopen()
+    assert s.entries(1, 4) == ents((1, 1), (2, 1), (3, 2))
+    assert s.hard_state() == pb.HardState(term=2, vote=3, commit=2)
+    assert s.initial_state()[0] == pb.HardState(term=2, vote=3, commit=2)
+
+
+def test_max_size_keeps_at_least_one(fx):
+    s = fx.store
+    s.append(ents(*((i, 1) for i in range(1, 11))))
+    one = ents((1, 1))[0].ByteSize()
+    assert len(s.entries(1, 11, max_size=0)) == 1
+    assert len(s.entries(1, 11, max_size=one * 3)) == 3
+    assert len(s.entries(1, 11, max_size=one * 3 + 1)) == 3
+    assert len(s.entries(1, 11, max_size=None)) == 10
+
+
+def test_conflict_truncates(fx):
+    s = fx.store
+    s.append(ents((1, 1), (2, 1), (3, 1), (4, 1)))
+    s.append(ents((3, 2)))
+    assert s.last_index() == 3
+    assert s.entries(1, 4) == ents((1, 1), (2, 1), (3, 2))
+    s.append(ents((4, 2), (5, 2)))
+    assert s.entries(3, 6) == ents((3, 2), (4, 2), (5, 2))
+    with pytest.raises(ValueError):
+        s.append(ents((9, 2)))
+    s = fx.reopen()
+    assert s.entries(1, 6) == ents((1, 1), (2, 1), (3, 2), (4, 2), (5, 2))
+
+
+def test_compact(fx):
+    s = fx.store
+    s.append(ents(*((i, i) for i in range(1, 6))))
+    s.compact(3)
+    assert (s.first_index(), s.last_index()) == (4, 5)
+    assert s.term(3) == 3
+    with pytest.raises(CompactedError):
+        s.term(2)
+    with pytest.raises(CompactedError):
+        s.entries(3, 5)
+    with pytest.raises(CompactedError):
+        s.compact(2)
+    with pytest.raises(UnavailableError):
+        s.compact(9)
+    assert s.entries(4, 6) == ents((4, 4), (5, 5))
+    # entries older than the compaction point are ignored on append
+    s.append(ents((2, 2), (3, 3), (4, 7)))
+    assert s.entries(4, 5) == ents((4, 7))
+    s = fx.reopen()
+    assert (s.first_index(), s.last_index(), s.term(3)) == (4, 4, 3)
+    s.compact(4)
+    assert (s.first_index(), s.last_index(), s.term(4)) == (5, 4, 7)
+    s = fx.reopen()
+    assert (s.first_index(), s.last_index(), s.term(4)) == (5, 4, 7)
+    s.append(ents((5, 7)))
+    assert s.entries(5, 6) == ents((5, 7))
+
+
+def test_snapshots(fx):
+    s = fx.store
+    s.append(ents(*((i, 1) for i in range(1, 6))), pb.HardState(term=1, commit=5))
+    cs = pb.ConfState(voters=[1, 2, 3])
+    snap = s.create_snapshot(4, cs, b"state@4")
+    assert snap.metadata.index == 4 and snap.metadata.term == 1
+    assert s.snapshot() == snap
+    with pytest.raises(SnapshotOutOfDateError):
+        s.create_snapshot(3, cs, b"old")
+    incoming = pb.Snapshot(data=b"state@10")
+    incoming.metadata.index, incoming.metadata.term = 10, 3
+    incoming.metadata.conf_state.CopyFrom(pb.ConfState(voters=[1, 2], learners=[4]))
+    s.apply_snapshot(incoming)
+    with pytest.raises(SnapshotOutOfDateError):
+        s.apply_snapshot(incoming)
+    for reopen in (False, True):
+        st = fx.reopen() if reopen else s
+        assert (st.first_index(), st.last_index(), st.term(10)) == (11, 10, 3)
+        assert st.snapshot() == incoming
+        hs, cs2 = st.initial_state()
+        assert hs.commit == 10 and list(cs2.learners) == [4]
+    s = fx.store
+    s.append(ents((11, 3)))
+    s.set_hard_state(pb.HardState(term=3, vote=1, commit=11))
+    s.set_conf_state(pb.ConfState(voters=[1, 2, 4]))
+    s = fx.reopen()
+    assert s.entries(11, 12) == ents((11, 3))
+    hs, cs3 = s.initial_state()
+    assert hs == pb.HardState(term=3, vote=1, commit=11) and list(cs3.voters) == [1, 2, 4]
+
+
+def test_lmdb_writer_and_readers_in_threads(tmp_path):
+    """One writer thread appends while reader threads read; every read is consistent."""
+    s = LMDBStorage(str(tmp_path / "r"), map_size=1 << 26)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def writer() -> None:
+        for i in range(1, 201):
+            s.append(ents((i, 1)), pb.HardState(term=1, commit=i))
+        done.set()
+
+    def reader() -> None:
+        try:
+            while not done.is_set():
+                last = s.last_index()
+                if last:
+                    assert s.entries(1, last + 1)[-1].index == last
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer)] + [
+        threading.Thread(target=reader) for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert s.last_index() == 200 and s.hard_state().commit == 200
+    s.close()
