@@ -1,0 +1,435 @@
+"""etcd's MVCC key-value store on LMDB.
+
+Sub-databases of the member's LMDB environment (see ``docs/mvcc.md``):
+
+- ``key``: history, etcd's ``key`` bucket byte for byte: revision bytes
+  (``revision.py``) -> serialized ``mvccpb.KeyValue``; tombstones have an 18-byte
+  key and a KeyValue with only ``key`` set.
+- ``key_index``: dupsort ``user key -> revision bytes`` (``key_index.py``).
+- ``live``: ``user key -> serialized current KeyValue``; reads at the current
+  revision use only this database.
+- ``meta``: current revision, compaction state (``meta.py``).
+
+Semantics follow etcd 3.4's ``mvcc/kvstore_txn.go``: one ``WriteTxn`` is at most one
+revision, every change in it has the same main revision and increasing sub
+revisions, and a write txn reads its own writes.
+"""
+
+from __future__ import annotations
+
+import lmdb
+
+from etcdproto.mvccpb.kv_pb2 import Event, KeyValue
+
+from . import compaction, meta
+from .errors import CompactedError, FutureRevError, KeyTooLargeError
+from .hash import hash_history
+from .key_index import visible_at
+from .revision import MARK_TOMBSTONE, rev_to_bytes
+
+DB_KEY = b"key"
+DB_KEY_INDEX = b"key_index"
+DB_LIVE = b"live"
+DB_META = b"meta"
+
+_PUT = Event.PUT
+_DELETE = Event.DELETE
+_parse_kv = KeyValue.FromString
+
+
+class RangeResult:
+    """Result of a range: etcd's ``RangeResult``.
+
+    ``raw_kvs`` holds the serialized KeyValues as stored (a gRPC layer can splice
+    them into a response without parsing); ``kvs`` parses them on first access.
+    ``rev`` is the store's current revision, not the one read at (as etcd).
+    """
+
+    __slots__ = ("raw_kvs", "count", "rev", "_kvs")
+
+    def __init__(self, raw_kvs: list[bytes], count: int, rev: int) -> None:
+        self.raw_kvs = raw_kvs
+        self.count = count
+        self.rev = rev
+        self._kvs: list[KeyValue] | None = None
+
+    @property
+    def kvs(self) -> list[KeyValue]:
+        if self._kvs is None:
+            self._kvs = [_parse_kv(b) for b in self.raw_kvs]
+        return self._kvs
+
+    def __repr__(self) -> str:
+        return f"RangeResult(count={self.count}, rev={self.rev}, kvs={len(self.raw_kvs)})"
+
+
+class _Dbs:
+    """Handles of the store's sub-databases."""
+
+    __slots__ = ("key", "key_index", "live", "meta", "max_key_size")
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        readonly = env.flags()["readonly"]
+        txn = env.begin(write=not readonly)
+        try:
+            create = not readonly
+            self.key = env.open_db(DB_KEY, txn=txn, create=create)
+            self.key_index = env.open_db(DB_KEY_INDEX, txn=txn, create=create, dupsort=True)
+            self.live = env.open_db(DB_LIVE, txn=txn, create=create)
+            self.meta = env.open_db(DB_META, txn=txn, create=create)
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+        self.max_key_size = env.max_key_size()
+
+
+class _Reader:
+    """The read half shared by ``ReadTxn`` and ``WriteTxn``."""
+
+    _txn: lmdb.Transaction
+    _dbs: _Dbs
+    current_revision: int
+    compact_revision: int
+
+    def _range_rev(self) -> int:
+        """The revision a range with ``rev <= 0`` reads at (the live revision)."""
+        return self.current_revision
+
+    def range(
+        self,
+        key: bytes,
+        end: bytes | None,
+        *,
+        rev: int = 0,
+        limit: int = 0,
+        count_only: bool = False,
+    ) -> RangeResult:
+        """etcd's ``rangeKeys``: keys in [key, end) (``end=b""``: all >= key) at ``rev``."""
+        cur_rev = self._range_rev()
+        if rev > cur_rev:
+            raise FutureRevError()
+        if rev <= 0:
+            rev = cur_rev
+        if rev < self.compact_revision:
+            raise CompactedError()
+        if rev == cur_rev:
+            raw, count = self._range_live(key, end, limit, count_only)
+        else:
+            raw, count = self._range_history(key, end, rev, limit, count_only)
+        return RangeResult(raw, count, cur_rev)
+
+    def _range_live(
+        self, key: bytes, end: bytes | None, limit: int, count_only: bool
+    ) -> tuple[list[bytes], int]:
+        txn, dbs = self._txn, self._dbs
+        if end is None:
+            if len(key) > dbs.max_key_size:
+                return [], 0
+            v = txn.get(key, db=dbs.live)
+            if v is None:
+                return [], 0
+            return ([] if count_only else [v]), 1
+        if end and end <= key:
+            return [], 0
+        cur = txn.cursor(db=dbs.live)
+        if not _seek(cur, key, dbs.max_key_size):
+            return [], 0
+        raw: list[bytes] = []
+        if not count_only:
+            want = limit if limit > 0 else -1
+            for k, v in cur.iternext():
+                if end and k >= end:
+                    return raw, len(raw)
+                raw.append(v)
+                if len(raw) == want:
+                    break
+            else:
+                return raw, len(raw)
+            if not cur.next():
+                return raw, len(raw)
+        elif not end and cur.key() == _first_key(txn, dbs.live):
+            return raw, txn.stat(dbs.live)["entries"]
+        count = len(raw)
+        if end:
+            for k in cur.iternext(keys=True, values=False):
+                if k >= end:
+                    break
+                count += 1
+        else:
+            for _ in cur.iternext(keys=True, values=False):
+                count += 1
+        return raw, count
+
+    def _range_history(
+        self, key: bytes, end: bytes | None, rev: int, limit: int, count_only: bool
+    ) -> tuple[list[bytes], int]:
+        txn, dbs = self._txn, self._dbs
+        seeker = txn.cursor(db=dbs.key_index)
+        if end is None:
+            if len(key) > dbs.max_key_size:
+                return [], 0
+            rb = visible_at(seeker, key, rev)
+            if rb is None:
+                return [], 0
+            return ([] if count_only else [txn.get(rb, db=dbs.key)]), 1
+        if end and end <= key:
+            return [], 0
+        keys = txn.cursor(db=dbs.key_index)
+        if not _seek(keys, key, dbs.max_key_size):
+            return [], 0
+        raw: list[bytes] = []
+        count = 0
+        want = 0 if count_only else (limit if limit > 0 else -1)
+        for k in keys.iternext_nodup(keys=True, values=False):
+            if end and k >= end:
+                break
+            rb = visible_at(seeker, k, rev)
+            if rb is None:
+                continue
+            count += 1
+            if len(raw) != want:
+                raw.append(txn.get(rb, db=dbs.key))
+        return raw, count
+
+
+def _seek(cur: lmdb.Cursor, key: bytes, max_key_size: int) -> bool:
+    """Position ``cur`` at the first key >= ``key`` (keys longer than LMDB allows too)."""
+    if len(key) <= max_key_size:
+        return cur.set_range(key)
+    if not cur.set_range(key[:max_key_size]):
+        return False
+    while cur.key() < key:
+        if not cur.next():
+            return False
+    return True
+
+
+def _first_key(txn: lmdb.Transaction, db: lmdb._Database) -> bytes:
+    cur = txn.cursor(db=db)
+    return cur.key() if cur.first() else b""
+
+
+class ReadTxn(_Reader):
+    """A consistent read view: a context manager around an LMDB read txn.
+
+    ``current_revision`` and ``compact_revision`` are read from ``meta`` in the same
+    LMDB transaction, so the view is consistent in any thread or process.
+    """
+
+    def __init__(self, env: lmdb.Environment, dbs: _Dbs) -> None:
+        self._env = env
+        self._dbs = dbs
+        self._txn = env.begin(write=False)
+        self.current_revision, self.compact_revision = meta.revisions(self._txn, dbs.meta)
+
+    def close(self) -> None:
+        self._txn.abort()
+
+    def __enter__(self) -> ReadTxn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WriteTxn(_Reader):
+    """etcd's ``storeTxnWrite`` over a caller-owned LMDB write txn.
+
+    All changes get main revision ``current_revision + 1`` and sub revisions
+    0, 1, ...; ``end()`` stores the new current revision. The caller commits.
+    """
+
+    def __init__(self, txn: lmdb.Transaction, dbs: _Dbs) -> None:
+        self._txn = txn
+        self._dbs = dbs
+        self.current_revision, self.compact_revision = meta.revisions(txn, dbs.meta)
+        # (event type, kv, prev kv) per change, in order; Events are built on demand.
+        self._changes: list[tuple[int, KeyValue, KeyValue]] = []
+        self._events: list[Event] | None = None
+        self._ended = False
+
+    def _range_rev(self) -> int:
+        return self.current_revision + 1 if self._changes else self.current_revision
+
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> KeyValue | None:
+        """Put ``key``; returns the previous KeyValue (None if absent)."""
+        dbs, txn = self._dbs, self._txn
+        if len(key) > dbs.max_key_size:
+            raise KeyTooLargeError(f"key of {len(key)} bytes exceeds {dbs.max_key_size}")
+        rev = self.current_revision + 1
+        prev_raw = txn.get(key, db=dbs.live)
+        if prev_raw is None:
+            prev = None
+            kv = KeyValue(
+                key=key, create_revision=rev, mod_revision=rev, version=1, value=value, lease=lease
+            )
+        else:
+            prev = _parse_kv(prev_raw)
+            kv = KeyValue(
+                key=key,
+                create_revision=prev.create_revision,
+                mod_revision=rev,
+                version=prev.version + 1,
+                value=value,
+                lease=lease,
+            )
+        data = kv.SerializeToString()
+        rb = rev_to_bytes(rev, len(self._changes))
+        txn.put(rb, data, db=dbs.key, append=True)
+        txn.put(key, rb, db=dbs.key_index, dupdata=True)
+        txn.put(key, data, db=dbs.live)
+        self._changes.append((_PUT, kv, prev))  # type: ignore[arg-type]
+        self._events = None
+        return prev
+
+    def delete_range(self, key: bytes, end: bytes | None) -> list[KeyValue]:
+        """Delete the live keys in [key, end) (see ``range``); returns their previous kvs."""
+        dbs, txn = self._dbs, self._txn
+        if end is None:
+            if len(key) > dbs.max_key_size:
+                return []
+            v = txn.get(key, db=dbs.live)
+            items = [] if v is None else [(key, v)]
+        elif end and end <= key:
+            return []
+        else:
+            cur = txn.cursor(db=dbs.live)
+            items = []
+            if _seek(cur, key, dbs.max_key_size):
+                for k, v in cur.iternext():
+                    if end and k >= end:
+                        break
+                    items.append((k, v))
+        rev = self.current_revision + 1
+        deleted = []
+        for k, v in items:
+            rb = rev_to_bytes(rev, len(self._changes)) + MARK_TOMBSTONE
+            txn.put(rb, KeyValue(key=k).SerializeToString(), db=dbs.key, append=True)
+            txn.put(k, rb, db=dbs.key_index, dupdata=True)
+            txn.delete(k, db=dbs.live)
+            prev = _parse_kv(v)
+            deleted.append(prev)
+            self._changes.append((_DELETE, KeyValue(key=k, mod_revision=rev), prev))
+        if items:
+            self._events = None
+        return deleted
+
+    @property
+    def changes(self) -> list[Event]:
+        """The mvccpb Events of this txn, in order (``prev_kv`` set when there was one)."""
+        if self._events is None:
+            self._events = [
+                Event(type=t, kv=kv, prev_kv=prev)
+                for t, kv, prev in self._changes  # type: ignore[arg-type]
+            ]
+        return self._events
+
+    @property
+    def changed(self) -> bool:
+        return bool(self._changes)
+
+    def end(self) -> int:
+        """Finish: store the new current revision if anything changed; return it."""
+        if not self._ended:
+            self._ended = True
+            if self._changes:
+                meta.put_current_revision(self._txn, self._dbs.meta, self.current_revision + 1)
+        return self._range_rev()
+
+    def __enter__(self) -> WriteTxn:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.end()
+
+
+class MVCCStore:
+    """etcd's MVCC store on one LMDB environment (opened and owned by the caller).
+
+    The environment needs ``max_dbs`` >= 4 for the store's own databases. Opening is
+    O(1): all state lives in LMDB, nothing is rebuilt in memory.
+    """
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self.env = env
+        self._dbs = _Dbs(env)
+
+    @property
+    def meta_db(self) -> lmdb._Database:
+        """The ``meta`` database (etcd's meta bucket; the applier may keep its index there)."""
+        return self._dbs.meta
+
+    def read(self) -> ReadTxn:
+        """A read view at the current revision; use as a context manager."""
+        return ReadTxn(self.env, self._dbs)
+
+    def write(self, txn: lmdb.Transaction) -> WriteTxn:
+        """Wrap a caller-owned LMDB write txn as one etcd write txn (at most one revision)."""
+        return WriteTxn(txn, self._dbs)
+
+    def revisions(self) -> tuple[int, int]:
+        """(current revision, compact revision) in a fresh read txn."""
+        with self.env.begin() as txn:
+            return meta.revisions(txn, self._dbs.meta)
+
+    def compact(self, txn: lmdb.Transaction, rev: int) -> None:
+        """etcd's ``Compact``: record ``rev`` as the compact revision and schedule removal.
+
+        Raises CompactedError if ``rev`` <= the compact revision, FutureRevError if
+        ``rev`` > the current revision. Reads below ``rev`` fail as soon as ``txn``
+        commits; ``compact_step`` does the physical work.
+        """
+        current, compacted = meta.revisions(txn, self._dbs.meta)
+        if rev <= compacted:
+            raise CompactedError()
+        if rev > current:
+            raise FutureRevError()
+        meta.schedule_compaction(txn, self._dbs.meta, rev)
+
+    def compact_step(self, txn: lmdb.Transaction, budget: int = 1000) -> bool:
+        """Remove obsolete rows of the scheduled compaction, examining at most ``budget``.
+
+        Returns True while work remains.
+        """
+        d = self._dbs
+        return compaction.compact_step(txn, d.key, d.key_index, d.meta, budget)
+
+    def compaction_pending(self, txn: lmdb.Transaction) -> bool:
+        """Whether a scheduled compaction still has rows to remove."""
+        return meta.compact_cursor(txn, self._dbs.meta) is not None
+
+    def hash_kv(self, rev: int = 0) -> tuple[int, int, int]:
+        """etcd's ``HashByRev``: (hash, compact revision, current revision).
+
+        ``rev`` 0 means the current revision. Raises CompactedError if
+        0 < ``rev`` <= compact revision (etcd's boundary for hashes), FutureRevError
+        if ``rev`` > current revision.
+        """
+        d = self._dbs
+        with self.env.begin() as txn:
+            current, compacted = meta.revisions(txn, d.meta)
+            if 0 < rev <= compacted:
+                raise CompactedError()
+            if rev > 0 and rev > current:
+                raise FutureRevError()
+            if rev == 0:
+                rev = current
+            h = hash_history(txn, d.key, d.key_index, rev, compacted)
+        return h, compacted, current
+
+    def db_size(self) -> int:
+        """Bytes of the environment's data file in use up to its high-water mark."""
+        return (self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"]
+
+    def db_size_in_use(self) -> int:
+        """Bytes of the pages held by the store's databases and the main database."""
+        with self.env.begin() as txn:
+            stats = [self.env.stat()] + [
+                txn.stat(db)
+                for db in (self._dbs.key, self._dbs.key_index, self._dbs.live, self._dbs.meta)
+            ]
+        return sum(
+            (s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]) * s["psize"] for s in stats
+        )
