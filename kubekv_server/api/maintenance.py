@@ -1,0 +1,44 @@
+"""etcdserverpb.Maintenance: status, alarms, hashes."""
+
+from __future__ import annotations
+
+from etcdproto.etcdserverpb import rpc_pb2 as pb
+from etcdproto.etcdserverpb import rpc_pb2_grpc
+
+from .. import errors
+from ..member import Member
+from .status import etcd_errors
+
+
+class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
+    def __init__(self, member: Member) -> None:
+        self.member = member
+
+    @etcd_errors
+    async def Status(self, request, context):
+        return self.member.status()
+
+    @etcd_errors
+    async def Alarm(self, request, context):
+        resp = pb.AlarmResponse()
+        if request.action == pb.AlarmRequest.GET:
+            resp.alarms.extend(self.member.alarms())
+        else:
+            resp = await self.member.propose("alarm", request)
+        self.member.header(resp.header, self.member.current_revision())
+        return resp
+
+    @etcd_errors
+    async def HashKV(self, request, context):
+        try:
+            h, compact_rev, _ = self.member.mvcc.hash_kv(request.revision)
+        except Exception as exc:
+            from ..applier import mvcc_error
+
+            raise mvcc_error(exc) from None
+        resp = pb.HashKVResponse(hash=h, compact_revision=compact_rev)
+        self.member.header(resp.header, self.member.current_revision())
+        return resp
+
+
+__all__ = ["MaintenanceService", "errors"]

@@ -1,0 +1,51 @@
+"""The `kubekv` command: parse etcd's flags, start a member, serve until signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from .config import USAGE, FlagError, parse_args
+from .member import SERVER_VERSION
+
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+              "error": logging.ERROR, "panic": logging.CRITICAL, "fatal": logging.CRITICAL}
+
+
+def setup_logging(level: str) -> None:
+    """One event per line on stderr, key=value, flushed per line (tools wait for some lines)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(LOG_LEVELS.get(level, logging.INFO))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    except FlagError as exc:
+        print(exc, file=sys.stderr)
+        print(USAGE, file=sys.stderr)
+        return 2
+    if cfg.show_help:
+        print(USAGE)
+        return 0
+    if cfg.show_version:
+        print(f"kubekv Version: {SERVER_VERSION} (etcd API compatible)")
+        return 0
+    setup_logging(cfg.log_level)
+    from .server import ClientServer  # imported late: --help/--version stay fast
+
+    try:
+        asyncio.run(ClientServer(cfg).serve_until_signalled())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

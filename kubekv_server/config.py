@@ -1,0 +1,346 @@
+"""The `kubekv` command line: etcd's flag names, defaults and Go-flag parsing rules.
+
+Tools and tests start kubekv exactly as they start etcd, so the flags are an
+interface: every etcd 3.5 server flag is accepted (those kubekv does not act on
+yet are stored), and an unknown flag is refused with etcd's wording.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+from collections.abc import Sequence
+
+# Flags whose value is a boolean: `--flag` alone means true, `--flag=false` false.
+BOOL_FLAGS = {
+    "strict-reconfig-check": True,
+    "pre-vote": True,
+    "enable-v2": False,
+    "client-cert-auth": False,
+    "auto-tls": False,
+    "peer-client-cert-auth": False,
+    "peer-auto-tls": False,
+    "experimental-peer-skip-client-san-verification": False,
+    "enable-pprof": False,
+    "enable-log-rotation": False,
+    "experimental-enable-distributed-tracing": False,
+    "experimental-initial-corrupt-check": False,
+    "experimental-enable-v2v3": False,
+    "experimental-enable-lease-checkpoint": False,
+    "experimental-txn-mode-write-with-shared-buffer": True,
+    "force-new-cluster": False,
+    "unsafe-no-fsync": False,
+    "socket-reuse-port": False,
+    "socket-reuse-address": False,
+    "version": False,
+    "help": False,
+}
+
+# Flags that take a value, with etcd's defaults (as strings, parsed below).
+VALUE_FLAGS = {
+    "name": "default",
+    "data-dir": "",
+    "wal-dir": "",
+    "snapshot-count": "100000",
+    "heartbeat-interval": "100",
+    "election-timeout": "1000",
+    "initial-election-tick-advance": "true",
+    "listen-peer-urls": "http://localhost:2380",
+    "listen-client-urls": "http://127.0.0.1:2379",
+    "max-snapshots": "5",
+    "max-wals": "5",
+    "quota-backend-bytes": "0",
+    "backend-bbolt-freelist-type": "map",
+    "backend-batch-interval": "0",
+    "backend-batch-limit": "0",
+    "max-txn-ops": "128",
+    "max-request-bytes": "1572864",
+    "grpc-keepalive-min-time": "5s",
+    "grpc-keepalive-interval": "2h",
+    "grpc-keepalive-timeout": "20s",
+    "initial-advertise-peer-urls": "http://localhost:2380",
+    "initial-cluster": "",
+    "initial-cluster-state": "new",
+    "initial-cluster-token": "etcd-cluster",
+    "advertise-client-urls": "",
+    "discovery": "",
+    "discovery-fallback": "proxy",
+    "discovery-proxy": "",
+    "discovery-srv": "",
+    "discovery-srv-name": "",
+    "auto-compaction-retention": "0",
+    "auto-compaction-mode": "periodic",
+    "v2-deprecation": "not-yet",
+    "cert-file": "",
+    "key-file": "",
+    "client-crl-file": "",
+    "client-cert-allowed-hostname": "",
+    "trusted-ca-file": "",
+    "peer-cert-file": "",
+    "peer-key-file": "",
+    "peer-trusted-ca-file": "",
+    "peer-cert-allowed-cn": "",
+    "peer-cert-allowed-hostname": "",
+    "self-signed-cert-validity": "1",
+    "peer-crl-file": "",
+    "cipher-suites": "",
+    "cors": "*",
+    "host-whitelist": "*",
+    "auth-token": "simple",
+    "bcrypt-cost": "10",
+    "auth-token-ttl": "300",
+    "metrics": "basic",
+    "listen-metrics-urls": "",
+    "logger": "zap",
+    "log-outputs": "default",
+    "log-level": "info",
+    "log-rotation-config-json": "",
+    "experimental-distributed-tracing-address": "",
+    "experimental-distributed-tracing-service-name": "",
+    "experimental-distributed-tracing-instance-id": "",
+    "proxy": "off",
+    "proxy-failure-wait": "5000",
+    "proxy-refresh-interval": "30000",
+    "proxy-dial-timeout": "1000",
+    "proxy-write-timeout": "5000",
+    "proxy-read-timeout": "0",
+    "experimental-corrupt-check-time": "0s",
+    "experimental-compaction-batch-limit": "1000",
+    "experimental-watch-progress-notify-interval": "10m",
+    "experimental-warning-apply-duration": "100ms",
+    "experimental-bootstrap-defrag-threshold-megabytes": "0",
+    "config-file": "",
+}
+
+USAGE = """Usage:
+
+  kubekv [flags]
+    Start a kubekv server (etcd v3 compatible).
+
+  kubekv --version
+    Show the version of kubekv.
+
+  kubekv -h | --help
+    Show the help information about kubekv.
+
+Flags are etcd's: --name, --data-dir, --listen-client-urls, --advertise-client-urls,
+--listen-peer-urls, --initial-advertise-peer-urls, --initial-cluster,
+--initial-cluster-state, --initial-cluster-token, --max-request-bytes,
+--max-txn-ops, --quota-backend-bytes, --cert-file, --key-file, --trusted-ca-file,
+--client-cert-auth, ... (every etcd 3.5 server flag is accepted).
+"""
+
+
+class FlagError(Exception):
+    """A command line etcd would refuse; the message is etcd's (Go flag package) wording."""
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go duration ("5s", "2h", "100ms", "1m30s") into seconds."""
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    s = text.strip()
+    if s in ("0", ""):
+        return 0.0
+    total, i = 0.0, 0
+    while i < len(s):
+        j = i
+        while j < len(s) and (s[j].isdigit() or s[j] == "."):
+            j += 1
+        if j == i:
+            raise ValueError(f"time: invalid duration {text!r}")
+        number = float(s[i:j])
+        k = j
+        while k < len(s) and not (s[k].isdigit() or s[k] == "."):
+            k += 1
+        unit = s[j:k]
+        if unit not in units:
+            raise ValueError(f"time: missing unit in duration {text!r}")
+        total += number * units[unit]
+        i = k
+    return total
+
+
+def parse_bool(text: str) -> bool:
+    """Go's strconv.ParseBool."""
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise ValueError(f"invalid boolean value {text!r}")
+
+
+def parse_urls(text: str) -> list[str]:
+    """A comma-separated URL list, each with a scheme and host:port."""
+    urls = [u.strip() for u in text.split(",") if u.strip()]
+    for u in urls:
+        parsed = urllib.parse.urlsplit(u)
+        if parsed.scheme not in ("http", "https", "unix", "unixs") or not parsed.netloc:
+            raise ValueError(f"URL scheme must be http, https, unix, or unixs: {u}")
+    return urls
+
+
+def parse_initial_cluster(text: str) -> dict[str, list[str]]:
+    """`name=url,name=url2,other=url3` → {name: [url, url2], other: [url3]}."""
+    members: dict[str, list[str]] = {}
+    for item in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, url = item.partition("=")
+        if not sep:
+            raise ValueError(f"couldn't parse initial cluster entry {item!r}")
+        members.setdefault(name, []).extend(parse_urls(url))
+    return members
+
+
+@dataclasses.dataclass
+class Config:
+    """A kubekv member's configuration, with etcd's semantics for each flag."""
+
+    raw: dict[str, str]
+    name: str
+    data_dir: str
+    listen_client_urls: list[str]
+    advertise_client_urls: list[str]
+    listen_peer_urls: list[str]
+    initial_advertise_peer_urls: list[str]
+    initial_cluster: dict[str, list[str]]
+    initial_cluster_state: str
+    initial_cluster_token: str
+    max_request_bytes: int
+    max_txn_ops: int
+    quota_backend_bytes: int
+    snapshot_count: int
+    heartbeat_interval_ms: int
+    election_timeout_ms: int
+    cert_file: str
+    key_file: str
+    trusted_ca_file: str
+    client_cert_auth: bool
+    client_crl_file: str
+    auto_tls: bool
+    grpc_keepalive_min_time: float
+    grpc_keepalive_interval: float
+    grpc_keepalive_timeout: float
+    watch_progress_notify_interval: float
+    log_level: str
+    show_version: bool = False
+    show_help: bool = False
+
+    def flag(self, name: str) -> str:
+        """The raw string value of any etcd flag (explicit or default)."""
+        return self.raw[name]
+
+
+def parse_args(argv: Sequence[str]) -> Config:
+    """Parse a command line with Go's flag rules (`-f`, `--f`, `--f=v`, `--f v`)."""
+    raw: dict[str, str] = {k: ("true" if v else "false") for k, v in BOOL_FLAGS.items()}
+    raw.update(VALUE_FLAGS)
+    given: set[str] = set()
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("-") or arg in ("-", "--"):
+            if arg == "--":
+                break
+            raise FlagError(f"'{arg}' is not a valid flag")
+        body = arg[2:] if arg.startswith("--") else arg[1:]
+        name, has_value, value = body.partition("=")
+        if name in ("h",):
+            name = "help"
+        if name in BOOL_FLAGS:
+            if has_value:
+                try:
+                    value = "true" if parse_bool(value) else "false"
+                except ValueError:
+                    raise FlagError(
+                        f'invalid boolean value "{value}" for -{name}: parse error'
+                    ) from None
+            else:
+                value = "true"
+        elif name in VALUE_FLAGS:
+            if not has_value:
+                if i >= len(args):
+                    raise FlagError(f"flag needs an argument: -{name}")
+                value = args[i]
+                i += 1
+        else:
+            raise FlagError(f"flag provided but not defined: -{name}")
+        raw[name] = value
+        given.add(name)
+    return _build(raw, given)
+
+
+def _int_flag(raw: dict[str, str], name: str) -> int:
+    try:
+        return int(raw[name], 0)
+    except ValueError:
+        raise FlagError(
+            f'invalid value "{raw[name]}" for flag -{name}: parse error'
+        ) from None
+
+
+def _duration_flag(raw: dict[str, str], name: str) -> float:
+    try:
+        return parse_duration(raw[name])
+    except ValueError:
+        raise FlagError(
+            f'invalid value "{raw[name]}" for flag -{name}: parse error'
+        ) from None
+
+
+def _build(raw: dict[str, str], given: set[str]) -> Config:
+    name = raw["name"]
+    try:
+        listen_client = parse_urls(raw["listen-client-urls"])
+        listen_peer = parse_urls(raw["listen-peer-urls"])
+        adv_peer = parse_urls(raw["initial-advertise-peer-urls"])
+        adv_client = parse_urls(raw["advertise-client-urls"]) or list(listen_client)
+        if raw["initial-cluster"]:
+            cluster = parse_initial_cluster(raw["initial-cluster"])
+        else:
+            cluster = {name: list(adv_peer)}
+    except ValueError as exc:
+        raise FlagError(str(exc)) from None
+    if "advertise-client-urls" in given and not raw["advertise-client-urls"]:
+        raise FlagError("--advertise-client-urls is required when --listen-client-urls is set")
+    state = raw["initial-cluster-state"]
+    if state not in ("new", "existing"):
+        raise FlagError(f'invalid value "{state}" for flag -initial-cluster-state: '
+                        'valid values are "new", "existing"')
+    if name not in cluster:
+        raise FlagError(
+            f"couldn't find local name {name!r} in the initial cluster configuration"
+        )
+    return Config(
+        raw=raw,
+        name=name,
+        data_dir=raw["data-dir"] or f"{name}.kubekv",
+        listen_client_urls=listen_client,
+        advertise_client_urls=adv_client,
+        listen_peer_urls=listen_peer,
+        initial_advertise_peer_urls=adv_peer,
+        initial_cluster=cluster,
+        initial_cluster_state=state,
+        initial_cluster_token=raw["initial-cluster-token"],
+        max_request_bytes=_int_flag(raw, "max-request-bytes"),
+        max_txn_ops=_int_flag(raw, "max-txn-ops"),
+        quota_backend_bytes=_int_flag(raw, "quota-backend-bytes"),
+        snapshot_count=_int_flag(raw, "snapshot-count"),
+        heartbeat_interval_ms=_int_flag(raw, "heartbeat-interval"),
+        election_timeout_ms=_int_flag(raw, "election-timeout"),
+        cert_file=raw["cert-file"],
+        key_file=raw["key-file"],
+        trusted_ca_file=raw["trusted-ca-file"],
+        client_cert_auth=raw["client-cert-auth"] == "true",
+        client_crl_file=raw["client-crl-file"],
+        auto_tls=raw["auto-tls"] == "true",
+        grpc_keepalive_min_time=_duration_flag(raw, "grpc-keepalive-min-time"),
+        grpc_keepalive_interval=_duration_flag(raw, "grpc-keepalive-interval"),
+        grpc_keepalive_timeout=_duration_flag(raw, "grpc-keepalive-timeout"),
+        watch_progress_notify_interval=_duration_flag(
+            raw, "experimental-watch-progress-notify-interval"
+        ),
+        log_level=raw["log-level"],
+        show_version=raw["version"] == "true",
+        show_help=raw["help"] == "true",
+    )

@@ -1,0 +1,127 @@
+"""The client-facing gRPC server of a member: listeners, TLS, keepalive, readiness, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import urllib.parse
+
+import grpc
+
+from etcdproto.etcdserverpb import rpc_pb2_grpc
+
+from .api.cluster import ClusterService
+from .api.kv import KVService
+from .api.maintenance import MaintenanceService
+from .config import Config
+from .member import CLUSTER_VERSION, Member
+
+log = logging.getLogger("kubekv.server")
+
+# etcd accepts requests up to --max-request-bytes plus this much gRPC framing.
+GRPC_OVERHEAD_BYTES = 512 * 1024
+MAX_SEND_BYTES = 2**31 - 1
+
+
+def grpc_options(cfg: Config) -> list[tuple[str, int]]:
+    """Channel arguments matching etcd's server: message limits and keepalive policy."""
+    min_ping_ms = int(cfg.grpc_keepalive_min_time * 1000)
+    return [
+        ("grpc.max_receive_message_length", cfg.max_request_bytes + GRPC_OVERHEAD_BYTES),
+        ("grpc.max_send_message_length", MAX_SEND_BYTES),
+        # Refuse a second server on the same port, as etcd does (grpc defaults to SO_REUSEPORT).
+        ("grpc.so_reuseport", 0),
+        # Keepalive: answer client pings as often as every --grpc-keepalive-min-time (5 s),
+        # with or without calls in flight, so kube-apiserver's 30 s pings never get GOAWAY.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", min_ping_ms),
+        ("grpc.http2.min_ping_interval_without_data_ms", min_ping_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.keepalive_time_ms", int(cfg.grpc_keepalive_interval * 1000)),
+        ("grpc.keepalive_timeout_ms", int(cfg.grpc_keepalive_timeout * 1000)),
+        ("grpc.max_concurrent_streams", 2**31 - 1),
+    ]
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def server_credentials(cfg: Config) -> grpc.ServerCredentials | None:
+    """TLS from --cert-file/--key-file (and --trusted-ca-file with --client-cert-auth)."""
+    if not (cfg.cert_file and cfg.key_file):
+        return None
+    ca = _read(cfg.trusted_ca_file) if cfg.trusted_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(_read(cfg.key_file), _read(cfg.cert_file))],
+        root_certificates=ca,
+        require_client_auth=cfg.client_cert_auth and ca is not None,
+    )
+
+
+def listen_address(url: str) -> tuple[str, bool]:
+    """`http://localhost:2379` → ("localhost:2379", secure=False)."""
+    parsed = urllib.parse.urlsplit(url)
+    return parsed.netloc, parsed.scheme in ("https", "unixs")
+
+
+class ClientServer:
+    """Owns the member and the gRPC server in front of it."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.member = Member(cfg)
+        self.server: grpc.aio.Server | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        await self.member.start()
+        server = grpc.aio.server(options=grpc_options(cfg))
+        rpc_pb2_grpc.add_KVServicer_to_server(KVService(self.member), server)
+        rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self.member), server)
+        rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self.member), server)
+        creds = None
+        for url in cfg.listen_client_urls:
+            addr, secure = listen_address(url)
+            if secure:
+                creds = creds or server_credentials(cfg)
+                if creds is None:
+                    raise SystemExit(
+                        f"kubekv: TLS listener {url} needs --cert-file and --key-file"
+                    )
+                port = server.add_secure_port(addr, creds)
+            else:
+                port = server.add_insecure_port(addr)
+            if port == 0:
+                raise SystemExit(f"kubekv: listen tcp {addr}: bind: address already in use")
+            log.info("event=serving_client_requests address=%s secure=%s", addr, secure)
+        await server.start()
+        self.server = server
+        self._announce_ready()
+
+    def _announce_ready(self) -> None:
+        """etcd's two readiness lines, which tools (etcd's e2e framework) wait for."""
+        m = self.member
+        urls = " ".join(self.cfg.advertise_client_urls)
+        log.info(
+            "published {Name:%s ClientURLs:[%s]} to cluster %x", self.cfg.name, urls, m.cluster_id
+        )
+        log.info("enabled capabilities for version %s", CLUSTER_VERSION.rsplit(".", 1)[0])
+
+    async def serve_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stopping.set)
+        await self.start()
+        await self._stopping.wait()
+        log.info("event=shutdown reason=signal")
+        await self.stop()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(grace=1.0)
+        await self.member.stop()
+        log.info("event=stopped")
