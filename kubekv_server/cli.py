@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
@@ -40,10 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(cfg.log_level)
     from .server import ClientServer  # imported late: --help/--version stay fast
 
-    try:
-        asyncio.run(ClientServer(cfg).serve_until_signalled())
-    except KeyboardInterrupt:
-        pass
+    ClientServer(cfg).serve_until_signalled()
     return 0
 
 

@@ -6,10 +6,10 @@ becomes a log entry, and fills every response header the way etcd does.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
+import threading
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.kubekvpb import internal_pb2
@@ -32,6 +32,8 @@ log = logging.getLogger("kubekv.member")
 # etcd's default quota when --quota-backend-bytes is 0 (2 GiB).
 DEFAULT_QUOTA_BYTES = 2 << 30
 SERVER_VERSION = "3.5.17"
+# etcd's request timeout: 5 s plus two election timeouts (1 s each by default).
+REQUEST_TIMEOUT = 7.0
 CLUSTER_VERSION = "3.5.0"
 
 
@@ -49,7 +51,7 @@ class Member:
         self.applier = Applier(self.backend, self.mvcc)
         self.node = SingleMemberNode(self.storage, self.applier, self.member_id)
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
-        self._compaction_done = asyncio.Event()
+        self._compaction_done = threading.Event()
         self._compaction_done.set()
 
     # ------------------------------------------------------------ identity
@@ -96,13 +98,12 @@ class Member:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+    def start(self) -> None:
         self.node.add_idle_work(self._compact_step)
-        await self.node.start()
+        self.node.start()
 
-    async def stop(self) -> None:
-        await self.node.stop()
+    def stop(self) -> None:
+        self.node.stop()
         self.storage.close()
         self.backend.close()
 
@@ -122,7 +123,7 @@ class Member:
 
     # --------------------------------------------------------------- reads
 
-    async def wait_linearizable(self) -> None:
+    def wait_linearizable(self) -> None:
         """Make the next local read reflect every write acknowledged before this call.
 
         A one-member cluster answers a write only after applying it, so there is
@@ -161,7 +162,7 @@ class Member:
         if self.backend.size_bytes() + cost > self.quota_bytes:
             raise errors.NO_SPACE
 
-    async def propose(self, field: str, request, cost: int = 0):
+    def propose(self, field: str, request, cost: int = 0, timeout: float = REQUEST_TIMEOUT):
         """Log a request, wait until it is applied, return its response with the header filled."""
         if cost:
             self._check_quota(cost)
@@ -171,27 +172,27 @@ class Member:
         data = internal.SerializeToString()
         if len(data) > self.cfg.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
-        resp = await self.node.propose(rid, data)
+        resp = self.node.propose(rid, data).wait(timeout)
         self.header(resp.header)
         return resp
 
-    async def put(self, r: pb.PutRequest) -> pb.PutResponse:
-        return await self.propose("put", r, cost=len(r.key) + len(r.value) + 64)
+    def put(self, r: pb.PutRequest) -> pb.PutResponse:
+        return self.propose("put", r, cost=len(r.key) + len(r.value) + 64)
 
-    async def delete_range(self, r: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
-        return await self.propose("delete_range", r)
+    def delete_range(self, r: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
+        return self.propose("delete_range", r)
 
-    async def txn(self, r: pb.TxnRequest) -> pb.TxnResponse:
+    def txn(self, r: pb.TxnRequest) -> pb.TxnResponse:
         if is_read_only(r):
-            await self.wait_linearizable()
+            self.wait_linearizable()
             return self.read_only_txn(r)
-        return await self.propose("txn", r, cost=r.ByteSize())
+        return self.propose("txn", r, cost=r.ByteSize())
 
-    async def compact(self, r: pb.CompactionRequest) -> pb.CompactionResponse:
+    def compact(self, r: pb.CompactionRequest) -> pb.CompactionResponse:
         self._compaction_done.clear()
-        resp = await self.propose("compaction", r)
+        resp = self.propose("compaction", r)
         if r.physical:
-            await self._compaction_done.wait()
+            self._compaction_done.wait()
         return resp
 
     def _compact_step(self) -> bool:
@@ -199,7 +200,7 @@ class Member:
         with self.backend.env.begin(write=True) as txn:
             more = self.mvcc.compact_step(txn)
         if not more:
-            self._loop.call_soon_threadsafe(self._compaction_done.set)
+            self._compaction_done.set()
         return more
 
     # ------------------------------------------------------------ status

@@ -1,17 +1,19 @@
 """The commit rule of a one-member cluster: an entry is committed once it is durable locally.
 
-Shaped like a Raft node so the replicated runner can take its place unchanged:
-proposals are batched into one log append with one fsync, committed entries are
-applied in one state transaction, then waiters are answered. Each start is a
-new term (as if the member had won an election), opened by an empty entry.
+Shaped like a Raft node so the replicated runner can take its place: proposals
+from many handler threads are batched into one log append with one fsync, the
+committed entries are applied in one state transaction, then every waiter is
+answered. One committer thread does all of it, so LMDB writes and fsyncs never
+run on a thread that serves clients. Each start is a new term (as if the member
+had won an election), opened by an empty entry.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import itertools
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 
@@ -19,15 +21,18 @@ from etcdproto.raftpb import raft_pb2
 
 from . import errors
 from .applier import Applier, BatchResult
+from .waiter import Waiter
 
 log = logging.getLogger("kubekv.node")
 
 MAX_BATCH_ENTRIES = 4096
 MAX_BATCH_BYTES = 8 << 20
 
+_STOP = object()
+
 
 class SingleMemberNode:
-    """Durable log + apply pipeline for a cluster of one; `propose` resolves once applied."""
+    """Durable log + apply pipeline for a cluster of one; `propose` returns a Waiter."""
 
     def __init__(self, storage, applier: Applier, member_id: int) -> None:
         self.storage = storage
@@ -38,24 +43,20 @@ class SingleMemberNode:
         self.last_index = 0
         self.leader_id = 0
         self._ids = itertools.count(time.time_ns() & ((1 << 62) - 1))
-        self._pending: list[tuple[bytes, int]] = []
-        self._pending_bytes = 0
-        self._waiters: dict[int, asyncio.Future] = {}
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubekv-wal")
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[BatchResult], None]] = []
         self._idle_work: list[Callable[[], bool]] = []
         self._stopped = False
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
-        """Recover: apply every durable entry not yet applied, then open a new term."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._recover)
+    def start(self) -> None:
+        """Recover (apply every durable entry not yet applied, open a new term), then serve."""
+        self._recover()
         self.leader_id = self.member_id
-        self._task = asyncio.create_task(self._run(), name="kubekv-commit-loop")
+        self._thread = threading.Thread(target=self._run, name="kubekv-committer", daemon=True)
+        self._thread.start()
 
     def _recover(self) -> None:
         hs = self.storage.hard_state()
@@ -81,19 +82,14 @@ class SingleMemberNode:
             max(last - applied, 0),
         )
 
-    async def stop(self) -> None:
+    def stop(self) -> None:
+        """Finish what is queued, then stop the committer; later proposals fail."""
+        if self._stopped:
+            return
         self._stopped = True
-        self._wakeup.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, 10)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                self._task.cancel()
-        for fut in self._waiters.values():
-            if not fut.done():
-                fut.set_exception(errors.STOPPED)
-        self._waiters.clear()
-        self._executor.shutdown(wait=True)
+        self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(30)
 
     # ------------------------------------------------------------- proposals
 
@@ -101,94 +97,109 @@ class SingleMemberNode:
         """A request id unique within this member's lifetime."""
         return next(self._ids)
 
-    def propose(self, request_id: int, data: bytes) -> asyncio.Future:
-        """Queue an entry; the future resolves to the applier's result for request_id."""
+    def propose(self, request_id: int, data: bytes) -> Waiter:
+        """Queue an entry; the waiter yields the applier's result for request_id."""
         if self._stopped:
             raise errors.STOPPED
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters[request_id] = fut
-        self._pending.append((data, request_id))
-        self._pending_bytes += len(data)
-        self._wakeup.set()
-        return fut
+        waiter = Waiter()
+        self._queue.put((data, request_id, waiter))
+        return waiter
 
     def add_listener(self, fn: Callable[[BatchResult], None]) -> None:
-        """Call fn(batch) on the event loop after each applied batch (watch hub, metrics)."""
+        """Call fn(batch) on the committer thread after each applied batch (watch hub)."""
         self._listeners.append(fn)
 
     def add_idle_work(self, step: Callable[[], bool]) -> None:
-        """Run step() in the writer thread between batches while it returns True (compaction)."""
+        """Run step() on the committer thread between batches while it returns True."""
         self._idle_work.append(step)
 
     # ------------------------------------------------------------ the loop
 
-    def _take_batch(self) -> list[tuple[bytes, int]]:
-        if len(self._pending) <= MAX_BATCH_ENTRIES and self._pending_bytes <= MAX_BATCH_BYTES:
-            batch, self._pending, self._pending_bytes = self._pending, [], 0
-            return batch
-        batch, size = [], 0
-        while self._pending and len(batch) < MAX_BATCH_ENTRIES:
-            item = self._pending[0]
-            if batch and size + len(item[0]) > MAX_BATCH_BYTES:
+    def _next_batch(self, block: bool) -> list | None:
+        """Everything queued now (bounded), waiting for the first item if `block`."""
+        q = self._queue
+        try:
+            first = q.get() if block else q.get_nowait()
+        except queue.Empty:
+            return []
+        if first is _STOP:
+            return None
+        batch, size = [first], len(first[0])
+        while len(batch) < MAX_BATCH_ENTRIES and size < MAX_BATCH_BYTES:
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
                 break
-            batch.append(self._pending.pop(0))
+            if item is _STOP:
+                q.put(_STOP)  # finish this batch, stop on the next round
+                break
+            batch.append(item)
             size += len(item[0])
-        self._pending_bytes -= size
         return batch
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _run(self) -> None:
         idle_busy = bool(self._idle_work)  # finish work left over from before a restart
         while True:
-            if self._pending:
-                batch = self._take_batch()
-                result = await self._commit(loop, batch)
-                if result is not None:
-                    idle_busy = idle_busy or result.compaction_scheduled
-            elif self._stopped:
-                return
-            elif not idle_busy:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
+            batch = self._next_batch(block=not idle_busy)
+            if batch is None:
+                break
+            if batch:
+                result = self._commit(batch)
+                if result is not None and result.compaction_scheduled:
+                    idle_busy = True
             if idle_busy:
-                idle_busy = await loop.run_in_executor(self._executor, self._idle_step)
+                idle_busy = self._idle_step()
+        self._fail_queued()
 
-    async def _commit(self, loop, batch: list[tuple[bytes, int]]) -> BatchResult | None:
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP:
+                item[2].fail(errors.STOPPED)
+
+    def _commit(self, batch: list) -> BatchResult | None:
         try:
-            result = await loop.run_in_executor(self._executor, self._persist_and_apply, batch)
+            result = self._persist_and_apply(batch)
         except Exception as exc:  # disk full, I/O error: fail the batch, keep serving
             log.exception("event=append_failed entries=%d", len(batch))
             err = errors.NO_SPACE if "MDB_MAP_FULL" in str(exc) else errors.STOPPED
-            for _, rid in batch:
-                fut = self._waiters.pop(rid, None)
-                if fut is not None and not fut.done():
-                    fut.set_exception(err)
+            for item in batch:
+                item[2].fail(err)
             return None
+        waiters = {rid: w for _, rid, w in batch}
         for rid, outcome in result.results:
-            fut = self._waiters.pop(rid, None)
-            if fut is None or fut.done():
+            w = waiters.get(rid)
+            if w is None:
                 continue
             if isinstance(outcome, BaseException):
-                fut.set_exception(outcome)
+                w.fail(outcome)
             else:
-                fut.set_result(outcome)
+                w.succeed(outcome)
         for fn in self._listeners:
-            fn(result)
+            try:
+                fn(result)
+            except Exception:
+                log.exception("event=listener_failed")
         return result
 
     def _idle_step(self) -> bool:
         busy = False
         for step in self._idle_work:
-            busy = step() or busy
+            try:
+                busy = step() or busy
+            except Exception:
+                log.exception("event=idle_work_failed")
         return busy
 
-    def _persist_and_apply(self, batch: list[tuple[bytes, int]]) -> BatchResult:
-        """Writer thread: append + fsync the entries, then apply them (one txn each)."""
+    def _persist_and_apply(self, batch: list) -> BatchResult:
+        """Append + fsync the entries, then apply them in one state transaction."""
         start = self.last_index + 1
         entries = [
             raft_pb2.Entry(term=self.term, index=start + i, type=raft_pb2.EntryNormal, data=data)
-            for i, (data, _) in enumerate(batch)
+            for i, (data, _, _) in enumerate(batch)
         ]
         last = start + len(entries) - 1
         hs = raft_pb2.HardState(term=self.term, vote=self.member_id, commit=last)

@@ -14,7 +14,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         self.member = member
 
     @etcd_errors
-    async def MemberList(self, request, context):
+    def MemberList(self, request, context):
         resp = pb.MemberListResponse()
         for m in self.member.members:
             resp.members.add(

@@ -16,27 +16,27 @@ class KVService(rpc_pb2_grpc.KVServicer):
         self.member = member
 
     @etcd_errors
-    async def Range(self, request, context):
+    def Range(self, request, context):
         request_checks.check_range(request)
         if not request.serializable:
-            await self.member.wait_linearizable()
+            self.member.wait_linearizable()
         return self.member.range(request)
 
     @etcd_errors
-    async def Put(self, request, context):
+    def Put(self, request, context):
         request_checks.check_put(request)
-        return await self.member.put(request)
+        return self.member.put(request)
 
     @etcd_errors
-    async def DeleteRange(self, request, context):
+    def DeleteRange(self, request, context):
         request_checks.check_delete(request)
-        return await self.member.delete_range(request)
+        return self.member.delete_range(request)
 
     @etcd_errors
-    async def Txn(self, request, context):
+    def Txn(self, request, context):
         request_checks.check_txn(request, self.member.cfg.max_txn_ops)
-        return await self.member.txn(request)
+        return self.member.txn(request)
 
     @etcd_errors
-    async def Compact(self, request, context):
-        return await self.member.compact(request)
+    def Compact(self, request, context):
+        return self.member.compact(request)

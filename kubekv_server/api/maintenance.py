@@ -5,7 +5,6 @@ from __future__ import annotations
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 
-from .. import errors
 from ..member import Member
 from .status import etcd_errors
 
@@ -15,21 +14,21 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         self.member = member
 
     @etcd_errors
-    async def Status(self, request, context):
+    def Status(self, request, context):
         return self.member.status()
 
     @etcd_errors
-    async def Alarm(self, request, context):
+    def Alarm(self, request, context):
         resp = pb.AlarmResponse()
         if request.action == pb.AlarmRequest.GET:
             resp.alarms.extend(self.member.alarms())
         else:
-            resp = await self.member.propose("alarm", request)
+            resp = self.member.propose("alarm", request)
         self.member.header(resp.header, self.member.current_revision())
         return resp
 
     @etcd_errors
-    async def HashKV(self, request, context):
+    def HashKV(self, request, context):
         try:
             h, compact_rev, _ = self.member.mvcc.hash_kv(request.revision)
         except Exception as exc:
@@ -41,4 +40,4 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         return resp
 
 
-__all__ = ["MaintenanceService", "errors"]
+

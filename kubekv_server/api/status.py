@@ -7,28 +7,24 @@ import logging
 
 import grpc
 
-from .. import errors
 from ..errors import EtcdError
 
 log = logging.getLogger("kubekv.api")
 
 
 def etcd_errors(handler):
-    """Wrap a unary grpc.aio handler: EtcdError → its status; anything else → Unknown, logged."""
+    """Wrap a unary handler: EtcdError → its status; anything else → Unknown, logged."""
 
     @functools.wraps(handler)
-    async def wrapper(self, request, context):
+    def wrapper(self, request, context):
         try:
-            return await handler(self, request, context)
+            return handler(self, request, context)
         except EtcdError as exc:
-            await context.abort(exc.code, exc.message)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # a bug: answer, log, keep serving
+            context.abort(exc.code, exc.message)
+        except Exception as exc:
+            if context.code() is not None:  # context.abort() already set the status
+                raise
             log.exception("event=handler_failed method=%s", handler.__name__)
-            await context.abort(grpc.StatusCode.UNKNOWN, f"etcdserver: {exc}")
+            context.abort(grpc.StatusCode.UNKNOWN, f"etcdserver: {exc}")
 
     return wrapper
-
-
-__all__ = ["etcd_errors", "errors"]
