@@ -19,11 +19,12 @@ from etcdproto.kubekvpb import internal_pb2
 from etcdproto.raftpb import raft_pb2
 
 from . import errors
-from .alarms import apply_alarm
+from .alarms import apply_alarm, list_alarms
 from .backend import Backend
 from .errors import EtcdError
 from .kv_txn import apply_delete_range, apply_put, apply_txn
 from .mvcc import CompactedError, FutureRevError, MVCCStore
+from .quota import has_put
 
 log = logging.getLogger("kubekv.applier")
 
@@ -61,6 +62,13 @@ class Applier:
         self.mvcc = mvcc
         self.lease_exists = lease_exists
         self.applied_index = backend.applied_index()
+        with backend.env.begin() as txn:
+            self.alarms = {(a.memberID, a.alarm) for a in list_alarms(txn, backend.meta)}
+
+    @property
+    def nospace(self) -> bool:
+        """While a NOSPACE alarm is raised, new values are refused (etcd's capped applier)."""
+        return any(alarm == pb.NOSPACE for _, alarm in self.alarms)
 
     def apply(self, entries: Sequence[raft_pb2.Entry]) -> BatchResult:
         """Apply entries past the applied index in one durable transaction. Thread: writer."""
@@ -105,6 +113,8 @@ class Applier:
 
     def _dispatch(self, txn: lmdb.Transaction, req, kind: str | None):
         if kind == "put":
+            if self.nospace:
+                raise errors.NO_SPACE
             w = self.mvcc.write(txn)
             resp = apply_put(w, req.put, self.lease_exists)
             w.end()
@@ -115,6 +125,8 @@ class Applier:
             w.end()
             return resp, w.changes
         if kind == "txn":
+            if self.nospace and has_put(req.txn):
+                raise errors.NO_SPACE
             w = self.mvcc.write(txn)
             resp = apply_txn(w, req.txn, self.lease_exists)
             w.end()
@@ -126,5 +138,7 @@ class Applier:
             resp.header.revision = w.current_revision
             return resp, []
         if kind == "alarm":
-            return apply_alarm(txn, self.backend.meta, req.alarm), []
+            resp = apply_alarm(txn, self.backend.meta, req.alarm)
+            self.alarms = {(a.memberID, a.alarm) for a in list_alarms(txn, self.backend.meta)}
+            return resp, []
         raise EtcdError(errors.NOT_CAPABLE.code, f"etcdserver: unsupported request {kind!r}")

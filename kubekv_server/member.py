@@ -16,7 +16,7 @@ from etcdproto.kubekvpb import internal_pb2
 from etcdproto.raftpb import raft_pb2
 from kubekv_raft.storage import LMDBStorage
 
-from . import errors
+from . import errors, quota
 from .alarms import list_alarms
 from .applier import Applier, mvcc_error
 from .backend import Backend, decode_u64, encode_u64
@@ -159,8 +159,17 @@ class Member:
     # -------------------------------------------------------------- writes
 
     def _check_quota(self, cost: int) -> None:
-        if self.backend.size_bytes() + cost > self.quota_bytes:
-            raise errors.NO_SPACE
+        """etcd's quota check: refuse, and raise the NOSPACE alarm, when the db would outgrow it."""
+        if cost == 0 or self.backend.size_bytes() + cost < self.quota_bytes:
+            return
+        alarm = pb.AlarmRequest(
+            action=pb.AlarmRequest.ACTIVATE, memberID=self.member_id, alarm=pb.NOSPACE
+        )
+        try:
+            self.propose("alarm", alarm)
+        except errors.EtcdError as exc:
+            log.warning("event=nospace_alarm_failed error=%r", exc)
+        raise errors.NO_SPACE
 
     def propose(self, field: str, request, cost: int = 0, timeout: float = REQUEST_TIMEOUT):
         """Log a request, wait until it is applied, return its response with the header filled."""
@@ -177,7 +186,7 @@ class Member:
         return resp
 
     def put(self, r: pb.PutRequest) -> pb.PutResponse:
-        return self.propose("put", r, cost=len(r.key) + len(r.value) + 64)
+        return self.propose("put", r, cost=quota.put_cost(r))
 
     def delete_range(self, r: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
         return self.propose("delete_range", r)
@@ -186,7 +195,7 @@ class Member:
         if is_read_only(r):
             self.wait_linearizable()
             return self.read_only_txn(r)
-        return self.propose("txn", r, cost=r.ByteSize())
+        return self.propose("txn", r, cost=quota.txn_cost(r))
 
     def compact(self, r: pb.CompactionRequest) -> pb.CompactionResponse:
         self._compaction_done.clear()
@@ -216,5 +225,8 @@ class Member:
             dbSizeInUse=self.backend.in_use_bytes(),
             isLearner=False,
         )
+        # etcd lists raised alarms in gogoproto's text form, e.g. "memberID:1 alarm:NOSPACE ".
+        for a in self.alarms():
+            resp.errors.append(f"memberID:{a.memberID} alarm:{pb.AlarmType.Name(a.alarm)} ")
         self.header(resp.header, self.current_revision())
         return resp
