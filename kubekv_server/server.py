@@ -23,6 +23,7 @@ from .api.kv import KVService
 from .api.maintenance import MaintenanceService
 from .config import Config
 from .member import CLUSTER_VERSION, Member
+from .tls import CRLInterceptor, load_crl, server_credentials
 
 log = logging.getLogger("kubekv.server")
 
@@ -61,23 +62,6 @@ def grpc_options(cfg: Config) -> list[tuple[str, int]]:
     ]
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def server_credentials(cfg: Config) -> grpc.ServerCredentials | None:
-    """TLS from --cert-file/--key-file (and --trusted-ca-file with --client-cert-auth)."""
-    if not (cfg.cert_file and cfg.key_file):
-        return None
-    ca = _read(cfg.trusted_ca_file) if cfg.trusted_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(_read(cfg.key_file), _read(cfg.cert_file))],
-        root_certificates=ca,
-        require_client_auth=cfg.client_cert_auth and ca is not None,
-    )
-
-
 def listen_address(url: str) -> tuple[str, bool]:
     """`http://localhost:2379` → ("localhost:2379", secure=False)."""
     parsed = urllib.parse.urlsplit(url)
@@ -96,9 +80,13 @@ class ClientServer:
     def start(self) -> None:
         cfg = self.cfg
         self.member.start()
+        interceptors = []
+        if cfg.client_crl_file:
+            interceptors.append(CRLInterceptor(load_crl(cfg.client_crl_file)))
         server = grpc.server(
             futures.ThreadPoolExecutor(HANDLER_THREADS, thread_name_prefix="kubekv-grpc"),
             options=grpc_options(cfg),
+            interceptors=interceptors,
         )
         rpc_pb2_grpc.add_KVServicer_to_server(KVService(self.member), server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self.member), server)
@@ -107,10 +95,10 @@ class ClientServer:
         for url in cfg.listen_client_urls:
             addr, secure = listen_address(url)
             if secure:
-                creds = creds or server_credentials(cfg)
+                creds = creds or server_credentials(cfg, self.member.data_dir)
                 if creds is None:
                     raise SystemExit(
-                        f"kubekv: TLS listener {url} needs --cert-file and --key-file"
+                        f"kubekv: TLS listener {url} needs --cert-file/--key-file or --auto-tls"
                     )
                 port = _bind(server.add_secure_port, addr, creds)
             else:

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -54,6 +55,16 @@ class ServerProcess:
         self.env = env
         self.proc: subprocess.Popen | None = None
         self._channel: grpc.Channel | None = None
+        # For https endpoints: returns channel credentials once the server's cert exists.
+        self.tls_credentials: Callable[[], grpc.ChannelCredentials | None] | None = None
+
+    def _new_channel(self) -> grpc.Channel:
+        if self.tls_credentials is None:
+            return grpc.insecure_channel(self.endpoint)
+        creds = self.tls_credentials()
+        if creds is None:
+            raise FileNotFoundError("server certificate not there yet")
+        return grpc.secure_channel(self.endpoint, creds)
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
         log = open(self.log_path, "ab")
@@ -72,10 +83,10 @@ class ServerProcess:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                with grpc.insecure_channel(self.endpoint) as ch:
+                with self._new_channel() as ch:
                     rpc_pb2_grpc.KVStub(ch).Range(pb.RangeRequest(key=b"health"), timeout=1)
                 return
-            except grpc.RpcError as exc:
+            except (grpc.RpcError, FileNotFoundError) as exc:
                 last_error = exc
                 time.sleep(0.05)
         raise RuntimeError(f"server not ready after {timeout}s ({last_error}):\n{self.log_tail()}")
@@ -89,7 +100,7 @@ class ServerProcess:
     @property
     def channel(self) -> grpc.Channel:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.endpoint)
+            self._channel = self._new_channel()
         return self._channel
 
     @property

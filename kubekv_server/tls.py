@@ -1,0 +1,176 @@
+"""Client TLS: certificates from flags or generated (--auto-tls), and CRL checks of client certs.
+
+Revocation is checked by serial number against --client-crl-file, as etcd does,
+rather than by OpenSSL's CRL machinery, which also refuses every client once the
+CRL's nextUpdate has passed.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import subprocess
+import urllib.parse
+
+import grpc
+
+from .config import Config
+
+log = logging.getLogger("kubekv.tls")
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def self_signed_cert(directory: str, hosts: list[str], validity_years: int = 1) -> tuple[str, str]:
+    """Create (once) a self-signed ECDSA P-256 cert for `hosts`, as etcd's --auto-tls does."""
+    os.makedirs(directory, exist_ok=True)
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    if os.path.exists(cert) and os.path.exists(key):
+        return cert, key
+    names = []
+    for h in dict.fromkeys(hosts + ["localhost", "127.0.0.1"]):
+        names.append(f"IP:{h}" if h.replace(".", "").isdigit() or ":" in h else f"DNS:{h}")
+    cmd = [
+        "openssl", "req", "-x509", "-nodes", "-newkey", "ec",
+        "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-keyout", key, "-out", cert, "-days", str(365 * validity_years),
+        "-subj", "/O=kubekv", "-addext", "subjectAltName=" + ",".join(names),
+        "-addext", "extendedKeyUsage=serverAuth,clientAuth",
+    ]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SystemExit(f"kubekv: cannot generate a self-signed certificate: {exc}") from None
+    os.chmod(key, 0o600)
+    log.info("event=auto_tls_cert_generated cert=%s hosts=%s", cert, ",".join(names))
+    return cert, key
+
+
+def server_credentials(cfg: Config, data_dir: str) -> grpc.ServerCredentials | None:
+    """TLS for https client URLs: --cert-file/--key-file, else a generated cert with --auto-tls."""
+    cert, key = cfg.cert_file, cfg.key_file
+    if not (cert and key) and cfg.auto_tls:
+        hosts = [urllib.parse.urlsplit(u).hostname or "" for u in cfg.listen_client_urls]
+        cert, key = self_signed_cert(os.path.join(data_dir, "fixtures", "client"), hosts)
+    if not (cert and key):
+        return None
+    ca = _read(cfg.trusted_ca_file) if cfg.trusted_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(_read(key), _read(cert))],
+        root_certificates=ca,
+        require_client_auth=bool(cfg.client_cert_auth and ca is not None),
+    )
+
+
+# ----------------------------------------------------------------- DER bits
+
+
+def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start of content, end of content) of the DER element at pos."""
+    tag = data[pos]
+    length = data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        n = length & 0x7F
+        length = int.from_bytes(data[pos : pos + n], "big")
+        pos += n
+    return tag, pos, pos + length
+
+
+def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
+    out = []
+    while start < end:
+        tag, s, e = _tlv(data, start)
+        out.append((tag, s, e))
+        start = e
+    return out
+
+
+def _pem_to_der(pem: bytes, label: bytes) -> list[bytes]:
+    out = []
+    begin, end = b"-----BEGIN " + label + b"-----", b"-----END " + label + b"-----"
+    while begin in pem:
+        head, _, rest = pem.partition(begin)
+        body, _, pem = rest.partition(end)
+        out.append(base64.b64decode(b"".join(body.split())))
+    return out
+
+
+def cert_serial(der: bytes) -> int:
+    """Serial number of an X.509 certificate (DER)."""
+    _, s, e = _tlv(der, 0)  # Certificate
+    _, ts, te = _tlv(der, s)  # tbsCertificate
+    fields = _children(der, ts, te)
+    idx = 1 if fields[0][0] == 0xA0 else 0  # optional [0] version
+    _, vs, ve = fields[idx]
+    return int.from_bytes(der[vs:ve], "big", signed=True)
+
+
+def crl_serials(der: bytes) -> set[int]:
+    """Serial numbers listed in a CRL (DER CertificateList)."""
+    _, s, e = _tlv(der, 0)
+    _, ts, te = _tlv(der, s)  # tbsCertList
+    serials = set()
+    for tag, cs, ce in _children(der, ts, te):
+        if tag != 0x30:
+            continue
+        entries = _children(der, cs, ce)
+        # revokedCertificates: SEQUENCE OF SEQUENCE { INTEGER serial, Time, ... }
+        if entries and all(t == 0x30 for t, _, _ in entries):
+            first = _children(der, entries[0][1], entries[0][2])
+            if first and first[0][0] == 0x02 and len(first) >= 2 and first[1][0] in (0x17, 0x18):
+                for _, es, ee in entries:
+                    _, vs, ve = _children(der, es, ee)[0]
+                    serials.add(int.from_bytes(der[vs:ve], "big", signed=True))
+    return serials
+
+
+def load_crl(path: str) -> set[int]:
+    data = _read(path)
+    ders = _pem_to_der(data, b"X509 CRL") or [data]
+    serials: set[int] = set()
+    for der in ders:
+        serials |= crl_serials(der)
+    return serials
+
+
+class CRLInterceptor(grpc.ServerInterceptor):
+    """Refuses every call whose client certificate's serial is revoked by the CRL."""
+
+    def __init__(self, revoked: set[int]) -> None:
+        self.revoked = revoked
+
+    def _revoked(self, context: grpc.ServicerContext) -> bool:
+        for pem in context.auth_context().get("x509_pem_cert", []):
+            for der in _pem_to_der(pem, b"CERTIFICATE"):
+                if cert_serial(der) in self.revoked:
+                    return True
+        return False
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        check = self._revoked
+
+        def guard(behavior):
+            def wrapped(request, context):
+                if check(context):
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "tls: certificate revoked")
+                return behavior(request, context)
+
+            return wrapped
+
+        if handler.unary_unary:
+            return handler._replace(unary_unary=guard(handler.unary_unary))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=guard(handler.unary_stream))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=guard(handler.stream_unary))
+        if handler.stream_stream:
+            return handler._replace(stream_stream=guard(handler.stream_stream))
+        return handler
