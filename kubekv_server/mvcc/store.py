@@ -69,18 +69,19 @@ class _Dbs:
     __slots__ = ("key", "key_index", "live", "meta", "max_key_size")
 
     def __init__(self, env: lmdb.Environment) -> None:
-        readonly = env.flags()["readonly"]
-        txn = env.begin(write=not readonly)
-        try:
-            create = not readonly
-            self.key = env.open_db(DB_KEY, txn=txn, create=create)
-            self.key_index = env.open_db(DB_KEY_INDEX, txn=txn, create=create, dupsort=True)
-            self.live = env.open_db(DB_LIVE, txn=txn, create=create)
-            self.meta = env.open_db(DB_META, txn=txn, create=create)
-            txn.commit()
-        except BaseException:
-            txn.abort()
-            raise
+        if env.flags()["readonly"]:
+            # A handle opened in an explicit read txn dies with it; py-lmdb's own
+            # internal txn makes it last (the store must already exist).
+            self.key = env.open_db(DB_KEY, create=False)
+            self.key_index = env.open_db(DB_KEY_INDEX, create=False, dupsort=True)
+            self.live = env.open_db(DB_LIVE, create=False)
+            self.meta = env.open_db(DB_META, create=False)
+        else:
+            with env.begin(write=True) as txn:
+                self.key = env.open_db(DB_KEY, txn=txn)
+                self.key_index = env.open_db(DB_KEY_INDEX, txn=txn, dupsort=True)
+                self.live = env.open_db(DB_LIVE, txn=txn)
+                self.meta = env.open_db(DB_META, txn=txn)
         self.max_key_size = env.max_key_size()
 
 

@@ -153,10 +153,18 @@ class MVCCMachine(RuleBasedStateMachine):
                     )
                     sub += 1
             else:
-                _, key, end = op
-                at = rev if sub else m.current
-                res = w.range(key, end)
-                assert res.rev == at
+                _, key, end, delta = op
+                cur = rev if sub else m.current
+                want = cur + delta if delta > -2 else 0
+                if want > cur:
+                    self._raises(FutureRevError, w.range, key, end, rev=want)
+                    continue
+                at = want if want > 0 else cur
+                if at < m.compact:
+                    self._raises(CompactedError, w.range, key, end, rev=want)
+                    continue
+                res = w.range(key, end, rev=want)
+                assert res.rev == cur
                 assert res.raw_kvs == m.range(key, end, at)
         assert w.changes == events
         new = w.end()
@@ -177,7 +185,7 @@ class MVCCMachine(RuleBasedStateMachine):
             st.one_of(
                 st.tuples(st.just("put"), keys, values, leases),
                 st.tuples(st.just("delete"), keys, ends),
-                st.tuples(st.just("range"), keys, ends),
+                st.tuples(st.just("range"), keys, ends, st.integers(min_value=-2, max_value=1)),
             ),
             max_size=6,
         )
