@@ -22,7 +22,7 @@ import lmdb
 from etcdproto.mvccpb.kv_pb2 import Event, KeyValue
 
 from . import compaction, meta
-from .errors import CompactedError, FutureRevError, KeyTooLargeError
+from .errors import CompactedError, FutureRevError, InvalidKeyError, KeyTooLargeError
 from .hash import hash_history
 from .key_index import visible_at
 from .revision import MARK_TOMBSTONE, rev_to_bytes
@@ -125,7 +125,7 @@ class _Reader:
     ) -> tuple[list[bytes], int]:
         txn, dbs = self._txn, self._dbs
         if end is None:
-            if len(key) > dbs.max_key_size:
+            if not key or len(key) > dbs.max_key_size:
                 return [], 0
             v = txn.get(key, db=dbs.live)
             if v is None:
@@ -168,7 +168,7 @@ class _Reader:
         txn, dbs = self._txn, self._dbs
         seeker = txn.cursor(db=dbs.key_index)
         if end is None:
-            if len(key) > dbs.max_key_size:
+            if not key or len(key) > dbs.max_key_size:
                 return [], 0
             rb = visible_at(seeker, key, rev)
             if rb is None:
@@ -256,6 +256,8 @@ class WriteTxn(_Reader):
     def put(self, key: bytes, value: bytes, lease: int = 0) -> KeyValue | None:
         """Put ``key``; returns the previous KeyValue (None if absent)."""
         dbs, txn = self._dbs, self._txn
+        if not key:
+            raise InvalidKeyError("empty key")
         if len(key) > dbs.max_key_size:
             raise KeyTooLargeError(f"key of {len(key)} bytes exceeds {dbs.max_key_size}")
         rev = self.current_revision + 1
@@ -288,7 +290,7 @@ class WriteTxn(_Reader):
         """Delete the live keys in [key, end) (see ``range``); returns their previous kvs."""
         dbs, txn = self._dbs, self._txn
         if end is None:
-            if len(key) > dbs.max_key_size:
+            if not key or len(key) > dbs.max_key_size:
                 return []
             v = txn.get(key, db=dbs.live)
             items = [] if v is None else [(key, v)]

@@ -11,8 +11,15 @@ import tempfile
 from dataclasses import dataclass
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from etcdproto.mvccpb.kv_pb2 import Event, KeyValue
 from kubekv_server.mvcc import CompactedError, FutureRevError, MVCCStore, rev_to_bytes
@@ -348,3 +355,17 @@ MVCCMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestMVCCModel = MVCCMachine.TestCase
+
+
+@pytest.mark.soak
+def test_model_soak():
+    """A longer run of the same model (``pytest -m soak tests/mvcc``)."""
+    run_state_machine_as_test(
+        MVCCMachine,
+        settings=settings(
+            max_examples=3000,
+            stateful_step_count=80,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

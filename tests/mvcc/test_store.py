@@ -13,6 +13,7 @@ from kubekv_server.mvcc import (
     NEVER_COMPACTED,
     CompactedError,
     FutureRevError,
+    InvalidKeyError,
     KeyTooLargeError,
     MVCCStore,
     rev_to_bytes,
@@ -124,11 +125,18 @@ def test_long_keys(store, env):
         w = store.write(t)
         with pytest.raises(KeyTooLargeError):
             w.put(big, b"v", 0)
+        with pytest.raises(InvalidKeyError):
+            w.put(b"", b"v", 0)
         w.put(b"k", b"v", 0)
         assert w.delete_range(big, None) == []
+        assert w.delete_range(b"", None) == []
+        assert w.range(b"", None).count == 0
+        assert w.range(b"", b"").count == 1
         w.end()
     with store.read() as r:
         assert r.range(big, None).count == 0
+        assert r.range(b"", None, rev=1).count == 0
+        assert r.range(b"", b"", rev=1).count == 0
         assert r.range(b"k", big).count == 1
         assert r.range(big, b"").count == 0
         assert r.range(big[:-1] + b"j", b"").count == 0
