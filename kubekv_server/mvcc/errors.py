@@ -25,5 +25,9 @@ class FutureRevError(MVCCError):
         super().__init__(message)
 
 
-class KeyTooLargeError(MVCCError, ValueError):
+class InvalidKeyError(MVCCError, ValueError):
+    """The key cannot be stored: empty (etcd's API refuses it before) or too large."""
+
+
+class KeyTooLargeError(InvalidKeyError):
     """The key does not fit LMDB's key size limit (``env.max_key_size()``, 511 bytes)."""

@@ -68,7 +68,7 @@ def hash_history(
     h.update(b"key")
     seeker = txn.cursor(db=key_index)
     keep_nonempty: bool | None = None
-    upper = rev_to_bytes(rev + 1)
+    upper = rev_to_bytes(max(rev + 1, 0))  # etcd: a negative rev hashes no rows
     rows = txn.cursor(db=history)
     if not rows.first():
         return h.value()

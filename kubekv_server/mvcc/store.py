@@ -22,7 +22,7 @@ import lmdb
 from etcdproto.mvccpb.kv_pb2 import Event, KeyValue
 
 from . import compaction, meta
-from .errors import CompactedError, FutureRevError, KeyTooLargeError
+from .errors import CompactedError, FutureRevError, InvalidKeyError, KeyTooLargeError
 from .hash import hash_history
 from .key_index import visible_at
 from .revision import MARK_TOMBSTONE, rev_to_bytes
@@ -69,18 +69,19 @@ class _Dbs:
     __slots__ = ("key", "key_index", "live", "meta", "max_key_size")
 
     def __init__(self, env: lmdb.Environment) -> None:
-        readonly = env.flags()["readonly"]
-        txn = env.begin(write=not readonly)
-        try:
-            create = not readonly
-            self.key = env.open_db(DB_KEY, txn=txn, create=create)
-            self.key_index = env.open_db(DB_KEY_INDEX, txn=txn, create=create, dupsort=True)
-            self.live = env.open_db(DB_LIVE, txn=txn, create=create)
-            self.meta = env.open_db(DB_META, txn=txn, create=create)
-            txn.commit()
-        except BaseException:
-            txn.abort()
-            raise
+        if env.flags()["readonly"]:
+            # A handle opened in an explicit read txn dies with it; py-lmdb's own
+            # internal txn makes it last (the store must already exist).
+            self.key = env.open_db(DB_KEY, create=False)
+            self.key_index = env.open_db(DB_KEY_INDEX, create=False, dupsort=True)
+            self.live = env.open_db(DB_LIVE, create=False)
+            self.meta = env.open_db(DB_META, create=False)
+        else:
+            with env.begin(write=True) as txn:
+                self.key = env.open_db(DB_KEY, txn=txn)
+                self.key_index = env.open_db(DB_KEY_INDEX, txn=txn, dupsort=True)
+                self.live = env.open_db(DB_LIVE, txn=txn)
+                self.meta = env.open_db(DB_META, txn=txn)
         self.max_key_size = env.max_key_size()
 
 
@@ -124,7 +125,7 @@ class _Reader:
     ) -> tuple[list[bytes], int]:
         txn, dbs = self._txn, self._dbs
         if end is None:
-            if len(key) > dbs.max_key_size:
+            if not key or len(key) > dbs.max_key_size:
                 return [], 0
             v = txn.get(key, db=dbs.live)
             if v is None:
@@ -167,7 +168,7 @@ class _Reader:
         txn, dbs = self._txn, self._dbs
         seeker = txn.cursor(db=dbs.key_index)
         if end is None:
-            if len(key) > dbs.max_key_size:
+            if not key or len(key) > dbs.max_key_size:
                 return [], 0
             rb = visible_at(seeker, key, rev)
             if rb is None:
@@ -255,6 +256,8 @@ class WriteTxn(_Reader):
     def put(self, key: bytes, value: bytes, lease: int = 0) -> KeyValue | None:
         """Put ``key``; returns the previous KeyValue (None if absent)."""
         dbs, txn = self._dbs, self._txn
+        if not key:
+            raise InvalidKeyError("empty key")
         if len(key) > dbs.max_key_size:
             raise KeyTooLargeError(f"key of {len(key)} bytes exceeds {dbs.max_key_size}")
         rev = self.current_revision + 1
@@ -287,7 +290,7 @@ class WriteTxn(_Reader):
         """Delete the live keys in [key, end) (see ``range``); returns their previous kvs."""
         dbs, txn = self._dbs, self._txn
         if end is None:
-            if len(key) > dbs.max_key_size:
+            if not key or len(key) > dbs.max_key_size:
                 return []
             v = txn.get(key, db=dbs.live)
             items = [] if v is None else [(key, v)]

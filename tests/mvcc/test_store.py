@@ -1,0 +1,162 @@
+"""Example-based tests of MVCCStore: etcd scenarios, limits, other processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from etcdproto.mvccpb.kv_pb2 import Event, KeyValue
+from kubekv_server.mvcc import (
+    NEVER_COMPACTED,
+    CompactedError,
+    FutureRevError,
+    InvalidKeyError,
+    KeyTooLargeError,
+    MVCCStore,
+    rev_to_bytes,
+)
+
+from .conftest import open_env
+
+
+def put(store, env, *kvs):
+    with env.begin(write=True) as t:
+        w = store.write(t)
+        for k, v in kvs:
+            w.put(k, v, 0)
+        return w.end()
+
+
+def test_empty_store(store):
+    with store.read() as r:
+        assert r.current_revision == 1
+        assert r.compact_revision == NEVER_COMPACTED == -1
+        res = r.range(b"a", b"")
+        assert (res.kvs, res.count, res.rev) == ([], 0, 1)
+        with pytest.raises(FutureRevError):
+            r.range(b"a", None, rev=2)
+    assert store.hash_kv(0)[1:] == (-1, 1)
+
+
+def test_generations_after_delete(store, env):
+    """etcd: a put after a delete starts a new generation (version 1, new create rev)."""
+    assert put(store, env, (b"k", b"1")) == 2
+    assert put(store, env, (b"k", b"2")) == 3
+    with env.begin(write=True) as t:
+        w = store.write(t)
+        (prev,) = w.delete_range(b"k", None)
+        assert (prev.value, prev.version, prev.create_revision) == (b"2", 2, 2)
+        assert w.changes == [
+            Event(type=Event.DELETE, kv=KeyValue(key=b"k", mod_revision=4), prev_kv=prev)
+        ]
+        assert w.end() == 4
+    assert put(store, env, (b"k", b"3")) == 5
+    with store.read() as r:
+        (kv,) = r.range(b"k", None).kvs
+        assert (kv.create_revision, kv.mod_revision, kv.version) == (5, 5, 1)
+        assert r.range(b"k", None, rev=4).count == 0
+        assert r.range(b"k", None, rev=3).kvs[0].version == 2
+
+
+def test_write_txn_reads_own_writes_and_is_one_revision(store, env):
+    put(store, env, (b"a", b"0"))
+    with env.begin(write=True) as t:
+        w = store.write(t)
+        assert w.range(b"a", None).rev == 2
+        w.put(b"a", b"1", 0)
+        w.put(b"b", b"1", 5)
+        res = w.range(b"a", b"c")
+        assert res.rev == 3 and [kv.value for kv in res.kvs] == [b"1", b"1"]
+        assert [kv.value for kv in w.range(b"a", b"c", rev=2).kvs] == [b"0"]
+        assert w.delete_range(b"zz", None) == []
+        w.delete_range(b"b", None)
+        assert w.end() == 3
+    with env.begin() as t:
+        hist = list(t.cursor(db=store._dbs.key).iternext(values=False))
+    assert hist == [rev_to_bytes(2, 0), rev_to_bytes(3, 0), rev_to_bytes(3, 1),
+                    rev_to_bytes(3, 2, tombstone=True)]  # fmt: skip
+
+
+def test_noop_write_txn_keeps_revision(store, env):
+    with env.begin(write=True) as t:
+        w = store.write(t)
+        assert w.delete_range(b"a", b"") == []
+        assert w.end() == 1
+
+
+def test_compaction_boundaries(store, env):
+    for i in range(5):
+        put(store, env, (b"k", b"%d" % i))  # revs 2..6
+    with env.begin(write=True) as t:
+        with pytest.raises(FutureRevError):
+            store.compact(t, 7)
+        store.compact(t, 4)
+        with pytest.raises(CompactedError):
+            store.compact(t, 4)
+    with store.read() as r:
+        assert r.compact_revision == 4
+        assert r.range(b"k", None, rev=4).kvs[0].value == b"2"  # rev == compact is readable
+        with pytest.raises(CompactedError):
+            r.range(b"k", None, rev=3)
+    with pytest.raises(CompactedError):
+        store.hash_kv(4)  # HashKV's boundary is rev <= compact, as etcd's HashByRev
+    with env.begin(write=True) as t:
+        assert store.compaction_pending(t)
+        assert store.compact_step(t, 1) is True
+    path = env.path()
+    env.close()
+    env = open_env(path)  # progress survives restart
+    store = MVCCStore(env)
+    with env.begin(write=True) as t:
+        while store.compact_step(t, 1):
+            pass
+        assert not store.compaction_pending(t)
+        hist = list(t.cursor(db=store._dbs.key).iternext(values=False))
+        assert hist == [rev_to_bytes(r) for r in (4, 5, 6)]
+    env.close()
+
+
+def test_long_keys(store, env):
+    big = b"k" * 600
+    with env.begin(write=True) as t:
+        w = store.write(t)
+        with pytest.raises(KeyTooLargeError):
+            w.put(big, b"v", 0)
+        with pytest.raises(InvalidKeyError):
+            w.put(b"", b"v", 0)
+        w.put(b"k", b"v", 0)
+        assert w.delete_range(big, None) == []
+        assert w.delete_range(b"", None) == []
+        assert w.range(b"", None).count == 0
+        assert w.range(b"", b"").count == 1
+        w.end()
+    with store.read() as r:
+        assert r.range(big, None).count == 0
+        assert r.range(b"", None, rev=1).count == 0
+        assert r.range(b"", b"", rev=1).count == 0
+        assert r.range(b"k", big).count == 1
+        assert r.range(big, b"").count == 0
+        assert r.range(big[:-1] + b"j", b"").count == 0
+
+
+def test_other_process_reads_readonly(store, env, tmp_path):
+    put(store, env, (b"a", b"1"), (b"b", b"2"))
+    env.sync(True)
+    code = textwrap.dedent(f"""
+        import lmdb
+        from kubekv_server.mvcc import MVCCStore
+        env = lmdb.open({env.path()!r}, max_dbs=16, readonly=True, lock=True)
+        with MVCCStore(env).read() as r:
+            print(r.current_revision, r.range(b"a", b"").count)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2", "2"]
+
+
+def test_db_size(store, env):
+    put(store, env, (b"a", b"1"))
+    assert store.db_size() >= store.db_size_in_use() > 0
