@@ -154,6 +154,7 @@ def apply_delete_range(txn, d: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
 
 
 def _new_txn_response(r: pb.TxnRequest, path: list[bool], resp: pb.TxnResponse) -> None:
+    resp.header.SetInParent()  # etcd sends nested txns an empty header, not none
     resp.succeeded = path[0]
     for op in r.success if path[0] else r.failure:
         kind = op.WhichOneof("request")

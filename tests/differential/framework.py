@@ -61,17 +61,16 @@ def normalise(resp) -> object:
 
 
 def _clear_headers(msg) -> None:
-    """Clear cluster_id, member_id and raft_term in every header, nested txn responses too."""
+    """Clear cluster_id, member_id and raft_term of the top-level header.
+
+    Only the top level: etcd leaves the headers of responses inside a Txn with
+    nothing but a revision, and so must kubekv.
+    """
     if msg.HasField("header"):
         h = msg.header
         h.cluster_id = 0
         h.member_id = 0
         h.raft_term = 0
-    if isinstance(msg, pb.TxnResponse):
-        for op in msg.responses:
-            kind = op.WhichOneof("response")
-            if kind is not None:
-                _clear_headers(getattr(op, kind))
 
 
 def show(x: object) -> str:
