@@ -71,14 +71,12 @@ def compare_path(txn, r: pb.TxnRequest) -> list[bool]:
 
 
 def is_read_only(r: pb.TxnRequest) -> bool:
-    """A txn whose both branches only read: served without a log entry."""
-    for op in (*r.success, *r.failure):
-        kind = op.WhichOneof("request")
-        if kind in ("request_put", "request_delete_range"):
-            return False
-        if kind == "request_txn" and not is_read_only(op.request_txn):
-            return False
-    return True
+    """A txn whose both branches hold only Ranges: served without a log entry.
+
+    As etcd's isTxnReadonly, a nested txn makes a txn a write even if it only
+    reads: it is proposed, so --max-request-bytes applies to it.
+    """
+    return all(op.WhichOneof("request") == "request_range" for op in (*r.success, *r.failure))
 
 
 # ---------------------------------------------------------- pre-write checks
@@ -154,6 +152,7 @@ def apply_delete_range(txn, d: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
 
 
 def _new_txn_response(r: pb.TxnRequest, path: list[bool], resp: pb.TxnResponse) -> None:
+    resp.header.SetInParent()  # etcd sends nested txns an empty header, not none
     resp.succeeded = path[0]
     for op in r.success if path[0] else r.failure:
         kind = op.WhichOneof("request")
