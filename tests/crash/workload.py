@@ -10,6 +10,7 @@ Operations (every value is `writer:seq`, so each stored value names its request)
 - put: `w/p` = value
 - pair: a Txn putting `w/ta` and `w/tb` = value (must be all-or-nothing)
 - cas: a Txn `value(w/c) == last value` → put `w/c` = value; failing is a lost write
+- move: a Txn deleting `w/p` and putting `w/m` = value (a tombstone and a put, atomically)
 
 `History.verify` reads the restarted store and checks, for the revisions written
 since the last check, that each revision is exactly one request of this round,
@@ -42,6 +43,7 @@ class Op:
     kind: str  # "put" | "pair" | "cas" | "probe"
     keys: tuple[bytes, ...]
     value: bytes
+    deletes: tuple[bytes, ...] = ()
     revision: int = 0  # set when acknowledged
 
 
@@ -74,10 +76,17 @@ class Writer(threading.Thread):
         if roll < 0.5:
             op = Op(w, self.seq, "put", (key(w, "p"),), value)
             return op, "Put", pb.PutRequest(key=op.keys[0], value=value)
-        if roll < 0.8:
+        if roll < 0.7:
             op = Op(w, self.seq, "pair", (key(w, "ta"), key(w, "tb")), value)
             req = pb.TxnRequest(success=[
                 pb.RequestOp(request_put=pb.PutRequest(key=k, value=value)) for k in op.keys
+            ])
+            return op, "Txn", req
+        if roll < 0.8:
+            op = Op(w, self.seq, "move", (key(w, "m"),), value, deletes=(key(w, "p"),))
+            req = pb.TxnRequest(success=[
+                pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=op.deletes[0])),
+                pb.RequestOp(request_put=pb.PutRequest(key=op.keys[0], value=value)),
             ])
             return op, "Txn", req
         op = Op(w, self.seq, "cas", (key(w, "c"),), value)
@@ -125,6 +134,7 @@ class History:
     def __init__(self, writers: int) -> None:
         self.writers = writers
         self.values: dict[bytes, bytes] = {}  # key -> value as of `self.revision`
+        self.meta: dict[bytes, tuple[int, int, int]] = {}  # key -> (create, mod, version)
         self.revision = 1  # every revision up to here has been checked
         self.next_seq = [0] * writers
         self.compacted = 0
@@ -156,6 +166,7 @@ class History:
 
         # every revision since the last check is exactly one request of this round
         applied: dict[tuple[int, int], int] = {}
+        deleted_at: list[tuple[int, bytes]] = []  # (revision, key) that must be absent there
         revs = list(range(self.revision + 1, current + 1))
         for chunk_start in range(0, len(revs), RANGES_PER_TXN):
             chunk = revs[chunk_start:chunk_start + RANGES_PER_TXN]
@@ -188,9 +199,20 @@ class History:
                 if sorted(kv_.key for kv_ in kvs) != sorted(op.keys):
                     problems.append(f"revision {r}: {op.kind} {value!r} half applied: "
                                     f"{sorted(kv_.key for kv_ in kvs)} of {sorted(op.keys)}")
+                deleted_at.extend((r, k) for k in op.deletes)
                 if op.revision and op.revision != r:
                     problems.append(f"{value!r} acknowledged at revision {op.revision}, "
                                     f"stored at {r}")
+        for chunk_start in range(0, len(deleted_at), RANGES_PER_TXN):
+            chunk = deleted_at[chunk_start:chunk_start + RANGES_PER_TXN]
+            txn = pb.TxnRequest(success=[
+                pb.RequestOp(request_range=pb.RangeRequest(key=k, revision=r)) for r, k in chunk
+            ])
+            resp = kv.Txn(txn, timeout=RPC_TIMEOUT)
+            for (r, k), op_resp in zip(chunk, resp.responses, strict=True):
+                if op_resp.response_range.kvs:
+                    problems.append(f"revision {r}: {k!r} should be deleted, holds "
+                                    f"{op_resp.response_range.kvs[0].value!r}")
         for op in acked:
             if (op.writer, op.seq) not in applied and op.revision > self.revision:
                 problems.append(f"acknowledged {op.kind} {op.value!r} (revision {op.revision}) "
@@ -198,8 +220,11 @@ class History:
 
         # every key holds its writer's last acknowledged value or its in-flight one
         stored = {kv_.key: kv_.value for kv_ in now.kvs}
+        problems.extend(self._check_metadata(now, applied, by_id))
         expected = dict(self.values)
         for op in acked:
+            for k in op.deletes:
+                expected.pop(k, None)
             for k in op.keys:
                 expected[k] = op.value
         for w in ws:
@@ -209,12 +234,16 @@ class History:
                 allowed = {expected.get(k)}
                 if w.in_flight and k in w.in_flight.keys:
                     allowed.add(w.in_flight.value)
+                if w.in_flight and k in w.in_flight.deletes:
+                    allowed.add(None)
                 if stored.get(k) not in allowed:
                     problems.append(f"{k!r} = {stored.get(k)!r}, expected one of {allowed}")
         if problems:
             raise AssertionError("\n".join(problems[:30]))
 
         self.values = {k: v for k, v in stored.items() if not k.endswith(b"/probe")}
+        self.meta = {kv_.key: (kv_.create_revision, kv_.mod_revision, kv_.version)
+                     for kv_ in now.kvs if not kv_.key.endswith(b"/probe")}
         for w in ws:
             self.next_seq[w.writer] = w.seq + 1  # never reuse a seq, acknowledged or not
         self.revision = current
@@ -222,6 +251,28 @@ class History:
                             "unknown_applied": len(set(in_flight) & set(applied)),
                             "revision": current})
         return current
+
+    def _check_metadata(self, now: pb.RangeResponse, applied: dict[tuple[int, int], int],
+                        by_id: dict[tuple[int, int], Op]) -> list[str]:
+        """Replay the applied requests in revision order over the last checked key metadata:
+        create revision, mod revision and version of every key must come out as stored."""
+        meta = dict(self.meta)
+        for ident, r in sorted(applied.items(), key=lambda item: item[1]):
+            op = by_id[ident]
+            for k in op.deletes:
+                meta.pop(k, None)
+            for k in op.keys:
+                create, _, version = meta.get(k, (r, 0, 0))
+                meta[k] = (create, r, version + 1)
+        problems = []
+        for kv_ in now.kvs:
+            if kv_.key.endswith(b"/probe"):
+                continue
+            got = (kv_.create_revision, kv_.mod_revision, kv_.version)
+            if meta.get(kv_.key) != got:
+                problems.append(f"{kv_.key!r}: (create, mod, version) = {got}, "
+                                f"history says {meta.get(kv_.key)}")
+        return problems
 
     def probe(self, kv: rpc_pb2_grpc.KVStub, value: bytes) -> None:
         """A write after recovery continues right after the recovered revision."""
