@@ -146,7 +146,7 @@ def apply_delete_range(txn, d: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
     resp = pb.DeleteRangeResponse(deleted=len(deleted))
     if d.prev_kv and deleted:
         resp.prev_kvs.extend(deleted)
-    changed = bool(deleted) or bool(txn.changes)
+    changed = bool(deleted) or txn.changed
     resp.header.revision = txn.current_revision + (1 if changed else 0)
     return resp
 
@@ -211,5 +211,5 @@ def apply_txn(txn, r: pb.TxnRequest, lease_exists: LeaseExists) -> pb.TxnRespons
     check_txn(txn, r, path, lease_exists)
     resp = pb.TxnResponse()
     _apply_txn_ops(txn, r, path, resp, lease_exists)
-    resp.header.revision = txn.current_revision + (1 if getattr(txn, "changes", None) else 0)
+    resp.header.revision = txn.current_revision + (1 if getattr(txn, "changed", False) else 0)
     return resp
