@@ -633,7 +633,7 @@ class Raft:
             if me is not None:
                 me.recent_active = True  # the leader always counts itself as active
             if not self.prs.quorum_active():
-                log.warning("%x stepped down to follower since quorum is not active", self.id)
+                log.info("%x stepped down to follower since quorum is not active", self.id)
                 self.become_follower(self.term, NONE)
             for i, pr in self.prs.progress.items():
                 if i != self.id:
