@@ -493,9 +493,8 @@ class SimCluster:
         for i, node in self.nodes.items():
             if not node.up:
                 self.restart(i)
-        members = set(self.bootstrap.voters)
-        lead = self.leader()
-        if lead is not None:
-            cs = self.nodes[lead].raw.raft.prs.conf_state()
-            members = set(cs.voters) | set(cs.learners)
-        return self.one(b"converge-%d" % self.seed, len(members), timeout_ms=timeout_ms)
+        self.one(b"converge-%d" % self.seed, 1, timeout_ms=timeout_ms)
+        lead = self.check_one_leader()
+        cs = self.nodes[lead].raw.raft.prs.conf_state()
+        members = set(cs.voters) | set(cs.learners) | set(cs.voters_outgoing)
+        return self.one(b"converged-%d" % self.seed, len(members), timeout_ms=timeout_ms)

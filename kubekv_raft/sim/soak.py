@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 
+from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.errors import RaftError
 from kubekv_raft.raft import StateType
 from kubekv_raft.sim.cluster import SimCluster
@@ -14,10 +15,53 @@ from kubekv_raft.sim.cluster import SimCluster
 __all__ = ["random_run"]
 
 
+def _membership_step(c: SimCluster, rng: random.Random) -> None:
+    """At the leader: add a spare node as learner, promote a learner, or remove a voter."""
+    lead = c.leader()
+    if lead is None:
+        return
+    node = c.nodes[lead]
+    cs = node.raw.raft.prs.conf_state()
+    if cs.voters_outgoing:
+        return
+    members = set(cs.voters) | set(cs.learners)
+    choice = rng.random()
+    if choice < 0.4:
+        new_id = max(c.nodes) + 1 if rng.random() < 0.5 or len(c.nodes) == len(members) else None
+        spare = [i for i in c.nodes if i not in members and c.nodes[i].storage.last_index() == 0]
+        if new_id is None and spare:
+            new_id = spare[0]
+        if new_id is None:
+            return
+        if new_id not in c.nodes:
+            c.add_node(new_id)
+        change: pb.ConfChange | pb.ConfChangeV2 = pb.ConfChange(
+            type=pb.ConfChangeAddLearnerNode, node_id=new_id
+        )
+    elif choice < 0.7 and cs.learners:
+        change = pb.ConfChange(type=pb.ConfChangeAddNode, node_id=rng.choice(list(cs.learners)))
+    elif len(cs.voters) > 3:
+        victim = rng.choice(list(cs.voters))
+        change = pb.ConfChangeV2(
+            transition=rng.choice(
+                [pb.ConfChangeTransitionAuto, pb.ConfChangeTransitionJointImplicit]
+            ),
+            changes=[pb.ConfChangeSingle(type=pb.ConfChangeRemoveNode, node_id=victim)],
+        )
+    else:
+        return
+    try:
+        node.raw.propose_conf_change(change)
+    except RaftError:
+        return
+    c._drain(node)
+
+
 def random_run(seed: int, duration_ms: int = 4000) -> SimCluster:
     """Run one randomized schedule to completion; raises SimulationError on a violation."""
     rng = random.Random(seed)
     n = rng.choice([3, 3, 5])
+    membership = rng.random() < 0.5
     c = SimCluster(
         n,
         seed,
@@ -68,6 +112,8 @@ def random_run(seed: int, duration_ms: int = 4000) -> SimCluster:
                 except RaftError:
                     pass
                 c._drain(node)
+        elif x < 0.97 and membership:
+            _membership_step(c, rng)
         else:
             node = c.nodes[i]
             if node.up:
