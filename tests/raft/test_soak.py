@@ -46,3 +46,14 @@ def test_same_seed_same_run():
 def test_soak_thousands_of_seeds():
     for seed in range(100_000, 100_000 + SOAK_SEEDS):
         random_run(seed, duration_ms=6000)
+
+
+def test_failure_names_seed_and_replay_command(monkeypatch):
+    from kubekv_raft.log import RaftLog
+    from kubekv_raft.sim import SimulationError
+
+    monkeypatch.setattr(RaftLog, "is_up_to_date", lambda self, i, t: True)  # break voting
+    with pytest.raises(SimulationError) as e:
+        for seed in range(200):
+            random_run(seed)
+    assert "seed=" in str(e.value) and "python -m kubekv_raft.sim --seed" in str(e.value)
