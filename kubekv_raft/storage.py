@@ -160,7 +160,11 @@ class MemoryStorage:
     def create_snapshot(
         self, index: int, conf_state: pb.ConfState | None = None, data: bytes = b""
     ) -> pb.Snapshot:
-        """Record a snapshot of the application's state as of applied index `index`."""
+        """Record a snapshot of the application's state as of applied index `index`.
+
+        Its conf_state becomes the membership to restart from: the core replays the
+        committed conf changes after the snapshot.
+        """
         with self._lock:
             if index <= self._snapshot.metadata.index:
                 raise SnapshotOutOfDateError(f"snapshot {index} not newer")
@@ -172,6 +176,7 @@ class MemoryStorage:
             snap.metadata.term = self._ents[index - offset].term
             if conf_state is not None:
                 snap.metadata.conf_state.CopyFrom(conf_state)
+                self._conf_state = _copy(conf_state)
             self._snapshot = snap
             return snap
 
@@ -410,6 +415,8 @@ class LMDBStorage:
                 snap.metadata.conf_state.CopyFrom(conf_state)
             txn.put(_K_SNAP_META, snap.metadata.SerializeToString(), db=self._meta)
             txn.put(_K_SNAP_DATA, data, db=self._meta)
+            if conf_state is not None:
+                txn.put(_K_CONF, conf_state.SerializeToString(), db=self._meta)
             return snap
 
     def apply_snapshot(self, snapshot: pb.Snapshot) -> None:

@@ -1,0 +1,280 @@
+"""Runner: drives a RawNode from asyncio. Owns the clock, persists, sends, applies, advances.
+
+It decides nothing Raft decides; it only moves data between the core and the outside:
+
+    inputs (ticks, peer messages, proposals, reads) -> RawNode -> Ready
+    Ready: persist (executor thread, one fsync) -> transport.send -> applier.apply -> advance
+
+Proposals and reads arriving from many coroutines while a Ready is being handled are
+batched into the next cycle: one MsgProp for all proposals, one read-index round for
+all reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import struct
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, Protocol
+
+from etcdproto.raftpb import raft_pb2 as pb
+from kubekv_raft.errors import ProposalDroppedError, RaftError
+from kubekv_raft.raft import Config
+from kubekv_raft.raw_node import RawNode, Ready
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Transport", "Applier", "Runner", "WritableStorage"]
+
+
+class Transport(Protocol):
+    """Delivers messages to peers. Must not block; may drop (Raft retries)."""
+
+    def send(self, messages: list[pb.Message]) -> None:
+        """Queue messages for delivery. For MsgSnap, call runner.report_snapshot when done."""
+        ...
+
+
+class Applier(Protocol):
+    """Applies committed entries to the state machine, in order, exactly once per index."""
+
+    def apply(self, entries: list[pb.Entry]) -> Any:
+        """Apply a batch; may be `async def` (awaited) or plain (run in the executor)."""
+        ...
+
+
+class WritableStorage(Protocol):
+    """The write side of storage the runner uses (LMDBStorage, MemoryStorage)."""
+
+    def append(self, entries: list[pb.Entry], hard_state: pb.HardState | None = None) -> None:
+        """Persist entries and hard state in one durable write."""
+        ...
+
+    def apply_snapshot(self, snapshot: pb.Snapshot) -> None:
+        """Replace the log by a snapshot."""
+        ...
+
+
+def default_request_id(data: bytes) -> bytes:
+    """The default hook: the whole entry payload identifies the request."""
+    return data
+
+
+class Runner:
+    """One member's event loop around a RawNode.
+
+    `request_id_of(entry_data)` extracts the caller-chosen request id embedded in a
+    proposal; `propose(data, request_id)` resolves when an applied entry carries that id.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        storage: WritableStorage,
+        transport: Transport,
+        applier: Applier,
+        *,
+        tick_interval: float = 0.1,
+        request_id_of: Callable[[bytes], bytes] = default_request_id,
+        executor: Executor | None = None,
+    ) -> None:
+        self.node = RawNode(config)
+        self.id = config.id
+        self.storage = storage
+        self.transport = transport
+        self.applier = applier
+        self.tick_interval = tick_interval
+        self.request_id_of = request_id_of
+        self.executor = executor
+        self.applied = self.node.raft.raft_log.applied
+        self._apply_is_async = inspect.iscoroutinefunction(applier.apply)
+        self._inbox: list[pb.Message] = []
+        self._ticks = 0
+        self._proposals: list[tuple[bytes, bytes]] = []
+        self._conf_changes: list[tuple[pb.ConfChange | pb.ConfChangeV2, asyncio.Future]] = []
+        self._waiting: dict[bytes, asyncio.Future] = {}
+        self._reads: list[asyncio.Future] = []
+        self._read_ctx = 0
+        self._read_waiters: dict[bytes, list[asyncio.Future]] = {}
+        self._apply_waiters: list[tuple[int, asyncio.Future]] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._stopped = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the clock and the Ready loop."""
+        self._tasks = [
+            asyncio.create_task(self._clock(), name=f"raft-clock-{self.id}"),
+            asyncio.create_task(self._loop(), name=f"raft-loop-{self.id}"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop both tasks; pending futures fail with ProposalDroppedError."""
+        self._stopped = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        err = ProposalDroppedError("runner stopped")
+        for f in [*self._waiting.values(), *self._reads, *(f for _, f in self._apply_waiters)]:
+            if not f.done():
+                f.set_exception(err)
+
+    # -- inputs ------------------------------------------------------------------------------
+    def step(self, m: pb.Message) -> None:
+        """A message arrived from a peer (call from the event loop)."""
+        self._inbox.append(m)
+        self._wake.set()
+
+    def report_snapshot(self, to: int, ok: bool) -> None:
+        """The transport finished (or failed) sending a snapshot to `to`."""
+        self._inbox.append(pb.Message(type=pb.MsgSnapStatus, from_=to, reject=not ok))
+        self._wake.set()
+
+    def report_unreachable(self, to: int) -> None:
+        """The transport could not reach `to`."""
+        self._inbox.append(pb.Message(type=pb.MsgUnreachable, from_=to))
+        self._wake.set()
+
+    def propose(self, data: bytes, request_id: bytes | None = None) -> asyncio.Future:
+        """Propose data; the future resolves to its log index once applied locally.
+
+        request_id must equal request_id_of(data) (default: data itself) and be unique
+        among proposals in flight. Fails with ProposalDroppedError if Raft refuses it;
+        never resolves if the entry is lost to a leader change (callers use timeouts).
+        """
+        rid = request_id if request_id is not None else self.request_id_of(data)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        self._proposals.append((data, rid))
+        self._wake.set()
+        return fut
+
+    def propose_conf_change(self, cc: pb.ConfChange | pb.ConfChangeV2) -> asyncio.Future:
+        """Propose a membership change; resolves once it was proposed (not applied)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._conf_changes.append((cc, fut))
+        self._wake.set()
+        return fut
+
+    def read_index(self) -> asyncio.Future:
+        """Linearizable read barrier: resolves to an index once applied >= it.
+
+        Every read waiting in one loop iteration shares one read-index request.
+        """
+        fut = asyncio.get_running_loop().create_future()
+        self._reads.append(fut)
+        self._wake.set()
+        return fut
+
+    def transfer_leadership(self, to: int) -> None:
+        """Ask the leader to hand over to `to`."""
+        self.node.transfer_leadership(to)
+        self._wake.set()
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def _clock(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_interval)
+            self._ticks += 1
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        while not self._stopped:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self._feed()
+                while self.node.has_ready():
+                    await self._handle(self.node.ready())
+                    self.node.advance()
+                    self._feed()  # inputs that arrived meanwhile join the next Ready
+            except Exception:  # pragma: no cover - a bug; make it loud and stop
+                log.exception("raft runner %x failed", self.id)
+                raise
+
+    def _feed(self) -> None:
+        node = self.node
+        inbox, self._inbox = self._inbox, []
+        for m in inbox:
+            try:
+                if m.type in (pb.MsgSnapStatus, pb.MsgUnreachable):
+                    node.raft.step(m)
+                else:
+                    node.step(m)
+            except RaftError as e:
+                log.debug("dropped %s from %x: %s", pb.MessageType.Name(m.type), m.from_, e)
+        ticks, self._ticks = self._ticks, 0
+        for _ in range(ticks):
+            node.tick()
+        props, self._proposals = self._proposals, []
+        if props:
+            try:
+                node.propose_batch([d for d, _ in props])
+            except ProposalDroppedError as e:
+                for _, rid in props:
+                    fut = self._waiting.pop(rid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_exception(ProposalDroppedError(str(e)))
+        ccs, self._conf_changes = self._conf_changes, []
+        for cc, fut in ccs:
+            try:
+                node.propose_conf_change(cc)
+                fut.set_result(None)
+            except RaftError as e:
+                fut.set_exception(e)
+        reads, self._reads = self._reads, []
+        if reads:
+            self._read_ctx += 1
+            ctx = struct.pack(">QQ", self.id, self._read_ctx)
+            self._read_waiters[ctx] = reads
+            node.read_index(ctx)
+
+    async def _handle(self, rd: Ready) -> None:
+        loop = asyncio.get_running_loop()
+        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+            await loop.run_in_executor(self.executor, self._persist, rd)
+        if rd.messages:
+            self.transport.send(rd.messages)
+        for rs in rd.read_states:
+            for fut in self._read_waiters.pop(rs.request_ctx, []):
+                self._apply_waiters.append((rs.index, fut))
+        if rd.snapshot is not None:
+            self.applied = max(self.applied, rd.snapshot.metadata.index)
+        if rd.committed_entries:
+            ents = rd.committed_entries
+            if self._apply_is_async:
+                await self.applier.apply(ents)
+            else:
+                await loop.run_in_executor(self.executor, self.applier.apply, ents)
+            for e in ents:
+                if e.type == pb.EntryConfChange:
+                    self.node.apply_conf_change(pb.ConfChange.FromString(e.data))
+                elif e.type == pb.EntryConfChangeV2:
+                    self.node.apply_conf_change(pb.ConfChangeV2.FromString(e.data))
+                elif e.data and self._waiting:
+                    fut = self._waiting.pop(self.request_id_of(e.data), None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(e.index)
+            self.applied = ents[-1].index
+        if self._apply_waiters:
+            keep = []
+            for index, fut in self._apply_waiters:
+                if index <= self.applied:
+                    if not fut.done():
+                        fut.set_result(index)
+                else:
+                    keep.append((index, fut))
+            self._apply_waiters = keep
+
+    def _persist(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            self.storage.apply_snapshot(rd.snapshot)
+        if rd.entries or rd.hard_state is not None:
+            self.storage.append(rd.entries, rd.hard_state)
