@@ -173,6 +173,11 @@ class Runner:
         self._wake.set()
         return fut
 
+    def campaign(self) -> None:
+        """Start an election now (a lone voter need not wait for an election timeout)."""
+        self.node.campaign()
+        self._wake.set()
+
     def transfer_leadership(self, to: int) -> None:
         """Ask the leader to hand over to `to`."""
         self.node.transfer_leadership(to)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.kubekvpb import internal_pb2
@@ -21,11 +20,12 @@ from .alarms import list_alarms
 from .applier import Applier, mvcc_error
 from .backend import Backend, decode_u64, encode_u64
 from .cluster_ids import cluster_id, member_id
+from .compactor import Compactor
 from .config import Config
 from .kv_range import execute_range
 from .kv_txn import apply_txn, is_read_only
 from .mvcc import CompactedError, FutureRevError, MVCCStore
-from .single_member import SingleMemberNode
+from .raft_node import RaftNode
 
 log = logging.getLogger("kubekv.member")
 
@@ -49,10 +49,15 @@ class Member:
         self.storage = LMDBStorage(os.path.join(member_dir, "log"))
         self.member_id, self.cluster_id, self.members = self._identity()
         self.applier = Applier(self.backend, self.mvcc)
-        self.node = SingleMemberNode(self.storage, self.applier, self.member_id)
+        self.node = RaftNode(
+            self.storage,
+            self.applier,
+            self.member_id,
+            heartbeat_ms=cfg.heartbeat_interval_ms,
+            election_ms=cfg.election_timeout_ms,
+        )
+        self.compactor = Compactor(self.backend, self.mvcc)
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
-        self._compaction_done = threading.Event()
-        self._compaction_done.set()
 
     # ------------------------------------------------------------ identity
 
@@ -88,6 +93,7 @@ class Member:
             for i, m in enumerate(members)
         ]
         self.storage.append(bootstrap, raft_pb2.HardState(term=1, commit=len(bootstrap)))
+        self.storage.set_conf_state(raft_pb2.ConfState(voters=[m["id"] for m in members]))
         with self.backend.env.begin(write=True) as txn:
             meta = self.backend.meta
             txn.put(b"member_id", encode_u64(mid), db=meta)
@@ -99,11 +105,15 @@ class Member:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self.node.add_idle_work(self._compact_step)
+        self.node.add_listener(self._after_apply)
+        self.compactor.start()
         self.node.start()
+        while not self.node.wait_leader(5.0):
+            log.warning("event=waiting_for_leader member_id=%x", self.member_id)
 
     def stop(self) -> None:
         self.node.stop()
+        self.compactor.stop()
         self.storage.close()
         self.backend.close()
 
@@ -198,19 +208,15 @@ class Member:
         return self.propose("txn", r, cost=quota.txn_cost(r))
 
     def compact(self, r: pb.CompactionRequest) -> pb.CompactionResponse:
-        self._compaction_done.clear()
         resp = self.propose("compaction", r)
+        self.compactor.kick()
         if r.physical:
-            self._compaction_done.wait()
+            self.compactor.wait_idle()
         return resp
 
-    def _compact_step(self) -> bool:
-        """Writer thread: remove one slice of compacted history; False when none is left."""
-        with self.backend.env.begin(write=True) as txn:
-            more = self.mvcc.compact_step(txn)
-        if not more:
-            self._compaction_done.set()
-        return more
+    def _after_apply(self, result) -> None:
+        if result.compaction_scheduled:
+            self.compactor.kick()
 
     # ------------------------------------------------------------ status
 
