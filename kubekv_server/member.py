@@ -25,6 +25,7 @@ from .config import Config
 from .kv_range import execute_range
 from .kv_txn import apply_txn, is_read_only
 from .mvcc import CompactedError, FutureRevError, MVCCStore
+from .request_checks import etcd_entry_size
 from .single_member import SingleMemberNode
 
 log = logging.getLogger("kubekv.member")
@@ -169,7 +170,7 @@ class Member:
         internal = internal_pb2.InternalRequest(id=rid)
         getattr(internal, field).CopyFrom(request)
         data = internal.SerializeToString()
-        if len(data) > self.cfg.max_request_bytes:
+        if etcd_entry_size(self.member_id, rid, len(data)) > self.cfg.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
         resp = await self.node.propose(rid, data)
         self.header(resp.header)
