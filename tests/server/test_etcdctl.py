@@ -38,7 +38,8 @@ def test_prefix_limit_sort_and_rev(kubekv):
 def test_txn_interactive(kubekv):
     ep = kubekv.endpoint
     etcdctl(ep, "put", "key1", "1")
-    res = etcdctl(ep, "txn", "-i=false", input='value("key1") = "1"\n\nput key2 ok\n\nput key2 no\n\n')
+    res = etcdctl(ep, "txn", "-i=false",
+                  input='value("key1") = "1"\n\nput key2 ok\n\nput key2 no\n\n')
     assert res.stdout.split()[0] == "SUCCESS"
     assert etcdctl(ep, "get", "key2", "--print-value-only").stdout.strip() == "ok"
     res = etcdctl(ep, "txn", input='value("key1") = "2"\n\nput key3 yes\n\nput key3 no\n\n')
