@@ -36,7 +36,7 @@ def _compare_kv(c: pb.Compare, kv: kv_pb2.KeyValue) -> bool:
     elif target == pb.Compare.LEASE:
         a, b = kv.lease, c.lease
     else:
-        return True
+        a = b = 0  # etcd's compareKV: an unknown target leaves the comparison "equal"
     result = c.result
     if result == pb.Compare.EQUAL:
         return a == b

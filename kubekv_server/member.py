@@ -26,6 +26,7 @@ from .kv_range import execute_range
 from .kv_txn import apply_txn, is_read_only
 from .mvcc import CompactedError, FutureRevError, MVCCStore
 from .raft_node import RaftNode
+from .request_checks import etcd_entry_size
 
 log = logging.getLogger("kubekv.member")
 
@@ -189,7 +190,7 @@ class Member:
         internal = internal_pb2.InternalRequest(id=rid)
         getattr(internal, field).CopyFrom(request)
         data = internal.SerializeToString()
-        if len(data) > self.cfg.max_request_bytes:
+        if etcd_entry_size(self.member_id, rid, len(data)) > self.cfg.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
         resp = self.node.propose(rid, data).wait(timeout)
         self.header(resp.header)

@@ -152,3 +152,12 @@ def test_keys_only_count_only(differ):
     d.send(get(p + b"empty"))
     d.send(get(p + b"empty", keys_only=True))
     d.send(get(p + b"nope", count_only=True))
+
+
+def test_unknown_sort_order(differ):
+    """A sort order etcd does not know sorts nothing, but still turns off limit push-down."""
+    d, p = differ, differ.prefix
+    _fill(d)
+    for target in SORT_TARGETS:
+        t = pb.RangeRequest.SortTarget.Value(target)
+        d.send(get(p, prefix_end(p), sort_order=7, sort_target=t, limit=2))

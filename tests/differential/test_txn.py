@@ -242,3 +242,15 @@ def test_txn_put_checks(differ):
     # reads with revisions in a write txn are checked before anything is written
     d.send(txn([], [put(p + b"y", b"1"), get(p + b"a", revision=d.rev + 3)]))
     d.send(get(p, prefix_end(p)))
+
+
+def test_unknown_compare_target_and_result(differ):
+    """Enum values etcd does not know: an unknown target compares equal, an unknown result holds."""
+    from etcdproto.etcdserverpb import rpc_pb2 as pb
+
+    d, p = differ, differ.prefix
+    _fill(d)
+    for key in (p + b"a", p + b"missing"):
+        for target, result in itertools.product([0, 1, 4, 5, 7], [0, 1, 2, 3, 4, 9]):
+            c = pb.Compare(key=key, target=target, result=result, version=1)
+            d.send(txn([c], [get(p + b"a", keys_only=True)], [get(p + b"b", count_only=True)]))
