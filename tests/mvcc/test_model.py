@@ -358,13 +358,14 @@ TestMVCCModel = MVCCMachine.TestCase
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1800)
 def test_model_soak():
     """A longer run of the same model (``pytest -m soak tests/mvcc``)."""
     run_state_machine_as_test(
         MVCCMachine,
         settings=settings(
-            max_examples=3000,
-            stateful_step_count=80,
+            max_examples=1000,
+            stateful_step_count=60,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),
