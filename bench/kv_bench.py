@@ -407,12 +407,12 @@ class PySpy:
     """Optional: sample the kubekv server with py-spy during each measured window."""
 
     def __init__(self, out_dir: pathlib.Path, pid_fn, duration: float, rate: int,
-                 native: bool) -> None:
+                 extra: list[str]) -> None:
         self.out_dir = out_dir
         self.pid_fn = pid_fn
         self.duration = duration
         self.rate = rate
-        self.native = native
+        self.extra = extra
         out_dir.mkdir(parents=True, exist_ok=True)
         self.files: list[pathlib.Path] = []
 
@@ -422,8 +422,7 @@ class PySpy:
         argv = ["py-spy", "record", "--pid", str(self.pid_fn()), "--duration",
                 str(max(1, int(self.duration))), "--rate", str(self.rate), "--format", "raw",
                 "-o", str(out)]
-        if self.native:
-            argv.append("--native")
+        argv += self.extra
         return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 stdin=subprocess.DEVNULL)
 
@@ -470,8 +469,14 @@ def _frame_name(frame: str) -> str:
 # ----------------------------------------------------------------- report
 
 
-def fmt_ratio(x: float) -> str:
-    return "–" if x != x else f"{x:.2f}×"
+def fmt_ratio(x: float, digits: int = 2) -> str:
+    return "–" if x != x else f"{x:.{digits}f}×"
+
+
+def verdict(ok: bool, value: float) -> str:
+    if value != value:
+        return ""
+    return " ok" if ok else " MISS"
 
 
 def tables(results: dict, ops: list[str], inflights: list[int]) -> str:
@@ -488,13 +493,13 @@ def tables(results: dict, ops: list[str], inflights: list[int]) -> str:
             e = results.get("etcd", {}).get(op, {}).get(str(n))
             ratio = k["ops_per_s"] / e["ops_per_s"] if k and e and e["ops_per_s"] else float("nan")
             p99r = k["p99_ms"] / e["p99_ms"] if k and e and e["p99_ms"] else float("nan")
-            rs, ps = fmt_ratio(ratio), fmt_ratio(p99r)
+            digits = 3 if n == TARGET_INFLIGHT else 2  # a verdict must not hide in rounding
+            rs, ps = fmt_ratio(ratio, digits), fmt_ratio(p99r, digits)
             if n == TARGET_INFLIGHT and op in TARGET_OPS_RATIO:
                 t = TARGET_OPS_RATIO[op]
-                rs += f" (target ≥{t}× {'ok' if ratio >= t else 'MISS'})"
+                rs += f" (target ≥{t}×{verdict(ratio >= t, ratio)})"
             if n == TARGET_INFLIGHT:
-                ps += f" (target ≤{TARGET_P99_RATIO:g}× " \
-                      f"{'ok' if p99r <= TARGET_P99_RATIO else 'MISS'})"
+                ps += f" (target ≤{TARGET_P99_RATIO:g}×{verdict(p99r <= TARGET_P99_RATIO, p99r)})"
 
             def ops_s(c):
                 return f"{c['ops_per_s']:.0f}" if c else "–"
@@ -551,8 +556,10 @@ def parse_args(argv=None):
                    help=f"client processes (default {default_clients})")
     p.add_argument("--channels", type=int, default=1, help="gRPC channels per client process")
     p.add_argument("--server", choices=["kubekv", "etcd", "both"], default="both")
-    p.add_argument("--kubekv-flags", default="", help="extra kubekv flags (one string)")
-    p.add_argument("--etcd-flags", default="", help="extra etcd flags (one string)")
+    p.add_argument("--kubekv-flags", default="",
+                   help='extra kubekv flags, one string: --kubekv-flags="--flag value"')
+    p.add_argument("--etcd-flags", default="",
+                   help='extra etcd flags, one string: --etcd-flags="--flag value"')
     p.add_argument("--json", dest="json_out", help="write all results as JSON here")
     p.add_argument("--tmpdir", help="parent of the servers' temp data dirs (default: $TMPDIR)")
     p.add_argument("--keep-tmp", action="store_true", help="keep data dirs and server logs")
@@ -560,8 +567,11 @@ def parse_args(argv=None):
                    help="run py-spy on the kubekv server in each measured window and write "
                         "collapsed stacks + top-function summaries to DIR (skews kubekv's "
                         "numbers: for finding hot spots, not for comparison)")
+    p.add_argument("--report", metavar="JSON",
+                   help="print the tables of a saved --json run and exit (runs nothing)")
     p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
-    p.add_argument("--profile-native", action="store_true", help="py-spy --native")
+    p.add_argument("--profile-extra", default="",
+                   help='more py-spy record flags, one string: --profile-extra="--gil --native"')
     args = p.parse_args(argv)
     args.ops = [o.strip() for o in args.ops.split(",") if o.strip()]
     for o in args.ops:
@@ -596,7 +606,8 @@ def bench_server(name: str, tmp: pathlib.Path, args, results: dict, profiler_dir
         profiler = None
         if profiler_dir is not None and name == "kubekv":
             profiler = PySpy(profiler_dir, lambda: sp.proc.pid, args.duration,
-                             args.profile_rate, args.profile_native)
+                             args.profile_rate,
+                             shlex.split(args.profile_extra))
         per_op = results.setdefault(name, {})
         seed = 1
         for op in args.ops:
@@ -622,8 +633,22 @@ def bench_server(name: str, tmp: pathlib.Path, args, results: dict, profiler_dir
         print(f"  {name} stopped (exit {rc})", flush=True)
 
 
+def print_report(path: str) -> int:
+    data = json.loads(pathlib.Path(path).read_text())
+    meta, results = data["meta"], data["results"]
+    ops = [o for o in OPS if any(o in results.get(s, {}) for s in SERVERS)]
+    inflights = sorted({int(n) for s in results.values() for cells in s.values() for n in cells})
+    print(f"{meta['date']}  `{meta['command']}`")
+    print(f"before: {meta['uptime_before']}\nafter:  {meta.get('uptime_after', '?')}\n")
+    print(tables(results, ops, inflights))
+    print(client_table(results, ops, inflights))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.report:
+        return print_report(args.report)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="kv-bench-", dir=args.tmpdir))
@@ -666,7 +691,8 @@ def main(argv=None) -> int:
         for name in args.servers:
             bench_server(name, tmp, args, results, profiler_dir)
     except (KeyboardInterrupt, Interrupted) as exc:
-        print(f"\ninterrupted ({exc or 'SIGINT'}): servers and clients stopped", file=sys.stderr)
+        why = str(exc) or "SIGINT"
+        print(f"\ninterrupted ({why}): servers and clients stopped", file=sys.stderr)
         rc = 130
     finally:
         if not args.keep_tmp:
