@@ -26,6 +26,8 @@ from .kv_range import execute_range
 from .kv_txn import apply_txn, is_read_only
 from .mvcc import CompactedError, FutureRevError, MVCCStore
 from .single_member import SingleMemberNode
+from .watch import WatchHub
+from .watch.sync import SyncThread
 
 log = logging.getLogger("kubekv.member")
 
@@ -50,6 +52,8 @@ class Member:
         self.member_id, self.cluster_id, self.members = self._identity()
         self.applier = Applier(self.backend, self.mvcc)
         self.node = SingleMemberNode(self.storage, self.applier, self.member_id)
+        self.watch_hub = WatchHub(self.mvcc)
+        self.node.add_listener(self._notify_watchers)
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
         self._compaction_done = threading.Event()
         self._compaction_done.set()
@@ -101,8 +105,16 @@ class Member:
     def start(self) -> None:
         self.node.add_idle_work(self._compact_step)
         self.node.start()
+        self.watch_hub.catch_up_revision()
+        self._watch_sync = SyncThread(self.watch_hub)
+        self._watch_sync.start()
+
+    def _notify_watchers(self, result) -> None:
+        self.watch_hub.notify(result.events)
 
     def stop(self) -> None:
+        if getattr(self, "_watch_sync", None) is not None:
+            self._watch_sync.stop()
         self.node.stop()
         self.storage.close()
         self.backend.close()

@@ -21,6 +21,7 @@ from etcdproto.etcdserverpb import rpc_pb2_grpc
 from .api.cluster import ClusterService
 from .api.kv import KVService
 from .api.maintenance import MaintenanceService
+from .api.watch import WatchService
 from .config import Config
 from .member import CLUSTER_VERSION, Member
 
@@ -103,6 +104,12 @@ class ClientServer:
         rpc_pb2_grpc.add_KVServicer_to_server(KVService(self.member), server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self.member), server)
         rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self.member), server)
+        watch = WatchService(
+            self.member, self.member.watch_hub,
+            progress_interval=cfg.watch_progress_notify_interval,
+            max_request_bytes=cfg.max_request_bytes,
+        )
+        rpc_pb2_grpc.add_WatchServicer_to_server(watch, server)
         creds = None
         for url in cfg.listen_client_urls:
             addr, secure = listen_address(url)

@@ -106,7 +106,8 @@ class SingleMemberNode:
         return waiter
 
     def add_listener(self, fn: Callable[[BatchResult], None]) -> None:
-        """Call fn(batch) on the committer thread after each applied batch (watch hub)."""
+        """Call fn(batch) on the committer thread after each applied batch, before its
+        waiters are answered (watch hub). fn must not block: it only enqueues."""
         self._listeners.append(fn)
 
     def add_idle_work(self, step: Callable[[], bool]) -> None:
@@ -169,6 +170,13 @@ class SingleMemberNode:
             for item in batch:
                 item[2].fail(err)
             return None
+        # Listeners (the watch hub) first: a client that has its write acknowledged
+        # and then opens a watch must find the write already behind the hub's revision.
+        for fn in self._listeners:
+            try:
+                fn(result)
+            except Exception:
+                log.exception("event=listener_failed")
         waiters = {rid: w for _, rid, w in batch}
         for rid, outcome in result.results:
             w = waiters.get(rid)
@@ -178,11 +186,6 @@ class SingleMemberNode:
                 w.fail(outcome)
             else:
                 w.succeed(outcome)
-        for fn in self._listeners:
-            try:
-                fn(result)
-            except Exception:
-                log.exception("event=listener_failed")
         return result
 
     def _idle_step(self) -> bool:
