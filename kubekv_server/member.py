@@ -27,6 +27,7 @@ from .kv_txn import apply_txn, is_read_only
 from .mvcc import CompactedError, FutureRevError, MVCCStore
 from .single_member import SingleMemberNode
 from .watch import WatchHub
+from .watch.hub import DEFAULT_MAX_PENDING
 from .watch.sync import SyncThread
 
 log = logging.getLogger("kubekv.member")
@@ -52,7 +53,10 @@ class Member:
         self.member_id, self.cluster_id, self.members = self._identity()
         self.applier = Applier(self.backend, self.mvcc)
         self.node = SingleMemberNode(self.storage, self.applier, self.member_id)
-        self.watch_hub = WatchHub(self.mvcc)
+        # KUBEKV_WATCH_MAX_PENDING: responses queued per watch stream before its watchers
+        # fall back to catching up from history (a tuning knob; tests make it small).
+        max_pending = int(os.environ.get("KUBEKV_WATCH_MAX_PENDING", "0")) or DEFAULT_MAX_PENDING
+        self.watch_hub = WatchHub(self.mvcc, max_pending=max_pending)
         self.node.add_listener(self._notify_watchers)
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
         self._compaction_done = threading.Event()

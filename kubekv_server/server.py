@@ -107,7 +107,8 @@ class ClientServer:
         watch = WatchService(
             self.member, self.member.watch_hub,
             progress_interval=cfg.watch_progress_notify_interval,
-            max_request_bytes=cfg.max_request_bytes,
+            # etcd fragments at --max-request-bytes plus gRPC's overhead allowance
+            max_request_bytes=cfg.max_request_bytes + GRPC_OVERHEAD_BYTES,
         )
         rpc_pb2_grpc.add_WatchServicer_to_server(watch, server)
         creds = None
