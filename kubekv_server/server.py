@@ -20,6 +20,7 @@ from etcdproto.etcdserverpb import rpc_pb2_grpc
 
 from .api.cluster import ClusterService
 from .api.kv import KVService
+from .api.lease import LeaseService
 from .api.maintenance import MaintenanceService
 from .api.watch import WatchService
 from .config import Config
@@ -111,6 +112,7 @@ class ClientServer:
             max_request_bytes=cfg.max_request_bytes + GRPC_OVERHEAD_BYTES,
         )
         rpc_pb2_grpc.add_WatchServicer_to_server(watch, server)
+        rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(self.member), server)
         creds = None
         for url in cfg.listen_client_urls:
             addr, secure = listen_address(url)
