@@ -23,6 +23,7 @@ from .alarms import apply_alarm, list_alarms
 from .backend import Backend
 from .errors import EtcdError
 from .kv_txn import apply_delete_range, apply_put, apply_txn
+from .lease import LeaseStore
 from .mvcc import CompactedError, FutureRevError, MVCCStore
 from .quota import has_put
 
@@ -38,6 +39,8 @@ class BatchResult:
     events: list = field(default_factory=list)  # mvccpb.Event, in revision order
     applied_index: int = 0
     compaction_scheduled: bool = False
+    # ("grant", id, ttl) / ("revoke", id), for the in-memory lessor after commit
+    lease_changes: list = field(default_factory=list)
 
 
 def mvcc_error(exc: Exception) -> EtcdError:
@@ -56,19 +59,29 @@ class Applier:
         self,
         backend: Backend,
         mvcc: MVCCStore,
-        lease_exists: Callable[[int], bool] = lambda _lease: False,
+        leases: LeaseStore | None = None,
+        on_lease_changes: Callable[[list], None] | None = None,
     ) -> None:
         self.backend = backend
         self.mvcc = mvcc
-        self.lease_exists = lease_exists
+        self.leases = leases
+        self.on_lease_changes = on_lease_changes
         self.applied_index = backend.applied_index()
         with backend.env.begin() as txn:
             self.alarms = {(a.memberID, a.alarm) for a in list_alarms(txn, backend.meta)}
+        self._txn: lmdb.Transaction | None = None  # the request being applied
+        self._lease_changes: list = []
 
     @property
     def nospace(self) -> bool:
         """While a NOSPACE alarm is raised, new values are refused (etcd's capped applier)."""
         return any(alarm == pb.NOSPACE for _, alarm in self.alarms)
+
+    def lease_exists(self, lease_id: int) -> bool:
+        """Whether a lease exists as of the request being applied (same batch included)."""
+        if self.leases is None or self._txn is None:
+            return False
+        return self.leases.exists(self._txn, lease_id)
 
     def apply(self, entries: Sequence[raft_pb2.Entry]) -> BatchResult:
         """Apply entries past the applied index in one durable transaction. Thread: writer."""
@@ -83,12 +96,16 @@ class Applier:
                     self._apply_request(txn, entry.data, out)
             self.backend.set_applied_index(txn, todo[-1].index)
         self.applied_index = out.applied_index = todo[-1].index
+        if out.lease_changes and self.on_lease_changes is not None:
+            self.on_lease_changes(out.lease_changes)
         return out
 
     def _apply_request(self, txn: lmdb.Transaction, data: bytes, out: BatchResult) -> None:
         req = internal_pb2.InternalRequest.FromString(data)
         kind = req.WhichOneof("request")
         child = self.backend.env.begin(write=True, parent=txn)
+        self._txn = child
+        self._lease_changes: list = []
         try:
             result, events = self._dispatch(child, req, kind)
         except EtcdError as exc:
@@ -105,11 +122,18 @@ class Applier:
             out.results.append((req.id, errors.EtcdError(errors.STOPPED.code, "etcdserver: "
                                                           "internal error applying request")))
             return
+        finally:
+            self._txn = None
         child.commit()
+        out.lease_changes.extend(self._lease_changes)
         if kind == "compaction":
             out.compaction_scheduled = True
         out.events.extend(events)
         out.results.append((req.id, result))
+
+    def _track(self, txn: lmdb.Transaction, changes: list) -> None:
+        if self.leases is not None and changes:
+            self.leases.track(txn, changes)
 
     def _dispatch(self, txn: lmdb.Transaction, req, kind: str | None):
         if kind == "put":
@@ -118,11 +142,13 @@ class Applier:
             w = self.mvcc.write(txn)
             resp = apply_put(w, req.put, self.lease_exists)
             w.end()
+            self._track(txn, w.changes)
             return resp, w.changes
         if kind == "delete_range":
             w = self.mvcc.write(txn)
             resp = apply_delete_range(w, req.delete_range)
             w.end()
+            self._track(txn, w.changes)
             return resp, w.changes
         if kind == "txn":
             if self.nospace and has_put(req.txn):
@@ -130,6 +156,7 @@ class Applier:
             w = self.mvcc.write(txn)
             resp = apply_txn(w, req.txn, self.lease_exists)
             w.end()
+            self._track(txn, w.changes)
             return resp, w.changes
         if kind == "compaction":
             self.mvcc.compact(txn, req.compaction.revision)
@@ -137,6 +164,20 @@ class Applier:
             w = self.mvcc.write(txn)
             resp.header.revision = w.current_revision
             return resp, []
+        if kind == "lease_grant" and self.leases is not None:
+            ttl = self.leases.grant(txn, req.lease_grant)
+            self._lease_changes.append(("grant", req.lease_grant.ID, ttl))
+            resp = pb.LeaseGrantResponse(ID=req.lease_grant.ID, TTL=ttl)
+            resp.header.revision = self.mvcc.write(txn).current_revision
+            return resp, []
+        if kind == "lease_revoke" and self.leases is not None:
+            w = self.mvcc.write(txn)
+            self.leases.revoke(txn, w, req.lease_revoke.ID)
+            resp = pb.LeaseRevokeResponse()
+            resp.header.revision = w.end()
+            self._track(txn, w.changes)
+            self._lease_changes.append(("revoke", req.lease_revoke.ID))
+            return resp, w.changes
         if kind == "alarm":
             resp = apply_alarm(txn, self.backend.meta, req.alarm)
             self.alarms = {(a.memberID, a.alarm) for a in list_alarms(txn, self.backend.meta)}

@@ -137,3 +137,7 @@ NOT_SUPPORTED_FOR_LEARNER = EtcdError(
 CLUSTER_VERSION_UNAVAILABLE = EtcdError(
     grpc.StatusCode.UNAVAILABLE, "etcdserver: cluster version not found during downgrade"
 )
+# clientv3/concurrency and v3election errors: plain Go errors, so gRPC code Unknown.
+ELECTION_NOT_LEADER = EtcdError(grpc.StatusCode.UNKNOWN, "election: not leader")
+ELECTION_NO_LEADER = EtcdError(grpc.StatusCode.UNKNOWN, "election: no leader")
+MISSING_LEADER_KEY = EtcdError(grpc.StatusCode.UNKNOWN, '"leader" field must be provided')

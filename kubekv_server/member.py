@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.kubekvpb import internal_pb2
@@ -24,9 +26,13 @@ from .compactor import Compactor
 from .config import Config
 from .kv_range import execute_range
 from .kv_txn import apply_txn, is_read_only
+from .lease import MAX_LEASE_TTL, LeaseStore, Lessor, min_lease_ttl
 from .mvcc import CompactedError, FutureRevError, MVCCStore
 from .raft_node import RaftNode
 from .request_checks import etcd_entry_size
+from .watch import WatchHub
+from .watch.hub import DEFAULT_MAX_PENDING
+from .watch.sync import SyncThread
 
 log = logging.getLogger("kubekv.member")
 
@@ -49,7 +55,13 @@ class Member:
         self.mvcc = MVCCStore(self.backend.env)
         self.storage = LMDBStorage(os.path.join(member_dir, "log"))
         self.member_id, self.cluster_id, self.members = self._identity()
-        self.applier = Applier(self.backend, self.mvcc)
+        self.lessor = Lessor(time.monotonic)
+        self.leases = LeaseStore(
+            self.backend, min_lease_ttl(cfg.election_timeout_ms, cfg.heartbeat_interval_ms)
+        )
+        self.applier = Applier(
+            self.backend, self.mvcc, self.leases, on_lease_changes=self._lease_changes
+        )
         self.node = RaftNode(
             self.storage,
             self.applier,
@@ -58,7 +70,13 @@ class Member:
             election_ms=cfg.election_timeout_ms,
         )
         self.compactor = Compactor(self.backend, self.mvcc)
+        # KUBEKV_WATCH_MAX_PENDING: responses queued per watch stream before its watchers
+        # fall back to catching up from history (a tuning knob; tests make it small).
+        max_pending = int(os.environ.get("KUBEKV_WATCH_MAX_PENDING", "0")) or DEFAULT_MAX_PENDING
+        self.watch_hub = WatchHub(self.mvcc, max_pending=max_pending)
+        self.node.add_listener(self._notify_watchers)
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
+        self._stopping = threading.Event()
 
     # ------------------------------------------------------------ identity
 
@@ -108,11 +126,113 @@ class Member:
     def start(self) -> None:
         self.node.add_listener(self._after_apply)
         self.compactor.start()
+        with self.backend.env.begin() as txn:
+            self.lessor.restore(self.leases.all(txn))  # replayed entries then update it
         self.node.start()
         while not self.node.wait_leader(5.0):
             log.warning("event=waiting_for_leader member_id=%x", self.member_id)
+        self.watch_hub.catch_up_revision()
+        self._watch_sync = SyncThread(self.watch_hub)
+        self._watch_sync.start()
+        self._became_leader()
+        self._lease_thread = threading.Thread(
+            target=self._expire_leases, name="kubekv-lessor", daemon=True
+        )
+        self._lease_thread.start()
+
+    # ------------------------------------------------------------- leases
+
+    def is_leader(self) -> bool:
+        """The hook replication fills in: only the leader runs lease deadlines."""
+        return self.node.leader_id == self.member_id
+
+    def _became_leader(self) -> None:
+        """etcd's lessor.Promote on winning an election: every lease gets its full TTL
+        plus one election timeout from now."""
+        if self.is_leader():
+            self.lessor.promote(self.cfg.election_timeout_ms / 1000)
+
+    def _lease_changes(self, changes: list) -> None:
+        """Committer thread, after an apply batch commits: mirror grants and revocations."""
+        for change in changes:
+            if change[0] == "grant":
+                self.lessor.granted(change[1], change[2])
+            else:
+                self.lessor.revoked(change[1])
+
+    def _expire_leases(self) -> None:
+        """Leader only: propose the revocation of expired leases (etcd's revokeExpiredLeases,
+        every 500 ms at most 500 leases)."""
+        while not self._stopping.is_set():
+            if self.is_leader():
+                for lease_id in self.lessor.expired():
+                    try:
+                        self._propose_nowait("lease_revoke", pb.LeaseRevokeRequest(ID=lease_id))
+                    except errors.EtcdError:
+                        break
+            wait = min(max(self.lessor.next_deadline() - time.monotonic(), 0.05), 0.5)
+            self.lessor.wait_changed(wait)
+
+    def _propose_nowait(self, field: str, request) -> None:
+        rid = self.node.next_id()
+        internal = internal_pb2.InternalRequest(id=rid)
+        getattr(internal, field).CopyFrom(request)
+        self.node.propose(rid, internal.SerializeToString())
+
+    def lease_grant(self, r: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:
+        if r.TTL > MAX_LEASE_TTL:
+            raise errors.LEASE_T_T_L_TOO_LARGE
+        if r.ID == 0:
+            r = pb.LeaseGrantRequest(TTL=r.TTL, ID=self._new_lease_id())
+        return self.propose("lease_grant", r)
+
+    def _new_lease_id(self) -> int:
+        while True:
+            lease_id = self.node.next_id() & ((1 << 63) - 1)
+            if lease_id and not self.lessor.exists(lease_id):
+                return lease_id
+
+    def lease_revoke(self, r: pb.LeaseRevokeRequest) -> pb.LeaseRevokeResponse:
+        return self.propose("lease_revoke", r)
+
+    def lease_renew(self, lease_id: int) -> int:
+        """KeepAlive: the renewed TTL, 0 when the lease is gone (etcd answers TTL 0)."""
+        try:
+            return self.lessor.renew(lease_id, wait=REQUEST_TIMEOUT)
+        except errors.EtcdError as exc:
+            if exc is errors.LEASE_NOT_FOUND:
+                return 0
+            raise
+
+    def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
+        found = self.lessor.lookup(r.ID)
+        if found is None:
+            resp = pb.LeaseTimeToLiveResponse(ID=r.ID, TTL=-1)
+        else:
+            granted, remaining = found
+            # etcd: int64(Remaining().Seconds()), truncated; a follower's leases never expire
+            ttl = granted if remaining == float("inf") else int(remaining)
+            resp = pb.LeaseTimeToLiveResponse(ID=r.ID, TTL=ttl, grantedTTL=granted)
+            if r.keys:
+                with self.backend.env.begin() as txn:
+                    resp.keys.extend(sorted(self.leases.keys(txn, r.ID)))
+        self.header(resp.header, self.current_revision())
+        return resp
+
+    def lease_leases(self) -> pb.LeaseLeasesResponse:
+        resp = pb.LeaseLeasesResponse()
+        for lease_id in self.lessor.ids():
+            resp.leases.add(ID=lease_id)
+        self.header(resp.header, self.current_revision())
+        return resp
+
+    def _notify_watchers(self, result) -> None:
+        self.watch_hub.notify(result.events)
 
     def stop(self) -> None:
+        self._stopping.set()
+        if getattr(self, "_watch_sync", None) is not None:
+            self._watch_sync.stop()
         self.node.stop()
         self.compactor.stop()
         self.storage.close()
@@ -165,7 +285,7 @@ class Member:
             return list_alarms(txn, self.backend.meta)
 
     def lease_exists(self, lease_id: int) -> bool:
-        return False
+        return self.lessor.exists(lease_id)
 
     # -------------------------------------------------------------- writes
 

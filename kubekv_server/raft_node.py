@@ -275,7 +275,13 @@ class RaftNode:
     # -------------------------------------------------------------- apply
 
     def _applied(self, result: BatchResult) -> None:
-        """Executor thread: release the waiters of this batch, notify listeners."""
+        """Executor thread: notify listeners (watchers see a change before its writer's
+        answer), then release the waiters of this batch."""
+        for fn in self._listeners:
+            try:
+                fn(result)
+            except Exception:
+                log.exception("event=listener_failed")
         if result.results:
             with self._waiters_lock:
                 found = [(self._waiters.pop(_varint(rid), None), outcome)
@@ -287,11 +293,6 @@ class RaftNode:
                     waiter.fail(outcome)
                 else:
                     waiter.succeed(outcome)
-        for fn in self._listeners:
-            try:
-                fn(result)
-            except Exception:
-                log.exception("event=listener_failed")
 
 
 def _varint(n: int) -> bytes:

@@ -17,10 +17,16 @@ from concurrent import futures
 import grpc
 
 from etcdproto.etcdserverpb import rpc_pb2_grpc
+from etcdproto.v3electionpb import v3election_pb2_grpc
+from etcdproto.v3lockpb import v3lock_pb2_grpc
 
 from .api.cluster import ClusterService
+from .api.election import ElectionService
 from .api.kv import KVService
+from .api.lease import LeaseService
+from .api.lock import LockService
 from .api.maintenance import MaintenanceService
+from .api.watch import WatchService
 from .config import Config
 from .member import CLUSTER_VERSION, Member
 from .tls import CRLInterceptor, load_crl, server_credentials
@@ -91,6 +97,16 @@ class ClientServer:
         rpc_pb2_grpc.add_KVServicer_to_server(KVService(self.member), server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(self.member), server)
         rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(self.member), server)
+        watch = WatchService(
+            self.member, self.member.watch_hub,
+            progress_interval=cfg.watch_progress_notify_interval,
+            # etcd fragments at --max-request-bytes plus gRPC's overhead allowance
+            max_request_bytes=cfg.max_request_bytes + GRPC_OVERHEAD_BYTES,
+        )
+        rpc_pb2_grpc.add_WatchServicer_to_server(watch, server)
+        rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(self.member), server)
+        v3lock_pb2_grpc.add_LockServicer_to_server(LockService(self.member), server)
+        v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(self.member), server)
         creds = None
         for url in cfg.listen_client_urls:
             addr, secure = listen_address(url)

@@ -25,7 +25,7 @@ from . import compaction, meta
 from .errors import CompactedError, FutureRevError, InvalidKeyError, KeyTooLargeError
 from .hash import hash_history
 from .key_index import visible_at
-from .revision import MARK_TOMBSTONE, rev_to_bytes
+from .revision import MARK_TOMBSTONE, is_tombstone, main_of, rev_to_bytes
 
 DB_KEY = b"key"
 DB_KEY_INDEX = b"key_index"
@@ -192,6 +192,29 @@ class _Reader:
             if len(raw) != want:
                 raw.append(txn.get(rb, db=dbs.key))
         return raw, count
+
+    def history(self, from_rev: int, to_rev: int):
+        """Every change with main revision in [from_rev, to_rev], in revision order, as Events.
+
+        etcd's ``kvsToEvents`` over the ``key`` bucket: a tombstone row becomes a DELETE
+        whose kv holds only ``key`` and ``mod_revision``. ``prev_kv`` is not set.
+        The caller checks ``from_rev`` against the compact revision first.
+        """
+        if to_rev < from_rev:
+            return
+        txn, dbs = self._txn, self._dbs
+        cur = txn.cursor(db=dbs.key)
+        if not cur.set_range(rev_to_bytes(max(from_rev, 0))):
+            return
+        stop = rev_to_bytes(to_rev + 1)
+        for rb, raw in cur.iternext():
+            if rb >= stop:
+                return
+            kv = _parse_kv(raw)
+            if is_tombstone(rb):
+                yield Event(type=_DELETE, kv=KeyValue(key=kv.key, mod_revision=main_of(rb)))
+            else:
+                yield Event(type=_PUT, kv=kv)
 
 
 def _seek(cur: lmdb.Cursor, key: bytes, max_key_size: int) -> bool:

@@ -1,0 +1,181 @@
+"""etcdserverpb.Watch: etcd's watch stream (v3rpc/watch.go) over the thread-pool server.
+
+Each stream has a reader thread (the blocking request iterator: create, cancel,
+progress requests go straight to the hub) and the handler thread, which pops the
+stream's outbox, fills headers, trims prev_kv, fragments and yields. The hub
+never waits for either, so a slow client only ever delays itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from etcdproto.etcdserverpb import rpc_pb2 as pb
+from etcdproto.etcdserverpb import rpc_pb2_grpc
+
+from ..watch import Response, Stream, WatchHub
+
+log = logging.getLogger("kubekv.watch")
+
+_NOPUT = pb.WatchCreateRequest.NOPUT
+_NODELETE = pb.WatchCreateRequest.NODELETE
+
+
+def _varint_len(n: int) -> int:
+    size = 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size
+
+
+def fragments(resp: pb.WatchResponse, limit: int) -> Iterator[pb.WatchResponse]:
+    """etcd's sendFragments: split a response of >= `limit` bytes and > 1 event.
+
+    Every fragment but the last has `fragment` set; each holds at least one event
+    and stays below `limit` whenever more than one event fits.
+    """
+    if len(resp.events) < 2 or resp.ByteSize() < limit:
+        yield resp
+        return
+    events = list(resp.events)
+    base = pb.WatchResponse()
+    base.CopyFrom(resp)
+    base.ClearField("events")
+    base.fragment = True
+    base_size = base.ByteSize()
+    i, n = 0, len(events)
+    while True:
+        cur = pb.WatchResponse()
+        cur.CopyFrom(base)
+        size = base_size
+        count = 0
+        while i < n:
+            es = events[i].ByteSize()
+            add = 1 + _varint_len(es) + es
+            if count >= 1 and size + add >= limit:
+                break
+            cur.events.append(events[i])
+            size += add
+            count += 1
+            i += 1
+        if i == n:
+            cur.fragment = False
+        yield cur
+        if not cur.fragment:
+            return
+
+
+def progress_interval_with_jitter(interval: float) -> float:
+    """etcd's GetProgressReportInterval: the interval plus up to a tenth of it."""
+    return interval + random.uniform(0, interval / 10)
+
+
+class WatchService(rpc_pb2_grpc.WatchServicer):
+    def __init__(self, member, hub: WatchHub, *, progress_interval: float,
+                 max_request_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.member = member
+        self.hub = hub
+        self.progress_interval = progress_interval
+        self.max_request_bytes = max_request_bytes
+        self.clock = clock
+
+    # ------------------------------------------------------------ the stream
+
+    def Watch(self, request_iterator, context):
+        hub = self.hub
+        stream = hub.new_stream()
+        context.add_callback(stream.close)
+        reader = threading.Thread(
+            target=self._receive, args=(request_iterator, stream), name="kubekv-watch-recv",
+            daemon=True,
+        )
+        reader.start()
+        clock = self.clock
+        next_tick = clock() + progress_interval_with_jitter(self.progress_interval)
+        try:
+            while True:
+                out = stream.pop(max(next_tick - clock(), 0.0))
+                if out is None:
+                    if stream.closed:
+                        return
+                    if clock() >= next_tick:
+                        self._progress_tick(stream)
+                        next_tick = clock() + progress_interval_with_jitter(
+                            self.progress_interval
+                        )
+                    continue
+                yield from self._responses(out)
+                w = out.watcher
+                if w is not None and out.events:
+                    w.progress_due = False  # etcd elides the next progress notification
+        finally:
+            hub.close_stream(stream)
+
+    def _progress_tick(self, stream: Stream) -> None:
+        for w in list(stream.watchers.values()):
+            if w.progress_notify:
+                if w.progress_due:
+                    self.hub.progress(w)
+                w.progress_due = True
+
+    def _receive(self, request_iterator, stream: Stream) -> None:
+        """Reader thread: apply requests in order; a broken stream closes ours."""
+        try:
+            for req in request_iterator:
+                kind = req.WhichOneof("request_union")
+                if kind == "create_request":
+                    self._create(stream, req.create_request)
+                elif kind == "cancel_request":
+                    self.hub.cancel(stream, req.cancel_request.watch_id)
+                elif kind == "progress_request":
+                    self.hub.progress_all(stream)
+        except Exception as exc:  # the client went away (grpc raises on cancel)
+            log.debug("event=watch_recv_ended error=%r", exc)
+            self.hub.close_stream(stream)
+        # On a clean half-close etcd keeps sending until the client cancels.
+
+    def _create(self, stream: Stream, c: pb.WatchCreateRequest) -> None:
+        key = c.key or b"\x00"  # etcd: \x00 is the smallest key
+        end: bytes | None = c.range_end
+        if not end:
+            end = None
+        elif end == b"\x00":
+            end = b""  # every key >= key
+        filters = set(c.filters)
+        self.hub.watch(
+            stream, c.watch_id, key, end, c.start_revision,
+            no_put=_NOPUT in filters, no_delete=_NODELETE in filters, prev_kv=c.prev_kv,
+            progress_notify=c.progress_notify, fragment=c.fragment,
+        )
+
+    # ------------------------------------------------------------- responses
+
+    def _responses(self, out: Response) -> Iterator[pb.WatchResponse]:
+        m = self.member
+        resp = pb.WatchResponse(
+            watch_id=out.watch_id, created=out.created, canceled=out.canceled,
+            compact_revision=out.compact_revision, cancel_reason=out.cancel_reason,
+        )
+        h = resp.header
+        h.cluster_id = m.cluster_id
+        h.member_id = m.member_id
+        h.raft_term = m.node.term
+        h.revision = out.revision
+        w = out.watcher
+        if out.events:
+            if w is not None and w.prev_kv:
+                resp.events.extend(out.events)
+            else:
+                for ev in out.events:
+                    e = resp.events.add()
+                    e.type = ev.type
+                    e.kv.CopyFrom(ev.kv)
+        if w is not None and w.fragment:
+            yield from fragments(resp, self.max_request_bytes)
+        else:
+            yield resp

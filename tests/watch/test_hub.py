@@ -1,0 +1,271 @@
+"""The watch hub as pure logic: a real MVCC store on a temporary LMDB, no sockets, no threads.
+
+Writes go straight to the store and their events to `hub.notify`, as the committer
+does; catch-up runs when the test calls `hub.sync_once()`.
+"""
+
+from __future__ import annotations
+
+import lmdb
+import pytest
+
+from etcdproto.etcdserverpb import rpc_pb2 as pb
+from etcdproto.mvccpb.kv_pb2 import Event
+from kubekv_server.api.watch import fragments
+from kubekv_server.mvcc import MVCCStore
+from kubekv_server.watch import INVALID_WATCH_ID, WatchHub
+from kubekv_server.watch.hub import ERR_DUPLICATE_ID, ERR_EMPTY_RANGE
+
+
+class World:
+    def __init__(self, path, **hub_opts) -> None:
+        self.env = lmdb.open(str(path), map_size=1 << 28, max_dbs=8)
+        self.store = MVCCStore(self.env)
+        self.hub = WatchHub(self.store, **hub_opts)
+
+    def write(self, *ops, notify: bool = True) -> list:
+        """ops: ("put", key, value) / ("del", key); one revision; returns its events."""
+        with self.env.begin(write=True) as txn:
+            w = self.store.write(txn)
+            for op in ops:
+                if op[0] == "put":
+                    w.put(op[1], op[2])
+                else:
+                    w.delete_range(op[1], None)
+            w.end()
+            events = list(w.changes)
+        if notify:
+            self.hub.notify(events)
+        return events
+
+    def put(self, key: bytes, value: bytes = b"v", notify: bool = True) -> list:
+        return self.write(("put", key, value), notify=notify)
+
+    def compact(self, rev: int) -> None:
+        with self.env.begin(write=True) as txn:
+            self.store.compact(txn, rev)
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = World(tmp_path / "db")
+    yield w
+    w.env.close()
+
+
+def drain(stream) -> list:
+    out = []
+    while (r := stream.pop(0)) is not None:
+        out.append(r)
+    return out
+
+
+def evs(resp) -> list[tuple[str, bytes, int]]:
+    return [(Event.EventType.Name(e.type), e.kv.key, e.kv.mod_revision) for e in resp.events]
+
+
+def test_created_then_events_of_each_revision(world):
+    hub = world.hub
+    s = hub.new_stream()
+    w = hub.watch(s, 0, b"a", b"b", 0)
+    assert w.id == 0
+    world.write(("put", b"a1", b"x"), ("put", b"a2", b"y"), ("put", b"c", b"z"))
+    world.put(b"zz")
+    world.write(("del", b"a1"))
+    out = drain(s)
+    assert out[0].created and out[0].revision == 1 and out[0].watch_id == 0
+    assert [r.revision for r in out[1:]] == [2, 4]
+    assert evs(out[1]) == [("PUT", b"a1", 2), ("PUT", b"a2", 2)]
+    assert evs(out[2]) == [("DELETE", b"a1", 4)]
+
+
+def test_single_key_from_key_and_filters(world):
+    hub = world.hub
+    s = hub.new_stream()
+    one = hub.watch(s, 0, b"k", None, 0)
+    from_key = hub.watch(s, 0, b"m", b"", 0, no_put=True)
+    no_del = hub.watch(s, 0, b"k", None, 0, no_delete=True)
+    assert (one.id, from_key.id, no_del.id) == (0, 1, 2)
+    world.put(b"k")
+    world.put(b"zzz")
+    world.write(("del", b"k"))
+    world.write(("del", b"zzz"))
+    got = [(r.revision, r.watch_id, evs(r)) for r in drain(s) if not r.created]
+    # the order of different watchers within one revision is unspecified (as in etcd)
+    assert [g[1:] for g in sorted(got)] == [
+        (0, [("PUT", b"k", 2)]),
+        (2, [("PUT", b"k", 2)]),
+        (0, [("DELETE", b"k", 4)]),
+        (1, [("DELETE", b"zzz", 5)]),
+    ]
+
+
+def test_ids_duplicates_and_empty_range(world):
+    hub = world.hub
+    s = hub.new_stream()
+    assert hub.watch(s, 1, b"a", None, 0).id == 1
+    assert hub.watch(s, 1, b"a", None, 0) is None
+    assert hub.watch(s, 0, b"b", b"a", 0) is None
+    assert hub.watch(s, 0, b"a", None, 0).id == 0
+    assert hub.watch(s, 0, b"a", None, 0).id == 2  # skips the client's 1
+    out = drain(s)
+    assert [(r.watch_id, r.canceled, r.cancel_reason) for r in out] == [
+        (1, False, ""),
+        (INVALID_WATCH_ID, True, ERR_DUPLICATE_ID),
+        (INVALID_WATCH_ID, True, ERR_EMPTY_RANGE),
+        (0, False, ""),
+        (2, False, ""),
+    ]
+    assert all(r.created for r in out)
+
+
+def test_cancel(world):
+    hub = world.hub
+    s = hub.new_stream()
+    hub.watch(s, 0, b"a", None, 0)
+    world.put(b"a")
+    assert hub.cancel(s, 0)
+    assert not hub.cancel(s, 0)  # unknown id: no response, as etcd
+    world.put(b"a")
+    out = drain(s)
+    assert [(r.created, r.canceled, r.revision, len(r.events)) for r in out] == [
+        (True, False, 1, 0), (False, False, 2, 1), (False, True, 2, 0)]
+
+
+def test_start_revision_catches_up_from_history(world):
+    for i in range(5):
+        world.put(b"h", str(i).encode())  # revisions 2..6
+    hub = world.hub
+    s = hub.new_stream()
+    w = hub.watch(s, 0, b"h", None, 3, prev_kv=True)
+    assert w.state == "unsynced"
+    world.put(b"h", b"late")  # rev 7 arrives while unsynced: not delivered by notify
+    assert hub.sync_once() == 0
+    assert w.state == "synced"
+    world.put(b"h", b"synced")  # rev 8
+    out = drain(s)
+    assert out[0].created and out[0].revision == 6
+    assert out[1].revision == 7 and [e.kv.mod_revision for e in out[1].events] == [3, 4, 5, 6, 7]
+    assert out[1].events[0].prev_kv.mod_revision == 2  # prev_kv read from history
+    assert [e.kv.mod_revision for e in out[2].events] == [8]
+
+
+def test_compacted_start_revision_cancels_with_compact_revision(world):
+    for i in range(4):
+        world.put(b"c", str(i).encode())
+    world.compact(4)
+    hub = world.hub
+    s = hub.new_stream()
+    hub.watch(s, 0, b"c", None, 3)
+    ok = hub.watch(s, 0, b"c", None, 4)
+    hub.sync_once()
+    out = drain(s)
+    assert out[0].created and out[1].created
+    gone = [r for r in out if r.canceled]
+    assert [(r.watch_id, r.compact_revision, r.revision) for r in gone] == [(0, 4, 0)]
+    assert [e.kv.mod_revision for r in out if r.watch_id == ok.id for e in r.events] == [4, 5]
+    assert hub.cancel(s, 0)  # the id stays taken after a compaction cancel, as in etcd
+
+
+def test_full_stream_is_demoted_and_catches_up_without_gaps(tmp_path):
+    world = World(tmp_path / "db", max_pending=3)
+    hub = world.hub
+    slow = hub.new_stream()
+    fast = hub.new_stream()
+    fast.max_pending = 100
+    ws = hub.watch(slow, 0, b"k", b"l", 0)
+    hub.watch(fast, 0, b"k", b"l", 0)
+    for i in range(10):
+        world.put(b"k%d" % i)
+    assert ws.state == "unsynced"
+    assert slow.pending() == 3  # bounded, the committer never waited
+    got = []
+    while True:
+        got.extend(drain(slow))
+        if hub.sync_once() == 0 and slow.pending() == 0 and ws.state == "synced":
+            break
+    world.put(b"k-after")
+    got.extend(drain(slow))
+    revs = [e.kv.mod_revision for r in got for e in r.events]
+    assert revs == list(range(2, 13))
+    fast_revs = [e.kv.mod_revision for r in drain(fast) for e in r.events]
+    assert fast_revs == list(range(2, 13))
+
+
+def test_join_replays_revisions_notified_after_the_history_read(world):
+    hub = world.hub
+    world.put(b"g")
+    s = hub.new_stream()
+    w = hub.watch(s, 0, b"g", None, 2)
+    # Revisions committed to the store but not yet notified when the history is read...
+    real_read = world.store.read
+
+    def read_then_commit():
+        r = real_read()
+        world.put(b"g", b"during")  # notify runs after the snapshot was taken
+        world.store.read = real_read
+        return r
+
+    world.store.read = read_then_commit
+    hub.sync_once()
+    assert w.state == "synced"
+    got = [e.kv.mod_revision for r in drain(s) for e in r.events]
+    assert got == [2, 3]
+
+
+def test_progress_all_waits_for_every_watcher_to_be_synced(world):
+    world.put(b"p")
+    hub = world.hub
+    s = hub.new_stream()
+    hub.progress_all(s)
+    assert drain(s) == []  # no watchers: nothing, as etcd 3.5
+    hub.watch(s, 0, b"p", None, 0)
+    hub.watch(s, 0, b"p", None, 2)
+    drain(s)
+    hub.progress_all(s)
+    assert drain(s) == []  # deferred: one watcher is still catching up
+    hub.sync_once()
+    out = drain(s)
+    assert [(r.watch_id, r.revision, len(r.events)) for r in out] == [(1, 2, 1), (-1, 2, 0)]
+
+
+def test_progress_only_for_synced_watchers(world):
+    hub = world.hub
+    world.put(b"x")
+    s = hub.new_stream()
+    synced = hub.watch(s, 0, b"x", None, 0, progress_notify=True)
+    behind = hub.watch(s, 0, b"x", None, 1, progress_notify=True)
+    drain(s)
+    hub.progress(synced)
+    hub.progress(behind)
+    assert [(r.watch_id, r.revision, r.events) for r in drain(s)] == [(0, 2, [])]
+
+
+def test_close_stream_removes_watchers(world):
+    hub = world.hub
+    s = hub.new_stream()
+    hub.watch(s, 0, b"a", None, 0)
+    hub.watch(s, 0, b"a", None, 1)
+    hub.close_stream(s)
+    assert len(hub.synced) == 0 and not hub.unsynced
+    world.put(b"a")
+    assert s.closed and s.pending() == 2  # the created responses only
+
+
+def test_fragments_split_like_etcd():
+    resp = pb.WatchResponse(watch_id=3)
+    resp.header.revision = 9
+    for i in range(10):
+        ev = resp.events.add()
+        ev.kv.key = b"k%d" % i
+        ev.kv.value = b"x" * 100
+        ev.kv.mod_revision = 9
+    limit = 350
+    parts = list(fragments(resp, limit))
+    assert len(parts) > 1
+    assert [p.fragment for p in parts] == [True] * (len(parts) - 1) + [False]
+    assert all(p.ByteSize() < limit for p in parts)
+    assert [e.kv.key for p in parts for e in p.events] == [e.kv.key for e in resp.events]
+    one = pb.WatchResponse()
+    one.events.add().kv.value = b"x" * 1000
+    assert list(fragments(one, limit)) == [one]  # a single event is never split
