@@ -104,6 +104,8 @@ class Runner:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._stopped = False
+        # Called with (request ids, error) when proposals made through submit() are refused.
+        self.on_dropped: Callable[[list[bytes], Exception], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -155,6 +157,12 @@ class Runner:
         self._proposals.append((data, rid))
         self._wake.set()
         return fut
+
+    def submit(self, items: list[tuple[bytes, bytes]]) -> None:
+        """Propose (data, request_id) pairs without a future each: the caller learns the
+        outcome from its applier, and of refusals through `on_dropped(request_ids, error)`."""
+        self._proposals.extend(items)
+        self._wake.set()
 
     def propose_conf_change(self, cc: pb.ConfChange | pb.ConfChangeV2) -> asyncio.Future:
         """Propose a membership change; resolves once it was proposed (not applied)."""
@@ -223,10 +231,15 @@ class Runner:
             try:
                 node.propose_batch([d for d, _ in props])
             except ProposalDroppedError as e:
+                unclaimed = []
                 for _, rid in props:
                     fut = self._waiting.pop(rid, None)
-                    if fut is not None and not fut.done():
+                    if fut is None:
+                        unclaimed.append(rid)
+                    elif not fut.done():
                         fut.set_exception(ProposalDroppedError(str(e)))
+                if unclaimed and self.on_dropped is not None:
+                    self.on_dropped(unclaimed, e)
         ccs, self._conf_changes = self._conf_changes, []
         for cc, fut in ccs:
             try:

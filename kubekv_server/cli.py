@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(cfg.log_level)
     from .server import ClientServer  # imported late: --help/--version stay fast
 
-    ClientServer(cfg).serve_until_signalled()
+    asyncio.run(ClientServer(cfg).serve_until_signalled())
     return 0
 
 

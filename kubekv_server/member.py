@@ -6,6 +6,8 @@ becomes a log entry, and fills every response header the way etcd does.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -35,6 +37,11 @@ from .watch.hub import DEFAULT_MAX_PENDING
 from .watch.sync import SyncThread
 
 log = logging.getLogger("kubekv.member")
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(errors.TIMEOUT)
 
 # etcd's default quota when --quota-backend-bytes is 0 (2 GiB).
 DEFAULT_QUOTA_BYTES = 2 << 30
@@ -123,13 +130,15 @@ class Member:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Start on the running event loop; returns once the member knows a leader."""
+        self.loop = asyncio.get_running_loop()
         self.node.add_listener(self._after_apply)
         self.compactor.start()
         with self.backend.env.begin() as txn:
             self.lessor.restore(self.leases.all(txn))  # replayed entries then update it
-        self.node.start()
-        while not self.node.wait_leader(5.0):
+        await self.node.start()
+        while not await self.node.wait_leader(5.0):
             log.warning("event=waiting_for_leader member_id=%x", self.member_id)
         self.watch_hub.catch_up_revision()
         self._watch_sync = SyncThread(self.watch_hub)
@@ -174,10 +183,11 @@ class Member:
             self.lessor.wait_changed(wait)
 
     def _propose_nowait(self, field: str, request) -> None:
+        """Any thread: propose without waiting for the outcome."""
         rid = self.node.next_id()
         internal = internal_pb2.InternalRequest(id=rid)
         getattr(internal, field).CopyFrom(request)
-        self.node.propose(rid, internal.SerializeToString())
+        self.node.propose_threadsafe(rid, internal.SerializeToString())
 
     def lease_grant(self, r: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:
         if r.TTL > MAX_LEASE_TTL:
@@ -229,11 +239,11 @@ class Member:
     def _notify_watchers(self, result) -> None:
         self.watch_hub.notify(result.events)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         self._stopping.set()
         if getattr(self, "_watch_sync", None) is not None:
             self._watch_sync.stop()
-        self.node.stop()
+        await self.node.stop()
         self.compactor.stop()
         self.storage.close()
         self.backend.close()
@@ -254,13 +264,20 @@ class Member:
 
     # --------------------------------------------------------------- reads
 
-    def wait_linearizable(self) -> None:
-        """Make the next local read reflect every write acknowledged before this call.
+    def read_barrier(self) -> asyncio.Future | None:
+        """Loop thread: what a linearizable read must wait for, or None to read at once.
 
-        A one-member cluster answers a write only after applying it, so there is
-        nothing to wait for; the replicated node will confirm leadership here.
+        A lone voter that leads answers writes only after applying them, so its
+        local state already holds every acknowledged write; otherwise the read
+        waits for a ReadIndex confirmed by a quorum to be applied here.
         """
-        return None
+        if len(self.members) == 1 and self.node.is_leader():
+            return None
+        return self.node.read_index()
+
+    def wait_linearizable(self) -> None:
+        """Worker threads: block until a local read is linearizable (see read_barrier)."""
+        self.blocking(self.read_barrier)
 
     def range(self, r: pb.RangeRequest) -> pb.RangeResponse:
         try:
@@ -289,44 +306,95 @@ class Member:
 
     # -------------------------------------------------------------- writes
 
-    def _check_quota(self, cost: int) -> None:
-        """etcd's quota check: refuse, and raise the NOSPACE alarm, when the db would outgrow it."""
+    def _quota_exceeded(self, cost: int) -> asyncio.Future | None:
+        """etcd's quota check. Within quota: None. Over it: raise the NOSPACE alarm and
+        return a future that fails with NO_SPACE once the alarm is applied (as etcd does)."""
         if cost == 0 or self.backend.size_bytes() + cost < self.quota_bytes:
-            return
+            return None
         alarm = pb.AlarmRequest(
             action=pb.AlarmRequest.ACTIVATE, memberID=self.member_id, alarm=pb.NOSPACE
         )
-        try:
-            self.propose("alarm", alarm)
-        except errors.EtcdError as exc:
-            log.warning("event=nospace_alarm_failed error=%r", exc)
-        raise errors.NO_SPACE
+        out = self.loop.create_future()
 
-    def propose(self, field: str, request, cost: int = 0, timeout: float = REQUEST_TIMEOUT):
-        """Log a request, wait until it is applied, return its response with the header filled."""
-        if cost:
-            self._check_quota(cost)
+        def raised(_f: asyncio.Future) -> None:
+            if not out.done():
+                out.set_exception(errors.NO_SPACE)
+
+        self.propose_future("alarm", alarm).add_done_callback(raised)
+        return out
+
+    def _encode(self, field: str, request) -> tuple[int, bytes]:
         rid = self.node.next_id()
         internal = internal_pb2.InternalRequest(id=rid)
         getattr(internal, field).CopyFrom(request)
         data = internal.SerializeToString()
         if etcd_entry_size(self.member_id, rid, len(data)) > self.cfg.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
-        resp = self.node.propose(rid, data).wait(timeout)
-        self.header(resp.header)
-        return resp
+        return rid, data
 
-    def put(self, r: pb.PutRequest) -> pb.PutResponse:
-        return self.propose("put", r, cost=quota.put_cost(r))
+    def propose_future(self, field: str, request, cost: int = 0,
+                       timeout: float = REQUEST_TIMEOUT) -> asyncio.Future:
+        """Loop thread: log a request; the future resolves to its response, header filled."""
+        if cost:
+            refused = self._quota_exceeded(cost)
+            if refused is not None:
+                return refused
+        rid, data = self._encode(field, request)
+        inner = self.node.propose(rid, data)
+        out = self.loop.create_future()
+        timer = self.loop.call_later(timeout, _expire, out)
 
-    def delete_range(self, r: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
-        return self.propose("delete_range", r)
+        def done(f: asyncio.Future) -> None:
+            timer.cancel()
+            if out.done():
+                return
+            exc = f.exception()
+            if exc is not None:
+                out.set_exception(exc)
+                return
+            resp = f.result()
+            self.header(resp.header)
+            out.set_result(resp)
 
-    def txn(self, r: pb.TxnRequest) -> pb.TxnResponse:
+        inner.add_done_callback(done)
+        return out
+
+    def blocking(self, fn, *args, timeout: float = REQUEST_TIMEOUT + 1.0):
+        """Worker threads only: run fn(*args) on the loop; its result, or its future's."""
+        result: concurrent.futures.Future = concurrent.futures.Future()
+
+        def submit() -> None:
+            try:
+                out = fn(*args)
+            except BaseException as exc:
+                result.set_exception(exc)
+                return
+            if isinstance(out, asyncio.Future):
+                asyncio.futures._chain_future(out, result)  # noqa: SLF001 - stdlib's bridge
+            else:
+                result.set_result(out)
+
+        self.loop.call_soon_threadsafe(submit)
+        try:
+            return result.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise errors.TIMEOUT from None
+
+    def propose(self, field: str, request, cost: int = 0, timeout: float = REQUEST_TIMEOUT):
+        """Worker threads only: log a request and block until its response (or a timeout)."""
+        return self.blocking(self.propose_future, field, request, cost, timeout)
+
+    def put(self, r: pb.PutRequest) -> asyncio.Future:
+        return self.propose_future("put", r, cost=quota.put_cost(r))
+
+    def delete_range(self, r: pb.DeleteRangeRequest) -> asyncio.Future:
+        return self.propose_future("delete_range", r)
+
+    def txn(self, r: pb.TxnRequest) -> pb.TxnResponse | asyncio.Future:
+        """Loop thread: a read-only txn is answered at once, a writing one with a future."""
         if is_read_only(r):
-            self.wait_linearizable()
             return self.read_only_txn(r)
-        return self.propose("txn", r, cost=quota.txn_cost(r))
+        return self.propose_future("txn", r, cost=quota.txn_cost(r))
 
     def compact(self, r: pb.CompactionRequest) -> pb.CompactionResponse:
         resp = self.propose("compaction", r)

@@ -1,10 +1,11 @@
-"""A member's Raft node: kubekv_raft's Runner on an asyncio loop in a thread of its own.
+"""A member's Raft node: kubekv_raft's Runner on the server's event loop.
 
-gRPC handler threads call `propose` and `read_index`; both hand work to the loop
-in coalesced batches (one wake-up for everything queued meanwhile) and block on
-a Waiter. The Runner persists each Ready to the LMDB log, sends messages through
-the peer transport and applies committed entries with kubekv's Applier, whose
-per-request results release the waiters.
+Handlers on the loop call `propose` and `read_index` and get asyncio futures;
+proposals made in one loop iteration reach the Runner as one batch (one Ready,
+one log append and fsync). The Runner persists to the LMDB log and applies
+committed entries with kubekv's Applier in its executor thread; back on the
+loop, the batch's listeners run and the proposers' futures resolve.
+Threads (lease expiry, blocking handlers) use the `*_threadsafe` variants.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable
 
@@ -24,7 +24,6 @@ from kubekv_raft.runner import Runner
 
 from . import errors
 from .applier import Applier, BatchResult
-from .waiter import Waiter
 
 log = logging.getLogger("kubekv.raft")
 
@@ -39,6 +38,18 @@ def request_id_of(data: bytes) -> bytes:
     return data[1 : end + 1]
 
 
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
 class NullTransport:
     """The transport of a one-member cluster: there is nobody to send to."""
 
@@ -48,7 +59,7 @@ class NullTransport:
 
 
 class RaftNode:
-    """Thread-safe front of a Runner: proposals, linearizable-read barriers, status."""
+    """The loop-side front of a Runner: proposals, read barriers, leadership, status."""
 
     def __init__(
         self,
@@ -67,17 +78,14 @@ class RaftNode:
         self.election_ms = election_ms
         self._transport_factory = transport_factory
         self._ids = itertools.count(time.time_ns() & ((1 << 62) - 1))
-        self._waiters: dict[bytes, Waiter] = {}
-        self._waiters_lock = threading.Lock()
-        self._inbox: list[tuple[bytes, bytes]] = []
-        self._reads: list[Waiter] = []
-        self._inbox_lock = threading.Lock()
+        self._futures: dict[bytes, asyncio.Future] = {}
+        self._pending: list[tuple[bytes, bytes]] = []
+        self._reads: list[asyncio.Future] = []
         self._scheduled = False
         self._listeners: list[Callable[[BatchResult], None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.runner: Runner | None = None
         self.transport = None
-        self._thread: threading.Thread | None = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubekv-raft")
         self._stopped = False
 
@@ -98,37 +106,18 @@ class RaftNode:
         r = self.runner
         return r.node.raft.raft_log.committed if r is not None else 0
 
+    @property
+    def applied_index(self) -> int:
+        r = self.runner
+        return r.applied if r is not None else 0
+
     def is_leader(self) -> bool:
         return self.leader_id == self.member_id
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def main() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self.loop = loop
-            try:
-                loop.run_until_complete(self._start_runner())
-            except BaseException as exc:  # surface start-up failures to the caller
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.close()
-
-        self._thread = threading.Thread(target=main, name="kubekv-raft-loop", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            raise failure[0]
-
-    async def _start_runner(self) -> None:
-        tick = self.heartbeat_ms / 1000.0
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         cfg = RaftConfig(
             id=self.member_id,
             storage=self.storage,
@@ -147,13 +136,15 @@ class RaftNode:
             self.storage,
             self.transport,
             _ApplierAdapter(self),
-            tick_interval=tick,
+            tick_interval=self.heartbeat_ms / 1000.0,
             request_id_of=request_id_of,
             executor=self._executor,
         )
+        self.runner.on_dropped = self._dropped
         await self.runner.start()
-        if self._single_voter():
-            asyncio.get_running_loop().create_task(self._campaign_alone())
+        _, cs = self.storage.initial_state()
+        if list(cs.voters) == [self.member_id]:
+            self.loop.create_task(self._campaign_alone())
 
     async def _campaign_alone(self) -> None:
         """A lone voter need not wait an election timeout: campaign once the log is applied."""
@@ -163,45 +154,31 @@ class RaftNode:
         if runner.node.raft.lead == 0:
             runner.campaign()
 
-    def wait_leader(self, timeout: float | None = None) -> bool:
-        """Block until this member knows a leader (and has applied what was committed)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+    async def wait_leader(self, timeout: float | None = None) -> bool:
+        """Until this member knows a leader and has applied what was committed."""
+        deadline = None if timeout is None else self.loop.time() + timeout
         while self.leader_id == 0 or self.runner.applied < self.commit_index:
-            if deadline is not None and time.monotonic() > deadline:
+            if deadline is not None and self.loop.time() > deadline:
                 return False
-            time.sleep(0.005)
+            await asyncio.sleep(0.005)
         return True
 
-    def _single_voter(self) -> bool:
-        _, cs = self.storage.initial_state()
-        return list(cs.voters) == [self.member_id]
-
-    def stop(self) -> None:
-        if self._stopped or self.loop is None:
+    async def stop(self) -> None:
+        if self._stopped:
             return
         self._stopped = True
-
-        async def shutdown() -> None:
-            if self.runner is not None:
-                await self.runner.stop()
-            close = getattr(self.transport, "close", None)
-            if close is not None:
-                res = close()
-                if asyncio.iscoroutine(res):
-                    await res
-
-        try:
-            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(15)
-        except Exception:
-            log.exception("event=raft_stop_failed")
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+        if self.runner is not None:
+            await self.runner.stop()
+        close = getattr(self.transport, "close", None)
+        if close is not None:
+            res = close()
+            if asyncio.iscoroutine(res):
+                await res
         self._executor.shutdown(wait=True)
-        with self._waiters_lock:
-            waiters, self._waiters = self._waiters, {}
-        for w in waiters.values():
-            w.fail(errors.STOPPED)
+        futures, self._futures = self._futures, {}
+        for fut in futures.values():
+            if not fut.done():
+                fut.set_exception(errors.STOPPED)
 
     # ------------------------------------------------------------- inputs
 
@@ -209,110 +186,103 @@ class RaftNode:
         return next(self._ids)
 
     def add_listener(self, fn: Callable[[BatchResult], None]) -> None:
+        """fn(batch) on the loop after each applied batch, before its proposers are answered."""
         self._listeners.append(fn)
 
-    def propose(self, request_id: int, data: bytes) -> Waiter:
-        """Queue a proposal; the waiter yields the applier's result for request_id."""
+    def propose(self, request_id: int, data: bytes) -> asyncio.Future:
+        """Loop thread: queue a proposal; the future resolves to the applier's result."""
         if self._stopped:
             raise errors.STOPPED
-        waiter = Waiter()
-        rid = request_id_of(data)
-        with self._waiters_lock:
-            self._waiters[rid] = waiter
-        with self._inbox_lock:
-            self._inbox.append((data, rid))
-            schedule = not self._scheduled
+        fut = self.loop.create_future()
+        rid = varint(request_id)
+        self._futures[rid] = fut
+        self._pending.append((data, rid))
+        if not self._scheduled:
             self._scheduled = True
-        if schedule:
-            self.loop.call_soon_threadsafe(self._drain)
-        return waiter
+            self.loop.call_soon(self._drain)
+        return fut
 
-    def read_index(self) -> Waiter:
-        """A barrier: the waiter is released once this member applied a confirmed read index."""
+    def propose_threadsafe(self, request_id: int, data: bytes) -> concurrent.futures.Future:
+        """Any thread: like `propose`, with a concurrent future."""
+        out: concurrent.futures.Future = concurrent.futures.Future()
+
+        def submit() -> None:
+            try:
+                fut = self.propose(request_id, data)
+            except Exception as exc:
+                out.set_exception(exc)
+                return
+            asyncio.futures._chain_future(fut, out)  # noqa: SLF001 - stdlib's own bridge
+
+        self.loop.call_soon_threadsafe(submit)
+        return out
+
+    def read_index(self) -> asyncio.Future:
+        """Loop thread: resolves once this member applied a read index confirmed by a quorum."""
         if self._stopped:
             raise errors.STOPPED
-        waiter = Waiter()
-        with self._inbox_lock:
-            self._reads.append(waiter)
-            schedule = not self._scheduled
+        fut = self.loop.create_future()
+        self._reads.append(fut)
+        if not self._scheduled:
             self._scheduled = True
-        if schedule:
-            self.loop.call_soon_threadsafe(self._drain)
-        return waiter
+            self.loop.call_soon(self._drain)
+        return fut
 
     def _drain(self) -> None:
-        """Loop thread: hand everything queued to the runner in one go."""
-        with self._inbox_lock:
-            props, self._inbox = self._inbox, []
-            reads, self._reads = self._reads, []
-            self._scheduled = False
+        self._scheduled = False
+        props, self._pending = self._pending, []
+        reads, self._reads = self._reads, []
         runner = self.runner
-        for data, rid in props:
-            fut = runner.propose(data, rid)
-            fut.add_done_callback(lambda f, rid=rid: self._proposal_done(f, rid))
+        if props:
+            runner.submit(props)
         if reads:
             fut = runner.read_index()
             fut.add_done_callback(lambda f, reads=reads: self._reads_done(f, reads))
 
-    def _proposal_done(self, fut: asyncio.Future, rid: bytes) -> None:
-        if fut.cancelled() or fut.exception() is None:
-            return
-        with self._waiters_lock:
-            waiter = self._waiters.pop(rid, None)
-        if waiter is not None:
-            exc = fut.exception()
-            dropped = isinstance(exc, ProposalDroppedError)
-            waiter.fail(errors.NO_LEADER if dropped else errors.STOPPED)
+    def _dropped(self, rids: list[bytes], exc: Exception) -> None:
+        err = errors.NO_LEADER if isinstance(exc, ProposalDroppedError) else errors.STOPPED
+        for rid in rids:
+            fut = self._futures.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(err)
 
-    def _reads_done(self, fut: asyncio.Future, reads: list[Waiter]) -> None:
-        exc = None if fut.cancelled() else fut.exception()
-        for w in reads:
-            if exc is None and not fut.cancelled():
-                w.succeed(fut.result())
+    def _reads_done(self, fut: asyncio.Future, reads: list[asyncio.Future]) -> None:
+        failed = fut.cancelled() or fut.exception() is not None
+        for r in reads:
+            if r.done():
+                continue
+            if failed:
+                r.set_exception(errors.NO_LEADER)
             else:
-                w.fail(errors.NO_LEADER)
+                r.set_result(fut.result())
 
     # -------------------------------------------------------------- apply
 
     def _applied(self, result: BatchResult) -> None:
-        """Executor thread: notify listeners (watchers see a change before its writer's
-        answer), then release the waiters of this batch."""
+        """Loop thread, after a batch is durable in the state db."""
         for fn in self._listeners:
             try:
                 fn(result)
             except Exception:
                 log.exception("event=listener_failed")
-        if result.results:
-            with self._waiters_lock:
-                found = [(self._waiters.pop(_varint(rid), None), outcome)
-                         for rid, outcome in result.results]
-            for waiter, outcome in found:
-                if waiter is None:
-                    continue
-                if isinstance(outcome, BaseException):
-                    waiter.fail(outcome)
-                else:
-                    waiter.succeed(outcome)
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+        futures = self._futures
+        for rid, outcome in result.results:
+            fut = futures.pop(varint(rid), None)
+            if fut is None or fut.done():
+                continue
+            if isinstance(outcome, BaseException):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
 
 
 class _ApplierAdapter:
-    """What the Runner calls (in its executor thread) with each batch of committed entries."""
+    """What the Runner awaits with each batch of committed entries."""
 
     def __init__(self, node: RaftNode) -> None:
         self.node = node
 
-    def apply(self, entries: list[raft_pb2.Entry]) -> None:
-        result = self.node.applier.apply(entries)
-        self.node._applied(result)
+    async def apply(self, entries: list[raft_pb2.Entry]) -> None:
+        node = self.node
+        result = await node.loop.run_in_executor(node._executor, node.applier.apply, entries)
+        node._applied(result)

@@ -105,7 +105,7 @@ class Recipes:
         lease = self.session_lease(lease)
         pfx = name + b"/"
         my_key = pfx + b"%x" % lease
-        resp = self.m.txn(pb.TxnRequest(
+        resp = self.m.blocking(self.m.txn, pb.TxnRequest(
             compare=[_create_rev_is(my_key, 0)],
             success=[pb.RequestOp(request_put=pb.PutRequest(key=my_key, lease=lease)),
                      pb.RequestOp(request_range=_top(pfx, pb.RangeRequest.ASCEND))],
@@ -121,7 +121,7 @@ class Recipes:
         try:
             hdr = self.wait_deletes(pfx, my_rev - 1, alive)
         except BaseException:
-            self.m.delete_range(pb.DeleteRangeRequest(key=my_key))  # Mutex.Unlock
+            self.m.blocking(self.m.delete_range, pb.DeleteRangeRequest(key=my_key))  # Mutex.Unlock
             raise
         return hdr, my_key
 
@@ -133,7 +133,7 @@ class Recipes:
         lease = self.session_lease(lease)
         pfx = name + b"/"
         key = pfx + b"%x" % lease
-        resp = self.m.txn(pb.TxnRequest(
+        resp = self.m.blocking(self.m.txn, pb.TxnRequest(
             compare=[_create_rev_is(key, 0)],
             success=[pb.RequestOp(request_put=pb.PutRequest(key=key, value=value, lease=lease))],
             failure=[pb.RequestOp(request_range=pb.RangeRequest(key=key))],
@@ -157,7 +157,7 @@ class Recipes:
         return resp.header, key, rev, lease
 
     def proclaim(self, key: bytes, rev: int, lease: int, value: bytes) -> pb.ResponseHeader:
-        resp = self.m.txn(pb.TxnRequest(
+        resp = self.m.blocking(self.m.txn, pb.TxnRequest(
             compare=[_create_rev_is(key, rev)],
             success=[pb.RequestOp(request_put=pb.PutRequest(key=key, value=value, lease=lease))],
         ))
@@ -166,7 +166,7 @@ class Recipes:
         return resp.header
 
     def resign(self, key: bytes, rev: int) -> pb.ResponseHeader:
-        resp = self.m.txn(pb.TxnRequest(
+        resp = self.m.blocking(self.m.txn, pb.TxnRequest(
             compare=[_create_rev_is(key, rev)],
             success=[pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key))],
         ))

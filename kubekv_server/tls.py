@@ -10,10 +10,9 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import ssl
 import subprocess
 import urllib.parse
-
-import grpc
 
 from .config import Config
 
@@ -50,20 +49,23 @@ def self_signed_cert(directory: str, hosts: list[str], validity_years: int = 1) 
     return cert, key
 
 
-def server_credentials(cfg: Config, data_dir: str) -> grpc.ServerCredentials | None:
-    """TLS for https client URLs: --cert-file/--key-file, else a generated cert with --auto-tls."""
+def client_ssl_context(cfg: Config, data_dir: str) -> ssl.SSLContext | None:
+    """TLS for https client URLs: --cert-file/--key-file, else a generated cert with --auto-tls;
+    with --client-cert-auth, clients must present a cert signed by --trusted-ca-file."""
     cert, key = cfg.cert_file, cfg.key_file
     if not (cert and key) and cfg.auto_tls:
         hosts = [urllib.parse.urlsplit(u).hostname or "" for u in cfg.listen_client_urls]
         cert, key = self_signed_cert(os.path.join(data_dir, "fixtures", "client"), hosts)
     if not (cert and key):
         return None
-    ca = _read(cfg.trusted_ca_file) if cfg.trusted_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(_read(key), _read(cert))],
-        root_certificates=ca,
-        require_client_auth=bool(cfg.client_cert_auth and ca is not None),
-    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    if cfg.trusted_ca_file:
+        ctx.load_verify_locations(cfg.trusted_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED if cfg.client_cert_auth else ssl.CERT_OPTIONAL
+    return ctx
 
 
 # ----------------------------------------------------------------- DER bits
@@ -136,41 +138,3 @@ def load_crl(path: str) -> set[int]:
     for der in ders:
         serials |= crl_serials(der)
     return serials
-
-
-class CRLInterceptor(grpc.ServerInterceptor):
-    """Refuses every call whose client certificate's serial is revoked by the CRL."""
-
-    def __init__(self, revoked: set[int]) -> None:
-        self.revoked = revoked
-
-    def _revoked(self, context: grpc.ServicerContext) -> bool:
-        for pem in context.auth_context().get("x509_pem_cert", []):
-            for der in _pem_to_der(pem, b"CERTIFICATE"):
-                if cert_serial(der) in self.revoked:
-                    return True
-        return False
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        check = self._revoked
-
-        def guard(behavior):
-            def wrapped(request, context):
-                if check(context):
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "tls: certificate revoked")
-                return behavior(request, context)
-
-            return wrapped
-
-        if handler.unary_unary:
-            return handler._replace(unary_unary=guard(handler.unary_unary))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=guard(handler.unary_stream))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=guard(handler.stream_unary))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=guard(handler.stream_stream))
-        return handler

@@ -6,6 +6,7 @@ from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 
 from ..member import Member
+from ..rpc.calls import inline
 from .status import etcd_errors
 
 
@@ -13,6 +14,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     def __init__(self, member: Member) -> None:
         self.member = member
 
+    @inline
     @etcd_errors
     def MemberList(self, request, context):
         resp = pb.MemberListResponse()

@@ -5,38 +5,53 @@ from __future__ import annotations
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 
 from .. import request_checks
+from ..kv_txn import is_read_only
 from ..member import Member
-from .status import etcd_errors
+from ..rpc.calls import inline
+from .status import chain, etcd_errors
 
 
 class KVService(rpc_pb2_grpc.KVServicer):
-    """Thin handlers: validate, then read locally or propose, as etcd's kvServer does."""
+    """Thin handlers on the event loop: validate, then read locally or propose."""
 
     def __init__(self, member: Member) -> None:
         self.member = member
 
+    @inline
     @etcd_errors
     def Range(self, request, context):
         request_checks.check_range(request)
         if not request.serializable:
-            self.member.wait_linearizable()
+            barrier = self.member.read_barrier()
+            if barrier is not None:
+                return chain(barrier, lambda: self.member.range(request))
         return self.member.range(request)
 
+    @inline
     @etcd_errors
     def Put(self, request, context):
         request_checks.check_put(request)
         return self.member.put(request)
 
+    @inline
     @etcd_errors
     def DeleteRange(self, request, context):
         request_checks.check_delete(request)
         return self.member.delete_range(request)
 
+    @inline
     @etcd_errors
     def Txn(self, request, context):
         request_checks.check_txn(request, self.member.cfg.max_txn_ops)
-        return self.member.txn(request)
+        member = self.member
+        if not is_read_only(request):
+            return member.txn(request)
+        barrier = member.read_barrier()
+        if barrier is not None:
+            return chain(barrier, lambda: member.read_only_txn(request))
+        return member.read_only_txn(request)
 
     @etcd_errors
     def Compact(self, request, context):
+        """Blocking (a physical compaction waits for its rows to go): runs on a worker thread."""
         return self.member.compact(request)

@@ -24,7 +24,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
 
     @etcd_errors
     def Unlock(self, request, context):
-        d = self.member.delete_range(pb.DeleteRangeRequest(key=request.key))
+        d = self.member.blocking(self.member.delete_range, pb.DeleteRangeRequest(key=request.key))
         resp = v3lock_pb2.UnlockResponse()
         resp.header.CopyFrom(d.header)
         return resp

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-
-import grpc
 
 from ..errors import EtcdError
 
@@ -13,7 +12,8 @@ log = logging.getLogger("kubekv.api")
 
 
 def etcd_errors(handler):
-    """Wrap a unary handler: EtcdError → its status; anything else → Unknown, logged."""
+    """Wrap a unary handler: an EtcdError (raised, or set on a returned future) ends the
+    call with its status; other exceptions reach the server, which answers Unknown and logs."""
 
     @functools.wraps(handler)
     def wrapper(self, request, context):
@@ -21,10 +21,25 @@ def etcd_errors(handler):
             return handler(self, request, context)
         except EtcdError as exc:
             context.abort(exc.code, exc.message)
-        except Exception as exc:
-            if context.code() is not None:  # context.abort() already set the status
-                raise
-            log.exception("event=handler_failed method=%s", handler.__name__)
-            context.abort(grpc.StatusCode.UNKNOWN, f"etcdserver: {exc}")
 
     return wrapper
+
+
+def chain(barrier: asyncio.Future, then) -> asyncio.Future:
+    """A future of then() run once `barrier` resolves (its failure passes through)."""
+    out = asyncio.get_running_loop().create_future()
+
+    def done(f: asyncio.Future) -> None:
+        if out.done():
+            return
+        exc = f.exception()
+        if exc is not None:
+            out.set_exception(exc)
+            return
+        try:
+            out.set_result(then())
+        except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+            out.set_exception(e)
+
+    barrier.add_done_callback(done)
+    return out

@@ -1,0 +1,390 @@
+"""gRPC calls on an HTTP/2 stream: message framing, handler dispatch, status and trailers.
+
+Handlers come in three kinds, chosen once per method when it is registered:
+  inline  plain function marked with `@inline`, run on the event loop; it must
+          not block. It may return a response or an asyncio.Future of one.
+  async   `async def` (or an async generator for server streaming), a task.
+  thread  any other plain function or generator, run on a worker thread with
+          blocking request iterators (grpc's thread-pool model, for code that waits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+import queue
+import struct
+import threading
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from . import frames as f
+from .context import AbortError, RpcContext, status_number
+
+log = logging.getLogger("kubekv.rpc")
+
+_LEN = struct.Struct(">I")
+_END = object()
+_CANCELLED = object()
+
+OK = 0
+CANCELLED = 1
+UNKNOWN = 2
+INTERNAL = 13
+RESOURCE_EXHAUSTED = 8
+UNIMPLEMENTED = 12
+
+
+def inline(fn):
+    """Mark a plain handler as safe to run on the event loop (it never blocks)."""
+    fn._kubekv_inline = True
+    return fn
+
+
+@dataclass
+class Method:
+    path: bytes
+    request_class: type
+    client_streaming: bool
+    server_streaming: bool
+    handler: object
+    kind: str  # "inline", "async", "thread"
+
+    @classmethod
+    def of(cls, path: bytes, request_class, client_streaming: bool, server_streaming: bool,
+           handler) -> Method:
+        if getattr(handler, "_kubekv_inline", False) and not (client_streaming or server_streaming):
+            kind = "inline"
+        elif inspect.iscoroutinefunction(handler) or inspect.isasyncgenfunction(handler):
+            kind = "async"
+        else:
+            kind = "thread"
+        return cls(path, request_class, client_streaming, server_streaming, handler, kind)
+
+
+class CallCancelled(Exception):
+    """The client cancelled the call (or went away) while a handler was reading requests."""
+
+
+class Call:
+    """One gRPC call: its stream's flow-control state, request messages and response side."""
+
+    __slots__ = (
+        "conn", "stream_id", "headers", "send_window", "recv_unacked", "pending", "pending_bytes",
+        "finished", "callbacks", "method", "_buf", "_message", "_requests", "_headers_sent",
+        "_task", "_writable", "_ended_requests",
+    )
+
+    def __init__(self, conn, stream_id: int, headers, send_window: int) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.headers = headers
+        self.send_window = send_window
+        self.recv_unacked = 0
+        self.pending: collections.deque = collections.deque()
+        self.pending_bytes = 0
+        self.finished = False
+        self.callbacks: list = []
+        self.method: Method | None = None
+        self._buf = b""
+        self._message: bytes | None = None
+        self._requests = None  # queue for streaming requests
+        self._headers_sent = False
+        self._task = None
+        self._writable: threading.Event | asyncio.Event | None = None
+        self._ended_requests = False
+
+    # ------------------------------------------------------------ requests
+
+    def start(self, method: Method) -> None:
+        self.method = method
+        if method.client_streaming:
+            self._start_streaming_requests()
+
+    def data_received(self, payload: bytes) -> None:
+        buf = self._buf + payload if self._buf else payload
+        limit = self.conn.server.max_receive_bytes
+        while len(buf) >= 5:
+            length = _LEN.unpack_from(buf, 1)[0]
+            if length > limit:
+                self._fail_now(RESOURCE_EXHAUSTED,
+                               f"grpc: received message larger than max ({length} vs. {limit})")
+                return
+            if len(buf) < 5 + length:
+                break
+            if buf[0]:
+                self._fail_now(UNIMPLEMENTED, "grpc: Decompressor is not installed for "
+                               "grpc-encoding \"gzip\"")
+                return
+            msg = buf[5 : 5 + length]
+            buf = buf[5 + length :]
+            self._on_message(msg)
+            if self.finished:
+                return
+        self._buf = buf
+
+    def _on_message(self, msg: bytes) -> None:
+        if self._requests is not None:
+            try:
+                req = self.method.request_class.FromString(msg)
+            except DecodeError as exc:
+                self._fail_now(INTERNAL, f"grpc: error unmarshalling request: {exc}")
+                return
+            self._push_request(req)
+        elif self._message is None:
+            self._message = msg
+        else:
+            self._fail_now(UNIMPLEMENTED, "grpc: unary call got more than one request message")
+
+    def end_of_requests(self) -> None:
+        if self._ended_requests or self.finished:
+            return
+        self._ended_requests = True
+        if self._buf:
+            self._fail_now(INTERNAL, "grpc: request message truncated")
+            return
+        if self._requests is not None:
+            self._push_request(_END)
+            return
+        if self._message is None:
+            self._fail_now(INTERNAL, "grpc: no request message")
+            return
+        try:
+            req = self.method.request_class.FromString(self._message)
+        except DecodeError as exc:
+            self._fail_now(INTERNAL, f"grpc: error unmarshalling request: {exc}")
+            return
+        self._message = None
+        if self.method.server_streaming:
+            self._run_server_stream(req)
+        else:
+            self._run_unary(req)
+
+    # ------------------------------------------------------------- unary
+
+    def _run_unary(self, req) -> None:
+        m = self.method
+        ctx = RpcContext(self)
+        if m.kind == "inline":
+            try:
+                result = m.handler(req, ctx)
+            except BaseException as exc:
+                self._fail(exc)
+                return
+            if isinstance(result, asyncio.Future):
+                result.add_done_callback(self._future_done)
+                self._task = result
+            else:
+                self.respond(result)
+        elif m.kind == "async":
+            task = self.conn.loop.create_task(m.handler(req, ctx))
+            task.add_done_callback(self._future_done)
+            self._task = task
+        else:
+            loop = self.conn.loop
+            fut = loop.run_in_executor(self.conn.server.executor, m.handler, req, ctx)
+            fut.add_done_callback(self._future_done)
+            self._task = fut
+
+    def _future_done(self, fut: asyncio.Future) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._fail(exc)
+        else:
+            self.respond(fut.result())
+
+    def respond(self, resp) -> None:
+        """Answer a unary call: headers, one message, OK trailers, in one write."""
+        if self.finished:
+            return
+        data = resp.SerializeToString()
+        self.finished = True
+        conn = self.conn
+        conn.send_headers(self, f.RESPONSE_HEADERS, end_stream=False)
+        conn.send_data(self, b"\x00" + _LEN.pack(len(data)) + data)
+        conn.send_trailers(self, f.TRAILERS_OK)
+        self._run_callbacks()
+
+    # --------------------------------------------------------- responses
+
+    def send_message(self, resp) -> None:
+        """Send one message of a streaming response (loop thread)."""
+        if self.finished:
+            return
+        if not self._headers_sent:
+            self._headers_sent = True
+            self.conn.send_headers(self, f.RESPONSE_HEADERS, end_stream=False)
+        data = resp if isinstance(resp, bytes) else resp.SerializeToString()
+        self.conn.send_data(self, b"\x00" + _LEN.pack(len(data)) + data)
+
+    def finish(self, code: int, message: str = "") -> None:
+        """End the call with a status (trailers-only if nothing was sent yet)."""
+        if self.finished:
+            return
+        self.finished = True
+        block = f.trailers(code, message)
+        if self._headers_sent:
+            self.conn.send_trailers(self, block)
+        else:
+            self.conn.send_headers(self, f.RESPONSE_HEADERS + block, end_stream=True)
+            self.conn.calls.pop(self.stream_id, None)
+        self._run_callbacks()
+
+    def _fail(self, exc: BaseException) -> None:
+        if isinstance(exc, AbortError):
+            self.finish(status_number(exc.code), exc.details)
+        elif isinstance(exc, CallCancelled | asyncio.CancelledError):
+            self.finish(CANCELLED, "context canceled")
+        else:
+            code = getattr(exc, "code", None)
+            if isinstance(code, grpc.StatusCode):  # an EtcdError that escaped a handler
+                self.finish(status_number(code), getattr(exc, "message", str(exc)))
+                return
+            log.error("event=handler_failed method=%s error=%r",
+                      self.method.path.decode() if self.method else "?", exc,
+                      exc_info=(type(exc), exc, exc.__traceback__))
+            self.finish(UNKNOWN, str(exc))
+
+    def _fail_now(self, code: int, message: str) -> None:
+        """A malformed request: answer with the status, stop reading this stream."""
+        self.finish(code, message)
+        self._cancel_handler()
+        self.conn.write(f.rst_stream(self.stream_id, f.NO_ERROR))
+
+    def cancel(self) -> None:
+        """The client reset the stream or the connection ended."""
+        if not self.finished:
+            self.finished = True
+            self._run_callbacks()
+        self._cancel_handler()
+
+    def _cancel_handler(self) -> None:
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+        if self._requests is not None:
+            self._push_request(_CANCELLED)
+        if self._writable is not None:
+            self._writable.set()
+
+    def _run_callbacks(self) -> None:
+        callbacks, self.callbacks = self.callbacks, []
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception:
+                log.exception("event=call_callback_failed")
+
+    def writable_changed(self) -> None:
+        w = self._writable
+        if w is not None and (self.finished or self.conn.writable(self)):
+            w.set()
+
+    # ------------------------------------------------------------ streams
+
+    def _start_streaming_requests(self) -> None:
+        if self.method.kind == "async":
+            self._requests = asyncio.Queue()
+        else:
+            self._requests = queue.SimpleQueue()
+        self._run_stream_handler(None)
+
+    def _push_request(self, item) -> None:
+        self._requests.put_nowait(item) if isinstance(self._requests, asyncio.Queue) else \
+            self._requests.put(item)
+
+    def _run_server_stream(self, req) -> None:
+        self._run_stream_handler(req)
+
+    def _run_stream_handler(self, req) -> None:
+        m = self.method
+        ctx = RpcContext(self)
+        arg = req if not m.client_streaming else None
+        if m.kind == "async":
+            self._writable = asyncio.Event()
+            self._task = self.conn.loop.create_task(self._drive_async(arg, ctx))
+        else:
+            self._writable = threading.Event()
+            self._task = self.conn.loop.run_in_executor(
+                self.conn.server.executor, self._drive_thread, arg, ctx
+            )
+
+    async def _request_iter(self):
+        q = self._requests
+        while True:
+            item = await q.get()
+            if item is _END:
+                return
+            if item is _CANCELLED:
+                raise CallCancelled()
+            yield item
+
+    async def _drive_async(self, req, ctx) -> None:
+        m = self.method
+        try:
+            arg = self._request_iter() if m.client_streaming else req
+            result = m.handler(arg, ctx)
+            if m.server_streaming:
+                async for resp in result:
+                    self.send_message(resp)
+                    if not self.conn.writable(self):
+                        self._writable.clear()
+                        await self._writable.wait()
+                    if self.finished:
+                        return
+                self.finish(OK)
+            else:
+                resp = await result
+                self.respond(resp)
+        except BaseException as exc:  # noqa: BLE001 - every outcome becomes a status
+            if not self.finished:
+                self._fail(exc)
+
+    def _blocking_requests(self):
+        q = self._requests
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if item is _CANCELLED:
+                raise CallCancelled()
+            yield item
+
+    def _drive_thread(self, req, ctx) -> None:
+        """Worker thread: run a blocking handler, posting each response to the loop."""
+        m = self.method
+        loop = self.conn.loop
+        try:
+            arg = self._blocking_requests() if m.client_streaming else req
+            result = m.handler(arg, ctx)
+            if not m.server_streaming:
+                loop.call_soon_threadsafe(self.respond, result)
+                return
+            for resp in result:
+                if self.finished:
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()
+                    return
+                data = resp.SerializeToString()
+                self._writable.clear()
+                loop.call_soon_threadsafe(self._send_and_check, data)
+                self._writable.wait()
+            loop.call_soon_threadsafe(self.finish, OK)
+        except BaseException as exc:  # noqa: BLE001 - every outcome becomes a status
+            loop.call_soon_threadsafe(self._fail_if_open, exc)
+
+    def _send_and_check(self, data: bytes) -> None:
+        self.send_message(data)
+        if self.finished or self.conn.writable(self):
+            self._writable.set()
+
+    def _fail_if_open(self, exc: BaseException) -> None:
+        if not self.finished:
+            self._fail(exc)

@@ -1,0 +1,89 @@
+"""The per-call context handed to service handlers, shaped like grpc.ServicerContext."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+
+import grpc
+
+
+class AbortError(Exception):
+    """Raised by `RpcContext.abort`: ends the call with a status code and message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def status_number(code: grpc.StatusCode) -> int:
+    """The wire number of a gRPC status code."""
+    return code.value[0]
+
+
+class RpcContext:
+    """What a handler may ask of its call: metadata, peer, TLS identity, liveness, abort."""
+
+    __slots__ = ("_call", "_code", "_details")
+
+    def __init__(self, call) -> None:
+        self._call = call
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+
+    def invocation_metadata(self) -> list[tuple[str, str]]:
+        """Request headers other than HTTP/2 pseudo-headers, as (key, value) strings."""
+        return [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in self._call.headers
+            if not k.startswith(b":")
+        ]
+
+    def metadata_value(self, key: str) -> str | None:
+        kb = key.encode()
+        for k, v in self._call.headers:
+            if k == kb:
+                return v.decode("latin-1")
+        return None
+
+    def peer(self) -> str:
+        host, port = (self._call.conn.peername or ("", 0))[:2]
+        return f"ipv4:{host}:{port}"
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        """TLS identity in grpc's shape: x509_pem_cert and x509_common_name when present."""
+        der = self._call.conn.peer_cert_der
+        if der is None:
+            return {}
+        out = {"x509_pem_cert": [ssl.DER_cert_to_PEM_cert(der).encode()]}
+        cn = self._call.conn.peer_common_name
+        if cn:
+            out["x509_common_name"] = [cn.encode()]
+        return out
+
+    def is_active(self) -> bool:
+        return not self._call.finished
+
+    def add_callback(self, fn: Callable[[], None]) -> bool:
+        """Call fn once the call ends (completed, cancelled or the connection lost)."""
+        self._call.callbacks.append(fn)
+        return True
+
+    def abort(self, code: grpc.StatusCode, details: str = "") -> None:
+        raise AbortError(code, details)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def time_remaining(self) -> float | None:
+        return None
