@@ -6,7 +6,6 @@ import grpc
 
 from tests.differential.framework import (
     Failure,
-    Mismatch,
     call,
     compact,
     delete,
