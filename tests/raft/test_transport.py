@@ -20,7 +20,12 @@ import pytest
 from etcdproto.raftpb import peer_pb2 as peer_pb
 from etcdproto.raftpb import peer_pb2_grpc as peer_grpc
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.peer_tls import channel_credentials, self_signed_cert, server_credentials
+from kubekv_raft.peer_tls import (
+    channel_credentials,
+    fetch_peer_certificate,
+    self_signed_cert,
+    server_credentials,
+)
 from kubekv_raft.raft import Config
 from kubekv_raft.runner import Runner
 from kubekv_raft.storage import LMDBStorage
@@ -242,6 +247,34 @@ def test_mutual_tls(tmp_path):
         finally:
             await t.close()
             await no_client_cert.close()
+            await server.stop(0)
+
+    asyncio.run(main())
+
+
+def test_auto_tls_trusts_the_peer_certificate_on_first_contact(tmp_path):
+    async def main() -> None:
+        cert, key = self_signed_cert(str(tmp_path / "member2"), ["127.0.0.1"])
+        rx = Recorder()
+        server, port = await serve(
+            RaftPeerServicer(2, CID, rx), creds=server_credentials(cert, key)
+        )
+        trusted: list[str] = []
+
+        def creds_for(target: str) -> grpc.ChannelCredentials:  # runs in an executor thread
+            host, _, p = target.rpartition(":")
+            trusted.append(target)
+            return channel_credentials(root_pem=fetch_peer_certificate(host, int(p)))
+
+        t = fast_transport(1, credentials=creds_for)
+        t.attach(Recorder())
+        t.add_peer(2, [f"https://127.0.0.1:{port}"])
+        try:
+            t.send([hb(2, k=1)])
+            await eventually(lambda: [m.commit for m in rx.stepped] == [1], what="TLS delivery")
+            assert trusted == [f"127.0.0.1:{port}"]
+        finally:
+            await t.close()
             await server.stop(0)
 
     asyncio.run(main())
