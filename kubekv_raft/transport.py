@@ -397,6 +397,7 @@ class _Peer:
         for m, n in msgs:
             if n + _BATCH_OVERHEAD > t.max_message_bytes:
                 self.status.messages_dropped += 1
+                self.unsent -= 1
                 log.error(
                     "raft: %s to %x is %d bytes, over the %d-byte limit; dropped",
                     pb.MessageType.Name(m.type), self.id, n, t.max_message_bytes,
@@ -457,6 +458,7 @@ class _Peer:
                     await asyncio.wait_for(call.write(batch), self.t.write_timeout)
                     self.status.batches_sent += 1
                     self.status.messages_sent += len(batch.messages)
+                    self.unsent -= len(batch.messages)
                 self.unsent = 0
                 if not self.status.active:
                     self.status.active = True
