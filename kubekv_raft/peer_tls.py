@@ -1,0 +1,116 @@
+"""Peer TLS: credentials from certificate files, and self-signed certs for --peer-auto-tls.
+
+The transport only takes `grpc.ServerCredentials` / `grpc.ChannelCredentials`; this
+module builds them from etcd's --peer-cert-file, --peer-key-file,
+--peer-trusted-ca-file and --peer-client-cert-auth, or generates a certificate with
+the `openssl` CLI as etcd's --peer-auto-tls does.
+
+etcd's auto-TLS peers skip verifying each other's certificates. gRPC's Python
+channels cannot skip verification, so with auto-TLS a member trusts the certificate
+its peer presents on first contact: `fetch_peer_certificate` reads it and
+`channel_credentials(root_pem=...)` trusts exactly it. That is no weaker than etcd's
+behaviour, and no stronger either: use --peer-trusted-ca-file for real security.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import subprocess
+
+import grpc
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "self_signed_cert",
+    "server_credentials",
+    "channel_credentials",
+    "fetch_peer_certificate",
+]
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _is_ip(host: str) -> bool:
+    return host.replace(".", "").isdigit() or ":" in host
+
+
+def self_signed_cert(directory: str, hosts: list[str], validity_years: int = 1) -> tuple[str, str]:
+    """Create (once) a self-signed ECDSA P-256 cert and key for `hosts`; (cert, key) paths.
+
+    The certificate is valid for serverAuth and clientAuth, so one pair serves a
+    member's peer server and its outgoing peer connections.
+    """
+    os.makedirs(directory, exist_ok=True)
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    if os.path.exists(cert) and os.path.exists(key):
+        return cert, key
+    names = [
+        f"IP:{h}" if _is_ip(h) else f"DNS:{h}"
+        for h in dict.fromkeys([*hosts, "localhost", "127.0.0.1"])
+        if h
+    ]
+    tmp_cert, tmp_key = cert + ".tmp", key + ".tmp"
+    cmd = [
+        "openssl", "req", "-x509", "-nodes", "-newkey", "ec",
+        "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-keyout", tmp_key, "-out", tmp_cert, "-days", str(365 * validity_years),
+        "-subj", "/O=kubekv peer", "-addext", "subjectAltName=" + ",".join(names),
+        "-addext", "extendedKeyUsage=serverAuth,clientAuth",
+    ]  # fmt: skip
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(f"cannot generate a self-signed peer certificate: {exc}") from None
+    os.chmod(tmp_key, 0o600)
+    # The key first: a cert.pem without its key.pem would be taken as a complete pair.
+    os.replace(tmp_key, key)
+    os.replace(tmp_cert, cert)
+    log.info("event=peer_auto_tls_cert_generated cert=%s hosts=%s", cert, ",".join(names))
+    return cert, key
+
+
+def server_credentials(
+    cert_file: str,
+    key_file: str,
+    trusted_ca_file: str | None = None,
+    client_cert_auth: bool = False,
+) -> grpc.ServerCredentials:
+    """Credentials for the peer server (--peer-cert-file, --peer-key-file, ...)."""
+    ca = _read(trusted_ca_file) if trusted_ca_file else None
+    if client_cert_auth and ca is None:
+        raise ValueError("peer client cert auth needs a trusted CA file")
+    return grpc.ssl_server_credentials(
+        [(_read(key_file), _read(cert_file))],
+        root_certificates=ca,
+        require_client_auth=client_cert_auth,
+    )
+
+
+def channel_credentials(
+    trusted_ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    *,
+    root_pem: bytes | None = None,
+) -> grpc.ChannelCredentials:
+    """Credentials for outgoing peer connections; the client cert is presented if given.
+
+    `root_pem` trusts exactly these certificates (e.g. from fetch_peer_certificate).
+    """
+    roots = root_pem
+    if roots is None and trusted_ca_file:
+        roots = _read(trusted_ca_file)
+    key = _read(key_file) if key_file else None
+    chain = _read(cert_file) if cert_file else None
+    return grpc.ssl_channel_credentials(roots, key, chain)
+
+
+def fetch_peer_certificate(host: str, port: int, timeout: float = 5.0) -> bytes:
+    """The PEM certificate a peer's TLS server presents, unverified (auto-TLS trust)."""
+    return ssl.get_server_certificate((host, port), timeout=timeout).encode()
