@@ -1,0 +1,9 @@
+"""Tools for testing kubekv clusters from the outside, usable by tests and by bench soak runs.
+
+- `linearizability`: a Wing–Gong/Lowe linearizability checker (porcupine-style) with an
+  etcd-like KV model and a register model. Pure: no server, no I/O.
+- `recorder`: records client calls with monotonic timestamps as a checker history, and a
+  random put/get/delete/CAS workload driver over etcd's gRPC KV API.
+- `fault_proxy`: a controllable TCP proxy for member peer links (cut, heal, delay, drop,
+  partitions), on 127.0.0.1 only.
+"""
