@@ -8,6 +8,7 @@ runs in a nested transaction: a request that fails leaves no partial change.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from .backend import Backend
 from .errors import EtcdError
 from .kv_txn import apply_delete_range, apply_put, apply_txn
 from .lease import LeaseStore
+from .membership import apply_conf_change, set_attributes
 from .mvcc import CompactedError, FutureRevError, MVCCStore
 from .quota import has_put
 
@@ -41,6 +43,7 @@ class BatchResult:
     compaction_scheduled: bool = False
     # ("grant", id, ttl) / ("revoke", id), for the in-memory lessor after commit
     lease_changes: list = field(default_factory=list)
+    membership_changed: bool = False  # a conf change or published attributes
 
 
 def mvcc_error(exc: Exception) -> EtcdError:
@@ -94,11 +97,41 @@ class Applier:
             for entry in todo:
                 if entry.type == raft_pb2.EntryNormal and entry.data:
                     self._apply_request(txn, entry.data, out)
+                elif entry.type == raft_pb2.EntryConfChange:
+                    self._apply_conf_change(txn, entry.data, out)
             self.backend.set_applied_index(txn, todo[-1].index)
         self.applied_index = out.applied_index = todo[-1].index
         if out.lease_changes and self.on_lease_changes is not None:
             self.on_lease_changes(out.lease_changes)
         return out
+
+    # ------------------------------------------------------------ membership
+
+    def members(self, txn: lmdb.Transaction | None = None) -> list[dict]:
+        if txn is None:
+            with self.backend.env.begin() as t:
+                return self.members(t)
+        return json.loads(txn.get(b"members", db=self.backend.meta) or b"[]")
+
+    def conf_state(self, txn: lmdb.Transaction | None = None) -> raft_pb2.ConfState:
+        if txn is None:
+            with self.backend.env.begin() as t:
+                return self.conf_state(t)
+        raw = txn.get(b"conf_state", db=self.backend.meta)
+        return raft_pb2.ConfState.FromString(raw) if raw else raft_pb2.ConfState()
+
+    def _set_members(self, txn: lmdb.Transaction, members: list[dict]) -> None:
+        txn.put(b"members", json.dumps(members, sort_keys=True).encode(), db=self.backend.meta)
+
+    def _apply_conf_change(self, txn: lmdb.Transaction, data: bytes, out: BatchResult) -> None:
+        """Membership and the ConfState change with the applied index, in the same txn."""
+        cc = raft_pb2.ConfChange.FromString(data)
+        members, cs = apply_conf_change(self.members(txn), self.conf_state(txn), cc)
+        self._set_members(txn, members)
+        txn.put(b"conf_state", cs.SerializeToString(), db=self.backend.meta)
+        out.membership_changed = True
+        if cc.id:
+            out.results.append((cc.id, members))
 
     def _apply_request(self, txn: lmdb.Transaction, data: bytes, out: BatchResult) -> None:
         req = internal_pb2.InternalRequest.FromString(data)
@@ -128,6 +161,8 @@ class Applier:
         out.lease_changes.extend(self._lease_changes)
         if kind == "compaction":
             out.compaction_scheduled = True
+        elif kind == "member_attributes":
+            out.membership_changed = True
         out.events.extend(events)
         out.results.append((req.id, result))
 
@@ -178,6 +213,11 @@ class Applier:
             self._track(txn, w.changes)
             self._lease_changes.append(("revoke", req.lease_revoke.ID))
             return resp, w.changes
+        if kind == "member_attributes":
+            a = req.member_attributes
+            self._set_members(txn, set_attributes(self.members(txn), a.member_id, a.name,
+                                                  list(a.client_urls)))
+            return None, []
         if kind == "alarm":
             resp = apply_alarm(txn, self.backend.meta, req.alarm)
             self.alarms = {(a.memberID, a.alarm) for a in list_alarms(txn, self.backend.meta)}

@@ -141,3 +141,6 @@ CLUSTER_VERSION_UNAVAILABLE = EtcdError(
 ELECTION_NOT_LEADER = EtcdError(grpc.StatusCode.UNKNOWN, "election: not leader")
 ELECTION_NO_LEADER = EtcdError(grpc.StatusCode.UNKNOWN, "election: no leader")
 MISSING_LEADER_KEY = EtcdError(grpc.StatusCode.UNKNOWN, '"leader" field must be provided')
+TIMEOUT_LEADER_TRANSFER = EtcdError(
+    grpc.StatusCode.UNKNOWN, "etcdserver: request timed out, leader transfer took too long"
+)

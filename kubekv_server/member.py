@@ -25,11 +25,13 @@ from .applier import Applier, mvcc_error
 from .backend import Backend, decode_u64, encode_u64
 from .cluster_ids import cluster_id, member_id
 from .compactor import Compactor
-from .config import Config
+from .config import Config, parse_urls
 from .kv_range import execute_range
 from .kv_txn import apply_txn, is_read_only
 from .lease import MAX_LEASE_TTL, LeaseStore, Lessor, min_lease_ttl
+from .membership import conf_change
 from .mvcc import CompactedError, FutureRevError, MVCCStore
+from .peering import Peering, fetch_members
 from .raft_node import RaftNode
 from .request_checks import etcd_entry_size
 from .watch import WatchHub
@@ -62,6 +64,8 @@ class Member:
         self.mvcc = MVCCStore(self.backend.env)
         self.storage = LMDBStorage(os.path.join(member_dir, "log"))
         self.member_id, self.cluster_id, self.members = self._identity()
+        self.peering: Peering | None = None
+        self.node: RaftNode | None = None
         self.lessor = Lessor(time.monotonic)
         self.leases = LeaseStore(
             self.backend, min_lease_ttl(cfg.election_timeout_ms, cfg.heartbeat_interval_ms)
@@ -69,26 +73,22 @@ class Member:
         self.applier = Applier(
             self.backend, self.mvcc, self.leases, on_lease_changes=self._lease_changes
         )
-        self.node = RaftNode(
-            self.storage,
-            self.applier,
-            self.member_id,
-            heartbeat_ms=cfg.heartbeat_interval_ms,
-            election_ms=cfg.election_timeout_ms,
-        )
         self.compactor = Compactor(self.backend, self.mvcc)
         # KUBEKV_WATCH_MAX_PENDING: responses queued per watch stream before its watchers
         # fall back to catching up from history (a tuning knob; tests make it small).
         max_pending = int(os.environ.get("KUBEKV_WATCH_MAX_PENDING", "0")) or DEFAULT_MAX_PENDING
         self.watch_hub = WatchHub(self.mvcc, max_pending=max_pending)
-        self.node.add_listener(self._notify_watchers)
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
         self._stopping = threading.Event()
+        self.on_removed = None  # called when this member is removed from the cluster
 
     # ------------------------------------------------------------ identity
 
     def _identity(self) -> tuple[int, int, list[dict]]:
-        """Read the member/cluster identity from the data dir, or bootstrap it from flags."""
+        """Read the member/cluster identity from the data dir, or bootstrap it from flags.
+
+        A member joining an existing cluster learns its identity in `start` instead.
+        """
         stored = self.backend.get_meta(b"member_id")
         if stored:
             mid = decode_u64(stored)
@@ -97,6 +97,8 @@ class Member:
             log.info("event=restart member_id=%x cluster_id=%x", mid, cid)
             return mid, cid, members
         cfg = self.cfg
+        if cfg.initial_cluster_state == "existing":
+            return 0, 0, []
         token = cfg.initial_cluster_token
         members = []
         for name, urls in sorted(cfg.initial_cluster.items()):
@@ -119,27 +121,68 @@ class Member:
             for i, m in enumerate(members)
         ]
         self.storage.append(bootstrap, raft_pb2.HardState(term=1, commit=len(bootstrap)))
-        self.storage.set_conf_state(raft_pb2.ConfState(voters=[m["id"] for m in members]))
+        cs = raft_pb2.ConfState(voters=sorted(m["id"] for m in members))
+        self.storage.set_conf_state(cs)
+        self._store_identity(mid, cid, members, cs)
+        log.info("event=bootstrap member_id=%x cluster_id=%x members=%d", mid, cid, len(members))
+        return mid, cid, members
+
+    def _store_identity(self, mid: int, cid: int, members: list[dict],
+                        cs: raft_pb2.ConfState) -> None:
         with self.backend.env.begin(write=True) as txn:
             meta = self.backend.meta
             txn.put(b"member_id", encode_u64(mid), db=meta)
             txn.put(b"cluster_id", encode_u64(cid), db=meta)
-            txn.put(b"members", json.dumps(members).encode(), db=meta)
-        log.info("event=bootstrap member_id=%x cluster_id=%x members=%d", mid, cid, len(members))
-        return mid, cid, members
+            txn.put(b"members", json.dumps(members, sort_keys=True).encode(), db=meta)
+            txn.put(b"conf_state", cs.SerializeToString(), db=meta)
+
+    async def _join_existing(self) -> None:
+        """--initial-cluster-state existing: learn this member's id from the cluster."""
+        cid, members = await fetch_members(self.cfg)
+        mine = set(self.cfg.initial_advertise_peer_urls)
+        me = next((m for m in members if set(m["peerURLs"]) == mine), None)
+        if me is None:
+            raise SystemExit(
+                "kubekv: member with peer URLs "
+                f"{sorted(mine)} has not been added to the cluster (etcdctl member add first)"
+            )
+        self.member_id, self.cluster_id, self.members = me["id"], cid, members
+        # An empty log and no ConfState: the leader replicates the cluster's history.
+        self._store_identity(me["id"], cid, members, raft_pb2.ConfState())
+        log.info("event=joined_existing_cluster member_id=%x cluster_id=%x", me["id"], cid)
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Start on the running event loop; returns once the member knows a leader."""
+        """Start on the running event loop; returns once the member knows a leader and has
+        published its name and client URLs through the log (etcd's "published" step)."""
         self.loop = asyncio.get_running_loop()
+        cfg = self.cfg
+        if not self.member_id:
+            await self._join_existing()
+        # Raft restarts from the membership as of the applied index (kept in the state db).
+        self.storage.set_conf_state(self.applier.conf_state())
+        self.members = self.applier.members()
+        self.peering = Peering(cfg, self.member_id, self.cluster_id, self.data_dir)
+        self.node = RaftNode(
+            self.storage,
+            self.applier,
+            self.member_id,
+            heartbeat_ms=cfg.heartbeat_interval_ms,
+            election_ms=cfg.election_timeout_ms,
+            transport_factory=self.peering.make_transport,
+        )
+        self.node.add_listener(self._notify_watchers)
         self.node.add_listener(self._after_apply)
         self.compactor.start()
         with self.backend.env.begin() as txn:
             self.lessor.restore(self.leases.all(txn))  # replayed entries then update it
         await self.node.start()
+        self.peering.set_members(self.members)
+        await self.peering.start(self.node.runner, lambda: self.members)
         while not await self.node.wait_leader(5.0):
             log.warning("event=waiting_for_leader member_id=%x", self.member_id)
+        await self._publish()
         self.watch_hub.catch_up_revision()
         self._watch_sync = SyncThread(self.watch_hub)
         self._watch_sync.start()
@@ -172,8 +215,13 @@ class Member:
     def _expire_leases(self) -> None:
         """Leader only: propose the revocation of expired leases (etcd's revokeExpiredLeases,
         every 500 ms at most 500 leases)."""
+        was_leader = self.is_leader()
         while not self._stopping.is_set():
-            if self.is_leader():
+            leader = self.is_leader()
+            if leader and not was_leader:
+                self._became_leader()  # a new leader extends every lease (etcd's Promote)
+            was_leader = leader
+            if leader:
                 for lease_id in self.lessor.expired():
                     try:
                         self._propose_nowait("lease_revoke", pb.LeaseRevokeRequest(ID=lease_id))
@@ -243,7 +291,10 @@ class Member:
         self._stopping.set()
         if getattr(self, "_watch_sync", None) is not None:
             self._watch_sync.stop()
-        await self.node.stop()
+        if self.node is not None:
+            await self.node.stop()
+        if self.peering is not None:
+            await self.peering.stop()
         self.compactor.stop()
         self.storage.close()
         self.backend.close()
@@ -271,7 +322,7 @@ class Member:
         local state already holds every acknowledged write; otherwise the read
         waits for a ReadIndex confirmed by a quorum to be applied here.
         """
-        if len(self.members) == 1 and self.node.is_leader():
+        if self.node.is_leader() and self.node.lone_voter():
             return None
         return self.node.read_index()
 
@@ -406,6 +457,148 @@ class Member:
     def _after_apply(self, result) -> None:
         if result.compaction_scheduled:
             self.compactor.kick()
+        if result.membership_changed:
+            self.members = self.applier.members()
+            self.peering.set_members(self.members)
+            if self.member_id not in {m["id"] for m in self.members} and self.members:
+                log.warning("event=removed_from_cluster member_id=%x msg=\"the member has been "
+                            "permanently removed from the cluster\"", self.member_id)
+                if self.on_removed is not None:
+                    self.on_removed()
+
+    async def _publish(self) -> None:
+        """Propose this member's name and client URLs until the cluster has applied them."""
+        attrs = internal_pb2.MemberAttributes(
+            member_id=self.member_id, name=self.cfg.name,
+            client_urls=list(self.cfg.advertise_client_urls),
+        )
+        while True:
+            rid = self.node.next_id()
+            data = internal_pb2.InternalRequest(id=rid, member_attributes=attrs)
+            try:
+                await asyncio.wait_for(self.node.propose(rid, data.SerializeToString()),
+                                       REQUEST_TIMEOUT)
+                return
+            except (errors.EtcdError, asyncio.TimeoutError) as exc:
+                log.warning("event=publish_failed error=%r; retrying", exc)
+                await asyncio.sleep(0.5)
+
+    # --------------------------------------------------------- membership
+
+    def _started_voters(self) -> set[int]:
+        """Voters that count as started (etcd's check before a risky reconfiguration).
+
+        The leader knows who answered it within the last election timeout; a follower
+        counts the leader, itself, and every peer its transport has not failed to reach.
+        """
+        voters = {m["id"] for m in self.members if not m["isLearner"]}
+        if self.node.is_leader():
+            prs = self.node.runner.node.raft.prs.progress
+            return {self.member_id} | {
+                v for v in voters if v in prs and prs[v].recent_active
+            }
+        started = {self.member_id, self.node.leader_id}
+        t = self.peering.transport if self.peering is not None else None
+        for v in voters - started:
+            try:
+                st = t.status(v) if t is not None else None
+            except KeyError:
+                continue
+            if st is not None and (st.active or st.failures == 0):
+                started.add(v)
+        return started & voters
+
+    def _strict(self) -> bool:
+        return self.cfg.flag("strict-reconfig-check") == "true"
+
+    async def member_add(self, peer_urls: list[str], is_learner: bool) -> dict:
+        """etcd's MemberAdd: a new member (voter or learner) with an ID from its URLs and time."""
+        try:
+            urls = parse_urls(",".join(peer_urls))
+        except ValueError:
+            raise errors.MEMBER_BAD_U_R_LS from None
+        if not urls:
+            raise errors.MEMBER_BAD_U_R_LS
+        for m in self.members:
+            if set(m["peerURLs"]) & set(urls):
+                raise errors.PEER_U_R_L_EXIST
+        if is_learner and sum(m["isLearner"] for m in self.members) >= 1:
+            raise errors.TOO_MANY_LEARNERS
+        if not is_learner and self._strict():
+            voters = [m for m in self.members if not m["isLearner"]]
+            if len(self._started_voters()) < (len(voters) + 1) // 2 + 1:
+                raise errors.MEMBER_NOT_ENOUGH_STARTED
+        new_id = member_id(urls, self.cfg.initial_cluster_token, now=int(time.time()))
+        if any(m["id"] == new_id for m in self.members):
+            raise errors.MEMBER_EXIST
+        member = {"id": new_id, "name": "", "peerURLs": sorted(urls), "clientURLs": [],
+                  "isLearner": is_learner}
+        kind = raft_pb2.ConfChangeAddLearnerNode if is_learner else raft_pb2.ConfChangeAddNode
+        await self._conf_change(kind, new_id, member)
+        return member
+
+    async def member_remove(self, mid: int) -> None:
+        m = next((m for m in self.members if m["id"] == mid), None)
+        if m is None:
+            raise errors.MEMBER_NOT_FOUND
+        if self._strict() and not m["isLearner"]:
+            voters = [x for x in self.members if not x["isLearner"] and x["id"] != mid]
+            started = self._started_voters() - {mid}
+            if len(started) < len(voters) // 2 + 1:
+                raise errors.MEMBER_NOT_ENOUGH_STARTED
+        await self._conf_change(raft_pb2.ConfChangeRemoveNode, mid, None)
+
+    async def member_update(self, mid: int, peer_urls: list[str]) -> None:
+        m = next((m for m in self.members if m["id"] == mid), None)
+        if m is None:
+            raise errors.MEMBER_NOT_FOUND
+        try:
+            urls = parse_urls(",".join(peer_urls))
+        except ValueError:
+            raise errors.MEMBER_BAD_U_R_LS from None
+        for other in self.members:
+            if other["id"] != mid and set(other["peerURLs"]) & set(urls):
+                raise errors.PEER_U_R_L_EXIST
+        await self._conf_change(raft_pb2.ConfChangeUpdateNode, mid, dict(m, peerURLs=urls))
+
+    async def member_promote(self, mid: int) -> None:
+        m = next((m for m in self.members if m["id"] == mid), None)
+        if m is None:
+            raise errors.MEMBER_NOT_FOUND
+        if not m["isLearner"]:
+            raise errors.MEMBER_NOT_LEARNER
+        if not self.node.is_leader():
+            raise errors.NOT_LEADER
+        progress = self.node.runner.node.raft.prs.progress.get(mid)
+        committed = self.node.commit_index
+        # etcd: a learner is ready once its match index is within 90% of the leader's.
+        if progress is None or progress.match < committed * 0.9:
+            raise errors.LEARNER_NOT_READY
+        await self._conf_change(raft_pb2.ConfChangeAddNode, mid, dict(m, isLearner=False))
+
+    async def _conf_change(self, kind: int, node_id: int, member: dict | None) -> None:
+        cc = conf_change(kind, node_id, member)
+        cc.id = self.node.next_id()
+        try:
+            await asyncio.wait_for(self.node.propose_conf_change(cc), REQUEST_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise errors.TIMEOUT from None
+
+    async def move_leader(self, target: int) -> None:
+        """Maintenance.MoveLeader: only the leader may hand over, to a voter."""
+        if not self.node.is_leader():
+            raise errors.NOT_LEADER
+        voters = {m["id"] for m in self.members if not m["isLearner"]}
+        if target not in voters:
+            raise errors.BAD_LEADER_TRANSFEREE
+        if target == self.member_id:
+            return
+        self.node.runner.transfer_leadership(target)
+        deadline = self.loop.time() + REQUEST_TIMEOUT
+        while self.node.leader_id != target:
+            if self.loop.time() > deadline:
+                raise errors.TIMEOUT_LEADER_TRANSFER
+            await asyncio.sleep(0.01)
 
     # ------------------------------------------------------------ status
 
@@ -418,7 +611,7 @@ class Member:
             raftTerm=self.node.term,
             raftAppliedIndex=self.applier.applied_index,
             dbSizeInUse=self.backend.in_use_bytes(),
-            isLearner=False,
+            isLearner=any(m["isLearner"] for m in self.members if m["id"] == self.member_id),
         )
         # etcd lists raised alarms in gogoproto's text form, e.g. "memberID:1 alarm:NOSPACE ".
         for a in self.alarms():

@@ -114,6 +114,14 @@ class RaftNode:
     def is_leader(self) -> bool:
         return self.leader_id == self.member_id
 
+    def lone_voter(self) -> bool:
+        """Whether this member is the only voter (so its applied state is the committed one)."""
+        r = self.runner
+        if r is None:
+            return False
+        voters = r.node.raft.prs.config.voters.ids()
+        return voters == {self.member_id}
+
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -216,6 +224,24 @@ class RaftNode:
 
         self.loop.call_soon_threadsafe(submit)
         return out
+
+    def propose_conf_change(self, cc: raft_pb2.ConfChange) -> asyncio.Future:
+        """Loop thread: propose a membership change (cc.id set by the caller); the future
+        resolves to the member list once the change is applied here."""
+        fut = self.loop.create_future()
+        rid = varint(cc.id)
+        self._futures[rid] = fut
+
+        def proposed(f: asyncio.Future) -> None:
+            exc = None if f.cancelled() else f.exception()
+            if exc is not None:
+                self._futures.pop(rid, None)
+                if not fut.done():
+                    fut.set_exception(errors.NO_LEADER if isinstance(exc, ProposalDroppedError)
+                                      else errors.EtcdError(errors.TIMEOUT.code, str(exc)))
+
+        self.runner.propose_conf_change(cc).add_done_callback(proposed)
+        return fut
 
     def read_index(self) -> asyncio.Future:
         """Loop thread: resolves once this member applied a read index confirmed by a quorum."""

@@ -61,6 +61,7 @@ class ClientServer:
             max_receive_bytes=cfg.max_request_bytes + GRPC_OVERHEAD_BYTES,
             http_handler=self.http,
             accept_peer_cert=(lambda der: cert_serial(der) not in revoked) if revoked else None,
+            guard=self._require_leader,
         )
         m = self.member
         mods = (rpc_pb2,)
@@ -97,6 +98,13 @@ class ClientServer:
         self.rpc = rpc
         self._announce_ready()
 
+    def _require_leader(self, headers) -> tuple[int, str] | None:
+        """etcd's `hasleader` metadata: such a call fails at once while there is no leader."""
+        for k, v in headers:
+            if k == b"hasleader" and v == b"true" and self.member.node.leader_id == 0:
+                return 14, "etcdserver: no leader"  # Unavailable
+        return None
+
     def _announce_ready(self) -> None:
         """etcd's two readiness lines, which tools (etcd's e2e framework) wait for."""
         m = self.member
@@ -125,6 +133,7 @@ class ClientServer:
         self._stopping = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
+        self.member.on_removed = self._stopping.set
         await self.start()
         await self._stopping.wait()
         log.info("event=shutdown reason=signal")

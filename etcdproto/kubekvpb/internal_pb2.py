@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from etcdproto.etcdserverpb import rpc_pb2 as etcdproto_dot_etcdserverpb_dot_rpc__pb2
 
 
-DESCRIPTOR = __import__('etcdproto._pool', fromlist=['POOL']).POOL.AddSerializedFile(b'\n!etcdproto/kubekvpb/internal.proto\x12\x08kubekvpb\x1a etcdproto/etcdserverpb/rpc.proto\"\x8a\x03\n\x0fInternalRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\'\n\x03put\x18\x02 \x01(\x0b\x32\x18.etcdserverpb.PutRequestH\x00\x12\x38\n\x0c\x64\x65lete_range\x18\x03 \x01(\x0b\x32 .etcdserverpb.DeleteRangeRequestH\x00\x12\'\n\x03txn\x18\x04 \x01(\x0b\x32\x18.etcdserverpb.TxnRequestH\x00\x12\x35\n\ncompaction\x18\x05 \x01(\x0b\x32\x1f.etcdserverpb.CompactionRequestH\x00\x12\x36\n\x0blease_grant\x18\x06 \x01(\x0b\x32\x1f.etcdserverpb.LeaseGrantRequestH\x00\x12\x38\n\x0clease_revoke\x18\x07 \x01(\x0b\x32 .etcdserverpb.LeaseRevokeRequestH\x00\x12+\n\x05\x61larm\x18\x08 \x01(\x0b\x32\x1a.etcdserverpb.AlarmRequestH\x00\x42\t\n\x07requestb\x06proto3')
+DESCRIPTOR = __import__('etcdproto._pool', fromlist=['POOL']).POOL.AddSerializedFile(b'\n!etcdproto/kubekvpb/internal.proto\x12\x08kubekvpb\x1a etcdproto/etcdserverpb/rpc.proto\"\xc3\x03\n\x0fInternalRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\'\n\x03put\x18\x02 \x01(\x0b\x32\x18.etcdserverpb.PutRequestH\x00\x12\x38\n\x0c\x64\x65lete_range\x18\x03 \x01(\x0b\x32 .etcdserverpb.DeleteRangeRequestH\x00\x12\'\n\x03txn\x18\x04 \x01(\x0b\x32\x18.etcdserverpb.TxnRequestH\x00\x12\x35\n\ncompaction\x18\x05 \x01(\x0b\x32\x1f.etcdserverpb.CompactionRequestH\x00\x12\x36\n\x0blease_grant\x18\x06 \x01(\x0b\x32\x1f.etcdserverpb.LeaseGrantRequestH\x00\x12\x38\n\x0clease_revoke\x18\x07 \x01(\x0b\x32 .etcdserverpb.LeaseRevokeRequestH\x00\x12+\n\x05\x61larm\x18\x08 \x01(\x0b\x32\x1a.etcdserverpb.AlarmRequestH\x00\x12\x37\n\x11member_attributes\x18\t \x01(\x0b\x32\x1a.kubekvpb.MemberAttributesH\x00\x42\t\n\x07request\"H\n\x10MemberAttributes\x12\x11\n\tmember_id\x18\x01 \x01(\x04\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x63lient_urls\x18\x03 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'etcdproto.kubekvpb.internal
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INTERNALREQUEST']._serialized_start=82
-  _globals['_INTERNALREQUEST']._serialized_end=476
+  _globals['_INTERNALREQUEST']._serialized_end=533
+  _globals['_MEMBERATTRIBUTES']._serialized_start=535
+  _globals['_MEMBERATTRIBUTES']._serialized_end=607
 # @@protoc_insertion_point(module_scope)

@@ -1,13 +1,21 @@
-"""etcdserverpb.Cluster: the member list (membership changes arrive with replication)."""
+"""etcdserverpb.Cluster: member list and membership changes through Raft conf changes."""
 
 from __future__ import annotations
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 
+from ..errors import EtcdError
 from ..member import Member
 from ..rpc.calls import inline
 from .status import etcd_errors
+
+
+def _fill(member: Member, resp) -> None:
+    for m in member.members:
+        resp.members.add(ID=m["id"], name=m["name"], peerURLs=m["peerURLs"],
+                         clientURLs=m["clientURLs"], isLearner=m["isLearner"])
+    member.header(resp.header, member.current_revision())
 
 
 class ClusterService(rpc_pb2_grpc.ClusterServicer):
@@ -18,13 +26,44 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     @etcd_errors
     def MemberList(self, request, context):
         resp = pb.MemberListResponse()
-        for m in self.member.members:
-            resp.members.add(
-                ID=m["id"],
-                name=m["name"],
-                peerURLs=m["peerURLs"],
-                clientURLs=m["clientURLs"],
-                isLearner=m["isLearner"],
-            )
-        self.member.header(resp.header, self.member.current_revision())
+        _fill(self.member, resp)
+        return resp
+
+    async def MemberAdd(self, request, context):
+        try:
+            m = await self.member.member_add(list(request.peerURLs), request.isLearner)
+        except EtcdError as exc:
+            context.abort(exc.code, exc.message)
+        resp = pb.MemberAddResponse()
+        resp.member.ID = m["id"]
+        resp.member.peerURLs.extend(m["peerURLs"])
+        resp.member.isLearner = m["isLearner"]
+        _fill(self.member, resp)
+        return resp
+
+    async def MemberRemove(self, request, context):
+        try:
+            await self.member.member_remove(request.ID)
+        except EtcdError as exc:
+            context.abort(exc.code, exc.message)
+        resp = pb.MemberRemoveResponse()
+        _fill(self.member, resp)
+        return resp
+
+    async def MemberUpdate(self, request, context):
+        try:
+            await self.member.member_update(request.ID, list(request.peerURLs))
+        except EtcdError as exc:
+            context.abort(exc.code, exc.message)
+        resp = pb.MemberUpdateResponse()
+        _fill(self.member, resp)
+        return resp
+
+    async def MemberPromote(self, request, context):
+        try:
+            await self.member.member_promote(request.ID)
+        except EtcdError as exc:
+            context.abort(exc.code, exc.message)
+        resp = pb.MemberPromoteResponse()
+        _fill(self.member, resp)
         return resp

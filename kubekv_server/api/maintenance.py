@@ -5,6 +5,7 @@ from __future__ import annotations
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 
+from ..errors import EtcdError
 from ..member import Member
 from ..rpc.calls import inline
 from .status import etcd_errors
@@ -41,5 +42,11 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         self.member.header(resp.header, self.member.current_revision())
         return resp
 
-
-
+    async def MoveLeader(self, request, context):
+        try:
+            await self.member.move_leader(request.targetID)
+        except EtcdError as exc:
+            context.abort(exc.code, exc.message)
+        resp = pb.MoveLeaderResponse()
+        self.member.header(resp.header, self.member.current_revision())
+        return resp

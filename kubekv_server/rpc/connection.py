@@ -288,6 +288,13 @@ class Http2Connection(asyncio.Protocol):
             call.finish(12, f"unknown method {path.decode('latin-1')}")  # UNIMPLEMENTED
             self._out.append(f.rst_stream(sid, f.NO_ERROR))
             return
+        guard = self.server.guard
+        if guard is not None:
+            refused = guard(headers)
+            if refused is not None:
+                call.finish(*refused)
+                self._out.append(f.rst_stream(sid, f.NO_ERROR))
+                return
         self.calls[sid] = call
         call.start(method)
         if flags & f.END_STREAM:

@@ -37,6 +37,7 @@ class RpcServer:
         max_receive_bytes: int,
         http_handler: Callable | None = None,
         accept_peer_cert: Callable[[bytes], bool] | None = None,
+        guard: Callable[[list], tuple[int, str] | None] | None = None,
     ) -> None:
         self.loop = loop
         self.max_receive_bytes = max_receive_bytes
@@ -44,6 +45,8 @@ class RpcServer:
         self.connections: set[Http2Connection] = set()
         self.http_handler = http_handler
         self._accept_peer_cert = accept_peer_cert
+        # guard(request headers) -> (status, message) refuses a call before it starts
+        self.guard = guard
         self.executor = concurrent.futures.ThreadPoolExecutor(
             WORKER_THREADS, thread_name_prefix="kubekv-rpc"
         )

@@ -1,0 +1,203 @@
+"""The peer side of a member: Raft transport to the others, the peer gRPC server, peer TLS.
+
+The peer port (--listen-peer-urls) serves two things: kubekv_raft's RaftPeer
+service (message streams and snapshots) and the MemberDirectory, which a member
+joining an existing cluster asks for the member list it was added to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import urllib.parse
+
+import grpc
+
+from etcdproto.kubekvpb import directory_pb2, directory_pb2_grpc
+from etcdproto.raftpb import peer_pb2_grpc
+from kubekv_raft import peer_tls
+from kubekv_raft.transport import GrpcTransport, RaftPeerServicer, peer_server_options
+
+from .config import Config
+
+log = logging.getLogger("kubekv.peer")
+
+# A test-only override of where to dial a peer: "id=host:port,..." (ids in hex). Fault
+# tests put a proxy between members without changing the URLs their IDs derive from.
+DIAL_OVERRIDE_ENV = "KUBEKV_PEER_DIAL_OVERRIDE"
+
+
+def _dial_overrides() -> dict[int, str]:
+    out = {}
+    for item in filter(None, os.environ.get(DIAL_OVERRIDE_ENV, "").split(",")):
+        pid, _, addr = item.partition("=")
+        out[int(pid, 16)] = addr
+    return out
+
+
+class DirectoryServicer(directory_pb2_grpc.MemberDirectoryServicer):
+    def __init__(self, cluster_id: int, members) -> None:
+        self.cluster_id = cluster_id
+        self.members = members  # () -> list[dict]
+
+    async def Members(self, request, context):
+        return directory_pb2.MembersResponse(
+            cluster_id=self.cluster_id, members_json=json.dumps(self.members())
+        )
+
+
+class Peering:
+    """Owns the transport and the peer server of one member."""
+
+    def __init__(self, cfg: Config, member_id: int, cluster_id: int, data_dir: str) -> None:
+        self.cfg = cfg
+        self.member_id = member_id
+        self.cluster_id = cluster_id
+        self.data_dir = data_dir
+        self.transport: GrpcTransport | None = None
+        self.servicer: RaftPeerServicer | None = None
+        self._server: grpc.aio.Server | None = None
+        self._overrides = _dial_overrides()
+        self._auto_cert: tuple[str, str] | None = None
+
+    # ----------------------------------------------------------------- TLS
+
+    def _auto_tls_cert(self) -> tuple[str, str]:
+        if self._auto_cert is None:
+            hosts = [urllib.parse.urlsplit(u).hostname or "" for u in self.cfg.listen_peer_urls]
+            self._auto_cert = peer_tls.self_signed_cert(
+                os.path.join(self.data_dir, "fixtures", "peer"), hosts
+            )
+        return self._auto_cert
+
+    def _server_credentials(self) -> grpc.ServerCredentials:
+        raw = self.cfg.raw
+        if raw["peer-cert-file"] and raw["peer-key-file"]:
+            return peer_tls.server_credentials(
+                raw["peer-cert-file"], raw["peer-key-file"], raw["peer-trusted-ca-file"] or None,
+                raw["peer-client-cert-auth"] == "true",
+            )
+        if raw["peer-auto-tls"] == "true":
+            cert, key = self._auto_tls_cert()
+            return peer_tls.server_credentials(cert, key)
+        raise SystemExit("kubekv: https peer URLs need --peer-cert-file/--peer-key-file "
+                         "or --peer-auto-tls")
+
+    def _channel_credentials(self):
+        raw = self.cfg.raw
+        if raw["peer-trusted-ca-file"]:
+            return peer_tls.channel_credentials(
+                raw["peer-trusted-ca-file"], raw["peer-cert-file"] or None,
+                raw["peer-key-file"] or None,
+            )
+        if raw["peer-auto-tls"] == "true":
+            cert, key = self._auto_tls_cert()
+
+            def trust_on_first_use(target: str):
+                host, _, port = target.rpartition(":")
+                pem = peer_tls.fetch_peer_certificate(host, int(port))
+                return peer_tls.channel_credentials(None, cert, key, root_pem=pem)
+
+            return trust_on_first_use
+        return None
+
+    # ------------------------------------------------------------ transport
+
+    def make_transport(self, node) -> GrpcTransport:
+        self.transport = GrpcTransport(
+            self.member_id, self.cluster_id, credentials=self._channel_credentials()
+        )
+        return self.transport
+
+    def set_members(self, members: list[dict]) -> None:
+        """Keep the transport's peer table equal to the member list (minus ourselves)."""
+        t = self.transport
+        if t is None:
+            return
+        wanted = {}
+        for m in members:
+            if m["id"] == self.member_id:
+                continue
+            urls = list(m["peerURLs"])
+            if m["id"] in self._overrides:
+                urls = [f"http://{self._overrides[m['id']]}"]
+            wanted[m["id"]] = urls
+        current = t.peers()
+        for pid in set(current) - set(wanted):
+            t.remove_peer(pid)
+        for pid, urls in wanted.items():
+            if pid not in current:
+                t.add_peer(pid, urls)
+            elif sorted(current[pid]) != sorted(urls):
+                t.update_peer(pid, urls)
+
+    # --------------------------------------------------------------- server
+
+    async def start(self, runner, members) -> None:
+        """Serve RaftPeer and MemberDirectory on every --listen-peer-urls address."""
+        loop = asyncio.get_running_loop()
+        self.transport.attach(runner)
+        self.servicer = RaftPeerServicer(
+            self.member_id, self.cluster_id, runner,
+            snapshot_dir=os.path.join(self.data_dir, "member", "snap"), loop=loop,
+        )
+        server = grpc.aio.server(options=peer_server_options())
+        peer_pb2_grpc.add_RaftPeerServicer_to_server(self.servicer, server)
+        directory_pb2_grpc.add_MemberDirectoryServicer_to_server(
+            DirectoryServicer(self.cluster_id, members), server
+        )
+        for url in self.cfg.listen_peer_urls:
+            parts = urllib.parse.urlsplit(url)
+            addr = parts.netloc
+            try:
+                if parts.scheme == "https":
+                    port = server.add_secure_port(addr, self._server_credentials())
+                else:
+                    port = server.add_insecure_port(addr)
+            except RuntimeError:
+                port = 0
+            if not port:
+                raise SystemExit(f"kubekv: listen tcp {addr}: bind: address already in use")
+            log.info("event=serving_peer_traffic address=%s", addr)
+        await server.start()
+        self._server = server
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(0.5)
+        if self.transport is not None:
+            await self.transport.close()
+
+
+async def fetch_members(cfg: Config, timeout: float = 10.0) -> tuple[int, list[dict]]:
+    """Ask the peers of --initial-cluster for the cluster this new member was added to."""
+    self_urls = set(cfg.initial_advertise_peer_urls)
+    last: Exception | None = None
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        for urls in cfg.initial_cluster.values():
+            for url in urls:
+                if url in self_urls:
+                    continue
+                parts = urllib.parse.urlsplit(url)
+                if parts.scheme == "https":
+                    pem = await asyncio.get_running_loop().run_in_executor(
+                        None, peer_tls.fetch_peer_certificate, parts.hostname, parts.port
+                    )
+                    ch = grpc.aio.secure_channel(parts.netloc,
+                                                 peer_tls.channel_credentials(root_pem=pem))
+                else:
+                    ch = grpc.aio.insecure_channel(parts.netloc)
+                try:
+                    resp = await directory_pb2_grpc.MemberDirectoryStub(ch).Members(
+                        directory_pb2.MembersRequest(), timeout=2
+                    )
+                    return resp.cluster_id, json.loads(resp.members_json)
+                except Exception as exc:  # try the next peer
+                    last = exc
+                finally:
+                    await ch.close()
+        await asyncio.sleep(0.5)
+    raise SystemExit(f"kubekv: cannot fetch cluster info from the initial cluster peers: {last}")
