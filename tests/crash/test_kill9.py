@@ -53,7 +53,7 @@ def crash_rounds(tmp_path, rounds: int, seed: int, writers: int = 6,
                 assert not w.is_alive(), f"writer {w.writer} hung after the kill"
             proc.start()
             kv = proc.kv
-            history.verify(kv, ws)
+            history.verify(kv, ws, proc.maintenance)
             if compacted:
                 with pytest.raises(grpc.RpcError) as err:
                     kv.Range(pb.RangeRequest(key=PREFIX, revision=compacted - 1))

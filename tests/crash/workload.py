@@ -137,7 +137,8 @@ class History:
         self.meta: dict[bytes, tuple[int, int, int]] = {}  # key -> (create, mod, version)
         self.revision = 1  # every revision up to here has been checked
         self.next_seq = [0] * writers
-        self.compacted = 0
+        self.hashed: tuple[int, int, int] | None = None  # (revision, compact revision, hash)
+        self.hash_checks = 0
         self.rounds: list[dict] = []
 
     # ------------------------------------------------------------ one round
@@ -150,9 +151,28 @@ class History:
             w.start()
         return ws
 
-    def verify(self, kv: rpc_pb2_grpc.KVStub, ws: list[Writer]) -> int:
-        """Check the store against the finished writers; return the current revision."""
+    def verify(self, kv: rpc_pb2_grpc.KVStub, ws: list[Writer],
+               maintenance: rpc_pb2_grpc.MaintenanceStub | None = None) -> int:
+        """Check the store against the finished writers; return the current revision.
+
+        With `maintenance`, also check that HashKV of the revision checked last time
+        is unchanged (history below it was not touched), unless a compaction moved on.
+        Counts the comparisons made in `self.hash_checks`.
+        """
         problems: list[str] = [v for w in ws for v in w.violations]
+        if maintenance is not None and self.hashed is not None:
+            rev, compact_rev, h = self.hashed
+            try:
+                resp = maintenance.HashKV(pb.HashKVRequest(revision=rev), timeout=RPC_TIMEOUT)
+            except grpc.RpcError as exc:  # compacted since: nothing to compare
+                if exc.code() != grpc.StatusCode.OUT_OF_RANGE:
+                    raise
+                resp = None
+            if resp is not None and resp.compact_revision == compact_rev:
+                self.hash_checks += 1
+                if resp.hash != h:
+                    problems.append(f"HashKV at revision {rev} changed across the restart: "
+                                    f"{h:#x} -> {resp.hash:#x} (compact revision {compact_rev})")
         acked = [op for w in ws for op in w.acked]
         in_flight = {(w.writer, w.in_flight.seq): w.in_flight for w in ws if w.in_flight}
         by_id = {(op.writer, op.seq): op for op in acked}
@@ -247,6 +267,9 @@ class History:
         for w in ws:
             self.next_seq[w.writer] = w.seq + 1  # never reuse a seq, acknowledged or not
         self.revision = current
+        if maintenance is not None:
+            resp = maintenance.HashKV(pb.HashKVRequest(revision=current), timeout=RPC_TIMEOUT)
+            self.hashed = (current, resp.compact_revision, resp.hash)
         self.rounds.append({"acked": len(acked), "unknown": len(in_flight),
                             "unknown_applied": len(set(in_flight) & set(applied)),
                             "revision": current})
