@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import threading
 import time
 
@@ -88,3 +89,42 @@ def test_kill9_soak(tmp_path):
     history = crash_rounds(tmp_path, rounds=150, seed=seed_from_env(), writers=12,
                            max_run=2.0, budget=1500)
     assert len(history.rounds) == 150
+
+
+def spawn_unready(proc) -> None:
+    """Start the server process without waiting for it to serve (to kill it while starting)."""
+    with open(proc.log_path, "ab") as log:
+        proc.proc = subprocess.Popen(proc.argv, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=proc.env,
+                                     cwd=str(proc.data_dir.parent))
+
+
+def test_kill9_while_bootstrapping_and_recovering(tmp_path):
+    """Kills during the very first start (bootstrap) and during later restarts (recovery)."""
+    rng = random.Random(seed_from_env())
+    proc = kubekv_process(tmp_path)
+    history = History(writers=4)
+    try:
+        for _ in range(3):  # the first start writes the identity and bootstrap entries
+            spawn_unready(proc)
+            time.sleep(rng.uniform(0.1, 0.7))
+            proc.kill()
+        proc.start()
+        member = proc.cluster.MemberList(pb.MemberListRequest()).members
+        stop = threading.Event()
+        ws = history.start_writers(proc.endpoint, rng.randrange(1 << 30), stop)
+        time.sleep(0.5)
+        proc.kill()
+        stop.set()
+        for w in ws:
+            w.join(RPC_TIMEOUT + 5)
+        for _ in range(3):  # recovery replays the log tail and opens a new term
+            spawn_unready(proc)
+            time.sleep(rng.uniform(0.1, 0.7))
+            proc.kill()
+        proc.start()
+        history.verify(proc.kv, ws, proc.maintenance)
+        history.probe(proc.kv, b"after startup kills")
+        assert proc.cluster.MemberList(pb.MemberListRequest()).members == member
+    finally:
+        proc.stop()
