@@ -6,7 +6,8 @@ request at a time and record it before sending (in flight) and after the answer
 first error, so after a kill each writer has at most one request whose outcome
 is unknown.
 
-Operations (every value is `writer:seq`, so each stored value names its request):
+Operations (every value starts with `writer:seq`, so each stored value names its
+request; a few carry up to 40 KiB of padding after a `|`):
 - put: `w/p` = value
 - pair: a Txn putting `w/ta` and `w/tb` = value (must be all-or-nothing)
 - cas: a Txn `value(w/c) == last value` → put `w/c` = value; failing is a lost write
@@ -72,6 +73,8 @@ class Writer(threading.Thread):
         self.seq += 1
         w = self.writer
         value = b"%d:%d" % (w, self.seq)
+        if self.rng.random() < 0.05:  # large values live in LMDB overflow pages
+            value += b"|" + self.rng.randbytes(self.rng.randrange(4 << 10, 40 << 10))
         roll = self.rng.random()
         if roll < 0.5:
             op = Op(w, self.seq, "put", (key(w, "p"),), value)
@@ -207,7 +210,7 @@ class History:
                     problems.append(f"revision {r}: several requests {sorted(values)}")
                     continue
                 value = values.pop()
-                wid, seq = (int(x) for x in value.split(b":"))
+                wid, seq = (int(x) for x in value.split(b"|", 1)[0].split(b":"))
                 op = by_id.get((wid, seq))
                 if op is None:
                     problems.append(f"revision {r}: {value!r} was never sent in this round")
