@@ -63,10 +63,10 @@ def crash_rounds(tmp_path, rounds: int, seed: int, writers: int = 6,
             if rng.random() < 0.5:  # the compaction's physical part runs during the next round
                 compacted = history.revision
                 kv.Compact(pb.CompactionRequest(revision=compacted), timeout=RPC_TIMEOUT)
-    except AssertionError as exc:
+    except Exception as exc:  # name the seed whatever failed (a check, a restart, an RPC)
         raise AssertionError(
             f"seed={seed} round={rnd}: {exc}\n--- server log tail ---\n{proc.log_tail(30)}"
-        ) from None
+        ) from exc
     finally:
         proc.stop()
     return history
@@ -101,7 +101,8 @@ def spawn_unready(proc) -> None:
 
 def test_kill9_while_bootstrapping_and_recovering(tmp_path):
     """Kills during the very first start (bootstrap) and during later restarts (recovery)."""
-    rng = random.Random(seed_from_env())
+    seed = seed_from_env()
+    rng = random.Random(seed)
     proc = kubekv_process(tmp_path)
     history = History(writers=4)
     try:
@@ -126,5 +127,8 @@ def test_kill9_while_bootstrapping_and_recovering(tmp_path):
         history.verify(proc.kv, ws, proc.maintenance)
         history.probe(proc.kv, b"after startup kills")
         assert proc.cluster.MemberList(pb.MemberListRequest()).members == member
+    except Exception as exc:
+        raise AssertionError(f"seed={seed}: {exc}\n--- server log tail ---\n"
+                             f"{proc.log_tail(30)}") from exc
     finally:
         proc.stop()
