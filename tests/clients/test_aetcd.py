@@ -351,3 +351,32 @@ def test_status_and_members(server):
         assert after.raft_index > status.raft_index
 
     run(server, body)
+
+
+def test_put_options_and_lease_errors(server):
+    """ignore_value / ignore_lease and a missing lease, through aetcd's own request types."""
+
+    async def body(c: aetcd.Client, p: bytes):
+        k = p + b"k"
+        with pytest.raises(rpc.AioRpcError, match="etcdserver: key not found"):
+            await c.kvstub.Put(rpc.PutRequest(key=k, ignore_value=True))
+        with pytest.raises(rpc.AioRpcError, match="etcdserver: requested lease not found"):
+            await c.kvstub.Put(rpc.PutRequest(key=k, value=b"v", lease=0x1234))
+        with pytest.raises(rpc.AioRpcError, match="etcdserver: value is provided"):
+            await c.kvstub.Put(rpc.PutRequest(key=k, value=b"v", ignore_value=True))
+        r1 = (await c.put(k, b"v1")).header.revision
+        resp = await c.kvstub.Put(rpc.PutRequest(key=k, ignore_value=True, prev_kv=True))
+        assert resp.prev_kv.value == b"v1"
+        got = await c.get(k)
+        assert (got.value, got.version, got.mod_revision) == (b"v1", 2, r1 + 1)
+        await c.kvstub.Put(rpc.PutRequest(key=k, value=b"v2", ignore_lease=True))
+        assert (await c.get(k)).value == b"v2"
+        ok, _ = await c.transaction(compare=[], success=[c.transactions.put(p + b"t", b"x")],
+                                    failure=[])
+        assert ok
+        with pytest.raises(rpc.AioRpcError, match="etcdserver: key not found"):
+            await c.kvstub.Txn(rpc.TxnRequest(success=[rpc.RequestOp(
+                request_put=rpc.PutRequest(key=p + b"absent", ignore_value=True))]))
+        assert await c.get(p + b"absent") is None
+
+    run(server, body)

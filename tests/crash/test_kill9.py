@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import threading
 import time
 
@@ -53,7 +54,7 @@ def crash_rounds(tmp_path, rounds: int, seed: int, writers: int = 6,
                 assert not w.is_alive(), f"writer {w.writer} hung after the kill"
             proc.start()
             kv = proc.kv
-            history.verify(kv, ws)
+            history.verify(kv, ws, proc.maintenance)
             if compacted:
                 with pytest.raises(grpc.RpcError) as err:
                     kv.Range(pb.RangeRequest(key=PREFIX, revision=compacted - 1))
@@ -62,10 +63,10 @@ def crash_rounds(tmp_path, rounds: int, seed: int, writers: int = 6,
             if rng.random() < 0.5:  # the compaction's physical part runs during the next round
                 compacted = history.revision
                 kv.Compact(pb.CompactionRequest(revision=compacted), timeout=RPC_TIMEOUT)
-    except AssertionError as exc:
+    except Exception as exc:  # name the seed whatever failed (a check, a restart, an RPC)
         raise AssertionError(
             f"seed={seed} round={rnd}: {exc}\n--- server log tail ---\n{proc.log_tail(30)}"
-        ) from None
+        ) from exc
     finally:
         proc.stop()
     return history
@@ -88,3 +89,46 @@ def test_kill9_soak(tmp_path):
     history = crash_rounds(tmp_path, rounds=150, seed=seed_from_env(), writers=12,
                            max_run=2.0, budget=1500)
     assert len(history.rounds) == 150
+
+
+def spawn_unready(proc) -> None:
+    """Start the server process without waiting for it to serve (to kill it while starting)."""
+    with open(proc.log_path, "ab") as log:
+        proc.proc = subprocess.Popen(proc.argv, stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=proc.env,
+                                     cwd=str(proc.data_dir.parent))
+
+
+def test_kill9_while_bootstrapping_and_recovering(tmp_path):
+    """Kills during the very first start (bootstrap) and during later restarts (recovery)."""
+    seed = seed_from_env()
+    rng = random.Random(seed)
+    proc = kubekv_process(tmp_path)
+    history = History(writers=4)
+    try:
+        for _ in range(3):  # the first start writes the identity and bootstrap entries
+            spawn_unready(proc)
+            time.sleep(rng.uniform(0.1, 0.7))
+            proc.kill()
+        proc.start()
+        member = proc.cluster.MemberList(pb.MemberListRequest()).members
+        stop = threading.Event()
+        ws = history.start_writers(proc.endpoint, rng.randrange(1 << 30), stop)
+        time.sleep(0.5)
+        proc.kill()
+        stop.set()
+        for w in ws:
+            w.join(RPC_TIMEOUT + 5)
+        for _ in range(3):  # recovery replays the log tail and opens a new term
+            spawn_unready(proc)
+            time.sleep(rng.uniform(0.1, 0.7))
+            proc.kill()
+        proc.start()
+        history.verify(proc.kv, ws, proc.maintenance)
+        history.probe(proc.kv, b"after startup kills")
+        assert proc.cluster.MemberList(pb.MemberListRequest()).members == member
+    except Exception as exc:
+        raise AssertionError(f"seed={seed}: {exc}\n--- server log tail ---\n"
+                             f"{proc.log_tail(30)}") from exc
+    finally:
+        proc.stop()

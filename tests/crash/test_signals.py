@@ -87,7 +87,7 @@ def test_signal_under_load_exits_promptly_and_keeps_acknowledged_writes(tmp_path
                 assert not w.is_alive(), f"writer {w.writer} hung after the shutdown"
             assert sum(len(w.acked) for w in ws) > 0
             proc.start()
-            history.verify(proc.kv, ws)
+            history.verify(proc.kv, ws, proc.maintenance)
             history.probe(proc.kv, b"after shutdown %d" % rnd)
     finally:
         proc.stop()

@@ -6,7 +6,8 @@ request at a time and record it before sending (in flight) and after the answer
 first error, so after a kill each writer has at most one request whose outcome
 is unknown.
 
-Operations (every value is `writer:seq`, so each stored value names its request):
+Operations (every value starts with `writer:seq`, so each stored value names its
+request; a few carry up to 40 KiB of padding after a `|`):
 - put: `w/p` = value
 - pair: a Txn putting `w/ta` and `w/tb` = value (must be all-or-nothing)
 - cas: a Txn `value(w/c) == last value` → put `w/c` = value; failing is a lost write
@@ -72,6 +73,8 @@ class Writer(threading.Thread):
         self.seq += 1
         w = self.writer
         value = b"%d:%d" % (w, self.seq)
+        if self.rng.random() < 0.05:  # large values live in LMDB overflow pages
+            value += b"|" + self.rng.randbytes(self.rng.randrange(4 << 10, 40 << 10))
         roll = self.rng.random()
         if roll < 0.5:
             op = Op(w, self.seq, "put", (key(w, "p"),), value)
@@ -137,7 +140,8 @@ class History:
         self.meta: dict[bytes, tuple[int, int, int]] = {}  # key -> (create, mod, version)
         self.revision = 1  # every revision up to here has been checked
         self.next_seq = [0] * writers
-        self.compacted = 0
+        self.hashed: tuple[int, int, int] | None = None  # (revision, compact revision, hash)
+        self.hash_checks = 0
         self.rounds: list[dict] = []
 
     # ------------------------------------------------------------ one round
@@ -150,9 +154,28 @@ class History:
             w.start()
         return ws
 
-    def verify(self, kv: rpc_pb2_grpc.KVStub, ws: list[Writer]) -> int:
-        """Check the store against the finished writers; return the current revision."""
+    def verify(self, kv: rpc_pb2_grpc.KVStub, ws: list[Writer],
+               maintenance: rpc_pb2_grpc.MaintenanceStub | None = None) -> int:
+        """Check the store against the finished writers; return the current revision.
+
+        With `maintenance`, also check that HashKV of the revision checked last time
+        is unchanged (history below it was not touched), unless a compaction moved on.
+        Counts the comparisons made in `self.hash_checks`.
+        """
         problems: list[str] = [v for w in ws for v in w.violations]
+        if maintenance is not None and self.hashed is not None:
+            rev, compact_rev, h = self.hashed
+            try:
+                resp = maintenance.HashKV(pb.HashKVRequest(revision=rev), timeout=RPC_TIMEOUT)
+            except grpc.RpcError as exc:  # compacted since: nothing to compare
+                if exc.code() != grpc.StatusCode.OUT_OF_RANGE:
+                    raise
+                resp = None
+            if resp is not None and resp.compact_revision == compact_rev:
+                self.hash_checks += 1
+                if resp.hash != h:
+                    problems.append(f"HashKV at revision {rev} changed across the restart: "
+                                    f"{h:#x} -> {resp.hash:#x} (compact revision {compact_rev})")
         acked = [op for w in ws for op in w.acked]
         in_flight = {(w.writer, w.in_flight.seq): w.in_flight for w in ws if w.in_flight}
         by_id = {(op.writer, op.seq): op for op in acked}
@@ -187,7 +210,7 @@ class History:
                     problems.append(f"revision {r}: several requests {sorted(values)}")
                     continue
                 value = values.pop()
-                wid, seq = (int(x) for x in value.split(b":"))
+                wid, seq = (int(x) for x in value.split(b"|", 1)[0].split(b":"))
                 op = by_id.get((wid, seq))
                 if op is None:
                     problems.append(f"revision {r}: {value!r} was never sent in this round")
@@ -247,6 +270,9 @@ class History:
         for w in ws:
             self.next_seq[w.writer] = w.seq + 1  # never reuse a seq, acknowledged or not
         self.revision = current
+        if maintenance is not None:
+            resp = maintenance.HashKV(pb.HashKVRequest(revision=current), timeout=RPC_TIMEOUT)
+            self.hashed = (current, resp.compact_revision, resp.hash)
         self.rounds.append({"acked": len(acked), "unknown": len(in_flight),
                             "unknown_applied": len(set(in_flight) & set(applied)),
                             "revision": current})
