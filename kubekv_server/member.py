@@ -485,8 +485,8 @@ class Member:
 
     # --------------------------------------------------------- membership
 
-    def _started_voters(self) -> set[int]:
-        """Voters that count as started (etcd's check before a risky reconfiguration).
+    def _connected_voters(self) -> set[int]:
+        """Voters this member can reach now (etcd's transport check before reconfiguring).
 
         The leader knows who answered it within the last election timeout; a follower
         counts the leader, itself, and every peer its transport has not failed to reach.
@@ -525,9 +525,14 @@ class Member:
         if is_learner and sum(m["isLearner"] for m in self.members) >= 1:
             raise errors.TOO_MANY_LEARNERS
         if not is_learner and self._strict():
+            # etcd's IsReadyToAddVotingMember: "started" members are those that have
+            # published their name; a 1-member cluster may always grow to 2.
             voters = [m for m in self.members if not m["isLearner"]]
-            if len(self._started_voters()) < (len(voters) + 1) // 2 + 1:
+            n_members, n_started = len(voters) + 1, sum(1 for m in voters if m["name"])
+            if not (n_started == 1 and n_members == 2) and n_started < n_members // 2 + 1:
                 raise errors.MEMBER_NOT_ENOUGH_STARTED
+            if len(self._connected_voters()) < len(voters):
+                raise errors.UNHEALTHY
         new_id = member_id(urls, self.cfg.initial_cluster_token, now=int(time.time()))
         if any(m["id"] == new_id for m in self.members):
             raise errors.MEMBER_EXIST
@@ -542,10 +547,15 @@ class Member:
         if m is None:
             raise errors.MEMBER_NOT_FOUND
         if self._strict() and not m["isLearner"]:
-            voters = [x for x in self.members if not x["isLearner"] and x["id"] != mid]
-            started = self._started_voters() - {mid}
-            if len(started) < len(voters) // 2 + 1:
+            # etcd's IsReadyToRemoveVotingMember, then: removing an unreachable member is
+            # safe; otherwise the reachable rest must still form a quorum.
+            rest = [x for x in self.members if not x["isLearner"] and x["id"] != mid]
+            if sum(1 for x in rest if x["name"]) < len(rest) // 2 + 1:
                 raise errors.MEMBER_NOT_ENOUGH_STARTED
+            connected = self._connected_voters()
+            voters = len(rest) + 1
+            if mid in connected and len(connected) - 1 < 1 + (voters - 1) // 2:
+                raise errors.UNHEALTHY
         await self._conf_change(raft_pb2.ConfChangeRemoveNode, mid, None)
 
     async def member_update(self, mid: int, peer_urls: list[str]) -> None:
