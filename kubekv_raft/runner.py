@@ -264,6 +264,13 @@ class Runner:
             for fut in self._read_waiters.pop(rs.request_ctx, []):
                 self._apply_waiters.append((rs.index, fut))
         if rd.snapshot is not None:
+            # the application installs the snapshot's state before later entries apply
+            install = getattr(self.applier, "apply_snapshot", None)
+            if install is not None:
+                if inspect.iscoroutinefunction(install):
+                    await install(rd.snapshot)
+                else:
+                    await loop.run_in_executor(self.executor, install, rd.snapshot)
             self.applied = max(self.applied, rd.snapshot.metadata.index)
         if rd.committed_entries:
             ents = rd.committed_entries

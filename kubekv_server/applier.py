@@ -75,6 +75,12 @@ class Applier:
         self._txn: lmdb.Transaction | None = None  # the request being applied
         self._lease_changes: list = []
 
+    def reload(self) -> None:
+        """Re-read what is cached from the state db (after a snapshot replaced it)."""
+        self.applied_index = self.backend.applied_index()
+        with self.backend.env.begin() as txn:
+            self.alarms = {(a.memberID, a.alarm) for a in list_alarms(txn, self.backend.meta)}
+
     @property
     def nospace(self) -> bool:
         """While a NOSPACE alarm is raised, new values are refused (etcd's capped applier)."""

@@ -171,7 +171,11 @@ class Member:
             heartbeat_ms=cfg.heartbeat_interval_ms,
             election_ms=cfg.election_timeout_ms,
             transport_factory=self.peering.make_transport,
+            backend=self.backend,
+            snapshot_dir=os.path.join(self.data_dir, "member", "snap"),
+            snapshot_count=cfg.snapshot_count,
         )
+        self.node.on_snapshot_installed(self._snapshot_installed)
         self.node.add_listener(self._notify_watchers)
         self.node.add_listener(self._after_apply)
         self.compactor.start()
@@ -465,6 +469,15 @@ class Member:
                             "permanently removed from the cluster\"", self.member_id)
                 if self.on_removed is not None:
                     self.on_removed()
+
+    def _snapshot_installed(self) -> None:
+        """The leader's snapshot replaced our state: reload what is cached from it."""
+        self.members = self.applier.members()
+        self.peering.set_members(self.members)
+        with self.backend.env.begin() as txn:
+            self.lessor.reset(self.leases.all(txn))
+        self.watch_hub.restored()
+        self.compactor.kick()
 
     async def _publish(self) -> None:
         """Propose this member's name and client URLs until the cluster has applied them."""

@@ -48,6 +48,16 @@ class DirectoryServicer(directory_pb2_grpc.MemberDirectoryServicer):
         )
 
 
+class _SnapshotSource:
+    """What the transport streams for a MsgSnap: the snapshot file the node points at."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+
+    def open(self, snapshot):
+        return self.node.snapshot_reader(snapshot)
+
+
 class Peering:
     """Owns the transport and the peer server of one member."""
 
@@ -107,7 +117,8 @@ class Peering:
 
     def make_transport(self, node) -> GrpcTransport:
         self.transport = GrpcTransport(
-            self.member_id, self.cluster_id, credentials=self._channel_credentials()
+            self.member_id, self.cluster_id, credentials=self._channel_credentials(),
+            snapshot_source=_SnapshotSource(node),
         )
         return self.transport
 

@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -70,6 +71,9 @@ class RaftNode:
         heartbeat_ms: int = 100,
         election_ms: int = 1000,
         transport_factory: Callable[[RaftNode], object] | None = None,
+        backend=None,
+        snapshot_dir: str | None = None,
+        snapshot_count: int = 0,
     ) -> None:
         self.storage = storage
         self.applier = applier
@@ -77,6 +81,12 @@ class RaftNode:
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
         self._transport_factory = transport_factory
+        self.backend = backend
+        self.snapshot_dir = snapshot_dir
+        self.snapshot_count = snapshot_count
+        self._snap_index = storage.snapshot().metadata.index
+        self._snapshotting = False
+        self._installed: list[Callable[[], None]] = []
         self._ids = itertools.count(time.time_ns() & ((1 << 62) - 1))
         self._futures: dict[bytes, asyncio.Future] = {}
         self._pending: list[tuple[bytes, bytes]] = []
@@ -193,6 +203,10 @@ class RaftNode:
     def next_id(self) -> int:
         return next(self._ids)
 
+    def on_snapshot_installed(self, fn: Callable[[], None]) -> None:
+        """fn() on the loop after a snapshot from the leader replaced the local state."""
+        self._installed.append(fn)
+
     def add_listener(self, fn: Callable[[BatchResult], None]) -> None:
         """fn(batch) on the loop after each applied batch, before its proposers are answered."""
         self._listeners.append(fn)
@@ -302,6 +316,73 @@ class RaftNode:
                 fut.set_result(outcome)
 
 
+    # ----------------------------------------------------------- snapshots
+
+    def catch_up_entries(self) -> int:
+        """Log entries kept behind a snapshot for slow followers (etcd keeps 5,000)."""
+        return max(1, min(5000, self.snapshot_count))
+
+    async def maybe_snapshot(self) -> None:
+        """After --snapshot-count applied entries: snapshot the state db, compact the log."""
+        applied = self.applier.applied_index
+        if (self.snapshot_count <= 0 or self._snapshotting or self.snapshot_dir is None
+                or applied - self._snap_index < self.snapshot_count):
+            return
+        self._snapshotting = True
+        try:
+            await self.loop.run_in_executor(self._executor, self._create_snapshot, applied)
+        except Exception:
+            log.exception("event=snapshot_failed index=%d", applied)
+        finally:
+            self._snapshotting = False
+
+    def _create_snapshot(self, index: int) -> None:
+        """Executor thread (no apply runs meanwhile): the state as of `index`, durable first."""
+        from . import state_snapshot
+
+        term = self.storage.term(index)
+        self.backend.sync()
+        path = state_snapshot.create(self.backend, self.snapshot_dir, term, index)
+        self.storage.create_snapshot(index, self.applier.conf_state(), state_snapshot.handle(path))
+        compact_to = index - self.catch_up_entries()
+        if compact_to > self.storage.first_index():
+            self.storage.compact(compact_to)
+        state_snapshot.prune(self.snapshot_dir, keep=path)
+        self._snap_index = index
+        log.info("event=snapshot_created index=%d term=%d compacted_to=%d file=%s",
+                 index, term, max(compact_to, 0), path)
+
+    def snapshot_reader(self, snapshot: raft_pb2.Snapshot):
+        """The transport's SnapshotSource: our snapshot file, or one received and kept."""
+        from kubekv_raft.transport import received_snapshot
+
+        from . import state_snapshot
+
+        path = state_snapshot.path_of(snapshot.data)
+        if path is None:
+            try:
+                path = received_snapshot(snapshot).path
+            except Exception:
+                return None
+        return open(path, "rb") if path and os.path.exists(path) else None
+
+    async def install_snapshot(self, snapshot: raft_pb2.Snapshot) -> None:
+        """A snapshot from the leader: swap its state in, then let the member reload."""
+        from kubekv_raft.transport import received_snapshot
+
+        from . import state_snapshot
+
+        path = received_snapshot(snapshot).path
+        await self.loop.run_in_executor(self._executor, state_snapshot.install, self.backend, path)
+        self.applier.reload()
+        self._snap_index = snapshot.metadata.index
+        for fn in self._installed:
+            try:
+                fn()
+            except Exception:
+                log.exception("event=snapshot_listener_failed")
+
+
 class _ApplierAdapter:
     """What the Runner awaits with each batch of committed entries."""
 
@@ -312,3 +393,7 @@ class _ApplierAdapter:
         node = self.node
         result = await node.loop.run_in_executor(node._executor, node.applier.apply, entries)
         node._applied(result)
+        await node.maybe_snapshot()
+
+    async def apply_snapshot(self, snapshot: raft_pb2.Snapshot) -> None:
+        await self.node.install_snapshot(snapshot)

@@ -58,6 +58,14 @@ class Lessor:
             for lease_id, ttl in leases:
                 self._leases[lease_id] = Lease(lease_id, ttl, FOREVER)
 
+    def reset(self, leases: list[tuple[int, int]]) -> None:
+        """Forget every lease and take these (a snapshot replaced the state database)."""
+        with self._lock:
+            self._leases.clear()
+        self.restore(leases)
+        if self.primary:
+            self.promote(0.0)
+
     def granted(self, lease_id: int, ttl: int) -> None:
         with self._lock:
             expiry = self.clock() + ttl if self.primary else FOREVER

@@ -140,6 +140,11 @@ class WatcherGroup:
     def __len__(self) -> int:
         return self.size
 
+    def all(self) -> list[Watcher]:
+        out = [w for ws in self.keys.values() for w in ws]
+        out.extend(w for ws in self.ranges.values() for w in ws)
+        return out
+
 
 class Stream:
     """The hub's side of one watch stream: its watchers and an outbox of responses."""
@@ -226,6 +231,17 @@ class WatchHub:
         current = self.store.revisions()[0]
         with self._lock:
             self.rev = max(self.rev, current)
+
+    def restored(self) -> None:
+        """The store was replaced by a snapshot: every watcher catches up from its history."""
+        with self._lock:
+            for w in self.synced.all():
+                self.synced.remove(w)
+                w.state = UNSYNCED
+                self.unsynced.add(w)
+            self._recent.clear()
+            self.rev = self.store.revisions()[0]
+        self.wakeup()
 
     # ------------------------------------------------------ create / cancel
 
