@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 from .config import USAGE, FlagError, parse_args
@@ -38,9 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kubekv Version: {SERVER_VERSION} (etcd API compatible)")
         return 0
     setup_logging(cfg.log_level)
-    from .server import ClientServer  # imported late: --help/--version stay fast
+    # Until the server installs its own handlers, a stop signal ends start-up cleanly.
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(0))
+    try:
+        from .server import ClientServer  # imported late: --help/--version stay fast
 
-    asyncio.run(ClientServer(cfg).serve_until_signalled())
+        asyncio.run(ClientServer(cfg).serve_until_signalled())
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -11,8 +11,9 @@ import base64
 import logging
 import os
 import ssl
-import subprocess
 import urllib.parse
+
+from kubekv_raft.peer_tls import self_signed_cert
 
 from .config import Config
 
@@ -22,31 +23,6 @@ log = logging.getLogger("kubekv.tls")
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
-
-
-def self_signed_cert(directory: str, hosts: list[str], validity_years: int = 1) -> tuple[str, str]:
-    """Create (once) a self-signed ECDSA P-256 cert for `hosts`, as etcd's --auto-tls does."""
-    os.makedirs(directory, exist_ok=True)
-    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-    if os.path.exists(cert) and os.path.exists(key):
-        return cert, key
-    names = []
-    for h in dict.fromkeys(hosts + ["localhost", "127.0.0.1"]):
-        names.append(f"IP:{h}" if h.replace(".", "").isdigit() or ":" in h else f"DNS:{h}")
-    cmd = [
-        "openssl", "req", "-x509", "-nodes", "-newkey", "ec",
-        "-pkeyopt", "ec_paramgen_curve:prime256v1",
-        "-keyout", key, "-out", cert, "-days", str(365 * validity_years),
-        "-subj", "/O=kubekv", "-addext", "subjectAltName=" + ",".join(names),
-        "-addext", "extendedKeyUsage=serverAuth,clientAuth",
-    ]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise SystemExit(f"kubekv: cannot generate a self-signed certificate: {exc}") from None
-    os.chmod(key, 0o600)
-    log.info("event=auto_tls_cert_generated cert=%s hosts=%s", cert, ",".join(names))
-    return cert, key
 
 
 def client_ssl_context(cfg: Config, data_dir: str) -> ssl.SSLContext | None:
