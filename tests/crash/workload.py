@@ -271,8 +271,15 @@ class History:
             self.next_seq[w.writer] = w.seq + 1  # never reuse a seq, acknowledged or not
         self.revision = current
         if maintenance is not None:
-            resp = maintenance.HashKV(pb.HashKVRequest(revision=current), timeout=RPC_TIMEOUT)
-            self.hashed = (current, resp.compact_revision, resp.hash)
+            try:
+                resp = maintenance.HashKV(pb.HashKVRequest(revision=current), timeout=RPC_TIMEOUT)
+                self.hashed = (current, resp.compact_revision, resp.hash)
+            except grpc.RpcError as exc:
+                # a compaction at exactly `current` leaves nothing to hash (etcd: rev <= compact
+                # revision is compacted), so there is nothing to compare next round
+                if exc.code() != grpc.StatusCode.OUT_OF_RANGE:
+                    raise
+                self.hashed = None
         self.rounds.append({"acked": len(acked), "unknown": len(in_flight),
                             "unknown_applied": len(set(in_flight) & set(applied)),
                             "revision": current})
