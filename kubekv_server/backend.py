@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 
 import lmdb
 
@@ -86,6 +87,24 @@ class Backend:
                 st = txn.stat(db)
                 pages += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
         return min(pages * psize, self.size_bytes())
+
+    def hash(self, skip_meta_keys: tuple[bytes, ...] = ()) -> int:
+        """CRC-32 over every sub-database's name, keys and values (Maintenance.Hash).
+
+        Members with the same applied state get the same value; keys naming the
+        member itself can be skipped so that they do not make members differ.
+        """
+        h = 0
+        with self.env.begin() as txn:
+            names = [k for k, _ in txn.cursor()]
+            for name in names:
+                db = self.env.open_db(name, txn=txn, create=False)
+                h = zlib.crc32(name, h)
+                for k, v in txn.cursor(db=db):
+                    if db == self.meta and k in skip_meta_keys:
+                        continue
+                    h = zlib.crc32(v, zlib.crc32(k, h))
+        return h
 
     def sync(self) -> None:
         """Force every committed transaction to disk (before the log is compacted)."""

@@ -50,3 +50,12 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         resp = pb.MoveLeaderResponse()
         self.member.header(resp.header, self.member.current_revision())
         return resp
+
+    @etcd_errors
+    def Hash(self, request, context):
+        """CRC-32 of the whole state database (etcd hashes its backend file); worker thread."""
+        from ..state_snapshot import LOCAL_META_KEYS
+
+        resp = pb.HashResponse(hash=self.member.backend.hash(LOCAL_META_KEYS))
+        self.member.header(resp.header, self.member.current_revision())
+        return resp

@@ -98,6 +98,10 @@ def test_lagging_member_catches_up_from_a_snapshot(cluster):
     # every member holds the same history up to the same revision
     hashes = {p.maintenance.HashKV(pb.HashKVRequest(revision=last)).hash for p in cluster}
     assert len(hashes) == 1
+    # ... and, once every member applied the same entries, the same whole state db
+    _wait(lambda: len({p.maintenance.Status(pb.StatusRequest()).raftAppliedIndex
+                       for p in cluster}) == 1)
+    assert len({p.maintenance.Hash(pb.HashRequest()).hash for p in cluster}) == 1
 
     # the installed snapshot did not change who the follower is, across a crash too
     follower.kill()
