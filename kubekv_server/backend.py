@@ -101,7 +101,7 @@ class Backend:
                 db = self.env.open_db(name, txn=txn, create=False)
                 h = zlib.crc32(name, h)
                 for k, v in txn.cursor(db=db):
-                    if db == self.meta and k in skip_meta_keys:
+                    if name == b"meta" and k in skip_meta_keys:
                         continue
                     h = zlib.crc32(v, zlib.crc32(k, h))
         return h
