@@ -5,7 +5,6 @@ from __future__ import annotations
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 
-from ..errors import EtcdError
 from ..member import Member
 from ..rpc.calls import inline
 from .status import etcd_errors
@@ -29,11 +28,9 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         _fill(self.member, resp)
         return resp
 
+    @etcd_errors
     async def MemberAdd(self, request, context):
-        try:
-            m = await self.member.member_add(list(request.peerURLs), request.isLearner)
-        except EtcdError as exc:
-            context.abort(exc.code, exc.message)
+        m = await self.member.member_add(list(request.peerURLs), request.isLearner)
         resp = pb.MemberAddResponse()
         resp.member.ID = m["id"]
         resp.member.peerURLs.extend(m["peerURLs"])
@@ -41,29 +38,23 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         _fill(self.member, resp)
         return resp
 
+    @etcd_errors
     async def MemberRemove(self, request, context):
-        try:
-            await self.member.member_remove(request.ID)
-        except EtcdError as exc:
-            context.abort(exc.code, exc.message)
+        await self.member.member_remove(request.ID)
         resp = pb.MemberRemoveResponse()
         _fill(self.member, resp)
         return resp
 
+    @etcd_errors
     async def MemberUpdate(self, request, context):
-        try:
-            await self.member.member_update(request.ID, list(request.peerURLs))
-        except EtcdError as exc:
-            context.abort(exc.code, exc.message)
+        await self.member.member_update(request.ID, list(request.peerURLs))
         resp = pb.MemberUpdateResponse()
         _fill(self.member, resp)
         return resp
 
+    @etcd_errors
     async def MemberPromote(self, request, context):
-        try:
-            await self.member.member_promote(request.ID)
-        except EtcdError as exc:
-            context.abort(exc.code, exc.message)
+        await self.member.member_promote(request.ID)
         resp = pb.MemberPromoteResponse()
         _fill(self.member, resp)
         return resp

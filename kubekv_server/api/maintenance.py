@@ -5,7 +5,6 @@ from __future__ import annotations
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 
-from ..errors import EtcdError
 from ..member import Member
 from ..rpc.calls import inline
 from .status import etcd_errors
@@ -42,11 +41,9 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         self.member.header(resp.header, self.member.current_revision())
         return resp
 
+    @etcd_errors
     async def MoveLeader(self, request, context):
-        try:
-            await self.member.move_leader(request.targetID)
-        except EtcdError as exc:
-            context.abort(exc.code, exc.message)
+        await self.member.move_leader(request.targetID)
         resp = pb.MoveLeaderResponse()
         self.member.header(resp.header, self.member.current_revision())
         return resp

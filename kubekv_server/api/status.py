@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 
 from ..errors import EtcdError
@@ -12,8 +13,19 @@ log = logging.getLogger("kubekv.api")
 
 
 def etcd_errors(handler):
-    """Wrap a unary handler: an EtcdError (raised, or set on a returned future) ends the
-    call with its status; other exceptions reach the server, which answers Unknown and logs."""
+    """Wrap a unary handler (plain or async): an EtcdError it raises ends the call with
+    its status (one set on a returned future does too, through the RPC layer); other
+    exceptions reach the server, which answers Unknown and logs."""
+    if inspect.iscoroutinefunction(handler):
+
+        @functools.wraps(handler)
+        async def async_wrapper(self, request, context):
+            try:
+                return await handler(self, request, context)
+            except EtcdError as exc:
+                context.abort(exc.code, exc.message)
+
+        return async_wrapper
 
     @functools.wraps(handler)
     def wrapper(self, request, context):
