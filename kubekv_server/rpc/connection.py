@@ -264,11 +264,23 @@ class Http2Connection(asyncio.Protocol):
             self._headers_in_progress = None
             self._headers_complete(psid, pflags, bytes(block))
 
-    def _headers_complete(self, sid: int, flags: int, block: bytes) -> None:
+    def _decode_headers(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """HPACK-decode a header block. A client's repeated calls mostly send blocks of
+        one-byte references to table entries; those are looked up directly, since such a
+        block cannot change the dynamic table. Anything else goes through the decoder."""
+        if block and all(b & 0x80 and b != 0xFF and b != 0x80 for b in block):
+            get = self._decoder.header_table.get_by_index
+            try:
+                return [get(b & 0x7F) for b in block]
+            except Exception:
+                pass  # an invalid index: the decoder reports it
         try:
-            headers = self._decoder.decode(block, raw=True)
+            return self._decoder.decode(block, raw=True)
         except Exception as exc:
             raise ProtocolError(f.COMPRESSION_ERROR, f"header block: {exc}") from None
+
+    def _headers_complete(self, sid: int, flags: int, block: bytes) -> None:
+        headers = self._decode_headers(block)
         call = self.calls.get(sid)
         if call is not None:  # trailers from the client
             if flags & f.END_STREAM:
