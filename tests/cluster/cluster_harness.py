@@ -331,10 +331,11 @@ class Cluster:
     # ----------------------------------------------------------- membership
 
     def add_member(self, name: str, *, learner: bool, via: ClusterMember,
-                   start: bool = True) -> ClusterMember:
+                   start: bool = True, ask_first: ClusterMember | None = None) -> ClusterMember:
         """MemberAdd through `via`, then start the new member with --initial-cluster-state
         existing. It talks to the others directly (its ID depends on the add time, so no
-        proxy can be set up for it in advance)."""
+        proxy can be set up for it in advance). `ask_first` is listed first in its
+        --initial-cluster, so it is the first peer asked for the member list."""
         m = ClusterMember(self, name)
         resp = via.cluster.MemberAdd(pb.MemberAddRequest(peerURLs=[m.peer_url],
                                                          isLearner=learner), timeout=10)
@@ -342,9 +343,8 @@ class Cluster:
         self.all_members.append(m)
         self.members.append(m)
         names = {x.id: x.name for x in self.all_members}
-        initial = ",".join(
-            f"{names.get(x.ID, x.name) or name}={x.peerURLs[0]}" for x in resp.members
-        )
+        listed = sorted(resp.members, key=lambda x: ask_first is None or x.ID != ask_first.id)
+        initial = ",".join(f"{names.get(x.ID, x.name) or name}={x.peerURLs[0]}" for x in listed)
         m.argv = m.command(initial, "existing")
         if start:
             m.launch()

@@ -55,7 +55,9 @@ def test_add_learner_and_promote_during_partition(make_cluster):
         cut = next(m for m in c.members if m is not lead)
         c.net.isolate(cut.name)
         progress(w, 20)
-        new = state["new"] = c.add_member("m4", learner=True, via=lead)
+        # The new member first asks the cut-off member, which has not seen the MemberAdd
+        # (regression: it used to take that stale list and exit, "not added").
+        new = state["new"] = c.add_member("m4", learner=True, via=lead, ask_first=cut)
         c.wait_ready([new])
 
         def promoted():
