@@ -131,3 +131,20 @@ def test_leader_sigstop_longer_than_election_timeout(make_cluster):
     history = run_with_faults(w, faults)
     assert state["new"] is not state["old"]
     print(verify(c, history, w.recorder))
+
+
+def test_whole_cluster_kill9_then_restart(make_cluster):
+    """kill -9 of every member at once under load, then all restart from their data dirs:
+    everything acknowledged before the crash is still there."""
+    c = make_cluster(3)
+    w = workload(c)
+
+    def faults():
+        for m in c.members:
+            c.kill9(m)
+        for m in c.members:
+            m.launch()
+        c.wait_ready(c.members)
+
+    history = run_with_faults(w, faults)
+    print(verify(c, history, w.recorder))

@@ -150,3 +150,34 @@ def test_bridge(make_cluster):
 
     history = run_with_faults(w, faults)
     print(verify(c, history, w.recorder))
+
+
+def test_follower_isolated_refuses_linearizable_reads(make_cluster):
+    """A follower cut off from the others must not answer linearizable reads (ReadIndex
+    needs the leader) nor writes; the rest of the cluster goes on, then heal."""
+    c = make_cluster(3, faults=True)
+    rec = Recorder()
+    w = workload(c, recorder=rec)
+    state = {}
+
+    def faults():
+        lead = c.wait_leader()
+        f = next(m for m in c.members if m is not lead)
+        prober = state["prober"] = Prober(f, rec, "prober", b"/linz/k1")
+        prober.start()
+        wait_for(lambda: any(o[3] is not None for o in prober.outcomes), 10, "prober works")
+        c.net.isolate(f.name, mode="blackhole")
+        state["cut"] = time.monotonic()
+        progress(w, 40)
+        time.sleep(2 * c.election_ms / 1000)
+        state["heal"] = time.monotonic()
+        c.net.heal_all()
+        wait_for(lambda: prober.successes_between(state["heal"], time.monotonic() + 1), 20,
+                 "the follower to answer again")
+        prober.stop()
+
+    history = run_with_faults(w, faults)
+    prober = state["prober"]
+    stale = prober.successes_between(state["cut"], state["heal"])
+    assert not stale, f"the isolated follower answered: {stale}"
+    print(verify(c, history, rec))
