@@ -99,5 +99,5 @@ def test_removed_member_shuts_down_after_heal(make_cluster):
     lead.cluster.MemberRemove(pb.MemberRemoveRequest(ID=gone.id), timeout=10)
     c.forget(gone)
     c.net.heal_all()
-    wait_for(lambda: not gone.alive, 20 * c.election_ms / 1000,
+    wait_for(lambda: not gone.alive, 10 * c.election_ms / 1000,
              "the removed member to stop")
