@@ -183,11 +183,16 @@ class Peering:
 
 
 async def fetch_members(cfg: Config, timeout: float = 10.0) -> tuple[int, list[dict]]:
-    """Ask the peers of --initial-cluster for the cluster this new member was added to."""
+    """Ask the peers of --initial-cluster for the cluster this new member was added to.
+
+    A peer that has not applied the MemberAdd yet (lagging, or cut off from the leader)
+    answers with a list without us; the other peers are asked before such an answer is
+    taken, so one stale peer does not make the new member give up."""
     self_urls = set(cfg.initial_advertise_peer_urls)
     last: Exception | None = None
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
+        stale: tuple[int, list[dict]] | None = None
         for urls in cfg.initial_cluster.values():
             for url in urls:
                 if url in self_urls:
@@ -205,10 +210,15 @@ async def fetch_members(cfg: Config, timeout: float = 10.0) -> tuple[int, list[d
                     resp = await directory_pb2_grpc.MemberDirectoryStub(ch).Members(
                         directory_pb2.MembersRequest(), timeout=2
                     )
-                    return resp.cluster_id, json.loads(resp.members_json)
+                    found = resp.cluster_id, json.loads(resp.members_json)
+                    if any(set(m["peerURLs"]) == self_urls for m in found[1]):
+                        return found
+                    stale = stale or found
                 except Exception as exc:  # try the next peer
                     last = exc
                 finally:
                     await ch.close()
+        if stale is not None:
+            return stale  # nobody knows us: the caller reports it
         await asyncio.sleep(0.5)
     raise SystemExit(f"kubekv: cannot fetch cluster info from the initial cluster peers: {last}")
