@@ -87,7 +87,12 @@ class RaftNode:
         self._snap_index = storage.snapshot().metadata.index
         self._snapshotting = False
         self._installed: list[Callable[[], None]] = []
-        self._ids = itertools.count(time.time_ns() & ((1 << 62) - 1))
+        # etcd's idutil shape: 16 bits of the member id, a 40-bit millisecond clock, then
+        # a counter, so ids proposed by different members never collide.
+        now_ms = time.time_ns() // 1_000_000
+        self._ids = itertools.count(
+            ((member_id & 0xFFFF) << 48) | ((now_ms & ((1 << 40) - 1)) << 8)
+        )
         self._futures: dict[bytes, asyncio.Future] = {}
         self._pending: list[tuple[bytes, bytes]] = []
         self._reads: list[asyncio.Future] = []
