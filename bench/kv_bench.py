@@ -20,7 +20,6 @@ See bench/README.md for what is measured and the results on the dev machine.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import datetime
 import json
@@ -47,12 +46,14 @@ from bench.loadgen import (  # noqa: E402
     VALUE_SIZE,
     Clients,
     Interrupted,
+    PySpy,
     count_keys,
     describe,
     fmt_ratio,
     install_signal_handlers,
     run_cell,
     start_server,
+    summarize_collapsed,
     uptime_line,
     verdict,
 )
@@ -72,72 +73,6 @@ def make_server(name: str, tmp: pathlib.Path, args) -> harness.ServerProcess:
     if name == "kubekv":
         return harness.kubekv_process(tmp, *shlex.split(args.kubekv_flags))
     return harness.etcd_process(tmp, *shlex.split(args.etcd_flags))
-
-
-# ----------------------------------------------------------------- measurement
-
-
-class PySpy:
-    """Optional: sample the kubekv server with py-spy during each measured window."""
-
-    def __init__(self, out_dir: pathlib.Path, pid_fn, duration: float, rate: int,
-                 extra: list[str]) -> None:
-        self.out_dir = out_dir
-        self.pid_fn = pid_fn
-        self.duration = duration
-        self.rate = rate
-        self.extra = extra
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.files: list[pathlib.Path] = []
-
-    def __call__(self, op: str, inflight: int) -> subprocess.Popen:
-        out = self.out_dir / f"kubekv-{op}-{inflight}.collapsed.txt"
-        self.files.append(out)
-        argv = ["py-spy", "record", "--pid", str(self.pid_fn()), "--duration",
-                str(max(1, int(self.duration))), "--rate", str(self.rate), "--format", "raw",
-                "-o", str(out)]
-        argv += self.extra
-        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                stdin=subprocess.DEVNULL)
-
-
-def summarize_collapsed(path: pathlib.Path, top: int = 25) -> str:
-    """Top functions by self and by total samples from a py-spy raw (collapsed stacks) file."""
-    self_c: collections.Counter = collections.Counter()
-    total_c: collections.Counter = collections.Counter()
-    samples = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
-        samples += n
-        frames = [_frame_name(f) for f in stack.split(";")]
-        self_c[frames[-1]] += n
-        for f in set(frames):
-            total_c[f] += n
-    lines = [f"{path.name}: {samples} samples", "", "| self % | total % | function |",
-             "|---:|---:|---|"]
-    for name, n in self_c.most_common(top):
-        lines.append(f"| {100 * n / samples:5.1f} | {100 * total_c[name] / samples:5.1f} "
-                     f"| `{name}` |")
-    lines += ["", "Top by total (inclusive):", "", "| total % | function |", "|---:|---|"]
-    for name, n in total_c.most_common(top):
-        lines.append(f"| {100 * n / samples:5.1f} | `{name}` |")
-    return "\n".join(lines)
-
-
-def _frame_name(frame: str) -> str:
-    """'put (kubekv_server/member.py:99)' -> 'put (kubekv_server/member.py)'."""
-    name, _, loc = frame.partition(" (")
-    loc = loc.rstrip(")")
-    file = loc.rsplit(":", 1)[0]
-    for marker in ("/site-packages/", "/lib/python3"):
-        if marker in file:
-            file = file.split(marker, 1)[1]
-    if str(ROOT) in file:
-        file = file.split(str(ROOT) + "/", 1)[1]
-    return f"{name} ({file})" if file else name
 
 
 # ----------------------------------------------------------------- report

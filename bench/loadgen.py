@@ -18,6 +18,7 @@ import collections
 import contextlib
 import multiprocessing
 import os
+import pathlib
 import random
 import signal
 import subprocess
@@ -42,6 +43,7 @@ MAX_OPS_PER_LOOP = 5_000_000
 CALL_TIMEOUT = 10.0
 PRELOAD_INFLIGHT = 64
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 # ----------------------------------------------------------------- /proc readings
@@ -334,13 +336,13 @@ def run_cell(server_pids: Sequence[int], check_servers: Callable[[], None], clie
     active = clients.start_cell(op, inflight, t_start, t_end, seed)
     sleep_until(t_start)
     pids = clients.pids
-    s0 = sum(proc_cpu_seconds(p) for p in server_pids)
+    s0 = [proc_cpu_seconds(p) for p in server_pids]
     c0 = sum(proc_cpu_seconds(p) for p in pids)
     m0 = machine_cpu_seconds()
     w0 = time.monotonic()
     prof = profiler(op, inflight) if profiler else None
     sleep_until(t_end)
-    s1 = sum(proc_cpu_seconds(p) for p in server_pids)
+    s1 = [proc_cpu_seconds(p) for p in server_pids]
     c1 = sum(proc_cpu_seconds(p) for p in pids)
     m1 = machine_cpu_seconds()
     w1 = time.monotonic()
@@ -358,7 +360,8 @@ def run_cell(server_pids: Sequence[int], check_servers: Callable[[], None], clie
     vals = sorted(lat)
     window = w1 - w0
     n = len(vals)
-    server_cpu = s1 - s0
+    per_server = [b - a for a, b in zip(s0, s1, strict=True)]
+    server_cpu = sum(per_server)
     client_cpu = c1 - c0
     machine_busy = m1[0] - m0[0]
     return {
@@ -378,6 +381,7 @@ def run_cell(server_pids: Sequence[int], check_servers: Callable[[], None], clie
         "server_cpu_s": round(server_cpu, 3),
         "server_cpu_ms_per_1k": (server_cpu * 1000 / n * 1000) if n else float("nan"),
         "server_cores": server_cpu / window if window > 0 else 0.0,
+        "server_cores_each": [c / window if window > 0 else 0.0 for c in per_server],
         "client_cpu_s": round(client_cpu, 3),
         "client_cpu_ms_per_1k": (client_cpu * 1000 / n * 1000) if n else float("nan"),
         "machine_busy_cores": machine_busy / window if window > 0 else 0.0,
@@ -407,6 +411,73 @@ def verdict(ok: bool, value: float) -> str:
     return " ok" if ok else " MISS"
 
 
+# ----------------------------------------------------------------- profiling
+
+
+class PySpy:
+    """Optional: sample a kubekv server (`pid_fn()`) with py-spy during each measured window."""
+
+    def __init__(self, out_dir: pathlib.Path, pid_fn, duration: float, rate: int,
+                 extra: list[str], prefix: str = "kubekv") -> None:
+        self.out_dir = out_dir
+        self.prefix = prefix
+        self.pid_fn = pid_fn
+        self.duration = duration
+        self.rate = rate
+        self.extra = extra
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.files: list[pathlib.Path] = []
+
+    def __call__(self, op: str, inflight: int) -> subprocess.Popen:
+        out = self.out_dir / f"{self.prefix}-{op}-{inflight}.collapsed.txt"
+        self.files.append(out)
+        argv = ["py-spy", "record", "--pid", str(self.pid_fn()), "--duration",
+                str(max(1, int(self.duration))), "--rate", str(self.rate), "--format", "raw",
+                "-o", str(out)]
+        argv += self.extra
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                stdin=subprocess.DEVNULL)
+
+
+def summarize_collapsed(path: pathlib.Path, top: int = 25) -> str:
+    """Top functions by self and by total samples from a py-spy raw (collapsed stacks) file."""
+    self_c: collections.Counter = collections.Counter()
+    total_c: collections.Counter = collections.Counter()
+    samples = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [_frame_name(f) for f in stack.split(";")]
+        self_c[frames[-1]] += n
+        for f in set(frames):
+            total_c[f] += n
+    lines = [f"{path.name}: {samples} samples", "", "| self % | total % | function |",
+             "|---:|---:|---|"]
+    for name, n in self_c.most_common(top):
+        lines.append(f"| {100 * n / samples:5.1f} | {100 * total_c[name] / samples:5.1f} "
+                     f"| `{name}` |")
+    lines += ["", "Top by total (inclusive):", "", "| total % | function |", "|---:|---|"]
+    for name, n in total_c.most_common(top):
+        lines.append(f"| {100 * n / samples:5.1f} | `{name}` |")
+    return "\n".join(lines)
+
+
+def _frame_name(frame: str) -> str:
+    """'put (kubekv_server/member.py:99)' -> 'put (kubekv_server/member.py)'."""
+    name, _, loc = frame.partition(" (")
+    loc = loc.rstrip(")")
+    file = loc.rsplit(":", 1)[0]
+    for marker in ("/site-packages/", "/lib/python3"):
+        if marker in file:
+            file = file.split(marker, 1)[1]
+    if str(ROOT) in file:
+        file = file.split(str(ROOT) + "/", 1)[1]
+    return f"{name} ({file})" if file else name
+
+
 # ----------------------------------------------------------------- signals
 
 
@@ -419,7 +490,9 @@ def _on_signal(signum, frame):
 
 
 def install_signal_handlers() -> None:
-    """SIGTERM/SIGHUP raise Interrupted (Ctrl-C raises KeyboardInterrupt), so `finally`
-    blocks stop clients and servers."""
+    """SIGTERM/SIGHUP raise Interrupted and SIGINT KeyboardInterrupt (also when the shell
+    started us with SIGINT ignored, as it does for background jobs), so `finally` blocks
+    stop clients and servers."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
