@@ -115,6 +115,10 @@ class Stepper(Protocol):
 # -- helpers --------------------------------------------------------------------------------
 
 
+# What a peer answers a member that was removed from the cluster; the sender stops.
+REMOVED_MESSAGE = "the member has been permanently removed from the cluster"
+
+
 def peer_server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple]:
     """gRPC options for a peer server: message limits matching the transport's, no port sharing.
 
@@ -255,6 +259,8 @@ class GrpcTransport:
         self._peers: dict[int, _Peer] = {}
         self._closing: set[asyncio.Task] = set()
         self._closed = False
+        # Called when a peer refuses us because this member was removed from the cluster.
+        self.on_removed: Callable[[], None] | None = None
 
     # -- wiring and membership ---------------------------------------------------------------
     def attach(self, reporter: Reporter) -> None:
@@ -480,6 +486,8 @@ class _Peer:
             self.t.local_id, self.id, self.urls[self.url_index], err,
         )  # fmt: skip
         st.last_error = err
+        if REMOVED_MESSAGE in err and self.t.on_removed is not None:
+            self.t.on_removed()  # a peer says we were removed from the cluster (etcd's 410)
         self.url_index = (self.url_index + 1) % len(self.urls)
         self._drop_channel()
         self.t._report_unreachable(self.id)
@@ -613,6 +621,8 @@ class RaftPeerServicer(peer_grpc.RaftPeerServicer):
         self.local_id = local_id
         self.cluster_id = cluster_id
         self.snapshot_dir = snapshot_dir
+        # is_removed(member id): refuse members removed from the cluster, so they learn it
+        self.is_removed: Callable[[int], bool] | None = None
         self._runner = runner
         self._loop = loop
         self.refused = 0
@@ -637,6 +647,10 @@ class RaftPeerServicer(peer_grpc.RaftPeerServicer):
             r.step(m)
 
     async def _check(self, cluster_id: int, frm: int, to: int, context: Any) -> None:
+        if self.is_removed is not None and self.is_removed(frm):
+            self.refused += 1
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"raft: {REMOVED_MESSAGE} ({frm:x})")
         if cluster_id != self.cluster_id:
             self.refused += 1
             log.warning(

@@ -119,6 +119,13 @@ class Applier:
                 return self.members(t)
         return json.loads(txn.get(b"members", db=self.backend.meta) or b"[]")
 
+    def removed_members(self, txn: lmdb.Transaction | None = None) -> list[int]:
+        """Ids of members removed from the cluster (etcd's members_removed)."""
+        if txn is None:
+            with self.backend.env.begin() as t:
+                return self.removed_members(t)
+        return json.loads(txn.get(b"removed_members", db=self.backend.meta) or b"[]")
+
     def conf_state(self, txn: lmdb.Transaction | None = None) -> raft_pb2.ConfState:
         if txn is None:
             with self.backend.env.begin() as t:
@@ -135,6 +142,9 @@ class Applier:
         members, cs = apply_conf_change(self.members(txn), self.conf_state(txn), cc)
         self._set_members(txn, members)
         txn.put(b"conf_state", cs.SerializeToString(), db=self.backend.meta)
+        if cc.type == raft_pb2.ConfChangeRemoveNode:
+            removed = sorted(set(self.removed_members(txn)) | {cc.node_id})
+            txn.put(b"removed_members", json.dumps(removed).encode(), db=self.backend.meta)
         out.membership_changed = True
         if cc.id:
             out.results.append((cc.id, members))

@@ -163,6 +163,7 @@ class Member:
         # Raft restarts from the membership as of the applied index (kept in the state db).
         self.storage.set_conf_state(self.applier.conf_state())
         self.members = self.applier.members()
+        self.removed_ids = set(self.applier.removed_members())
         self.peering = Peering(cfg, self.member_id, self.cluster_id, self.data_dir)
         self.node = RaftNode(
             self.storage,
@@ -183,7 +184,9 @@ class Member:
             self.lessor.restore(self.leases.all(txn))  # replayed entries then update it
         await self.node.start()
         self.peering.set_members(self.members)
-        await self.peering.start(self.node.runner, lambda: self.members)
+        await self.peering.start(self.node.runner, lambda: self.members,
+                                 is_removed=lambda mid: mid in self.removed_ids,
+                                 on_removed=self._removed)
         while not await self.node.wait_leader(5.0):
             log.warning("event=waiting_for_leader member_id=%x", self.member_id)
         await self._publish()
@@ -463,12 +466,20 @@ class Member:
             self.compactor.kick()
         if result.membership_changed:
             self.members = self.applier.members()
+            self.removed_ids = set(self.applier.removed_members())
             self.peering.set_members(self.members)
             if self.member_id not in {m["id"] for m in self.members} and self.members:
                 log.warning("event=removed_from_cluster member_id=%x msg=\"the member has been "
                             "permanently removed from the cluster\"", self.member_id)
                 if self.on_removed is not None:
                     self.on_removed()
+
+    def _removed(self) -> None:
+        """A peer told us we were removed (we may have been cut off when it happened)."""
+        log.warning("event=removed_from_cluster member_id=%x msg=\"the member has been "
+                    "permanently removed from the cluster\"", self.member_id)
+        if self.on_removed is not None:
+            self.on_removed()
 
     def _snapshot_installed(self) -> None:
         """The leader's snapshot replaced our state: reload what is cached from it."""

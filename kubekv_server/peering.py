@@ -146,14 +146,20 @@ class Peering:
 
     # --------------------------------------------------------------- server
 
-    async def start(self, runner, members) -> None:
-        """Serve RaftPeer and MemberDirectory on every --listen-peer-urls address."""
+    async def start(self, runner, members, is_removed=None, on_removed=None) -> None:
+        """Serve RaftPeer and MemberDirectory on every --listen-peer-urls address.
+
+        `is_removed(id)`: refuse a removed member's messages (it then stops);
+        `on_removed()`: called when a peer refuses us that way.
+        """
         loop = asyncio.get_running_loop()
         self.transport.attach(runner)
+        self.transport.on_removed = on_removed
         self.servicer = RaftPeerServicer(
             self.member_id, self.cluster_id, runner,
             snapshot_dir=os.path.join(self.data_dir, "member", "snap"), loop=loop,
         )
+        self.servicer.is_removed = is_removed
         server = grpc.aio.server(options=peer_server_options())
         peer_pb2_grpc.add_RaftPeerServicer_to_server(self.servicer, server)
         directory_pb2_grpc.add_MemberDirectoryServicer_to_server(

@@ -8,6 +8,7 @@ Everything runs on one asyncio event loop: kubekv's own HTTP/2 gRPC server
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -134,7 +135,17 @@ class ClientServer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
         self.member.on_removed = self._stopping.set
-        await self.start()
+        # A member may wait long for a leader while starting: a signal must still stop it.
+        starting = asyncio.ensure_future(self.start())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done() and starting.exception() is not None:
+            stopping.cancel()
+            raise starting.exception()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
         await self._stopping.wait()
         log.info("event=shutdown reason=signal")
         await self.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 
@@ -84,11 +83,6 @@ def test_add_learner_and_promote_during_partition(make_cluster):
     print(verify(c, history, w.recorder))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: a member removed while cut off never learns it was removed: peers accept "
-    "and silently ignore its messages (kubekv_raft/transport.py RaftPeerServicer._check "
-    "checks only the cluster and target IDs), so it stays up leaderless forever. etcd's "
-    "peers answer a removed member with 'member removed' (HTTP 410) and it shuts down."))
 def test_removed_member_shuts_down_after_heal(make_cluster):
     """A member removed while partitioned hears of its removal once healed and stops
     (etcd: "the member has been permanently removed from the cluster")."""
