@@ -460,8 +460,22 @@ class _Peer:
                     await self.wake.wait()
                     continue
                 self.unsent = len(msgs)
+                loop = asyncio.get_running_loop()
                 for batch in self._batches(msgs):
-                    await asyncio.wait_for(call.write(batch), self.t.write_timeout)
+                    # a write stuck past write_timeout cancels the call (no task per write,
+                    # as asyncio.wait_for would create: this is the leader's hottest path)
+                    fired: list[bool] = []
+                    watchdog = loop.call_later(
+                        self.t.write_timeout, lambda: (fired.append(True), call.cancel())
+                    )
+                    try:
+                        await call.write(batch)
+                    except asyncio.CancelledError:
+                        if fired:  # our watchdog, not our task, was cancelled
+                            raise ConnectionError("peer write timed out") from None
+                        raise
+                    finally:
+                        watchdog.cancel()
                     self.status.batches_sent += 1
                     self.status.messages_sent += len(batch.messages)
                     self.unsent -= len(batch.messages)
