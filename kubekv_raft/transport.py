@@ -466,7 +466,7 @@ class _Peer:
                     # as asyncio.wait_for would create: this is the leader's hottest path)
                     fired: list[bool] = []
                     watchdog = loop.call_later(
-                        self.t.write_timeout, lambda: (fired.append(True), call.cancel())
+                        self.t.write_timeout, _expire_write, fired, call
                     )
                     try:
                         await call.write(batch)
@@ -752,6 +752,12 @@ class RaftPeerServicer(peer_grpc.RaftPeerServicer):
         m.snapshot.data = rs.SerializeToString()
         self._deliver(m)
         return peer_pb.SnapshotAck(size=size)
+
+
+def _expire_write(fired: list[bool], call) -> None:
+    """A peer write outlived write_timeout: cancel the call (its writer sees why)."""
+    fired.append(True)
+    call.cancel()
 
 
 async def _next_or_none(it):  # type: ignore[no-untyped-def]
