@@ -79,6 +79,7 @@ class Member:
         max_pending = int(os.environ.get("KUBEKV_WATCH_MAX_PENDING", "0")) or DEFAULT_MAX_PENDING
         self.watch_hub = WatchHub(self.mvcc, max_pending=max_pending)
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
+        self._db_size = self.backend.size_bytes()
         self._stopping = threading.Event()
         self.on_removed = None  # called when this member is removed from the cluster
 
@@ -367,7 +368,7 @@ class Member:
     def _quota_exceeded(self, cost: int) -> asyncio.Future | None:
         """etcd's quota check. Within quota: None. Over it: raise the NOSPACE alarm and
         return a future that fails with NO_SPACE once the alarm is applied (as etcd does)."""
-        if cost == 0 or self.backend.size_bytes() + cost < self.quota_bytes:
+        if cost == 0 or self._db_size + cost < self.quota_bytes:
             return None
         alarm = pb.AlarmRequest(
             action=pb.AlarmRequest.ACTIVATE, memberID=self.member_id, alarm=pb.NOSPACE
@@ -462,6 +463,7 @@ class Member:
         return resp
 
     def _after_apply(self, result) -> None:
+        self._db_size = self.backend.size_bytes()  # for the quota check, once per batch
         if result.compaction_scheduled:
             self.compactor.kick()
         if result.membership_changed:
