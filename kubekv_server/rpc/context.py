@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextvars
 import ssl
 from collections.abc import Callable
 
 import grpc
+
+# Who makes the current call, as the server's gate resolved it (for kubekv: the caller's
+# auth.AuthInfo). Bound while the call's handler runs, on whatever thread runs it, so that
+# code far from the RPC (a proposal to the log) can record it without threading it through.
+call_principal: contextvars.ContextVar = contextvars.ContextVar("call_principal", default=None)
 
 
 class AbortError(Exception):
