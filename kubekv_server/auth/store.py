@@ -35,6 +35,10 @@ _ENABLED = b"authEnabled"
 _REVISION = b"authRevision"
 
 PERMISSION_NOT_GIVEN = EtcdError(errors.INVALID_AUTH_MGMT.code, "etcdserver: permission not given")
+# etcd's ErrNoPasswordUser is not in its rpctypes table, so clients get it raw (code Unknown).
+NO_PASSWORD_USER = EtcdError(
+    grpc.StatusCode.UNKNOWN, "auth: authentication failed, password was given for no password user"
+)
 
 
 class AuthInfo(NamedTuple):
@@ -47,14 +51,14 @@ class AuthInfo(NamedTuple):
 EMPTY = AuthInfo("", 0)
 _ROOT = object()  # cache marker: the user has the root role
 
-# Requests that need the root role (etcd's needAdminPermission).
+# Requests that need the root role (etcd 3.5's needAdminPermission).
 ADMIN_KINDS = frozenset({
-    "auth_enable", "auth_disable", "auth_user_add", "auth_user_delete",
+    "auth_enable", "auth_status", "auth_disable", "auth_user_add", "auth_user_delete",
     "auth_user_change_password", "auth_user_grant_role", "auth_user_revoke_role",
     "auth_role_add", "auth_role_grant_permission", "auth_role_revoke_permission",
     "auth_role_delete", "auth_user_list", "auth_role_list",
 })
-KINDS = ADMIN_KINDS | {"authenticate", "auth_status", "auth_user_get", "auth_role_get"}
+KINDS = ADMIN_KINDS | {"authenticate", "auth_user_get", "auth_role_get"}
 
 
 def _has_root_role(user: auth_pb2.User) -> bool:
@@ -140,8 +144,7 @@ class AuthStore:
         if user is None:
             raise errors.AUTH_FAILED
         if user.options.no_password:
-            # etcd: ErrNoPasswordUser, which the API reports as an authentication failure
-            raise errors.AUTH_FAILED
+            raise NO_PASSWORD_USER
         if not check_password(user.password, password):
             raise errors.AUTH_FAILED
         return revision
