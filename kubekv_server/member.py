@@ -73,7 +73,8 @@ class Member:
         self.leases = LeaseStore(
             self.backend, min_lease_ttl(cfg.election_timeout_ms, cfg.heartbeat_interval_ms)
         )
-        self.auth = AuthStore(self.backend, token_provider(cfg), cfg.client_cert_auth)
+        self.auth = AuthStore(self.backend, token_provider(cfg), cfg.client_cert_auth,
+                              applied_index=lambda: self.applier.applied_index)
         self.applier = Applier(
             self.backend, self.mvcc, self.leases, on_lease_changes=self._lease_changes,
             auth=self.auth,

@@ -24,7 +24,8 @@ from etcdproto.etcdserverpb import rpc_pb2 as pb
 from .. import errors
 from ..errors import EtcdError
 from ..kv_txn import is_read_only
-from .store import EMPTY, AuthInfo, AuthStore
+from ..rpc.context import Deferred
+from .store import EMPTY, AuthInfo, AuthStore, TokenPending
 
 _ADMIN = frozenset(
     f"/etcdserverpb.Cluster/{m}".encode()
@@ -56,6 +57,17 @@ class AuthGate:
     def __call__(self, path: bytes, request, ctx) -> AuthInfo | None:
         if request is None:
             return None  # streams: checked per request inside (watch creates)
+        try:
+            return self._admit(path, request, ctx)
+        except TokenPending:
+            # a token from an Authenticate entry not applied here yet: decide once this
+            # member has caught up with the leader's commit index
+            barrier = self.member.read_barrier()
+            if barrier is None:
+                raise errors.INVALID_AUTH_TOKEN from None
+            raise Deferred(barrier, errors.INVALID_AUTH_TOKEN) from None
+
+    def _admit(self, path: bytes, request, ctx) -> AuthInfo | None:
         store = self.store
         if path in _MAINTENANCE_ADMIN:
             try:
@@ -105,4 +117,6 @@ def watch_denied(store: AuthStore | None, ctx, c: pb.WatchCreateRequest) -> str 
         if exc in (errors.INVALID_AUTH_TOKEN, errors.AUTH_OLD_REVISION, errors.USER_EMPTY):
             return exc.message
         return errors.PERMISSION_DENIED.message
+    except TokenPending:
+        return errors.INVALID_AUTH_TOKEN.message
     return None

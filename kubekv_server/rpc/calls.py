@@ -24,7 +24,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from . import frames as f
-from .context import AbortError, RpcContext, call_principal, status_number
+from .context import AbortError, Deferred, RpcContext, call_principal, status_number
 
 log = logging.getLogger("kubekv.rpc")
 
@@ -180,11 +180,19 @@ class Call:
         run_in.run(call_principal.set, principal)
         return run_in
 
-    def _run_unary(self, req) -> None:
+    def _run_unary(self, req, deferred: bool = False) -> None:
         m = self.method
         ctx = RpcContext(self)
         try:
             run_in = self._admit(req, ctx)
+        except Deferred as d:
+            if deferred:
+                self._fail(d.otherwise)
+            else:
+                self._task = d.future
+                d.future.add_done_callback(
+                    lambda _f: None if self.finished else self._run_unary(req, True))
+            return
         except BaseException as exc:
             self._fail(exc)
             return

@@ -14,6 +14,16 @@ import grpc
 call_principal: contextvars.ContextVar = contextvars.ContextVar("call_principal", default=None)
 
 
+class Deferred(Exception):
+    """Raised by a server gate that cannot decide yet: the call is admitted again once
+    `future` is done; if the gate defers a second time, the call fails with `otherwise`."""
+
+    def __init__(self, future, otherwise: BaseException) -> None:
+        super().__init__("deferred")
+        self.future = future
+        self.otherwise = otherwise
+
+
 class AbortError(Exception):
     """Raised by `RpcContext.abort`: ends the call with a status code and message."""
 
