@@ -163,11 +163,14 @@ class JWTTokens:
             if not self._verify(f"{head}.{body}".encode(), _unb64(sig)):
                 return None
             claims = json.loads(_unb64(body))
+            # jwt-go compares whole Unix seconds: valid while int(now) <= exp, so a token
+            # issued with ttl=1s lives between one and two seconds
+            now = int(self.clock())
             exp = claims.get("exp")
-            if exp is not None and self.clock() > float(exp):
-                return None  # jwt-go: valid while now <= exp
+            if exp is not None and now > float(exp):
+                return None
             nbf = claims.get("nbf")
-            if nbf is not None and self.clock() < float(nbf):
+            if nbf is not None and now < float(nbf):
                 return None
             return str(claims["username"]), int(claims["revision"])
         except (ValueError, KeyError, TypeError, AttributeError):
