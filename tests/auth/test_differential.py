@@ -130,6 +130,7 @@ SCRIPT = [
     (A, "Authenticate", pb.AuthenticateRequest(name="alice", password="new"), None),
     (A, "AuthDisable", pb.AuthDisableRequest(), "alice"),
     (A, "AuthDisable", pb.AuthDisableRequest(), "root"),
+    (KV, "Range", pb.RangeRequest(key=b"foo"), "root"),  # a token from before: dropped
     (A, "AuthDisable", pb.AuthDisableRequest(), None),
     (A, "AuthStatus", pb.AuthStatusRequest(), None),
     (A, "Authenticate", pb.AuthenticateRequest(name="alice", password="new"), None),
