@@ -21,6 +21,8 @@ from etcdproto.raftpb import raft_pb2
 
 from . import errors
 from .alarms import apply_alarm, list_alarms
+from .auth import AuthInfo, AuthStore
+from .auth.store import KINDS as AUTH_KINDS
 from .backend import Backend
 from .errors import EtcdError
 from .kv_txn import apply_delete_range, apply_put, apply_txn
@@ -64,8 +66,11 @@ class Applier:
         mvcc: MVCCStore,
         leases: LeaseStore | None = None,
         on_lease_changes: Callable[[list], None] | None = None,
+        auth: AuthStore | None = None,
     ) -> None:
         self.backend = backend
+        self.auth = auth
+        self._index = 0  # log index of the entry being applied
         self.mvcc = mvcc
         self.leases = leases
         self.on_lease_changes = on_lease_changes
@@ -102,6 +107,7 @@ class Applier:
         with env.begin(write=True) as txn:
             for entry in todo:
                 if entry.type == raft_pb2.EntryNormal and entry.data:
+                    self._index = entry.index
                     self._apply_request(txn, entry.data, out)
                 elif entry.type == raft_pb2.EntryConfChange:
                     self._apply_conf_change(txn, entry.data, out)
@@ -186,7 +192,39 @@ class Applier:
         if self.leases is not None and changes:
             self.leases.track(txn, changes)
 
+    def _check_auth(self, txn: lmdb.Transaction, req, kind: str | None) -> AuthInfo | None:
+        """etcd's authApplierV3: a client's write is checked against the auth store as of
+        its place in the log. None for the member's own requests, which are trusted."""
+        if self.auth is None or not req.HasField("auth"):
+            return None
+        ai = AuthInfo(req.auth.username, req.auth.revision)
+        auth = self.auth
+        if not auth.enabled:
+            return ai
+        if kind == "put":
+            p = req.put
+            auth.is_put_permitted(ai, p.key, txn)
+            if p.lease and self.leases is not None:
+                auth.check_lease_keys(ai, self.leases.keys(txn, p.lease), True, txn)
+            if p.prev_kv:
+                auth.is_range_permitted(ai, p.key, b"", txn)
+        elif kind == "delete_range":
+            d = req.delete_range
+            auth.is_delete_permitted(ai, d.key, d.range_end, txn)
+            if d.prev_kv:
+                auth.is_range_permitted(ai, d.key, d.range_end, txn)
+        elif kind == "txn":
+            auth.check_txn(ai, req.txn, txn)
+        elif kind == "lease_revoke" and self.leases is not None:
+            auth.check_lease_keys(ai, self.leases.keys(txn, req.lease_revoke.ID), True, txn)
+        return ai
+
     def _dispatch(self, txn: lmdb.Transaction, req, kind: str | None):
+        ai = self._check_auth(txn, req, kind)
+        if kind in AUTH_KINDS and self.auth is not None:
+            resp = self.auth.apply(txn, kind, getattr(req, kind), ai, self._index)
+            resp.header.revision = self.mvcc.write(txn).current_revision
+            return resp, []
         if kind == "put":
             if self.nospace:
                 raise errors.NO_SPACE

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from kubekv_raft.storage import LMDBStorage
 from . import errors, quota
 from .alarms import list_alarms
 from .applier import Applier, mvcc_error
+from .auth import AuthStore, token_provider
 from .backend import Backend, decode_u64, encode_u64
 from .cluster_ids import cluster_id, member_id
 from .compactor import Compactor
@@ -34,6 +36,7 @@ from .mvcc import CompactedError, FutureRevError, MVCCStore
 from .peering import Peering, fetch_members
 from .raft_node import RaftNode
 from .request_checks import etcd_entry_size
+from .rpc.context import call_principal
 from .watch import WatchHub
 from .watch.hub import DEFAULT_MAX_PENDING
 from .watch.sync import SyncThread
@@ -70,8 +73,11 @@ class Member:
         self.leases = LeaseStore(
             self.backend, min_lease_ttl(cfg.election_timeout_ms, cfg.heartbeat_interval_ms)
         )
+        self.auth = AuthStore(self.backend, token_provider(cfg), cfg.client_cert_auth,
+                              applied_index=lambda: self.applier.applied_index)
         self.applier = Applier(
-            self.backend, self.mvcc, self.leases, on_lease_changes=self._lease_changes
+            self.backend, self.mvcc, self.leases, on_lease_changes=self._lease_changes,
+            auth=self.auth,
         )
         self.compactor = Compactor(self.backend, self.mvcc)
         # KUBEKV_WATCH_MAX_PENDING: responses queued per watch stream before its watchers
@@ -386,6 +392,10 @@ class Member:
         rid = self.node.next_id()
         internal = internal_pb2.InternalRequest(id=rid)
         getattr(internal, field).CopyFrom(request)
+        caller = call_principal.get()
+        if caller is not None:  # a client's request: the applier checks its permissions
+            internal.auth.SetInParent()
+            internal.auth.username, internal.auth.revision = caller
         data = internal.SerializeToString()
         if etcd_entry_size(self.member_id, rid, len(data)) > self.cfg.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
@@ -433,7 +443,8 @@ class Member:
             else:
                 result.set_result(out)
 
-        self.loop.call_soon_threadsafe(submit)
+        # in the caller's context, so that proposals keep the client's identity
+        self.loop.call_soon_threadsafe(submit, context=contextvars.copy_context())
         try:
             return result.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -487,6 +498,7 @@ class Member:
         """The leader's snapshot replaced our state: reload what is cached from it."""
         self.members = self.applier.members()
         self.peering.set_members(self.members)
+        self.auth.reload()
         with self.backend.env.begin() as txn:
             self.lessor.reset(self.leases.all(txn))
         self.watch_hub.restored()

@@ -19,6 +19,7 @@ from etcdproto.etcdserverpb import rpc_pb2
 from etcdproto.v3electionpb import v3election_pb2
 from etcdproto.v3lockpb import v3lock_pb2
 
+from .api.auth import AuthService
 from .api.cluster import ClusterService
 from .api.election import ElectionService
 from .api.kv import KVService
@@ -26,6 +27,7 @@ from .api.lease import LeaseService
 from .api.lock import LockService
 from .api.maintenance import MaintenanceService
 from .api.watch import WatchService
+from .auth.gate import AuthGate
 from .config import Config
 from .member import CLUSTER_VERSION, SERVER_VERSION, Member
 from .rpc.server import RpcServer
@@ -63,6 +65,7 @@ class ClientServer:
             http_handler=self.http,
             accept_peer_cert=(lambda der: cert_serial(der) not in revoked) if revoked else None,
             guard=self._require_leader,
+            gate=AuthGate(self.member.auth, self.member),
         )
         m = self.member
         mods = (rpc_pb2,)
@@ -71,6 +74,7 @@ class ClientServer:
         rpc.add_service(services["Maintenance"], MaintenanceService(m), mods)
         rpc.add_service(services["Cluster"], ClusterService(m), mods)
         rpc.add_service(services["Lease"], LeaseService(m), mods)
+        rpc.add_service(services["Auth"], AuthService(m), mods)
         watch = WatchService(
             m, m.watch_hub,
             progress_interval=cfg.watch_progress_notify_interval,

@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterator
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 
+from ..auth.gate import watch_denied
 from ..watch import Response, Stream, WatchHub
+from ..watch.hub import INVALID_WATCH_ID
 
 log = logging.getLogger("kubekv.watch")
 
@@ -91,7 +93,8 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         stream = hub.new_stream()
         context.add_callback(stream.close)
         reader = threading.Thread(
-            target=self._receive, args=(request_iterator, stream), name="kubekv-watch-recv",
+            target=self._receive, args=(request_iterator, stream, context),
+            name="kubekv-watch-recv",
             daemon=True,
         )
         reader.start()
@@ -123,12 +126,18 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                     self.hub.progress(w)
                 w.progress_due = True
 
-    def _receive(self, request_iterator, stream: Stream) -> None:
+    def _receive(self, request_iterator, stream: Stream, context=None) -> None:
         """Reader thread: apply requests in order; a broken stream closes ours."""
         try:
             for req in request_iterator:
                 kind = req.WhichOneof("request_union")
                 if kind == "create_request":
+                    denied = watch_denied(getattr(self.member, "auth", None), context,
+                                          req.create_request)
+                    if denied is not None:
+                        stream.push(Response(INVALID_WATCH_ID, self.hub.rev, created=True,
+                                             canceled=True, cancel_reason=denied))
+                        continue
                     self._create(stream, req.create_request)
                 elif kind == "cancel_request":
                     self.hub.cancel(stream, req.cancel_request.watch_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import inspect
 import logging
 import queue
@@ -23,7 +24,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from . import frames as f
-from .context import AbortError, RpcContext, status_number
+from .context import AbortError, Deferred, RpcContext, call_principal, status_number
 
 log = logging.getLogger("kubekv.rpc")
 
@@ -166,12 +167,41 @@ class Call:
 
     # ------------------------------------------------------------- unary
 
-    def _run_unary(self, req) -> None:
+    def _admit(self, req, ctx) -> contextvars.Context | None:
+        """Run the server's gate; the context to run the handler in (None: as is).
+        Raises what the gate raises."""
+        gate = self.conn.server.gate
+        if gate is None:
+            return None
+        principal = gate(self.method.path, req, ctx)
+        if principal is None:
+            return None
+        run_in = contextvars.copy_context()
+        run_in.run(call_principal.set, principal)
+        return run_in
+
+    def _run_unary(self, req, deferred: bool = False) -> None:
         m = self.method
         ctx = RpcContext(self)
+        try:
+            run_in = self._admit(req, ctx)
+        except Deferred as d:
+            if deferred:
+                self._fail(d.otherwise)
+            else:
+                self._task = d.future
+                d.future.add_done_callback(
+                    lambda _f: None if self.finished else self._run_unary(req, True))
+            return
+        except BaseException as exc:
+            self._fail(exc)
+            return
         if m.kind == "inline":
             try:
-                result = m.handler(req, ctx)
+                if run_in is None:
+                    result = m.handler(req, ctx)
+                else:
+                    result = run_in.run(m.handler, req, ctx)
             except BaseException as exc:
                 self._fail(exc)
                 return
@@ -181,12 +211,16 @@ class Call:
             else:
                 self.respond(result)
         elif m.kind == "async":
-            task = self.conn.loop.create_task(m.handler(req, ctx))
+            task = self.conn.loop.create_task(m.handler(req, ctx), context=run_in)
             task.add_done_callback(self._future_done)
             self._task = task
         else:
             loop = self.conn.loop
-            fut = loop.run_in_executor(self.conn.server.executor, m.handler, req, ctx)
+            if run_in is None:
+                fut = loop.run_in_executor(self.conn.server.executor, m.handler, req, ctx)
+            else:
+                fut = loop.run_in_executor(self.conn.server.executor, run_in.run, m.handler,
+                                           req, ctx)
             fut.add_done_callback(self._future_done)
             self._task = fut
 
@@ -306,14 +340,24 @@ class Call:
         m = self.method
         ctx = RpcContext(self)
         arg = req if not m.client_streaming else None
+        try:
+            run_in = self._admit(arg, ctx)
+        except BaseException as exc:
+            self._fail(exc)
+            return
         if m.kind == "async":
             self._writable = asyncio.Event()
-            self._task = self.conn.loop.create_task(self._drive_async(arg, ctx))
+            self._task = self.conn.loop.create_task(self._drive_async(arg, ctx), context=run_in)
         else:
             self._writable = threading.Event()
-            self._task = self.conn.loop.run_in_executor(
-                self.conn.server.executor, self._drive_thread, arg, ctx
-            )
+            if run_in is None:
+                self._task = self.conn.loop.run_in_executor(
+                    self.conn.server.executor, self._drive_thread, arg, ctx
+                )
+            else:
+                self._task = self.conn.loop.run_in_executor(
+                    self.conn.server.executor, run_in.run, self._drive_thread, arg, ctx
+                )
 
     async def _request_iter(self):
         q = self._requests

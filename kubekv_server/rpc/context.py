@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import contextvars
 import ssl
 from collections.abc import Callable
 
 import grpc
+
+# Who makes the current call, as the server's gate resolved it (for kubekv: the caller's
+# auth.AuthInfo). Bound while the call's handler runs, on whatever thread runs it, so that
+# code far from the RPC (a proposal to the log) can record it without threading it through.
+call_principal: contextvars.ContextVar = contextvars.ContextVar("call_principal", default=None)
+
+
+class Deferred(Exception):
+    """Raised by a server gate that cannot decide yet: the call is admitted again once
+    `future` is done; if the gate defers a second time, the call fails with `otherwise`."""
+
+    def __init__(self, future, otherwise: BaseException) -> None:
+        super().__init__("deferred")
+        self.future = future
+        self.otherwise = otherwise
 
 
 class AbortError(Exception):

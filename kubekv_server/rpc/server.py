@@ -38,6 +38,7 @@ class RpcServer:
         http_handler: Callable | None = None,
         accept_peer_cert: Callable[[bytes], bool] | None = None,
         guard: Callable[[list], tuple[int, str] | None] | None = None,
+        gate: Callable | None = None,
     ) -> None:
         self.loop = loop
         self.max_receive_bytes = max_receive_bytes
@@ -47,6 +48,10 @@ class RpcServer:
         self._accept_peer_cert = accept_peer_cert
         # guard(request headers) -> (status, message) refuses a call before it starts
         self.guard = guard
+        # gate(method path, request or None for streams, context) -> principal: runs before
+        # every handler; raising refuses the call, the principal is bound to the handler
+        # (rpc.context.call_principal)
+        self.gate = gate
         self.executor = concurrent.futures.ThreadPoolExecutor(
             WORKER_THREADS, thread_name_prefix="kubekv-rpc"
         )

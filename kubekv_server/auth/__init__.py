@@ -1,0 +1,24 @@
+"""etcd's authentication and role-based access control (see store.py, gate.py, tokens.py)."""
+
+from __future__ import annotations
+
+from .store import EMPTY, AuthInfo, AuthStore
+from .tokens import TokenConfigError, provider_from_flags
+
+
+def token_provider(cfg):
+    """The token provider for --auth-token / --auth-token-ttl; a bad option stops the server
+    at start, as etcd does."""
+    try:
+        ttl = int(cfg.flag("auth-token-ttl"), 0)
+    except ValueError:
+        raise SystemExit(
+            f'invalid value "{cfg.flag("auth-token-ttl")}" for flag -auth-token-ttl: parse error'
+        ) from None
+    try:
+        return provider_from_flags(cfg.flag("auth-token"), ttl)
+    except TokenConfigError as exc:
+        raise SystemExit(f"kubekv: failed to create token provider: {exc}") from None
+
+
+__all__ = ["EMPTY", "AuthInfo", "AuthStore", "token_provider"]

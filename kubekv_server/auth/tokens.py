@@ -1,0 +1,238 @@
+"""Token providers: etcd's `simple` tokens and signed JWTs (auth/simple_token.go, jwt.go).
+
+simple  "<16 random letters>.<raft index>": the random part is chosen by the member
+        that received Authenticate, the index is the log index of the Authenticate
+        entry, and every member maps the token to the user when it applies that
+        entry. Tokens live in memory only (a restart forgets them, as in etcd; clients
+        re-authenticate on "invalid auth token"); each use extends the TTL
+        (--auth-token-ttl, default 300 s); disabling auth, deleting the user or
+        changing its password drops them.
+jwt     `jwt,pub-key=F,priv-key=F,sign-method=RS256,ttl=5m`: claims username,
+        revision and exp, signed with the private key; any member verifies them
+        alone. The auth revision inside the token makes it stale (etcd's "revision
+        of auth store is old") once users, roles or permissions change.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import string
+import threading
+import time
+
+from ..config import parse_duration
+from .rsa import KeyError_, PrivateKey, PublicKey, load_private_key, load_public_key
+
+SIMPLE_TOKEN_LENGTH = 16
+_LETTERS = string.ascii_lowercase + string.ascii_uppercase
+
+
+class TokenConfigError(ValueError):
+    """--auth-token options etcd would refuse; the message says why."""
+
+
+class SimpleTokens:
+    kind = "simple"
+
+    def __init__(self, ttl: float = 300.0, clock=time.monotonic) -> None:
+        self.ttl = ttl if ttl > 0 else 300.0
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._tokens: dict[str, tuple[str, float]] = {}  # token -> (user, deadline)
+        self._enabled = False
+
+    def enable(self) -> None:
+        with self._lock:
+            self._enabled = True
+
+    def disable(self) -> None:
+        with self._lock:
+            self._enabled = False
+            self._tokens.clear()
+
+    def gen_prefix(self) -> str:
+        return "".join(secrets.choice(_LETTERS) for _ in range(SIMPLE_TOKEN_LENGTH))
+
+    def assign(self, username: str, revision: int, index: int, prefix: str) -> str:
+        token = f"{prefix}.{index}"
+        with self._lock:
+            if self._enabled:
+                self._tokens[token] = (username, self.clock() + self.ttl)
+        return token
+
+    def info(self, token: str, revision: int) -> tuple[str, int] | None:
+        """(user, revision) for a live token; a simple token carries no revision, so the
+        store's current one is used (it never goes stale, only invalid)."""
+        now = self.clock()
+        with self._lock:
+            found = self._tokens.get(token)
+            if found is None:
+                return None
+            user, deadline = found
+            if now > deadline:
+                del self._tokens[token]
+                return None
+            self._tokens[token] = (user, now + self.ttl)
+        return user, revision
+
+    def invalidate_user(self, username: str) -> None:
+        with self._lock:
+            for token in [t for t, (u, _) in self._tokens.items() if u == username]:
+                del self._tokens[token]
+
+    @staticmethod
+    def index_of(token: str) -> int | None:
+        """The log index a simple token was issued at (etcd's isValidSimpleToken)."""
+        parts = token.split(".")
+        if len(parts) != 2:
+            return None
+        try:
+            return int(parts[1])
+        except ValueError:
+            return None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+_HMAC = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
+
+
+class JWTTokens:
+    kind = "jwt"
+
+    def __init__(self, sign_method: str, ttl: float, *, private: PrivateKey | None = None,
+                 public: PublicKey | None = None, secret: bytes | None = None,
+                 clock=time.time) -> None:
+        self.sign_method = sign_method
+        self.ttl = ttl
+        self.private = private
+        self.public = public if private is None else private.public
+        self.secret = secret
+        self.clock = clock
+        self.verify_only = sign_method == "RS256" and private is None
+
+    # the simple-token hooks are no-ops for JWTs
+    def enable(self) -> None: ...
+
+    def disable(self) -> None: ...
+
+    def invalidate_user(self, username: str) -> None: ...
+
+    def gen_prefix(self) -> str:
+        return ""
+
+    def _sign(self, data: bytes) -> bytes:
+        if self.sign_method == "RS256":
+            return self.private.sign(data)
+        return hmac.new(self.secret, data, _HMAC[self.sign_method]).digest()
+
+    def _verify(self, data: bytes, sig: bytes) -> bool:
+        if self.sign_method == "RS256":
+            return self.public.verify(data, sig)
+        return hmac.compare_digest(hmac.new(self.secret, data, _HMAC[self.sign_method]).digest(),
+                                   sig)
+
+    def assign(self, username: str, revision: int, index: int = 0, prefix: str = "") -> str:
+        if self.verify_only:
+            raise VerifyOnlyError("auth: token signing attempted with verify-only key")
+        header = {"alg": self.sign_method, "typ": "JWT"}
+        claims = {"exp": int(self.clock() + self.ttl), "revision": revision,
+                  "username": username}
+        signing_input = ".".join(
+            _b64(json.dumps(part, separators=(",", ":"), sort_keys=True).encode())
+            for part in (header, claims)
+        )
+        return signing_input + "." + _b64(self._sign(signing_input.encode()))
+
+    def info(self, token: str, revision: int) -> tuple[str, int] | None:
+        try:
+            head, body, sig = token.split(".")
+            header = json.loads(_unb64(head))
+            if header.get("alg") != self.sign_method:
+                return None
+            if not self._verify(f"{head}.{body}".encode(), _unb64(sig)):
+                return None
+            claims = json.loads(_unb64(body))
+            # jwt-go compares whole Unix seconds: valid while int(now) <= exp, so a token
+            # issued with ttl=1s lives between one and two seconds
+            now = int(self.clock())
+            exp = claims.get("exp")
+            if exp is not None and now > float(exp):
+                return None
+            nbf = claims.get("nbf")
+            if nbf is not None and now < float(nbf):
+                return None
+            return str(claims["username"]), int(claims["revision"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+class VerifyOnlyError(Exception):
+    pass
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise TokenConfigError(f"open {path}: {exc.strerror.lower()}") from None
+
+
+def provider_from_flags(auth_token: str, auth_token_ttl: int):
+    """The token provider for --auth-token (etcd's NewTokenProvider and decomposeOpts)."""
+    parts = auth_token.split(",")
+    kind, opts = parts[0], {}
+    for item in parts[1:]:
+        pair = item.split("=")
+        if len(pair) != 2 or pair[0] in opts:
+            raise TokenConfigError("auth: invalid auth options")
+        opts[pair[0]] = pair[1]
+    if kind == "simple":
+        return SimpleTokens(ttl=float(auth_token_ttl))
+    if kind == "jwt":
+        return _jwt(opts)
+    raise TokenConfigError("auth: invalid auth options")
+
+
+def _jwt(opts: dict[str, str]) -> JWTTokens:
+    ttl = 300.0
+    if opts.get("ttl"):
+        try:
+            ttl = parse_duration(opts["ttl"])
+        except ValueError as exc:
+            raise TokenConfigError(str(exc)) from None
+    method = opts.get("sign-method", "")
+    pub = _read(opts["pub-key"]) if opts.get("pub-key") else b""
+    priv = _read(opts["priv-key"]) if opts.get("priv-key") else b""
+    if method in _HMAC:
+        if not priv:
+            raise TokenConfigError("auth: missing key data")
+        return JWTTokens(method, ttl, secret=priv)
+    if method != "RS256":
+        raise TokenConfigError("auth: invalid auth signature method"
+                               if method not in ("RS384", "RS512", "PS256", "PS384", "PS512",
+                                                 "ES256", "ES384", "ES512")
+                               else f"kubekv: sign-method {method} is not supported (RS256, HS*)")
+    try:
+        private = load_private_key(priv) if priv else None
+        public = load_public_key(pub) if pub else None
+    except KeyError_ as exc:
+        raise TokenConfigError(str(exc)) from None
+    if private is None and public is None:
+        raise TokenConfigError("auth: missing key data")
+    # etcd's check (sic: both must differ to count as a mismatch)
+    if private is not None and public is not None and public.e != private.e \
+            and public.n != private.n:
+        raise TokenConfigError("auth: public and private keys don't match")
+    return JWTTokens(method, ttl, private=private, public=public)
