@@ -136,17 +136,17 @@ class FailoverKV:
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
 
-    def _stub(self, m: ServerProcess) -> rpc_pb2_grpc.KVStub:
+    def _stub(self, m: ServerProcess, service: str):
         with self._lock:
             ch = self._channels.get(m.endpoint)
             if ch is None:
                 ch = self._channels[m.endpoint] = grpc.insecure_channel(m.endpoint)
-        return rpc_pb2_grpc.KVStub(ch)
+        return getattr(rpc_pb2_grpc, f"{service}Stub")(ch)
 
     def call(self, method: str, request, on_unknown: Callable[[], None] | None = None,
-             deadline: float = 60.0):
+             deadline: float = 60.0, service: str = "KV"):
         """The response of the first member that answers; on_unknown() after each failed
-        attempt (its outcome is unknown)."""
+        attempt (its outcome is unknown). `service`: KV, Lease, ..."""
         end = time.monotonic() + deadline
         while True:
             alive = self.cluster.alive()
@@ -155,7 +155,7 @@ class FailoverKV:
             self._i = (self._i + 1) % len(alive)
             m = alive[self._i]
             try:
-                return getattr(self._stub(m), method)(request, timeout=self.timeout)
+                return getattr(self._stub(m, service), method)(request, timeout=self.timeout)
             except grpc.RpcError as exc:
                 if on_unknown is not None:
                     on_unknown()
