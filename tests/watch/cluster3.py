@@ -123,6 +123,10 @@ class Cluster:
     def member_id(self, m: ServerProcess) -> int:
         return self.status(m).header.member_id
 
+# what etcd clients retry on another endpoint: no leader, timeouts, a member gone
+RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+               grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN)
+
 
 class FailoverKV:
     """A KV client over a cluster that moves to the next live member when a call fails,
@@ -135,6 +139,7 @@ class FailoverKV:
         self._i = 0
         self._channels: dict[str, grpc.Channel] = {}
         self._lock = threading.Lock()
+        self.errors: list[tuple] = []  # (time, endpoint, method, code, details) of failures
 
     def _stub(self, m: ServerProcess, service: str):
         with self._lock:
@@ -145,8 +150,9 @@ class FailoverKV:
 
     def call(self, method: str, request, on_unknown: Callable[[], None] | None = None,
              deadline: float = 60.0, service: str = "KV"):
-        """The response of the first member that answers; on_unknown() after each failed
-        attempt (its outcome is unknown). `service`: KV, Lease, ..."""
+        """The response of the first member that answers; on_unknown() after each attempt
+        that failed with an error worth retrying elsewhere (its outcome is unknown); other
+        errors (e.g. compacted) are raised. `service`: KV, Lease, ..."""
         end = time.monotonic() + deadline
         while True:
             alive = self.cluster.alive()
@@ -157,6 +163,10 @@ class FailoverKV:
             try:
                 return getattr(self._stub(m, service), method)(request, timeout=self.timeout)
             except grpc.RpcError as exc:
+                self.errors.append((time.monotonic(), m.endpoint, method, exc.code(),
+                                    exc.details()))
+                if exc.code() not in RETRY_CODES:
+                    raise
                 if on_unknown is not None:
                     on_unknown()
                 if time.monotonic() > end:
