@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import random
 import threading
+import time
+
+import grpc
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
@@ -135,4 +138,29 @@ def test_list_watch_cache_across_a_member_kill(tmp_path):
         if watch is not None:
             watch.close()
         kv.close()
+        cluster.stop()
+
+
+def test_linearizable_list_on_a_follower_answers_across_a_leader_kill(tmp_path):
+    """A list (a linearizable Range) sent to a follower just after the leader died must
+    not hang: it is answered once a new leader confirms the read index, or fails within
+    etcd's request timeout (7 s), never waits for the client's deadline."""
+    cluster = Cluster(tmp_path)
+    cluster.start()
+    try:
+        leader = cluster.leader()
+        follower = next(m for m in cluster.members if m is not leader)
+        follower.kv.Put(pb.PutRequest(key=PFX + b"a", value=b"1"))
+        leader.kill()
+        results = []
+        for _ in range(5):  # some are sent before the followers notice the leader is gone
+            t0 = time.monotonic()
+            try:
+                r = follower.kv.Range(pb.RangeRequest(key=PFX, range_end=END), timeout=30)
+                results.append((time.monotonic() - t0, r.count))
+            except grpc.RpcError as exc:
+                results.append((time.monotonic() - t0, exc.code()))
+        assert all(took < 7 + 2 for took, _ in results), results
+        assert results[-1][1] == 1, results
+    finally:
         cluster.stop()
