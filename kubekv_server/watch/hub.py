@@ -16,6 +16,7 @@ below its revision.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -378,11 +379,23 @@ class WatchHub:
             if live:
                 start = min(m for _, m in live)
                 stop = min(current, start + self.max_revs_per_sync - 1)
-                for ev in r.history(start, stop):
-                    rev = ev.kv.mod_revision
-                    for w, m in live:
-                        if rev >= m and w.matches(ev.kv.key):
-                            owed.setdefault(w, []).append(ev)
+                history = list(r.history(start, stop))
+                # watchers of the same range share one match pass over the history;
+                # each takes the tail from its own next revision on (events are in
+                # revision order), so the cost is not events x watchers
+                ranges: dict[tuple, list] = {}
+                for w, m in live:
+                    ranges.setdefault((w.key, w.end), []).append((w, m))
+                for group in ranges.values():
+                    matches = group[0][0].matches
+                    found = [ev for ev in history if matches(ev.kv.key)]
+                    if not found:
+                        continue
+                    revs = [ev.kv.mod_revision for ev in found]
+                    for w, m in group:
+                        i = bisect.bisect_left(revs, m)
+                        if i < len(found):
+                            owed[w] = found[i:] if i else found
                 if any(w.prev_kv for w in owed):
                     _fill_prev_kv(r, owed)
             else:
