@@ -21,6 +21,9 @@ from ..watch import Response, Stream, WatchHub
 
 log = logging.getLogger("kubekv.watch")
 
+# responses handed to the RPC layer at once (each already whole revisions)
+BATCH_RESPONSES = 64
+
 _NOPUT = pb.WatchCreateRequest.NOPUT
 _NODELETE = pb.WatchCreateRequest.NODELETE
 
@@ -193,8 +196,8 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         next_tick = clock() + progress_interval_with_jitter(self.progress_interval)
         try:
             while True:
-                out = stream.pop(max(next_tick - clock(), 0.0))
-                if out is None:
+                outs = stream.pop_many(max(next_tick - clock(), 0.0), BATCH_RESPONSES)
+                if not outs:
                     if stream.closed:
                         return
                     if clock() >= next_tick:
@@ -203,10 +206,15 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                             self.progress_interval
                         )
                     continue
-                yield from self._responses(out)
-                w = out.watcher
-                if w is not None and out.events:
-                    w.progress_due = False  # etcd elides the next progress notification
+                # what is pending goes to the RPC layer as one batch (a list): one
+                # hand-over to the event loop and one socket write for all of them
+                batch: list = []
+                for out in outs:
+                    batch.extend(self._responses(out))
+                    w = out.watcher
+                    if w is not None and out.events:
+                        w.progress_due = False  # etcd elides the next progress notification
+                yield batch
         finally:
             hub.close_stream(stream)
 
