@@ -31,6 +31,7 @@ from .config import Config, parse_urls
 from .kv_range import execute_range
 from .kv_txn import apply_txn, is_read_only
 from .lease import MAX_LEASE_TTL, LeaseStore, Lessor, min_lease_ttl
+from .lease import forward as lease_forward
 from .membership import conf_change
 from .mvcc import CompactedError, FutureRevError, MVCCStore
 from .peering import Peering, fetch_members
@@ -87,6 +88,8 @@ class Member:
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
         self._db_size = self.backend.size_bytes()
         self._stopping = threading.Event()
+        self.request_timeout = REQUEST_TIMEOUT
+        self._lease_term = 0  # the term in which this member's lessor was promoted
         self.on_removed = None  # called when this member is removed from the cluster
 
     # ------------------------------------------------------------ identity
@@ -186,21 +189,27 @@ class Member:
         self.node.on_snapshot_installed(self._snapshot_installed)
         self.node.add_listener(self._notify_watchers)
         self.node.add_listener(self._after_apply)
+        self.node.add_listener(self._lease_leadership)
         self.compactor.start()
         with self.backend.env.begin() as txn:
             self.lessor.restore(self.leases.all(txn))  # replayed entries then update it
         await self.node.start()
         self.peering.set_members(self.members)
-        await self.peering.start(self.node.runner, lambda: self.members,
-                                 is_removed=lambda mid: mid in self.removed_ids,
-                                 on_removed=self._removed)
+        self._lease_peer = lease_forward.LeasePeerServicer(self)
+        self.lease_forwarder = lease_forward.LeaseForwarder(self.peering)
+        await self.peering.start(
+            self.node.runner, lambda: self.members,
+            services=[lambda server: lease_forward.lp_grpc.add_LeasePeerServicer_to_server(
+                self._lease_peer, server)],
+            is_removed=lambda mid: mid in self.removed_ids,
+            on_removed=self._removed,
+        )
         while not await self.node.wait_leader(5.0):
             log.warning("event=waiting_for_leader member_id=%x", self.member_id)
         await self._publish()
         self.watch_hub.catch_up_revision()
         self._watch_sync = SyncThread(self.watch_hub)
         self._watch_sync.start()
-        self._became_leader()
         self._lease_thread = threading.Thread(
             target=self._expire_leases, name="kubekv-lessor", daemon=True
         )
@@ -212,11 +221,27 @@ class Member:
         """The hook replication fills in: only the leader runs lease deadlines."""
         return self.node.leader_id == self.member_id
 
-    def _became_leader(self) -> None:
-        """etcd's lessor.Promote on winning an election: every lease gets its full TTL
-        plus one election timeout from now."""
-        if self.is_leader():
+    def _lease_leadership(self, result=None) -> None:
+        """Loop thread (after each applied batch, and polled by the lessor thread): etcd
+        promotes the lessor once a new leader has applied an entry of its own term (so
+        every lease granted before the election is known), giving every lease its full
+        TTL plus one election timeout from now; a member that stopped leading demotes
+        (its leases then never expire until it leads again)."""
+        node = self.node
+        if node.is_leader():
+            term = node.term
+            if self._lease_term == term:
+                return
+            applied = result.applied_index if result is not None else self.applier.applied_index
+            if node.runner.node.raft.raft_log.term(applied) != term:
+                return
+            self._lease_term = term
             self.lessor.promote(self.cfg.election_timeout_ms / 1000)
+            log.info("event=lessor_promoted term=%d leases=%d", term, len(self.lessor.ids()))
+        elif self._lease_term or self.lessor.primary:
+            self._lease_term = 0
+            self.lessor.demote()
+            log.info("event=lessor_demoted term=%d", node.term)
 
     def _lease_changes(self, changes: list) -> None:
         """Committer thread, after an apply batch commits: mirror grants and revocations."""
@@ -229,13 +254,10 @@ class Member:
     def _expire_leases(self) -> None:
         """Leader only: propose the revocation of expired leases (etcd's revokeExpiredLeases,
         every 500 ms at most 500 leases)."""
-        was_leader = self.is_leader()
         while not self._stopping.is_set():
-            leader = self.is_leader()
-            if leader and not was_leader:
-                self._became_leader()  # a new leader extends every lease (etcd's Promote)
-            was_leader = leader
-            if leader:
+            # leadership may be lost without any apply: let the loop look (demotion)
+            self.loop.call_soon_threadsafe(self._lease_leadership)
+            if self.is_leader():
                 for lease_id in self.lessor.expired():
                     try:
                         self._propose_nowait("lease_revoke", pb.LeaseRevokeRequest(ID=lease_id))
@@ -268,26 +290,13 @@ class Member:
         return self.propose("lease_revoke", r)
 
     def lease_renew(self, lease_id: int) -> int:
-        """KeepAlive: the renewed TTL, 0 when the lease is gone (etcd answers TTL 0)."""
-        try:
-            return self.lessor.renew(lease_id, wait=REQUEST_TIMEOUT)
-        except errors.EtcdError as exc:
-            if exc is errors.LEASE_NOT_FOUND:
-                return 0
-            raise
+        """KeepAlive (worker thread): the leader's renewed TTL, 0 when the lease is gone
+        (etcd answers TTL 0); a follower forwards to the leader (`lease/forward.py`)."""
+        return lease_forward.renew(self, lease_id)
 
     def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
-        found = self.lessor.lookup(r.ID)
-        if found is None:
-            resp = pb.LeaseTimeToLiveResponse(ID=r.ID, TTL=-1)
-        else:
-            granted, remaining = found
-            # etcd: int64(Remaining().Seconds()), truncated; a follower's leases never expire
-            ttl = granted if remaining == float("inf") else int(remaining)
-            resp = pb.LeaseTimeToLiveResponse(ID=r.ID, TTL=ttl, grantedTTL=granted)
-            if r.keys:
-                with self.backend.env.begin() as txn:
-                    resp.keys.extend(sorted(self.leases.keys(txn, r.ID)))
+        """Worker thread: the leader's view of the lease (forwarded from a follower)."""
+        resp = lease_forward.time_to_live(self, r)
         self.header(resp.header, self.current_revision())
         return resp
 
@@ -309,6 +318,9 @@ class Member:
             await self.node.stop()
         if self.peering is not None:
             await self.peering.stop()
+        if getattr(self, "lease_forwarder", None) is not None:
+            await self.lease_forwarder.close()
+            self._lease_peer.close()
         self.compactor.stop()
         self.storage.close()
         self.backend.close()

@@ -1,8 +1,9 @@
 """The peer side of a member: Raft transport to the others, the peer gRPC server, peer TLS.
 
-The peer port (--listen-peer-urls) serves two things: kubekv_raft's RaftPeer
-service (message streams and snapshots) and the MemberDirectory, which a member
-joining an existing cluster asks for the member list it was added to.
+The peer port (--listen-peer-urls) serves kubekv_raft's RaftPeer service (message
+streams and snapshots), the MemberDirectory, which a member joining an existing
+cluster asks for the member list it was added to, and the services a member adds
+(LeasePeer: lease calls a follower forwards to the leader, `lease/forward.py`).
 """
 
 from __future__ import annotations
@@ -146,8 +147,18 @@ class Peering:
 
     # --------------------------------------------------------------- server
 
-    async def start(self, runner, members, is_removed=None, on_removed=None) -> None:
-        """Serve RaftPeer and MemberDirectory on every --listen-peer-urls address.
+    def peer_urls(self, peer_id: int) -> list[str]:
+        """Where to dial a member (its peer URLs, or the test dial override)."""
+        return self.transport.peers().get(peer_id, []) if self.transport is not None else []
+
+    async def dial(self, url: str) -> grpc.aio.Channel:
+        """A new channel to a peer URL, with the transport's options and credentials."""
+        return await self.transport._channel(url)  # noqa: SLF001 - same credentials rules
+
+    async def start(self, runner, members, services=(), is_removed=None,
+                    on_removed=None) -> None:
+        """Serve RaftPeer, MemberDirectory and `services` (functions that add a servicer
+        to a grpc.aio server) on every --listen-peer-urls address.
 
         `is_removed(id)`: refuse a removed member's messages (it then stops);
         `on_removed()`: called when a peer refuses us that way.
@@ -165,6 +176,8 @@ class Peering:
         directory_pb2_grpc.add_MemberDirectoryServicer_to_server(
             DirectoryServicer(self.cluster_id, members), server
         )
+        for add in services:
+            add(server)
         for url in self.cfg.listen_peer_urls:
             parts = urllib.parse.urlsplit(url)
             addr = parts.netloc

@@ -28,6 +28,10 @@ from .applier import Applier, BatchResult
 
 log = logging.getLogger("kubekv.raft")
 
+# etcd's readIndexRetryTime, and its request timeout for a read that gets no read index
+READ_RETRY = 0.5
+READ_TIMEOUT = 7.0
+
 
 def request_id_of(data: bytes) -> bytes:
     """The varint bytes of InternalRequest.id (field 1), which leads every proposal."""
@@ -281,8 +285,28 @@ class RaftNode:
         if props:
             runner.submit(props)
         if reads:
-            fut = runner.read_index()
-            fut.add_done_callback(lambda f, reads=reads: self._reads_done(f, reads))
+            self._read_round(reads, self.loop.time() + READ_TIMEOUT)
+
+    def _read_round(self, reads: list[asyncio.Future], deadline: float) -> None:
+        """Ask for a read index for `reads`; ask again every READ_RETRY while they wait.
+
+        Raft drops a read-index request when there is no leader, and one in flight is
+        lost with a dead leader, so (as etcd's linearizableReadLoop) the request is
+        repeated until a leader confirms one, and the reads fail after READ_TIMEOUT.
+        """
+        fut = self.runner.read_index()
+        fut.add_done_callback(lambda f: self._reads_done(f, reads))
+        self.loop.call_later(READ_RETRY, self._read_retry, reads, deadline)
+
+    def _read_retry(self, reads: list[asyncio.Future], deadline: float) -> None:
+        pending = [r for r in reads if not r.done()]
+        if not pending or self._stopped:
+            return
+        if self.loop.time() >= deadline:
+            for r in pending:
+                r.set_exception(errors.TIMEOUT)
+            return
+        self._read_round(pending, deadline)
 
     def _dropped(self, rids: list[bytes], exc: Exception) -> None:
         err = errors.NO_LEADER if isinstance(exc, ProposalDroppedError) else errors.STOPPED

@@ -23,6 +23,9 @@ from ..watch.hub import INVALID_WATCH_ID
 
 log = logging.getLogger("kubekv.watch")
 
+# responses handed to the RPC layer at once (each already whole revisions)
+BATCH_RESPONSES = 64
+
 _NOPUT = pb.WatchCreateRequest.NOPUT
 _NODELETE = pb.WatchCreateRequest.NODELETE
 
@@ -72,6 +75,99 @@ def fragments(resp: pb.WatchResponse, limit: int) -> Iterator[pb.WatchResponse]:
             return
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+class Encoded:
+    """A response already in wire form (the RPC layer calls SerializeToString)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - protobuf's name
+        return self.data
+
+
+# WatchResponse.events is field 11, length-delimited; header field 1; watch_id field 2
+_EVENTS_TAG = b"\x5a"
+_HEADER_TAG = b"\x0a"
+_WATCH_ID_TAG = b"\x10"
+# cached encodings are dropped wholesale past these sizes
+_EVENT_CACHE_MAX = 65536
+_HEADER_CACHE_MAX = 1024
+
+
+class EventEncoder:
+    """Wire form of event responses, each event encoded once for all its watchers.
+
+    One committed event goes to every watcher of its key; copying it into a new
+    WatchResponse per watcher (and stripping prev_kv for most) was the main cost of
+    fan-out. Here each event object is encoded once with and once without prev_kv,
+    each header once per (revision, term), and a response is their concatenation in
+    field order, byte for byte what protobuf would produce. Shared by every stream's
+    thread; a lost race only encodes twice.
+    """
+
+    def __init__(self, member) -> None:
+        self.member = member
+        self._events: dict[int, tuple[object, bytes, bytes | None]] = {}
+        self._headers: dict[tuple[int, int], bytes] = {}
+
+    def _header(self, revision: int, term: int) -> bytes:
+        key = (revision, term)
+        out = self._headers.get(key)
+        if out is None:
+            m = self.member
+            h = pb.ResponseHeader(cluster_id=m.cluster_id, member_id=m.member_id,
+                                  revision=revision, raft_term=term).SerializeToString()
+            out = _HEADER_TAG + _varint(len(h)) + h
+            if len(self._headers) >= _HEADER_CACHE_MAX:
+                self._headers.clear()
+            self._headers[key] = out
+        return out
+
+    def _event(self, ev, prev_kv: bool) -> bytes:
+        cached = self._events.get(id(ev))
+        if cached is None or cached[0] is not ev:
+            if ev.HasField("prev_kv"):
+                full = ev.SerializeToString()
+                stripped = pb_event(ev).SerializeToString()
+                cached = (ev, _EVENTS_TAG + _varint(len(stripped)) + stripped,
+                          _EVENTS_TAG + _varint(len(full)) + full)
+            else:
+                data = ev.SerializeToString()
+                cached = (ev, _EVENTS_TAG + _varint(len(data)) + data, None)
+            if len(self._events) >= _EVENT_CACHE_MAX:
+                self._events.clear()
+            self._events[id(ev)] = cached
+        if prev_kv and cached[2] is not None:
+            return cached[2]
+        return cached[1]
+
+    def encode(self, watch_id: int, revision: int, events: list, prev_kv: bool) -> Encoded:
+        parts = [self._header(revision, self.member.node.term)]
+        if watch_id:
+            parts.append(_WATCH_ID_TAG + _varint(watch_id))
+        event = self._event
+        parts.extend(event(ev, prev_kv) for ev in events)
+        return Encoded(b"".join(parts))
+
+
+def pb_event(ev):
+    """The event without its prev_kv."""
+    out = type(ev)(type=ev.type)
+    out.kv.CopyFrom(ev.kv)
+    return out
+
+
 def progress_interval_with_jitter(interval: float) -> float:
     """etcd's GetProgressReportInterval: the interval plus up to a tenth of it."""
     return interval + random.uniform(0, interval / 10)
@@ -85,6 +181,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         self.progress_interval = progress_interval
         self.max_request_bytes = max_request_bytes
         self.clock = clock
+        self.encoder = EventEncoder(member)
 
     # ------------------------------------------------------------ the stream
 
@@ -102,8 +199,8 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         next_tick = clock() + progress_interval_with_jitter(self.progress_interval)
         try:
             while True:
-                out = stream.pop(max(next_tick - clock(), 0.0))
-                if out is None:
+                outs = stream.pop_many(max(next_tick - clock(), 0.0), BATCH_RESPONSES)
+                if not outs:
                     if stream.closed:
                         return
                     if clock() >= next_tick:
@@ -112,10 +209,15 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                             self.progress_interval
                         )
                     continue
-                yield from self._responses(out)
-                w = out.watcher
-                if w is not None and out.events:
-                    w.progress_due = False  # etcd elides the next progress notification
+                # what is pending goes to the RPC layer as one batch (a list): one
+                # hand-over to the event loop and one socket write for all of them
+                batch: list = []
+                for out in outs:
+                    batch.extend(self._responses(out))
+                    w = out.watcher
+                    if w is not None and out.events:
+                        w.progress_due = False  # etcd elides the next progress notification
+                yield batch
         finally:
             hub.close_stream(stream)
 
@@ -164,7 +266,14 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
 
     # ------------------------------------------------------------- responses
 
-    def _responses(self, out: Response) -> Iterator[pb.WatchResponse]:
+    def _responses(self, out: Response) -> Iterator[pb.WatchResponse | Encoded]:
+        w = out.watcher
+        if (out.events and w is not None and not w.fragment and out.watch_id >= 0
+                and not (out.created or out.canceled or out.compact_revision
+                         or out.cancel_reason)):
+            # the common case, events for one watcher: encoded from shared parts
+            yield self.encoder.encode(out.watch_id, out.revision, out.events, w.prev_kv)
+            return
         m = self.member
         resp = pb.WatchResponse(
             watch_id=out.watch_id, created=out.created, canceled=out.canceled,

@@ -6,6 +6,8 @@ Handlers come in three kinds, chosen once per method when it is registered:
   async   `async def` (or an async generator for server streaming), a task.
   thread  any other plain function or generator, run on a worker thread with
           blocking request iterators (grpc's thread-pool model, for code that waits).
+          A streaming generator may yield a list of messages: they are handed to
+          the loop and written together.
 """
 
 from __future__ import annotations
@@ -416,7 +418,10 @@ class Call:
                     if close is not None:
                         close()
                     return
-                data = resp.SerializeToString()
+                if isinstance(resp, list):  # a batch of messages, sent in one pass
+                    data = [r.SerializeToString() for r in resp]
+                else:
+                    data = resp.SerializeToString()
                 self._writable.clear()
                 loop.call_soon_threadsafe(self._send_and_check, data)
                 self._writable.wait()
@@ -424,8 +429,12 @@ class Call:
         except BaseException as exc:  # noqa: BLE001 - every outcome becomes a status
             loop.call_soon_threadsafe(self._fail_if_open, exc)
 
-    def _send_and_check(self, data: bytes) -> None:
-        self.send_message(data)
+    def _send_and_check(self, data: bytes | list[bytes]) -> None:
+        if isinstance(data, list):
+            for d in data:
+                self.send_message(d)
+        else:
+            self.send_message(data)
         if self.finished or self.conn.writable(self):
             self._writable.set()
 

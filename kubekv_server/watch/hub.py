@@ -16,6 +16,7 @@ below its revision.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -33,6 +34,11 @@ MAX_WATCHERS_PER_SYNC = 512
 RECENT_REVISIONS = 4096
 # Responses queued on one stream before its watchers are demoted to catch up later.
 DEFAULT_MAX_PENDING = 1024
+# A backed-up stream (at least this many responses queued) gets a
+# watcher's next revision merged into that watcher's queued response, up to these sizes.
+MERGE_AFTER = 32
+MERGE_MAX_EVENTS = 1000
+MERGE_MAX_BYTES = 1 << 20
 
 INVALID_WATCH_ID = -1
 
@@ -55,6 +61,11 @@ class Response:
     compact_revision: int = 0
     cancel_reason: str = ""
     watcher: Watcher | None = None  # for prev_kv, fragment and progress bookkeeping
+    # merging (Stream.push_events): still in the outbox, the stream's barrier count when
+    # pushed, approximate encoded size of the events
+    queued: bool = False
+    epoch: int = 0
+    size: int = 0
 
 
 SYNCED, UNSYNCED, DONE = "synced", "unsynced", "done"
@@ -65,7 +76,7 @@ class Watcher:
 
     __slots__ = (
         "id", "key", "end", "min_rev", "no_put", "no_delete", "prev_kv", "progress_notify",
-        "fragment", "stream", "state", "progress_due",
+        "fragment", "stream", "state", "progress_due", "tail",
     )
 
     def __init__(self, stream: Stream, watch_id: int, key: bytes, end: bytes | None,
@@ -85,6 +96,7 @@ class Watcher:
         self.state = UNSYNCED
         # etcd's per-watch progress flag: no events sent since the last tick
         self.progress_due = True
+        self.tail: Response | None = None  # the last events response pushed by notify
 
     def matches(self, key: bytes) -> bool:
         end = self.end
@@ -158,6 +170,9 @@ class Stream:
         self._out: deque = deque()
         self._cond = threading.Condition(threading.Lock())
         self.on_drain: Callable[[], None] | None = None
+        # bumped by every push but push_events': nothing is merged across it
+        self._epoch = 0
+        self._merge_after = MERGE_AFTER  # never reached when max_pending is below it
 
     @property
     def full(self) -> bool:
@@ -165,8 +180,35 @@ class Stream:
 
     def push(self, resp: Response) -> None:
         with self._cond:
+            self._epoch += 1
+            resp.queued = True
             self._out.append(resp)
             self._cond.notify()
+
+    def push_events(self, w: Watcher, rev: int, events: list, size: int) -> bool:
+        """notify's push of one revision's events for a synced watcher. On a backed-up
+        stream they join the watcher's response still waiting in the outbox, if nothing
+        but other watchers' events was pushed since (so no response of this watch,
+        progress notification or catch-up is overtaken), as etcd's catch-up responses
+        hold many revisions. False when the stream is full and nothing could merge."""
+        with self._cond:
+            t = w.tail
+            out = self._out
+            if (t is not None and t.queued and t.epoch == self._epoch
+                    and len(out) >= self._merge_after
+                    and len(t.events) + len(events) <= MERGE_MAX_EVENTS
+                    and t.size + size <= MERGE_MAX_BYTES):
+                t.events = t.events + events  # a new list: event lists may be shared
+                t.revision = rev
+                t.size += size
+                return True
+            if len(out) >= self.max_pending:
+                return False
+            w.tail = resp = Response(w.id, rev, events, watcher=w, queued=True,
+                                     epoch=self._epoch, size=size)
+            out.append(resp)
+            self._cond.notify()
+            return True
 
     def pop(self, timeout: float | None = None) -> Response | None:
         """The next response; None on timeout or when closed (see `closed`)."""
@@ -177,10 +219,31 @@ class Stream:
                 return None
             was_full = len(self._out) >= self.max_pending
             resp = self._out.popleft()
+            resp.queued = False
             drained = was_full or len(self._out) == self.max_pending // 2
         if drained and self.on_drain is not None:
             self.on_drain()
         return resp
+
+    def pop_many(self, timeout: float | None, limit: int) -> list[Response]:
+        """Up to `limit` responses, waiting up to `timeout` for the first; [] on timeout
+        or when closed."""
+        with self._cond:
+            if not self._out and not self.closed:
+                self._cond.wait(timeout)
+            before = len(self._out)
+            if not before:
+                return []
+            n = min(limit, before)
+            popleft = self._out.popleft
+            out = [popleft() for _ in range(n)]
+            for resp in out:
+                resp.queued = False
+            half = self.max_pending // 2
+            drained = before >= self.max_pending or before - n <= half < before
+        if drained and self.on_drain is not None:
+            self.on_drain()
+        return out
 
     def pending(self) -> int:
         return len(self._out)
@@ -316,6 +379,7 @@ class WatchHub:
                 self.rev = rev
                 if not self.synced.size:
                     continue
+                size = sum(ev.ByteSize() for ev in evs)
                 owed: dict[Watcher, list] = {}
                 for ev in evs:
                     for w in self.synced.matching(ev.kv.key):
@@ -330,7 +394,7 @@ class WatchHub:
                     wevs = w.filter(wevs)
                     if not wevs:
                         continue
-                    if w.stream.full:
+                    if not w.stream.push_events(w, rev, wevs, size):
                         # etcd's victim: catch up from history once the stream drains
                         self.synced.remove(w)
                         w.state = UNSYNCED
@@ -338,7 +402,6 @@ class WatchHub:
                         self.unsynced.add(w)
                         demoted = True
                         continue
-                    w.stream.push(Response(w.id, rev, wevs, watcher=w))
                     w.min_rev = rev + 1
         if demoted:
             self.wakeup()
@@ -394,11 +457,23 @@ class WatchHub:
             if live:
                 start = min(m for _, m in live)
                 stop = min(current, start + self.max_revs_per_sync - 1)
-                for ev in r.history(start, stop):
-                    rev = ev.kv.mod_revision
-                    for w, m in live:
-                        if rev >= m and w.matches(ev.kv.key):
-                            owed.setdefault(w, []).append(ev)
+                history = list(r.history(start, stop))
+                # watchers of the same range share one match pass over the history;
+                # each takes the tail from its own next revision on (events are in
+                # revision order), so the cost is not events x watchers
+                ranges: dict[tuple, list] = {}
+                for w, m in live:
+                    ranges.setdefault((w.key, w.end), []).append((w, m))
+                for group in ranges.values():
+                    matches = group[0][0].matches
+                    found = [ev for ev in history if matches(ev.kv.key)]
+                    if not found:
+                        continue
+                    revs = [ev.kv.mod_revision for ev in found]
+                    for w, m in group:
+                        i = bisect.bisect_left(revs, m)
+                        if i < len(found):
+                            owed[w] = found[i:] if i else found
                 if any(w.prev_kv for w in owed):
                     _fill_prev_kv(r, owed)
             else:

@@ -269,3 +269,42 @@ def test_fragments_split_like_etcd():
     one = pb.WatchResponse()
     one.events.add().kv.value = b"x" * 1000
     assert list(fragments(one, limit)) == [one]  # a single event is never split
+
+
+def test_backed_up_stream_merges_a_watchers_revisions_in_order(world):
+    """Past MERGE_AFTER queued responses, a watcher's next revisions join its response
+    still in the outbox (whole revisions, in order); never across a progress response,
+    nor into a response already popped; another watcher's responses do not stop it."""
+    from kubekv_server.watch.hub import MERGE_AFTER
+
+    hub = world.hub
+    s = hub.new_stream()
+    a = hub.watch(s, 0, b"a", b"b", 0)
+    b = hub.watch(s, 0, b"m", None, 0)
+    for i in range(MERGE_AFTER):
+        world.put(b"a%d" % i)
+    world.put(b"m")  # another watcher's response in between does not block merging
+    for i in range(5):
+        world.write(("put", b"a-x%d" % i, b"v"), ("put", b"a-y%d" % i, b"v"))
+    hub.progress(a)  # a barrier: the next revision starts a new response
+    world.put(b"a-after-progress")
+    rs = [r for r in drain(s) if not r.created]
+    mine = [r for r in rs if r.watch_id == a.id]
+    keys = [e.kv.key for r in mine for e in r.events]
+    assert keys == [b"a%d" % i for i in range(MERGE_AFTER)] + [
+        k for i in range(5) for k in (b"a-x%d" % i, b"a-y%d" % i)] + [b"a-after-progress"]
+    revs = [e.kv.mod_revision for r in mine for e in r.events]
+    assert revs == sorted(revs)
+    merged = [r for r in mine if len({e.kv.mod_revision for e in r.events}) > 1]
+    assert len(merged) == 1 and merged[0].revision == merged[0].events[-1].kv.mod_revision
+    assert [e.kv.key for e in merged[0].events][-10:] == keys[MERGE_AFTER:MERGE_AFTER + 10]
+    assert not mine[-2].events  # the progress notification, then a new response
+    assert [e.kv.key for e in mine[-1].events] == [b"a-after-progress"]
+    assert [r.watch_id for r in rs if r.events and r.events[0].kv.key == b"m"] == [b.id]
+    # once the outbox is drained, revisions get responses of their own again
+    for i in range(MERGE_AFTER + 1):
+        world.put(b"a-z%d" % i)
+    rest = drain(s)
+    assert [e.kv.key for e in rest[-1].events][-1:] == [b"a-z%d" % MERGE_AFTER]
+    world.put(b"a-last")
+    assert [e.kv.key for r in drain(s) for e in r.events] == [b"a-last"]
