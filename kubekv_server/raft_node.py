@@ -100,6 +100,9 @@ class RaftNode:
         self._futures: dict[bytes, asyncio.Future] = {}
         self._pending: list[tuple[bytes, bytes]] = []
         self._reads: list[asyncio.Future] = []
+        self._reads_waiting: list[asyncio.Future] = []  # for the next read-index round
+        self._round = 0  # id of the read-index round in flight, 0 when none
+        self._rounds = 0
         self._scheduled = False
         self._listeners: list[Callable[[BatchResult], None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -285,7 +288,12 @@ class RaftNode:
         if props:
             runner.submit(props)
         if reads:
-            self._read_round(reads, self.loop.time() + READ_TIMEOUT)
+            if self._round:
+                # one read-index round at a time (etcd's linearizableReadLoop): reads that
+                # arrive meanwhile share the next round, so rounds never outnumber RTTs
+                self._reads_waiting.extend(reads)
+            else:
+                self._read_round(reads, self.loop.time() + READ_TIMEOUT)
 
     def _read_round(self, reads: list[asyncio.Future], deadline: float) -> None:
         """Ask for a read index for `reads`; ask again every READ_RETRY while they wait.
@@ -294,8 +302,10 @@ class RaftNode:
         lost with a dead leader, so (as etcd's linearizableReadLoop) the request is
         repeated until a leader confirms one, and the reads fail after READ_TIMEOUT.
         """
+        self._rounds += 1
+        self._round = rid = self._rounds
         fut = self.runner.read_index()
-        fut.add_done_callback(lambda f: self._reads_done(f, reads))
+        fut.add_done_callback(lambda f: self._reads_done(f, reads, rid))
         self.loop.call_later(READ_RETRY, self._read_retry, reads, deadline)
 
     def _read_retry(self, reads: list[asyncio.Future], deadline: float) -> None:
@@ -305,8 +315,11 @@ class RaftNode:
         if self.loop.time() >= deadline:
             for r in pending:
                 r.set_exception(errors.TIMEOUT)
+            self._round = 0
+            self._start_waiting()
             return
-        self._read_round(pending, deadline)
+        waiting, self._reads_waiting = self._reads_waiting, []
+        self._read_round(pending + waiting, deadline)  # the round was lost: ask again
 
     def _dropped(self, rids: list[bytes], exc: Exception) -> None:
         err = errors.NO_LEADER if isinstance(exc, ProposalDroppedError) else errors.STOPPED
@@ -315,7 +328,7 @@ class RaftNode:
             if fut is not None and not fut.done():
                 fut.set_exception(err)
 
-    def _reads_done(self, fut: asyncio.Future, reads: list[asyncio.Future]) -> None:
+    def _reads_done(self, fut: asyncio.Future, reads: list[asyncio.Future], rid: int) -> None:
         failed = fut.cancelled() or fut.exception() is not None
         for r in reads:
             if r.done():
@@ -324,6 +337,14 @@ class RaftNode:
                 r.set_exception(errors.NO_LEADER)
             else:
                 r.set_result(fut.result())
+        if rid == self._round:
+            self._round = 0
+            self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        if self._reads_waiting and not self._round and not self._stopped:
+            waiting, self._reads_waiting = self._reads_waiting, []
+            self._read_round(waiting, self.loop.time() + READ_TIMEOUT)
 
     # -------------------------------------------------------------- apply
 
