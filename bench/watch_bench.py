@@ -44,13 +44,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from kv_bench import (  # noqa: E402
-    make_server,
-    proc_cpu_seconds,
-    split,
-    start_server,
-    uptime_line,
-)
+from kv_bench import make_server  # noqa: E402
+from loadgen import proc_cpu_seconds, split, start_server, uptime_line  # noqa: E402
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb  # noqa: E402
 
