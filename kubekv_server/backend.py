@@ -9,6 +9,7 @@ read-only to serve reads (LMDB readers never block the writer).
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import zlib
 
@@ -28,37 +29,92 @@ def decode_u64(b: bytes | None) -> int:
     return _U64.unpack(b)[0] if b else 0
 
 
+def _current_dir(base: str) -> str:
+    """The directory holding the state database: `base`, or what `base.current` names."""
+    try:
+        with open(base + ".current") as f:
+            name = f.read().strip()
+    except FileNotFoundError:
+        return base
+    return os.path.join(os.path.dirname(base), name)
+
+
+def _write_pointer(base: str, directory: str) -> None:
+    """Durably point `base.current` at `directory` (write, fsync, rename, fsync dir)."""
+    tmp = base + ".current.tmp"
+    with open(tmp, "w") as f:
+        f.write(os.path.basename(directory))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, base + ".current")
+    fd = os.open(os.path.dirname(base) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Backend:
     """Opens the state environment and its `meta` database (applied index, identity)."""
 
     APPLIED_INDEX = b"applied_index"
 
     def __init__(self, path: str, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False):
-        os.makedirs(path, exist_ok=True)
+        # `path` names the state database; after a defragmentation it lives in a sibling
+        # directory named by the file `<path>.current` (see `defragment`).
+        self.base = path
+        self.map_size = map_size
+        self.readonly = readonly
+        self.path = _current_dir(path)
+        os.makedirs(self.path, exist_ok=True)
+        self.env = self._open(self.path)
+        self._dbs: dict[bytes, object] = {}
+        self._db_flags: dict[bytes, dict] = {}
+        self.meta = self.open_db(b"meta")
+
+    def _open(self, path: str) -> lmdb.Environment:
         # metasync=False: each commit flushes its data pages but not the meta page,
         # so a power loss can only roll back the newest commits, which the
         # (fully synced) log then replays; a process crash loses nothing.
-        self.env = lmdb.open(
+        return lmdb.open(
             path,
-            map_size=map_size,
+            map_size=self.map_size,
             max_dbs=32,
             max_readers=2048,
             metasync=False,
             sync=True,
             readahead=False,
-            readonly=readonly,
+            readonly=self.readonly,
             lock=True,
         )
-        self.path = path
-        self.readonly = readonly
-        self._dbs: dict[bytes, object] = {}
-        self.meta = self.open_db(b"meta")
 
     def open_db(self, name: bytes, **flags) -> object:
         """Open (creating unless read-only) a named sub-database, remembered for size reports."""
         if name not in self._dbs:
             self._dbs[name] = self.env.open_db(name, create=not self.readonly, **flags)
+            self._db_flags[name] = flags
         return self._dbs[name]
+
+    def defragment(self) -> tuple[lmdb.Environment, str]:
+        """Copy the database compacted into a new directory and switch to it.
+
+        The caller makes sure nothing writes meanwhile (it runs in the apply thread with
+        the compactor paused) and rebinds every store to the new environment. Readers
+        that still hold the old one finish on it (same data); the caller closes and
+        removes it later. Returns (old environment, old directory).
+        """
+        gen = int(self.path.rsplit(".", 1)[1]) + 1 if self.path != self.base else 1
+        new_dir = f"{self.base}.{gen}"
+        shutil.rmtree(new_dir, ignore_errors=True)
+        os.makedirs(new_dir)
+        self.env.copy(new_dir, compact=True)
+        env = self._open(new_dir)
+        dbs = {name: env.open_db(name, create=True, **self._db_flags[name]) for name in self._dbs}
+        _write_pointer(self.base, new_dir)
+        old_env, old_dir = self.env, self.path
+        self.env, self._dbs, self.path = env, dbs, new_dir
+        self.meta = dbs[b"meta"]
+        return old_env, old_dir
 
     def applied_index(self) -> int:
         with self.env.begin() as txn:

@@ -28,6 +28,7 @@ class Compactor:
         self._idle = threading.Event()
         self._idle.set()
         self._stopped = False
+        self._slice_lock = threading.Lock()  # held per slice; `paused()` holds it too
         self._thread = threading.Thread(target=self._run, name="kubekv-compactor", daemon=True)
 
     def start(self) -> None:
@@ -38,6 +39,10 @@ class Compactor:
         self._stopped = True
         self._wake.set()
         self._thread.join(30)
+
+    def paused(self) -> threading.Lock:
+        """A context in which no compaction slice runs (for a defragmentation)."""
+        return self._slice_lock
 
     def kick(self) -> None:
         """A compaction was scheduled: start removing its rows."""
@@ -55,7 +60,7 @@ class Compactor:
             more = True
             while more and not self._stopped:
                 try:
-                    with self.backend.env.begin(write=True) as txn:
+                    with self._slice_lock, self.backend.env.begin(write=True) as txn:
                         more = self.mvcc.compact_step(txn, SLICE_ROWS)
                 except Exception:
                     log.exception("event=compaction_slice_failed")

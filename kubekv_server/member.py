@@ -12,6 +12,7 @@ import contextvars
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 
@@ -43,6 +44,18 @@ from .watch.hub import DEFAULT_MAX_PENDING
 from .watch.sync import SyncThread
 
 log = logging.getLogger("kubekv.member")
+
+
+# Seconds a replaced (defragmented) state environment stays open for readers inside it.
+RETIRE_AFTER = 60.0
+
+
+def _retire(env, directory: str) -> None:
+    """Close and remove a state environment replaced by a defragmentation."""
+    try:
+        env.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _expire(fut: asyncio.Future) -> None:
@@ -532,6 +545,31 @@ class Member:
             except (errors.EtcdError, asyncio.TimeoutError) as exc:
                 log.warning("event=publish_failed error=%r; retrying", exc)
                 await asyncio.sleep(0.5)
+
+    # ------------------------------------------------------------ defrag
+
+    async def defragment(self) -> None:
+        """Maintenance.Defragment: rewrite the state db compacted, giving space back.
+
+        Runs in the apply thread (no entry is applied meanwhile) with the compactor
+        paused; every store then uses the new environment. Readers still inside the
+        old one finish there; it is closed and removed a minute later.
+        """
+        await self.loop.run_in_executor(self.node._executor, self._defragment)  # noqa: SLF001
+
+    def _defragment(self) -> None:
+        with self.compactor.paused():
+            before = self.backend.size_bytes()
+            old_env, old_dir = self.backend.defragment()
+            self.mvcc.rebind(self.backend.env)
+            self.leases.rebind(self.backend)
+            self.auth.rebind(self.backend)
+            self._db_size = self.backend.size_bytes()
+        log.info("event=defragmented size_before=%d size_after=%d dir=%s",
+                 before, self._db_size, self.backend.path)
+        timer = threading.Timer(RETIRE_AFTER, _retire, args=(old_env, old_dir))
+        timer.daemon = True
+        timer.start()
 
     # ----------------------------------------------------------- export
 

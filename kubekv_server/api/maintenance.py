@@ -78,3 +78,10 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             digest.update(chunk)
             yield pb.SnapshotResponse(remaining_bytes=total - sent, blob=chunk)
         yield pb.SnapshotResponse(remaining_bytes=0, blob=digest.digest())
+
+    @etcd_errors
+    async def Defragment(self, request, context):
+        await self.member.defragment()
+        resp = pb.DefragmentResponse()
+        self.member.header(resp.header, self.member.current_revision())
+        return resp

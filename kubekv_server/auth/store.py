@@ -75,12 +75,16 @@ def _has_root_role(user: auth_pb2.User) -> bool:
 
 
 class AuthStore:
-    def __init__(self, backend, tokens, client_cert_auth: bool = False,
-                 applied_index=None) -> None:
+    def rebind(self, backend) -> None:
+        """Take the backend's (possibly new) environment and handles."""
         self.env = backend.env
         self.users_db = backend.open_db(b"auth_users")
         self.roles_db = backend.open_db(b"auth_roles")
         self.meta_db = backend.open_db(b"auth")
+
+    def __init__(self, backend, tokens, client_cert_auth: bool = False,
+                 applied_index=None) -> None:
+        self.rebind(backend)
         self.tokens = tokens
         self.client_cert_auth = client_cert_auth
         # () -> the applied index; with a simple token from the future (issued by an entry

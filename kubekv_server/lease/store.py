@@ -35,10 +35,14 @@ def _from_id(b: bytes) -> int:
 
 class LeaseStore:
     def __init__(self, backend, min_ttl: int) -> None:
+        self.rebind(backend)
+        self.min_ttl = min_ttl
+
+    def rebind(self, backend) -> None:
+        """Take the backend's (possibly new) environment and handles."""
         self.env = backend.env
         self.leases = backend.open_db(b"lease")
         self.keys_db = backend.open_db(b"lease_keys", dupsort=True)
-        self.min_ttl = min_ttl
 
     # ----------------------------------------------------------------- reads
 

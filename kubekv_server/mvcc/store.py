@@ -382,6 +382,11 @@ class MVCCStore:
         self.env = env
         self._dbs = _Dbs(env)
 
+    def rebind(self, env: lmdb.Environment) -> None:
+        """Use another environment holding the same data (after a defragmentation)."""
+        dbs = _Dbs(env)
+        self.env, self._dbs = env, dbs
+
     @property
     def meta_db(self) -> lmdb._Database:
         """The ``meta`` database (etcd's meta bucket; the applier may keep its index there)."""
