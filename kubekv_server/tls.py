@@ -7,7 +7,6 @@ CRL's nextUpdate has passed.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import ssl
@@ -16,6 +15,7 @@ import urllib.parse
 from kubekv_raft.peer_tls import self_signed_cert
 
 from .config import Config
+from .der import children, pem_to_der, tlv
 
 log = logging.getLogger("kubekv.tls")
 
@@ -46,36 +46,7 @@ def client_ssl_context(cfg: Config, data_dir: str) -> ssl.SSLContext | None:
 
 # ----------------------------------------------------------------- DER bits
 
-
-def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, start of content, end of content) of the DER element at pos."""
-    tag = data[pos]
-    length = data[pos + 1]
-    pos += 2
-    if length & 0x80:
-        n = length & 0x7F
-        length = int.from_bytes(data[pos : pos + n], "big")
-        pos += n
-    return tag, pos, pos + length
-
-
-def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
-    out = []
-    while start < end:
-        tag, s, e = _tlv(data, start)
-        out.append((tag, s, e))
-        start = e
-    return out
-
-
-def _pem_to_der(pem: bytes, label: bytes) -> list[bytes]:
-    out = []
-    begin, end = b"-----BEGIN " + label + b"-----", b"-----END " + label + b"-----"
-    while begin in pem:
-        head, _, rest = pem.partition(begin)
-        body, _, pem = rest.partition(end)
-        out.append(base64.b64decode(b"".join(body.split())))
-    return out
+_tlv, _children, _pem_to_der = tlv, children, pem_to_der
 
 
 def cert_serial(der: bytes) -> int:

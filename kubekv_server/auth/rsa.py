@@ -14,12 +14,14 @@ import hmac
 import re
 from dataclasses import dataclass
 
+from ..der import DERError, children, tlv
+
 # DER of DigestInfo for SHA-256, followed by the 32-byte digest (RFC 8017, 9.2 note 1).
 _SHA256_PREFIX = bytes.fromhex("3031300d060960864801650304020105000420")
 _RSA_OID = bytes.fromhex("2a864886f70d010101")  # 1.2.840.113549.1.1.1 rsaEncryption
 
 
-class KeyError_(ValueError):
+class KeyError_(DERError):
     """A key file that is not an RSA key we can read."""
 
 
@@ -81,30 +83,7 @@ def _encode(message: bytes, k: int) -> bytes:
 # ------------------------------------------------------------------- DER
 
 
-def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, start of content, end of content) of the DER element at pos."""
-    if pos + 2 > len(data):
-        raise KeyError_("truncated DER")
-    tag = data[pos]
-    length = data[pos + 1]
-    pos += 2
-    if length & 0x80:
-        n = length & 0x7F
-        length = int.from_bytes(data[pos : pos + n], "big")
-        pos += n
-    if pos + length > len(data):
-        raise KeyError_("truncated DER")
-    return tag, pos, pos + length
-
-
-def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
-    out = []
-    pos = start
-    while pos < end:
-        tag, s, e = _tlv(data, pos)
-        out.append((tag, s, e))
-        pos = e
-    return out
+_tlv, _children = tlv, children
 
 
 def _sequence(data: bytes, pos: int = 0) -> list[tuple[int, int, int]]:

@@ -25,7 +25,8 @@ import threading
 import time
 
 from ..config import parse_duration
-from .rsa import KeyError_, PrivateKey, PublicKey, load_private_key, load_public_key
+from ..der import DERError
+from .rsa import PrivateKey, PublicKey, load_private_key, load_public_key
 
 SIMPLE_TOKEN_LENGTH = 16
 _LETTERS = string.ascii_lowercase + string.ascii_uppercase
@@ -227,7 +228,7 @@ def _jwt(opts: dict[str, str]) -> JWTTokens:
     try:
         private = load_private_key(priv) if priv else None
         public = load_public_key(pub) if pub else None
-    except KeyError_ as exc:
+    except DERError as exc:  # KeyError_ is one: any unreadable key
         raise TokenConfigError(str(exc)) from None
     if private is None and public is None:
         raise TokenConfigError("auth: missing key data")
