@@ -21,7 +21,7 @@ from etcdproto.kubekvpb import internal_pb2
 from etcdproto.raftpb import raft_pb2
 from kubekv_raft.storage import LMDBStorage
 
-from . import errors, quota
+from . import bbolt_import, errors, quota
 from .alarms import list_alarms
 from .applier import Applier, mvcc_error
 from .auth import AuthStore, token_provider
@@ -89,6 +89,7 @@ class Member:
         )
         self.auth = AuthStore(self.backend, token_provider(cfg), cfg.client_cert_auth,
                               applied_index=lambda: self.applier.applied_index)
+        self._imported = self._import_etcd_backend()
         self.applier = Applier(
             self.backend, self.mvcc, self.leases, on_lease_changes=self._lease_changes,
             auth=self.auth,
@@ -149,6 +150,17 @@ class Member:
         self._store_identity(mid, cid, members, cs)
         log.info("event=bootstrap member_id=%x cluster_id=%x members=%d", mid, cid, len(members))
         return mid, cid, members
+
+    def _import_etcd_backend(self) -> bool:
+        """A new member whose data dir holds an etcd backend (left by `etcdctl snapshot
+        restore` as member/snap/db) starts from that state instead of an empty one."""
+        path = os.path.join(self.data_dir, "member", "snap", "db")
+        if not os.path.exists(path) or self.mvcc.revisions()[0] > 1:
+            return False
+        rev = bbolt_import.load(path, self.backend.env, self.mvcc, self.leases, self.backend)
+        os.replace(path, path + ".imported")
+        log.info("event=imported_etcd_backend file=%s revision=%d", path, rev)
+        return True
 
     def _store_identity(self, mid: int, cid: int, members: list[dict],
                         cs: raft_pb2.ConfState) -> None:
@@ -220,6 +232,8 @@ class Member:
         while not await self.node.wait_leader(5.0):
             log.warning("event=waiting_for_leader member_id=%x", self.member_id)
         await self._publish()
+        if self._imported:
+            await self.node.force_snapshot()  # new members must get the imported state
         self.watch_hub.catch_up_revision()
         self._watch_sync = SyncThread(self.watch_hub)
         self._watch_sync.start()

@@ -386,7 +386,16 @@ class RaftNode:
         finally:
             self._snapshotting = False
 
-    def _create_snapshot(self, index: int) -> None:
+    async def force_snapshot(self) -> None:
+        """Snapshot now and compact the whole log (state that no log entry holds, such
+        as an imported etcd backend, must reach new members through a snapshot)."""
+        applied = self.applier.applied_index
+        if applied > self._snap_index:
+            await self.loop.run_in_executor(
+                self._executor, self._create_snapshot, applied, True
+            )
+
+    def _create_snapshot(self, index: int, compact_all: bool = False) -> None:
         """Executor thread (no apply runs meanwhile): the state as of `index`, durable first."""
         from . import state_snapshot
 
@@ -394,7 +403,7 @@ class RaftNode:
         self.backend.sync()
         path = state_snapshot.create(self.backend, self.snapshot_dir, term, index)
         self.storage.create_snapshot(index, self.applier.conf_state(), state_snapshot.handle(path))
-        compact_to = index - self.catch_up_entries()
+        compact_to = index if compact_all else index - self.catch_up_entries()
         if compact_to > self.storage.first_index():
             self.storage.compact(compact_to)
         state_snapshot.prune(self.snapshot_dir, keep=path)
