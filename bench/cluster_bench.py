@@ -51,6 +51,9 @@ from bench.loadgen import (  # noqa: E402
     Clients,
     Interrupted,
     PySpy,
+    cell_cpu,
+    cell_latency,
+    cell_ops,
     count_keys,
     describe,
     fmt_ratio,
@@ -466,18 +469,10 @@ def load_tables(results: dict, ops: list[str], inflights: list[int]) -> str:
                 t = TARGET_OPS_RATIO[op]
                 rs += f" (≥{t}×{verdict(ratio >= t, ratio)})"
 
-            def ops_s(c):
-                return f"{c['ops_per_s']:.0f}" if c else "–"
-
-            def lat(c):
-                return f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f}" if c else "–"
-
-            def cpu(c):
-                return f"{c['server_cpu_ms_per_1k']:.1f}" if c else "–"
-
             errs = f"{k['errors'] if k else '–'} / {e['errors'] if e else '–'}"
-            out.append(f"| {n} | {ops_s(k)} | {ops_s(e)} | {rs} | {lat(k)} | {lat(e)} "
-                       f"| {cpu(k)} | {cpu(e)} | {fmt_ratio(cpur, 1)} | {errs} |")
+            out.append(f"| {n} | {cell_ops(k)} | {cell_ops(e)} | {rs} | {cell_latency(k)} "
+                       f"| {cell_latency(e)} | {cell_cpu(k)} | {cell_cpu(e)} "
+                       f"| {fmt_ratio(cpur, 1)} | {errs} |")
         out.append("")
     return "\n".join(out)
 

@@ -47,6 +47,9 @@ from bench.loadgen import (  # noqa: E402
     Clients,
     Interrupted,
     PySpy,
+    cell_cpu,
+    cell_latency,
+    cell_ops,
     count_keys,
     describe,
     fmt_ratio,
@@ -100,18 +103,9 @@ def tables(results: dict, ops: list[str], inflights: list[int]) -> str:
             if n == TARGET_INFLIGHT:
                 ps += f" (target ≤{TARGET_P99_RATIO:g}×{verdict(p99r <= TARGET_P99_RATIO, p99r)})"
 
-            def ops_s(c):
-                return f"{c['ops_per_s']:.0f}" if c else "–"
-
-            def lat(c):
-                return f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f}" if c else "–"
-
-            def cpu(c):
-                return f"{c['server_cpu_ms_per_1k']:.1f}" if c else "–"
-
             errs = f"{k['errors'] if k else '–'} / {e['errors'] if e else '–'}"
-            out.append(f"| {n} | {ops_s(k)} | {ops_s(e)} | {rs} | {lat(k)} | {lat(e)} | {ps} "
-                       f"| {cpu(k)} | {cpu(e)} | {errs} |")
+            out.append(f"| {n} | {cell_ops(k)} | {cell_ops(e)} | {rs} | {cell_latency(k)} "
+                       f"| {cell_latency(e)} | {ps} | {cell_cpu(k)} | {cell_cpu(e)} | {errs} |")
         out.append("")
     return "\n".join(out)
 

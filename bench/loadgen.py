@@ -401,6 +401,19 @@ def describe(server_name: str, cell: dict) -> str:
     )
 
 
+def cell_ops(c: dict | None) -> str:
+    """A result cell's ops/s for a table ("–" when the cell is missing)."""
+    return f"{c['ops_per_s']:.0f}" if c else "–"
+
+
+def cell_latency(c: dict | None) -> str:
+    return f"{c['p50_ms']:.2f} / {c['p99_ms']:.2f}" if c else "–"
+
+
+def cell_cpu(c: dict | None) -> str:
+    return f"{c['server_cpu_ms_per_1k']:.1f}" if c else "–"
+
+
 def fmt_ratio(x: float, digits: int = 2) -> str:
     return "–" if x != x else f"{x:.{digits}f}×"
 
