@@ -219,6 +219,14 @@ class Applier:
             auth.check_lease_keys(ai, self.leases.keys(txn, req.lease_revoke.ID), True, txn)
         return ai
 
+    def _write(self, txn: lmdb.Transaction, op):
+        """Run one KV write request as one MVCC write txn: (response, its events)."""
+        w = self.mvcc.write(txn)
+        resp = op(w)
+        w.end()
+        self._track(txn, w.changes)
+        return resp, w.changes
+
     def _dispatch(self, txn: lmdb.Transaction, req, kind: str | None):
         ai = self._check_auth(txn, req, kind)
         if kind in AUTH_KINDS and self.auth is not None:
@@ -228,25 +236,13 @@ class Applier:
         if kind == "put":
             if self.nospace:
                 raise errors.NO_SPACE
-            w = self.mvcc.write(txn)
-            resp = apply_put(w, req.put, self.lease_exists)
-            w.end()
-            self._track(txn, w.changes)
-            return resp, w.changes
+            return self._write(txn, lambda w: apply_put(w, req.put, self.lease_exists))
         if kind == "delete_range":
-            w = self.mvcc.write(txn)
-            resp = apply_delete_range(w, req.delete_range)
-            w.end()
-            self._track(txn, w.changes)
-            return resp, w.changes
+            return self._write(txn, lambda w: apply_delete_range(w, req.delete_range))
         if kind == "txn":
             if self.nospace and has_put(req.txn):
                 raise errors.NO_SPACE
-            w = self.mvcc.write(txn)
-            resp = apply_txn(w, req.txn, self.lease_exists)
-            w.end()
-            self._track(txn, w.changes)
-            return resp, w.changes
+            return self._write(txn, lambda w: apply_txn(w, req.txn, self.lease_exists))
         if kind == "compaction":
             self.mvcc.compact(txn, req.compaction.revision)
             resp = pb.CompactionResponse()
