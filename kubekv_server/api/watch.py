@@ -1,4 +1,5 @@
-"""etcdserverpb.Watch: etcd's watch stream (v3rpc/watch.go) over the thread-pool server.
+"""etcdserverpb.Watch: etcd's watch stream (v3rpc/watch.go), a worker-thread handler of
+kubekv's RPC server (rpc/calls.py).
 
 Each stream has a reader thread (the blocking request iterator: create, cancel,
 progress requests go straight to the hub) and the handler thread, which pops the

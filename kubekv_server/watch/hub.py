@@ -1,12 +1,13 @@
 """The watch hub: every watcher of a member, what each watch stream is owed, and catch-up.
 
 etcd's ``watchableStore`` without its goroutines. Watchers are *synced* (they get each
-committed revision from ``notify``, which runs on the committer thread and only
+committed revision from ``notify``, which the Raft node calls on the event loop after
+each applied batch and which only
 appends to outboxes) or *unsynced* (they are behind: created at an old revision,
 or demoted because their stream's outbox was full). ``sync_once`` brings unsynced
 watchers forward from MVCC history and rejoins them to the synced group; the
 owner runs it on a thread of its own whenever ``wakeup`` is called. No method
-blocks on a client, so a stalled consumer never slows the committer.
+blocks on a client, so a stalled consumer never slows applying.
 
 One lock guards the groups and every push to an outbox, so a stream sees a
 watch's ``created`` response before its events, events in revision order with no
