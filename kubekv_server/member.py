@@ -40,7 +40,7 @@ from .raft_node import RaftNode
 from .request_checks import etcd_entry_size
 from .rpc.context import call_principal
 from .watch import WatchHub
-from .watch.hub import DEFAULT_MAX_PENDING
+from .watch.hub import DEFAULT_MAX_PENDING, RECENT_REVISIONS
 from .watch.sync import SyncThread
 
 log = logging.getLogger("kubekv.member")
@@ -95,10 +95,13 @@ class Member:
             auth=self.auth,
         )
         self.compactor = Compactor(self.backend, self.mvcc)
-        # KUBEKV_WATCH_MAX_PENDING: responses queued per watch stream before its watchers
-        # fall back to catching up from history (a tuning knob; tests make it small).
+        # Tuning knobs (tests make them small): KUBEKV_WATCH_RECENT_REVISIONS, revisions
+        # kept in memory for watch streams, past which a lagging stream's watchers catch
+        # up from history; KUBEKV_WATCH_MAX_PENDING, catch-up and control responses
+        # queued per stream before its catch-up waits for the client.
         max_pending = int(os.environ.get("KUBEKV_WATCH_MAX_PENDING", "0")) or DEFAULT_MAX_PENDING
-        self.watch_hub = WatchHub(self.mvcc, max_pending=max_pending)
+        recent = int(os.environ.get("KUBEKV_WATCH_RECENT_REVISIONS", "0")) or RECENT_REVISIONS
+        self.watch_hub = WatchHub(self.mvcc, max_pending=max_pending, recent_revisions=recent)
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
         self._db_size = self.backend.size_bytes()
         self._stopping = threading.Event()

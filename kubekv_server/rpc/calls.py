@@ -429,10 +429,20 @@ class Call:
         except BaseException as exc:  # noqa: BLE001 - every outcome becomes a status
             loop.call_soon_threadsafe(self._fail_if_open, exc)
 
+    def send_messages(self, msgs: list[bytes]) -> None:
+        """Send several messages of a streaming response, packed into as few DATA
+        frames as the frame size allows (as grpc-go's buffered writer does)."""
+        if self.finished or not msgs:
+            return
+        if not self._headers_sent:
+            self._headers_sent = True
+            self.conn.send_headers(self, f.RESPONSE_HEADERS, end_stream=False)
+        pack = _LEN.pack
+        self.conn.send_data(self, b"".join([b"\x00" + pack(len(d)) + d for d in msgs]))
+
     def _send_and_check(self, data: bytes | list[bytes]) -> None:
         if isinstance(data, list):
-            for d in data:
-                self.send_message(d)
+            self.send_messages(data)
         else:
             self.send_message(data)
         if self.finished or self.conn.writable(self):

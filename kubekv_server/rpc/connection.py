@@ -343,10 +343,16 @@ class Http2Connection(asyncio.Protocol):
             self._blocked[call.stream_id] = call
             return
         n = len(data)
-        if n <= self._peer_max_frame and n <= self._send_window and n <= call.send_window:
+        if n <= self._send_window and n <= call.send_window:
             self._send_window -= n
             call.send_window -= n
-            self.write(f.frame(f.DATA, 0, call.stream_id, data))
+            size = self._peer_max_frame
+            if n <= size:
+                self.write(f.frame(f.DATA, 0, call.stream_id, data))
+            else:
+                sid = call.stream_id
+                self.write(b"".join([f.frame(f.DATA, 0, sid, data[i:i + size])
+                                     for i in range(0, n, size)]))
             return
         call.pending.append(data)
         call.pending_bytes += n

@@ -1,15 +1,22 @@
 """The watch hub: every watcher of a member, what each watch stream is owed, and catch-up.
 
-etcd's ``watchableStore`` without its goroutines. Watchers are *synced* (they get each
-committed revision from ``notify``, which the Raft node calls on the event loop after
-each applied batch and which only
-appends to outboxes) or *unsynced* (they are behind: created at an old revision,
-or demoted because their stream's outbox was full). ``sync_once`` brings unsynced
-watchers forward from MVCC history and rejoins them to the synced group; the
-owner runs it on a thread of its own whenever ``wakeup`` is called. No method
-blocks on a client, so a stalled consumer never slows applying.
+etcd's ``watchableStore`` without its goroutines. Watchers are *synced* (their
+stream pulls each committed revision from the hub's in-memory log) or *unsynced*
+(they are behind: created at an old revision, or their stream fell further behind
+than the log reaches). ``sync_once`` brings unsynced watchers forward from MVCC
+history and rejoins them to the synced group; the owner runs it on a thread of its
+own whenever ``wakeup`` is called.
 
-One lock guards the groups and every push to an outbox, so a stream sees a
+Delivery to synced watchers is pulled, not pushed: ``notify`` (called on the event
+loop after each applied batch) only appends the revision to the log and wakes the
+streams that have a matching watcher, so its cost does not grow with the number of
+watchers. A stream's sender, whenever its client can take more, turns everything
+it has not yet seen into one response per watcher (`Stream.pop_many`). A fast
+client gets one revision per response; a slow one gets every revision it missed in
+one response, as etcd's slow watchers do through catch-up. No method blocks on a
+client, so a stalled consumer never slows applying.
+
+One lock guards the groups, the log and every stream's queue, so a stream sees a
 watch's ``created`` response before its events, events in revision order with no
 gap or duplicate, and a progress notification only after every event at or
 below its revision.
@@ -31,15 +38,16 @@ from ..mvcc import CompactedError, MVCCStore
 MAX_REVS_PER_SYNC = 1000
 # etcd's maxWatchersPerSync: watchers brought forward by one history read.
 MAX_WATCHERS_PER_SYNC = 512
-# Revisions kept in memory to close the gap between a history read and `notify`.
+# Revisions kept in memory for streams to pull from; a stream further behind has its
+# watchers catch up from MVCC history instead.
 RECENT_REVISIONS = 4096
-# Responses queued on one stream before its watchers are demoted to catch up later.
+# Responses (created, canceled, progress, catch-up) queued on one stream before its
+# unsynced watchers wait for it to drain.
 DEFAULT_MAX_PENDING = 1024
-# A backed-up stream (at least this many responses queued) gets a
-# watcher's next revision merged into that watcher's queued response, up to these sizes.
-MERGE_AFTER = 32
-MERGE_MAX_EVENTS = 1000
-MERGE_MAX_BYTES = 1 << 20
+# One pull turns at most this many events (or bytes) of the log into responses; a
+# single revision is never split.
+PULL_MAX_EVENTS = 1000
+PULL_MAX_BYTES = 1 << 20
 
 INVALID_WATCH_ID = -1
 
@@ -62,11 +70,8 @@ class Response:
     compact_revision: int = 0
     cancel_reason: str = ""
     watcher: Watcher | None = None  # for prev_kv, fragment and progress bookkeeping
-    # merging (Stream.push_events): still in the outbox, the stream's barrier count when
-    # pushed, approximate encoded size of the events
-    queued: bool = False
-    epoch: int = 0
-    size: int = 0
+    # a progress notification: the stream's events up to `revision` are sent first
+    flush: bool = False
 
 
 SYNCED, UNSYNCED, DONE = "synced", "unsynced", "done"
@@ -77,7 +82,7 @@ class Watcher:
 
     __slots__ = (
         "id", "key", "end", "min_rev", "no_put", "no_delete", "prev_kv", "progress_notify",
-        "fragment", "stream", "state", "progress_due", "tail",
+        "fragment", "stream", "state", "progress_due",
     )
 
     def __init__(self, stream: Stream, watch_id: int, key: bytes, end: bytes | None,
@@ -97,7 +102,6 @@ class Watcher:
         self.state = UNSYNCED
         # etcd's per-watch progress flag: no events sent since the last tick
         self.progress_due = True
-        self.tail: Response | None = None  # the last events response pushed by notify
 
     def matches(self, key: bytes) -> bool:
         end = self.end
@@ -118,51 +122,57 @@ class Watcher:
 
 
 class WatcherGroup:
-    """Watchers indexed for matching: single keys by key, ranges by (key, end)."""
+    """Which streams have synced watchers on which keys and ranges (for waking them)."""
 
     def __init__(self) -> None:
-        self.keys: dict[bytes, set[Watcher]] = {}
-        self.ranges: dict[tuple[bytes, bytes], set[Watcher]] = {}
+        self.keys: dict[bytes, dict[Stream, int]] = {}
+        self.ranges: dict[tuple[bytes, bytes], dict[Stream, int]] = {}
         self.size = 0
 
+    def _slot(self, w: Watcher) -> tuple[dict, object]:
+        return (self.keys, w.key) if w.end is None else (self.ranges, (w.key, w.end))
+
     def add(self, w: Watcher) -> None:
-        if w.end is None:
-            self.keys.setdefault(w.key, set()).add(w)
-        else:
-            self.ranges.setdefault((w.key, w.end), set()).add(w)
+        table, k = self._slot(w)
+        streams = table.setdefault(k, {})
+        streams[w.stream] = streams.get(w.stream, 0) + 1
         self.size += 1
 
     def remove(self, w: Watcher) -> None:
-        table, k = (self.keys, w.key) if w.end is None else (self.ranges, (w.key, w.end))
-        ws = table.get(k)
-        if ws is None or w not in ws:
-            return
-        ws.discard(w)
-        if not ws:
-            del table[k]
+        table, k = self._slot(w)
+        streams = table[k]
+        n = streams[w.stream] - 1
+        if n:
+            streams[w.stream] = n
+        else:
+            del streams[w.stream]
+            if not streams:
+                del table[k]
         self.size -= 1
 
-    def matching(self, key: bytes) -> Iterable[Watcher]:
+    def streams_matching(self, key: bytes) -> Iterable[Stream]:
         found = self.keys.get(key)
         if found:
             yield from found
-        for (start, end), ws in self.ranges.items():
+        for (start, end), streams in self.ranges.items():
             if key >= start and (not end or key < end):
-                yield from ws
+                yield from streams
+
+    def streams(self) -> set[Stream]:
+        out = {s for d in self.keys.values() for s in d}
+        out.update(s for d in self.ranges.values() for s in d)
+        return out
 
     def __len__(self) -> int:
         return self.size
 
-    def all(self) -> list[Watcher]:
-        out = [w for ws in self.keys.values() for w in ws]
-        out.extend(w for ws in self.ranges.values() for w in ws)
-        return out
-
 
 class Stream:
-    """The hub's side of one watch stream: its watchers and an outbox of responses."""
+    """The hub's side of one watch stream: its watchers, a queue of responses, and how
+    far its synced watchers have been served from the hub's log."""
 
-    def __init__(self, max_pending: int) -> None:
+    def __init__(self, hub: WatchHub, max_pending: int) -> None:
+        self.hub = hub
         self.watchers: dict[int, Watcher] = {}
         self.next_id = 0
         self.max_pending = max_pending
@@ -171,9 +181,15 @@ class Stream:
         self._out: deque = deque()
         self._cond = threading.Condition(threading.Lock())
         self.on_drain: Callable[[], None] | None = None
-        # bumped by every push but push_events': nothing is merged across it
-        self._epoch = 0
-        self._merge_after = MERGE_AFTER  # never reached when max_pending is below it
+        # synced watchers by (key, end), as ordered sets; every revision up to `pos`
+        # has been turned into responses for them; `notified`: the last revision
+        # with an event one of them may want
+        self.synced: dict[tuple, dict[Watcher, None]] = {}
+        self.pos = hub.rev
+        self.notified = 0
+        # the last pull gave a watcher more than one revision: the client is behind
+        self.behind = False
+        self._closed = threading.Event()
 
     @property
     def full(self) -> bool:
@@ -181,77 +197,41 @@ class Stream:
 
     def push(self, resp: Response) -> None:
         with self._cond:
-            self._epoch += 1
-            resp.queued = True
             self._out.append(resp)
             self._cond.notify()
 
-    def push_events(self, w: Watcher, rev: int, events: list, size: int) -> bool:
-        """notify's push of one revision's events for a synced watcher. On a backed-up
-        stream they join the watcher's response still waiting in the outbox, if nothing
-        but other watchers' events was pushed since (so no response of this watch,
-        progress notification or catch-up is overtaken), as etcd's catch-up responses
-        hold many revisions. False when the stream is full and nothing could merge."""
+    def wake(self) -> None:
         with self._cond:
-            t = w.tail
-            out = self._out
-            if (t is not None and t.queued and t.epoch == self._epoch
-                    and len(out) >= self._merge_after
-                    and len(t.events) + len(events) <= MERGE_MAX_EVENTS
-                    and t.size + size <= MERGE_MAX_BYTES):
-                t.events = t.events + events  # a new list: event lists may be shared
-                t.revision = rev
-                t.size += size
-                return True
-            if len(out) >= self.max_pending:
-                return False
-            w.tail = resp = Response(w.id, rev, events, watcher=w, queued=True,
-                                     epoch=self._epoch, size=size)
-            out.append(resp)
             self._cond.notify()
-            return True
+
+    def _ready(self) -> bool:
+        return bool(self._out) or self.notified > self.pos
 
     def pop(self, timeout: float | None = None) -> Response | None:
         """The next response; None on timeout or when closed (see `closed`)."""
-        with self._cond:
-            if not self._out and not self.closed:
-                self._cond.wait(timeout)
-            if not self._out:
-                return None
-            was_full = len(self._out) >= self.max_pending
-            resp = self._out.popleft()
-            resp.queued = False
-            drained = was_full or len(self._out) == self.max_pending // 2
-        if drained and self.on_drain is not None:
-            self.on_drain()
-        return resp
+        out = self.pop_many(timeout, 1)
+        return out[0] if out else None
 
     def pop_many(self, timeout: float | None, limit: int) -> list[Response]:
-        """Up to `limit` responses, waiting up to `timeout` for the first; [] on timeout
-        or when closed."""
+        """Up to `limit` queued responses, or the responses for every revision this
+        stream has not seen yet; waits up to `timeout` for either. [] on timeout or when
+        closed."""
         with self._cond:
-            if not self._out and not self.closed:
+            if not self._ready() and not self.closed:
                 self._cond.wait(timeout)
-            before = len(self._out)
-            if not before:
-                return []
-            n = min(limit, before)
-            popleft = self._out.popleft
-            out = [popleft() for _ in range(n)]
-            for resp in out:
-                resp.queued = False
-            half = self.max_pending // 2
-            drained = before >= self.max_pending or before - n <= half < before
-        if drained and self.on_drain is not None:
-            self.on_drain()
-        return out
+        return self.hub.take(self, limit)
 
     def pending(self) -> int:
         return len(self._out)
 
+    def linger(self, seconds: float) -> None:
+        """Wait (unless closed) so that a client that is behind gets bigger responses."""
+        self._closed.wait(seconds)
+
     def close(self) -> None:
         with self._cond:
             self.closed = True
+            self._closed.set()
             self._cond.notify_all()
 
 
@@ -264,18 +244,24 @@ class WatchHub:
         self.store = store
         self.max_pending = max_pending
         self.max_revs_per_sync = max_revs_per_sync
+        self.recent_revisions = recent_revisions
         self._lock = threading.Lock()
         self.synced = WatcherGroup()
         self.unsynced: set[Watcher] = set()
         self.rev = store.revisions()[0]
-        self._recent: deque[tuple[int, list]] = deque(maxlen=recent_revisions)
+        # the log: (revision, events, encoded size) for revisions _log_first ..
+        # self.rev, contiguous; empty means _log_first == self.rev + 1
+        self._log: list[tuple[int, list, int]] = []
+        self._log_first = self.rev + 1
+        self._demoted = False  # a pull demoted watchers: the catch-up thread has work
         # called (without the lock) when unsynced watchers may make progress
         self.wakeup: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------- streams
 
     def new_stream(self) -> Stream:
-        s = Stream(self.max_pending)
+        with self._lock:
+            s = Stream(self, self.max_pending)
         s.on_drain = self._on_drain
         return s
 
@@ -294,18 +280,44 @@ class WatchHub:
         """Adopt the store's revision (after recovery, which applies without notifying)."""
         current = self.store.revisions()[0]
         with self._lock:
-            self.rev = max(self.rev, current)
+            if current > self.rev:
+                self.rev = current
+                self._log = []
+                self._log_first = current + 1
 
     def restored(self) -> None:
         """The store was replaced by a snapshot: every watcher catches up from its history."""
         with self._lock:
-            for w in self.synced.all():
-                self.synced.remove(w)
-                w.state = UNSYNCED
-                self.unsynced.add(w)
-            self._recent.clear()
+            for s in self.synced.streams():
+                for ws in list(s.synced.values()):
+                    for w in list(ws):
+                        w.min_rev = max(w.min_rev, s.pos + 1)
+                        self._unsync(w)
             self.rev = self.store.revisions()[0]
+            self._log = []
+            self._log_first = self.rev + 1
         self.wakeup()
+
+    def _add_synced(self, w: Watcher) -> None:
+        s = w.stream
+        if not s.synced:
+            # nothing pending for anyone: the stream starts where this watcher does
+            s.pos = min(w.min_rev - 1, self.rev)
+        s.synced.setdefault((w.key, w.end), {})[w] = None
+        self.synced.add(w)
+        w.state = SYNCED
+
+    def _unsync(self, w: Watcher) -> None:
+        """A synced watcher becomes unsynced (its min_rev already says what it is owed)."""
+        s = w.stream
+        k = (w.key, w.end)
+        ws = s.synced[k]
+        del ws[w]
+        if not ws:
+            del s.synced[k]
+        self.synced.remove(w)
+        w.state = UNSYNCED
+        self.unsynced.add(w)
 
     # ------------------------------------------------------ create / cancel
 
@@ -337,8 +349,7 @@ class WatchHub:
             stream.push(Response(watch_id, self.rev, created=True, watcher=None))
             if start_rev == 0 or start_rev > self.rev:
                 w = Watcher(stream, watch_id, key, end, max(start_rev, self.rev + 1), **opts)
-                w.state = SYNCED
-                self.synced.add(w)
+                self._add_synced(w)
             else:
                 w = Watcher(stream, watch_id, key, end, start_rev, **opts)
                 self.unsynced.add(w)
@@ -353,6 +364,10 @@ class WatchHub:
             w = stream.watchers.pop(watch_id, None)
             if w is None or stream.closed:
                 return False
+            if w.state == SYNCED and stream.notified > stream.pos:
+                # what was committed before the cancel is still delivered first
+                with stream._cond:
+                    stream._out.extend(self._materialize(stream, self.rev))
             self._remove(w)
             stream.push(Response(watch_id, self.rev, canceled=True))
             self._retry_deferred_progress(stream)
@@ -360,52 +375,153 @@ class WatchHub:
 
     def _remove(self, w: Watcher) -> None:
         if w.state == SYNCED:
-            self.synced.remove(w)
-        elif w.state == UNSYNCED:
-            self.unsynced.discard(w)
+            self._unsync(w)
+        self.unsynced.discard(w)
         w.state = DONE
 
     # -------------------------------------------------------------- notify
 
     def notify(self, events: list) -> None:
-        """Committer thread: fan out the events of applied revisions to synced watchers."""
+        """Event loop: log the events of applied revisions and wake the streams that
+        have a synced watcher for one of them."""
         if not events:
             return
-        demoted = False
+        woken: list[Stream] = []
         with self._lock:
+            log = self._log
             for rev, evs in _by_revision(events):
                 if rev <= self.rev:
                     continue  # already seen (replay)
-                self._recent.append((rev, evs))
+                if rev != self._log_first + len(log):
+                    log.clear()  # not contiguous (cannot happen after recovery)
+                    self._log_first = rev
+                log.append((rev, evs, sum(ev.ByteSize() for ev in evs)))
                 self.rev = rev
                 if not self.synced.size:
                     continue
-                size = sum(ev.ByteSize() for ev in evs)
-                owed: dict[Watcher, list] = {}
+                matching = self.synced.streams_matching
                 for ev in evs:
-                    for w in self.synced.matching(ev.kv.key):
-                        lst = owed.get(w)
-                        if lst is None:
-                            owed[w] = [ev]
-                        else:
-                            lst.append(ev)
-                for w, wevs in owed.items():
-                    if rev < w.min_rev:
-                        continue
-                    wevs = w.filter(wevs)
-                    if not wevs:
-                        continue
-                    if not w.stream.push_events(w, rev, wevs, size):
-                        # etcd's victim: catch up from history once the stream drains
-                        self.synced.remove(w)
-                        w.state = UNSYNCED
-                        w.min_rev = rev
-                        self.unsynced.add(w)
-                        demoted = True
-                        continue
-                    w.min_rev = rev + 1
-        if demoted:
+                    for s in matching(ev.kv.key):
+                        if s.notified != rev:
+                            s.notified = rev
+                            woken.append(s)
+            if len(log) > 2 * self.recent_revisions:
+                drop = len(log) - self.recent_revisions
+                del log[:drop]
+                self._log_first += drop
+        for s in woken:
+            s.wake()
+
+    # ------------------------------------------------------------ delivery
+
+    def take(self, s: Stream, limit: int) -> list[Response]:
+        """A stream sender's next responses: queued ones in order (a progress
+        notification after the events it vouches for), then, once the queue is empty,
+        every revision the stream has not seen, one response per watcher."""
+        with self._lock:
+            with s._cond:
+                q = s._out
+                before = len(q)
+                out: list[Response] = []
+                while q and len(out) < limit:
+                    r = q.popleft()
+                    if r.flush:
+                        out.extend(self._materialize(s, r.revision))
+                        if r.watch_id == INVALID_WATCH_ID:
+                            if any(w.state != SYNCED for w in s.watchers.values()):
+                                s.deferred_progress = True  # sent once all are synced
+                                continue
+                        elif r.watcher is None or r.watcher.state != SYNCED:
+                            continue
+                    out.append(r)
+                if not q and s.notified > s.pos:
+                    out.extend(self._materialize(s, self.rev))
+                if len(out) > limit:
+                    q.extendleft(reversed(out[limit:]))
+                    del out[limit:]
+                after = len(q)
+            half = s.max_pending // 2
+            drained = before >= s.max_pending > after or after <= half < before
+            wake = (drained or self._demoted) and bool(self.unsynced)
+            self._demoted = False
+        if wake:
             self.wakeup()
+        return out
+
+    def _materialize(self, s: Stream, target: int) -> list[Response]:
+        """Responses for the stream's synced watchers, for revisions s.pos+1 .. target
+        of the log. Watchers the log no longer reaches back for are demoted to catch up
+        from history."""
+        out: list[Response] = []
+        log = self._log
+        behind = False
+        while s.pos < target:
+            if not s.synced:
+                s.pos = target
+                break
+            start = s.pos + 1
+            first = self._log_first
+            if start < first:
+                self._demote_lagging(s, first)
+                s.pos = first - 1
+                continue
+            i = start - first
+            j = min(target - first + 1, len(log))
+            if i >= j:
+                s.pos = target
+                break
+            k = i + 1
+            n_ev, size = len(log[i][1]), log[i][2]
+            cap = min(j, i + self.max_revs_per_sync)
+            while k < cap:
+                _, evs, sz = log[k]
+                n_ev += len(evs)
+                size += sz
+                if n_ev > PULL_MAX_EVENTS or size > PULL_MAX_BYTES:
+                    break
+                k += 1
+            entries = log[i:k]
+            stop = entries[-1][0]
+            for (key, end), ws in s.synced.items():
+                if end is None:
+                    found = [ev for _, evs, _ in entries for ev in evs if ev.kv.key == key]
+                elif end:
+                    found = [ev for _, evs, _ in entries for ev in evs
+                             if key <= ev.kv.key < end]
+                else:
+                    found = [ev for _, evs, _ in entries for ev in evs if ev.kv.key >= key]
+                if found:
+                    if found[0].kv.mod_revision != found[-1].kv.mod_revision:
+                        behind = True
+                    revs = None
+                    for w in ws:
+                        wevs = found
+                        if w.min_rev > start:
+                            if revs is None:
+                                revs = [ev.kv.mod_revision for ev in found]
+                            cut = bisect.bisect_left(revs, w.min_rev)
+                            wevs = found[cut:]
+                        if w.no_put or w.no_delete:
+                            wevs = w.filter(wevs)
+                        if wevs:
+                            out.append(Response(w.id, stop, wevs, watcher=w))
+                for w in ws:
+                    if w.min_rev <= stop:
+                        w.min_rev = stop + 1
+            s.pos = stop
+        s.behind = behind
+        return out
+
+    def _demote_lagging(self, s: Stream, first: int) -> None:
+        """The stream fell behind the log: watchers owed a revision before `first`
+        catch up from history (etcd's victims)."""
+        for ws in list(s.synced.values()):
+            for w in list(ws):
+                nxt = max(w.min_rev, s.pos + 1)
+                if nxt < first:
+                    w.min_rev = nxt
+                    self._unsync(w)
+                    self._demoted = True
 
     # ------------------------------------------------------------ progress
 
@@ -413,7 +529,7 @@ class WatchHub:
         """etcd's RequestProgress: an empty response at the current revision, if synced."""
         with self._lock:
             if w.state == SYNCED and not w.stream.full:
-                w.stream.push(Response(w.id, self.rev))
+                w.stream.push(Response(w.id, self.rev, watcher=w, flush=True))
 
     def progress_all(self, stream: Stream) -> None:
         """etcd 3.5's RequestProgressAll for a WatchProgressRequest.
@@ -433,7 +549,7 @@ class WatchHub:
             return
         stream.deferred_progress = False
         if stream.watchers:
-            stream.push(Response(INVALID_WATCH_ID, self.rev))
+            stream.push(Response(INVALID_WATCH_ID, self.rev, flush=True))
 
     # ------------------------------------------------------------ catch-up
 
@@ -444,7 +560,7 @@ class WatchHub:
         stream is not full); the owner calls again at once while that is non-zero.
 
         The history is read without the lock; the lock is only held to hand the
-        result over, and to close the gap to `notify` from recent revisions.
+        result over, and to join the watchers to their streams' pulls from the log.
         """
         with self._lock:
             batch = [(w, w.min_rev) for w in self.unsynced if not w.stream.full]
@@ -504,24 +620,31 @@ class WatchHub:
             return sum(1 for w in self.unsynced if not w.stream.full)
 
     def _join(self, w: Watcher, reached: int) -> bool:
-        """Move a watcher that has everything up to `reached` into the synced group.
+        """Move a watcher that has everything up to `reached` into its stream's synced
+        watchers, which pull revisions after the stream's position from the log.
 
-        Revisions `notify` saw after the history read are replayed from memory; if
-        they are no longer there, the watcher stays unsynced for another round.
+        Revisions up to that position (which the stream's other watchers already
+        have) are pushed from the log; if it no longer holds them, the watcher stays
+        unsynced for another round.
         """
-        if reached < self.rev:
-            gap = [(rev, evs) for rev, evs in self._recent if rev > reached]
-            if not gap or gap[0][0] != reached + 1:
+        s = w.stream
+        if s.synced and reached < s.pos:
+            first = self._log_first
+            if reached + 1 < first:
                 w.min_rev = reached + 1
                 return False
-            for rev, evs in gap:
-                wevs = w.filter([e for e in evs if w.matches(e.kv.key)])
-                if wevs:
-                    w.stream.push(Response(w.id, rev, wevs, watcher=w))
-        w.min_rev = max(w.min_rev, self.rev + 1)
+            wevs = w.filter([ev for _, evs, _ in self._log[reached + 1 - first:s.pos + 1 - first]
+                             for ev in evs if w.matches(ev.kv.key)])
+            if wevs:
+                s.push(Response(w.id, s.pos, wevs, watcher=w))
+            w.min_rev = s.pos + 1
+        else:
+            w.min_rev = reached + 1
         self.unsynced.discard(w)
-        w.state = SYNCED
-        self.synced.add(w)
+        self._add_synced(w)
+        if self.rev >= w.min_rev:
+            s.notified = max(s.notified, self.rev)
+            s.wake()
         return True
 
 

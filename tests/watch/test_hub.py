@@ -70,13 +70,44 @@ def test_created_then_events_of_each_revision(world):
     w = hub.watch(s, 0, b"a", b"b", 0)
     assert w.id == 0
     world.write(("put", b"a1", b"x"), ("put", b"a2", b"y"), ("put", b"c", b"z"))
-    world.put(b"zz")
-    world.write(("del", b"a1"))
     out = drain(s)
+    world.put(b"zz")
+    assert drain(s) == []
+    world.write(("del", b"a1"))
+    out += drain(s)
     assert out[0].created and out[0].revision == 1 and out[0].watch_id == 0
     assert [r.revision for r in out[1:]] == [2, 4]
     assert evs(out[1]) == [("PUT", b"a1", 2), ("PUT", b"a2", 2)]
     assert evs(out[2]) == [("DELETE", b"a1", 4)]
+
+
+def test_a_stream_not_read_gets_each_watchers_missed_revisions_in_one_response(world):
+    """Delivery is pulled when the client can take more: what a slow stream missed
+    arrives as one response per watcher (whole revisions, in order), like etcd's
+    catch-up responses; a reader that keeps up gets one revision per response."""
+    hub = world.hub
+    s = hub.new_stream()
+    a = hub.watch(s, 0, b"a", b"b", 0)
+    m = hub.watch(s, 0, b"m", None, 0, no_delete=True)
+    late = None
+    for i in range(5):
+        world.write(("put", b"a-x%d" % i, b"v"), ("put", b"a-y%d" % i, b"v"), ("put", b"m", b"v"))
+        if i == 2:
+            late = hub.watch(s, 0, b"a", b"b", 0)  # starts after revision 4
+    world.write(("del", b"m"))
+    out = drain(s)
+    assert [r.created for r in out[:3]] == [True] * 3
+    by_id = {r.watch_id: r for r in out[3:]}
+    assert len(out) == 6 and set(by_id) == {a.id, m.id, late.id}
+    assert [e.kv.key for e in by_id[a.id].events] == [
+        k for i in range(5) for k in (b"a-x%d" % i, b"a-y%d" % i)]
+    assert [e.kv.mod_revision for e in by_id[late.id].events] == [5, 5, 6, 6]
+    assert [(e.type, e.kv.mod_revision) for e in by_id[m.id].events] == [
+        (Event.PUT, r) for r in range(2, 7)]  # the DELETE filtered out
+    assert {r.revision for r in out[3:]} == {7}  # the newest revision pulled
+    world.put(b"a1")
+    assert [(r.watch_id, evs(r)) for r in drain(s)] == [(a.id, [("PUT", b"a1", 8)]),
+                                                       (late.id, [("PUT", b"a1", 8)])]
 
 
 def test_single_key_from_key_and_filters(world):
@@ -86,11 +117,10 @@ def test_single_key_from_key_and_filters(world):
     from_key = hub.watch(s, 0, b"m", b"", 0, no_put=True)
     no_del = hub.watch(s, 0, b"k", None, 0, no_delete=True)
     assert (one.id, from_key.id, no_del.id) == (0, 1, 2)
-    world.put(b"k")
-    world.put(b"zzz")
-    world.write(("del", b"k"))
-    world.write(("del", b"zzz"))
-    got = [(r.revision, r.watch_id, evs(r)) for r in drain(s) if not r.created]
+    got = []
+    for op in [("put", b"k", b"v"), ("put", b"zzz", b"v"), ("del", b"k"), ("del", b"zzz")]:
+        world.write(op)
+        got += [(r.revision, r.watch_id, evs(r)) for r in drain(s) if not r.created]
     # the order of different watchers within one revision is unspecified (as in etcd)
     assert [g[1:] for g in sorted(got)] == [
         (0, [("PUT", b"k", 2)]),
@@ -167,19 +197,20 @@ def test_compacted_start_revision_cancels_with_compact_revision(world):
     assert hub.cancel(s, 0)  # the id stays taken after a compaction cancel, as in etcd
 
 
-def test_full_stream_is_demoted_and_catches_up_without_gaps(tmp_path):
-    world = World(tmp_path / "db", max_pending=3)
+def test_stream_behind_the_log_is_demoted_and_catches_up_without_gaps(tmp_path):
+    world = World(tmp_path / "db", recent_revisions=3)
     hub = world.hub
     slow = hub.new_stream()
     fast = hub.new_stream()
-    fast.max_pending = 100
     ws = hub.watch(slow, 0, b"k", b"l", 0)
     hub.watch(fast, 0, b"k", b"l", 0)
+    fast_revs = []
     for i in range(10):
         world.put(b"k%d" % i)
-    assert ws.state == "unsynced"
-    assert slow.pending() == 3  # bounded, the committer never waited
-    got = []
+        fast_revs += [e.kv.mod_revision for r in drain(fast) for e in r.events]
+    assert slow.pending() == 1  # the created response only: the committer queued nothing
+    got = drain(slow)
+    assert ws.state == "unsynced"  # the log no longer reaches back to revision 2
     while True:
         got.extend(drain(slow))
         if hub.sync_once() == 0 and slow.pending() == 0 and ws.state == "synced":
@@ -188,8 +219,31 @@ def test_full_stream_is_demoted_and_catches_up_without_gaps(tmp_path):
     got.extend(drain(slow))
     revs = [e.kv.mod_revision for r in got for e in r.events]
     assert revs == list(range(2, 13))
-    fast_revs = [e.kv.mod_revision for r in drain(fast) for e in r.events]
+    fast_revs += [e.kv.mod_revision for r in drain(fast) for e in r.events]
     assert fast_revs == list(range(2, 13))
+
+
+def test_joining_a_stream_ahead_of_the_watcher_pushes_the_gap_from_the_log(world):
+    hub = world.hub
+    s = hub.new_stream()
+    world.put(b"j")  # rev 2
+    ahead = hub.watch(s, 0, b"j", None, 0)
+    behind = hub.watch(s, 0, b"j", None, 2)
+    real_read = world.store.read
+
+    def read_then_commit():
+        r = real_read()
+        world.put(b"j", b"during")  # rev 3: notified after the history snapshot
+        drain(s)  # ...and already pulled by the stream's synced watcher
+        world.store.read = real_read
+        return r
+
+    world.store.read = read_then_commit
+    hub.sync_once()
+    assert behind.state == "synced" and s.pos == 3
+    world.put(b"j", b"after")  # rev 4
+    got = [(r.watch_id, [e.kv.mod_revision for e in r.events]) for r in drain(s)]
+    assert got == [(behind.id, [2]), (behind.id, [3]), (ahead.id, [4]), (behind.id, [4])]
 
 
 def test_join_replays_revisions_notified_after_the_history_read(world):
@@ -271,40 +325,27 @@ def test_fragments_split_like_etcd():
     assert list(fragments(one, limit)) == [one]  # a single event is never split
 
 
-def test_backed_up_stream_merges_a_watchers_revisions_in_order(world):
-    """Past MERGE_AFTER queued responses, a watcher's next revisions join its response
-    still in the outbox (whole revisions, in order); never across a progress response,
-    nor into a response already popped; another watcher's responses do not stop it."""
-    from kubekv_server.watch.hub import MERGE_AFTER
-
+def test_progress_notification_comes_after_the_events_it_vouches_for(world):
     hub = world.hub
     s = hub.new_stream()
-    a = hub.watch(s, 0, b"a", b"b", 0)
-    b = hub.watch(s, 0, b"m", None, 0)
-    for i in range(MERGE_AFTER):
-        world.put(b"a%d" % i)
-    world.put(b"m")  # another watcher's response in between does not block merging
-    for i in range(5):
-        world.write(("put", b"a-x%d" % i, b"v"), ("put", b"a-y%d" % i, b"v"))
-    hub.progress(a)  # a barrier: the next revision starts a new response
-    world.put(b"a-after-progress")
-    rs = [r for r in drain(s) if not r.created]
-    mine = [r for r in rs if r.watch_id == a.id]
-    keys = [e.kv.key for r in mine for e in r.events]
-    assert keys == [b"a%d" % i for i in range(MERGE_AFTER)] + [
-        k for i in range(5) for k in (b"a-x%d" % i, b"a-y%d" % i)] + [b"a-after-progress"]
-    revs = [e.kv.mod_revision for r in mine for e in r.events]
-    assert revs == sorted(revs)
-    merged = [r for r in mine if len({e.kv.mod_revision for e in r.events}) > 1]
-    assert len(merged) == 1 and merged[0].revision == merged[0].events[-1].kv.mod_revision
-    assert [e.kv.key for e in merged[0].events][-10:] == keys[MERGE_AFTER:MERGE_AFTER + 10]
-    assert not mine[-2].events  # the progress notification, then a new response
-    assert [e.kv.key for e in mine[-1].events] == [b"a-after-progress"]
-    assert [r.watch_id for r in rs if r.events and r.events[0].kv.key == b"m"] == [b.id]
-    # once the outbox is drained, revisions get responses of their own again
-    for i in range(MERGE_AFTER + 1):
-        world.put(b"a-z%d" % i)
-    rest = drain(s)
-    assert [e.kv.key for e in rest[-1].events][-1:] == [b"a-z%d" % MERGE_AFTER]
-    world.put(b"a-last")
-    assert [e.kv.key for r in drain(s) for e in r.events] == [b"a-last"]
+    a = hub.watch(s, 0, b"a", None, 0)
+    drain(s)
+    world.put(b"a")
+    hub.progress(a)
+    world.put(b"a")
+    hub.progress_all(s)
+    out = [(r.watch_id, r.revision, [e.kv.mod_revision for e in r.events]) for r in drain(s)]
+    assert out == [(0, 2, [2]), (0, 2, []), (0, 3, [3]), (-1, 3, [])]
+
+
+def test_cancel_delivers_what_was_committed_before_it(world):
+    hub = world.hub
+    s = hub.new_stream()
+    hub.watch(s, 0, b"a", None, 0)
+    hub.watch(s, 0, b"a", None, 0)
+    drain(s)
+    world.put(b"a")
+    hub.cancel(s, 0)
+    world.put(b"a")
+    out = [(r.watch_id, r.canceled, [e.kv.mod_revision for e in r.events]) for r in drain(s)]
+    assert out == [(0, False, [2]), (1, False, [2]), (0, True, []), (1, False, [3])]

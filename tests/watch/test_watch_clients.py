@@ -197,7 +197,7 @@ def test_watch_guarantees_under_writes_compactions_and_a_slow_consumer(tmp_path)
     """No gap, no duplicate, strict order, whole revisions per response, correct prev_kv,
     for a fast and a deliberately slow consumer, while compactions run."""
     proc = kubekv_process(tmp_path)
-    proc.env["KUBEKV_WATCH_MAX_PENDING"] = "16"  # make the slow consumer fall behind early
+    proc.env["KUBEKV_WATCH_RECENT_REVISIONS"] = "16"  # the slow consumer falls behind the log early
     proc.start()
     try:
         _check_guarantees(proc)

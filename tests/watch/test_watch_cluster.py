@@ -104,7 +104,7 @@ def verify_stream(responses, record: dict, maybe: set, start: int, last: int,
 
 
 def run_guarantees(tmp_path, ops_per_writer: int, n_writers: int = 3) -> None:
-    cluster = Cluster(tmp_path, env={"KUBEKV_WATCH_MAX_PENDING": "16"})
+    cluster = Cluster(tmp_path, env={"KUBEKV_WATCH_RECENT_REVISIONS": "16"})
     cluster.start()
     kv = FailoverKV(cluster)
     watches: list[tuple[str, ResumingWatch]] = []
