@@ -2,9 +2,10 @@
 kubekv's RPC server (rpc/calls.py).
 
 Each stream has a reader thread (the blocking request iterator: create, cancel,
-progress requests go straight to the hub) and the handler thread, which pops the
-stream's outbox, fills headers, trims prev_kv, fragments and yields. The hub
-never waits for either, so a slow client only ever delays itself.
+progress requests go straight to the hub) and the handler thread, which pulls the
+stream's responses from the hub whenever the client can take more, fills headers,
+trims prev_kv, fragments and yields. The hub never waits for either, so a slow
+client only ever delays itself.
 """
 
 from __future__ import annotations

@@ -70,8 +70,10 @@ class Response:
     compact_revision: int = 0
     cancel_reason: str = ""
     watcher: Watcher | None = None  # for prev_kv, fragment and progress bookkeeping
-    # a progress notification: the stream's events up to `revision` are sent first
+    # a progress notification: the stream's events up to `revision` are sent first;
+    # dropped if one of the stream's watchers fell behind since (`Stream.unsyncs`)
     flush: bool = False
+    epoch: int = 0
 
 
 SYNCED, UNSYNCED, DONE = "synced", "unsynced", "done"
@@ -189,6 +191,7 @@ class Stream:
         self.notified = 0
         # the last pull gave a watcher more than one revision: the client is behind
         self.behind = False
+        self.unsyncs = 0  # how often one of its watchers became unsynced
         self._closed = threading.Event()
 
     @property
@@ -318,6 +321,7 @@ class WatchHub:
         self.synced.remove(w)
         w.state = UNSYNCED
         self.unsynced.add(w)
+        s.unsyncs += 1
 
     # ------------------------------------------------------ create / cancel
 
@@ -364,8 +368,11 @@ class WatchHub:
             w = stream.watchers.pop(watch_id, None)
             if w is None or stream.closed:
                 return False
-            if w.state == SYNCED and stream.notified > stream.pos:
-                # what was committed before the cancel is still delivered first
+            if (w.state == SYNCED and stream.notified > stream.pos
+                    and not any(r.flush for r in stream._out)):
+                # what was committed before the cancel is still delivered first (unless
+                # a progress notification is queued: it must stay behind the events it
+                # vouches for; etcd may drop them too)
                 with stream._cond:
                     stream._out.extend(self._materialize(stream, self.rev))
             self._remove(w)
@@ -428,10 +435,12 @@ class WatchHub:
                     if r.flush:
                         out.extend(self._materialize(s, r.revision))
                         if r.watch_id == INVALID_WATCH_ID:
-                            if any(w.state != SYNCED for w in s.watchers.values()):
+                            if r.epoch != s.unsyncs or any(
+                                    w.state != SYNCED for w in s.watchers.values()):
                                 s.deferred_progress = True  # sent once all are synced
                                 continue
-                        elif r.watcher is None or r.watcher.state != SYNCED:
+                        elif (r.epoch != s.unsyncs or r.watcher is None
+                              or r.watcher.state != SYNCED):
                             continue
                     out.append(r)
                 if not q and s.notified > s.pos:
@@ -440,6 +449,7 @@ class WatchHub:
                     q.extendleft(reversed(out[limit:]))
                     del out[limit:]
                 after = len(q)
+            self._retry_deferred_progress(s)  # if dropped above and all are synced again
             half = s.max_pending // 2
             drained = before >= s.max_pending > after or after <= half < before
             wake = (drained or self._demoted) and bool(self.unsynced)
@@ -529,7 +539,8 @@ class WatchHub:
         """etcd's RequestProgress: an empty response at the current revision, if synced."""
         with self._lock:
             if w.state == SYNCED and not w.stream.full:
-                w.stream.push(Response(w.id, self.rev, watcher=w, flush=True))
+                w.stream.push(Response(w.id, self.rev, watcher=w, flush=True,
+                                       epoch=w.stream.unsyncs))
 
     def progress_all(self, stream: Stream) -> None:
         """etcd 3.5's RequestProgressAll for a WatchProgressRequest.
@@ -549,7 +560,8 @@ class WatchHub:
             return
         stream.deferred_progress = False
         if stream.watchers:
-            stream.push(Response(INVALID_WATCH_ID, self.rev, flush=True))
+            stream.push(Response(INVALID_WATCH_ID, self.rev, flush=True,
+                                 epoch=stream.unsyncs))
 
     # ------------------------------------------------------------ catch-up
 

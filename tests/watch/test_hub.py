@@ -349,3 +349,16 @@ def test_cancel_delivers_what_was_committed_before_it(world):
     world.put(b"a")
     out = [(r.watch_id, r.canceled, [e.kv.mod_revision for e in r.events]) for r in drain(s)]
     assert out == [(0, False, [2]), (1, False, [2]), (0, True, []), (1, False, [3])]
+
+
+def test_progress_queued_before_a_restore_waits_for_the_catch_up(world):
+    hub = world.hub
+    s = hub.new_stream()
+    hub.watch(s, 0, b"r", None, 0)
+    drain(s)
+    world.put(b"r")  # rev 2: logged, not yet pulled
+    hub.progress_all(s)  # queued at rev 2
+    hub.restored()  # a snapshot was installed: every watcher catches up from history
+    hub.sync_once()
+    out = [(r.watch_id, r.revision, [e.kv.mod_revision for e in r.events]) for r in drain(s)]
+    assert out == [(0, 2, [2]), (-1, 2, [])]
