@@ -38,9 +38,11 @@ from ..mvcc import CompactedError, MVCCStore
 MAX_REVS_PER_SYNC = 1000
 # etcd's maxWatchersPerSync: watchers brought forward by one history read.
 MAX_WATCHERS_PER_SYNC = 512
-# Revisions kept in memory for streams to pull from; a stream further behind has its
+# Revisions kept in memory for streams to pull from (trimmed back to this many, or
+# to this many bytes of events, when twice over); a stream further behind has its
 # watchers catch up from MVCC history instead.
 RECENT_REVISIONS = 4096
+RECENT_BYTES = 32 << 20
 # Responses (created, canceled, progress, catch-up) queued on one stream before its
 # unsynced watchers wait for it to drain.
 DEFAULT_MAX_PENDING = 1024
@@ -242,12 +244,13 @@ class WatchHub:
     """All watchers of a member (see the module docstring). Thread-safe."""
 
     def __init__(self, store: MVCCStore, *, max_pending: int = DEFAULT_MAX_PENDING,
-                 recent_revisions: int = RECENT_REVISIONS,
+                 recent_revisions: int = RECENT_REVISIONS, recent_bytes: int = RECENT_BYTES,
                  max_revs_per_sync: int = MAX_REVS_PER_SYNC) -> None:
         self.store = store
         self.max_pending = max_pending
         self.max_revs_per_sync = max_revs_per_sync
         self.recent_revisions = recent_revisions
+        self.recent_bytes = recent_bytes
         self._lock = threading.Lock()
         self.synced = WatcherGroup()
         self.unsynced: set[Watcher] = set()
@@ -256,6 +259,7 @@ class WatchHub:
         # self.rev, contiguous; empty means _log_first == self.rev + 1
         self._log: list[tuple[int, list, int]] = []
         self._log_first = self.rev + 1
+        self._log_bytes = 0
         self._demoted = False  # a pull demoted watchers: the catch-up thread has work
         # called (without the lock) when unsynced watchers may make progress
         self.wakeup: Callable[[], None] = lambda: None
@@ -287,6 +291,7 @@ class WatchHub:
                 self.rev = current
                 self._log = []
                 self._log_first = current + 1
+                self._log_bytes = 0
 
     def restored(self) -> None:
         """The store was replaced by a snapshot: every watcher catches up from its history."""
@@ -299,6 +304,7 @@ class WatchHub:
             self.rev = self.store.revisions()[0]
             self._log = []
             self._log_first = self.rev + 1
+            self._log_bytes = 0
         self.wakeup()
 
     def _add_synced(self, w: Watcher) -> None:
@@ -402,7 +408,10 @@ class WatchHub:
                 if rev != self._log_first + len(log):
                     log.clear()  # not contiguous (cannot happen after recovery)
                     self._log_first = rev
-                log.append((rev, evs, sum(ev.ByteSize() for ev in evs)))
+                    self._log_bytes = 0
+                size = sum(ev.ByteSize() for ev in evs)
+                log.append((rev, evs, size))
+                self._log_bytes += size
                 self.rev = rev
                 if not self.synced.size:
                     continue
@@ -412,12 +421,24 @@ class WatchHub:
                         if s.notified != rev:
                             s.notified = rev
                             woken.append(s)
-            if len(log) > 2 * self.recent_revisions:
-                drop = len(log) - self.recent_revisions
-                del log[:drop]
-                self._log_first += drop
+            if (len(log) > 2 * self.recent_revisions
+                    or self._log_bytes > 2 * self.recent_bytes):
+                self._trim_log()
         for s in woken:
             s.wake()
+
+    def _trim_log(self) -> None:
+        """Drop the oldest revisions, down to the revision and byte budgets (at least
+        the newest revision stays)."""
+        log = self._log
+        drop = max(len(log) - self.recent_revisions, 0)
+        size = self._log_bytes - sum(e[2] for e in log[:drop])
+        while drop < len(log) - 1 and size > self.recent_bytes:
+            size -= log[drop][2]
+            drop += 1
+        del log[:drop]
+        self._log_first += drop
+        self._log_bytes = size
 
     # ------------------------------------------------------------ delivery
 

@@ -362,3 +362,25 @@ def test_progress_queued_before_a_restore_waits_for_the_catch_up(world):
     hub.sync_once()
     out = [(r.watch_id, r.revision, [e.kv.mod_revision for e in r.events]) for r in drain(s)]
     assert out == [(0, 2, [2]), (-1, 2, [])]
+
+
+def test_log_is_bounded_in_revisions_and_bytes(tmp_path):
+    world = World(tmp_path / "db", recent_revisions=8, recent_bytes=3000)
+    hub = world.hub
+    s = hub.new_stream()
+    w = hub.watch(s, 0, b"b", b"c", 0)
+    for i in range(20):
+        world.put(b"b%d" % i, b"x" * 10)
+    assert 8 <= len(hub._log) <= 16
+    assert hub._log_first + len(hub._log) - 1 == hub.rev
+    for i in range(6):
+        world.put(b"b-big%d" % i, b"x" * 1000)  # ~1 KB each: the byte budget binds
+    assert sum(e[2] for e in hub._log) == hub._log_bytes <= 6000
+    assert hub._log[-1][0] == hub.rev
+    drain(s)  # the stream is behind the log: its watcher catches up from history
+    assert w.state == "unsynced"
+    got = []
+    while hub.sync_once() or w.state != "synced":
+        got += drain(s)
+    got += drain(s)
+    assert [e.kv.mod_revision for r in got for e in r.events] == list(range(2, 28))
