@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 
 import grpc
@@ -125,13 +126,30 @@ def test_txn_with_mixed_permissions(authed):
     assert ok(ep, "get", "w", "--print-value-only", user=ROOT) == "yes"
 
 
-def _watch_lines(ep: str, *args: str, user: str, seconds: float) -> str:
+def _watch_lines(ep: str, *args: str, user: str, expect: tuple[str, ...],
+                 timeout: float = 15.0) -> str:
+    """Run `etcdctl watch` until its output holds every string in `expect` (or the
+    timeout passes); returns what it printed."""
     p = subprocess.Popen([etcd_binary("etcdctl"), f"--endpoints={ep}", "--user", user,
                           "watch", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True)
-    time.sleep(seconds)
+    out: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        for line in p.stdout:
+            out.append(line)
+            if all(e in "".join(out) for e in expect):
+                done.set()
+        done.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    done.wait(timeout)
     p.terminate()
-    return p.communicate(timeout=10)[0]
+    p.wait(10)
+    reader.join(10)
+    return "".join(out)
 
 
 def test_watch_under_auth(authed):
@@ -139,9 +157,11 @@ def test_watch_under_auth(authed):
     ok(ep, "role", "grant-permission", "test-role", "readwrite", "key", "key4", user=ROOT)
     ok(ep, "put", "key1", "v1", user=USER)
     ok(ep, "put", "key2", "v2", user=USER)
-    out = _watch_lines(ep, "key", "key3", "--rev", "1", user=USER, seconds=2.0)
+    out = _watch_lines(ep, "key", "key3", "--rev", "1", user=USER,
+                       expect=("key1\nv1", "key2\nv2"))
     assert "key1\nv1" in out and "key2\nv2" in out
-    out = _watch_lines(ep, "key5", "--rev", "1", user=USER, seconds=1.5)
+    out = _watch_lines(ep, "key5", "--rev", "1", user=USER,
+                       expect=("etcdserver: permission denied",))
     assert "etcdserver: permission denied" in out
     # a raw stream: the refused watch is created and canceled at once, id -1
     ch = grpc.insecure_channel(ep)
