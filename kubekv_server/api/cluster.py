@@ -14,7 +14,7 @@ def _fill(member: Member, resp) -> None:
     for m in member.members:
         resp.members.add(ID=m["id"], name=m["name"], peerURLs=m["peerURLs"],
                          clientURLs=m["clientURLs"], isLearner=m["isLearner"])
-    member.header(resp.header, member.current_revision())
+    member.header(resp.header)  # etcd's ClusterServer header has no revision
 
 
 class ClusterService(rpc_pb2_grpc.ClusterServicer):
