@@ -55,6 +55,7 @@ VALUE_FLAGS = {
     "backend-batch-limit": "0",
     "max-txn-ops": "128",
     "max-request-bytes": "1572864",
+    "max-concurrent-streams": "4294967295",
     "grpc-keepalive-min-time": "5s",
     "grpc-keepalive-interval": "2h",
     "grpc-keepalive-timeout": "20s",
@@ -205,6 +206,7 @@ class Config:
     initial_cluster_state: str
     initial_cluster_token: str
     max_request_bytes: int
+    max_concurrent_streams: int
     max_txn_ops: int
     quota_backend_bytes: int
     snapshot_count: int
@@ -323,6 +325,7 @@ def _build(raw: dict[str, str], given: set[str]) -> Config:
         initial_cluster_state=state,
         initial_cluster_token=raw["initial-cluster-token"],
         max_request_bytes=_int_flag(raw, "max-request-bytes"),
+        max_concurrent_streams=_int_flag(raw, "max-concurrent-streams"),
         max_txn_ops=_int_flag(raw, "max-txn-ops"),
         quota_backend_bytes=_int_flag(raw, "quota-backend-bytes"),
         snapshot_count=_int_flag(raw, "snapshot-count"),

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import ssl
 import urllib.parse
@@ -29,6 +30,7 @@ from .api.maintenance import MaintenanceService
 from .api.watch import WatchService
 from .auth.gate import AuthGate
 from .config import Config
+from .gateway import CORS_HEADERS, Gateway
 from .member import CLUSTER_VERSION, SERVER_VERSION, Member
 from .rpc.server import RpcServer
 from .tls import cert_serial, client_ssl_context, load_crl
@@ -52,6 +54,7 @@ class ClientServer:
         self.cfg = cfg
         self.member = Member(cfg)
         self.rpc: RpcServer | None = None
+        self.gateway: Gateway | None = None
         self._stopping: asyncio.Event | None = None
 
     async def start(self) -> None:
@@ -62,6 +65,7 @@ class ClientServer:
         rpc = RpcServer(
             loop,
             max_receive_bytes=cfg.max_request_bytes + GRPC_OVERHEAD_BYTES,
+            max_concurrent_streams=cfg.max_concurrent_streams,
             http_handler=self.http,
             accept_peer_cert=(lambda der: cert_serial(der) not in revoked) if revoked else None,
             guard=self._require_leader,
@@ -100,6 +104,11 @@ class ClientServer:
             except OSError as exc:
                 raise SystemExit(f"kubekv: listen tcp {host}:{port}: {exc.strerror}") from None
             log.info("event=serving_client_requests address=%s:%d secure=%s", host, port, secure)
+        # etcd's JSON gateway dials the member's own gRPC server; ours does so over an
+        # abstract unix socket, so TLS and client-certificate settings do not apply to it
+        name = f"kubekv-gateway-{os.getpid()}-{id(self):x}"
+        await rpc.listen_unix("\0" + name)
+        self.gateway = Gateway("unix-abstract:" + name)
         self.rpc = rpc
         self._announce_ready()
 
@@ -120,17 +129,23 @@ class ClientServer:
         log.info("enabled capabilities for version %s", CLUSTER_VERSION.rsplit(".", 1)[0])
 
     async def http(self, method: str, target: str, headers: dict, body: bytes):
-        """etcd's plain-HTTP endpoints on the client port: /health, /version."""
+        """etcd's plain-HTTP endpoints on the client port: /health, /version and the
+        JSON gateway (/v3/...)."""
         path = urllib.parse.urlsplit(target).path
+        if self.gateway is not None:
+            answer = await self.gateway.handle(method, path, headers, body)
+            if answer is not None:
+                return answer
         if path == "/health":
             healthy = not self.member.alarms() and self.member.node.leader_id != 0
             body = json.dumps({"health": "true" if healthy else "false"}, separators=(",", ":"))
-            return (200 if healthy else 503), "application/json", body.encode()
+            return (200 if healthy else 503), "application/json", body.encode(), CORS_HEADERS
         if path == "/version":
             body = json.dumps({"etcdserver": SERVER_VERSION, "etcdcluster": CLUSTER_VERSION},
                               separators=(",", ":"))
-            return 200, "application/json", body.encode()
-        return 404, "text/plain; charset=utf-8", b"404 page not found\n"
+            return 200, "application/json", body.encode(), CORS_HEADERS
+        return 404, "text/plain; charset=utf-8", b"404 page not found\n", CORS_HEADERS + [
+            ("X-Content-Type-Options", "nosniff")]
 
     async def serve_until_signalled(self) -> None:
         """Serve until SIGINT or SIGTERM, then stop cleanly."""
@@ -155,6 +170,8 @@ class ClientServer:
         await self.stop()
 
     async def stop(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.close()
         if self.rpc is not None:
             await self.rpc.close(grace=1.0)
         await self.member.stop()

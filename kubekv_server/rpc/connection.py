@@ -19,6 +19,7 @@ import hpack
 from . import frames as f
 from .calls import Call, Method
 from .context import AbortError, status_number
+from .http2_plain import PlainRequest
 
 log = logging.getLogger("kubekv.rpc")
 
@@ -157,7 +158,8 @@ class Http2Connection(asyncio.Protocol):
             self._mode = 1
             self._out.append(
                 f.settings({
-                    f.SETTINGS_MAX_CONCURRENT_STREAMS: 2**31 - 1,
+                    f.SETTINGS_MAX_CONCURRENT_STREAMS: min(self.server.max_concurrent_streams,
+                                                           2**32 - 1),
                     f.SETTINGS_INITIAL_WINDOW_SIZE: INITIAL_STREAM_WINDOW,
                     f.SETTINGS_MAX_HEADER_LIST_SIZE: 1 << 20,
                 })
@@ -289,11 +291,24 @@ class Http2Connection(asyncio.Protocol):
         if sid % 2 == 0 or sid <= self._last_stream_id:
             raise ProtocolError(f.PROTOCOL_ERROR, "bad stream id")
         self._last_stream_id = sid
+        if len(self.calls) >= self.server.max_concurrent_streams:
+            # beyond what our SETTINGS allowed: refused, the client may retry it later
+            self._out.append(f.rst_stream(sid, f.REFUSED_STREAM))
+            return
         path = b""
+        content_type = b""
         for k, v in headers:
             if k == b":path":
                 path = v
-                break
+            elif k == b"content-type":
+                content_type = v
+        if not content_type.startswith(b"application/grpc") and \
+                self.server.http_handler is not None:
+            request = PlainRequest(self, sid, headers, self._peer_initial_window)
+            self.calls[sid] = request
+            if flags & f.END_STREAM:
+                request.end_of_requests()
+            return
         call = Call(self, sid, headers, self._peer_initial_window)
         method: Method | None = self.server.methods.get(path)
         if method is None:

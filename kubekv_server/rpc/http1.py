@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from email.utils import formatdate
 
 log = logging.getLogger("kubekv.http")
 
 MAX_HEAD = 64 << 10
 MAX_BODY = 8 << 20
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {200: "OK", 301: "Moved Permanently", 400: "Bad Request", 401: "Unauthorized",
+            403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+            409: "Conflict", 412: "Precondition Failed", 413: "Payload Too Large",
+            429: "Too Many Requests", 500: "Internal Server Error", 501: "Not Implemented",
+            503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+def _header_lines(headers, content_type: str) -> str:
+    """Header lines as Go's net/http writes them: sorted by name, then Date."""
+    lines = sorted([*headers, *([("Content-Type", content_type)] if content_type else [])])
+    return "".join(f"{k}: {v}\r\n" for k, v in lines) + \
+        f"Date: {formatdate(usegmt=True)}\r\n"
 
 
 class Http1Handler:
@@ -23,9 +35,13 @@ class Http1Handler:
         self._buf = b""
         self._busy = False
         self._closed = False
+        self._continued = False
+        self._stream_task: asyncio.Task | None = None
 
     def connection_lost(self) -> None:
         self._closed = True
+        if self._stream_task is not None and not self._stream_task.done():
+            self._stream_task.cancel()  # ends the gRPC stream behind it
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
@@ -55,7 +71,11 @@ class Http1Handler:
             self._reply(413, b"request body too large\n", close=True)
             return
         if len(self._buf) < head_end + 4 + length:
+            if headers.get("expect", "").lower() == "100-continue" and not self._continued:
+                self._continued = True  # curl waits for this before sending a large body
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
+        self._continued = False
         body = self._buf[head_end + 4 : head_end + 4 + length]
         self._buf = self._buf[head_end + 4 + length :]
         close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
@@ -76,18 +96,57 @@ class Http1Handler:
             log.error("event=http_handler_failed error=%r", exc)
             self._reply(500, b"internal error\n", close=True)
             return
-        status, content_type, body = task.result()
-        self._reply(status, body, content_type=content_type, close=close)
+        status, content_type, body, *extra = task.result()
+        headers = extra[0] if extra else ()
+        if not isinstance(body, bytes | bytearray):  # an async iterator of chunks
+            self._busy = True
+            stream = asyncio.ensure_future(self._stream(status, content_type, body, headers))
+            stream.add_done_callback(lambda t: self._streamed(t, close))
+            self._stream_task = stream
+            return
+        self._reply(status, body, content_type=content_type, close=close, headers=headers)
+        self._next()
+
+    async def _stream(self, status: int, content_type: str, chunks, headers) -> None:
+        """A chunked response, each chunk written as it comes, until the iterator ends
+        or the client goes away."""
+        self.transport.write((
+            f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
+            + _header_lines(headers, content_type)
+            + "Transfer-Encoding: chunked\r\n\r\n").encode())
+        try:
+            async for chunk in chunks:
+                if self._closed:
+                    break
+                if chunk:
+                    self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            if not self._closed:
+                self.transport.write(b"0\r\n\r\n")
+        finally:
+            await chunks.aclose()
+
+    def _streamed(self, task: asyncio.Future, close: bool) -> None:
+        self._busy = False
+        self._stream_task = None
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.error("event=http_stream_failed error=%r", task.exception())
+            close = True
+        if close and not self._closed:
+            self.transport.close()
+            self._closed = True
+            return
         self._next()
 
     def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
-               close: bool = False) -> None:
+               close: bool = False, headers=()) -> None:
         if self._closed:
             return
         head = (
             f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
-            f"Content-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\n"
+            + _header_lines(headers, content_type)
+            + f"Content-Length: {len(body)}\r\n"
             + ("Connection: close\r\n" if close else "")
             + "\r\n"
         )

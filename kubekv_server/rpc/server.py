@@ -35,6 +35,7 @@ class RpcServer:
         loop: asyncio.AbstractEventLoop,
         *,
         max_receive_bytes: int,
+        max_concurrent_streams: int = 2**32 - 1,
         http_handler: Callable | None = None,
         accept_peer_cert: Callable[[bytes], bool] | None = None,
         guard: Callable[[list], tuple[int, str] | None] | None = None,
@@ -42,6 +43,8 @@ class RpcServer:
     ) -> None:
         self.loop = loop
         self.max_receive_bytes = max_receive_bytes
+        # streams one client connection may have open (etcd's --max-concurrent-streams)
+        self.max_concurrent_streams = max_concurrent_streams
         self.methods: dict[bytes, Method] = {}
         self.connections: set[Http2Connection] = set()
         self.http_handler = http_handler
@@ -81,6 +84,12 @@ class RpcServer:
             reuse_address=True,
             backlog=1024,
         )
+        self._servers.append(server)
+        return server
+
+    async def listen_unix(self, path: str):
+        """A plaintext listener on a unix socket ("\\0..." for the abstract namespace)."""
+        server = await self.loop.create_unix_server(lambda: Http2Connection(self), path)
         self._servers.append(server)
         return server
 
