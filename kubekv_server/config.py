@@ -199,6 +199,7 @@ class Config:
     name: str
     data_dir: str
     listen_client_urls: list[str]
+    metrics_urls: list[str]
     advertise_client_urls: list[str]
     listen_peer_urls: list[str]
     initial_advertise_peer_urls: list[str]
@@ -297,6 +298,7 @@ def _build(raw: dict[str, str], given: set[str]) -> Config:
         listen_peer = parse_urls(raw["listen-peer-urls"])
         adv_peer = parse_urls(raw["initial-advertise-peer-urls"])
         adv_client = parse_urls(raw["advertise-client-urls"]) or list(listen_client)
+        metrics_urls = parse_urls(raw["listen-metrics-urls"])
         if raw["initial-cluster"]:
             cluster = parse_initial_cluster(raw["initial-cluster"])
         else:
@@ -318,6 +320,7 @@ def _build(raw: dict[str, str], given: set[str]) -> Config:
         name=name,
         data_dir=raw["data-dir"] or f"{name}.kubekv",
         listen_client_urls=listen_client,
+        metrics_urls=metrics_urls,
         advertise_client_urls=adv_client,
         listen_peer_urls=listen_peer,
         initial_advertise_peer_urls=adv_peer,

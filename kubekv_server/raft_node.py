@@ -110,6 +110,9 @@ class RaftNode:
         self.transport = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubekv-raft")
         self._stopped = False
+        # metrics: proposals refused, and the seconds each applied batch took
+        self.proposals_failed = 0
+        self.on_apply_time: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------ status
 
@@ -323,6 +326,7 @@ class RaftNode:
 
     def _dropped(self, rids: list[bytes], exc: Exception) -> None:
         err = errors.NO_LEADER if isinstance(exc, ProposalDroppedError) else errors.STOPPED
+        self.proposals_failed += len(rids)
         for rid in rids:
             fut = self._futures.pop(rid, None)
             if fut is not None and not fut.done():
@@ -450,9 +454,17 @@ class _ApplierAdapter:
 
     async def apply(self, entries: list[raft_pb2.Entry]) -> None:
         node = self.node
-        result = await node.loop.run_in_executor(node._executor, node.applier.apply, entries)
+        result = await node.loop.run_in_executor(node._executor, self._apply, entries)
         node._applied(result)
         await node.maybe_snapshot()
+
+    def _apply(self, entries: list[raft_pb2.Entry]) -> BatchResult:
+        """Executor thread: one batch, one state-db commit (timed for metrics)."""
+        start = time.perf_counter()
+        result = self.node.applier.apply(entries)
+        if self.node.on_apply_time is not None:
+            self.node.on_apply_time(time.perf_counter() - start)
+        return result
 
     async def apply_snapshot(self, snapshot: raft_pb2.Snapshot) -> None:
         await self.node.install_snapshot(snapshot)

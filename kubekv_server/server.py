@@ -32,6 +32,8 @@ from .auth.gate import AuthGate
 from .config import Config
 from .gateway import CORS_HEADERS, Gateway
 from .member import CLUSTER_VERSION, SERVER_VERSION, Member
+from .member_metrics import MemberMetrics
+from .rpc.http1 import Http1Protocol
 from .rpc.server import RpcServer
 from .tls import cert_serial, client_ssl_context, load_crl
 
@@ -55,6 +57,8 @@ class ClientServer:
         self.member = Member(cfg)
         self.rpc: RpcServer | None = None
         self.gateway: Gateway | None = None
+        self.metrics: MemberMetrics | None = None
+        self._metrics_servers: list[asyncio.base_events.Server] = []
         self._stopping: asyncio.Event | None = None
 
     async def start(self) -> None:
@@ -104,6 +108,19 @@ class ClientServer:
             except OSError as exc:
                 raise SystemExit(f"kubekv: listen tcp {host}:{port}: {exc.strerror}") from None
             log.info("event=serving_client_requests address=%s:%d secure=%s", host, port, secure)
+        self.metrics = MemberMetrics(m, SERVER_VERSION, CLUSTER_VERSION.rsplit(".", 1)[0])
+        self.metrics.attach(rpc)
+        for url in cfg.metrics_urls:
+            host, port, secure = listen_address(url)
+            try:
+                server = await loop.create_server(
+                    lambda: Http1Protocol(self.metrics_http), host, port,
+                    ssl=(tls or client_ssl_context(cfg, m.data_dir)) if secure else None,
+                    reuse_address=True)
+            except OSError as exc:
+                raise SystemExit(f"kubekv: listen tcp {host}:{port}: {exc.strerror}") from None
+            self._metrics_servers.append(server)
+            log.info("event=serving_metrics address=%s:%d secure=%s", host, port, secure)
         # etcd's JSON gateway dials the member's own gRPC server; ours does so over an
         # abstract unix socket, so TLS and client-certificate settings do not apply to it
         name = f"kubekv-gateway-{os.getpid()}-{id(self):x}"
@@ -132,6 +149,8 @@ class ClientServer:
         """etcd's plain-HTTP endpoints on the client port: /health, /version and the
         JSON gateway (/v3/...)."""
         path = urllib.parse.urlsplit(target).path
+        if path == "/metrics" and self.metrics is not None:
+            return 200, self.metrics.content_type, self.metrics.render(), CORS_HEADERS
         if self.gateway is not None:
             answer = await self.gateway.handle(method, path, headers, body)
             if answer is not None:
@@ -169,7 +188,18 @@ class ClientServer:
         log.info("event=shutdown reason=signal")
         await self.stop()
 
+    async def metrics_http(self, method: str, target: str, headers: dict, body: bytes):
+        """A --listen-metrics-urls listener: /metrics and /health only."""
+        path = urllib.parse.urlsplit(target).path
+        if path in ("/metrics", "/health"):
+            return await self.http(method, path, headers, body)
+        return 404, "text/plain; charset=utf-8", b"404 page not found\n"
+
     async def stop(self) -> None:
+        if self.metrics is not None:
+            self.metrics.detach()
+        for s in self._metrics_servers:
+            s.close()
         if self.gateway is not None:
             await self.gateway.close()
         if self.rpc is not None:

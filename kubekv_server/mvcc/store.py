@@ -400,6 +400,11 @@ class MVCCStore:
         """Wrap a caller-owned LMDB write txn as one etcd write txn (at most one revision)."""
         return WriteTxn(txn, self._dbs)
 
+    def key_count(self) -> int:
+        """Keys that exist now (etcd's keys_total), from the live table's size."""
+        with self.env.begin() as txn:
+            return txn.stat(self._dbs.live)["entries"]
+
     def revisions(self) -> tuple[int, int]:
         """(current revision, compact revision) in a fresh read txn."""
         with self.env.begin() as txn:

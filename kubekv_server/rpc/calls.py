@@ -56,6 +56,8 @@ class Method:
     server_streaming: bool
     handler: object
     kind: str  # "inline", "async", "thread"
+    # grpc_prometheus labels: (grpc_method, grpc_service, grpc_type)
+    labels: tuple[str, str, str] = ("", "", "")
 
     @classmethod
     def of(cls, path: bytes, request_class, client_streaming: bool, server_streaming: bool,
@@ -66,7 +68,12 @@ class Method:
             kind = "async"
         else:
             kind = "thread"
-        return cls(path, request_class, client_streaming, server_streaming, handler, kind)
+        service, _, name = path.decode().lstrip("/").partition("/")
+        grpc_type = ("bidi_stream" if client_streaming and server_streaming else
+                     "client_stream" if client_streaming else
+                     "server_stream" if server_streaming else "unary")
+        return cls(path, request_class, client_streaming, server_streaming, handler, kind,
+                   (name, service, grpc_type))
 
 
 class CallCancelled(Exception):
@@ -105,6 +112,9 @@ class Call:
 
     def start(self, method: Method) -> None:
         self.method = method
+        observer = self.conn.server.observer
+        if observer is not None:
+            observer.started(method)
         if method.client_streaming:
             self._start_streaming_requests()
 
@@ -242,6 +252,8 @@ class Call:
         data = resp.SerializeToString()
         self.finished = True
         conn = self.conn
+        if conn.server.observer is not None and self.method is not None:
+            conn.server.observer.handled(self.method, OK)
         conn.send_headers(self, f.RESPONSE_HEADERS, end_stream=False)
         conn.send_data(self, b"\x00" + _LEN.pack(len(data)) + data)
         conn.send_trailers(self, f.TRAILERS_OK)
@@ -264,6 +276,8 @@ class Call:
         if self.finished:
             return
         self.finished = True
+        if self.conn.server.observer is not None and self.method is not None:
+            self.conn.server.observer.handled(self.method, code)
         block = f.trailers(code, message)
         if self._headers_sent:
             self.conn.send_trailers(self, block)

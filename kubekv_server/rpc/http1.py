@@ -154,3 +154,25 @@ class Http1Handler:
         if close:
             self.transport.close()
             self._closed = True
+
+
+class Http1Protocol(asyncio.Protocol):
+    """A listener that speaks only HTTP/1.1 (etcd's --listen-metrics-urls)."""
+
+    def __init__(self, http_handler) -> None:
+        self._server = _HandlerOnly(http_handler)
+        self._h: Http1Handler | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._h = Http1Handler(self._server, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._h.data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._h.connection_lost()
+
+
+class _HandlerOnly:
+    def __init__(self, http_handler) -> None:
+        self.http_handler = http_handler

@@ -45,6 +45,8 @@ class RpcServer:
         self.max_receive_bytes = max_receive_bytes
         # streams one client connection may have open (etcd's --max-concurrent-streams)
         self.max_concurrent_streams = max_concurrent_streams
+        # started(method) / handled(method, status code) for every call (metrics)
+        self.observer = None
         self.methods: dict[bytes, Method] = {}
         self.connections: set[Http2Connection] = set()
         self.http_handler = http_handler
