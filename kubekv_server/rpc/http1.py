@@ -19,11 +19,16 @@ _REASONS = {200: "OK", 301: "Moved Permanently", 400: "Bad Request", 401: "Unaut
             503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
-def _header_lines(headers, content_type: str) -> str:
-    """Header lines as Go's net/http writes them: sorted by name, then Date."""
-    lines = sorted([*headers, *([("Content-Type", content_type)] if content_type else [])])
-    return "".join(f"{k}: {v}\r\n" for k, v in lines) + \
-        f"Date: {formatdate(usegmt=True)}\r\n"
+def response_fields(headers, content_type: str | None) -> list[tuple[str, str]]:
+    """A response's header fields as Go's net/http writes them: sorted by name, then
+    Date (HTTP/1.1 and plain HTTP/2 answers alike)."""
+    fields = sorted([*headers, *([("Content-Type", content_type)] if content_type else [])])
+    fields.append(("Date", formatdate(usegmt=True)))
+    return fields
+
+
+def _header_lines(headers, content_type: str | None) -> str:
+    return "".join(f"{k}: {v}\r\n" for k, v in response_fields(headers, content_type))
 
 
 class Http1Handler:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from email.utils import formatdate
 
 from . import frames as f
 from .calls import Call
+from .http1 import response_fields
 
 log = logging.getLogger("kubekv.http")
 
@@ -64,9 +64,7 @@ class PlainRequest(Call):
 
     def _head(self, status: int, content_type: str | None, headers) -> bytes:
         block = f.literal(b":status", str(status).encode())
-        lines = sorted([*headers, *([("Content-Type", content_type)] if content_type else [])])
-        lines.append(("Date", formatdate(usegmt=True)))
-        for k, v in lines:
+        for k, v in response_fields(headers, content_type):
             block += f.literal(k.lower().encode(), v.encode())
         return block
 
