@@ -187,10 +187,12 @@ class Stream:
         self.on_drain: Callable[[], None] | None = None
         # synced watchers by (key, end), as ordered sets; every revision up to `pos`
         # has been turned into responses for them; `notified`: the last revision
-        # with an event one of them may want
+        # with an event one of them may want, `first_pending` the first such after
+        # `pos` (0: none), so a pull skips the revisions nobody here wants
         self.synced: dict[tuple, dict[Watcher, None]] = {}
         self.pos = hub.rev
         self.notified = 0
+        self.first_pending = 0
         # the last pull gave a watcher more than one revision: the client is behind
         self.behind = False
         self.unsyncs = 0  # how often one of its watchers became unsynced
@@ -312,6 +314,7 @@ class WatchHub:
         if not s.synced:
             # nothing pending for anyone: the stream starts where this watcher does
             s.pos = min(w.min_rev - 1, self.rev)
+            s.first_pending = 0
         s.synced.setdefault((w.key, w.end), {})[w] = None
         self.synced.add(w)
         w.state = SYNCED
@@ -420,6 +423,8 @@ class WatchHub:
                     for s in matching(ev.kv.key):
                         if s.notified != rev:
                             s.notified = rev
+                            if not s.first_pending:
+                                s.first_pending = rev
                             woken.append(s)
             if (len(log) > 2 * self.recent_revisions
                     or self._log_bytes > 2 * self.recent_bytes):
@@ -486,6 +491,8 @@ class WatchHub:
         out: list[Response] = []
         log = self._log
         behind = False
+        if s.first_pending > s.pos + 1:
+            s.pos = min(s.first_pending - 1, target)  # nothing here wants those revisions
         while s.pos < target:
             if not s.synced:
                 s.pos = target
@@ -540,6 +547,8 @@ class WatchHub:
                     if w.min_rev <= stop:
                         w.min_rev = stop + 1
             s.pos = stop
+        if s.first_pending <= s.pos:
+            s.first_pending = 0
         s.behind = behind
         return out
 
@@ -677,6 +686,7 @@ class WatchHub:
         self._add_synced(w)
         if self.rev >= w.min_rev:
             s.notified = max(s.notified, self.rev)
+            s.first_pending = min(s.first_pending or w.min_rev, w.min_rev)
             s.wake()
         return True
 

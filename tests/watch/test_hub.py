@@ -384,3 +384,23 @@ def test_log_is_bounded_in_revisions_and_bytes(tmp_path):
         got += drain(s)
     got += drain(s)
     assert [e.kv.mod_revision for r in got for e in r.events] == list(range(2, 28))
+
+
+def test_a_quiet_stream_is_not_demoted_by_a_busy_store(tmp_path):
+    """Revisions nobody on a stream wants are skipped, not scanned: a watcher of a quiet
+    key stays synced however much else was written since its stream last pulled."""
+    world = World(tmp_path / "db", recent_revisions=3)
+    hub = world.hub
+    quiet, busy = hub.new_stream(), hub.new_stream()
+    q = hub.watch(quiet, 0, b"q", None, 0)
+    hub.watch(busy, 0, b"b", b"c", 0)
+    drain(quiet)
+    for i in range(20):
+        world.put(b"b%d" % i)
+        drain(busy)
+    world.put(b"q")  # revision 22, long after the log dropped revision 2
+    got = drain(quiet)
+    assert q.state == "synced" and not hub.unsynced
+    assert [(r.watch_id, [e.kv.mod_revision for e in r.events]) for r in got] == [(0, [22])]
+    world.put(b"q")
+    assert [e.kv.mod_revision for r in drain(quiet) for e in r.events] == [23]
