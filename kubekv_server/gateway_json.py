@@ -244,7 +244,15 @@ def _syntax_error(text: str, exc: json.JSONDecodeError) -> JSONError:
     return JSONError(f"invalid character {ch} looking for beginning of value")
 
 
-_DECODER = json.JSONDecoder(parse_float=_Num, parse_int=_parse_int_literal)
+def _no_constant(name: str):
+    """NaN and Infinity are not JSON (Python's decoder would take them)."""
+    if name.startswith("-"):
+        raise JSONError("invalid character 'I' in numeric literal")
+    raise JSONError(f"invalid character {_go_char(name[0])} looking for beginning of value")
+
+
+_DECODER = json.JSONDecoder(parse_float=_Num, parse_int=_parse_int_literal,
+                            parse_constant=_no_constant)
 
 
 def decode_stream(body: bytes, cls: type, limit: int | None = None) -> list:

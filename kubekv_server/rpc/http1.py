@@ -19,6 +19,53 @@ _REASONS = {200: "OK", 301: "Moved Permanently", 400: "Bad Request", 401: "Unaut
             503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
+class BadRequest(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+def request_body(buf: bytes, start: int, headers: dict) -> tuple[bytes, int] | None:
+    """The body of a request whose head ends at `start`: (body, end offset), or None
+    while incomplete. Content-Length or chunked transfer coding; BadRequest otherwise."""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return _chunked_body(buf, start)
+    text = headers.get("content-length", "0") or "0"
+    if not text.isdigit():
+        raise BadRequest(400, "bad Content-Length")
+    length = int(text)
+    if length > MAX_BODY:
+        raise BadRequest(413, "request body too large")
+    if len(buf) < start + length:
+        return None
+    return buf[start:start + length], start + length
+
+
+def _chunked_body(buf: bytes, pos: int) -> tuple[bytes, int] | None:
+    out = bytearray()
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            if len(buf) - pos > 1024:
+                raise BadRequest(400, "malformed chunked encoding")
+            return None
+        size_text = buf[pos:eol].split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise BadRequest(400, "malformed chunked encoding") from None
+        if size == 0:
+            end = buf.find(b"\r\n\r\n", eol)  # after any trailer fields
+            return None if end < 0 else (bytes(out), end + 4)
+        if len(out) + size > MAX_BODY:
+            raise BadRequest(413, "request body too large")
+        if len(buf) < eol + 2 + size + 2:
+            return None
+        out += buf[eol + 2:eol + 2 + size]
+        pos = eol + 2 + size + 2
+
+
 def response_fields(headers, content_type: str | None) -> list[tuple[str, str]]:
     """A response's header fields as Go's net/http writes them: sorted by name, then
     Date (HTTP/1.1 and plain HTTP/2 answers alike)."""
@@ -71,18 +118,19 @@ class Http1Handler:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        length = int(headers.get("content-length", "0") or 0)
-        if length > MAX_BODY:
-            self._reply(413, b"request body too large\n", close=True)
+        try:
+            got = request_body(self._buf, head_end + 4, headers)
+        except BadRequest as exc:
+            self._reply(exc.status, exc.text.encode() + b"\n", close=True)
             return
-        if len(self._buf) < head_end + 4 + length:
+        if got is None:
             if headers.get("expect", "").lower() == "100-continue" and not self._continued:
                 self._continued = True  # curl waits for this before sending a large body
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         self._continued = False
-        body = self._buf[head_end + 4 : head_end + 4 + length]
-        self._buf = self._buf[head_end + 4 + length :]
+        body, end = got
+        self._buf = self._buf[end:]
         close = headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
         handler = self.server.http_handler
         if handler is None:
