@@ -145,3 +145,46 @@ def _debug_dump(results):  # pragma: no cover - used when a comparison fails
     import pprint
     a, b = (pprint.pformat(r, width=200).splitlines() for r in results)
     return "\n".join(difflib.unified_diff(a, b, "etcd", "kubekv", lineterm=""))
+
+
+def test_a_slow_reader_gets_the_same_events_as_from_etcd(servers):
+    """A reader that stalls after every response while 400 revisions are committed:
+    response boundaries may differ (both servers batch a lagging watcher's revisions),
+    the events, their order, values and prev_kv may not; every response holds whole
+    revisions in order."""
+    def scenario(proc):
+        kv = proc.kv
+        pfx = b"slow/"
+        ws = WatchStream(proc.channel, delay=0.01)
+        try:
+            ws.create(pfx, range_end=b"slow0", prev_kv=True)
+            ws.wait(lambda rs: any(r.created for r in rs))
+            expected = 0
+            for i in range(400):
+                k = pfx + b"k%02d" % (i % 17)
+                if i % 9 == 8:
+                    expected += kv.DeleteRange(pb.DeleteRangeRequest(key=k)).deleted
+                elif i % 13 == 12:
+                    kv.Txn(pb.TxnRequest(success=[
+                        pb.RequestOp(request_put=pb.PutRequest(key=k, value=b"t%d" % i)),
+                        pb.RequestOp(request_put=pb.PutRequest(key=k + b"x", value=b"u")),
+                    ]))
+                    expected += 2
+                else:
+                    kv.Put(pb.PutRequest(key=k, value=b"v%d" % i))
+                    expected += 1
+            out = ws.wait(lambda rs: sum(len(r.events) for r in rs) >= expected, timeout=60)
+        finally:
+            ws.close()
+        events = []
+        for r in out:
+            revs = [e.kv.mod_revision for e in r.events]
+            assert revs == sorted(revs) and (not revs or r.header.revision >= revs[-1])
+            events += [(e.type, e.kv.key, e.kv.value, e.kv.mod_revision, e.kv.version,
+                        e.prev_kv.value, e.prev_kv.mod_revision) for e in r.events]
+        base = events[0][3]
+        return [(t, k, v, rev - base, ver, pv, prev - base if prev else 0)
+                for t, k, v, rev, ver, pv, prev in events]
+
+    events = both(servers, scenario)
+    assert len(events) > 400
