@@ -76,6 +76,11 @@ class MemberMetrics:
               "The revision of the last compaction in store.",
               lambda: m.mvcc.revisions()[1])  # -1 before any compaction, as etcd
         gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.", m.mvcc.key_count)
+        for op, what in (("range", "ranges"), ("put", "puts"), ("delete", "deletes"),
+                         ("txn", "txns")):
+            r.add(CounterFn(f"etcd_mvcc_{op}_total",
+                            f"Total number of {what} seen by this member.",
+                            fn=lambda op=op: getattr(m.mvcc.counts, op)))
         hub = m.watch_hub
         gauge("etcd_debugging_mvcc_watcher_total", "Total number of watchers.",
               lambda: len(hub.synced) + len(hub.unsynced))

@@ -85,6 +85,23 @@ class _Dbs:
         self.max_key_size = env.max_key_size()
 
 
+class OpCounts:
+    """etcd's mvcc operation counters (etcd_mvcc_{range,put,delete,txn}_total): calls per
+    txn, added when the txn ends; a txn of more than one call also counts as a txn."""
+
+    __slots__ = ("range", "put", "delete", "txn")
+
+    def __init__(self) -> None:
+        self.range = self.put = self.delete = self.txn = 0
+
+    def add(self, ranges: int, puts: int, deletes: int) -> None:
+        self.range += ranges
+        self.put += puts
+        self.delete += deletes
+        if ranges + puts + deletes > 1:
+            self.txn += 1
+
+
 class _Reader:
     """The read half shared by ``ReadTxn`` and ``WriteTxn``."""
 
@@ -92,6 +109,7 @@ class _Reader:
     _dbs: _Dbs
     current_revision: int
     compact_revision: int
+    _ranges: int = 0
 
     def _range_rev(self) -> int:
         """The revision a range with ``rev <= 0`` reads at (the live revision)."""
@@ -107,6 +125,7 @@ class _Reader:
         count_only: bool = False,
     ) -> RangeResult:
         """etcd's ``rangeKeys``: keys in [key, end) (``end=b""``: all >= key) at ``rev``."""
+        self._ranges += 1
         cur_rev = self._range_rev()
         if rev > cur_rev:
             raise FutureRevError()
@@ -241,14 +260,18 @@ class ReadTxn(_Reader):
     LMDB transaction, so the view is consistent in any thread or process.
     """
 
-    def __init__(self, env: lmdb.Environment, dbs: _Dbs) -> None:
+    def __init__(self, env: lmdb.Environment, dbs: _Dbs, counts: OpCounts | None = None) -> None:
         self._env = env
         self._dbs = dbs
+        self._counts = counts
         self._txn = env.begin(write=False)
         self.current_revision, self.compact_revision = meta.revisions(self._txn, dbs.meta)
 
     def close(self) -> None:
         self._txn.abort()
+        if self._counts is not None and self._ranges:
+            self._counts.add(self._ranges, 0, 0)
+            self._ranges = 0
 
     def __enter__(self) -> ReadTxn:
         return self
@@ -264,9 +287,11 @@ class WriteTxn(_Reader):
     0, 1, ...; ``end()`` stores the new current revision. The caller commits.
     """
 
-    def __init__(self, txn: lmdb.Transaction, dbs: _Dbs) -> None:
+    def __init__(self, txn: lmdb.Transaction, dbs: _Dbs, counts: OpCounts | None = None) -> None:
         self._txn = txn
         self._dbs = dbs
+        self._counts = counts
+        self._puts = self._deletes = 0
         self.current_revision, self.compact_revision = meta.revisions(txn, dbs.meta)
         # (event type, kv, prev kv) per change, in order; Events are built on demand.
         self._changes: list[tuple[int, KeyValue, KeyValue]] = []
@@ -279,6 +304,7 @@ class WriteTxn(_Reader):
     def put(self, key: bytes, value: bytes, lease: int = 0) -> KeyValue | None:
         """Put ``key``; returns the previous KeyValue (None if absent)."""
         dbs, txn = self._dbs, self._txn
+        self._puts += 1
         if not key:
             raise InvalidKeyError("empty key")
         if len(key) > dbs.max_key_size:
@@ -312,6 +338,7 @@ class WriteTxn(_Reader):
     def delete_range(self, key: bytes, end: bytes | None) -> list[KeyValue]:
         """Delete the live keys in [key, end) (see ``range``); returns their previous kvs."""
         dbs, txn = self._dbs, self._txn
+        self._deletes += 1
         if end is None:
             if not key or len(key) > dbs.max_key_size:
                 return []
@@ -359,6 +386,8 @@ class WriteTxn(_Reader):
         """Finish: store the new current revision if anything changed; return it."""
         if not self._ended:
             self._ended = True
+            if self._counts is not None:
+                self._counts.add(self._ranges, self._puts, self._deletes)
             if self._changes:
                 meta.put_current_revision(self._txn, self._dbs.meta, self.current_revision + 1)
         return self._range_rev()
@@ -381,6 +410,7 @@ class MVCCStore:
     def __init__(self, env: lmdb.Environment) -> None:
         self.env = env
         self._dbs = _Dbs(env)
+        self.counts = OpCounts()
 
     def rebind(self, env: lmdb.Environment) -> None:
         """Use another environment holding the same data (after a defragmentation)."""
@@ -394,11 +424,11 @@ class MVCCStore:
 
     def read(self) -> ReadTxn:
         """A read view at the current revision; use as a context manager."""
-        return ReadTxn(self.env, self._dbs)
+        return ReadTxn(self.env, self._dbs, self.counts)
 
     def write(self, txn: lmdb.Transaction) -> WriteTxn:
         """Wrap a caller-owned LMDB write txn as one etcd write txn (at most one revision)."""
-        return WriteTxn(txn, self._dbs)
+        return WriteTxn(txn, self._dbs, self.counts)
 
     def key_count(self) -> int:
         """Keys that exist now (etcd's keys_total), from the live table's size."""

@@ -311,6 +311,9 @@ class Call:
         """The client reset the stream or the connection ended."""
         if not self.finished:
             self.finished = True
+            observer = self.conn.server.observer
+            if observer is not None and self.method is not None:
+                observer.handled(self.method, CANCELLED)
             self._run_callbacks()
         self._cancel_handler()
 

@@ -73,6 +73,13 @@ def test_a_member_reports_its_state_and_calls(tmp_path):
         kv.Range(pb.RangeRequest(key=b"k1"))
         with pytest.raises(grpc.RpcError):
             kv.Range(pb.RangeRequest())  # no key: InvalidArgument
+        kv.Txn(pb.TxnRequest(success=[
+            pb.RequestOp(request_range=pb.RangeRequest(key=b"k1")),
+            pb.RequestOp(request_put=pb.PutRequest(key=b"k1", value=b"w"))]))
+        watch = rpc_pb2_grpc.WatchStub(proc.channel).Watch(iter([pb.WatchRequest(
+            create_request=pb.WatchCreateRequest(key=b"k"))]))
+        next(watch)
+        watch.cancel()  # the client cancels: grpc_code="Canceled"
         status, ctype, text = _scrape(proc.port)
         assert status == 200 and ctype == "text/plain; version=0.0.4; charset=utf-8"
         s = _samples(text)
@@ -84,9 +91,14 @@ def test_a_member_reports_its_state_and_calls(tmp_path):
         assert s["etcd_server_has_leader"] == 1 and s["etcd_server_is_leader"] == 1
         assert s["etcd_server_leader_changes_seen_total"] == 1
         assert s["etcd_debugging_mvcc_keys_total"] == 2
-        assert s["etcd_debugging_mvcc_current_revision"] == 5
+        assert s["etcd_debugging_mvcc_current_revision"] == 6
+        # etcd counts calls per mvcc txn (a DeleteRange is one delete however many keys)
+        assert (s["etcd_mvcc_put_total"], s["etcd_mvcc_delete_total"],
+                s["etcd_mvcc_txn_total"]) == (4, 1, 1)
+        assert s['grpc_server_handled_total{grpc_code="Canceled",grpc_method="Watch",'
+                 'grpc_service="etcdserverpb.Watch",grpc_type="bidi_stream"}'] == 1
         assert s["etcd_server_proposals_applied_total"] == s[
-            "etcd_server_proposals_committed_total"] >= 5
+            "etcd_server_proposals_committed_total"] >= 6
         assert s["etcd_disk_wal_fsync_duration_seconds_count"] >= 4
         assert s["etcd_disk_backend_commit_duration_seconds_count"] >= 4
         assert s['etcd_server_version{server_version="3.5.17"}'] == 1
@@ -111,3 +123,40 @@ def test_families_are_named_typed_and_described_as_etcds(tmp_path):
     missing = sorted(set(mine) - set(etcds))
     assert not missing
     assert {n: mine[n] for n in mine} == {n: etcds[n] for n in mine}
+
+
+def test_mvcc_operation_counters_move_as_etcds(tmp_path):
+    """The same calls on kubekv and etcd 3.5: etcd_mvcc_{range,put,delete,txn}_total
+    agree after each step (start-up included)."""
+    def steps(proc):
+        kv = rpc_pb2_grpc.KVStub(proc.channel)
+        out = [_mvcc_counts(proc.port)]
+        for i in range(3):
+            kv.Put(pb.PutRequest(key=b"k%d" % i, value=b"v"))
+        out.append(_mvcc_counts(proc.port))
+        kv.DeleteRange(pb.DeleteRangeRequest(key=b"k", range_end=b"l"))
+        kv.DeleteRange(pb.DeleteRangeRequest(key=b"nothing"))
+        kv.Range(pb.RangeRequest(key=b"k1"))
+        kv.Range(pb.RangeRequest(key=b"k1", serializable=True))
+        out.append(_mvcc_counts(proc.port))
+        kv.Txn(pb.TxnRequest(success=[
+            pb.RequestOp(request_range=pb.RangeRequest(key=b"k1")),
+            pb.RequestOp(request_put=pb.PutRequest(key=b"k1", value=b"w"))]))
+        kv.Txn(pb.TxnRequest(
+            compare=[pb.Compare(key=b"k1", target=pb.Compare.VALUE, value=b"w")],
+            success=[pb.RequestOp(request_range=pb.RangeRequest(key=b"k1"))]))
+        out.append(_mvcc_counts(proc.port))
+        return out
+
+    (tmp_path / "k").mkdir()
+    (tmp_path / "e").mkdir()
+    with running(kubekv_process(tmp_path / "k")) as ours:
+        mine = steps(ours)
+    with running(etcd_process(tmp_path / "e")) as theirs:
+        etcds = steps(theirs)
+    assert mine == etcds
+
+
+def _mvcc_counts(port: int) -> dict[str, float]:
+    s = _samples(_scrape(port)[2])
+    return {k: v for k, v in s.items() if k.startswith("etcd_mvcc_") and k.endswith("_total")}
