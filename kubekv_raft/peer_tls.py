@@ -24,6 +24,9 @@ import grpc
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BAD_CERTIFICATE",
+    "PeerIdentityInterceptor",
+    "peer_allowed",
     "self_signed_cert",
     "server_credentials",
     "channel_credentials",
@@ -114,3 +117,87 @@ def channel_credentials(
 def fetch_peer_certificate(host: str, port: int, timeout: float = 5.0) -> bytes:
     """The PEM certificate a peer's TLS server presents, unverified (auto-TLS trust)."""
     return ssl.get_server_certificate((host, port), timeout=timeout).encode()
+
+
+# What a member refusing a peer's certificate says; the peer logs it as Go's TLS
+# client does ("remote error: tls: bad certificate").
+BAD_CERTIFICATE = "tls: bad certificate"
+
+
+def peer_allowed(auth_context: dict, allowed_cn: str, allowed_hostname: str) -> bool:
+    """etcd's --peer-cert-allowed-cn / --peer-cert-allowed-hostname: the client
+    certificate's common name is exactly `allowed_cn`; one of its subject alternative
+    names matches `allowed_hostname` (DNS names may be wildcards: `*.example.com`)."""
+    if allowed_cn:
+        names = [v.decode() for v in auth_context.get("x509_common_name", [])]
+        if allowed_cn not in names:
+            return False
+    if allowed_hostname:
+        sans = [v.decode() for v in auth_context.get("x509_subject_alternative_name", [])]
+        if not any(_san_matches(s, allowed_hostname) for s in sans):
+            return False
+    return True
+
+
+def _san_matches(san: str, host: str) -> bool:
+    san, host = san.lower().rstrip("."), host.lower().rstrip(".")
+    if san == host:
+        return True
+    if san.startswith("*.") and "." in host:
+        return host.split(".", 1)[1] == san[2:] and not _is_ip(host)
+    return False
+
+
+class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses every peer call whose client certificate fails `peer_allowed` (etcd
+    refuses the TLS handshake; gRPC's Python server cannot, so the call is refused
+    with UNAUTHENTICATED before its handler runs)."""
+
+    def __init__(self, allowed_cn: str, allowed_hostname: str) -> None:
+        self.allowed_cn = allowed_cn
+        self.allowed_hostname = allowed_hostname
+
+    def _check(self, context) -> bool:
+        return peer_allowed(context.auth_context(), self.allowed_cn, self.allowed_hostname)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        check = self._check
+
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request, context):
+                if not check(context):
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CERTIFICATE)
+                return await inner_uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer)
+        if handler.stream_unary:
+            inner_su = handler.stream_unary
+
+            async def stream_unary(request_iterator, context):
+                if not check(context):
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CERTIFICATE)
+                return await inner_su(request_iterator, context)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary, handler.request_deserializer, handler.response_serializer)
+        inner = handler.unary_stream or handler.stream_stream
+        factory = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
+                   else grpc.stream_stream_rpc_method_handler)
+
+        async def streaming(request, context):
+            if not check(context):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CERTIFICATE)
+            result = inner(request, context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            else:
+                await result
+
+        return factory(streaming, handler.request_deserializer, handler.response_serializer)

@@ -158,7 +158,14 @@ def remove_partial_snapshots(directory: str) -> int:
 
 
 def parse_peer_url(url: str) -> tuple[str, bool]:
-    """(gRPC target, uses TLS) of a peer URL: http://h:p, https://h:p, unix:path, or h:p."""
+    """(gRPC target, uses TLS) of a peer URL: http://h:p, https://h:p, unix://path (etcd's
+    form: the path may contain a colon, relative to the working directory), unixs://path,
+    unix:path, or h:p."""
+    if url.startswith(("unix://", "unixs://")):
+        scheme, _, path = url.partition("://")
+        if not path:
+            raise ValueError(f"bad peer URL {url!r}")
+        return "unix:" + path, scheme == "unixs"
     if url.startswith("unix:"):
         return url, False
     parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
@@ -169,6 +176,8 @@ def parse_peer_url(url: str) -> tuple[str, bool]:
 
 def _describe(e: BaseException) -> str:
     if isinstance(e, grpc.aio.AioRpcError):
+        if e.code() == grpc.StatusCode.UNAUTHENTICATED and e.details() == "tls: bad certificate":
+            return "remote error: tls: bad certificate"  # Go's TLS client wording
         return f"{e.code().name}: {e.details()}"
     if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
         return "timed out"

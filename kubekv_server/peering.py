@@ -19,7 +19,12 @@ import grpc
 from etcdproto.kubekvpb import directory_pb2, directory_pb2_grpc
 from etcdproto.raftpb import peer_pb2_grpc
 from kubekv_raft import peer_tls
-from kubekv_raft.transport import GrpcTransport, RaftPeerServicer, peer_server_options
+from kubekv_raft.transport import (
+    GrpcTransport,
+    RaftPeerServicer,
+    parse_peer_url,
+    peer_server_options,
+)
 
 from .config import Config
 
@@ -171,7 +176,12 @@ class Peering:
             snapshot_dir=os.path.join(self.data_dir, "member", "snap"), loop=loop,
         )
         self.servicer.is_removed = is_removed
-        server = grpc.aio.server(options=peer_server_options())
+        raw = self.cfg.raw
+        interceptors = []
+        if raw["peer-cert-allowed-cn"] or raw["peer-cert-allowed-hostname"]:
+            interceptors.append(peer_tls.PeerIdentityInterceptor(
+                raw["peer-cert-allowed-cn"], raw["peer-cert-allowed-hostname"]))
+        server = grpc.aio.server(options=peer_server_options(), interceptors=interceptors)
         peer_pb2_grpc.add_RaftPeerServicer_to_server(self.servicer, server)
         directory_pb2_grpc.add_MemberDirectoryServicer_to_server(
             DirectoryServicer(self.cluster_id, members), server
@@ -179,10 +189,9 @@ class Peering:
         for add in services:
             add(server)
         for url in self.cfg.listen_peer_urls:
-            parts = urllib.parse.urlsplit(url)
-            addr = parts.netloc
+            addr, secure = parse_peer_url(url)
             try:
-                if parts.scheme == "https":
+                if secure:
                     port = server.add_secure_port(addr, self._server_credentials())
                 else:
                     port = server.add_insecure_port(addr)
@@ -224,7 +233,7 @@ async def fetch_members(cfg: Config, timeout: float = 10.0) -> tuple[int, list[d
                     ch = grpc.aio.secure_channel(parts.netloc,
                                                  peer_tls.channel_credentials(root_pem=pem))
                 else:
-                    ch = grpc.aio.insecure_channel(parts.netloc)
+                    ch = grpc.aio.insecure_channel(parse_peer_url(url)[0])
                 try:
                     resp = await directory_pb2_grpc.MemberDirectoryStub(ch).Members(
                         directory_pb2.MembersRequest(), timeout=2

@@ -44,9 +44,10 @@ GRPC_OVERHEAD_BYTES = 512 * 1024
 
 
 def listen_address(url: str) -> tuple[str, int, bool]:
-    """`http://localhost:2379` → ("localhost", 2379, secure=False)."""
+    """`http://localhost:2379` → ("localhost", 2379, secure=False); port 0: any free one."""
     parsed = urllib.parse.urlsplit(url)
-    return parsed.hostname or "", parsed.port or 2379, parsed.scheme in ("https", "unixs")
+    port = parsed.port if parsed.port is not None else 2379
+    return parsed.hostname or "", port, parsed.scheme in ("https", "unixs")
 
 
 class ClientServer:
@@ -104,9 +105,10 @@ class ClientServer:
                         f"kubekv: TLS listener {url} needs --cert-file/--key-file or --auto-tls"
                     )
             try:
-                await rpc.listen(host, port, tls if secure else None)
+                server = await rpc.listen(host, port, tls if secure else None)
             except OSError as exc:
                 raise SystemExit(f"kubekv: listen tcp {host}:{port}: {exc.strerror}") from None
+            port = server.sockets[0].getsockname()[1]  # the one chosen for port 0
             log.info("event=serving_client_requests address=%s:%d secure=%s", host, port, secure)
         self.metrics = MemberMetrics(m, SERVER_VERSION, CLUSTER_VERSION.rsplit(".", 1)[0])
         self.metrics.attach(rpc)

@@ -1,0 +1,108 @@
+"""--peer-cert-allowed-cn / --peer-cert-allowed-hostname: the check as pure logic, and
+three members where one presents a certificate the others do not allow (etcd's
+TestEtcdPeerCNAuth): the two form the cluster, the third is refused and says so in
+Go's words."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import grpc
+
+from etcdproto.etcdserverpb import rpc_pb2 as pb
+from etcdproto.etcdserverpb import rpc_pb2_grpc
+from kubekv_raft.peer_tls import peer_allowed
+from tests.harness import ROOT, free_port
+
+
+def test_common_name_and_hostname_checks():
+    ctx = {"x509_common_name": [b"example.com"],
+           "x509_subject_alternative_name": [b"node1.example.com", b"127.0.0.1"]}
+    assert peer_allowed(ctx, "", "")
+    assert peer_allowed(ctx, "example.com", "")
+    assert not peer_allowed(ctx, "example2.com", "")
+    assert not peer_allowed({}, "example.com", "")  # no client certificate at all
+    assert peer_allowed(ctx, "", "node1.example.com")
+    assert peer_allowed(ctx, "example.com", "127.0.0.1")
+    assert not peer_allowed(ctx, "", "node2.example.com")
+    wild = {"x509_subject_alternative_name": [b"*.example.com"]}
+    assert peer_allowed(wild, "", "node9.example.com")
+    assert not peer_allowed(wild, "", "a.b.example.com")
+    assert not peer_allowed(wild, "", "example.com")
+
+
+def _openssl(*args: str, cwd) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _pki(d) -> None:
+    _openssl("req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-keyout", "ca.key", "-out", "ca.pem",
+             "-subj", "/CN=test-ca", "-days", "2", cwd=d)
+    for name in ("example.com", "example2.com"):
+        _openssl("req", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                 "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}",
+                 "-addext", "subjectAltName=IP:127.0.0.1", cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-copy_extensions", "copy", "-out", f"{name}.pem",
+                 "-days", "2", cwd=d)
+
+
+def test_a_member_whose_certificate_is_not_allowed_is_refused(tmp_path):
+    _pki(tmp_path)
+    peers = [free_port() for _ in range(3)]
+    clients = [free_port() for _ in range(3)]
+    cluster = ",".join(f"m{i}=https://127.0.0.1:{p}" for i, p in enumerate(peers))
+    procs, logs = [], []
+    try:
+        for i in range(3):
+            cn = "example.com" if i < 2 else "example2.com"
+            log = tmp_path / f"m{i}.log"
+            logs.append(log)
+            argv = [
+                sys.executable, "-m", "kubekv_server", "--name", f"m{i}",
+                "--data-dir", str(tmp_path / f"m{i}.kubekv"),
+                "--listen-client-urls", f"http://127.0.0.1:{clients[i]}",
+                "--advertise-client-urls", f"http://127.0.0.1:{clients[i]}",
+                "--listen-peer-urls", f"https://127.0.0.1:{peers[i]}",
+                "--initial-advertise-peer-urls", f"https://127.0.0.1:{peers[i]}",
+                "--initial-cluster", cluster,
+                "--peer-cert-file", str(tmp_path / f"{cn}.pem"),
+                "--peer-key-file", str(tmp_path / f"{cn}.key"),
+                "--peer-trusted-ca-file", str(tmp_path / "ca.pem"),
+                "--peer-client-cert-auth", "--peer-cert-allowed-cn", cn,
+            ]
+            with open(log, "ab") as out:
+                procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                              cwd=tmp_path, env={"PYTHONPATH": str(ROOT),
+                                                                 "PATH": "/usr/bin:/bin"}))
+        deadline = time.monotonic() + 40
+        refused = False
+        while time.monotonic() < deadline and not refused:
+            refused = "remote error: tls: bad certificate" in logs[2].read_text(errors="replace")
+            time.sleep(0.2)
+        assert refused, logs[2].read_text(errors="replace")[-2000:]
+        # the two allowed members have a leader and serve writes
+        with grpc.insecure_channel(f"127.0.0.1:{clients[0]}") as ch:
+            kv = rpc_pb2_grpc.KVStub(ch)
+            while True:
+                try:
+                    kv.Put(pb.PutRequest(key=b"a", value=b"b"), timeout=2)
+                    break
+                except grpc.RpcError:
+                    assert time.monotonic() < deadline, logs[0].read_text()[-2000:]
+                    time.sleep(0.2)
+        # the refused one never joins: still waiting, never ready (as etcd's e2e expects)
+        assert procs[2].poll() is None
+        assert "published {Name:m2" not in logs[2].read_text(errors="replace")
+        assert "published {Name:m0" in logs[0].read_text(errors="replace")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
