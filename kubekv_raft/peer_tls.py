@@ -18,6 +18,7 @@ import logging
 import os
 import ssl
 import subprocess
+import time
 
 import grpc
 
@@ -153,12 +154,26 @@ class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):
     refuses the TLS handshake; gRPC's Python server cannot, so the call is refused
     with UNAUTHENTICATED before its handler runs)."""
 
+    LOG_EVERY = 60.0  # seconds between log lines about the same refused name
+
     def __init__(self, allowed_cn: str, allowed_hostname: str) -> None:
         self.allowed_cn = allowed_cn
         self.allowed_hostname = allowed_hostname
+        self._logged: dict[tuple, float] = {}
 
     def _check(self, context) -> bool:
-        return peer_allowed(context.auth_context(), self.allowed_cn, self.allowed_hostname)
+        ac = context.auth_context()
+        if peer_allowed(ac, self.allowed_cn, self.allowed_hostname):
+            return True
+        names = tuple(ac.get("x509_common_name", []))
+        now = time.monotonic()
+        if now - self._logged.get(names, -self.LOG_EVERY) >= self.LOG_EVERY:
+            self._logged[names] = now
+            log.warning("rejected peer %s: client certificate authentication failed "
+                        "(common name %s; allowed cn=%r hostname=%r)", context.peer(),
+                        b",".join(names).decode() or "none", self.allowed_cn,
+                        self.allowed_hostname)
+        return False
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)

@@ -94,6 +94,8 @@ def test_a_member_whose_certificate_is_not_allowed_is_refused(tmp_path):
                 except grpc.RpcError:
                     assert time.monotonic() < deadline, logs[0].read_text()[-2000:]
                     time.sleep(0.2)
+        # the refused one also refuses the others (their names are not its allowed one)
+        assert "client certificate authentication failed" in logs[2].read_text(errors="replace")
         # the refused one never joins: still waiting, never ready (as etcd's e2e expects)
         assert procs[2].poll() is None
         assert "published {Name:m2" not in logs[2].read_text(errors="replace")
