@@ -25,9 +25,31 @@ def setup_logging(level: str) -> None:
     root.setLevel(LOG_LEVELS.get(level, logging.INFO))
 
 
-def main(argv: list[str] | None = None) -> int:
+def gateway_main(argv: list[str]) -> int:
+    """`kubekv gateway start`: etcd's TCP gateway (tcp_gateway.py)."""
+    from .tcp_gateway import USAGE as GATEWAY_USAGE
+    from .tcp_gateway import GatewayFlagError, parse_gateway_args, serve
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(GATEWAY_USAGE)
+        return 0
     try:
-        cfg = parse_args(sys.argv[1:] if argv is None else argv)
+        cfg = parse_gateway_args(argv)
+    except GatewayFlagError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        print(GATEWAY_USAGE, file=sys.stderr)
+        return 2
+    setup_logging("info")
+    asyncio.run(serve(cfg))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "gateway":
+        return gateway_main(argv[1:])
+    try:
+        cfg = parse_args(argv)
     except FlagError as exc:
         print(exc, file=sys.stderr)
         print(USAGE, file=sys.stderr)
