@@ -181,26 +181,18 @@ class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):
             return None
         check = self._check
 
-        if handler.unary_unary:
-            inner_uu = handler.unary_unary
+        single = handler.unary_unary or handler.stream_unary  # one response
+        if single:
+            factory = (grpc.unary_unary_rpc_method_handler if handler.unary_unary
+                       else grpc.stream_unary_rpc_method_handler)
 
-            async def unary_unary(request, context):
+            async def one_response(request, context):
                 if not check(context):
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CERTIFICATE)
-                return await inner_uu(request, context)
+                return await single(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer)
-        if handler.stream_unary:
-            inner_su = handler.stream_unary
-
-            async def stream_unary(request_iterator, context):
-                if not check(context):
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CERTIFICATE)
-                return await inner_su(request_iterator, context)
-
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary, handler.request_deserializer, handler.response_serializer)
+            return factory(one_response, handler.request_deserializer,
+                           handler.response_serializer)
         inner = handler.unary_stream or handler.stream_stream
         factory = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
                    else grpc.stream_stream_rpc_method_handler)
