@@ -23,6 +23,7 @@ from etcdproto.v3electionpb import v3election_pb2 as epb
 from etcdproto.v3lockpb import v3lock_pb2 as lpb
 
 from .gateway_json import JSONError, decode_stream
+from .rpc.http1 import REASONS
 
 log = logging.getLogger("kubekv.gateway")
 
@@ -166,14 +167,8 @@ def stream_error(code: int, message: str) -> bytes:
     """grpc-gateway's error object inside a stream (after the response has begun)."""
     status = HTTP_STATUS.get(code, 500)
     return json.dumps({"error": {"grpc_code": code, "http_code": status, "message": message,
-                                 "http_status": _REASON.get(status, "")}},
+                                 "http_status": REASONS.get(status, "")}},
                       separators=(",", ":")).encode() + b"\n"
-
-
-_REASON = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-           404: "Not Found", 408: "Request Timeout", 409: "Conflict", 412: "Precondition Failed",
-           429: "Too Many Requests", 500: "Internal Server Error", 501: "Not Implemented",
-           503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
 def metadata(headers: dict) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ log = logging.getLogger("kubekv.http")
 MAX_HEAD = 64 << 10
 MAX_BODY = 8 << 20
 
-_REASONS = {200: "OK", 301: "Moved Permanently", 400: "Bad Request", 401: "Unauthorized",
+REASONS = {200: "OK", 301: "Moved Permanently", 400: "Bad Request", 401: "Unauthorized",
             403: "Forbidden",
             404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
             409: "Conflict", 412: "Precondition Failed", 413: "Payload Too Large",
@@ -164,7 +164,7 @@ class Http1Handler:
         """A chunked response, each chunk written as it comes, until the iterator ends
         or the client goes away."""
         self.transport.write((
-            f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
+            f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\n"
             + _header_lines(headers, content_type)
             + "Transfer-Encoding: chunked\r\n\r\n").encode())
         try:
@@ -197,7 +197,7 @@ class Http1Handler:
         if self._closed:
             return
         head = (
-            f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
+            f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\n"
             + _header_lines(headers, content_type)
             + f"Content-Length: {len(body)}\r\n"
             + ("Connection: close\r\n" if close else "")
