@@ -10,6 +10,8 @@ log = logging.getLogger("kubekv.http")
 
 MAX_HEAD = 64 << 10
 MAX_BODY = 8 << 20
+# bytes of a streamed response waiting for the client beyond which the stream waits
+STREAM_HIGH_WATER = 1 << 20
 
 REASONS = {200: "OK", 301: "Moved Permanently", 400: "Bad Request", 401: "Unauthorized",
             403: "Forbidden",
@@ -173,6 +175,10 @@ class Http1Handler:
                     break
                 if chunk:
                     self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                # a slow client holds the stream back instead of growing our buffer
+                while (not self._closed
+                       and self.transport.get_write_buffer_size() > STREAM_HIGH_WATER):
+                    await asyncio.sleep(0.01)
             if not self._closed:
                 self.transport.write(b"0\r\n\r\n")
         finally:

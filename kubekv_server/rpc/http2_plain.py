@@ -10,7 +10,7 @@ import logging
 
 from . import frames as f
 from .calls import Call
-from .http1 import response_fields
+from .http1 import STREAM_HIGH_WATER, response_fields
 
 log = logging.getLogger("kubekv.http")
 
@@ -89,6 +89,10 @@ class PlainRequest(Call):
                     break
                 if chunk:
                     conn.send_data(self, chunk)
+                while not self.finished and (
+                        self.pending_bytes > STREAM_HIGH_WATER
+                        or conn.transport.get_write_buffer_size() > STREAM_HIGH_WATER):
+                    await asyncio.sleep(0.01)  # a slow client holds the stream back
             if not self.finished:
                 self.finished = True
                 conn.send_trailers(self, b"")
