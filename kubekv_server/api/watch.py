@@ -28,10 +28,12 @@ log = logging.getLogger("kubekv.watch")
 # responses handed to the RPC layer at once (each already whole revisions)
 BATCH_RESPONSES = 64
 # A stream whose client is behind (its last pull held several revisions for a
-# watcher) waits this long before the next pull, so that each response carries more
-# revisions and the client spends less per event (etcd batches its slow watchers every
-# 100 ms).
+# watcher, and more than BEHIND_BYTES of what it was sent are not yet acknowledged by
+# HTTP/2 window updates) waits this long before the next pull, so that each response
+# carries more revisions and the client spends less per event (etcd batches its slow
+# watchers every 100 ms). A client that keeps up is never held back.
 BEHIND_LINGER = 0.05
+BEHIND_BYTES = 64 << 10
 
 _NOPUT = pb.WatchCreateRequest.NOPUT
 _NODELETE = pb.WatchCreateRequest.NODELETE
@@ -242,7 +244,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                     if w is not None and out.events:
                         w.progress_due = False  # etcd elides the next progress notification
                 yield batch
-                if stream.behind:
+                if stream.behind and context.unacknowledged_bytes() > BEHIND_BYTES:
                     stream.linger(BEHIND_LINGER)
         finally:
             hub.close_stream(stream)
