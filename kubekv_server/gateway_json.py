@@ -145,10 +145,6 @@ class _Num(float):
         return obj
 
 
-def _parse_int_literal(text: str):
-    return _Num(text)
-
-
 def _repeated(fd) -> bool:
     flag = getattr(fd, "is_repeated", None)  # protobuf >= 6; older ones have .label
     return flag if flag is not None else fd.label == FD.LABEL_REPEATED
@@ -251,7 +247,7 @@ def _no_constant(name: str):
     raise JSONError(f"invalid character {_go_char(name[0])} looking for beginning of value")
 
 
-_DECODER = json.JSONDecoder(parse_float=_Num, parse_int=_parse_int_literal,
+_DECODER = json.JSONDecoder(parse_float=_Num, parse_int=_Num,
                             parse_constant=_no_constant)
 
 
