@@ -20,6 +20,7 @@ from etcdproto.mvccpb import kv_pb2
 from .bbolt_export import BRANCH_PAGE, BUCKET_LEAF_FLAG, LEAF_PAGE, MAGIC, fnv1a64
 from .mvcc import meta as mvcc_meta
 from .mvcc.revision import is_tombstone, main_of
+from .mvcc.stored_key import stored
 
 _PAGE_HEADER = struct.Struct("<QHHI")
 _LEAF = struct.Struct("<IIII")
@@ -107,14 +108,17 @@ def load(path: str, env: lmdb.Environment, mvcc, leases, backend) -> int:
         for rev, value in rows:
             txn.put(rev, value, db=dbs.key, append=True)
             kv = kv_pb2.KeyValue.FromString(value)
-            txn.put(kv.key, rev, db=dbs.key_index, dupdata=True)
+            sk = stored(kv.key)
+            if sk != kv.key:
+                txn.put(sk, kv.key, db=dbs.long_keys)
+            txn.put(sk, rev, db=dbs.key_index, dupdata=True)
             if is_tombstone(rev):
-                live.pop(kv.key, None)
+                live.pop(sk, None)
             else:
-                live[kv.key] = (value, kv)
+                live[sk] = (value, kv)
             current = max(current, main_of(rev))
-        for key in sorted(live):
-            txn.put(key, live[key][0], db=dbs.live)
+        for sk in sorted(live):
+            txn.put(sk, live[sk][0], db=dbs.live)
         mvcc_meta.put_current_revision(txn, dbs.meta, current)
         for name in (mvcc_meta.SCHEDULED_COMPACT_REV, mvcc_meta.FINISHED_COMPACT_REV):
             for k, v in buckets.get(b"meta", []):

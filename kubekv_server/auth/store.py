@@ -25,6 +25,7 @@ from etcdproto.etcdserverpb import rpc_pb2 as pb
 
 from .. import errors
 from ..errors import EtcdError
+from ..mvcc.stored_key import stored
 from . import perms
 from .tokens import VerifyOnlyError
 
@@ -114,15 +115,16 @@ class AuthStore:
     # ------------------------------------------------------------ reading
 
     def user(self, txn: lmdb.Transaction, name: str) -> auth_pb2.User | None:
-        raw = txn.get(name.encode(), db=self.users_db)
+        raw = txn.get(stored(name.encode()), db=self.users_db)
         return auth_pb2.User.FromString(raw) if raw is not None else None
 
     def role(self, txn: lmdb.Transaction, name: str) -> auth_pb2.Role | None:
-        raw = txn.get(name.encode(), db=self.roles_db)
+        raw = txn.get(stored(name.encode()), db=self.roles_db)
         return auth_pb2.Role.FromString(raw) if raw is not None else None
 
     def _all(self, txn: lmdb.Transaction, db, cls):
-        return [cls.FromString(v) for _, v in txn.cursor(db=db)]
+        """Every user or role, by name (names are stored as ``mvcc.stored_key`` forms)."""
+        return sorted((cls.FromString(v) for _, v in txn.cursor(db=db)), key=lambda m: m.name)
 
     def _read(self, txn, fn, *args):
         if txn is not None:
@@ -275,10 +277,10 @@ class AuthStore:
         txn.put(_REVISION, _U64.pack(self.revision), db=self.meta_db)
 
     def _put_user(self, txn, user: auth_pb2.User) -> None:
-        txn.put(bytes(user.name), user.SerializeToString(), db=self.users_db)
+        txn.put(stored(bytes(user.name)), user.SerializeToString(), db=self.users_db)
 
     def _put_role(self, txn, role: auth_pb2.Role) -> None:
-        txn.put(bytes(role.name), role.SerializeToString(), db=self.roles_db)
+        txn.put(stored(bytes(role.name)), role.SerializeToString(), db=self.roles_db)
 
     def apply(self, txn, kind: str, r, ai: AuthInfo | None, index: int):
         """Apply one auth request in the applier's transaction; ai None = trusted."""
@@ -351,7 +353,7 @@ class AuthStore:
             raise errors.INVALID_AUTH_MGMT
         if self.user(txn, r.name) is None:
             raise errors.USER_NOT_FOUND
-        txn.delete(r.name.encode(), db=self.users_db)
+        txn.delete(stored(r.name.encode()), db=self.users_db)
         self._commit_revision(txn)
         self.tokens.invalidate_user(r.name)
         return pb.AuthUserDeleteResponse()
@@ -444,7 +446,7 @@ class AuthStore:
             raise errors.INVALID_AUTH_MGMT
         if self.role(txn, r.role) is None:
             raise errors.ROLE_NOT_FOUND
-        txn.delete(r.role.encode(), db=self.roles_db)
+        txn.delete(stored(r.role.encode()), db=self.roles_db)
         for user in self._all(txn, self.users_db, auth_pb2.User):
             if r.role in user.roles:
                 roles = [x for x in user.roles if x != r.role]

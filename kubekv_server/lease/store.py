@@ -1,8 +1,10 @@
 """Durable lease records in the state LMDB environment, written in the apply transaction.
 
 - ``lease``: 8-byte lease ID -> 8-byte granted TTL (seconds).
-- ``lease_keys``: dupsort 8-byte lease ID -> attached key. etcd rebuilds this map
-  from the key-value store at startup; keeping it here keeps opening O(1).
+- ``lease_keys``: dupsort 8-byte lease ID -> attached key as the MVCC store keeps it
+  (``mvcc.stored_key``: a long key's stored form, resolved through ``long_keys``).
+  etcd rebuilds this map from the key-value store at startup; keeping it here keeps
+  opening O(1).
 
 Attachment follows the MVCC changes of each applied request: a put attaches its
 key to its lease (detaching it from the previous one), a delete detaches it.
@@ -18,6 +20,7 @@ from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.mvccpb.kv_pb2 import Event
 
 from .. import errors
+from ..mvcc.stored_key import PREFIX, is_long, stored
 
 _ID = struct.Struct(">Q")
 _TTL = struct.Struct(">q")
@@ -43,6 +46,7 @@ class LeaseStore:
         self.env = backend.env
         self.leases = backend.open_db(b"lease")
         self.keys_db = backend.open_db(b"lease_keys", dupsort=True)
+        self.long_keys = backend.open_db(b"long_keys")
 
     # ----------------------------------------------------------------- reads
 
@@ -57,7 +61,7 @@ class LeaseStore:
         cur = txn.cursor(db=self.keys_db)
         if not cur.set_key(_id(lease_id)):
             return []
-        return list(cur.iternext_dup())
+        return [txn.get(k, db=self.long_keys) if is_long(k) else k for k in cur.iternext_dup()]
 
     # ---------------------------------------------------------------- writes
 
@@ -88,9 +92,10 @@ class LeaseStore:
             new = kv.lease if ev.type == Event.PUT else 0
             if old == new:
                 continue
+            key = kv.key if len(kv.key) <= PREFIX else stored(kv.key)
             if old:
                 cur = txn.cursor(db=self.keys_db)
-                if cur.set_key_dup(_id(old), kv.key):
+                if cur.set_key_dup(_id(old), key):
                     cur.delete()
             if new:
-                txn.put(_id(new), kv.key, db=self.keys_db, dupdata=True)
+                txn.put(_id(new), key, db=self.keys_db, dupdata=True)

@@ -5,7 +5,6 @@ from .errors import (
     CompactedError,
     FutureRevError,
     InvalidKeyError,
-    KeyTooLargeError,
     MVCCError,
 )
 from .meta import NEVER_COMPACTED
@@ -17,7 +16,6 @@ __all__ = [
     "CompactedError",
     "FutureRevError",
     "InvalidKeyError",
-    "KeyTooLargeError",
     "MVCCError",
     "MVCCStore",
     "RangeResult",

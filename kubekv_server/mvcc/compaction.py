@@ -16,6 +16,7 @@ import lmdb
 from . import meta
 from .key_index import newest_at
 from .revision import is_tombstone, rev_to_bytes
+from .stored_key import PREFIX, stored
 
 
 def key_of(raw_kv: bytes) -> bytes:
@@ -40,9 +41,11 @@ def compact_step(
     key_index: lmdb._Database,
     meta_db: lmdb._Database,
     budget: int,
+    long_keys: lmdb._Database | None = None,
 ) -> bool:
     """Examine up to ``budget`` history rows of the scheduled compaction.
 
+    A long key whose last index entry goes is dropped from ``long_keys`` too.
     Returns True while rows remain to examine.
     """
     at = meta.compact_cursor(txn, meta_db)
@@ -61,12 +64,15 @@ def compact_step(
             break
         examined += 1
         ukey = key_of(rows.value())
-        newest = newest_at(seeker, ukey, compact_rev)
+        sk = ukey if len(ukey) <= PREFIX else stored(ukey)
+        newest = newest_at(seeker, sk, compact_rev)
         if newest == rb and not is_tombstone(rb):
             positioned = rows.next()
             continue
-        if seeker.set_key_dup(ukey, rb):
+        if seeker.set_key_dup(sk, rb):
             seeker.delete()
+            if long_keys is not None and len(ukey) > PREFIX and not seeker.set_key(sk):
+                txn.delete(sk, db=long_keys)
         rows.delete()
         positioned = rows.key() != b""
     if positioned and rows.key() < stop:

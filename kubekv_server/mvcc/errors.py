@@ -26,8 +26,4 @@ class FutureRevError(MVCCError):
 
 
 class InvalidKeyError(MVCCError, ValueError):
-    """The key cannot be stored: empty (etcd's API refuses it before) or too large."""
-
-
-class KeyTooLargeError(InvalidKeyError):
-    """The key does not fit LMDB's key size limit (``env.max_key_size()``, 511 bytes)."""
+    """The key cannot be stored: it is empty (etcd's API refuses that before)."""

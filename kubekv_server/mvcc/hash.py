@@ -16,6 +16,7 @@ import lmdb
 from .compaction import key_of
 from .key_index import newest_at, visible_at
 from .revision import is_tombstone, main_of, rev_to_bytes
+from .stored_key import stored
 
 
 def _make_table() -> list[int]:
@@ -78,7 +79,9 @@ def hash_history(
         if main_of(rb) <= compact_rev:
             if keep_nonempty is None:
                 keep_nonempty = _any_visible(txn, key_index, rev)
-            if keep_nonempty and (is_tombstone(rb) or newest_at(seeker, key_of(v), rev) != rb):
+            if keep_nonempty and (
+                is_tombstone(rb) or newest_at(seeker, stored(key_of(v)), rev) != rb
+            ):
                 continue
         h.update(rb)
         h.update(v)

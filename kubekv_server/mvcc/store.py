@@ -8,6 +8,8 @@ Sub-databases of the member's LMDB environment (see ``docs/mvcc.md``):
 - ``key_index``: dupsort ``user key -> revision bytes`` (``key_index.py``).
 - ``live``: ``user key -> serialized current KeyValue``; reads at the current
   revision use only this database.
+- ``long_keys``: stored key -> user key, for keys longer than ``stored_key.PREFIX``
+  (``key_index`` and ``live`` are keyed by ``stored_key.stored(user key)``).
 - ``meta``: current revision, compaction state (``meta.py``).
 
 Semantics follow etcd 3.4's ``mvcc/kvstore_txn.go``: one ``WriteTxn`` is at most one
@@ -22,15 +24,17 @@ import lmdb
 from etcdproto.mvccpb.kv_pb2 import Event, KeyValue
 
 from . import compaction, meta
-from .errors import CompactedError, FutureRevError, InvalidKeyError, KeyTooLargeError
+from .errors import CompactedError, FutureRevError, InvalidKeyError
 from .hash import hash_history
 from .key_index import visible_at
 from .revision import MARK_TOMBSTONE, is_tombstone, main_of, rev_to_bytes
+from .stored_key import PREFIX, scan, stored
 
 DB_KEY = b"key"
 DB_KEY_INDEX = b"key_index"
 DB_LIVE = b"live"
 DB_META = b"meta"
+DB_LONG_KEYS = b"long_keys"
 
 _PUT = Event.PUT
 _DELETE = Event.DELETE
@@ -66,7 +70,7 @@ class RangeResult:
 class _Dbs:
     """Handles of the store's sub-databases."""
 
-    __slots__ = ("key", "key_index", "live", "meta", "max_key_size")
+    __slots__ = ("key", "key_index", "live", "meta", "long_keys")
 
     def __init__(self, env: lmdb.Environment) -> None:
         if env.flags()["readonly"]:
@@ -76,13 +80,17 @@ class _Dbs:
             self.key_index = env.open_db(DB_KEY_INDEX, create=False, dupsort=True)
             self.live = env.open_db(DB_LIVE, create=False)
             self.meta = env.open_db(DB_META, create=False)
+            try:
+                self.long_keys = env.open_db(DB_LONG_KEYS, create=False)
+            except lmdb.NotFoundError:  # a store written before long keys were kept
+                self.long_keys = None
         else:
             with env.begin(write=True) as txn:
                 self.key = env.open_db(DB_KEY, txn=txn)
                 self.key_index = env.open_db(DB_KEY_INDEX, txn=txn, dupsort=True)
                 self.live = env.open_db(DB_LIVE, txn=txn)
                 self.meta = env.open_db(DB_META, txn=txn)
-        self.max_key_size = env.max_key_size()
+                self.long_keys = env.open_db(DB_LONG_KEYS, txn=txn)
 
 
 class OpCounts:
@@ -139,21 +147,29 @@ class _Reader:
             raw, count = self._range_history(key, end, rev, limit, count_only)
         return RangeResult(raw, count, cur_rev)
 
+    def _user_key(self, stored_key: bytes) -> bytes:
+        """The user key of a long stored key."""
+        return self._txn.get(stored_key, db=self._dbs.long_keys)
+
     def _range_live(
         self, key: bytes, end: bytes | None, limit: int, count_only: bool
     ) -> tuple[list[bytes], int]:
         txn, dbs = self._txn, self._dbs
         if end is None:
-            if not key or len(key) > dbs.max_key_size:
+            if not key:
                 return [], 0
-            v = txn.get(key, db=dbs.live)
+            v = txn.get(key if len(key) <= PREFIX else stored(key), db=dbs.live)
             if v is None:
                 return [], 0
             return ([] if count_only else [v]), 1
         if end and end <= key:
             return [], 0
+        if len(key) > PREFIX or len(end) > PREFIX:
+            return self._range_live_ordered(key, end, limit, count_only)
+        # Both bounds are exact on stored keys: only a long key's position in the output
+        # needs the ordered scan, counting does not.
         cur = txn.cursor(db=dbs.live)
-        if not _seek(cur, key, dbs.max_key_size):
+        if not cur.set_range(key):
             return [], 0
         raw: list[bytes] = []
         if not count_only:
@@ -161,6 +177,8 @@ class _Reader:
             for k, v in cur.iternext():
                 if end and k >= end:
                     return raw, len(raw)
+                if len(k) > PREFIX:
+                    return self._range_live_ordered(key, end, limit, count_only)
                 raw.append(v)
                 if len(raw) == want:
                     break
@@ -181,29 +199,39 @@ class _Reader:
                 count += 1
         return raw, count
 
+    def _range_live_ordered(
+        self, key: bytes, end: bytes, limit: int, count_only: bool
+    ) -> tuple[list[bytes], int]:
+        """``_range_live`` for any bounds and any keys, in user-key order."""
+        cur = self._txn.cursor(db=self._dbs.live)
+        raw: list[bytes] = []
+        count = 0
+        want = 0 if count_only else (limit if limit > 0 else -1)
+        for _u, _s, v in scan(cur, key, end, self._user_key):
+            count += 1
+            if len(raw) != want:
+                raw.append(v)
+        return raw, count
+
     def _range_history(
         self, key: bytes, end: bytes | None, rev: int, limit: int, count_only: bool
     ) -> tuple[list[bytes], int]:
         txn, dbs = self._txn, self._dbs
         seeker = txn.cursor(db=dbs.key_index)
         if end is None:
-            if not key or len(key) > dbs.max_key_size:
+            if not key:
                 return [], 0
-            rb = visible_at(seeker, key, rev)
+            rb = visible_at(seeker, key if len(key) <= PREFIX else stored(key), rev)
             if rb is None:
                 return [], 0
             return ([] if count_only else [txn.get(rb, db=dbs.key)]), 1
         if end and end <= key:
             return [], 0
         keys = txn.cursor(db=dbs.key_index)
-        if not _seek(keys, key, dbs.max_key_size):
-            return [], 0
         raw: list[bytes] = []
         count = 0
         want = 0 if count_only else (limit if limit > 0 else -1)
-        for k in keys.iternext_nodup(keys=True, values=False):
-            if end and k >= end:
-                break
+        for _u, k, _v in scan(keys, key, end, self._user_key, nodup=True):
             rb = visible_at(seeker, k, rev)
             if rb is None:
                 continue
@@ -234,18 +262,6 @@ class _Reader:
                 yield Event(type=_DELETE, kv=KeyValue(key=kv.key, mod_revision=main_of(rb)))
             else:
                 yield Event(type=_PUT, kv=kv)
-
-
-def _seek(cur: lmdb.Cursor, key: bytes, max_key_size: int) -> bool:
-    """Position ``cur`` at the first key >= ``key`` (keys longer than LMDB allows too)."""
-    if len(key) <= max_key_size:
-        return cur.set_range(key)
-    if not cur.set_range(key[:max_key_size]):
-        return False
-    while cur.key() < key:
-        if not cur.next():
-            return False
-    return True
 
 
 def _first_key(txn: lmdb.Transaction, db: lmdb._Database) -> bytes:
@@ -307,10 +323,13 @@ class WriteTxn(_Reader):
         self._puts += 1
         if not key:
             raise InvalidKeyError("empty key")
-        if len(key) > dbs.max_key_size:
-            raise KeyTooLargeError(f"key of {len(key)} bytes exceeds {dbs.max_key_size}")
         rev = self.current_revision + 1
-        prev_raw = txn.get(key, db=dbs.live)
+        if len(key) <= PREFIX:
+            sk = key
+        else:
+            sk = stored(key)
+            txn.put(sk, key, db=dbs.long_keys)
+        prev_raw = txn.get(sk, db=dbs.live)
         if prev_raw is None:
             prev = None
             kv = KeyValue(
@@ -329,8 +348,8 @@ class WriteTxn(_Reader):
         data = kv.SerializeToString()
         rb = rev_to_bytes(rev, len(self._changes))
         txn.put(rb, data, db=dbs.key, append=True)
-        txn.put(key, rb, db=dbs.key_index, dupdata=True)
-        txn.put(key, data, db=dbs.live)
+        txn.put(sk, rb, db=dbs.key_index, dupdata=True)
+        txn.put(sk, data, db=dbs.live)
         self._changes.append((_PUT, kv, prev))  # type: ignore[arg-type]
         self._events = None
         return prev
@@ -340,27 +359,22 @@ class WriteTxn(_Reader):
         dbs, txn = self._dbs, self._txn
         self._deletes += 1
         if end is None:
-            if not key or len(key) > dbs.max_key_size:
+            if not key:
                 return []
-            v = txn.get(key, db=dbs.live)
-            items = [] if v is None else [(key, v)]
+            sk = key if len(key) <= PREFIX else stored(key)
+            v = txn.get(sk, db=dbs.live)
+            items = [] if v is None else [(key, sk, v)]
         elif end and end <= key:
             return []
         else:
-            cur = txn.cursor(db=dbs.live)
-            items = []
-            if _seek(cur, key, dbs.max_key_size):
-                for k, v in cur.iternext():
-                    if end and k >= end:
-                        break
-                    items.append((k, v))
+            items = list(scan(txn.cursor(db=dbs.live), key, end, self._user_key))
         rev = self.current_revision + 1
         deleted = []
-        for k, v in items:
+        for k, sk, v in items:
             rb = rev_to_bytes(rev, len(self._changes)) + MARK_TOMBSTONE
             txn.put(rb, KeyValue(key=k).SerializeToString(), db=dbs.key, append=True)
-            txn.put(k, rb, db=dbs.key_index, dupdata=True)
-            txn.delete(k, db=dbs.live)
+            txn.put(sk, rb, db=dbs.key_index, dupdata=True)
+            txn.delete(sk, db=dbs.live)
             prev = _parse_kv(v)
             deleted.append(prev)
             self._changes.append((_DELETE, KeyValue(key=k, mod_revision=rev), prev))
@@ -460,7 +474,7 @@ class MVCCStore:
         Returns True while work remains.
         """
         d = self._dbs
-        return compaction.compact_step(txn, d.key, d.key_index, d.meta, budget)
+        return compaction.compact_step(txn, d.key, d.key_index, d.meta, budget, d.long_keys)
 
     def compaction_pending(self, txn: lmdb.Transaction) -> bool:
         """Whether a scheduled compaction still has rows to remove."""

@@ -24,6 +24,7 @@ def perm(t, key: bytes, end: bytes = b"") -> auth_pb2.Permission:
 
 
 A, KV, M = "Auth", "KV", "Maintenance"
+LONG = "l" * 500
 
 # (service, method, request, caller): caller None = no token, "bad" = a bogus token
 SCRIPT = [
@@ -73,6 +74,22 @@ SCRIPT = [
     (A, "UserRevokeRole", pb.AuthUserRevokeRoleRequest(name="alice", role="s"), None),
     (A, "UserChangePassword", pb.AuthUserChangePasswordRequest(name="nobody", password="x"),
      None),
+    # names and keys longer than LMDB's 511-byte key limit, sharing a long prefix
+    *[(A, "UserAdd", pb.AuthUserAddRequest(name=LONG + t, password="x"), None)
+      for t in ("b", "a", "c" * 900)],
+    *[(A, "RoleAdd", pb.AuthRoleAddRequest(name=LONG + t), None) for t in ("y", "x")],
+    (A, "RoleGrantPermission", pb.AuthRoleGrantPermissionRequest(
+        name=LONG + "x", perm=perm(P.READ, LONG.encode() + b"k", LONG.encode() + b"l")), None),
+    (A, "UserGrantRole", pb.AuthUserGrantRoleRequest(user=LONG + "a", role=LONG + "x"), None),
+    (A, "UserGrantRole", pb.AuthUserGrantRoleRequest(user=LONG + "a", role=LONG + "y"), None),
+    (A, "UserList", pb.AuthUserListRequest(), None),
+    (A, "RoleList", pb.AuthRoleListRequest(), None),
+    (A, "UserGet", pb.AuthUserGetRequest(name=LONG + "a"), None),
+    (A, "RoleGet", pb.AuthRoleGetRequest(role=LONG + "x"), None),
+    (A, "RoleDelete", pb.AuthRoleDeleteRequest(role=LONG + "y"), None),
+    (A, "UserGet", pb.AuthUserGetRequest(name=LONG + "a"), None),
+    (A, "UserDelete", pb.AuthUserDeleteRequest(name=LONG + "c" * 900), None),
+    (A, "UserList", pb.AuthUserListRequest(), None),
     (A, "AuthStatus", pb.AuthStatusRequest(), None),
     (A, "Authenticate", pb.AuthenticateRequest(name="alice", password="alicepw"), None),
     (A, "AuthEnable", pb.AuthEnableRequest(), None),  # root lacks the root role

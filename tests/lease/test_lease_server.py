@@ -73,6 +73,30 @@ def test_lease_responses_match_etcd(servers):
     assert b == a
 
 
+def test_long_keys_on_a_lease_match_etcd(servers):
+    """Keys past LMDB's key limit attach to a lease, are listed by TimeToLive and
+    deleted by the revoke, as in etcd."""
+    head = b"ll/" + b"h" * 500
+
+    def scenario(proc):
+        lease = rpc_pb2_grpc.LeaseStub(proc.channel)
+        kv = proc.kv
+        lease.LeaseGrant(pb.LeaseGrantRequest(TTL=600, ID=300))
+        for tail in (b"b", b"a", b"c" * 3000):
+            kv.Put(pb.PutRequest(key=head + tail, value=b"1", lease=300))
+        kv.Put(pb.PutRequest(key=head + b"c" * 3000, value=b"2"))  # detached
+        ttl = lease.LeaseTimeToLive(pb.LeaseTimeToLiveRequest(ID=300, keys=True))
+        out = [sorted(ttl.keys)]
+        out.append(_call(lease.LeaseRevoke, pb.LeaseRevokeRequest(ID=300)))
+        rng = kv.Range(pb.RangeRequest(key=b"ll/", range_end=b"ll0", keys_only=True))
+        out.append([k.key for k in rng.kvs])
+        return out
+
+    a, b = (scenario(p) for p in servers)
+    assert b == a
+    assert a[0] == [head + b"a", head + b"b"]
+
+
 def test_expiry_deletes_keys_in_one_revision(shared_kubekv):
     lease = rpc_pb2_grpc.LeaseStub(shared_kubekv.channel)
     kv = shared_kubekv.kv

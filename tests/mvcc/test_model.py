@@ -24,10 +24,16 @@ from hypothesis.stateful import (
 from etcdproto.mvccpb.kv_pb2 import Event, KeyValue
 from kubekv_server.mvcc import CompactedError, FutureRevError, MVCCStore, rev_to_bytes
 from kubekv_server.mvcc.hash import crc32c
+from kubekv_server.mvcc.stored_key import PREFIX, stored
 
 from .conftest import open_env
 
-KEYS = [b"\x00", b"a", b"ab", b"abc", b"b", b"c", b"\xff"]
+# Long keys (more than PREFIX bytes) are stored as prefix + digest: a group sharing
+# their first PREFIX bytes sorts by digest in LMDB and must come out in key order.
+_P = b"a" * PREFIX
+LONG_KEYS = [_P + b"\x00", _P + b"b", _P + b"bb", _P + b"\xff" * 40, b"b" * 600]
+KEYS = [b"\x00", b"a", b"ab", b"abc", b"b", b"c", b"\xff",
+        _P, _P[:-1] + b"b", *LONG_KEYS]
 keys = st.sampled_from(KEYS)
 ends = st.one_of(st.none(), st.just(b""), keys)
 values = st.binary(max_size=8)
@@ -338,9 +344,14 @@ class MVCCMachine(RuleBasedStateMachine):
         m = self.model
         s = self.store._dbs
         with self.env.begin() as t:
-            live = list(t.cursor(db=s.live).iternext())
+            live = sorted(t.cursor(db=s.live).iternext())
             current = m.range(b"\x00", b"", m.current)
-            assert live == [(KeyValue.FromString(d).key, d) for d in current]
+            assert live == sorted((stored(KeyValue.FromString(d).key), d) for d in current)
+            # long_keys holds exactly the long keys the index still has entries for
+            indexed = {k for k in t.cursor(db=s.key_index).iternext_nodup(values=False)}
+            longs = dict(t.cursor(db=s.long_keys).iternext())
+            assert set(longs) == {k for k in indexed if len(k) > PREFIX}
+            assert all(stored(u) == k for k, u in longs.items())
             hist = list(t.cursor(db=s.key).iternext())
             idx = sorted((v, k) for k, v in t.cursor(db=s.key_index).iternext())
             assert [k for k, _ in hist] == [rb for rb, _ in idx]

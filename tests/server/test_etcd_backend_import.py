@@ -34,6 +34,9 @@ def test_kubekv_boots_from_a_real_etcd_backup(real_etcd, tmp_path):
     kv.DeleteRange(pb.DeleteRangeRequest(key=b"foo2"))
     lease = json.loads(etcdctl(real_etcd.endpoint, "lease", "grant", "300", "-w", "json").stdout)
     etcdctl(real_etcd.endpoint, "put", "leased", "x", "--lease", f"{lease['ID']:x}")
+    long = b"long/" + b"k" * 600  # past LMDB's key limit
+    for tail in (b"b", b"a"):
+        kv.Put(pb.PutRequest(key=long + tail, value=b"v", lease=lease["ID"]))
     want = kv.Range(pb.RangeRequest(key=b"\0", range_end=b"\0"))
     backup = tmp_path / "etcd.db"
     etcdctl(real_etcd.endpoint, "snapshot", "save", str(backup))
@@ -53,7 +56,7 @@ def test_kubekv_boots_from_a_real_etcd_backup(real_etcd, tmp_path):
         assert list(got.kvs) == list(want.kvs)
         ttl = rpc_pb2_grpc.LeaseStub(m1.channel).LeaseTimeToLive(
             pb.LeaseTimeToLiveRequest(ID=lease["ID"], keys=True))
-        assert ttl.keys == [b"leased"]
+        assert sorted(ttl.keys) == [b"leased", long + b"a", long + b"b"]
 
         peer2 = f"http://127.0.0.1:{free_port()}"
         m1.cluster.MemberAdd(pb.MemberAddRequest(peerURLs=[peer2]))

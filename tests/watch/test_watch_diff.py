@@ -98,6 +98,32 @@ def test_compacted_start_revision(servers):
     both(servers, scenario)
 
 
+def test_long_keys(servers):
+    """Keys past LMDB's key limit (kubekv stores them as prefix + digest) are watched by
+    key and by prefix, from history and live, with prev_kv, as in etcd."""
+    head = b"s7/" + b"h" * 500
+
+    def scenario(proc):
+        kv = proc.kv
+        r0 = base_revision(proc)
+        kv.Put(pb.PutRequest(key=head + b"b", value=b"1"))
+        kv.Put(pb.PutRequest(key=head + b"a", value=b"1"))
+        ws = WatchStream(proc.channel)
+        try:
+            ws.create(head + b"a")
+            ws.create(head, range_end=head + b"c", prev_kv=True, start_revision=r0 + 1)
+            ws.wait(lambda rs: sum(len(r.events) for r in rs) == 2)
+            kv.Put(pb.PutRequest(key=head + b"a", value=b"2"))
+            kv.Put(pb.PutRequest(key=head + b"c" * 900, value=b"outside"))
+            kv.DeleteRange(pb.DeleteRangeRequest(key=head, range_end=head + b"c"))
+            out = ws.wait(lambda rs: sum(len(r.events) for r in rs) == 7)
+        finally:
+            ws.close()
+        return by_watch(out)
+
+    both(servers, scenario)
+
+
 def test_fragmented_revision(servers):
     def scenario(proc):
         kv = proc.kv
