@@ -12,6 +12,7 @@ the same hash whatever their physical compaction progress (when keep is non-empt
 from __future__ import annotations
 
 import lmdb
+from crc32c import crc32c as _crc32c
 
 from .compaction import key_of
 from .key_index import newest_at, visible_at
@@ -19,42 +20,24 @@ from .revision import is_tombstone, main_of, rev_to_bytes
 from .stored_key import stored
 
 
-def _make_table() -> list[int]:
-    poly = 0x82F63B78  # Castagnoli, reflected
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ poly if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_TABLE = _make_table()
-
-
 class Crc32c:
-    """Incremental CRC-32C (Go's ``crc32.New(crc32.MakeTable(crc32.Castagnoli))``)."""
+    """Incremental CRC-32C (Go's ``crc32.New(crc32.MakeTable(crc32.Castagnoli))``),
+    computed by the ``crc32c`` package (SSE 4.2 where the CPU has it)."""
 
     __slots__ = ("_crc",)
 
     def __init__(self) -> None:
-        self._crc = 0xFFFFFFFF
+        self._crc = 0
 
     def update(self, data: bytes) -> None:
-        crc, table = self._crc, _TABLE
-        for b in data:
-            crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-        self._crc = crc
+        self._crc = _crc32c(data, self._crc)
 
     def value(self) -> int:
-        return self._crc ^ 0xFFFFFFFF
+        return self._crc
 
 
 def crc32c(data: bytes) -> int:
-    h = Crc32c()
-    h.update(data)
-    return h.value()
+    return _crc32c(data)
 
 
 def hash_history(
