@@ -148,17 +148,34 @@ def parse_duration(text: str) -> float:
         while j < len(s) and (s[j].isdigit() or s[j] == "."):
             j += 1
         if j == i:
-            raise ValueError(f"time: invalid duration {text!r}")
+            raise ValueError(f'time: invalid duration "{text}"')
         number = float(s[i:j])
         k = j
         while k < len(s) and not (s[k].isdigit() or s[k] == "."):
             k += 1
         unit = s[j:k]
         if unit not in units:
-            raise ValueError(f"time: missing unit in duration {text!r}")
+            raise ValueError(f'time: missing unit in duration "{text}"')
         total += number * units[unit]
         i = k
     return total
+
+
+def parse_compaction_retention(mode: str, text: str) -> float:
+    """etcd's parseCompactionRetention: a bare integer is hours (periodic mode, returned
+    in seconds) or revisions (revision mode); anything else is a Go duration (for
+    revision mode etcd then counts its nanoseconds as revisions, and so does this)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n >= 0:
+        return n * 3600.0 if mode == "periodic" else float(n)
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise FlagError(f"error parsing CompactionRetention: {exc}") from None
+    return seconds if mode == "periodic" else float(round(seconds * 1e9))
 
 
 def parse_bool(text: str) -> bool:
@@ -224,6 +241,8 @@ class Config:
     grpc_keepalive_timeout: float
     watch_progress_notify_interval: float
     log_level: str
+    auto_compaction_mode: str
+    auto_compaction_retention: float  # seconds (periodic) or revisions; 0: off
     show_version: bool = False
     show_help: bool = False
 
@@ -291,6 +310,16 @@ def _duration_flag(raw: dict[str, str], name: str) -> float:
         ) from None
 
 
+def _compaction_retention(raw: dict[str, str]) -> float:
+    mode = raw["auto-compaction-mode"]
+    if mode not in ("", "periodic", "revision"):
+        raise FlagError(f'unknown auto-compaction-mode "{mode}"')
+    retention = parse_compaction_retention(mode, raw["auto-compaction-retention"] or "0")
+    if retention and not mode:
+        raise FlagError("unsupported compaction mode ")
+    return retention
+
+
 def _build(raw: dict[str, str], given: set[str]) -> Config:
     name = raw["name"]
     try:
@@ -347,6 +376,8 @@ def _build(raw: dict[str, str], given: set[str]) -> Config:
             raw, "experimental-watch-progress-notify-interval"
         ),
         log_level=raw["log-level"],
+        auto_compaction_mode=raw["auto-compaction-mode"],
+        auto_compaction_retention=_compaction_retention(raw),
         show_version=raw["version"] == "true",
         show_help=raw["help"] == "true",
     )

@@ -25,6 +25,7 @@ from . import bbolt_import, errors, quota
 from .alarms import list_alarms
 from .applier import Applier, mvcc_error
 from .auth import AuthStore, token_provider
+from .auto_compaction import AutoCompactor
 from .backend import Backend, decode_u64, encode_u64
 from .cluster_ids import cluster_id, member_id
 from .compactor import Compactor
@@ -244,6 +245,13 @@ class Member:
             target=self._expire_leases, name="kubekv-lessor", daemon=True
         )
         self._lease_thread.start()
+        if self.cfg.auto_compaction_retention:
+            AutoCompactor(
+                self.cfg.auto_compaction_mode, self.cfg.auto_compaction_retention,
+                self.current_revision,
+                lambda rev: self.compact(pb.CompactionRequest(revision=rev)),
+                self.is_leader, self._stopping,
+            ).start()
 
     # ------------------------------------------------------------- leases
 
