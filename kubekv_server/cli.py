@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kubekv Version: {SERVER_VERSION} (etcd API compatible)")
         return 0
     setup_logging(cfg.log_level)
+    for level, line in cfg.notes:
+        logging.getLogger("kubekv.config").log(level, line)
     # Until the server installs its own handlers, a stop signal ends start-up cleanly.
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(0))
     try:

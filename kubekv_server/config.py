@@ -8,8 +8,12 @@ yet are stored), and an unknown flag is refused with etcd's wording.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+from . import config_sources
 
 # Flags whose value is a boolean: `--flag` alone means true, `--flag=false` false.
 BOOL_FLAGS = {
@@ -245,14 +249,17 @@ class Config:
     auto_compaction_retention: float  # seconds (periodic) or revisions; 0: off
     show_version: bool = False
     show_help: bool = False
+    # (level, line) to log at startup: environment/file use, flags without effect
+    notes: list[tuple[int, str]] = dataclasses.field(default_factory=list)
 
     def flag(self, name: str) -> str:
         """The raw string value of any etcd flag (explicit or default)."""
         return self.raw[name]
 
 
-def parse_args(argv: Sequence[str]) -> Config:
-    """Parse a command line with Go's flag rules (`-f`, `--f`, `--f=v`, `--f v`)."""
+def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Parse a command line with Go's flag rules (`-f`, `--f`, `--f=v`, `--f v`), then
+    take `--config-file` or the `ETCD_*` environment as etcd does."""
     raw: dict[str, str] = {k: ("true" if v else "false") for k, v in BOOL_FLAGS.items()}
     raw.update(VALUE_FLAGS)
     given: set[str] = set()
@@ -289,7 +296,75 @@ def parse_args(argv: Sequence[str]) -> Config:
             raise FlagError(f"flag provided but not defined: -{name}")
         raw[name] = value
         given.add(name)
-    return _build(raw, given)
+    notes: list[tuple[int, str]] = []
+    if raw["help"] != "true" and raw["version"] != "true":
+        environ = os.environ if environ is None else environ
+        try:
+            raw, given, notes = _other_sources(raw, given, environ)
+        except config_sources.SourceError as exc:
+            raise FlagError(str(exc)) from None
+    cfg = _build(raw, given)
+    cfg.notes = notes + _no_effect(raw, given)
+    return cfg
+
+
+def _other_sources(
+    raw: dict[str, str], given: set[str], environ: Mapping[str, str]
+) -> tuple[dict[str, str], set[str], list[tuple[int, str]]]:
+    """etcd's order: a config file (flag or ETCD_CONFIG_FILE) replaces everything else;
+    otherwise ETCD_* variables fill the flags the command line did not give."""
+    names = [*BOOL_FLAGS, *VALUE_FLAGS]
+    path = raw["config-file"] or environ.get(config_sources.env_key("config-file"), "")
+    if path:
+        values = config_sources.from_file(path, names)
+        fresh = {k: ("true" if v else "false") for k, v in BOOL_FLAGS.items()}
+        fresh.update(VALUE_FLAGS)
+        fresh.update(_bools(values, "config file"))
+        fresh["config-file"] = path
+        return fresh, set(values), [(logging.INFO,
+            'msg="loaded server configuration, other configuration command line flags and '
+            f'environment variables will be ignored if provided" path={path}')]
+    values, notes = config_sources.from_environment(environ, names, given)
+    raw = dict(raw)
+    raw.update(_bools(values, "env"))
+    return raw, given | set(values), notes
+
+
+def _bools(values: dict[str, str], source: str) -> dict[str, str]:
+    """Boolean flags in their canonical spelling; Go's ParseBool error otherwise."""
+    out = dict(values)
+    for name, value in values.items():
+        if name in BOOL_FLAGS:
+            try:
+                out[name] = "true" if parse_bool(value) else "false"
+            except ValueError:
+                where = config_sources.env_key(name) if source == "env" else name
+                raise FlagError(f'invalid value "{value}" for {where}: parse error') from None
+    return out
+
+
+# etcd flags kubekv accepts without acting on them (a non-default value is logged).
+NO_EFFECT = (
+    "enable-v2", "experimental-peer-skip-client-san-verification", "enable-pprof",
+    "enable-log-rotation", "experimental-enable-distributed-tracing",
+    "experimental-initial-corrupt-check", "experimental-enable-v2v3",
+    "experimental-enable-lease-checkpoint", "force-new-cluster", "unsafe-no-fsync",
+    "socket-reuse-port", "socket-reuse-address", "wal-dir", "max-snapshots", "max-wals",
+    "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv",
+    "discovery-srv-name", "client-cert-allowed-hostname", "peer-crl-file", "cipher-suites",
+    "cors", "host-whitelist", "bcrypt-cost", "metrics", "log-rotation-config-json",
+    "experimental-distributed-tracing-address", "proxy", "experimental-corrupt-check-time",
+    "experimental-compaction-batch-limit", "experimental-warning-apply-duration",
+    "experimental-bootstrap-defrag-threshold-megabytes",
+)
+
+
+def _no_effect(raw: dict[str, str], given: set[str]) -> list[tuple[int, str]]:
+    defaults = {k: ("true" if v else "false") for k, v in BOOL_FLAGS.items()}
+    defaults.update(VALUE_FLAGS)
+    return [(logging.WARNING,
+             f'msg="flag accepted but not acted on by kubekv" flag=--{name} value="{raw[name]}"')
+            for name in NO_EFFECT if name in given and raw[name] != defaults[name]]
 
 
 def _int_flag(raw: dict[str, str], name: str) -> int:
