@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BAD_CERTIFICATE",
     "PeerIdentityInterceptor",
+    "hostname_allowed",
     "peer_allowed",
     "self_signed_cert",
     "server_credentials",
@@ -135,9 +136,15 @@ def peer_allowed(auth_context: dict, allowed_cn: str, allowed_hostname: str) -> 
             return False
     if allowed_hostname:
         sans = [v.decode() for v in auth_context.get("x509_subject_alternative_name", [])]
-        if not any(_san_matches(s, allowed_hostname) for s in sans):
+        if not hostname_allowed(sans, allowed_hostname):
             return False
     return True
+
+
+def hostname_allowed(sans: list[str], host: str) -> bool:
+    """Go's x509 VerifyHostname over a certificate's SANs (DNS names and IP addresses):
+    some SAN names ``host``, DNS names may be wildcards (``*.example.com``)."""
+    return any(_san_matches(s, host) for s in sans)
 
 
 def _san_matches(san: str, host: str) -> bool:

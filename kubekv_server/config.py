@@ -351,7 +351,7 @@ NO_EFFECT = (
     "experimental-enable-lease-checkpoint", "force-new-cluster", "unsafe-no-fsync",
     "socket-reuse-port", "socket-reuse-address", "wal-dir", "max-snapshots", "max-wals",
     "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv",
-    "discovery-srv-name", "client-cert-allowed-hostname", "peer-crl-file", "cipher-suites",
+    "discovery-srv-name", "peer-crl-file", "cipher-suites",
     "cors", "host-whitelist", "bcrypt-cost", "metrics", "log-rotation-config-json",
     "experimental-distributed-tracing-address", "proxy", "experimental-corrupt-check-time",
     "experimental-compaction-batch-limit", "experimental-warning-apply-duration",

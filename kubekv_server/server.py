@@ -35,7 +35,7 @@ from .member import CLUSTER_VERSION, SERVER_VERSION, Member
 from .member_metrics import MemberMetrics
 from .rpc.http1 import Http1Protocol
 from .rpc.server import RpcServer
-from .tls import cert_serial, client_ssl_context, load_crl
+from .tls import client_cert_check, client_ssl_context, load_crl
 
 log = logging.getLogger("kubekv.server")
 
@@ -72,7 +72,7 @@ class ClientServer:
             max_receive_bytes=cfg.max_request_bytes + GRPC_OVERHEAD_BYTES,
             max_concurrent_streams=cfg.max_concurrent_streams,
             http_handler=self.http,
-            accept_peer_cert=(lambda der: cert_serial(der) not in revoked) if revoked else None,
+            accept_peer_cert=client_cert_check(revoked, cfg.flag("client-cert-allowed-hostname")),
             guard=self._require_leader,
             gate=AuthGate(self.member.auth, self.member),
         )

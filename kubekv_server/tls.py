@@ -12,7 +12,7 @@ import os
 import ssl
 import urllib.parse
 
-from kubekv_raft.peer_tls import self_signed_cert
+from kubekv_raft.peer_tls import hostname_allowed, self_signed_cert
 
 from .config import Config
 from .der import children, pem_to_der, tlv
@@ -76,6 +76,24 @@ def crl_serials(der: bytes) -> set[int]:
                     _, vs, ve = _children(der, es, ee)[0]
                     serials.add(int.from_bytes(der[vs:ve], "big", signed=True))
     return serials
+
+
+def client_cert_check(revoked: set[int], allowed_hostname: str):
+    """The client-certificate test of --client-crl-file and --client-cert-allowed-hostname
+    (etcd: a serial the CRL lists is refused; with a hostname, a SAN must match it), or
+    None when neither is set. Takes (DER, ssl's decoded certificate)."""
+    if not revoked and not allowed_hostname:
+        return None
+
+    def check(der: bytes, cert: dict) -> bool:
+        if revoked and cert_serial(der) in revoked:
+            return False
+        if allowed_hostname:
+            sans = [v for _, v in cert.get("subjectAltName", ())]
+            return hostname_allowed(sans, allowed_hostname)
+        return True
+
+    return check
 
 
 def load_crl(path: str) -> set[int]:

@@ -84,9 +84,10 @@ class Http2Connection(asyncio.Protocol):
                     if key == "commonName":
                         self.peer_common_name = value
             if self.peer_cert_der is not None and not self.server.accept_peer_cert(
-                self.peer_cert_der
+                self.peer_cert_der, cert
             ):
-                log.info("event=client_cert_revoked peer=%s", self.peername)
+                log.warning('msg="client certificate authentication failed" peer=%s',
+                            self.peername)
                 transport.abort()
                 return
         self.server.connections.add(self)

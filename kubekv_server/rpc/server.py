@@ -37,7 +37,7 @@ class RpcServer:
         max_receive_bytes: int,
         max_concurrent_streams: int = 2**32 - 1,
         http_handler: Callable | None = None,
-        accept_peer_cert: Callable[[bytes], bool] | None = None,
+        accept_peer_cert: Callable[[bytes, dict], bool] | None = None,
         guard: Callable[[list], tuple[int, str] | None] | None = None,
         gate: Callable | None = None,
     ) -> None:
@@ -62,8 +62,9 @@ class RpcServer:
         )
         self._servers: list[asyncio.base_events.Server] = []
 
-    def accept_peer_cert(self, der: bytes) -> bool:
-        return self._accept_peer_cert is None or self._accept_peer_cert(der)
+    def accept_peer_cert(self, der: bytes, cert: dict) -> bool:
+        """Whether a verified client certificate (DER, and ssl's decoded dict) may connect."""
+        return self._accept_peer_cert is None or self._accept_peer_cert(der, cert)
 
     def add_service(self, service: _descriptor.ServiceDescriptor, servicer, pb_modules) -> None:
         """Register every method of `service` that `servicer` implements."""

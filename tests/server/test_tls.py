@@ -9,7 +9,7 @@ import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server.tls import cert_serial, crl_serials, load_crl
-from tests.harness import free_port, kubekv_process
+from tests.harness import etcd_process, free_port, kubekv_process, running
 
 
 def test_auto_tls_serves_https_with_a_generated_cert(tmp_path):
@@ -70,3 +70,74 @@ def test_crl_and_cert_serials_are_parsed(pki):
     assert cert_serial(revoked) == 0x1002
     assert load_crl(str(pki / "crl.pem")) == {0x1002}
     assert crl_serials(_pem_to_der((pki / "crl.pem").read_bytes(), b"X509 CRL")[0]) == {0x1002}
+
+
+@pytest.fixture
+def pki_hosts(tmp_path):
+    """A CA; a server cert for 127.0.0.1; client certs with different SANs, one revoked."""
+    d = tmp_path / "pki"
+    d.mkdir()
+    (d / "index.txt").write_text("")
+    (d / "ca.cnf").write_text(
+        "[ca]\ndefault_ca=ca\n[ca]\ndatabase=index.txt\ndefault_md=sha256\n"
+        "crl_extensions=crl_ext\ndefault_crl_days=1\n[crl_ext]\n"
+    )
+    _openssl("req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-keyout", "ca.key", "-out", "ca.pem",
+             "-subj", "/CN=ca", "-days", "2", cwd=d)
+    certs = {"server": ("IP:127.0.0.1", "0x2000"), "allowed": ("DNS:client.example.com", "0x2001"),
+             "wildcard": ("DNS:*.example.com", "0x2002"), "other": ("DNS:other.test", "0x2003"),
+             "revoked": ("DNS:client.example.com", "0x2004")}
+    for name, (san, serial) in certs.items():
+        (d / f"{name}.ext").write_text(
+            f"subjectAltName={san}\nextendedKeyUsage=serverAuth,clientAuth\n")
+        _openssl("req", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                 "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-set_serial", serial, "-extfile", f"{name}.ext", "-out", f"{name}.pem",
+                 "-days", "2", cwd=d)
+    _openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
+             "-revoke", "revoked.pem", cwd=d)
+    _openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
+             "-gencrl", "-out", "crl.pem", cwd=d)
+    return d
+
+
+def _client_creds(pki, name: str) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials((pki / "ca.pem").read_bytes(),
+                                        (pki / f"{name}.key").read_bytes(),
+                                        (pki / f"{name}.pem").read_bytes())
+
+
+def test_client_cert_allowed_hostname_and_crl_like_etcd(tmp_path, pki_hosts):
+    """--client-cert-allowed-hostname and --client-crl-file: the same clients get in
+    (a SAN names the host, wildcards included; not revoked) as with etcd."""
+    pki = pki_hosts
+    seen = {}
+    for factory in (etcd_process, kubekv_process):
+        port = free_port()
+        url = f"https://127.0.0.1:{port}"
+        proc = factory(tmp_path, "--listen-client-urls", url, "--advertise-client-urls", url,
+                       "--cert-file", str(pki / "server.pem"),
+                       "--key-file", str(pki / "server.key"),
+                       "--trusted-ca-file", str(pki / "ca.pem"), "--client-cert-auth",
+                       "--client-cert-allowed-hostname", "client.example.com",
+                       "--client-crl-file", str(pki / "crl.pem"))
+        proc.port, proc.endpoint = port, f"127.0.0.1:{port}"
+        proc.tls_credentials = lambda: _client_creds(pki, "allowed")
+        with running(proc):
+            outcome = {}
+            for name in ("allowed", "wildcard", "other", "revoked"):
+                with grpc.secure_channel(proc.endpoint, _client_creds(pki, name)) as ch:
+                    try:
+                        ch.unary_unary("/etcdserverpb.KV/Range")(
+                            pb.RangeRequest(key=b"k").SerializeToString(), timeout=3)
+                        outcome[name] = "ok"
+                    except grpc.RpcError as exc:
+                        outcome[name] = exc.code().name
+            seen[factory.__name__] = outcome
+        if factory is kubekv_process:
+            assert "client certificate authentication failed" in proc.log_path.read_text()
+    assert seen["kubekv_process"] == seen["etcd_process"]
+    assert seen["etcd_process"] == {"allowed": "ok", "wildcard": "ok",
+                                    "other": "UNAVAILABLE", "revoked": "UNAVAILABLE"}
