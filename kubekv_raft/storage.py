@@ -221,7 +221,7 @@ class LMDBStorage:
     its own LMDB transaction, and LMDB serialises writers.
     """
 
-    def __init__(self, path: str, map_size: int = 64 << 30) -> None:
+    def __init__(self, path: str, map_size: int = 64 << 30, fsync: bool = True) -> None:
         import lmdb  # storage is I/O; the pure core never imports this module
 
         self.path = path
@@ -230,8 +230,8 @@ class LMDBStorage:
             map_size=map_size,
             max_dbs=4,
             lock=True,
-            sync=True,
-            metasync=True,
+            sync=fsync,  # False only for etcd's --unsafe-no-fsync
+            metasync=fsync,
             writemap=False,
             subdir=True,
         )

@@ -59,12 +59,14 @@ class Backend:
 
     APPLIED_INDEX = b"applied_index"
 
-    def __init__(self, path: str, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False):
+    def __init__(self, path: str, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
+                 fsync: bool = True):
         # `path` names the state database; after a defragmentation it lives in a sibling
         # directory named by the file `<path>.current` (see `defragment`).
         self.base = path
         self.map_size = map_size
         self.readonly = readonly
+        self.fsync = fsync  # False only for --unsafe-no-fsync
         self.path = _current_dir(path)
         os.makedirs(self.path, exist_ok=True)
         self.env = self._open(self.path)
@@ -82,7 +84,7 @@ class Backend:
             max_dbs=32,
             max_readers=2048,
             metasync=False,
-            sync=True,
+            sync=self.fsync,
             readahead=False,
             readonly=self.readonly,
             lock=True,

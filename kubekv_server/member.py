@@ -24,7 +24,7 @@ from kubekv_raft.storage import LMDBStorage
 from . import bbolt_import, errors, quota
 from .alarms import list_alarms
 from .applier import Applier, mvcc_error
-from .auth import AuthStore, token_provider
+from .auth import AuthStore, password, token_provider
 from .auto_compaction import AutoCompactor
 from .backend import Backend, decode_u64, encode_u64
 from .cluster_ids import cluster_id, member_id
@@ -71,6 +71,19 @@ REQUEST_TIMEOUT = 7.0
 CLUSTER_VERSION = "3.5.0"
 
 
+def _password_iterations(text: str) -> int:
+    """--bcrypt-cost as PBKDF2 work (auth/password.py); etcd's default if out of range."""
+    try:
+        cost = int(text, 0)
+    except ValueError:
+        cost = -1
+    if not password.MIN_COST <= cost <= password.MAX_COST:
+        log.warning('msg="use default bcrypt cost instead of the invalid given cost" '
+                    "min-cost=%d max-cost=%d default-cost=%d given-cost=%s", password.MIN_COST,
+                    password.MAX_COST, password.DEFAULT_COST, text)
+    return password.iterations_for_cost(cost)
+
+
 class Member:
     """The server side of a member: stores, identity, proposals, reads, headers."""
 
@@ -78,9 +91,15 @@ class Member:
         self.cfg = cfg
         self.data_dir = os.path.abspath(cfg.data_dir)
         member_dir = os.path.join(self.data_dir, "member")
-        self.backend = Backend(os.path.join(member_dir, "state"))
+        # --unsafe-no-fsync: no fsync anywhere (etcd: "unsafe, will cause data loss")
+        fsync = cfg.flag("unsafe-no-fsync") != "true"
+        self.backend = Backend(os.path.join(member_dir, "state"), fsync=fsync)
         self.mvcc = MVCCStore(self.backend.env)
-        self.storage = LMDBStorage(os.path.join(member_dir, "log"))
+        # --wal-dir: the Raft log (our WAL) in a directory of its own, as etcd's WAL
+        log_dir = os.path.abspath(cfg.flag("wal-dir")) if cfg.flag("wal-dir") else \
+            os.path.join(member_dir, "log")
+        self.storage = LMDBStorage(log_dir, fsync=fsync)
+        self.password_iterations = _password_iterations(cfg.flag("bcrypt-cost"))
         self.member_id, self.cluster_id, self.members = self._identity()
         self.peering: Peering | None = None
         self.node: RaftNode | None = None

@@ -54,14 +54,16 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
         r = pb.AuthUserAddRequest()
         r.CopyFrom(request)
         if not r.options.no_password:
-            r.hashedPassword = hash_password(r.password)
+            r.hashedPassword = hash_password(r.password, self.member.password_iterations)
             r.password = ""
         return self.member.propose("auth_user_add", r)
 
     @etcd_errors
     def UserChangePassword(self, request, context):
         r = pb.AuthUserChangePasswordRequest(name=request.name,
-                                             hashedPassword=hash_password(request.password))
+                                             hashedPassword=hash_password(
+                                                 request.password,
+                                                 self.member.password_iterations))
         return self.member.propose("auth_user_change_password", r)
 
     @etcd_errors

@@ -19,6 +19,18 @@ ITERATIONS = 100_000
 _SCHEME = "pbkdf2_sha256"
 
 
+MIN_COST, DEFAULT_COST, MAX_COST = 4, 10, 31  # bcrypt's bounds for --bcrypt-cost
+
+
+def iterations_for_cost(cost: int) -> int:
+    """PBKDF2 iterations standing for a bcrypt cost: each step doubles the work, as in
+    bcrypt, with cost 10 at ``ITERATIONS``. etcd uses the default for a cost outside
+    bcrypt's bounds (the caller logs that)."""
+    if not MIN_COST <= cost <= MAX_COST:
+        cost = DEFAULT_COST
+    return max(1, round(ITERATIONS * 2.0 ** (cost - DEFAULT_COST)))
+
+
 def hash_password(password: str, iterations: int = ITERATIONS) -> str:
     salt = os.urandom(16)
     dk = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
