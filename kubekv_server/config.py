@@ -348,7 +348,7 @@ NO_EFFECT = (
     "enable-v2", "experimental-peer-skip-client-san-verification", "enable-pprof",
     "enable-log-rotation", "experimental-enable-distributed-tracing",
     "experimental-initial-corrupt-check", "experimental-enable-v2v3",
-    "experimental-enable-lease-checkpoint", "force-new-cluster",
+    "experimental-enable-lease-checkpoint",
     "socket-reuse-port", "socket-reuse-address", "max-snapshots", "max-wals",
     "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv",
     "discovery-srv-name", "peer-crl-file", "cipher-suites",

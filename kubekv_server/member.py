@@ -30,6 +30,7 @@ from .backend import Backend, decode_u64, encode_u64
 from .cluster_ids import cluster_id, member_id
 from .compactor import Compactor
 from .config import Config, parse_urls
+from .force_new_cluster import force_standalone
 from .kv_range import execute_range
 from .kv_txn import apply_txn, is_read_only
 from .lease import MAX_LEASE_TTL, LeaseStore, Lessor, min_lease_ttl
@@ -89,6 +90,7 @@ class Member:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self._restarted = False  # the data dir already held this member's state
         self.data_dir = os.path.abspath(cfg.data_dir)
         member_dir = os.path.join(self.data_dir, "member")
         # --unsafe-no-fsync: no fsync anywhere (etcd: "unsafe, will cause data loss")
@@ -142,6 +144,7 @@ class Member:
             cid = decode_u64(self.backend.get_meta(b"cluster_id"))
             members = json.loads(self.backend.get_meta(b"members") or b"[]")
             log.info("event=restart member_id=%x cluster_id=%x", mid, cid)
+            self._restarted = True
             return mid, cid, members
         cfg = self.cfg
         if cfg.initial_cluster_state == "existing":
@@ -220,6 +223,13 @@ class Member:
             await self._join_existing()
         # Raft restarts from the membership as of the applied index (kept in the state db).
         self.storage.set_conf_state(self.applier.conf_state())
+        if cfg.flag("force-new-cluster") == "true" and self._restarted:
+            force_standalone(
+                self.storage, self.applier.conf_state(), self.applier.applied_index,
+                self.member_id, self.cluster_id,
+                {"id": self.member_id, "name": cfg.name, "clientURLs": [], "isLearner": False,
+                 "peerURLs": sorted(cfg.initial_advertise_peer_urls)},
+            )
         self.members = self.applier.members()
         self.removed_ids = set(self.applier.removed_members())
         self.peering = Peering(cfg, self.member_id, self.cluster_id, self.data_dir)
