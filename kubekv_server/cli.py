@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
+from .cipher_suites import openssl_cipher_list
 from .config import USAGE, FlagError, parse_args
 from .member import SERVER_VERSION
 
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kubekv Version: {SERVER_VERSION} (etcd API compatible)")
         return 0
     setup_logging(cfg.log_level)
+    ciphers = openssl_cipher_list(cfg.flag("cipher-suites"))
+    if ciphers:  # gRPC's peer TLS reads its TLS 1.2 cipher list from here, once
+        os.environ["GRPC_SSL_CIPHER_SUITES"] = ciphers
     for level, line in cfg.notes:
         logging.getLogger("kubekv.config").log(level, line)
     # Until the server installs its own handlers, a stop signal ends start-up cleanly.

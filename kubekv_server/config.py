@@ -14,6 +14,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 
 from . import config_sources
+from .cipher_suites import openssl_cipher_list
 
 # Flags whose value is a boolean: `--flag` alone means true, `--flag=false` false.
 BOOL_FLAGS = {
@@ -351,7 +352,7 @@ NO_EFFECT = (
     "experimental-enable-lease-checkpoint",
     "socket-reuse-port", "socket-reuse-address", "max-snapshots", "max-wals",
     "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv",
-    "discovery-srv-name", "peer-crl-file", "cipher-suites",
+    "discovery-srv-name", "peer-crl-file",
     "cors", "host-whitelist", "metrics", "log-rotation-config-json",
     "experimental-distributed-tracing-address", "proxy", "experimental-corrupt-check-time",
     "experimental-compaction-batch-limit", "experimental-warning-apply-duration",
@@ -397,6 +398,10 @@ def _compaction_retention(raw: dict[str, str]) -> float:
 
 def _build(raw: dict[str, str], given: set[str]) -> Config:
     name = raw["name"]
+    try:
+        openssl_cipher_list(raw["cipher-suites"])
+    except ValueError as exc:
+        raise FlagError(str(exc)) from None
     try:
         listen_client = parse_urls(raw["listen-client-urls"])
         listen_peer = parse_urls(raw["listen-peer-urls"])

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from google.protobuf import descriptor as _descriptor
 
+from . import tls_alerts
 from .calls import Method
 from .connection import Http2Connection
 
@@ -79,6 +80,8 @@ class RpcServer:
             )
 
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None):
+        if ssl_context is not None:
+            tls_alerts.install()
         server = await self.loop.create_server(
             lambda: Http2Connection(self),
             host,

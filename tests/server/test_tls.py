@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
 import subprocess
+import time
 
 import grpc
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
+from kubekv_server.config import FlagError, parse_args
 from kubekv_server.tls import cert_serial, crl_serials, load_crl
 from tests.harness import etcd_process, free_port, kubekv_process, running
 
@@ -141,3 +145,47 @@ def test_client_cert_allowed_hostname_and_crl_like_etcd(tmp_path, pki_hosts):
     assert seen["kubekv_process"] == seen["etcd_process"]
     assert seen["etcd_process"] == {"allowed": "ok", "wildcard": "ok",
                                     "other": "UNAVAILABLE", "revoked": "UNAVAILABLE"}
+
+
+def _handshake(port: int, cipher: str) -> str:
+    """A TLS 1.2 client offering one cipher: "ok", "refused" or what went wrong."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(cipher)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw) as tls:
+            return "ok" if tls.cipher()[0] == cipher else tls.cipher()[0]
+    except ssl.SSLError as exc:
+        return "refused" if "HANDSHAKE_FAILURE" in str(exc).upper() else str(exc)
+    except OSError as exc:
+        return f"unreachable: {exc}"
+
+
+def test_cipher_suites_like_etcd(tmp_path):
+    """--cipher-suites restricts TLS 1.2 to the named suites (Go names), as in etcd."""
+    seen = {}
+    for factory in (etcd_process, kubekv_process):
+        port = free_port()
+        url = f"https://127.0.0.1:{port}"
+        proc = factory(tmp_path, "--auto-tls", "--listen-client-urls", url,
+                       "--advertise-client-urls", url, "--cipher-suites",
+                       "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,TLS_AES_128_GCM_SHA256")
+        with open(proc.log_path, "ab") as log:  # started by hand: its cert is made at start
+            proc.proc = subprocess.Popen(proc.argv, stdout=log, stderr=subprocess.STDOUT,
+                                         env=proc.env, cwd=str(proc.data_dir.parent))
+        try:
+            deadline = time.monotonic() + 30
+            while _handshake(port, "ECDHE-ECDSA-AES128-GCM-SHA256").startswith("unreachable"):
+                assert time.monotonic() < deadline, proc.log_tail()
+                time.sleep(0.05)
+            seen[factory.__name__] = [_handshake(port, c) for c in (
+                "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384")]
+        finally:
+            proc.stop()
+    assert seen["kubekv_process"] == seen["etcd_process"] == ["ok", "refused"]
+
+def test_unknown_cipher_suite_is_refused():
+    with pytest.raises(FlagError, match='unexpected TLS cipher suite "TLS_NOPE"'):
+        parse_args(["--cipher-suites", "TLS_NOPE"], environ={})

@@ -1,0 +1,37 @@
+"""Send the TLS alert of a failed server handshake before closing, as Go's servers do.
+
+asyncio's SSLProtocol (3.11+) closes a connection whose handshake failed without
+flushing what OpenSSL wrote for the peer, so a client offered no common cipher (or
+refused for its certificate) sees a bare EOF where etcd's clients and curl expect
+"alert handshake failure" / "bad certificate". ``install`` wraps the private
+``_do_handshake`` once to flush first; on other Pythons it does nothing.
+"""
+
+from __future__ import annotations
+
+import ssl
+from asyncio import sslproto
+
+_installed = False
+
+
+def install() -> None:
+    global _installed
+    proto = getattr(sslproto, "SSLProtocol", None)
+    original = getattr(proto, "_do_handshake", None)
+    if _installed or original is None or not hasattr(proto, "_process_outgoing"):
+        return
+
+    def _do_handshake(self) -> None:
+        try:
+            self._sslobj.do_handshake()
+        except sslproto.SSLAgainErrors:
+            self._process_outgoing()
+        except ssl.SSLError as exc:
+            self._process_outgoing()  # the alert, before the connection is dropped
+            self._on_handshake_complete(exc)
+        else:
+            self._on_handshake_complete(None)
+
+    proto._do_handshake = _do_handshake
+    _installed = True
