@@ -33,6 +33,10 @@ from .quota import has_put
 
 log = logging.getLogger("kubekv.applier")
 
+# What etcd's applierV3Corrupt refuses while a CORRUPT alarm is raised.
+CORRUPT_REFUSED = frozenset({"put", "delete_range", "txn", "compaction", "lease_grant",
+                             "lease_revoke"})
+
 
 @dataclass
 class BatchResult:
@@ -90,6 +94,11 @@ class Applier:
     def nospace(self) -> bool:
         """While a NOSPACE alarm is raised, new values are refused (etcd's capped applier)."""
         return any(alarm == pb.NOSPACE for _, alarm in self.alarms)
+
+    @property
+    def corrupt(self) -> bool:
+        """While a CORRUPT alarm is raised, etcd's corrupt applier refuses changes."""
+        return any(alarm == pb.CORRUPT for _, alarm in self.alarms)
 
     def lease_exists(self, lease_id: int) -> bool:
         """Whether a lease exists as of the request being applied (same batch included)."""
@@ -228,6 +237,8 @@ class Applier:
         return resp, w.changes
 
     def _dispatch(self, txn: lmdb.Transaction, req, kind: str | None):
+        if kind in CORRUPT_REFUSED and self.corrupt:
+            raise errors.CORRUPT
         ai = self._check_auth(txn, req, kind)
         if kind in AUTH_KINDS and self.auth is not None:
             resp = self.auth.apply(txn, kind, getattr(req, kind), ai, self._index)

@@ -248,6 +248,7 @@ class Config:
     log_level: str
     auto_compaction_mode: str
     auto_compaction_retention: float  # seconds (periodic) or revisions; 0: off
+    corrupt_check_interval: float  # --experimental-corrupt-check-time, seconds; 0: off
     show_version: bool = False
     show_help: bool = False
     # (level, line) to log at startup: environment/file use, flags without effect
@@ -348,13 +349,13 @@ def _bools(values: dict[str, str], source: str) -> dict[str, str]:
 NO_EFFECT = (
     "enable-v2", "experimental-peer-skip-client-san-verification", "enable-pprof",
     "enable-log-rotation", "experimental-enable-distributed-tracing",
-    "experimental-initial-corrupt-check", "experimental-enable-v2v3",
+    "experimental-enable-v2v3",
     "experimental-enable-lease-checkpoint",
     "socket-reuse-port", "socket-reuse-address", "max-snapshots", "max-wals",
     "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv",
     "discovery-srv-name", "peer-crl-file",
     "cors", "host-whitelist", "metrics", "log-rotation-config-json",
-    "experimental-distributed-tracing-address", "proxy", "experimental-corrupt-check-time",
+    "experimental-distributed-tracing-address", "proxy",
     "experimental-compaction-batch-limit", "experimental-warning-apply-duration",
     "experimental-bootstrap-defrag-threshold-megabytes",
 )
@@ -458,6 +459,7 @@ def _build(raw: dict[str, str], given: set[str]) -> Config:
         log_level=raw["log-level"],
         auto_compaction_mode=raw["auto-compaction-mode"],
         auto_compaction_retention=_compaction_retention(raw),
+        corrupt_check_interval=_duration_flag(raw, "experimental-corrupt-check-time"),
         show_version=raw["version"] == "true",
         show_help=raw["help"] == "true",
     )

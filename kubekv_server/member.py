@@ -21,7 +21,7 @@ from etcdproto.kubekvpb import internal_pb2
 from etcdproto.raftpb import raft_pb2
 from kubekv_raft.storage import LMDBStorage
 
-from . import bbolt_import, errors, quota
+from . import bbolt_import, corruption, errors, quota
 from .alarms import list_alarms
 from .applier import Applier, mvcc_error
 from .auth import AuthStore, password, token_provider
@@ -257,14 +257,24 @@ class Member:
         self.lease_forwarder = lease_forward.LeaseForwarder(self.peering)
         await self.peering.start(
             self.node.runner, lambda: self.members,
-            services=[lambda server: lease_forward.lp_grpc.add_LeasePeerServicer_to_server(
-                self._lease_peer, server)],
+            services=[
+                lambda server: lease_forward.lp_grpc.add_LeasePeerServicer_to_server(
+                    self._lease_peer, server),
+                lambda server: corruption.hp_grpc.add_HashPeerServicer_to_server(
+                    corruption.HashPeerServicer(self), server),
+            ],
             is_removed=lambda mid: mid in self.removed_ids,
             on_removed=self._removed,
         )
         while not await self.node.wait_leader(5.0):
             log.warning("event=waiting_for_leader member_id=%x", self.member_id)
         await self._publish()
+        if self.cfg.flag("experimental-initial-corrupt-check") == "true":
+            try:
+                await corruption.initial_check(self, self.request_timeout)
+            except RuntimeError as exc:
+                log.critical('msg="failed to start" error="%s"', exc)
+                raise SystemExit(1) from None
         if self._imported:
             await self.node.force_snapshot()  # new members must get the imported state
         self.watch_hub.catch_up_revision()
@@ -281,6 +291,9 @@ class Member:
                 lambda rev: self.compact(pb.CompactionRequest(revision=rev)),
                 self.is_leader, self._stopping,
             ).start()
+        if self.cfg.corrupt_check_interval:
+            corruption.CorruptionMonitor(self, self.cfg.corrupt_check_interval,
+                                         self._stopping).start()
 
     # ------------------------------------------------------------- leases
 
