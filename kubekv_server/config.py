@@ -354,7 +354,7 @@ NO_EFFECT = (
     "socket-reuse-port", "socket-reuse-address", "max-snapshots", "max-wals",
     "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv",
     "discovery-srv-name", "peer-crl-file",
-    "cors", "host-whitelist", "metrics", "log-rotation-config-json",
+    "metrics", "log-rotation-config-json",
     "experimental-distributed-tracing-address", "proxy",
     "experimental-compaction-batch-limit", "experimental-warning-apply-duration",
     "experimental-bootstrap-defrag-threshold-megabytes",
@@ -387,6 +387,13 @@ def _duration_flag(raw: dict[str, str], name: str) -> float:
         ) from None
 
 
+def _has_port(url: str) -> bool:
+    try:
+        return urllib.parse.urlsplit(url).port is not None
+    except ValueError:
+        return False
+
+
 def _compaction_retention(raw: dict[str, str]) -> float:
     mode = raw["auto-compaction-mode"]
     if mode not in ("", "periodic", "revision"):
@@ -403,6 +410,10 @@ def _build(raw: dict[str, str], given: set[str]) -> Config:
         openssl_cipher_list(raw["cipher-suites"])
     except ValueError as exc:
         raise FlagError(str(exc)) from None
+    for origin in (o.strip() for o in raw["cors"].split(",")):
+        if origin and origin != "*" and not _has_port(origin):
+            raise FlagError(f'invalid value "{raw["cors"]}" for flag -cors: URL address does '
+                            f'not have the form "host:port": {origin}')
     try:
         listen_client = parse_urls(raw["listen-client-urls"])
         listen_peer = parse_urls(raw["listen-peer-urls"])

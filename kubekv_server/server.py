@@ -20,6 +20,7 @@ from etcdproto.etcdserverpb import rpc_pb2
 from etcdproto.v3electionpb import v3election_pb2
 from etcdproto.v3lockpb import v3lock_pb2
 
+from .access_control import AccessController, hostname
 from .api.auth import AuthService
 from .api.cluster import ClusterService
 from .api.election import ElectionService
@@ -33,6 +34,7 @@ from .config import Config
 from .gateway import CORS_HEADERS, Gateway
 from .member import CLUSTER_VERSION, SERVER_VERSION, Member
 from .member_metrics import MemberMetrics
+from .rpc.context import request_tls
 from .rpc.http1 import Http1Protocol
 from .rpc.server import RpcServer
 from .tls import client_cert_check, client_ssl_context, load_crl
@@ -61,6 +63,7 @@ class ClientServer:
         self.metrics: MemberMetrics | None = None
         self._metrics_servers: list[asyncio.base_events.Server] = []
         self._stopping: asyncio.Event | None = None
+        self.access = AccessController(cfg.flag("cors"), cfg.flag("host-whitelist"))
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -148,8 +151,25 @@ class ClientServer:
         log.info("enabled capabilities for version %s", CLUSTER_VERSION.rsplit(".", 1)[0])
 
     async def http(self, method: str, target: str, headers: dict, body: bytes):
-        """etcd's plain-HTTP endpoints on the client port: /health, /version and the
-        JSON gateway (/v3/...)."""
+        """etcd's plain-HTTP endpoints on the client port behind its access controller
+        (--host-whitelist for requests without TLS, --cors)."""
+        if not request_tls.get():
+            host = hostname(headers)
+            if not self.access.host_allowed(host):
+                log.warning('msg="rejecting HTTP request to prevent DNS rebinding attacks" '
+                            "host=%s", host)
+                return 421, "text/plain; charset=utf-8", self.access.rejection(host), [
+                    ("X-Content-Type-Options", "nosniff")]
+        if method == "OPTIONS":  # etcd answers every preflight itself
+            return 200, None, b"", self.access.cors_headers(headers.get("origin"))
+        status, ctype, out, *extra = await self._http(method, target, headers, body)
+        answer_headers = [h for h in (extra[0] if extra else ())
+                          if not h[0].startswith("Access-Control-")]
+        return (status, ctype, out,
+                self.access.cors_headers(headers.get("origin")) + answer_headers)
+
+    async def _http(self, method: str, target: str, headers: dict, body: bytes):
+        """/metrics, the JSON gateway (/v3/...), /health and /version."""
         path = urllib.parse.urlsplit(target).path
         if path == "/metrics" and self.metrics is not None:
             return 200, self.metrics.content_type, self.metrics.render(), CORS_HEADERS

@@ -6,6 +6,8 @@ import asyncio
 import logging
 from email.utils import formatdate
 
+from .context import request_tls
+
 log = logging.getLogger("kubekv.http")
 
 MAX_HEAD = 64 << 10
@@ -139,7 +141,11 @@ class Http1Handler:
             self._reply(404, b"404 page not found\n", close=close)
             return
         self._busy = True
-        task = asyncio.ensure_future(handler(method, target, headers, body))
+        token = request_tls.set(self.transport.get_extra_info("ssl_object") is not None)
+        try:
+            task = asyncio.ensure_future(handler(method, target, headers, body))
+        finally:
+            request_tls.reset(token)
         task.add_done_callback(lambda t: self._done(t, close))
 
     def _done(self, task: asyncio.Future, close: bool) -> None:

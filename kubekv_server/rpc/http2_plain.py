@@ -10,6 +10,7 @@ import logging
 
 from . import frames as f
 from .calls import Call
+from .context import request_tls
 from .http1 import STREAM_HIGH_WATER, response_fields
 
 log = logging.getLogger("kubekv.http")
@@ -42,8 +43,12 @@ class PlainRequest(Call):
         for k, v in self.headers:
             fields[k.decode("latin-1").lower()] = v.decode("latin-1")
         method, target = fields.get(":method", "GET"), fields.get(":path", "/")
-        task = asyncio.ensure_future(
-            self.conn.server.http_handler(method, target, fields, bytes(self._body)))
+        token = request_tls.set(self.conn.transport.get_extra_info("ssl_object") is not None)
+        try:
+            task = asyncio.ensure_future(
+                self.conn.server.http_handler(method, target, fields, bytes(self._body)))
+        finally:
+            request_tls.reset(token)
         task.add_done_callback(self._handled)
 
     def _handled(self, task: asyncio.Future) -> None:

@@ -86,12 +86,13 @@ def test_unreadable_config_file(tmp_path):
 
 
 def test_flags_without_effect_are_logged():
-    cfg = parse_args(["--enable-pprof", "--max-wals", "5", "--cors", "http://x"], environ={})
+    cfg = parse_args(["--enable-pprof", "--max-wals", "5", "--discovery-srv", "x.example"],
+                     environ={})
     warned = [line for level, line in cfg.notes if level == logging.WARNING]
     assert warned == ['msg="flag accepted but not acted on by kubekv" flag=--enable-pprof '
                       'value="true"',  # --max-wals 5 is the default: not logged
-                      'msg="flag accepted but not acted on by kubekv" flag=--cors '
-                      'value="http://x"']
+                      'msg="flag accepted but not acted on by kubekv" flag=--discovery-srv '
+                      'value="x.example"']
 
 
 def _settings(tmp_path, name: str) -> tuple[dict[str, str], int]:
