@@ -41,10 +41,8 @@ def _openssl(*args: str, cwd) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
-@pytest.fixture
-def pki(tmp_path):
-    """A CA, two client certs (one revoked) and a CRL naming the revoked one."""
-    d = tmp_path
+def _make_ca(d) -> None:
+    """A throwaway CA (ca.pem, ca.key) with an openssl-ca database for revocations."""
     (d / "index.txt").write_text("")
     (d / "ca.cnf").write_text(
         "[ca]\ndefault_ca=ca\n[ca]\ndatabase=index.txt\ndefault_md=sha256\n"
@@ -53,15 +51,27 @@ def pki(tmp_path):
     _openssl("req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt",
              "ec_paramgen_curve:prime256v1", "-keyout", "ca.key", "-out", "ca.pem",
              "-subj", "/CN=ca", "-days", "2", cwd=d)
+
+
+def _revoke(d, cert: str) -> None:
+    """Revoke ``cert`` and write crl.pem."""
+    _openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
+             "-revoke", cert, cwd=d)
+    _openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
+             "-gencrl", "-out", "crl.pem", cwd=d)
+
+
+@pytest.fixture
+def pki(tmp_path):
+    """A CA, two client certs (one revoked) and a CRL naming the revoked one."""
+    d = tmp_path
+    _make_ca(d)
     for name, serial in (("good", "0x1001"), ("revoked", "0x1002")):
         _openssl("req", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                  "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                  "-set_serial", serial, "-out", f"{name}.pem", "-days", "2", cwd=d)
-    _openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
-             "-revoke", "revoked.pem", cwd=d)
-    _openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
-             "-gencrl", "-out", "crl.pem", cwd=d)
+    _revoke(d, "revoked.pem")
     return d
 
 
@@ -81,14 +91,7 @@ def pki_hosts(tmp_path):
     """A CA; a server cert for 127.0.0.1; client certs with different SANs, one revoked."""
     d = tmp_path / "pki"
     d.mkdir()
-    (d / "index.txt").write_text("")
-    (d / "ca.cnf").write_text(
-        "[ca]\ndefault_ca=ca\n[ca]\ndatabase=index.txt\ndefault_md=sha256\n"
-        "crl_extensions=crl_ext\ndefault_crl_days=1\n[crl_ext]\n"
-    )
-    _openssl("req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt",
-             "ec_paramgen_curve:prime256v1", "-keyout", "ca.key", "-out", "ca.pem",
-             "-subj", "/CN=ca", "-days", "2", cwd=d)
+    _make_ca(d)
     certs = {"server": ("IP:127.0.0.1", "0x2000"), "allowed": ("DNS:client.example.com", "0x2001"),
              "wildcard": ("DNS:*.example.com", "0x2002"), "other": ("DNS:other.test", "0x2003"),
              "revoked": ("DNS:client.example.com", "0x2004")}
@@ -100,10 +103,7 @@ def pki_hosts(tmp_path):
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                  "-set_serial", serial, "-extfile", f"{name}.ext", "-out", f"{name}.pem",
                  "-days", "2", cwd=d)
-    _openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
-             "-revoke", "revoked.pem", cwd=d)
-    _openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
-             "-gencrl", "-out", "crl.pem", cwd=d)
+    _revoke(d, "revoked.pem")
     return d
 
 
