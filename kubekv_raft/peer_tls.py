@@ -19,6 +19,7 @@ import os
 import ssl
 import subprocess
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -163,14 +164,20 @@ class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):
 
     LOG_EVERY = 60.0  # seconds between log lines about the same refused name
 
-    def __init__(self, allowed_cn: str, allowed_hostname: str) -> None:
+    def __init__(self, allowed_cn: str, allowed_hostname: str,
+                 accept_pem: Callable[[bytes], bool] | None = None) -> None:
         self.allowed_cn = allowed_cn
         self.allowed_hostname = allowed_hostname
+        # the application's own test of the certificate (PEM), e.g. a CRL lookup
+        self.accept_pem = accept_pem
         self._logged: dict[tuple, float] = {}
 
     def _check(self, context) -> bool:
         ac = context.auth_context()
-        if peer_allowed(ac, self.allowed_cn, self.allowed_hostname):
+        if peer_allowed(ac, self.allowed_cn, self.allowed_hostname) and (
+            self.accept_pem is None
+            or all(self.accept_pem(pem) for pem in ac.get("x509_pem_cert", [b""]))
+        ):
             return True
         names = tuple(ac.get("x509_common_name", []))
         now = time.monotonic()

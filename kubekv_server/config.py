@@ -353,7 +353,7 @@ NO_EFFECT = (
     "experimental-enable-lease-checkpoint",
     "socket-reuse-port", "socket-reuse-address", "max-snapshots", "max-wals",
     "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv",
-    "discovery-srv-name", "peer-crl-file",
+    "discovery-srv-name",
     "metrics", "log-rotation-config-json",
     "experimental-distributed-tracing-address", "proxy",
     "experimental-compaction-batch-limit", "experimental-warning-apply-duration",

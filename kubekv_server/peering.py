@@ -27,6 +27,7 @@ from kubekv_raft.transport import (
 )
 
 from .config import Config
+from .tls import load_crl, pem_revoked
 
 log = logging.getLogger("kubekv.peer")
 
@@ -178,9 +179,11 @@ class Peering:
         self.servicer.is_removed = is_removed
         raw = self.cfg.raw
         interceptors = []
-        if raw["peer-cert-allowed-cn"] or raw["peer-cert-allowed-hostname"]:
+        revoked = load_crl(raw["peer-crl-file"]) if raw["peer-crl-file"] else set()
+        if raw["peer-cert-allowed-cn"] or raw["peer-cert-allowed-hostname"] or revoked:
             interceptors.append(peer_tls.PeerIdentityInterceptor(
-                raw["peer-cert-allowed-cn"], raw["peer-cert-allowed-hostname"]))
+                raw["peer-cert-allowed-cn"], raw["peer-cert-allowed-hostname"],
+                (lambda pem: not pem_revoked(pem, revoked)) if revoked else None))
         server = grpc.aio.server(options=peer_server_options(), interceptors=interceptors)
         peer_pb2_grpc.add_RaftPeerServicer_to_server(self.servicer, server)
         directory_pb2_grpc.add_MemberDirectoryServicer_to_server(

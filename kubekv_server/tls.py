@@ -16,7 +16,7 @@ from kubekv_raft.peer_tls import hostname_allowed, self_signed_cert
 
 from .cipher_suites import openssl_cipher_list
 from .config import Config
-from .der import children, pem_to_der, tlv
+from .der import DERError, children, pem_to_der, tlv
 
 log = logging.getLogger("kubekv.tls")
 
@@ -98,6 +98,17 @@ def client_cert_check(revoked: set[int], allowed_hostname: str):
         return True
 
     return check
+
+
+def pem_revoked(pem: bytes, revoked: set[int]) -> bool:
+    """Whether a PEM certificate's serial is in ``revoked`` (an unreadable one counts)."""
+    ders = _pem_to_der(pem, b"CERTIFICATE")
+    if not ders:
+        return True
+    try:
+        return cert_serial(ders[0]) in revoked
+    except (IndexError, ValueError, DERError):
+        return True
 
 
 def load_crl(path: str) -> set[int]:

@@ -10,6 +10,7 @@ import sys
 import time
 
 import grpc
+import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
@@ -38,6 +39,10 @@ def _openssl(*args: str, cwd) -> None:
 
 
 def _pki(d) -> None:
+    """A CA, certificates for example.com and example2.com, and a CRL revoking the latter."""
+    (d / "index.txt").write_text("")
+    (d / "ca.cnf").write_text("[ca]\ndefault_ca=ca\n[ca]\ndatabase=index.txt\n"
+                              "default_md=sha256\ndefault_crl_days=1\n")
     _openssl("req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt",
              "ec_paramgen_curve:prime256v1", "-keyout", "ca.key", "-out", "ca.pem",
              "-subj", "/CN=test-ca", "-days", "2", cwd=d)
@@ -48,9 +53,16 @@ def _pki(d) -> None:
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                  "-CAcreateserial", "-copy_extensions", "copy", "-out", f"{name}.pem",
                  "-days", "2", cwd=d)
+    _openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
+             "-revoke", "example2.com.pem", cwd=d)
+    _openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
+             "-gencrl", "-out", "crl.pem", cwd=d)
 
 
-def test_a_member_whose_certificate_is_not_allowed_is_refused(tmp_path):
+@pytest.mark.parametrize("check", ["allowed-cn", "crl"])
+def test_a_member_whose_certificate_is_not_allowed_is_refused(tmp_path, check):
+    """m2 presents example2.com's certificate: not the allowed common name, or (with
+    --peer-crl-file) revoked."""
     _pki(tmp_path)
     peers = [free_port() for _ in range(3)]
     clients = [free_port() for _ in range(3)]
@@ -72,7 +84,9 @@ def test_a_member_whose_certificate_is_not_allowed_is_refused(tmp_path):
                 "--peer-cert-file", str(tmp_path / f"{cn}.pem"),
                 "--peer-key-file", str(tmp_path / f"{cn}.key"),
                 "--peer-trusted-ca-file", str(tmp_path / "ca.pem"),
-                "--peer-client-cert-auth", "--peer-cert-allowed-cn", cn,
+                "--peer-client-cert-auth",
+                *(["--peer-cert-allowed-cn", cn] if check == "allowed-cn"
+                  else ["--peer-crl-file", str(tmp_path / "crl.pem")]),
             ]
             with open(log, "ab") as out:
                 procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
@@ -94,8 +108,11 @@ def test_a_member_whose_certificate_is_not_allowed_is_refused(tmp_path):
                 except grpc.RpcError:
                     assert time.monotonic() < deadline, logs[0].read_text()[-2000:]
                     time.sleep(0.2)
-        # the refused one also refuses the others (their names are not its allowed one)
-        assert "client certificate authentication failed" in logs[2].read_text(errors="replace")
+        # with allowed names, the refused one also refuses the others (theirs is not its
+        # allowed one); with a CRL, the others refuse it
+        refusers = [logs[2]] if check == "allowed-cn" else logs[:2]
+        assert any("client certificate authentication failed" in log.read_text(errors="replace")
+                   for log in refusers)
         # the refused one never joins: still waiting, never ready (as etcd's e2e expects)
         assert procs[2].poll() is None
         assert "published {Name:m2" not in logs[2].read_text(errors="replace")
