@@ -274,6 +274,10 @@ class Applier:
             self._track(txn, w.changes)
             self._lease_changes.append(("revoke", req.lease_revoke.ID))
             return resp, w.changes
+        if kind == "lease_checkpoint":
+            for cp in req.lease_checkpoint.checkpoints:
+                self._lease_changes.append(("checkpoint", cp.ID, cp.remaining_TTL))
+            return pb.LeaseCheckpointResponse(), []
         if kind == "member_attributes":
             a = req.member_attributes
             self._set_members(txn, set_attributes(self.members(txn), a.member_id, a.name,

@@ -350,7 +350,6 @@ NO_EFFECT = (
     "enable-v2", "experimental-peer-skip-client-san-verification", "enable-pprof",
     "enable-log-rotation", "experimental-enable-distributed-tracing",
     "experimental-enable-v2v3",
-    "experimental-enable-lease-checkpoint",
     "socket-reuse-port", "socket-reuse-address", "max-snapshots", "max-wals",
     "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv",
     "discovery-srv-name",

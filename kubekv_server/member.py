@@ -46,6 +46,8 @@ from .watch.hub import DEFAULT_MAX_PENDING, RECENT_REVISIONS
 from .watch.sync import SyncThread
 
 log = logging.getLogger("kubekv.member")
+# etcd's defaultLeaseCheckpointInterval (seconds); a test may shorten it
+LEASE_CHECKPOINT_INTERVAL = float(os.environ.get("KUBEKV_LEASE_CHECKPOINT_INTERVAL", "300"))
 
 
 # Seconds a replaced (defragmented) state environment stays open for readers inside it.
@@ -105,7 +107,9 @@ class Member:
         self.member_id, self.cluster_id, self.members = self._identity()
         self.peering: Peering | None = None
         self.node: RaftNode | None = None
-        self.lessor = Lessor(time.monotonic)
+        # --experimental-enable-lease-checkpoint: every 5 minutes, as etcd (tests shorten it)
+        self.lessor = Lessor(time.monotonic, LEASE_CHECKPOINT_INTERVAL if cfg.flag(
+            "experimental-enable-lease-checkpoint") == "true" else 0.0)
         self.leases = LeaseStore(
             self.backend, min_lease_ttl(cfg.election_timeout_ms, cfg.heartbeat_interval_ms)
         )
@@ -328,6 +332,8 @@ class Member:
         for change in changes:
             if change[0] == "grant":
                 self.lessor.granted(change[1], change[2])
+            elif change[0] == "checkpoint":
+                self.lessor.checkpointed(change[1], change[2])
             else:
                 self.lessor.revoked(change[1])
 
@@ -343,8 +349,20 @@ class Member:
                         self._propose_nowait("lease_revoke", pb.LeaseRevokeRequest(ID=lease_id))
                     except errors.EtcdError:
                         break
+                due = self.lessor.due_checkpoints()
+                if due:
+                    self.checkpoint_leases(due)
             wait = min(max(self.lessor.next_deadline() - time.monotonic(), 0.05), 0.5)
             self.lessor.wait_changed(wait)
+
+    def checkpoint_leases(self, checkpoints: list[tuple[int, int]]) -> None:
+        """Any thread: record leases' remaining TTLs through the log (etcd's lessor cp)."""
+        req = pb.LeaseCheckpointRequest(checkpoints=[
+            pb.LeaseCheckpoint(ID=i, remaining_TTL=ttl) for i, ttl in checkpoints])
+        try:
+            self._propose_nowait("lease_checkpoint", req)
+        except errors.EtcdError:
+            pass  # the next round checkpoints again
 
     def _propose_nowait(self, field: str, request) -> None:
         """Any thread: propose without waiting for the outcome."""

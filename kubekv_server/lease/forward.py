@@ -57,6 +57,8 @@ def leader_renew(member, lease_id: int) -> lp.LeaseRenewResponse:
         if exc is errors.LEASE_NOT_FOUND:
             return lp.LeaseRenewResponse(status=lp.LEASE_NOT_FOUND)
         return lp.LeaseRenewResponse(status=lp.LEASE_NOT_PRIMARY)
+    if member.lessor.clears_checkpoint(lease_id):
+        member.checkpoint_leases([(lease_id, 0)])
     return lp.LeaseRenewResponse(status=lp.LEASE_OK, ttl=ttl)
 
 

@@ -4,6 +4,12 @@ Only the leader (the *primary*) runs deadlines; a follower keeps every lease ali
 until it is promoted (etcd's ``forever``). Grants and revocations come from
 applied log entries (`granted`, `revoked`); expiry is turned into revoke
 proposals by the member, never applied here. Time is an injected clock.
+
+With checkpoints (etcd's --experimental-enable-lease-checkpoint) the leader records
+each lease's remaining TTL through the log every ``checkpoint_interval``
+(`due_checkpoints` → `checkpointed` on every member), and a new leader gives a lease
+that remaining TTL instead of its full TTL. As in etcd without the persist option,
+checkpoints live in memory: a restarted member knows none.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ def min_lease_ttl(election_timeout_ms: int, heartbeat_ms: int) -> int:
 
 
 class Lease:
-    __slots__ = ("id", "ttl", "expiry", "revoke_proposed_at", "gone")
+    __slots__ = ("id", "ttl", "expiry", "revoke_proposed_at", "gone", "remaining_ttl",
+                 "checkpoint_at")
 
     def __init__(self, lease_id: int, ttl: int, expiry: float) -> None:
         self.id = lease_id
@@ -40,11 +47,19 @@ class Lease:
         self.expiry = expiry
         self.revoke_proposed_at: float | None = None
         self.gone = threading.Event()
+        self.remaining_ttl = 0  # the last checkpoint's remaining TTL; 0: none
+        self.checkpoint_at: float | None = None  # when the leader checkpoints it next
+
+    def remaining(self) -> int:
+        """etcd's RemainingTTL: the checkpointed remaining TTL, else the full TTL."""
+        return self.remaining_ttl if self.remaining_ttl > 0 else self.ttl
 
 
 class Lessor:
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], checkpoint_interval: float = 0.0) -> None:
         self.clock = clock
+        # seconds between a lease's checkpoints on the leader; 0: no checkpoints
+        self.checkpoint_interval = checkpoint_interval
         self.primary = False
         self._leases: dict[int, Lease] = {}
         self._lock = threading.Lock()
@@ -69,8 +84,51 @@ class Lessor:
     def granted(self, lease_id: int, ttl: int) -> None:
         with self._lock:
             expiry = self.clock() + ttl if self.primary else FOREVER
-            self._leases[lease_id] = Lease(lease_id, ttl, expiry)
+            lease = self._leases[lease_id] = Lease(lease_id, ttl, expiry)
+            self._schedule_checkpoint(lease)
             self._changed.notify_all()
+
+    def checkpointed(self, lease_id: int, remaining_ttl: int) -> None:
+        """An applied checkpoint (etcd's Checkpoint): remember the remaining TTL."""
+        with self._lock:
+            lease = self._leases.get(lease_id)
+            if lease is not None:
+                lease.remaining_ttl = remaining_ttl
+                self._schedule_checkpoint(lease)
+
+    def _schedule_checkpoint(self, lease: Lease) -> None:
+        """etcd's scheduleCheckpointIfNeeded (lock held)."""
+        if self.primary and self.checkpoint_interval and \
+                lease.remaining() > self.checkpoint_interval:
+            lease.checkpoint_at = self.clock() + self.checkpoint_interval
+
+    def due_checkpoints(self, limit: int = 1000) -> list[tuple[int, int]]:
+        """Leader: (lease, remaining TTL) of the checkpoints due now (etcd's
+        findDueScheduledCheckpoints); a lease still at its full TTL is skipped."""
+        if not self.primary or not self.checkpoint_interval:
+            return []
+        out = []
+        with self._lock:
+            now = self.clock()
+            for lease in self._leases.values():
+                if lease.checkpoint_at is None or lease.checkpoint_at > now:
+                    continue
+                lease.checkpoint_at = None
+                remaining = math.ceil(lease.expiry - now)
+                if remaining >= lease.ttl:
+                    continue
+                out.append((lease.id, remaining))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def clears_checkpoint(self, lease_id: int) -> bool:
+        """Leader, after a renewal: whether the lease's checkpoint must be cleared
+        through the log (etcd proposes remaining TTL 0 so that a new leader gives the
+        renewed lease its full TTL)."""
+        with self._lock:
+            lease = self._leases.get(lease_id)
+            return bool(self.checkpoint_interval and lease is not None and lease.remaining_ttl)
 
     def revoked(self, lease_id: int) -> None:
         with self._lock:
@@ -87,8 +145,9 @@ class Lessor:
             self.primary = True
             now = self.clock()
             for lease in self._leases.values():
-                lease.expiry = now + lease.ttl + extend
+                lease.expiry = now + lease.remaining() + extend
                 lease.revoke_proposed_at = None
+                self._schedule_checkpoint(lease)
             if len(self._leases) >= LEASE_REVOKE_RATE:
                 self._spread(now, extend)
             self._changed.notify_all()
@@ -111,13 +170,14 @@ class Lessor:
                 continue
             delay = expires / target - (remaining - base)
             next_window = base + delay
-            lease.expiry = now + lease.ttl + delay + extend
+            lease.expiry = now + lease.remaining() + delay + extend
 
     def demote(self) -> None:
         with self._lock:
             self.primary = False
             for lease in self._leases.values():
                 lease.expiry = FOREVER
+                lease.checkpoint_at = None
 
     # --------------------------------------------------------------- queries
 

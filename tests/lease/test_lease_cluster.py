@@ -180,3 +180,24 @@ def test_lease_expiry_across_a_leader_kill(cluster):
     finally:
         ka.close()
         ws.close()
+
+
+def test_checkpointed_lease_keeps_its_remaining_ttl_across_a_leader_kill(tmp_path):
+    """--experimental-enable-lease-checkpoint (interval shortened to 1 s): after the
+    leader dies, the new leader gives a lease what remained of its TTL at the last
+    checkpoint (plus an election timeout), not its full TTL as without checkpoints."""
+    c = Cluster(tmp_path, flags=("--experimental-enable-lease-checkpoint",),
+                env={"KUBEKV_LEASE_CHECKPOINT_INTERVAL": "1"})
+    c.start()
+    try:
+        leader = c.leader()
+        lid = rpc_pb2_grpc.LeaseStub(leader.channel).LeaseGrant(
+            pb.LeaseGrantRequest(TTL=60)).ID
+        time.sleep(5)  # several checkpoints: the last one says about 55-56 s remain
+        leader.kill()
+        new = c.leader(exclude=leader)
+        ttl = rpc_pb2_grpc.LeaseStub(new.channel).LeaseTimeToLive(
+            pb.LeaseTimeToLiveRequest(ID=lid)).TTL
+        assert 50 <= ttl <= 57 + ELECTION_S, ttl  # without checkpoints: 60 + ELECTION_S
+    finally:
+        c.stop()

@@ -73,6 +73,34 @@ def test_renew_resets_to_the_granted_ttl(clock):
         le.renew(8)
 
 
+def test_checkpoints_carry_the_remaining_ttl_to_a_new_leader(clock):
+    """etcd's lease checkpoints: the leader records remaining TTLs every interval; a
+    member promoted later gives that remaining TTL, not the full one."""
+    leader, follower = Lessor(clock, checkpoint_interval=10), Lessor(clock, 10)
+    leader.promote(0.0)
+    for le in (leader, follower):
+        le.granted(1, 100)
+        le.granted(2, 5)  # not longer than the interval: never checkpointed
+    clock.now += 9
+    assert leader.due_checkpoints() == []
+    clock.now += 1
+    assert leader.due_checkpoints() == [(1, 90)]
+    assert leader.due_checkpoints() == []  # once per interval
+    for le in (leader, follower):
+        le.checkpointed(1, 90)
+    assert follower.due_checkpoints() == []  # only the leader checkpoints
+    clock.now += 10
+    assert leader.due_checkpoints() == [(1, 80)]
+    follower.promote(2.0)  # the follower saw the checkpoint of 90 s
+    assert follower.lookup(1) == (100, 92.0)
+    assert follower.lookup(2) == (5, 7.0)
+    # a renewal gives the full TTL, and its checkpoint must be cleared through the log
+    assert follower.renew(1) == 100 and follower.clears_checkpoint(1)
+    follower.checkpointed(1, 0)
+    assert not follower.clears_checkpoint(1)
+    assert Lessor(clock).due_checkpoints() == []  # checkpoints off by default
+
+
 def test_promote_spreads_leases_that_would_pile_up(clock):
     le = Lessor(clock)
     n = 2 * LEASE_REVOKE_RATE
