@@ -259,11 +259,17 @@ class Config:
         return self.raw[name]
 
 
+def _defaults() -> dict[str, str]:
+    """Every flag's default, as the raw string the command line would give."""
+    raw = {k: ("true" if v else "false") for k, v in BOOL_FLAGS.items()}
+    raw.update(VALUE_FLAGS)
+    return raw
+
+
 def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
     """Parse a command line with Go's flag rules (`-f`, `--f`, `--f=v`, `--f v`), then
     take `--config-file` or the `ETCD_*` environment as etcd does."""
-    raw: dict[str, str] = {k: ("true" if v else "false") for k, v in BOOL_FLAGS.items()}
-    raw.update(VALUE_FLAGS)
+    raw = _defaults()
     given: set[str] = set()
     args = list(argv)
     i = 0
@@ -319,8 +325,7 @@ def _other_sources(
     path = raw["config-file"] or environ.get(config_sources.env_key("config-file"), "")
     if path:
         values = config_sources.from_file(path, names)
-        fresh = {k: ("true" if v else "false") for k, v in BOOL_FLAGS.items()}
-        fresh.update(VALUE_FLAGS)
+        fresh = _defaults()
         fresh.update(_bools(values, "config file"))
         fresh["config-file"] = path
         return fresh, set(values), [(logging.INFO,
@@ -361,8 +366,7 @@ NO_EFFECT = (
 
 
 def _no_effect(raw: dict[str, str], given: set[str]) -> list[tuple[int, str]]:
-    defaults = {k: ("true" if v else "false") for k, v in BOOL_FLAGS.items()}
-    defaults.update(VALUE_FLAGS)
+    defaults = _defaults()
     return [(logging.WARNING,
              f'msg="flag accepted but not acted on by kubekv" flag=--{name} value="{raw[name]}"')
             for name in NO_EFFECT if name in given and raw[name] != defaults[name]]

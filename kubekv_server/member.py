@@ -74,19 +74,6 @@ REQUEST_TIMEOUT = 7.0
 CLUSTER_VERSION = "3.5.0"
 
 
-def _password_iterations(text: str) -> int:
-    """--bcrypt-cost as PBKDF2 work (auth/password.py); etcd's default if out of range."""
-    try:
-        cost = int(text, 0)
-    except ValueError:
-        cost = -1
-    if not password.MIN_COST <= cost <= password.MAX_COST:
-        log.warning('msg="use default bcrypt cost instead of the invalid given cost" '
-                    "min-cost=%d max-cost=%d default-cost=%d given-cost=%s", password.MIN_COST,
-                    password.MAX_COST, password.DEFAULT_COST, text)
-    return password.iterations_for_cost(cost)
-
-
 class Member:
     """The server side of a member: stores, identity, proposals, reads, headers."""
 
@@ -103,7 +90,7 @@ class Member:
         log_dir = os.path.abspath(cfg.flag("wal-dir")) if cfg.flag("wal-dir") else \
             os.path.join(member_dir, "log")
         self.storage = LMDBStorage(log_dir, fsync=fsync)
-        self.password_iterations = _password_iterations(cfg.flag("bcrypt-cost"))
+        self.password_iterations = password.iterations_for_flag(cfg.flag("bcrypt-cost"))
         self.member_id, self.cluster_id, self.members = self._identity()
         self.peering: Peering | None = None
         self.node: RaftNode | None = None

@@ -13,7 +13,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
+
+log = logging.getLogger("kubekv.auth")
 
 ITERATIONS = 100_000
 _SCHEME = "pbkdf2_sha256"
@@ -29,6 +32,19 @@ def iterations_for_cost(cost: int) -> int:
     if not MIN_COST <= cost <= MAX_COST:
         cost = DEFAULT_COST
     return max(1, round(ITERATIONS * 2.0 ** (cost - DEFAULT_COST)))
+
+
+def iterations_for_flag(text: str) -> int:
+    """--bcrypt-cost as PBKDF2 work; an invalid cost is logged and the default used (etcd)."""
+    try:
+        cost = int(text, 0)
+    except ValueError:
+        cost = -1
+    if not MIN_COST <= cost <= MAX_COST:
+        log.warning('msg="use default bcrypt cost instead of the invalid given cost" '
+                    "min-cost=%d max-cost=%d default-cost=%d given-cost=%s", MIN_COST,
+                    MAX_COST, DEFAULT_COST, text)
+    return iterations_for_cost(cost)
 
 
 def hash_password(password: str, iterations: int = ITERATIONS) -> str:

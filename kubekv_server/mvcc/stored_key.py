@@ -34,11 +34,6 @@ def is_long(stored_key: bytes) -> bool:
     return len(stored_key) > PREFIX
 
 
-def exact_bound(key: bytes) -> bool:
-    """Whether comparing stored keys with ``key`` compares the user keys."""
-    return len(key) <= PREFIX
-
-
 def scan(
     cur: lmdb.Cursor,
     key: bytes,
