@@ -13,7 +13,6 @@ Handlers come in three kinds, chosen once per method when it is registered:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextvars
 import inspect
 import logging
@@ -84,19 +83,15 @@ class Call:
     """One gRPC call: its stream's flow-control state, request messages and response side."""
 
     __slots__ = (
-        "conn", "stream_id", "headers", "send_window", "recv_unacked", "pending", "pending_bytes",
-        "finished", "callbacks", "method", "_buf", "_message", "_requests", "_headers_sent",
-        "_task", "_writable", "_ended_requests",
+        "conn", "stream_id", "headers", "counted", "finished", "callbacks", "method", "_buf",
+        "_message", "_requests", "_headers_sent", "_task", "_writable", "_ended_requests",
     )
 
-    def __init__(self, conn, stream_id: int, headers, send_window: int) -> None:
+    def __init__(self, conn, stream_id: int, headers) -> None:
         self.conn = conn
         self.stream_id = stream_id
         self.headers = headers
-        self.send_window = send_window
-        self.recv_unacked = 0
-        self.pending: collections.deque = collections.deque()
-        self.pending_bytes = 0
+        self.counted = 0  # the part of `buffered` the connection has counted
         self.finished = False
         self.callbacks: list = []
         self.method: Method | None = None
@@ -109,6 +104,11 @@ class Call:
         self._ended_requests = False
 
     # ------------------------------------------------------------ requests
+
+    @property
+    def buffered(self) -> int:
+        """Request bytes held that no handler has taken yet (a partial or unread message)."""
+        return len(self._buf) + (len(self._message) if self._message is not None else 0)
 
     def start(self, method: Method) -> None:
         self.method = method
@@ -254,9 +254,8 @@ class Call:
         conn = self.conn
         if conn.server.observer is not None and self.method is not None:
             conn.server.observer.handled(self.method, OK)
-        conn.send_headers(self, f.RESPONSE_HEADERS, end_stream=False)
-        conn.send_data(self, b"\x00" + _LEN.pack(len(data)) + data)
-        conn.send_trailers(self, f.TRAILERS_OK)
+        conn.send_response(self, f.RESPONSE_HEADERS, b"\x00" + _LEN.pack(len(data)) + data,
+                           f.TRAILERS_OK)
         self._run_callbacks()
 
     # --------------------------------------------------------- responses
@@ -303,9 +302,8 @@ class Call:
 
     def _fail_now(self, code: int, message: str) -> None:
         """A malformed request: answer with the status, stop reading this stream."""
-        self.finish(code, message)
+        self.finish(code, message)  # the stream ends; a client still sending gets RST_STREAM
         self._cancel_handler()
-        self.conn.write(f.rst_stream(self.stream_id, f.NO_ERROR))
 
     def cancel(self) -> None:
         """The client reset the stream or the connection ended."""

@@ -87,8 +87,7 @@ class RpcContext:
     def unacknowledged_bytes(self) -> int:
         """Response bytes the client has not yet given HTTP/2 window back for, plus
         those still waiting for window: how far the client is behind what it was sent."""
-        call = self._call
-        return max(0, call.conn._peer_initial_window - call.send_window) + call.pending_bytes
+        return self._call.conn.unacknowledged_bytes(self._call)
 
     def add_callback(self, fn: Callable[[], None]) -> bool:
         """Call fn once the call ends (completed, cancelled or the connection lost)."""

@@ -50,9 +50,11 @@ FRAME_SIZE_ERROR = 0x6
 REFUSED_STREAM = 0x7
 CANCEL = 0x8
 COMPRESSION_ERROR = 0x9
+ENHANCE_YOUR_CALM = 0xB
 
 DEFAULT_WINDOW = 65535
 DEFAULT_MAX_FRAME = 16384
+DEFAULT_HEADER_TABLE_SIZE = 4096
 MAX_WINDOW = 2**31 - 1
 
 _U32 = struct.Struct(">I")
@@ -70,8 +72,20 @@ def settings(values: dict[int, int]) -> bytes:
     return frame(SETTINGS, 0, 0, b"".join(_SETTING.pack(k, v) for k, v in values.items()))
 
 
-def parse_settings(payload: bytes) -> list[tuple[int, int]]:
-    return [_SETTING.unpack_from(payload, i) for i in range(0, len(payload) - 5, 6)]
+SETTINGS_ACK_FRAME = frame(SETTINGS, ACK, 0)
+
+
+def header_frames(stream_id: int, block: bytes, end_stream: bool, max_frame: int) -> bytes:
+    """A header block as HEADERS, split into CONTINUATION frames past `max_frame`."""
+    flags = END_STREAM if end_stream else 0
+    if len(block) <= max_frame:
+        return frame(HEADERS, flags | END_HEADERS, stream_id, block)
+    parts = [block[i:i + max_frame] for i in range(0, len(block), max_frame)]
+    out = [frame(HEADERS, flags, stream_id, parts[0])]
+    for part in parts[1:-1]:
+        out.append(frame(CONTINUATION, 0, stream_id, part))
+    out.append(frame(CONTINUATION, END_HEADERS, stream_id, parts[-1]))
+    return b"".join(out)
 
 
 def window_update(stream_id: int, increment: int) -> bytes:

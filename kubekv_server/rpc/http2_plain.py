@@ -23,10 +23,14 @@ class PlainRequest(Call):
 
     __slots__ = ("_body", "_stream_task")
 
-    def __init__(self, conn, stream_id: int, headers, send_window: int) -> None:
-        super().__init__(conn, stream_id, headers, send_window)
+    def __init__(self, conn, stream_id: int, headers) -> None:
+        super().__init__(conn, stream_id, headers)
         self._body = bytearray()
         self._stream_task: asyncio.Task | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._body)
 
     def data_received(self, payload: bytes) -> None:
         if self.finished:
@@ -95,7 +99,7 @@ class PlainRequest(Call):
                 if chunk:
                     conn.send_data(self, chunk)
                 while not self.finished and (
-                        self.pending_bytes > STREAM_HIGH_WATER
+                        conn.pending_bytes(self) > STREAM_HIGH_WATER
                         or conn.transport.get_write_buffer_size() > STREAM_HIGH_WATER):
                     await asyncio.sleep(0.01)  # a slow client holds the stream back
             if not self.finished:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from google.protobuf import descriptor as _descriptor
 
-from . import tls_alerts
+from . import limits, tls_alerts
 from .calls import Method
 from .connection import Http2Connection
 
@@ -58,6 +58,8 @@ class RpcServer:
         # every handler; raising refuses the call, the principal is bound to the handler
         # (rpc.context.call_principal)
         self.gate = gate
+        # seconds a connection may take to send its HTTP/2 preface and SETTINGS
+        self.preface_timeout = limits.PREFACE_TIMEOUT
         self.executor = concurrent.futures.ThreadPoolExecutor(
             WORKER_THREADS, thread_name_prefix="kubekv-rpc"
         )

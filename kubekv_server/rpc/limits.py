@@ -1,0 +1,100 @@
+"""Every bound the client port puts on what one peer can make the server hold or do.
+
+Each limit is here with the reason for its value; docs/architecture.md ("The client
+edge") lists them. Where etcd (grpc-go) or Go's net/http have a limit, the value and
+the answer follow theirs.
+"""
+
+from __future__ import annotations
+
+# ------------------------------------------------------------------ framing
+
+# The SETTINGS_MAX_FRAME_SIZE we advertise (RFC 9113's default, as grpc-go's server):
+# a larger frame is a FRAME_SIZE_ERROR before its payload is buffered.
+MAX_FRAME_SIZE = 16384
+
+# The smallest and largest SETTINGS_MAX_FRAME_SIZE a client may announce (RFC 9113 §6.5.2).
+MIN_PEER_MAX_FRAME_SIZE = 16384
+MAX_PEER_MAX_FRAME_SIZE = (1 << 24) - 1
+
+# ------------------------------------------------------------------ headers
+
+# A header block (HEADERS + CONTINUATION payloads, still compressed) larger than this
+# ends the connection while it accumulates: it bounds the memory and the HPACK work a
+# block can cost. A gRPC request's headers are a few hundred bytes (an auth token ~1 KiB).
+MAX_HEADER_BLOCK_BYTES = 64 << 10
+
+# CONTINUATION frames one header block may have: empty ones cost work without growing
+# the block (the 2024 "CONTINUATION flood"); 64 KiB fits in 4 frames of 16 KiB.
+MAX_CONTINUATION_FRAMES = 32
+
+# The decoded header list (RFC 9113 §6.5.2 size: name + value + 32 per field) we accept,
+# advertised as SETTINGS_MAX_HEADER_LIST_SIZE and enforced while decoding, so that a block
+# of one-byte references to a large table entry (an "HPACK bomb") stops early.
+MAX_HEADER_LIST_SIZE = 64 << 10
+
+# Distinct all-indexed header blocks whose decoded, validated request is remembered
+# until the HPACK table changes (a client repeats a handful of blocks).
+MAX_REMEMBERED_HEADER_BLOCKS = 64
+
+# The longest :path echoed in an error message or a log line.
+MAX_ECHOED_PATH = 256
+
+# ------------------------------------------------------------------ streams
+
+# Streams one connection may have open at once, whatever --max-concurrent-streams says
+# (etcd's default is 2^32-1): each open stream holds a call and its buffers. Kubernetes'
+# apiserver keeps a few hundred watch streams on a connection; this is far above that.
+MAX_CONCURRENT_STREAMS_CAP = 10_000
+
+# Streams we closed with RST_STREAM whose late frames are still ignored quietly
+# (RFC 9113 §5.1 "closed"); older ones are answered with STREAM_CLOSED.
+MAX_RECENTLY_RESET_STREAMS = 1024
+
+# Streams a client may reset (or have us reset for its errors) before they finished,
+# per RAPID_RESET_WINDOW seconds, before the connection is closed with
+# ENHANCE_YOUR_CALM (CVE-2023-44487 "rapid reset": each reset stream cost us a handler).
+MAX_RESETS_PER_WINDOW = 1000
+RAPID_RESET_WINDOW = 10.0
+
+# ------------------------------------------------------------------ flow control
+
+# What we advertise: a large initial stream window so that requests up to a few MiB
+# never wait for a WINDOW_UPDATE, and a connection window of 64 MiB. Received DATA is
+# handed to its call at once; what calls hold back is bounded below instead.
+INITIAL_STREAM_WINDOW = 4 << 20
+CONNECTION_WINDOW = 64 << 20
+# Window given back once this much was received (stream / connection).
+STREAM_WINDOW_REFILL = 1 << 20
+CONNECTION_WINDOW_REFILL = 16 << 20
+
+# Request bytes all calls of one connection may hold incomplete (partial gRPC messages,
+# plain HTTP bodies not yet complete). A stream that pushes the total past it is reset
+# with ENHANCE_YOUR_CALM. One max-size request (1.5 MiB + gRPC overhead) fits many times.
+MAX_BUFFERED_REQUEST_BYTES = 64 << 20
+
+# Output waiting for flow-control window beyond which a streaming sender waits for the
+# client to read (so a slow watcher falls behind into catch-up instead of buffering here).
+STREAM_HIGH_WATER = 64 << 10
+
+# Output the connection may have waiting (socket buffer + streams' queued DATA) before
+# it stops reading requests from the client: answers to a client that does not read are
+# not produced faster than it takes them.
+MAX_CONNECTION_OUTPUT = 16 << 20
+
+# Control frames we owe a client that is not reading (SETTINGS/PING ACKs, RST_STREAMs)
+# before the connection is closed with ENHANCE_YOUR_CALM (Go's net/http2 allows 10,000;
+# grpc-go stops reading at 50). Counted while our socket buffer is not empty.
+MAX_QUEUED_CONTROL_FRAMES = 10_000
+
+# ------------------------------------------------------------------ fairness and time
+
+# Frames one pass over received bytes handles before the connection yields the event
+# loop to others (the rest waits in the buffer, reading paused).
+MAX_FRAMES_PER_PASS = 256
+# Header-block bytes one pass decodes before yielding (HPACK decoding is the costly part).
+MAX_HEADER_BYTES_PER_PASS = 64 << 10
+
+# A connection that has not sent a complete HTTP/2 preface and SETTINGS (or an HTTP/1.1
+# request head) within this many seconds is closed (slowloris).
+PREFACE_TIMEOUT = 20.0

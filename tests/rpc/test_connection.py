@@ -1,0 +1,247 @@
+"""The connection glue (rpc/connection.py) over a fake socket, with `h2` as the client:
+calls are served, one connection cannot hold the loop or our memory, and violations
+end in protocol errors without a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from etcdproto.etcdserverpb import rpc_pb2 as pb
+from kubekv_server.rpc import frames as f
+from kubekv_server.rpc import limits
+from kubekv_server.rpc.calls import Method, inline
+from kubekv_server.rpc.connection import Http2Connection
+from kubekv_server.rpc.server import RpcServer
+
+from .h2_client import REQUEST, goaway_code, parse_frames, rst_codes
+
+RANGE = b"/etcdserverpb.KV/Range"
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.reading = True
+        self.closed = False
+        self.aborted = False
+        self.buffer_size = 0
+
+    def write(self, data) -> None:
+        self.written += data
+
+    def take(self) -> bytes:
+        data = bytes(self.written)
+        self.written.clear()
+        return data
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffer_size
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 5555) if name == "peername" else default
+
+
+@inline
+def range_handler(req, ctx):
+    return pb.RangeResponse(count=len(req.key))
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def server(loop):
+    srv = RpcServer(loop, max_receive_bytes=2 << 20)
+    srv.methods[RANGE] = Method.of(RANGE, pb.RangeRequest, False, False, range_handler)
+    yield srv
+    srv.executor.shutdown(wait=False)
+
+
+def connect(server) -> tuple[Http2Connection, FakeTransport]:
+    conn = Http2Connection(server)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    return conn, transport
+
+
+def run(loop) -> None:
+    """Let the loop run what is ready (call_soon passes) until nothing is left."""
+    for _ in range(10_000):
+        loop.run_until_complete(asyncio.sleep(0))
+        if not loop._ready:  # noqa: SLF001 - nothing scheduled: the passes are done
+            return
+
+
+def client() -> h2.connection.H2Connection:
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                             header_encoding=None))
+    c.initiate_connection()
+    return c
+
+
+def grpc_message(msg) -> bytes:
+    data = msg.SerializeToString()
+    return b"\x00" + len(data).to_bytes(4, "big") + data
+
+
+def test_unary_call_is_answered(loop, server):
+    conn, transport = connect(server)
+    c = client()
+    sid = c.get_next_available_stream_id()
+    c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", RANGE),
+                         (":authority", "x"), ("content-type", "application/grpc")])
+    c.send_data(sid, grpc_message(pb.RangeRequest(key=b"abc")), end_stream=True)
+    conn.data_received(c.data_to_send())
+    run(loop)
+    events = c.receive_data(transport.take())
+    data = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    assert pb.RangeResponse.FromString(data[5:]).count == 3
+    trailers = next(e for e in events if isinstance(e, h2.events.TrailersReceived))
+    assert (b"grpc-status", b"0") in trailers.headers
+
+
+def test_a_burst_is_handled_in_bounded_passes_with_reading_paused(loop, server):
+    conn, transport = connect(server)
+    conn.data_received(f.PREFACE + f.settings({}))
+    transport.take()
+    conn.data_received(f.frame(f.PING, 0, 0, b"12345678") * 2000)
+    # the first pass answered at most MAX_FRAMES_PER_PASS frames and stopped reading
+    assert len(parse_frames(transport.take())) <= limits.MAX_FRAMES_PER_PASS
+    assert not transport.reading
+    run(loop)
+    assert transport.reading
+    assert len(parse_frames(transport.take())) >= 2000 - limits.MAX_FRAMES_PER_PASS
+
+
+def test_a_client_that_does_not_read_stops_our_reading(loop, server):
+    conn, transport = connect(server)
+    conn.data_received(f.PREFACE + f.settings({}))
+    conn.pause_writing()
+    assert not transport.reading
+    conn.resume_writing()
+    assert transport.reading
+
+
+def test_control_frames_to_a_client_that_does_not_read_end_the_connection(loop, server):
+    conn, transport = connect(server)
+    transport.buffer_size = 1  # the socket never drains
+    conn.data_received(f.PREFACE + f.settings({}))
+    ping = f.frame(f.PING, 0, 0, b"12345678")
+    for _ in range(limits.MAX_QUEUED_CONTROL_FRAMES // 1000 + 1):
+        conn.data_received(ping * 1000)
+        run(loop)
+    assert goaway_code(parse_frames(transport.take())) == f.ENHANCE_YOUR_CALM
+    assert transport.closed
+
+
+def test_unknown_method_message_is_bounded(loop, server):
+    conn, transport = connect(server)
+    c = client()
+    sid = c.get_next_available_stream_id()
+    path = "/etcdserverpb.KV/" + "X" * 20_000
+    c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", path),
+                         (":authority", "x"), ("content-type", "application/grpc")],
+                   end_stream=True)
+    conn.data_received(c.data_to_send())
+    run(loop)
+    events = c.receive_data(transport.take())
+    response = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
+    fields = dict(response.headers)
+    assert fields[b"grpc-status"] == b"12"
+    assert len(fields[b"grpc-message"]) <= limits.MAX_ECHOED_PATH + 100
+
+
+def test_partial_bodies_are_bounded_per_connection(loop, server, monkeypatch):
+    monkeypatch.setattr(limits, "MAX_BUFFERED_REQUEST_BYTES", 1 << 20)
+    conn, transport = connect(server)
+    c = client()
+    conn.data_received(c.data_to_send())
+    c.receive_data(transport.take())  # our SETTINGS and connection window
+    for _ in range(8):
+        sid = c.get_next_available_stream_id()
+        c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", RANGE),
+                             (":authority", "x"), ("content-type", "application/grpc")])
+        # a message announcing 2 MB, of which 200 KB arrive
+        body = b"\x00" + (2 << 20).to_bytes(4, "big") + b"p" * 200_000
+        for i in range(0, len(body), 16_000):
+            c.send_data(sid, body[i:i + 16_000])
+    conn.data_received(c.data_to_send())
+    run(loop)
+    codes = rst_codes(parse_frames(transport.take()))
+    assert list(codes.values()) == [f.ENHANCE_YOUR_CALM] * len(codes) and codes
+    assert conn._buffered_requests <= (1 << 20) + 200_100
+    held = sum(call.buffered for call in conn.calls.values())
+    assert held == conn._buffered_requests
+
+
+def test_rapid_reset_ends_the_connection(loop, server):
+    conn, transport = connect(server)
+    c = client()
+    sent = 0
+    while sent <= limits.MAX_RESETS_PER_WINDOW:
+        for _ in range(100):
+            sid = c.get_next_available_stream_id()
+            c.send_headers(sid, REQUEST)
+            c.reset_stream(sid)
+            sent += 1
+        conn.data_received(c.data_to_send())
+        run(loop)
+        if transport.closed:
+            break
+    assert goaway_code(parse_frames(transport.take())) == f.ENHANCE_YOUR_CALM
+    assert transport.closed
+
+
+def test_protocol_error_is_one_log_line_without_traceback(loop, server, caplog):
+    caplog.set_level(logging.INFO, logger="kubekv.rpc")
+    for _ in range(5):
+        conn, transport = connect(server)
+        conn.data_received(f.PREFACE + f.settings({f.SETTINGS_MAX_FRAME_SIZE: 0}))
+        assert goaway_code(parse_frames(transport.take())) == f.PROTOCOL_ERROR
+        assert transport.closed
+    lines = [r for r in caplog.records if "http2_protocol_error" in r.getMessage()]
+    assert len(lines) <= 1  # rate-limited per client (the table may hold an earlier line)
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_preface_timeout_closes_a_silent_connection(loop, server):
+    server.preface_timeout = 0.05
+    conn, transport = connect(server)
+    conn.data_received(f.PREFACE[:10])
+    loop.run_until_complete(asyncio.sleep(0.2))  # the timeout itself is what is tested
+    assert transport.aborted
+
+
+def test_established_connection_is_not_timed_out(loop, server):
+    server.preface_timeout = 0.05
+    conn, transport = connect(server)
+    conn.data_received(f.PREFACE + f.settings({}))
+    loop.run_until_complete(asyncio.sleep(0.2))
+    assert not transport.closed
