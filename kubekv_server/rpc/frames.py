@@ -100,10 +100,6 @@ def goaway(last_stream_id: int, code: int, debug: bytes = b"") -> bytes:
     return frame(GOAWAY, 0, 0, _U32.pack(last_stream_id) + _U32.pack(code) + debug)
 
 
-def u32(payload: bytes, offset: int = 0) -> int:
-    return _U32.unpack_from(payload, offset)[0]
-
-
 # ------------------------------------------------------------------ HPACK out
 
 
