@@ -266,6 +266,12 @@ def decode_stream(body: bytes, cls: type, limit: int | None = None) -> list:
             obj, i = _DECODER.raw_decode(text, i)
         except json.JSONDecodeError as exc:
             raise _syntax_error(text, exc) from None
+        except RecursionError:
+            # Go's encoding/json stops at 10,000 levels of nesting with this error;
+            # Python's decoder stops near its recursion limit (~1,000): the same answer
+            # a little earlier (no etcd client nests its requests that deep).
+            bracket = "[" if text.count("[") >= text.count("{") else "{"
+            raise JSONError(f"invalid character '{bracket}' exceeded max depth") from None
         msg = cls()
         fill(msg, obj)
         out.append(msg)

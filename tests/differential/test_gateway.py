@@ -37,6 +37,9 @@ SEQUENCE = [
     ("POST", "/v3/kv/range", '{"key":"YQ==",}', 0),
     ("POST", "/v3/kv/range", '{"key" "YQ=="}', 0),
     ("POST", "/v3/kv/range", '{"key":"YQ=="', 0),
+    # nesting past Go's 10,000 levels: "exceeded max depth", not a server error
+    ("POST", "/v3/kv/range", "[" * 20000, 0),
+    ("POST", "/v3/kv/range", '{"key":"YQ==","x":' + "{\"a\":" * 20000 + "1" + "}" * 20001, 0),
     # txn, delete, compaction
     ("POST", "/v3/kv/txn", '{"compare":[{"result":0,"target":1,"key":"Zm9v","TargetUnion":null}]'
      ',"success":[{"Request":{"RequestPut":{"key":"Zm9v","value":"YmFy"}}}]}', 0),
