@@ -222,7 +222,7 @@ class RequestReader:
         self._mux_line: bytearray | None = bytearray() if mux_first_line else None
         self._req: h11.Request | None = None
         self._body = bytearray()
-        self._continued = False
+        self._body_reader = None
         self.done = False  # after a Refusal or CLOSE nothing more is read
 
     @staticmethod
@@ -265,6 +265,8 @@ class RequestReader:
             if got is not None:
                 return got
         while True:
+            # h11 drops its body reader on an error; keep it to word an early end as Go does
+            self._body_reader = getattr(self._conn, "_reader", None)
             try:
                 event = self._conn.next_event()
             except h11.RemoteProtocolError as exc:
@@ -281,6 +283,10 @@ class RequestReader:
                 if refusal is not None:
                     return self._refuse(refusal)
                 self._req = event
+                if self._conn.they_are_waiting_for_100_continue:
+                    # Go answers Expect when the handler first reads the body, which the
+                    # gateway always does: at once, even if the body came with the head
+                    return CONTINUE
             elif isinstance(event, h11.Data):
                 self._body += event.data
                 if len(self._body) > MAX_BODY:
@@ -316,9 +322,6 @@ class RequestReader:
             if pending >= 16 ** _GO_CHUNK_DIGITS:
                 return self._complete(MalformedBody("http chunk length too large"))
             return self._too_large()
-        if self._conn.they_are_waiting_for_100_continue and not self._continued:
-            self._continued = True  # curl waits for this before sending a large body
-            return CONTINUE
         return NEED_DATA
 
     def _failed(self, exc: h11.RemoteProtocolError) -> Request | Refusal | _Signal:
@@ -328,7 +331,13 @@ class RequestReader:
                 return CLOSE
             return self._refuse(_head_refusal(exc))
         chunked = any(k == b"transfer-encoding" for k, _ in self._req.headers)
-        return self._complete(MalformedBody(_body_error(exc, chunked)))
+        error = _body_error(exc, chunked)
+        reader = self._body_reader
+        if error == "unexpected EOF" and chunked and (
+                getattr(reader, "_bytes_in_chunk", 0) or getattr(reader, "_reading_trailer", 0)):
+            # Go's wording when the end comes inside a chunk's data or in the trailer
+            error = "http: unexpected EOF reading trailer"
+        return self._complete(MalformedBody(error))
 
     def _check_head(self, req: h11.Request) -> Refusal | None:
         if req.http_version[:1] != b"1":  # HTTP/0.9, HTTP/2.0 as text: Go's 505
@@ -376,7 +385,6 @@ class RequestReader:
                 self._conn.receive_data(b"")
         self._req = None
         self._body = bytearray()
-        self._continued = False
         return out
 
 

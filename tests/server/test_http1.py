@@ -217,15 +217,22 @@ def test_malformed_chunked_bodies_reach_the_handler_as_go_read_errors(chunks, er
     assert t.closed
 
 
-@pytest.mark.parametrize("wire", [
-    POST + b"Content-Length: 100\r\n\r\n" + B,
-    CHUNKED + b"5\r\nab",
-    CHUNKED + b"5\r\nabcde\r\n",
+TRAILER_EOF = "http: unexpected EOF reading trailer"
+
+
+@pytest.mark.parametrize("wire, error", [
+    (POST + b"Content-Length: 100\r\n\r\n" + B, "unexpected EOF"),
+    (CHUNKED + b"5", "unexpected EOF"),
+    (CHUNKED + b"5\r\nabcde", "unexpected EOF"),
+    (CHUNKED + b"5\r\nabcde\r\n", "unexpected EOF"),
+    (CHUNKED + b"5\r\n", TRAILER_EOF),
+    (CHUNKED + b"5\r\nab", TRAILER_EOF),
+    (CHUNKED + b"0\r\n", TRAILER_EOF),
 ], ids=_id)
-def test_a_body_cut_short_by_the_clients_close_is_unexpected_eof(wire):
+def test_a_body_cut_short_by_the_clients_close_is_go_s_eof_error(wire, error):
     t, _, server = run([wire], eof=True)
-    assert [c[3].error for c in server.calls] == ["unexpected EOF"]
-    assert _answers(t.out) == [_ok(b"POST /v3/kv/range 0 unexpected EOF", close=True)]
+    assert [c[3].error for c in server.calls] == [error]
+    assert _answers(t.out) == [_ok(f"POST /v3/kv/range 0 {error}".encode(), close=True)]
 
 
 def test_a_head_cut_short_by_the_clients_close_is_a_go_400():
