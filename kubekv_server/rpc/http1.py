@@ -419,7 +419,7 @@ class Http1Handler:
             mux_first_line = not self._tls
         self._reader = RequestReader(mux_first_line)
         self._peer = client_key(transport.get_extra_info("peername"))
-        self._loop = asyncio.get_event_loop()
+        self._loop = asyncio.get_running_loop()
         self._busy = False
         self._closed = False
         self._eof = False
