@@ -218,6 +218,9 @@ class Gateway:
         if method != "POST":
             return 405, TEXT, b"Method Not Allowed\n", CORS_HEADERS + [
                 ("X-Content-Type-Options", "nosniff")]
+        unreadable = getattr(body, "error", None)  # rpc.http1.MalformedBody: Go's read error
+        if unreadable:
+            return _error(3, unreadable)
         try:
             requests = decode_stream(body, req_cls, None if kind == BIDI else 1)
         except JSONError as exc:

@@ -93,6 +93,13 @@ class Http2Connection(asyncio.Protocol):
         if self._http1 is not None:
             self._http1.connection_lost()
 
+    def eof_received(self) -> bool | None:
+        """The client half-closed: HTTP/1.1 still answers what it sent (as Go does);
+        HTTP/2 and an undecided connection close."""
+        if self._http1 is not None:
+            return self._http1.eof_received()
+        return None
+
     def pause_writing(self) -> None:
         self._write_paused = True
         self._update_reading()
