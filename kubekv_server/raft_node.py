@@ -212,6 +212,9 @@ class RaftNode:
         for fut in futures.values():
             if not fut.done():
                 fut.set_exception(errors.STOPPED)
+                # a proposer that gave up (its client timed out) never reads this: mark it
+                # read, or asyncio logs "Future exception was never retrieved" at ERROR
+                fut.exception()
 
     # ------------------------------------------------------------- inputs
 
