@@ -65,6 +65,7 @@ __all__ = [
     "received_snapshot",
     "snapshot_file_name",
     "remove_partial_snapshots",
+    "remove_older_snapshots",
     "DEFAULT_MAX_BATCH_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_SNAPSHOT_CHUNK",
@@ -206,6 +207,29 @@ def remove_partial_snapshots(directory: str) -> int:
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(directory):
             if name.endswith(PARTIAL_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, name))
+                    n += 1
+    return n
+
+
+def remove_older_snapshots(directory: str, index: int) -> int:
+    """Delete received snapshot files (`<term>-<index>.snap`) below `index`: once a
+    snapshot at `index` is installed Raft refuses every older one, so they only fill
+    the disk (stale or hostile transfers leave one each). How many were removed."""
+    n = 0
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(directory):
+            stem = name[: -len(SNAPSHOT_SUFFIX)] if name.endswith(SNAPSHOT_SUFFIX) else ""
+            term, _, idx = stem.partition("-")
+            if len(term) != 16 or len(idx) != 16:
+                continue
+            try:
+                older = int(idx, 16) < index
+                int(term, 16)
+            except ValueError:
+                continue
+            if older:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(directory, name))
                     n += 1
@@ -959,7 +983,12 @@ class PeerCallGuard(grpc.aio.ServerInterceptor):
         except asyncio.CancelledError:
             if not self._closing:
                 raise  # the peer went away
-            await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING_MESSAGE)
+            try:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING_MESSAGE)
+            except grpc.aio.AbortError:
+                raise  # how abort ends a call
+            except Exception:  # noqa: BLE001 - the call had ended, or was ending, already
+                raise asyncio.CancelledError from None  # grpc takes this quietly
         finally:
             self._active.discard(task)  # type: ignore[arg-type]
 

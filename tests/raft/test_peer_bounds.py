@@ -325,3 +325,16 @@ def test_peer_hash_requests_are_bounded(no_errors):
 
 class _Req:
     revision = 0
+
+
+def test_received_snapshots_older_than_the_installed_one_are_removed(tmp_path):
+    def name(term: int, index: int) -> str:
+        md = pb.SnapshotMetadata(term=term, index=index)
+        return transport.snapshot_file_name(md)
+
+    keep = [name(3, 50), name(2, 60), "state-0000000000000003-0000000000000010.mdb",
+            "notes.snap", "zz-zz.snap"]
+    for n in [*keep, name(3, 49), name(9, 10)]:
+        (tmp_path / n).write_bytes(b"x")
+    assert transport.remove_older_snapshots(str(tmp_path), 50) == 2
+    assert sorted(os.listdir(tmp_path)) == sorted(keep)
