@@ -18,17 +18,22 @@ import logging
 import os
 import ssl
 import subprocess
-import time
 from collections.abc import Callable
 
 import grpc
 
+from kubekv_server.rpc.log_limit import RateLimitedLog, client_key
+
 log = logging.getLogger(__name__)
+
+# Longest certificate name echoed into a log line (X.509's ub-common-name is 64).
+MAX_LOGGED_NAME = 64
 
 __all__ = [
     "BAD_CERTIFICATE",
     "PeerIdentityInterceptor",
     "hostname_allowed",
+    "peer_address",
     "peer_allowed",
     "self_signed_cert",
     "server_credentials",
@@ -157,12 +162,22 @@ def _san_matches(san: str, host: str) -> bool:
     return False
 
 
+def peer_address(context) -> str:
+    """The host of a call's peer ("ipv4:1.2.3.4:5" -> "1.2.3.4"), for rate limiting."""
+    try:
+        peer = str(context.peer() or "?")
+    except Exception:  # noqa: BLE001 - a call torn down meanwhile
+        return "?"
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6") and ":" in rest:
+        return client_key((rest.rsplit(":", 1)[0].strip("[]"),))[:MAX_LOGGED_NAME]
+    return peer[:MAX_LOGGED_NAME]
+
+
 class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):
     """Refuses every peer call whose client certificate fails `peer_allowed` (etcd
     refuses the TLS handshake; gRPC's Python server cannot, so the call is refused
     with UNAUTHENTICATED before its handler runs)."""
-
-    LOG_EVERY = 60.0  # seconds between log lines about the same refused name
 
     def __init__(self, allowed_cn: str, allowed_hostname: str,
                  accept_pem: Callable[[bytes], bool] | None = None) -> None:
@@ -170,7 +185,8 @@ class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):
         self.allowed_hostname = allowed_hostname
         # the application's own test of the certificate (PEM), e.g. a CRL lookup
         self.accept_pem = accept_pem
-        self._logged: dict[tuple, float] = {}
+        # one line per peer address per interval: a refused peer retries many times a second
+        self._log = RateLimitedLog(log)
 
     def _check(self, context) -> bool:
         ac = context.auth_context()
@@ -179,14 +195,13 @@ class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):
             or all(self.accept_pem(pem) for pem in ac.get("x509_pem_cert", [b""]))
         ):
             return True
-        names = tuple(ac.get("x509_common_name", []))
-        now = time.monotonic()
-        if now - self._logged.get(names, -self.LOG_EVERY) >= self.LOG_EVERY:
-            self._logged[names] = now
-            log.warning("rejected peer %s: client certificate authentication failed "
-                        "(common name %s; allowed cn=%r hostname=%r)", context.peer(),
-                        b",".join(names).decode() or "none", self.allowed_cn,
-                        self.allowed_hostname)
+        names = b",".join(ac.get("x509_common_name", [])).decode(errors="replace")
+        self._log.warning(
+            peer_address(context), "peer_cert_rejected",
+            "msg=\"client certificate authentication failed\" common_name=%r "
+            "allowed_cn=%r allowed_hostname=%r",
+            names[:MAX_LOGGED_NAME] or "none", self.allowed_cn, self.allowed_hostname,
+        )  # fmt: skip
         return False
 
     async def intercept_service(self, continuation, handler_call_details):

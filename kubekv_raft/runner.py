@@ -28,7 +28,11 @@ from kubekv_raft.raw_node import RawNode, Ready
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Transport", "Applier", "Runner", "WritableStorage"]
+__all__ = ["Transport", "Applier", "Runner", "WritableStorage", "MAX_PEER_INBOX"]
+
+# Peer messages waiting for the next Ready cycle; beyond this they are dropped (Raft
+# retries), as etcd's rafthttp drops when its receive buffer (recvBufSize 4096) is full.
+MAX_PEER_INBOX = 4096
 
 
 class Transport(Protocol):
@@ -93,6 +97,9 @@ class Runner:
         self.applied = self.node.raft.raft_log.applied
         self._apply_is_async = inspect.iscoroutinefunction(applier.apply)
         self._inbox: list[pb.Message] = []
+        self._peer_inbox = 0  # peer messages in _inbox
+        self._inbox_full_logged = False
+        self.peer_messages_dropped = 0
         self._ticks = 0
         self._proposals: list[tuple[bytes, bytes]] = []
         self._conf_changes: list[tuple[pb.ConfChange | pb.ConfChangeV2, asyncio.Future]] = []
@@ -129,10 +136,20 @@ class Runner:
                 f.set_exception(err)
 
     # -- inputs ------------------------------------------------------------------------------
-    def step(self, m: pb.Message) -> None:
-        """A message arrived from a peer (call from the event loop)."""
+    def step(self, m: pb.Message) -> bool:
+        """A message arrived from a peer (call from the event loop). False: dropped,
+        MAX_PEER_INBOX messages already wait for the loop (a flooding or stalled peer)."""
+        if self._peer_inbox >= MAX_PEER_INBOX:
+            self.peer_messages_dropped += 1
+            if not self._inbox_full_logged:  # once per backlog
+                self._inbox_full_logged = True
+                log.warning("event=raft_inbox_full member=%x limit=%d dropping peer messages",
+                            self.id, MAX_PEER_INBOX)
+            return False
+        self._peer_inbox += 1
         self._inbox.append(m)
         self._wake.set()
+        return True
 
     def report_snapshot(self, to: int, ok: bool) -> None:
         """The transport finished (or failed) sending a snapshot to `to`."""
@@ -215,6 +232,8 @@ class Runner:
     def _feed(self) -> None:
         node = self.node
         inbox, self._inbox = self._inbox, []
+        self._peer_inbox = 0
+        self._inbox_full_logged = False
         for m in inbox:
             try:
                 if m.type in (pb.MsgSnapStatus, pb.MsgUnreachable):

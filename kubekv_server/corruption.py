@@ -31,6 +31,13 @@ from .mvcc import CompactedError, FutureRevError
 
 log = logging.getLogger("kubekv.corruption")
 
+# Hashes computed at once for peers: each reads the whole key-value history, and the
+# leader asks each follower once per check, so a second one at a time only burns CPU.
+MAX_CONCURRENT_PEER_HASHES = 1
+# Peer hash requests queued for that slot (a cluster's members, restarting at once,
+# and the leader's check); more are refused with RESOURCE_EXHAUSTED.
+MAX_WAITING_PEER_HASHES = 8
+
 
 @dataclasses.dataclass
 class PeerHash:
@@ -121,18 +128,29 @@ class HashPeerServicer(hp_grpc.HashPeerServicer):
 
     def __init__(self, member) -> None:
         self.member = member
+        self._slots: asyncio.Semaphore | None = None
+        self._queued = 0  # requests waiting for or holding a slot
 
     async def HashKV(self, request, context):  # noqa: N802 - gRPC method name
         loop = asyncio.get_running_loop()
         out = hp.PeerHashKVResponse(member_id=self.member.member_id)
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(MAX_CONCURRENT_PEER_HASHES)
+        if self._queued >= MAX_CONCURRENT_PEER_HASHES + MAX_WAITING_PEER_HASHES:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "too many hash requests in flight")
+        self._queued += 1
         try:
-            h = await loop.run_in_executor(None, local_hash, self.member, request.revision)
+            async with self._slots:
+                h = await loop.run_in_executor(None, local_hash, self.member, request.revision)
         except CompactedError:
             out.error = errors.COMPACTED.message
             return out
         except FutureRevError:
             out.error = errors.FUTURE_REV.message
             return out
+        finally:
+            self._queued -= 1
         out.hash, out.revision, out.compact_revision = h.hash, h.revision, h.compact_revision
         return out
 

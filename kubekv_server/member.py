@@ -399,6 +399,8 @@ class Member:
         self._stopping.set()
         if getattr(self, "_watch_sync", None) is not None:
             self._watch_sync.stop()
+        if self.peering is not None:
+            await self.peering.stop_server()  # no peer input for a stopping node
         if self.node is not None:
             await self.node.stop()
         if self.peering is not None:

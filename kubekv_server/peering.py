@@ -20,10 +20,14 @@ from etcdproto.kubekvpb import directory_pb2, directory_pb2_grpc
 from etcdproto.raftpb import peer_pb2_grpc
 from kubekv_raft import peer_tls
 from kubekv_raft.transport import (
+    MAX_SNAPSHOT_BYTES,
+    PEER_MAX_CONCURRENT_RPCS,
     GrpcTransport,
+    PeerCallGuard,
     RaftPeerServicer,
     parse_peer_url,
     peer_server_options,
+    stop_peer_server,
 )
 
 from .config import Config
@@ -76,6 +80,7 @@ class Peering:
         self.transport: GrpcTransport | None = None
         self.servicer: RaftPeerServicer | None = None
         self._server: grpc.aio.Server | None = None
+        self._guard: PeerCallGuard | None = None
         self._overrides = _dial_overrides()
         self._auto_cert: tuple[str, str] | None = None
 
@@ -175,16 +180,23 @@ class Peering:
         self.servicer = RaftPeerServicer(
             self.member_id, self.cluster_id, runner,
             snapshot_dir=os.path.join(self.data_dir, "member", "snap"), loop=loop,
+            # a snapshot holds the backend, bounded by the quota: room for twice a big one
+            max_snapshot_bytes=max(MAX_SNAPSHOT_BYTES, 2 * self.cfg.quota_backend_bytes),
+            # the node reads a file path from every received Snapshot.data: only ours
+            inline_snapshots=False,
         )
         self.servicer.is_removed = is_removed
         raw = self.cfg.raw
-        interceptors = []
+        # outermost: malformed requests and shutdown end every call the same way
+        self._guard = PeerCallGuard()
+        interceptors: list[grpc.aio.ServerInterceptor] = [self._guard]
         revoked = load_crl(raw["peer-crl-file"]) if raw["peer-crl-file"] else set()
         if raw["peer-cert-allowed-cn"] or raw["peer-cert-allowed-hostname"] or revoked:
             interceptors.append(peer_tls.PeerIdentityInterceptor(
                 raw["peer-cert-allowed-cn"], raw["peer-cert-allowed-hostname"],
                 (lambda pem: not pem_revoked(pem, revoked)) if revoked else None))
-        server = grpc.aio.server(options=peer_server_options(), interceptors=interceptors)
+        server = grpc.aio.server(options=peer_server_options(), interceptors=interceptors,
+                                 maximum_concurrent_rpcs=PEER_MAX_CONCURRENT_RPCS)
         peer_pb2_grpc.add_RaftPeerServicer_to_server(self.servicer, server)
         directory_pb2_grpc.add_MemberDirectoryServicer_to_server(
             DirectoryServicer(self.cluster_id, members), server
@@ -206,9 +218,16 @@ class Peering:
         await server.start()
         self._server = server
 
+    async def stop_server(self) -> None:
+        """Stop serving peers: calls in flight end with UNAVAILABLE (the senders log a
+        lost connection and retry elsewhere), no new ones are accepted, and gRPC's
+        per-call tasks are finished before the event loop's teardown could cancel them."""
+        server, self._server = self._server, None
+        if server is not None:
+            await stop_peer_server(server, self._guard)
+
     async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.stop(0.5)
+        await self.stop_server()
         if self.transport is not None:
             await self.transport.close()
 

@@ -212,6 +212,9 @@ class RaftNode:
         for fut in futures.values():
             if not fut.done():
                 fut.set_exception(errors.STOPPED)
+                # a proposer that gave up (its client timed out) never reads this: mark it
+                # read, or asyncio logs "Future exception was never retrieved" at ERROR
+                fut.exception()
 
     # ------------------------------------------------------------- inputs
 
@@ -431,7 +434,7 @@ class RaftNode:
 
     async def install_snapshot(self, snapshot: raft_pb2.Snapshot) -> None:
         """A snapshot from the leader: swap its state in, then let the member reload."""
-        from kubekv_raft.transport import received_snapshot
+        from kubekv_raft.transport import received_snapshot, remove_older_snapshots
 
         from . import state_snapshot
 
@@ -439,6 +442,8 @@ class RaftNode:
         await self.loop.run_in_executor(self._executor, state_snapshot.install, self.backend, path)
         self.applier.reload()
         self._snap_index = snapshot.metadata.index
+        if self.snapshot_dir is not None:
+            remove_older_snapshots(self.snapshot_dir, snapshot.metadata.index)
         for fn in self._installed:
             try:
                 fn()
