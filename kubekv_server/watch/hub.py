@@ -583,7 +583,10 @@ class WatchHub:
             if budget and used >= budget:
                 break
         if s.first_pending <= s.pos:
-            s.first_pending = 0
+            # stopped short of what was notified (a budget, or a progress target below
+            # the log's end): what follows pos is still pending, so a later notify must
+            # not move first_pending past it
+            s.first_pending = s.pos + 1 if s.notified > s.pos else 0
         s.behind = behind
         return out
 
