@@ -37,7 +37,8 @@ BATCH_BYTES = 256 << 10
 # watcher, and more than BEHIND_BYTES of what it was sent are not yet acknowledged by
 # HTTP/2 window updates) waits this long before the next pull, so that each response
 # carries more revisions and the client spends less per event (etcd batches its slow
-# watchers every 100 ms). A client that keeps up is never held back.
+# watchers every 100 ms). A client that keeps up is never held back, nor one whose
+# last pull stopped at the hub's byte budget (its next pull is full already).
 BEHIND_LINGER = 0.05
 BEHIND_BYTES = 64 << 10
 
@@ -267,7 +268,8 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                 del lists
                 if batch:
                     yield batch
-                if stream.behind and context.unacknowledged_bytes() > BEHIND_BYTES:
+                if (stream.behind and not stream.cut
+                        and context.unacknowledged_bytes() > BEHIND_BYTES):
                     stream.linger(BEHIND_LINGER)
         finally:
             hub.close_stream(stream)

@@ -209,6 +209,8 @@ class Stream:
         self.first_pending = 0
         # the last pull gave a watcher more than one revision: the client is behind
         self.behind = False
+        # the last take stopped at TAKE_MAX_BYTES: more of the log is waiting already
+        self.cut = False
         self.unsyncs = 0  # how often one of its watchers became unsynced
         self.max_pending_bytes = hub.max_pending_bytes
         self.queued_bytes = 0  # catch-up event bytes in _out (Response.size)
@@ -523,6 +525,7 @@ class WatchHub:
         log = self._log
         behind = False
         used = 0
+        s.cut = False
         if s.first_pending > s.pos + 1:
             s.pos = min(s.first_pending - 1, target)  # nothing here wants those revisions
         while s.pos < target:
@@ -581,6 +584,7 @@ class WatchHub:
                         w.min_rev = stop + 1
             s.pos = stop
             if budget and used >= budget:
+                s.cut = s.pos < target
                 break
         if s.first_pending <= s.pos:
             # stopped short of what was notified (a budget, or a progress target below
