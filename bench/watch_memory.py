@@ -27,6 +27,8 @@ etcd starts); only loopback traffic; every loop is bounded in count and time.
     python bench/watch_memory.py                         # both servers, 5000 × 10 KB
     python bench/watch_memory.py --server kubekv --puts 2000
     python bench/watch_memory.py --client-window 65535    # h2's default window
+    python bench/watch_memory.py --control                # + the writes without a watcher
+    python bench/watch_memory.py --report FILE            # re-print a saved run
 """
 
 from __future__ import annotations
@@ -154,21 +156,32 @@ def mib(n: int) -> str:
 
 def report(results: list[dict]) -> None:
     print()
-    print(f"{'server':8} {'pending':>8} | {'RSS before':>10} {'stalled':>8} {'peak':>8} "
+    print(f"{'server':15} {'pending':>8} | {'RSS before':>10} {'stalled':>8} {'peak':>8} "
           f"{'after':>8} {'HWM':>8} | {'anon before':>11} {'stalled':>8} {'peak':>8} | "
           f"{'RSS/pend':>8} {'anon/pend':>9} | resume")
     for r in results:
         b, s, a, p = r["before"], r["stalled"], r["after"], r["sampled_peak"]
         res = r["resume"]
         ok = "ok" if res["in_order"] and res["events"] == r["puts"] else "FAIL"
-        print(f"{r['server']:8} {mib(r['pending_bytes']):>8} | {mib(b['VmRSS']):>10} "
+        print(f"{r['server']:15} {mib(r['pending_bytes']):>8} | {mib(b['VmRSS']):>10} "
               f"{mib(s['VmRSS']):>8} {mib(p['VmRSS']):>8} {mib(a['VmRSS']):>8} "
               f"{mib(a['VmHWM']):>8} | {mib(b['RssAnon']):>11} {mib(s['RssAnon']):>8} "
               f"{mib(p['RssAnon']):>8} | {r['ratio_VmRSS']:>8} {r['ratio_RssAnon']:>9} | "
               f"{ok} {res['events']}/{r['puts']} events in {res['responses']} responses, "
               f"{res['seconds']} s")
-    print("(MiB; peak = highest of 50 ms samples while stalled; ratios = "
+    print("(MiB; peak = highest of 50 ms samples while stalled and resuming; ratios = "
           "(peak or stalled) - before, over pending)")
+    by_name = {r["server"]: r for r in results}
+    for r in results:
+        ctl = by_name.get(f"{r['server']}/nowatch")
+        if ctl is None:
+            continue
+        for k in ("VmRSS", "RssAnon"):
+            cost = r["growth_" + k] - ctl["growth_" + k]
+            r["watcher_cost_" + k] = cost
+            print(f"{r['server']}: the stalled watcher's own cost ({k} growth - growth "
+                  f"without it): {mib(cost).strip()} MiB = "
+                  f"{cost / r['pending_bytes']:.2f}x pending")
 
 
 def main() -> int:
@@ -185,7 +198,11 @@ def main() -> int:
                     help="NAME=VALUE for the kubekv process (repeatable)")
     ap.add_argument("--json", help="output file (default bench/results/<date>-watch-memory.json)")
     ap.add_argument("--keep-tmp", action="store_true")
+    ap.add_argument("--report", help="re-print the table of a saved JSON file and exit")
     args = ap.parse_args()
+    if args.report:
+        report(json.loads(pathlib.Path(args.report).read_text())["results"])
+        return 0
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="watch-memory-"))
     results = []
