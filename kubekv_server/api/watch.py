@@ -27,11 +27,18 @@ log = logging.getLogger("kubekv.watch")
 
 # responses handed to the RPC layer at once (each already whole revisions)
 BATCH_RESPONSES = 64
+# ... and at most this many encoded bytes per hand-over (past the first response): the
+# RPC layer copies a batch a few times on its way to the socket and holds it until the
+# client's window takes it, so an unbounded batch (a stalled client resuming was handed
+# its whole backlog at once) cost several times the backlog. grpc-go writes through a
+# 32 KiB buffer; a few hundred KiB keeps one hand-over per many small events.
+BATCH_BYTES = 256 << 10
 # A stream whose client is behind (its last pull held several revisions for a
 # watcher, and more than BEHIND_BYTES of what it was sent are not yet acknowledged by
 # HTTP/2 window updates) waits this long before the next pull, so that each response
 # carries more revisions and the client spends less per event (etcd batches its slow
-# watchers every 100 ms). A client that keeps up is never held back.
+# watchers every 100 ms). A client that keeps up is never held back, nor one whose
+# last pull stopped at the hub's byte budget (its next pull is full already).
 BEHIND_LINGER = 0.05
 BEHIND_BYTES = 64 << 10
 
@@ -109,10 +116,12 @@ class Encoded:
 _EVENTS_TAG = b"\x5a"
 _HEADER_TAG = b"\x0a"
 _WATCH_ID_TAG = b"\x10"
-# cached encodings are dropped wholesale past these sizes
+# cached encodings are dropped wholesale past these sizes (entries, and bytes of
+# encoded events: each entry also keeps its event alive, so a count alone let the cache
+# hold ~2x every event of a large-value backlog)
 _EVENT_CACHE_MAX = 65536
+_EVENT_CACHE_BYTES = 8 << 20
 _HEADER_CACHE_MAX = 1024
-_LIST_CACHE_MAX = 1024
 
 
 class EventEncoder:
@@ -129,10 +138,8 @@ class EventEncoder:
     def __init__(self, member) -> None:
         self.member = member
         self._events: dict[int, tuple[object, bytes, bytes | None]] = {}
+        self._event_bytes = 0
         self._headers: dict[tuple[int, int], bytes] = {}
-        # one pull hands the same event list to every watcher of a range: its events'
-        # wire form is joined once
-        self._lists: dict[tuple[int, bool], tuple[list, bytes]] = {}
 
     def _header(self, revision: int, term: int) -> bytes:
         key = (revision, term)
@@ -158,32 +165,38 @@ class EventEncoder:
             else:
                 data = ev.SerializeToString()
                 cached = (ev, _EVENTS_TAG + _varint(len(data)) + data, None)
-            if len(self._events) >= _EVENT_CACHE_MAX:
+            if (len(self._events) >= _EVENT_CACHE_MAX
+                    or self._event_bytes >= _EVENT_CACHE_BYTES):
                 self._events.clear()
+                self._event_bytes = 0
             self._events[id(ev)] = cached
+            self._event_bytes += len(cached[1]) + (len(cached[2]) if cached[2] else 0)
         if prev_kv and cached[2] is not None:
             return cached[2]
         return cached[1]
 
-    def encode(self, watch_id: int, revision: int, events: list, prev_kv: bool) -> Encoded:
+    def encode(self, watch_id: int, revision: int, events: list, prev_kv: bool,
+               lists: dict | None = None) -> Encoded:
+        """One watcher's event response. `lists`: the caller's cache of joined event
+        lists, for one batch (a pull hands the same list to every watcher of a range, so
+        its events' wire form is joined once; kept no longer than the batch)."""
         parts = [self._header(revision, self.member.node.term)]
         if watch_id:
             parts.append(_WATCH_ID_TAG + _varint(watch_id))
         if len(events) == 1:
             parts.append(self._event(events[0], prev_kv))
         else:
-            parts.append(self._events_of(events, prev_kv))
+            parts.append(self._events_of(events, prev_kv, lists))
         return Encoded(b"".join(parts))
 
-    def _events_of(self, events: list, prev_kv: bool) -> bytes:
+    def _events_of(self, events: list, prev_kv: bool, lists: dict | None) -> bytes:
         key = (id(events), prev_kv)
-        cached = self._lists.get(key)
+        cached = lists.get(key) if lists is not None else None
         if cached is None or cached[0] is not events:
             event = self._event
             cached = (events, b"".join([event(ev, prev_kv) for ev in events]))
-            if len(self._lists) >= _LIST_CACHE_MAX:
-                self._lists.clear()
-            self._lists[key] = cached
+            if lists is not None:
+                lists[key] = cached
         return cached[1]
 
 
@@ -235,16 +248,28 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                             self.progress_interval
                         )
                     continue
-                # what is pending goes to the RPC layer as one batch (a list): one
-                # hand-over to the event loop and one socket write for all of them
+                # what is pending goes to the RPC layer as batches (lists) of up to
+                # BATCH_BYTES: one hand-over to the event loop and one socket write each
                 batch: list = []
+                size = 0
+                lists: dict = {}
                 for out in outs:
-                    batch.extend(self._responses(out))
+                    for resp in self._responses(out, lists):
+                        batch.append(resp)
+                        size += resp.ByteSize() if not isinstance(resp, Encoded) \
+                            else len(resp.data)
                     w = out.watcher
                     if w is not None and out.events:
                         w.progress_due = False  # etcd elides the next progress notification
-                yield batch
-                if stream.behind and context.unacknowledged_bytes() > BEHIND_BYTES:
+                    if size >= BATCH_BYTES:
+                        yield batch
+                        batch = []
+                        size = 0
+                del lists
+                if batch:
+                    yield batch
+                if (stream.behind and not stream.cut
+                        and context.unacknowledged_bytes() > BEHIND_BYTES):
                     stream.linger(BEHIND_LINGER)
         finally:
             hub.close_stream(stream)
@@ -294,13 +319,15 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
 
     # ------------------------------------------------------------- responses
 
-    def _responses(self, out: Response) -> Iterator[pb.WatchResponse | Encoded]:
+    def _responses(self, out: Response,
+                   lists: dict | None = None) -> Iterator[pb.WatchResponse | Encoded]:
         w = out.watcher
         if (out.events and w is not None and not w.fragment and out.watch_id >= 0
                 and not (out.created or out.canceled or out.compact_revision
                          or out.cancel_reason)):
             # the common case, events for one watcher: encoded from shared parts
-            yield self.encoder.encode(out.watch_id, out.revision, out.events, w.prev_kv)
+            yield self.encoder.encode(out.watch_id, out.revision, out.events, w.prev_kv,
+                                      lists)
             return
         m = self.member
         resp = pb.WatchResponse(

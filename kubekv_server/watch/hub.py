@@ -46,10 +46,23 @@ RECENT_BYTES = 32 << 20
 # Responses (created, canceled, progress, catch-up) queued on one stream before its
 # unsynced watchers wait for it to drain.
 DEFAULT_MAX_PENDING = 1024
+# ... and bytes of catch-up events queued on one stream before they wait: a stalled
+# client's catch-up is read from history a little at a time as it drains, instead of
+# the whole backlog landing in its queue (which held ~1,000 responses of up to 1,000
+# revisions each). etcd's victims hold one event batch per watcher instead.
+MAX_PENDING_BYTES = 4 << 20
+# One catch-up read from history stops at the first revision boundary past this many
+# bytes of events (a revision is never split), besides MAX_REVS_PER_SYNC: the read is
+# held in memory at once, and becomes one response.
+CATCHUP_READ_BYTES = 1 << 20
 # One pull turns at most this many events (or bytes) of the log into responses; a
 # single revision is never split.
 PULL_MAX_EVENTS = 1000
 PULL_MAX_BYTES = 1 << 20
+# One `take` turns at most this many bytes of the log into responses (past the first
+# pull); the rest stays in the log for the next one, so a client that was stalled
+# far behind is not handed its whole backlog, as responses, at once when it resumes.
+TAKE_MAX_BYTES = 1 << 20
 
 INVALID_WATCH_ID = -1
 
@@ -76,6 +89,7 @@ class Response:
     # dropped if one of the stream's watchers fell behind since (`Stream.unsyncs`)
     flush: bool = False
     epoch: int = 0
+    size: int = 0  # bytes of catch-up events counted in the stream's queued_bytes
 
 
 SYNCED, UNSYNCED, DONE = "synced", "unsynced", "done"
@@ -195,16 +209,22 @@ class Stream:
         self.first_pending = 0
         # the last pull gave a watcher more than one revision: the client is behind
         self.behind = False
+        # the last take stopped at TAKE_MAX_BYTES: more of the log is waiting already
+        self.cut = False
         self.unsyncs = 0  # how often one of its watchers became unsynced
+        self.max_pending_bytes = hub.max_pending_bytes
+        self.queued_bytes = 0  # catch-up event bytes in _out (Response.size)
         self._closed = threading.Event()
 
     @property
     def full(self) -> bool:
-        return len(self._out) >= self.max_pending
+        return (len(self._out) >= self.max_pending
+                or self.queued_bytes >= self.max_pending_bytes)
 
     def push(self, resp: Response) -> None:
         with self._cond:
             self._out.append(resp)
+            self.queued_bytes += resp.size
             self._cond.notify()
 
     def wake(self) -> None:
@@ -247,9 +267,13 @@ class WatchHub:
 
     def __init__(self, store: MVCCStore, *, max_pending: int = DEFAULT_MAX_PENDING,
                  recent_revisions: int = RECENT_REVISIONS, recent_bytes: int = RECENT_BYTES,
-                 max_revs_per_sync: int = MAX_REVS_PER_SYNC) -> None:
+                 max_revs_per_sync: int = MAX_REVS_PER_SYNC,
+                 max_pending_bytes: int = MAX_PENDING_BYTES,
+                 catchup_read_bytes: int = CATCHUP_READ_BYTES) -> None:
         self.store = store
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        self.catchup_read_bytes = catchup_read_bytes
         self.max_revs_per_sync = max_revs_per_sync
         self.recent_revisions = recent_revisions
         self.recent_bytes = recent_bytes
@@ -455,9 +479,11 @@ class WatchHub:
             with s._cond:
                 q = s._out
                 before = len(q)
+                before_bytes = s.queued_bytes
                 out: list[Response] = []
                 while q and len(out) < limit:
                     r = q.popleft()
+                    s.queued_bytes -= r.size
                     if r.flush:
                         out.extend(self._materialize(s, r.revision))
                         if r.watch_id == INVALID_WATCH_ID:
@@ -470,27 +496,36 @@ class WatchHub:
                             continue
                     out.append(r)
                 if not q and s.notified > s.pos:
-                    out.extend(self._materialize(s, self.rev))
+                    out.extend(self._materialize(s, self.rev, TAKE_MAX_BYTES))
                 if len(out) > limit:
-                    q.extendleft(reversed(out[limit:]))
+                    rest = out[limit:]
+                    q.extendleft(reversed(rest))
+                    s.queued_bytes += sum(r.size for r in rest)
                     del out[limit:]
                 after = len(q)
+                after_bytes = s.queued_bytes
             self._retry_deferred_progress(s)  # if dropped above and all are synced again
             half = s.max_pending // 2
-            drained = before >= s.max_pending > after or after <= half < before
+            half_bytes = s.max_pending_bytes // 2
+            drained = (before >= s.max_pending > after or after <= half < before
+                       or before_bytes >= s.max_pending_bytes > after_bytes
+                       or after_bytes <= half_bytes < before_bytes)
             wake = (drained or self._demoted) and bool(self.unsynced)
             self._demoted = False
         if wake:
             self.wakeup()
         return out
 
-    def _materialize(self, s: Stream, target: int) -> list[Response]:
+    def _materialize(self, s: Stream, target: int, budget: int = 0) -> list[Response]:
         """Responses for the stream's synced watchers, for revisions s.pos+1 .. target
         of the log. Watchers the log no longer reaches back for are demoted to catch up
-        from history."""
+        from history. With a `budget`, stops after the pull that reaches that many bytes
+        of the log (s.pos then tells where the next call goes on)."""
         out: list[Response] = []
         log = self._log
         behind = False
+        used = 0
+        s.cut = False
         if s.first_pending > s.pos + 1:
             s.pos = min(s.first_pending - 1, target)  # nothing here wants those revisions
         while s.pos < target:
@@ -520,6 +555,7 @@ class WatchHub:
                 k += 1
             entries = log[i:k]
             stop = entries[-1][0]
+            used += size
             for (key, end), ws in s.synced.items():
                 if end is None:
                     found = [ev for _, evs, _ in entries for ev in evs if ev.kv.key == key]
@@ -547,8 +583,14 @@ class WatchHub:
                     if w.min_rev <= stop:
                         w.min_rev = stop + 1
             s.pos = stop
+            if budget and used >= budget:
+                s.cut = s.pos < target
+                break
         if s.first_pending <= s.pos:
-            s.first_pending = 0
+            # stopped short of what was notified (a budget, or a progress target below
+            # the log's end): what follows pos is still pending, so a later notify must
+            # not move first_pending past it
+            s.first_pending = s.pos + 1 if s.notified > s.pos else 0
         s.behind = behind
         return out
 
@@ -610,13 +652,14 @@ class WatchHub:
         if not batch:
             return 0
         owed: dict[Watcher, list] = {}
+        sizes: dict[int, int] = {}
         with self.store.read() as r:
             current, compacted = r.current_revision, r.compact_revision
             live = [(w, m) for w, m in batch if m >= compacted]
             if live:
                 start = min(m for _, m in live)
                 stop = min(current, start + self.max_revs_per_sync - 1)
-                history = list(r.history(start, stop))
+                history, sizes, stop = _read_history(r, start, stop, self.catchup_read_bytes)
                 # watchers of the same range share one match pass over the history;
                 # each takes the tail from its own next revision on (events are in
                 # revision order), so the cost is not events x watchers
@@ -653,7 +696,9 @@ class WatchHub:
                 else:
                     wevs = w.filter(owed.get(w, []))
                     if wevs:
-                        stream.push(Response(w.id, current, wevs, watcher=w))
+                        # (prev_kv, filled in later, is not counted: the bound is loose)
+                        stream.push(Response(w.id, current, wevs, watcher=w,
+                                             size=sum(sizes[id(ev)] for ev in wevs)))
                     w.min_rev = stop + 1
                     reached = stop
                 if reached < current or not self._join(w, reached):
@@ -689,6 +734,26 @@ class WatchHub:
             s.first_pending = min(s.first_pending or w.min_rev, w.min_rev)
             s.wake()
         return True
+
+
+def _read_history(r, start: int, stop: int, max_bytes: int) -> tuple[list, dict[int, int], int]:
+    """Events of revisions start..stop from history, ending early at the first revision
+    boundary past `max_bytes`; (events, their sizes by id, the last revision read)."""
+    events: list = []
+    sizes: dict[int, int] = {}
+    used = 0
+    last = start - 1
+    for ev in r.history(start, stop):
+        rev = ev.kv.mod_revision
+        if rev != last:
+            if used >= max_bytes:
+                return events, sizes, last
+            last = rev
+        n = ev.ByteSize()
+        used += n
+        sizes[id(ev)] = n
+        events.append(ev)
+    return events, sizes, stop
 
 
 def _by_revision(events: list) -> Iterable[tuple[int, list]]:

@@ -14,7 +14,7 @@ from etcdproto.mvccpb.kv_pb2 import Event
 from kubekv_server.api.watch import fragments
 from kubekv_server.mvcc import MVCCStore
 from kubekv_server.watch import INVALID_WATCH_ID, WatchHub
-from kubekv_server.watch.hub import ERR_DUPLICATE_ID, ERR_EMPTY_RANGE
+from kubekv_server.watch.hub import ERR_DUPLICATE_ID, ERR_EMPTY_RANGE, TAKE_MAX_BYTES
 
 
 class World:
@@ -404,3 +404,46 @@ def test_a_quiet_stream_is_not_demoted_by_a_busy_store(tmp_path):
     assert [(r.watch_id, [e.kv.mod_revision for e in r.events]) for r in got] == [(0, [22])]
     world.put(b"q")
     assert [e.kv.mod_revision for r in drain(quiet) for e in r.events] == [23]
+
+
+def test_a_take_stops_at_its_byte_budget_and_the_next_goes_on_without_a_gap(world):
+    """A stream far behind gets its backlog a TAKE_MAX_BYTES at a time, and revisions
+    committed between two takes do not make it skip the rest of the backlog."""
+    hub = world.hub
+    s = hub.new_stream()
+    hub.watch(s, 0, b"k", b"l", 0)
+    assert drain(s)[0].created
+    big = b"x" * (256 << 10)
+    revs = [world.put(b"k%02d" % i, big)[0].kv.mod_revision for i in range(12)]
+    first = s.pop_many(0, 64)
+    got = [e.kv.mod_revision for r in first for e in r.events]
+    assert got and got[-1] < revs[-1]  # 3 MiB of backlog: not all in one take
+    assert sum(len(e.kv.value) for r in first for e in r.events) <= 2 * TAKE_MAX_BYTES
+    revs.append(world.put(b"k99", b"late")[0].kv.mod_revision)
+    for r in drain(s):
+        got += [e.kv.mod_revision for e in r.events]
+    assert got == revs
+
+
+def test_catch_up_reads_history_a_bounded_number_of_bytes_at_a_time(tmp_path):
+    """A watcher catching up from history gets responses of about CATCHUP_READ_BYTES, and
+    its stream's queue stops taking catch-up at max_pending_bytes until it drains."""
+    w = World(tmp_path / "db", catchup_read_bytes=100_000, max_pending_bytes=250_000)
+    hub = w.hub
+    big = b"x" * 40_000
+    revs = [w.put(b"k%02d" % i, big)[0].kv.mod_revision for i in range(20)]
+    s = hub.new_stream()
+    hub.watch(s, 0, b"k", b"l", revs[0])
+    while hub.sync_once():
+        pass
+    assert s.full  # 250 kB queued: the catch-up waits
+    queued = list(s._out)
+    assert [len(r.events) for r in queued[1:]] == [3, 3, 3]  # past 100 kB at a boundary
+    got = []
+    for _ in range(20):
+        for r in drain(s):
+            got += [e.kv.mod_revision for e in r.events]
+        if not hub.sync_once() and not s.pending():
+            break
+    assert got == revs
+    w.env.close()
