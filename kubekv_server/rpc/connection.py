@@ -54,7 +54,8 @@ class Http2Connection(asyncio.Protocol):
         self._process_scheduled = False
         self._flush_scheduled = False
         self._terminated = False
-        self._buffered_requests = 0  # bytes calls hold of requests not complete yet
+        # bytes calls hold of requests not complete yet (what the connection window bounds)
+        self._buffered_requests = 0
         self._preface_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ transport
@@ -141,6 +142,9 @@ class Http2Connection(asyncio.Protocol):
             self._prebuf = b""
             self._protocol = _HTTP2
             self.h2 = http2.ServerConnection(self.server.max_concurrent_streams,
+                                             connection_window=max(
+                                                 limits.CONNECTION_WINDOW,
+                                                 2 * self.server.max_receive_bytes + 10),
                                              clock=self.loop.time)
             self.h2.initiate()
             self.h2.receive_data(buf)
@@ -203,22 +207,16 @@ class Http2Connection(asyncio.Protocol):
     def _dispatch(self, event) -> None:
         kind = type(event)
         if kind is http2.DataReceived:
+            data = event.data
             call = self.calls.get(event.stream_id)
             if call is None:
+                self.h2.acknowledge(len(data))
                 return
-            if event.data:
-                call.data_received(event.data)
-                if call.stream_id in self.calls:
-                    delta = call.buffered - call.counted
-                    call.counted += delta
-                    self._buffered_requests += delta
-            if self._buffered_requests > limits.MAX_BUFFERED_REQUEST_BYTES:
-                violations.info(self._client, "request_buffer_limit",
-                                "bytes=%d", self._buffered_requests)
-                self._drop_call(event.stream_id, f.ENHANCE_YOUR_CALM)
-                return
-            if event.end_stream:
+            if data:
+                call.data_received(data)
+            if event.end_stream and not call.finished:
                 call.end_of_requests()
+            self._account(call, len(data))
         elif kind is http2.RequestReceived:
             self._start_call(event.stream_id, event.headers, event.end_stream)
         elif kind is http2.StreamReset:
@@ -232,6 +230,7 @@ class Http2Connection(asyncio.Protocol):
             call = self.calls.get(event.stream_id)
             if call is not None:
                 call.end_of_requests()
+                self._account(call, 0)
         elif kind is http2.StreamWritable:
             call = self.calls.get(event.stream_id)
             if call is not None:
@@ -241,12 +240,16 @@ class Http2Connection(asyncio.Protocol):
             violations.info(self._client, "http2_protocol_error", "code=%d error=%r",
                             event.error_code, event.reason)
 
-    def _drop_call(self, sid: int, code: int) -> None:
-        call = self.calls.get(sid)
-        if call is not None:
-            self._forget(call)
-            call.cancel()
-        self.h2.reset_stream(sid, code)
+    def _account(self, call: Call, received: int) -> None:
+        """After a call took `received` bytes: what it still holds stays counted against
+        the connection window, the rest is given back to the client."""
+        if self.calls.get(call.stream_id) is call:
+            delta = call.buffered - call.counted
+            call.counted += delta
+            self._buffered_requests += delta
+            received -= delta
+        if received:
+            self.h2.acknowledge(received)
 
     def _start_call(self, sid: int, headers, end_stream: bool) -> None:
         path = b""
@@ -333,8 +336,9 @@ class Http2Connection(asyncio.Protocol):
         self.reset_call(call, f.CANCEL)
 
     def _forget(self, call: Call) -> None:
-        if self.calls.pop(call.stream_id, None) is not None:
+        if self.calls.pop(call.stream_id, None) is not None and call.counted:
             self._buffered_requests -= call.counted
+            self.h2.acknowledge(call.counted)
             call.counted = 0
 
     def pending_bytes(self, call: Call) -> int:

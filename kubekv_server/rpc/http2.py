@@ -164,7 +164,8 @@ class ServerConnection:
     """The protocol state of one server-side HTTP/2 connection; no I/O."""
 
     def __init__(self, max_concurrent_streams: int = limits.MAX_CONCURRENT_STREAMS_CAP,
-                 clock=time.monotonic) -> None:
+                 clock=time.monotonic, connection_window: int = limits.CONNECTION_WINDOW
+                 ) -> None:
         self.max_concurrent_streams = max(1, min(max_concurrent_streams,
                                                  limits.MAX_CONCURRENT_STREAMS_CAP))
         self.streams: dict[int, Stream] = {}
@@ -179,7 +180,10 @@ class ServerConnection:
         self.peer_initial_window = f.DEFAULT_WINDOW
         self.send_window = f.DEFAULT_WINDOW
         self.recv_window = f.DEFAULT_WINDOW
-        self.recv_unacked = 0
+        self.recv_unacked = 0  # consumed bytes not yet given back with WINDOW_UPDATE
+        # The connection receive window we keep open; given back only for bytes the
+        # application has consumed, so it bounds what a connection's calls hold unread.
+        self.connection_window = min(max(connection_window, f.DEFAULT_WINDOW), _WINDOW_MAX)
         # control frames owed to a client whose socket buffer is not draining
         self.control_frames_queued = 0
         self._clock = clock
@@ -211,8 +215,9 @@ class ServerConnection:
             f.SETTINGS_MAX_FRAME_SIZE: limits.MAX_FRAME_SIZE,
             f.SETTINGS_MAX_HEADER_LIST_SIZE: limits.MAX_HEADER_LIST_SIZE,
         }))
-        self._out.append(f.window_update(0, limits.CONNECTION_WINDOW - f.DEFAULT_WINDOW))
-        self.recv_window = limits.CONNECTION_WINDOW
+        if self.connection_window > f.DEFAULT_WINDOW:
+            self._out.append(f.window_update(0, self.connection_window - f.DEFAULT_WINDOW))
+        self.recv_window = self.connection_window
 
     @property
     def established(self) -> bool:
@@ -314,7 +319,16 @@ class ServerConnection:
                     self._reset(exc.stream_id, exc.code, events)
         finally:
             self._buf = buf[pos:] if pos < n else b""
-        if self.recv_unacked >= limits.CONNECTION_WINDOW_REFILL:
+        self._refill()
+
+    def acknowledge(self, consumed: int) -> None:
+        """The application consumed `consumed` bytes of DATA it was given: they may be
+        given back to the client's connection window."""
+        self.recv_unacked += consumed
+        self._refill()
+
+    def _refill(self) -> None:
+        if self.recv_unacked >= self.connection_window >> 2 and not self.closed:
             self._out.append(f.window_update(0, self.recv_unacked))
             self.recv_window += self.recv_unacked
             self.recv_unacked = 0
@@ -352,19 +366,24 @@ class ServerConnection:
         self.recv_window -= length
         if self.recv_window < 0:
             raise _ConnectionError(f.FLOW_CONTROL_ERROR, "connection window exceeded")
-        self.recv_unacked += length
+        # padding is consumed here; the data when the application says so (`acknowledge`),
+        # or here if it is dropped
+        self.recv_unacked += length - len(data)
         stream = self.streams.get(sid)
         if stream is None or not stream.remote_open:
+            self.recv_unacked += len(data)
             self._closed_stream_frame(sid)
             return
         stream.recv_window -= length
         if stream.recv_window < 0:
+            self.recv_unacked += len(data)
             raise _StreamError(sid, f.FLOW_CONTROL_ERROR)
         end = bool(flags & f.END_STREAM)
         if stream.content_length >= 0:
             stream.received += len(data)
             if stream.received > stream.content_length or (
                     end and stream.received != stream.content_length):
+                self.recv_unacked += len(data)
                 raise _StreamError(sid, f.PROTOCOL_ERROR)  # §8.1.1 malformed
         if end:
             self._remote_closed(stream)
@@ -375,7 +394,7 @@ class ServerConnection:
                 stream.recv_window += stream.recv_unacked
                 stream.recv_unacked = 0
         if data or end:
-            events.append(DataReceived(sid, data, end))
+            events.append(DataReceived(sid, data, end))  # (data or end) is always true here
 
     def _on_headers(self, sid: int, flags: int, payload: bytes, events: list) -> None:
         if sid == 0:

@@ -60,18 +60,16 @@ RAPID_RESET_WINDOW = 10.0
 # ------------------------------------------------------------------ flow control
 
 # What we advertise: a large initial stream window so that requests up to a few MiB
-# never wait for a WINDOW_UPDATE, and a connection window of 64 MiB. Received DATA is
-# handed to its call at once; what calls hold back is bounded below instead.
+# never wait for a WINDOW_UPDATE (given back as DATA arrives, once this much came).
 INITIAL_STREAM_WINDOW = 4 << 20
-CONNECTION_WINDOW = 64 << 20
-# Window given back once this much was received (stream / connection).
 STREAM_WINDOW_REFILL = 1 << 20
-CONNECTION_WINDOW_REFILL = 16 << 20
-
-# Request bytes all calls of one connection may hold incomplete (partial gRPC messages,
-# plain HTTP bodies not yet complete). A stream that pushes the total past it is reset
-# with ENHANCE_YOUR_CALM. One max-size request (1.5 MiB + gRPC overhead) fits many times.
-MAX_BUFFERED_REQUEST_BYTES = 64 << 20
+# The connection window: given back only for request bytes a call has taken (a complete
+# message handed to its handler), so it is also the bound on what one connection's calls
+# hold incomplete (partial messages, an unended unary request, a plain HTTP body): a
+# client that sends partial bodies runs out of window instead of growing our memory.
+# At least twice the largest request message (--max-request-bytes + gRPC overhead), so
+# one message can always complete. Given back in quarters.
+CONNECTION_WINDOW = 16 << 20
 
 # Output waiting for flow-control window beyond which a streaming sender waits for the
 # client to read (so a slow watcher falls behind into catch-up instead of buffering here).

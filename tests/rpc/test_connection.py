@@ -19,7 +19,7 @@ from kubekv_server.rpc.calls import Method, inline
 from kubekv_server.rpc.connection import Http2Connection
 from kubekv_server.rpc.server import RpcServer
 
-from .h2_client import REQUEST, goaway_code, parse_frames, rst_codes
+from .h2_client import REQUEST, goaway_code, parse_frames
 
 RANGE = b"/etcdserverpb.KV/Range"
 
@@ -178,27 +178,41 @@ def test_unknown_method_message_is_bounded(loop, server):
     assert len(fields[b"grpc-message"]) <= limits.MAX_ECHOED_PATH + 100
 
 
-def test_partial_bodies_are_bounded_per_connection(loop, server, monkeypatch):
-    monkeypatch.setattr(limits, "MAX_BUFFERED_REQUEST_BYTES", 1 << 20)
+def test_partial_bodies_run_out_of_connection_window(loop, server):
+    """Request bytes a connection's calls hold incomplete are bounded by the connection
+    window, which is given back only for what calls consumed."""
     conn, transport = connect(server)
     c = client()
     conn.data_received(c.data_to_send())
     c.receive_data(transport.take())  # our SETTINGS and connection window
-    for _ in range(8):
+    window = c.outbound_flow_control_window
+    announced = (2 << 20) - 100
+    streams = []
+    while c.outbound_flow_control_window > 0:
         sid = c.get_next_available_stream_id()
+        streams.append(sid)
         c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", RANGE),
                              (":authority", "x"), ("content-type", "application/grpc")])
-        # a message announcing 2 MB, of which 200 KB arrive
-        body = b"\x00" + (2 << 20).to_bytes(4, "big") + b"p" * 200_000
-        for i in range(0, len(body), 16_000):
-            c.send_data(sid, body[i:i + 16_000])
+        body = b"\x00" + announced.to_bytes(4, "big") + b"p" * (announced - 1)  # one short
+        pos = 0
+        while pos < len(body) and c.local_flow_control_window(sid) > 0:
+            n = min(16_000, c.local_flow_control_window(sid), len(body) - pos)
+            c.send_data(sid, body[pos:pos + n])
+            pos += n
+        conn.data_received(c.data_to_send())
+        run(loop)
+        c.receive_data(transport.take())
+    held = sum(call.buffered for call in conn.calls.values())
+    assert held == conn._buffered_requests <= window
+    assert held > window - (16 << 10) * len(streams)  # the window is what stops the client
+    assert c.outbound_flow_control_window == 0  # and no WINDOW_UPDATE gave it more
+    # a reset stream's bytes were never consumed by a handler: they are given back
+    for sid in streams[:3]:
+        c.reset_stream(sid)
     conn.data_received(c.data_to_send())
     run(loop)
-    codes = rst_codes(parse_frames(transport.take()))
-    assert list(codes.values()) == [f.ENHANCE_YOUR_CALM] * len(codes) and codes
-    assert conn._buffered_requests <= (1 << 20) + 200_100
-    held = sum(call.buffered for call in conn.calls.values())
-    assert held == conn._buffered_requests
+    c.receive_data(transport.take())
+    assert c.outbound_flow_control_window > 0
 
 
 def test_rapid_reset_ends_the_connection(loop, server):

@@ -67,6 +67,7 @@ def test_our_settings_are_what_h2_sees():
     assert remote.max_header_list_size == limits.MAX_HEADER_LIST_SIZE
     assert p.client.inbound_flow_control_window == 65535  # h2 tracks our sends, not ours
     assert p.client.outbound_flow_control_window == limits.CONNECTION_WINDOW
+    assert p.server.connection_window == limits.CONNECTION_WINDOW
 
 
 def test_continuation_frames_are_joined():
@@ -504,3 +505,19 @@ def test_a_stream_error_leaves_other_streams_working():
     frames = parse_frames(server.data_to_send())
     assert rst_codes(frames) == {1: f.PROTOCOL_ERROR}
     assert frames[-1][0] == f.HEADERS and frames[-1][1] & f.END_STREAM
+
+
+def test_connection_window_comes_back_only_for_consumed_bytes():
+    server, _ = raw_server()
+    chunk = b"x" * 16_000
+    server.receive_data(HEADERS_1 + f.frame(f.DATA, 0, 1, chunk) * 200)  # 3.2 MB
+    while server.has_complete_frame():
+        server.next_events()
+    frames = parse_frames(server.data_to_send())
+    assert not [fr for fr in frames if fr[0] == f.WINDOW_UPDATE and fr[2] == 0]
+    assert server.recv_window == server.connection_window - 200 * 16_000
+    server.acknowledge(server.connection_window // 4)
+    frames = parse_frames(server.data_to_send())
+    assert [(fr[0], fr[2]) for fr in frames] == [(f.WINDOW_UPDATE, 0)]
+    assert server.recv_window == server.connection_window - 200 * 16_000 \
+        + server.connection_window // 4
