@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import gzip
 import inspect
 import logging
 import queue
@@ -26,6 +27,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from . import frames as f
+from . import grpc_messages as gm
 from .context import AbortError, Deferred, RpcContext, call_principal, status_number
 
 log = logging.getLogger("kubekv.rpc")
@@ -40,6 +42,8 @@ UNKNOWN = 2
 INTERNAL = 13
 RESOURCE_EXHAUSTED = 8
 UNIMPLEMENTED = 12
+# grpc-go's gzip compressor writes at compress/gzip's default level.
+GZIP_LEVEL = 6
 
 
 def inline(fn):
@@ -85,8 +89,8 @@ class Call:
 
     __slots__ = (
         "conn", "stream_id", "headers", "send_window", "recv_unacked", "pending", "pending_bytes",
-        "finished", "callbacks", "method", "_buf", "_message", "_requests", "_headers_sent",
-        "_task", "_writable", "_ended_requests",
+        "finished", "callbacks", "method", "_reader", "_message", "_requests", "_headers_sent",
+        "_task", "_writable", "_ended_requests", "_gzip",
     )
 
     def __init__(self, conn, stream_id: int, headers, send_window: int) -> None:
@@ -100,7 +104,10 @@ class Call:
         self.finished = False
         self.callbacks: list = []
         self.method: Method | None = None
-        self._buf = b""
+        # this call's request messages; None before start() and once a unary call has its
+        # message (grpc-go reads one and ignores the rest)
+        self._reader: gm.MessageReader | None = None
+        self._gzip = False  # the request was gzip-encoded: so are the responses (grpc-go)
         self._message: bytes | None = None
         self._requests = None  # queue for streaming requests
         self._headers_sent = False
@@ -111,6 +118,15 @@ class Call:
     # ------------------------------------------------------------ requests
 
     def start(self, method: Method) -> None:
+        try:
+            encoding = gm.request_encoding(self._header(b"grpc-encoding"))
+        except gm.GrpcStatusError as exc:
+            # refused before the handler (and grpc_prometheus's interceptor) runs, as grpc-go
+            self._fail_now(exc.code, exc.message)
+            return
+        self._reader = gm.MessageReader(self.conn.server.max_receive_bytes, encoding,
+                                        single=not method.client_streaming)
+        self._gzip = encoding == "gzip"
         self.method = method
         observer = self.conn.server.observer
         if observer is not None:
@@ -118,60 +134,66 @@ class Call:
         if method.client_streaming:
             self._start_streaming_requests()
 
+    def _header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
     def data_received(self, payload: bytes) -> None:
-        buf = self._buf + payload if self._buf else payload
-        limit = self.conn.server.max_receive_bytes
-        while len(buf) >= 5:
-            length = _LEN.unpack_from(buf, 1)[0]
-            if length > limit:
-                self._fail_now(RESOURCE_EXHAUSTED,
-                               f"grpc: received message larger than max ({length} vs. {limit})")
-                return
-            if len(buf) < 5 + length:
-                break
-            if buf[0]:
-                self._fail_now(UNIMPLEMENTED, "grpc: Decompressor is not installed for "
-                               "grpc-encoding \"gzip\"")
-                return
-            msg = buf[5 : 5 + length]
-            buf = buf[5 + length :]
+        reader = self._reader
+        if reader is None or self.finished:
+            return  # a unary call's extra messages (grpc-go never reads them), or refused
+        try:
+            messages = reader.feed(payload)
+        except gm.GrpcStatusError as exc:
+            self._fail_now(exc.code, exc.message)
+            return
+        for msg in messages:
             self._on_message(msg)
-            if self.finished:
+            if self.finished or self._reader is None:
                 return
-        self._buf = buf
+
+    def _parse(self, msg: bytes):
+        """A request message, or None after failing the call with etcd's unmarshal error."""
+        try:
+            return self.method.request_class.FromString(msg)
+        except DecodeError:
+            exc = gm.unmarshal_status(msg, self.method.request_class.DESCRIPTOR)
+            self._fail_now(exc.code, exc.message)
+            return None
 
     def _on_message(self, msg: bytes) -> None:
         if self._requests is not None:
-            try:
-                req = self.method.request_class.FromString(msg)
-            except DecodeError as exc:
-                self._fail_now(INTERNAL, f"grpc: error unmarshalling request: {exc}")
-                return
-            self._push_request(req)
-        elif self._message is None:
-            self._message = msg
+            req = self._parse(msg)
+            if req is not None:
+                self._push_request(req)
         else:
-            self._fail_now(UNIMPLEMENTED, "grpc: unary call got more than one request message")
+            self._message = msg
+            self._reader = None
 
     def end_of_requests(self) -> None:
-        if self._ended_requests or self.finished:
+        ended, self._ended_requests = self._ended_requests, True
+        if ended or self.finished:
             return
-        self._ended_requests = True
-        if self._buf:
-            self._fail_now(INTERNAL, "grpc: request message truncated")
-            return
+        if self._reader is not None:
+            try:
+                self._reader.end()
+            except gm.GrpcStatusError as exc:
+                self._fail_now(exc.code, exc.message)
+                return
         if self._requests is not None:
             self._push_request(_END)
             return
         if self._message is None:
+            # etcd 3.5.1 never answers this call (grpc-go v1.38 writes no status for io.EOF):
+            # the client would wait for its deadline; an answer is kinder
             self._fail_now(INTERNAL, "grpc: no request message")
             return
-        try:
-            req = self.method.request_class.FromString(self._message)
-        except DecodeError as exc:
-            self._fail_now(INTERNAL, f"grpc: error unmarshalling request: {exc}")
-            return
+        req = self._parse(self._message)
         self._message = None
+        if req is None:
+            return
         if self.method.server_streaming:
             self._run_server_stream(req)
         else:
@@ -254,8 +276,8 @@ class Call:
         conn = self.conn
         if conn.server.observer is not None and self.method is not None:
             conn.server.observer.handled(self.method, OK)
-        conn.send_headers(self, f.RESPONSE_HEADERS, end_stream=False)
-        conn.send_data(self, b"\x00" + _LEN.pack(len(data)) + data)
+        conn.send_headers(self, self._response_headers(), end_stream=False)
+        conn.send_data(self, self._frame(data))
         conn.send_trailers(self, f.TRAILERS_OK)
         self._run_callbacks()
 
@@ -267,9 +289,20 @@ class Call:
             return
         if not self._headers_sent:
             self._headers_sent = True
-            self.conn.send_headers(self, f.RESPONSE_HEADERS, end_stream=False)
+            self.conn.send_headers(self, self._response_headers(), end_stream=False)
         data = resp if isinstance(resp, bytes) else resp.SerializeToString()
-        self.conn.send_data(self, b"\x00" + _LEN.pack(len(data)) + data)
+        self.conn.send_data(self, self._frame(data))
+
+    def _response_headers(self) -> bytes:
+        return f.RESPONSE_HEADERS_GZIP if self._gzip else f.RESPONSE_HEADERS
+
+    def _frame(self, data: bytes) -> bytes:
+        """One response message with its prefix; gzip-compressed when the request was, as
+        grpc-go (etcd) answers a request whose grpc-encoding names a compressor it has."""
+        if self._gzip:
+            data = gzip.compress(data, GZIP_LEVEL, mtime=0)
+            return b"\x01" + _LEN.pack(len(data)) + data
+        return b"\x00" + _LEN.pack(len(data)) + data
 
     def finish(self, code: int, message: str = "") -> None:
         """End the call with a status (trailers-only if nothing was sent yet)."""
@@ -302,10 +335,20 @@ class Call:
             self.finish(UNKNOWN, str(exc))
 
     def _fail_now(self, code: int, message: str) -> None:
-        """A malformed request: answer with the status, stop reading this stream."""
+        """A malformed request: answer with the status, stop reading this stream. Like
+        grpc-go, reset the stream (NO_ERROR) only if the client has not ended its side;
+        whether it has is known once the frame being handled is (its END_STREAM flag is
+        reported after its headers or data), hence the check on the next loop pass."""
+        self._reader = None
+        self._message = None
         self.finish(code, message)
         self._cancel_handler()
-        self.conn.write(f.rst_stream(self.stream_id, f.NO_ERROR))
+        self.conn.loop.call_soon(self._reset_if_open)
+
+    def _reset_if_open(self) -> None:
+        if not self._ended_requests and not self.conn.closed:
+            self._ended_requests = True
+            self.conn.write(f.rst_stream(self.stream_id, f.NO_ERROR))
 
     def cancel(self) -> None:
         """The client reset the stream or the connection ended."""
@@ -453,7 +496,10 @@ class Call:
             return
         if not self._headers_sent:
             self._headers_sent = True
-            self.conn.send_headers(self, f.RESPONSE_HEADERS, end_stream=False)
+            self.conn.send_headers(self, self._response_headers(), end_stream=False)
+        if self._gzip:
+            self.conn.send_data(self, b"".join([self._frame(d) for d in msgs]))
+            return
         pack = _LEN.pack
         self.conn.send_data(self, b"".join([b"\x00" + pack(len(d)) + d for d in msgs]))
 

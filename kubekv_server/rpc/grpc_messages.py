@@ -278,16 +278,20 @@ class MessageReader:
 
     Holds at most one message's prefix and body (PREFIX_LEN + max_bytes): a length over
     max_bytes is refused as soon as its prefix is in, as grpc-go's parser does. The
-    compressed flag is checked once the whole message is in (grpc-go's order).
+    compressed flag is checked once the whole message is in (grpc-go's order). With
+    `single` (a unary call) the bytes after the first message are ignored unread, as
+    grpc-go's unary path never reads past its one message.
     """
 
-    __slots__ = ("max_bytes", "encoding", "_buf", "_need")
+    __slots__ = ("max_bytes", "encoding", "single", "_buf", "_need", "_done")
 
-    def __init__(self, max_bytes: int, encoding: str | None = None) -> None:
+    def __init__(self, max_bytes: int, encoding: str | None = None, single: bool = False) -> None:
         self.max_bytes = max_bytes
         self.encoding = encoding
+        self.single = single
         self._buf = bytearray()
         self._need = -1  # body length of the message in _buf, -1 while its prefix is partial
+        self._done = False  # single, and its message is out
 
     @property
     def buffered(self) -> int:
@@ -297,6 +301,8 @@ class MessageReader:
     def feed(self, data: bytes) -> list[bytes]:
         """The messages completed by `data`, decompressed. Raises GrpcStatusError."""
         out: list[bytes] = []
+        if self._done:
+            return out
         view = memoryview(data)
         pos, n = 0, len(data)
         buf = self._buf
@@ -308,6 +314,9 @@ class MessageReader:
                 if end <= n:
                     out.append(self._complete(data[pos], view[pos + PREFIX_LEN:end]))
                     pos = end
+                    if self.single:
+                        self._done = True
+                        break
                     continue
             if self._need < 0:
                 take = min(PREFIX_LEN - len(buf), n - pos)
@@ -325,12 +334,15 @@ class MessageReader:
                 buf.clear()
                 self._need = -1
                 out.append(self._complete(flag, body))
+                if self.single:
+                    self._done = True
+                    break
         return out
 
     def end(self) -> None:
         """The client ended the stream: a partial message left is an error (grpc-go's
         io.ErrUnexpectedEOF, which reaches the client as UNKNOWN "unexpected EOF")."""
-        if self._buf:
+        if self._buf and not self._done:
             self._buf.clear()
             self._need = -1
             raise GrpcStatusError(UNKNOWN, "unexpected EOF")
