@@ -90,7 +90,7 @@ class Call:
     __slots__ = (
         "conn", "stream_id", "headers", "send_window", "recv_unacked", "pending", "pending_bytes",
         "finished", "callbacks", "method", "_reader", "_message", "_requests", "_headers_sent",
-        "_task", "_writable", "_ended_requests", "_gzip",
+        "_task", "_writable", "_ended_requests", "_gzip", "_refusal",
     )
 
     def __init__(self, conn, stream_id: int, headers, send_window: int) -> None:
@@ -108,7 +108,8 @@ class Call:
         # message (grpc-go reads one and ignores the rest)
         self._reader: gm.MessageReader | None = None
         self._gzip = False  # the request was gzip-encoded: so are the responses (grpc-go)
-        self._message: bytes | None = None
+        self._refusal: tuple[int, str] | None = None  # refused at start, answered next pass
+        self._message = None  # a unary call's parsed request, until END_STREAM
         self._requests = None  # queue for streaming requests
         self._headers_sent = False
         self._task = None
@@ -122,7 +123,7 @@ class Call:
             encoding = gm.request_encoding(self._header(b"grpc-encoding"))
         except gm.GrpcStatusError as exc:
             # refused before the handler (and grpc_prometheus's interceptor) runs, as grpc-go
-            self._fail_now(exc.code, exc.message)
+            self.refuse(exc.code, exc.message)
             return
         self._reader = gm.MessageReader(self.conn.server.max_receive_bytes, encoding,
                                         single=not method.client_streaming)
@@ -133,6 +134,19 @@ class Call:
             observer.started(method)
         if method.client_streaming:
             self._start_streaming_requests()
+
+    def refuse(self, code: int, message: str) -> None:
+        """Refuse a call that is not started (bad grpc-encoding, unknown method): the call
+        stays in `conn.calls`, ignoring its DATA, and answers on the next loop pass, once
+        this read's frames are in; whether the client had half-closed by then (END_STREAM
+        on the request's DATA, typically in the same read) decides the RST_STREAM, as in
+        grpc-go, whose handler goroutine writes the status after the transport read them."""
+        self._refusal = (code, message)
+        self.conn.loop.call_soon(self._refuse)
+
+    def _refuse(self) -> None:
+        if not self.finished:
+            self._fail_now(*self._refusal)
 
     def _header(self, name: bytes) -> bytes | None:
         for k, v in self.headers:
@@ -169,12 +183,14 @@ class Call:
             if req is not None:
                 self._push_request(req)
         else:
-            self._message = msg
+            # parsed now: garbage is answered at once, as grpc-go does, even if the client
+            # keeps its side open (a good request still waits for END_STREAM to run)
             self._reader = None
+            self._message = self._parse(msg)
 
     def end_of_requests(self) -> None:
         ended, self._ended_requests = self._ended_requests, True
-        if ended or self.finished:
+        if ended or self.finished or self._refusal is not None:
             return
         if self._reader is not None:
             try:
@@ -190,10 +206,7 @@ class Call:
             # the client would wait for its deadline; an answer is kinder
             self._fail_now(INTERNAL, "grpc: no request message")
             return
-        req = self._parse(self._message)
-        self._message = None
-        if req is None:
-            return
+        req, self._message = self._message, None
         if self.method.server_streaming:
             self._run_server_stream(req)
         else:
