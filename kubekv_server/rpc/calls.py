@@ -91,6 +91,7 @@ class Call:
         "conn", "stream_id", "headers", "send_window", "recv_unacked", "pending", "pending_bytes",
         "finished", "callbacks", "method", "_reader", "_message", "_requests", "_headers_sent",
         "_task", "_writable", "_ended_requests", "_gzip", "_refusal",
+        "_encoding", "_reading",
     )
 
     def __init__(self, conn, stream_id: int, headers, send_window: int) -> None:
@@ -104,8 +105,11 @@ class Call:
         self.finished = False
         self.callbacks: list = []
         self.method: Method | None = None
-        # this call's request messages; None before start() and once a unary call has its
-        # message (grpc-go reads one and ignores the rest)
+        # whether request DATA is still read: from start() until a unary call has its one
+        # message (grpc-go reads one and ignores the rest) or the call is refused
+        self._reading = False
+        self._encoding: str | None = None  # the request's grpc-encoding (None: identity)
+        # partial-message state, made only when a payload is not exactly one plain message
         self._reader: gm.MessageReader | None = None
         self._gzip = False  # the request was gzip-encoded: so are the responses (grpc-go)
         self._refusal: tuple[int, str] | None = None  # refused at start, answered next pass
@@ -125,8 +129,8 @@ class Call:
             # refused before the handler (and grpc_prometheus's interceptor) runs, as grpc-go
             self.refuse(exc.code, exc.message)
             return
-        self._reader = gm.MessageReader(self.conn.server.max_receive_bytes, encoding,
-                                        single=not method.client_streaming)
+        self._encoding = encoding
+        self._reading = True
         self._gzip = encoding == "gzip"
         self.method = method
         observer = self.conn.server.observer
@@ -155,9 +159,20 @@ class Call:
         return None
 
     def data_received(self, payload: bytes) -> None:
-        reader = self._reader
-        if reader is None or self.finished:
+        if not self._reading or self.finished:
             return  # a unary call's extra messages (grpc-go never reads them), or refused
+        reader = self._reader
+        if reader is None:
+            n = len(payload)
+            if (n >= 5 and payload[0] == 0 and _LEN.unpack_from(payload, 1)[0] == n - 5
+                    and n - 5 <= self.conn.server.max_receive_bytes):
+                # the common case, one plain message in one DATA payload (the reader's
+                # fast path, without making one): nothing is left partial
+                self._on_message(payload[5:])
+                return
+            reader = self._reader = gm.MessageReader(
+                self.conn.server.max_receive_bytes, self._encoding,
+                single=not self.method.client_streaming)
         try:
             messages = reader.feed(payload)
         except gm.GrpcStatusError as exc:
@@ -165,7 +180,7 @@ class Call:
             return
         for msg in messages:
             self._on_message(msg)
-            if self.finished or self._reader is None:
+            if self.finished or not self._reading:
                 return
 
     def _parse(self, msg: bytes):
@@ -185,6 +200,7 @@ class Call:
         else:
             # parsed now: garbage is answered at once, as grpc-go does, even if the client
             # keeps its side open (a good request still waits for END_STREAM to run)
+            self._reading = False
             self._reader = None
             self._message = self._parse(msg)
 
@@ -192,7 +208,7 @@ class Call:
         ended, self._ended_requests = self._ended_requests, True
         if ended or self.finished or self._refusal is not None:
             return
-        if self._reader is not None:
+        if self._reader is not None and self._reading:
             try:
                 self._reader.end()
             except gm.GrpcStatusError as exc:
@@ -352,6 +368,7 @@ class Call:
         grpc-go, reset the stream (NO_ERROR) only if the client has not ended its side;
         whether it has is known once the frame being handled is (its END_STREAM flag is
         reported after its headers or data), hence the check on the next loop pass."""
+        self._reading = False
         self._reader = None
         self._message = None
         self.finish(code, message)

@@ -289,22 +289,30 @@ class MessageReader:
         self.max_bytes = max_bytes
         self.encoding = encoding
         self.single = single
-        self._buf = bytearray()
+        self._buf: bytearray | None = None  # made when a message spans payloads
         self._need = -1  # body length of the message in _buf, -1 while its prefix is partial
         self._done = False  # single, and its message is out
 
     @property
     def buffered(self) -> int:
         """Bytes held for a message not yet complete."""
-        return len(self._buf)
+        return len(self._buf) if self._buf is not None else 0
 
     def feed(self, data: bytes) -> list[bytes]:
         """The messages completed by `data`, decompressed. Raises GrpcStatusError."""
-        out: list[bytes] = []
         if self._done:
-            return out
+            return []
+        n = len(data)
+        if self._buf is None:
+            # the common case, one uncompressed message in one DATA payload
+            if n >= PREFIX_LEN and data[0] == 0 and _LEN.unpack_from(data, 1)[0] == n - 5 \
+                    and n - 5 <= self.max_bytes:
+                self._done = self.single
+                return [data[5:]]
+            self._buf = bytearray()
+        out: list[bytes] = []
         view = memoryview(data)
-        pos, n = 0, len(data)
+        pos = 0
         buf = self._buf
         while pos < n:
             if not buf and n - pos >= PREFIX_LEN:
