@@ -29,8 +29,13 @@ from google.protobuf.message import DecodeError
 from . import frames as f
 from . import grpc_messages as gm
 from .context import AbortError, Deferred, RpcContext, call_principal, status_number
+from .log_limit import RateLimitedLog, client_key
 
 log = logging.getLogger("kubekv.rpc")
+# malformed requests: a line per client per interval, never a flood
+_refusal_log = RateLimitedLog(log)
+# characters of a refusal's status message put in the log line
+LOGGED_MESSAGE_CHARS = 200
 
 _LEN = struct.Struct(">I")
 _END = object()
@@ -371,6 +376,8 @@ class Call:
         self._reading = False
         self._reader = None
         self._message = None
+        _refusal_log.info(client_key(self.conn.peername), "grpc_request_refused",
+                          "code=%d message=%r", code, message[:LOGGED_MESSAGE_CHARS])
         self.finish(code, message)
         self._cancel_handler()
         self.conn.loop.call_soon(self._reset_if_open)

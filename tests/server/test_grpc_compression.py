@@ -288,4 +288,7 @@ def test_the_server_still_serves_and_logged_no_traceback(servers):
     for server in servers.values():
         server.kv.Put(pb.PutRequest(key=b"raw/after", value=b"1"), timeout=10)
         assert server.kv.Range(pb.RangeRequest(key=b"raw/after"), timeout=10).count == 1
-    assert "Traceback" not in servers["kubekv"].log_path.read_text()
+    log = servers["kubekv"].log_path.read_text()
+    assert "Traceback" not in log
+    # dozens of refused calls from one client: one log line (rpc/log_limit.py)
+    assert log.count("event=grpc_request_refused") == 1
