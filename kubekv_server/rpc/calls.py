@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gzip
 import inspect
 import logging
 import queue
@@ -25,9 +26,15 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from . import frames as f
+from . import grpc_messages as gm
 from .context import AbortError, Deferred, RpcContext, call_principal, status_number
+from .log_limit import RateLimitedLog, client_key
 
 log = logging.getLogger("kubekv.rpc")
+# malformed requests: a line per client per interval, never a flood
+_refusal_log = RateLimitedLog(log)
+# characters of a refusal's status message put in the log line
+LOGGED_MESSAGE_CHARS = 200
 
 _LEN = struct.Struct(">I")
 _END = object()
@@ -39,6 +46,8 @@ UNKNOWN = 2
 INTERNAL = 13
 RESOURCE_EXHAUSTED = 8
 UNIMPLEMENTED = 12
+# grpc-go's gzip compressor writes at compress/gzip's default level.
+GZIP_LEVEL = 6
 
 
 def inline(fn):
@@ -83,8 +92,9 @@ class Call:
     """One gRPC call: its stream's flow-control state, request messages and response side."""
 
     __slots__ = (
-        "conn", "stream_id", "headers", "counted", "finished", "callbacks", "method", "_buf",
-        "_message", "_requests", "_headers_sent", "_task", "_writable", "_ended_requests",
+        "conn", "stream_id", "headers", "counted", "finished", "callbacks", "method", "_reader",
+        "_message", "_held", "_requests", "_headers_sent", "_task", "_writable",
+        "_ended_requests", "_gzip", "_refusal", "_encoding", "_reading",
     )
 
     def __init__(self, conn, stream_id: int, headers) -> None:
@@ -95,8 +105,16 @@ class Call:
         self.finished = False
         self.callbacks: list = []
         self.method: Method | None = None
-        self._buf = b""
-        self._message: bytes | None = None
+        # whether request DATA is still read: from start() until a unary call has its one
+        # message (grpc-go reads one and ignores the rest) or the call is refused
+        self._reading = False
+        self._encoding: str | None = None  # the request's grpc-encoding (None: identity)
+        # partial-message state, made only when a payload is not exactly one plain message
+        self._reader: gm.MessageReader | None = None
+        self._gzip = False  # the request was gzip-encoded: so are the responses (grpc-go)
+        self._refusal: tuple[int, str] | None = None  # refused at start, answered next pass
+        self._message = None  # a unary call's parsed request, until END_STREAM
+        self._held = 0  # the size of that request's message
         self._requests = None  # queue for streaming requests
         self._headers_sent = False
         self._task = None
@@ -107,10 +125,21 @@ class Call:
 
     @property
     def buffered(self) -> int:
-        """Request bytes held that no handler has taken yet (a partial or unread message)."""
-        return len(self._buf) + (len(self._message) if self._message is not None else 0)
+        """Request bytes held that no handler has taken yet: a partial message, or a unary
+        call's request waiting for the client to end its side."""
+        reader = self._reader
+        return (reader.buffered if reader is not None else 0) + self._held
 
     def start(self, method: Method) -> None:
+        try:
+            encoding = gm.request_encoding(self._header(b"grpc-encoding"))
+        except gm.GrpcStatusError as exc:
+            # refused before the handler (and grpc_prometheus's interceptor) runs, as grpc-go
+            self.refuse(exc.code, exc.message)
+            return
+        self._encoding = encoding
+        self._reading = True
+        self._gzip = encoding == "gzip"
         self.method = method
         observer = self.conn.server.observer
         if observer is not None:
@@ -118,60 +147,91 @@ class Call:
         if method.client_streaming:
             self._start_streaming_requests()
 
+    def refuse(self, code: int, message: str) -> None:
+        """Refuse a call that is not started (bad grpc-encoding, unknown method): the call
+        stays in `conn.calls`, ignoring its DATA, and answers on the next loop pass, once
+        this read's frames are in; whether the client had half-closed by then (END_STREAM
+        on the request's DATA, typically in the same read) decides the RST_STREAM, as in
+        grpc-go, whose handler goroutine writes the status after the transport read them."""
+        self._refusal = (code, message)
+        self.conn.loop.call_soon(self._refuse)
+
+    def _refuse(self) -> None:
+        if not self.finished:
+            self._fail_now(*self._refusal)
+
+    def _header(self, name: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
     def data_received(self, payload: bytes) -> None:
-        buf = self._buf + payload if self._buf else payload
-        limit = self.conn.server.max_receive_bytes
-        while len(buf) >= 5:
-            length = _LEN.unpack_from(buf, 1)[0]
-            if length > limit:
-                self._fail_now(RESOURCE_EXHAUSTED,
-                               f"grpc: received message larger than max ({length} vs. {limit})")
+        if not self._reading or self.finished:
+            return  # a unary call's extra messages (grpc-go never reads them), or refused
+        reader = self._reader
+        if reader is None:
+            n = len(payload)
+            if (n >= 5 and payload[0] == 0 and _LEN.unpack_from(payload, 1)[0] == n - 5
+                    and n - 5 <= self.conn.server.max_receive_bytes):
+                # the common case, one plain message in one DATA payload (the reader's
+                # fast path, without making one): nothing is left partial
+                self._on_message(payload[5:])
                 return
-            if len(buf) < 5 + length:
-                break
-            if buf[0]:
-                self._fail_now(UNIMPLEMENTED, "grpc: Decompressor is not installed for "
-                               "grpc-encoding \"gzip\"")
-                return
-            msg = buf[5 : 5 + length]
-            buf = buf[5 + length :]
+            reader = self._reader = gm.MessageReader(
+                self.conn.server.max_receive_bytes, self._encoding,
+                single=not self.method.client_streaming)
+        try:
+            messages = reader.feed(payload)
+        except gm.GrpcStatusError as exc:
+            self._fail_now(exc.code, exc.message)
+            return
+        for msg in messages:
             self._on_message(msg)
-            if self.finished:
+            if self.finished or not self._reading:
                 return
-        self._buf = buf
+
+    def _parse(self, msg: bytes):
+        """A request message, or None after failing the call with etcd's unmarshal error."""
+        try:
+            return self.method.request_class.FromString(msg)
+        except DecodeError:
+            exc = gm.unmarshal_status(msg, self.method.request_class.DESCRIPTOR)
+            self._fail_now(exc.code, exc.message)
+            return None
 
     def _on_message(self, msg: bytes) -> None:
         if self._requests is not None:
-            try:
-                req = self.method.request_class.FromString(msg)
-            except DecodeError as exc:
-                self._fail_now(INTERNAL, f"grpc: error unmarshalling request: {exc}")
-                return
-            self._push_request(req)
-        elif self._message is None:
-            self._message = msg
+            req = self._parse(msg)
+            if req is not None:
+                self._push_request(req)
         else:
-            self._fail_now(UNIMPLEMENTED, "grpc: unary call got more than one request message")
+            # parsed now: garbage is answered at once, as grpc-go does, even if the client
+            # keeps its side open (a good request still waits for END_STREAM to run)
+            self._reading = False
+            self._reader = None
+            self._message = self._parse(msg)
+            self._held = len(msg) if self._message is not None else 0
 
     def end_of_requests(self) -> None:
-        if self._ended_requests or self.finished:
+        ended, self._ended_requests = self._ended_requests, True
+        if ended or self.finished or self._refusal is not None:
             return
-        self._ended_requests = True
-        if self._buf:
-            self._fail_now(INTERNAL, "grpc: request message truncated")
-            return
+        if self._reader is not None and self._reading:
+            try:
+                self._reader.end()
+            except gm.GrpcStatusError as exc:
+                self._fail_now(exc.code, exc.message)
+                return
         if self._requests is not None:
             self._push_request(_END)
             return
         if self._message is None:
+            # etcd 3.5.1 never answers this call (grpc-go v1.38 writes no status for io.EOF):
+            # the client would wait for its deadline; an answer is kinder
             self._fail_now(INTERNAL, "grpc: no request message")
             return
-        try:
-            req = self.method.request_class.FromString(self._message)
-        except DecodeError as exc:
-            self._fail_now(INTERNAL, f"grpc: error unmarshalling request: {exc}")
-            return
-        self._message = None
+        req, self._message, self._held = self._message, None, 0
         if self.method.server_streaming:
             self._run_server_stream(req)
         else:
@@ -254,8 +314,7 @@ class Call:
         conn = self.conn
         if conn.server.observer is not None and self.method is not None:
             conn.server.observer.handled(self.method, OK)
-        conn.send_response(self, f.RESPONSE_HEADERS, b"\x00" + _LEN.pack(len(data)) + data,
-                           f.TRAILERS_OK)
+        conn.send_response(self, self._response_headers(), self._frame(data), f.TRAILERS_OK)
         self._run_callbacks()
 
     # --------------------------------------------------------- responses
@@ -266,9 +325,20 @@ class Call:
             return
         if not self._headers_sent:
             self._headers_sent = True
-            self.conn.send_headers(self, f.RESPONSE_HEADERS, end_stream=False)
+            self.conn.send_headers(self, self._response_headers(), end_stream=False)
         data = resp if isinstance(resp, bytes) else resp.SerializeToString()
-        self.conn.send_data(self, b"\x00" + _LEN.pack(len(data)) + data)
+        self.conn.send_data(self, self._frame(data))
+
+    def _response_headers(self) -> bytes:
+        return f.RESPONSE_HEADERS_GZIP if self._gzip else f.RESPONSE_HEADERS
+
+    def _frame(self, data: bytes) -> bytes:
+        """One response message with its prefix; gzip-compressed when the request was, as
+        grpc-go (etcd) answers a request whose grpc-encoding names a compressor it has."""
+        if self._gzip:
+            data = gzip.compress(data, GZIP_LEVEL, mtime=0)
+            return b"\x01" + _LEN.pack(len(data)) + data
+        return b"\x00" + _LEN.pack(len(data)) + data
 
     def finish(self, code: int, message: str = "") -> None:
         """End the call with a status (trailers-only if nothing was sent yet)."""
@@ -301,8 +371,16 @@ class Call:
             self.finish(UNKNOWN, str(exc))
 
     def _fail_now(self, code: int, message: str) -> None:
-        """A malformed request: answer with the status, stop reading this stream."""
-        self.finish(code, message)  # the stream ends; a client still sending gets RST_STREAM
+        """A malformed request: answer with the status, stop reading this stream. The
+        connection resets the stream (NO_ERROR) only if the client has not ended its side,
+        as grpc-go does; the HTTP/2 machine knows that as of the frame being handled."""
+        self._reading = False
+        self._reader = None
+        self._message = None
+        self._held = 0
+        _refusal_log.info(client_key(self.conn.peername), "grpc_request_refused",
+                          "code=%d message=%r", code, message[:LOGGED_MESSAGE_CHARS])
+        self.finish(code, message)
         self._cancel_handler()
 
     def cancel(self) -> None:
@@ -451,7 +529,10 @@ class Call:
             return
         if not self._headers_sent:
             self._headers_sent = True
-            self.conn.send_headers(self, f.RESPONSE_HEADERS, end_stream=False)
+            self.conn.send_headers(self, self._response_headers(), end_stream=False)
+        if self._gzip:
+            self.conn.send_data(self, b"".join([self._frame(d) for d in msgs]))
+            return
         pack = _LEN.pack
         self.conn.send_data(self, b"".join([b"\x00" + pack(len(d)) + d for d in msgs]))
 

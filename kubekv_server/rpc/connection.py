@@ -21,6 +21,7 @@ from . import frames as f
 from . import http2, limits
 from .calls import Call, Method
 from .context import AbortError, status_number
+from .grpc_messages import unknown_method_status
 from .http2_plain import PlainRequest
 from .log_limit import RateLimitedLog, client_key
 
@@ -269,8 +270,10 @@ class Http2Connection(asyncio.Protocol):
         call = Call(self, sid, headers)
         method: Method | None = server.methods.get(path)
         if method is None:
-            self.calls[sid] = call
-            call.finish(*unknown_method_status(path))
+            self.calls[sid] = call  # kept: its DATA and END_STREAM must reach it
+            call.refuse(*unknown_method_status(path, server.methods))
+            if end_stream:
+                call.end_of_requests()
             return
         guard = server.guard
         if guard is not None:
@@ -360,12 +363,6 @@ class Http2Connection(asyncio.Protocol):
             self.h2.close(f.NO_ERROR)
             self.flush()
         self.transport.close()
-
-
-def unknown_method_status(path: bytes) -> tuple[int, str]:
-    """The status of a call to a method this server does not serve."""
-    shown = path[:limits.MAX_ECHOED_PATH].decode("latin-1")
-    return 12, f"unknown method {shown}"  # UNIMPLEMENTED
 
 
 __all__ = ["Http2Connection", "AbortError", "status_number"]

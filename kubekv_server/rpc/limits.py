@@ -37,9 +37,6 @@ MAX_HEADER_LIST_SIZE = 64 << 10
 # until the HPACK table changes (a client repeats a handful of blocks).
 MAX_REMEMBERED_HEADER_BLOCKS = 64
 
-# The longest :path echoed in an error message or a log line.
-MAX_ECHOED_PATH = 256
-
 # ------------------------------------------------------------------ streams
 
 # Streams one connection may have open at once, whatever --max-concurrent-streams says

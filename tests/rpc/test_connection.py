@@ -14,7 +14,7 @@ import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server.rpc import frames as f
-from kubekv_server.rpc import limits
+from kubekv_server.rpc import grpc_messages, limits
 from kubekv_server.rpc.calls import Method, inline
 from kubekv_server.rpc.connection import Http2Connection
 from kubekv_server.rpc.server import RpcServer
@@ -175,7 +175,7 @@ def test_unknown_method_message_is_bounded(loop, server):
     response = next(e for e in events if isinstance(e, h2.events.ResponseReceived))
     fields = dict(response.headers)
     assert fields[b"grpc-status"] == b"12"
-    assert len(fields[b"grpc-message"]) <= limits.MAX_ECHOED_PATH + 100
+    assert len(fields[b"grpc-message"]) <= grpc_messages.MAX_ECHOED_NAME + 100
 
 
 def test_partial_bodies_run_out_of_connection_window(loop, server):
