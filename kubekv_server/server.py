@@ -36,10 +36,13 @@ from .member import CLUSTER_VERSION, SERVER_VERSION, Member
 from .member_metrics import MemberMetrics
 from .rpc.context import request_tls
 from .rpc.http1 import Http1Protocol
+from .rpc.log_limit import RateLimitedLog
 from .rpc.server import RpcServer
 from .tls import client_cert_check, client_ssl_context, load_crl
 
 log = logging.getLogger("kubekv.server")
+# requests refused by --host-whitelist: one line a minute, however many arrive
+_rejections = RateLimitedLog(log)
 
 # etcd accepts requests up to --max-request-bytes plus this much gRPC framing.
 GRPC_OVERHEAD_BYTES = 512 * 1024
@@ -156,8 +159,8 @@ class ClientServer:
         if not request_tls.get():
             host = hostname(headers)
             if not self.access.host_allowed(host):
-                log.warning('msg="rejecting HTTP request to prevent DNS rebinding attacks" '
-                            "host=%s", host)
+                _rejections.warning("*", "host_rejected", 'msg="rejecting HTTP request to '
+                                    'prevent DNS rebinding attacks" host=%r', host[:64])
                 return 421, "text/plain; charset=utf-8", self.access.rejection(host), [
                     ("X-Content-Type-Options", "nosniff")]
         if method == "OPTIONS":  # etcd answers every preflight itself

@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 from . import frames as f
 from . import grpc_messages as gm
 from .context import AbortError, Deferred, RpcContext, call_principal, status_number
-from .log_limit import RateLimitedLog, client_key
+from .log_limit import RateLimitedLog, client_key, short_error
 
 log = logging.getLogger("kubekv.rpc")
 # malformed requests: a line per client per interval, never a flood
@@ -365,9 +365,11 @@ class Call:
             if isinstance(code, grpc.StatusCode):  # an EtcdError that escaped a handler
                 self.finish(status_number(code), getattr(exc, "message", str(exc)))
                 return
-            log.error("event=handler_failed method=%s error=%r",
-                      self.method.path.decode() if self.method else "?", exc,
-                      exc_info=(type(exc), exc, exc.__traceback__))
+            # a bug in a handler: its traceback, but at most once a minute per client
+            _refusal_log.error(client_key(self.conn.peername), "handler_failed",
+                               "method=%s error=%s",
+                               self.method.path.decode() if self.method else "?",
+                               short_error(exc), exc_info=(type(exc), exc, exc.__traceback__))
             self.finish(UNKNOWN, str(exc))
 
     def _fail_now(self, code: int, message: str) -> None:

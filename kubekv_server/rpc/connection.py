@@ -179,7 +179,7 @@ class Http2Connection(asyncio.Protocol):
             for event in h2.next_events():
                 self._dispatch(event)
         except Exception:  # noqa: BLE001 - a bug must not take the loop down with it
-            log.exception("event=connection_failed peer=%s", self._client)
+            violations.error(self._client, "connection_failed", exc_info=True)
             h2.terminate(f.INTERNAL_ERROR, "internal error")
             self._terminated = True
         if self.h2.established and self._preface_timer is not None:

@@ -16,7 +16,7 @@ from email.utils import formatdate
 import h11
 
 from .context import request_tls
-from .log_limit import RateLimitedLog, client_key
+from .log_limit import RateLimitedLog, client_key, short_error
 
 log = logging.getLogger("kubekv.http")
 _limited = RateLimitedLog(log)
@@ -565,7 +565,8 @@ class Http1Handler:
             return
         exc = task.exception()
         if exc is not None:
-            log.error("event=http_handler_failed error=%r", exc)
+            _limited.error(self._peer, "http_handler_failed", "error=%s", short_error(exc),
+                       exc_info=(type(exc), exc, exc.__traceback__))
             self._reply(500, b"internal error\n", close=True)
             return
         status, content_type, body, *extra = task.result()
@@ -621,7 +622,9 @@ class Http1Handler:
         if task.cancelled():
             return
         if task.exception() is not None:
-            log.error("event=http_stream_failed error=%r", task.exception())
+            exc = task.exception()
+            _limited.error(self._peer, "http_stream_failed", "error=%s", short_error(exc),
+                       exc_info=(type(exc), exc, exc.__traceback__))
             close = True
         if close or self._http10:
             self._close()

@@ -12,8 +12,10 @@ from . import frames as f
 from .calls import Call
 from .context import request_tls
 from .http1 import STREAM_HIGH_WATER, response_fields
+from .log_limit import RateLimitedLog, client_key, short_error
 
 log = logging.getLogger("kubekv.http")
+failures = RateLimitedLog(log)
 
 MAX_BODY = 8 << 20
 
@@ -60,7 +62,8 @@ class PlainRequest(Call):
             return
         exc = task.exception()
         if exc is not None:
-            log.error("event=http_handler_failed error=%r", exc)
+            failures.error(client_key(self.conn.peername), "http_handler_failed", "error=%s",
+                           short_error(exc), exc_info=(type(exc), exc, exc.__traceback__))
             self._answer(500, "text/plain; charset=utf-8", b"internal error\n", ())
             return
         status, content_type, body, *extra = task.result()

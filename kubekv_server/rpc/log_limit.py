@@ -19,6 +19,16 @@ LOG_INTERVAL = 60.0
 MAX_TRACKED_CLIENTS = 4096
 
 
+# The most of an exception's text (which may quote client input) put in a log line.
+MAX_LOGGED_ERROR = 200
+
+
+def short_error(exc: BaseException) -> str:
+    """An exception's repr, cut to MAX_LOGGED_ERROR characters."""
+    text = repr(exc)
+    return text if len(text) <= MAX_LOGGED_ERROR else text[:MAX_LOGGED_ERROR] + "..."
+
+
 def client_key(peername) -> str:
     """The client a connection belongs to for rate limiting: its address without the port."""
     if isinstance(peername, tuple) and peername:
@@ -38,7 +48,8 @@ class RateLimitedLog:
         # (client, event) -> [time of the last line, lines swallowed since]
         self._seen: collections.OrderedDict[tuple[str, str], list] = collections.OrderedDict()
 
-    def log(self, level: int, client: str, event: str, fmt: str = "", *args) -> bool:
+    def log(self, level: int, client: str, event: str, fmt: str = "", *args,
+            exc_info=None) -> bool:
         """Log `event=<event> peer=<client> <fmt % args>` unless this client logged the same
         event less than `interval` ago. Returns whether the line was written."""
         key = (client, event)
@@ -59,8 +70,11 @@ class RateLimitedLog:
             text += " " + (fmt % args if args else fmt)
         if suppressed:
             text += f" suppressed={suppressed}"
-        self._log.log(level, text)
+        self._log.log(level, text, exc_info=exc_info)
         return True
+
+    def error(self, client: str, event: str, fmt: str = "", *args, exc_info=None) -> bool:
+        return self.log(logging.ERROR, client, event, fmt, *args, exc_info=exc_info)
 
     def info(self, client: str, event: str, fmt: str = "", *args) -> bool:
         return self.log(logging.INFO, client, event, fmt, *args)
