@@ -44,7 +44,8 @@ def row(m: hostile.Measurement, expect: hostile.Expect | None) -> list[str]:
     ok = "" if expect is None else ("ok" if expect.met(m.result) else "WRONG")
     return [
         _fmt_lat(m), str(m.probe_answers),
-        f"{_fmt_mb(m.rss_before)}/{_fmt_mb(m.rss_peak)}/{_fmt_mb(m.rss_after)}",
+        f"{_fmt_mb(m.rss_before)}/{_fmt_mb(m.rss_peak)}/{_fmt_mb(m.rss_after)}"
+        f" (anon +{_fmt_mb(max(0, m.anon_peak - m.anon_before))})",
         (m.result.answer()[:48] + (f" [{ok}]" if ok else "")),
         str(m.tracebacks), "yes" if m.answers_after else "NO",
     ]

@@ -734,11 +734,12 @@ def unknown_method_long_path(host: str, port: int, *, path_bytes: int = 100_000,
     return r
 
 
-def partial_bodies(host: str, port: int, *, streams: int = 400, per_stream: int = 32 << 10,
-                   connections: int = 4, hold: float = 2.0, duration: float = 5.0
+def partial_bodies(host: str, port: int, *, streams: int = 400, connections: int = 4,
+                   max_bytes: int = 160 << 20, hold: float = 2.0, duration: float = 5.0
                    ) -> AttackResult:
-    """Many streams whose gRPC length prefix announces 1 MB, of which only `per_stream`
-    bytes arrive, never END_STREAM; held open `hold` seconds, then closed."""
+    """Many streams whose gRPC length prefix announces 1 MB, never END_STREAM, each sent
+    as much of it as the server's advertised stream window allows (all but 16 KB of it,
+    at most 1 MB - 1), up to `max_bytes` in all; held open `hold` seconds, then closed."""
     r = AttackResult("partial_bodies")
     t0 = time.monotonic()
     deadline = t0 + duration
@@ -746,9 +747,14 @@ def partial_bodies(host: str, port: int, *, streams: int = 400, per_stream: int 
     try:
         for c in conns:
             c.handshake()
+        window = conns[0].server_settings.get(S_INITIAL_WINDOW_SIZE, 65535)
+        per_stream = max(1024, min(window - DEFAULT_MAX_FRAME, (1 << 20) - 1))
+        r.notes.append(f"per_stream={per_stream}")
         head = b"\x00" + struct.pack(">I", 1 << 20)
         body = head + b"p" * (per_stream - len(head))
         for i in range(streams):
+            if sum(c.sent for c in conns) + per_stream > max_bytes:
+                break
             c = conns[i % connections]
             sid = 1 + 2 * (i // connections)
             data = [frame(HEADERS, END_HEADERS, sid, request_block(RANGE_PATH, c.authority))]
@@ -1062,6 +1068,11 @@ def _http1(name: str, request: bytes | Callable[[], Iterator[bytes]]
     return attack
 
 
+# A valid JSON RangeRequest (key "hi"): 14 bytes, 0xe. A body of `{}` would be refused
+# with 400 by any server (no key), hiding whether the framing was refused.
+_H1_BODY = b'{"key":"aGk="}'
+
+
 def _h1_head(extra: bytes, body: bytes = b"") -> bytes:
     return (b"POST /v3/kv/range HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: application/json\r\n" + extra + b"\r\n" + body)
@@ -1075,21 +1086,26 @@ def _huge_head() -> Iterator[bytes]:
     yield b"\r\n"
 
 
+def _chunked(size_line: bytes) -> bytes:
+    return _h1_head(b"Transfer-Encoding: chunked\r\n",
+                    size_line + b"\r\n" + _H1_BODY + b"\r\n0\r\n\r\n")
+
+
 HTTP1: dict[str, tuple[Callable[..., AttackResult], Expect]] = {
-    "h1_chunk_size_negative": (_http1("h1_chunk_size_negative", _h1_head(
-        b"Transfer-Encoding: chunked\r\n", b"-6\r\n{}\r\n0\r\n\r\n")),
-        Expect(http=frozenset({400}))),
-    "h1_chunk_size_0x_prefix": (_http1("h1_chunk_size_0x_prefix", _h1_head(
-        b"Transfer-Encoding: chunked\r\n", b"0x2\r\n{}\r\n0\r\n\r\n")),
-        Expect(http=frozenset({400}))),
-    "h1_chunk_size_underscore": (_http1("h1_chunk_size_underscore", _h1_head(
-        b"Transfer-Encoding: chunked\r\n", b"0_2\r\n{}\r\n0\r\n\r\n")),
-        Expect(http=frozenset({400}))),
+    # Go's net/http reads chunk sizes as bare hex digits only (400 otherwise)
+    "h1_chunk_size_negative": (_http1("h1_chunk_size_negative", _chunked(b"-6")),
+                               Expect(http=frozenset({400}))),
+    "h1_chunk_size_0x_prefix": (_http1("h1_chunk_size_0x_prefix", _chunked(b"0xe")),
+                                Expect(http=frozenset({400}))),
+    "h1_chunk_size_underscore": (_http1("h1_chunk_size_underscore", _chunked(b"0_e")),
+                                 Expect(http=frozenset({400}))),
+    "h1_chunk_size_plus": (_http1("h1_chunk_size_plus", _chunked(b"+e")),
+                           Expect(http=frozenset({400}))),
     "h1_transfer_encoding_xchunked": (_http1("h1_transfer_encoding_xchunked", _h1_head(
-        b"Transfer-Encoding: xchunked\r\n", b"2\r\n{}\r\n0\r\n\r\n")),
+        b"Transfer-Encoding: xchunked\r\n", b"e\r\n" + _H1_BODY + b"\r\n0\r\n\r\n")),
         Expect(http=frozenset({400, 501}))),
     "h1_conflicting_content_length": (_http1("h1_conflicting_content_length", _h1_head(
-        b"Content-Length: 2\r\nContent-Length: 3\r\n", b"{}x")),
+        b"Content-Length: 15\r\nContent-Length: 14\r\n", _H1_BODY + b" ")),
         Expect(http=frozenset({400}))),
     "h1_huge_head": (_http1("h1_huge_head", _huge_head), Expect(http=frozenset({400, 431}))),
 }
@@ -1231,22 +1247,25 @@ class RssSampler:
     def __init__(self, pid: int, interval: float = 0.02) -> None:
         self.pid, self.interval = pid, interval
         self.samples: list[int] = []
+        self.anon: list[int] = []
         self.hwm_start = vm_status(pid).get("VmHWM", 0)
         self.hwm_end = self.hwm_start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _sample(self) -> None:
+        st = vm_status(self.pid)
+        if "VmRSS" in st:
+            self.samples.append(st["VmRSS"])
+            self.anon.append(st.get("RssAnon", 0))
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            rss = vm_status(self.pid).get("VmRSS")
-            if rss is not None:
-                self.samples.append(rss)
+            self._sample()
             self._stop.wait(self.interval)
 
     def start(self) -> RssSampler:
-        rss = vm_status(self.pid).get("VmRSS")
-        if rss is not None:
-            self.samples.append(rss)
+        self._sample()
         self._thread.start()
         return self
 
@@ -1268,12 +1287,13 @@ class RssSampler:
 
 
 def vm_status(pid: int) -> dict[str, int]:
-    """VmRSS, VmHWM (in bytes) from /proc/PID/status; {} when the process is gone."""
+    """VmRSS, VmHWM, RssAnon (in bytes) from /proc/PID/status; {} once the process is
+    gone. RssAnon leaves out file-backed pages (LMDB's and bbolt's mmap)."""
     out: dict[str, int] = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
+                if line.startswith(("VmRSS:", "VmHWM:", "RssAnon:")):
                     key, value = line.split(":", 1)
                     out[key] = int(value.split()[0]) * 1024
     except OSError:
@@ -1296,6 +1316,8 @@ class Measurement:
     tracebacks: int
     log_lines: int
     answers_after: bool
+    anon_before: int = 0
+    anon_peak: int = 0
 
     @property
     def probe_max(self) -> float | None:
@@ -1319,6 +1341,7 @@ class Measurement:
             "probe_failed": sum(1 for x in self.probe_latencies if x is None),
             "probe_answers": self.probe_answers, "rss_before": self.rss_before,
             "rss_peak": self.rss_peak, "rss_after": self.rss_after,
+            "anon_before": self.anon_before, "anon_peak": self.anon_peak,
             "tracebacks": self.tracebacks, "log_lines": self.log_lines,
             "answers_after": self.answers_after,
         }
@@ -1366,7 +1389,8 @@ def measure(attack: Attack, host: str, port: int, pid: int, log_path: pathlib.Pa
         text = f.read(16 << 20).decode("utf-8", "replace")
     return Measurement(
         attack.name, result, [lat for _, lat, _ in probe.window(t0, t1)],
-        rss.before, rss.peak, rss_after, text.count("Traceback"), text.count("\n"), alive)
+        rss.before, rss.peak, rss_after, text.count("Traceback"), text.count("\n"), alive,
+        rss.anon[0] if rss.anon else 0, max(rss.anon, default=0))
 
 
 def _main(argv: list[str]) -> None:
