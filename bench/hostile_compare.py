@@ -40,14 +40,17 @@ def _fmt_lat(m: hostile.Measurement) -> str:
     return f"{m.probe_max * 1000:.0f}ms"
 
 
-def row(m: hostile.Measurement, expect: hostile.Expect | None) -> list[str]:
+def row(m: hostile.Measurement, attack: hostile.Attack) -> list[str]:
+    expect = attack.expect
     ok = "" if expect is None else ("ok" if expect.met(m.result) else "WRONG")
+    over = " OVER" if m.rss_growth_mb > attack.rss_bound_mb else ""
     return [
         _fmt_lat(m), str(m.probe_answers),
         f"{_fmt_mb(m.rss_before)}/{_fmt_mb(m.rss_peak)}/{_fmt_mb(m.rss_after)}"
-        f" (anon +{_fmt_mb(max(0, m.anon_peak - m.anon_before))})",
+        f" (anon +{_fmt_mb(max(0, m.anon_peak - m.anon_before))}){over}",
         (m.result.answer()[:48] + (f" [{ok}]" if ok else "")),
         str(m.tracebacks), "yes" if m.answers_after else "NO",
+        "pass" if not hostile.problems(attack, m) else "FAIL",
     ]
 
 
@@ -82,8 +85,9 @@ def main() -> int:
                         **m.to_json(), "expected": attack.expect.describe() if attack.expect
                         else None,
                         "answer_ok": attack.expect.met(m.result) if attack.expect else None,
+                        "problems": hostile.problems(attack, m),
                         "wall_s": round(time.monotonic() - t0, 2)}
-                    print(f"# {kind:6} {attack.name:32} " + " | ".join(row(m, attack.expect)),
+                    print(f"# {kind:6} {attack.name:32} " + " | ".join(row(m, attack)),
                           flush=True)
                     if attack.wedges or not m.answers_after:
                         proc.stop(timeout=3)
@@ -91,14 +95,14 @@ def main() -> int:
             finally:
                 proc.stop(timeout=5)
 
-    head = ["attack"] + [f"{s} {c}" for s in servers
-                         for c in ("probe max", "answers", "RSS MB b/p/a", "answer", "tb", "up")]
+    columns = ("probe max", "answers", "RSS MB b/p/a", "answer", "tb", "up", "bar")
+    head = ["attack"] + [f"{s} {c}" for s in servers for c in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for attack in attacks:
         cells = [attack.name]
         for kind in servers:
             m = table[attack.name].get(kind)
-            cells += row(m, attack.expect) if m else ["-"] * 6
+            cells += row(m, attack) if m else ["-"] * 7
         lines.append("| " + " | ".join(cells) + " |")
     print("\n".join(lines))
     out = pathlib.Path(args.out) if args.out else ROOT / "bench" / "results" / (

@@ -5,11 +5,11 @@ time and bytes) while a well-behaved client in its own process issues a KV Range
 ~100 ms, and asserts, collecting every violation before failing:
 
 - every probe request during the attack (and the second after its start) answered within
-  PROBE_BUDGET_S, and at least MIN_PROBE_ANSWERS of them;
+  hostile.PROBE_BUDGET_S (1 s), and at least hostile.MIN_PROBE_ANSWERS of them;
 - the server's peak RSS grew by at most the attack's bound (hostile.RSS_BOUND_MB unless
   the attack names another; etcd 3.5.1 stays within it: bench/hostile_compare.py);
-- no `Traceback` in the server log, and at most LOG_LINES_BOUND new log lines (violations
-  are logged once per client per interval, not once per connection);
+- no `Traceback` in the server log, and at most hostile.LOG_LINES_BOUND new log lines
+  (violations are logged once per client per interval, not once per connection);
 - the server answers a fresh client after the attack;
 - where the protocol demands an answer (GOAWAY code, RST_STREAM, HTTP 400/431/501), the
   attacker got one of the equally valid ones (hostile.Expect).
@@ -27,12 +27,6 @@ from kubekv_testing import hostile
 from tests import harness
 
 HOST = "127.0.0.1"
-# A bystander's request must be answered within this during any attack (issue 9).
-PROBE_BUDGET_S = 1.0
-# Probe answers required in the attack window (the probe asks every ~100 ms for >= 1 s).
-MIN_PROBE_ANSWERS = 3
-# New server log lines one attack may cause: violations are rate-limited per client.
-LOG_LINES_BOUND = 20
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -64,33 +58,6 @@ def own_server(tmp_path):
     proc.stop(timeout=3)
 
 
-def problems(attack: hostile.Attack, m: hostile.Measurement) -> list[str]:
-    """Everything the measurement shows wrong, one line each."""
-    out = []
-    failed = [x for x in m.probe_latencies if x is None]
-    slow = [round(x, 3) for x in m.probe_latencies if x is not None and x > PROBE_BUDGET_S]
-    if failed:
-        out.append(f"{len(failed)} probe requests failed or timed out")
-    if slow:
-        out.append(f"probe answers slower than {PROBE_BUDGET_S}s: {slow}")
-    if m.probe_answers < MIN_PROBE_ANSWERS:
-        out.append(f"only {m.probe_answers} probe answers during the attack")
-    if m.rss_growth_mb > attack.rss_bound_mb:
-        out.append(f"RSS grew {m.rss_growth_mb:.0f} MB > {attack.rss_bound_mb} MB "
-                   f"({m.rss_before >> 20} -> {m.rss_peak >> 20} MB)")
-    if m.tracebacks:
-        out.append(f"{m.tracebacks} tracebacks in the server log")
-    if m.log_lines > LOG_LINES_BOUND:
-        out.append(f"{m.log_lines} log lines > {LOG_LINES_BOUND}")
-    if not m.answers_after:
-        out.append("server does not answer after the attack")
-    if attack.expect is not None and not attack.expect.met(m.result):
-        out.append(f"attacker got [{m.result.answer()}], expected {attack.expect.describe()}")
-    if m.result.longest_grpc_message > hostile.MAX_ECHOED_MESSAGE:
-        out.append(f"error message of {m.result.longest_grpc_message} bytes echoes input")
-    return out
-
-
 def test_raw_client_makes_a_real_call(server):
     """The attack client's framing is right: a plain call through it succeeds, so a
     failing attack test fails because of the attack, not of the tooling."""
@@ -109,5 +76,5 @@ def test_raw_client_makes_a_real_call(server):
 def test_attack(attack: hostile.Attack, request):
     srv = request.getfixturevalue("own_server" if attack.wedges else "server")
     m = hostile.measure(attack, HOST, srv.port, srv.proc.pid, srv.log_path)
-    found = problems(attack, m)
+    found = hostile.problems(attack, m)
     assert not found, f"{attack.name}: " + "; ".join(found) + f"\n{srv.log_tail(10)}"
