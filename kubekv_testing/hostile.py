@@ -838,6 +838,7 @@ def stalled_watcher(host: str, port: int, *, total_bytes: int = 20 << 20,
     from etcdproto.etcdserverpb import rpc_pb2 as pb
     from etcdproto.etcdserverpb import rpc_pb2_grpc
 
+    _check_host(host)
     r = AttackResult("stalled_watcher")
     t0 = time.monotonic()
     deadline = t0 + duration
@@ -1367,6 +1368,7 @@ def answers(host: str, port: int, timeout: float = 2.0) -> bool:
     from etcdproto.etcdserverpb import rpc_pb2 as pb
     from etcdproto.etcdserverpb import rpc_pb2_grpc
 
+    _check_host(host)
     with grpc.insecure_channel(f"{host}:{port}") as ch:
         try:
             rpc_pb2_grpc.KVStub(ch).Range(pb.RangeRequest(key=b"probe"), timeout=timeout)
