@@ -440,7 +440,8 @@ class ServerConnection:
         known = self._indexed_blocks.get(block, False)
         if known is not False:
             return known
-        indexed = bool(block) and all(b & 0x80 and b != 0xFF and b != 0x80 for b in block)
+        indexed = 0 < len(block) <= limits.MAX_INDEXED_FAST_PATH and all(
+            b & 0x80 and b != 0xFF and b != 0x80 for b in block)
         headers = self._decode(block, indexed)
         stream = Stream(0, 0, 0)
         result = (headers, stream.content_length) if _valid_request(headers, stream) else None

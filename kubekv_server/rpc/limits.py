@@ -21,17 +21,24 @@ MAX_PEER_MAX_FRAME_SIZE = (1 << 24) - 1
 
 # A header block (HEADERS + CONTINUATION payloads, still compressed) larger than this
 # ends the connection while it accumulates: it bounds the memory and the HPACK work a
-# block can cost. A gRPC request's headers are a few hundred bytes (an auth token ~1 KiB).
-MAX_HEADER_BLOCK_BYTES = 64 << 10
+# block can cost. A gRPC request's headers are a few hundred bytes (an auth token ~1 KiB);
+# this leaves room for unusual metadata (etcd's own limit, grpc-go's, is 16 MiB).
+MAX_HEADER_BLOCK_BYTES = 256 << 10
 
 # CONTINUATION frames one header block may have: empty ones cost work without growing
-# the block (the 2024 "CONTINUATION flood"); 64 KiB fits in 4 frames of 16 KiB.
+# the block (the 2024 "CONTINUATION flood"); 256 KiB fits in 16 frames of 16 KiB.
 MAX_CONTINUATION_FRAMES = 32
 
 # The decoded header list (RFC 9113 §6.5.2 size: name + value + 32 per field) we accept,
 # advertised as SETTINGS_MAX_HEADER_LIST_SIZE and enforced while decoding, so that a block
-# of one-byte references to a large table entry (an "HPACK bomb") stops early.
-MAX_HEADER_LIST_SIZE = 64 << 10
+# of one-byte references to a large table entry (an "HPACK bomb") stops early: at most
+# a few thousand references (a few ms) are decoded before the connection ends.
+MAX_HEADER_LIST_SIZE = 256 << 10
+
+# Header blocks up to this long made only of one-byte table references are decoded by
+# direct lookup (a client's repeated calls); longer ones go through the decoder, which
+# stops at MAX_HEADER_LIST_SIZE as it goes.
+MAX_INDEXED_FAST_PATH = 256
 
 # Distinct all-indexed header blocks whose decoded, validated request is remembered
 # until the HPACK table changes (a client repeats a handful of blocks).
