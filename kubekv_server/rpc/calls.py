@@ -20,6 +20,7 @@ import logging
 import queue
 import struct
 import threading
+import zlib
 from dataclasses import dataclass
 
 import grpc
@@ -94,7 +95,7 @@ class Call:
     __slots__ = (
         "conn", "stream_id", "headers", "counted", "finished", "callbacks", "method", "_reader",
         "_message", "_held", "_requests", "_headers_sent", "_task", "_writable",
-        "_ended_requests", "_gzip", "_refusal", "_encoding", "_reading",
+        "_ended_requests", "_compress", "_refusal", "_encoding", "_reading",
     )
 
     def __init__(self, conn, stream_id: int, headers) -> None:
@@ -111,7 +112,8 @@ class Call:
         self._encoding: str | None = None  # the request's grpc-encoding (None: identity)
         # partial-message state, made only when a payload is not exactly one plain message
         self._reader: gm.MessageReader | None = None
-        self._gzip = False  # the request was gzip-encoded: so are the responses (grpc-go)
+        # the request's encoding, which the responses use too (grpc-go): None, gzip, deflate
+        self._compress: str | None = None
         self._refusal: tuple[int, str] | None = None  # refused at start, answered next pass
         self._message = None  # a unary call's parsed request, until END_STREAM
         self._held = 0  # the size of that request's message
@@ -139,7 +141,7 @@ class Call:
             return
         self._encoding = encoding
         self._reading = True
-        self._gzip = encoding == "gzip"
+        self._compress = encoding
         self.method = method
         observer = self.conn.server.observer
         if observer is not None:
@@ -330,13 +332,18 @@ class Call:
         self.conn.send_data(self, self._frame(data))
 
     def _response_headers(self) -> bytes:
-        return f.RESPONSE_HEADERS_GZIP if self._gzip else f.RESPONSE_HEADERS
+        if self._compress is None:
+            return f.RESPONSE_HEADERS
+        return f.RESPONSE_HEADERS_GZIP if self._compress == "gzip" else f.RESPONSE_HEADERS_DEFLATE
 
     def _frame(self, data: bytes) -> bytes:
-        """One response message with its prefix; gzip-compressed when the request was, as
+        """One response message with its prefix; compressed when the request was, as
         grpc-go (etcd) answers a request whose grpc-encoding names a compressor it has."""
-        if self._gzip:
-            data = gzip.compress(data, GZIP_LEVEL, mtime=0)
+        if self._compress is not None:
+            if self._compress == "gzip":
+                data = gzip.compress(data, GZIP_LEVEL, mtime=0)
+            else:
+                data = zlib.compress(data, GZIP_LEVEL)
             return b"\x01" + _LEN.pack(len(data)) + data
         return b"\x00" + _LEN.pack(len(data)) + data
 
@@ -532,7 +539,7 @@ class Call:
         if not self._headers_sent:
             self._headers_sent = True
             self.conn.send_headers(self, self._response_headers(), end_stream=False)
-        if self._gzip:
+        if self._compress is not None:
             self.conn.send_data(self, b"".join([self._frame(d) for d in msgs]))
             return
         pack = _LEN.pack

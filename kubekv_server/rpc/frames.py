@@ -133,9 +133,11 @@ def literal_indexed_name(index: int, value: bytes) -> bytes:
 STATUS_200 = b"\x88"  # static table entry 8: ":status: 200"
 CONTENT_TYPE_GRPC = literal_indexed_name(31, b"application/grpc")  # 31: content-type
 RESPONSE_HEADERS = STATUS_200 + CONTENT_TYPE_GRPC
-# Responses to a gzip-encoded request are gzip-encoded too (grpc-go, so etcd 3.5.1).
-# Neither carries grpc-accept-encoding: etcd's grpc-go (v1.38) sends none.
+# Responses to a gzip-encoded request are gzip-encoded too (grpc-go, so etcd 3.5.1), and
+# to a deflate one deflate-encoded (by the same rule). None carries grpc-accept-encoding:
+# etcd's grpc-go (v1.38) sends none, and a client sees these headers.
 RESPONSE_HEADERS_GZIP = RESPONSE_HEADERS + literal(b"grpc-encoding", b"gzip")
+RESPONSE_HEADERS_DEFLATE = RESPONSE_HEADERS + literal(b"grpc-encoding", b"deflate")
 
 
 def grpc_message_escape(message: str) -> bytes:
