@@ -6,4 +6,6 @@
   random put/get/delete/CAS workload driver over etcd's gRPC KV API.
 - `fault_proxy`: a controllable TCP proxy for member peer links (cut, heal, delay, drop,
   partitions), on 127.0.0.1 only.
+- `pki`: throwaway CAs, certificates, keys and CRLs for TLS and JWT tests (no `openssl`
+  command-line tool needed).
 """

@@ -10,7 +10,10 @@ simple  "<16 random letters>.<raft index>": the random part is chosen by the mem
 jwt     `jwt,pub-key=F,priv-key=F,sign-method=RS256,ttl=5m`: claims username,
         revision and exp, signed with the private key; any member verifies them
         alone. The auth revision inside the token makes it stale (etcd's "revision
-        of auth store is old") once users, roles or permissions change.
+        of auth store is old") once users, roles or permissions change. The sign
+        methods are those of etcd's JWT library: RS256/384/512 and PS256/384/512
+        (RSA keys), ES256/384/512 (ECDSA keys), HS256/384/512 (the priv-key file's
+        bytes are the secret); signatures are made and checked by `cryptography`.
 """
 
 from __future__ import annotations
@@ -24,9 +27,16 @@ import string
 import threading
 import time
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
 from ..config import parse_duration
-from ..der import DERError
-from .rsa import PrivateKey, PublicKey, load_private_key, load_public_key
 
 SIMPLE_TOKEN_LENGTH = 16
 _LETTERS = string.ascii_lowercase + string.ascii_uppercase
@@ -106,6 +116,16 @@ def _unb64(text: str) -> bytes:
 
 
 _HMAC = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
+_DIGESTS = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
+# RSASSA-PKCS1-v1_5 (RS*) and RSASSA-PSS (PS*) take RSA keys
+_RSA_METHODS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
+# ES*: the curve jwt-go demands of the signing key, and the bytes of r and of s in a
+# JWS signature (RFC 7518 3.4: r || s, each as wide as the curve's order)
+_EC_METHODS = {"ES256": (ec.SECP256R1, 32), "ES384": (ec.SECP384R1, 48),
+               "ES512": (ec.SECP521R1, 66)}
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 
 class JWTTokens:
@@ -117,10 +137,15 @@ class JWTTokens:
         self.sign_method = sign_method
         self.ttl = ttl
         self.private = private
-        self.public = public if private is None else private.public
+        # etcd verifies with the private key's own half when it has one
+        self.public = public if private is None else private.public_key()
         self.secret = secret
         self.clock = clock
-        self.verify_only = sign_method == "RS256" and private is None
+        self.verify_only = sign_method not in _HMAC and private is None
+        self._digest = _DIGESTS.get(sign_method[2:], hashes.SHA256)
+
+    def _pss(self, salt_length) -> padding.PSS:
+        return padding.PSS(mgf=padding.MGF1(self._digest()), salt_length=salt_length)
 
     # the simple-token hooks are no-ops for JWTs
     def enable(self) -> None: ...
@@ -133,15 +158,36 @@ class JWTTokens:
         return ""
 
     def _sign(self, data: bytes) -> bytes:
-        if self.sign_method == "RS256":
-            return self.private.sign(data)
-        return hmac.new(self.secret, data, _HMAC[self.sign_method]).digest()
+        method = self.sign_method
+        if method in _HMAC:
+            return hmac.new(self.secret, data, _HMAC[method]).digest()
+        if method.startswith("RS"):
+            return self.private.sign(data, padding.PKCS1v15(), self._digest())
+        if method.startswith("PS"):  # jwt-go signs with a salt as long as the hash
+            return self.private.sign(data, self._pss(padding.PSS.DIGEST_LENGTH), self._digest())
+        r, s = decode_dss_signature(self.private.sign(data, ec.ECDSA(self._digest())))
+        width = _EC_METHODS[method][1]
+        return r.to_bytes(width, "big") + s.to_bytes(width, "big")
 
     def _verify(self, data: bytes, sig: bytes) -> bool:
-        if self.sign_method == "RS256":
-            return self.public.verify(data, sig)
-        return hmac.compare_digest(hmac.new(self.secret, data, _HMAC[self.sign_method]).digest(),
-                                   sig)
+        method = self.sign_method
+        if method in _HMAC:
+            return hmac.compare_digest(hmac.new(self.secret, data, _HMAC[method]).digest(), sig)
+        try:
+            if method.startswith("RS"):
+                self.public.verify(sig, data, padding.PKCS1v15(), self._digest())
+            elif method.startswith("PS"):  # jwt-go verifies any salt length
+                self.public.verify(sig, data, self._pss(padding.PSS.AUTO), self._digest())
+            else:
+                width = _EC_METHODS[method][1]
+                if len(sig) != 2 * width:
+                    return False
+                der = encode_dss_signature(int.from_bytes(sig[:width], "big"),
+                                           int.from_bytes(sig[width:], "big"))
+                self.public.verify(der, data, ec.ECDSA(self._digest()))
+        except InvalidSignature:
+            return False
+        return True
 
     def assign(self, username: str, revision: int, index: int = 0, prefix: str = "") -> str:
         if self.verify_only:
@@ -220,20 +266,62 @@ def _jwt(opts: dict[str, str]) -> JWTTokens:
         if not priv:
             raise TokenConfigError("auth: missing key data")
         return JWTTokens(method, ttl, secret=priv)
-    if method != "RS256":
-        raise TokenConfigError("auth: invalid auth signature method"
-                               if method not in ("RS384", "RS512", "PS256", "PS384", "PS512",
-                                                 "ES256", "ES384", "ES512")
-                               else f"kubekv: sign-method {method} is not supported (RS256, HS*)")
-    try:
-        private = load_private_key(priv) if priv else None
-        public = load_public_key(pub) if pub else None
-    except DERError as exc:  # KeyError_ is one: any unreadable key
-        raise TokenConfigError(str(exc)) from None
+    if method in _RSA_METHODS:
+        private_type, public_type, name = rsa.RSAPrivateKey, rsa.RSAPublicKey, "RSA"
+    elif method in _EC_METHODS:
+        private_type, public_type = ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey
+        name = "ECDSA"
+    else:
+        raise TokenConfigError("auth: invalid auth signature method")
+    private = _private_key(priv, private_type, name) if priv else None
+    public = _public_key(pub, public_type, name) if pub else None
     if private is None and public is None:
         raise TokenConfigError("auth: missing key data")
-    # etcd's check (sic: both must differ to count as a mismatch)
-    if private is not None and public is not None and public.e != private.e \
-            and public.n != private.n:
+    if private is not None and public is not None and _mismatch(private.public_key(), public):
         raise TokenConfigError("auth: public and private keys don't match")
+    if method in _EC_METHODS:
+        curve = _EC_METHODS[method][0]
+        if not isinstance((private or public).curve, curve):
+            # etcd starts, then fails every Authenticate (jwt-go: "key is invalid")
+            raise TokenConfigError(f"kubekv: sign-method {method} needs a {curve.name} key")
     return JWTTokens(method, ttl, private=private, public=public)
+
+
+# jwt-go's wording, which etcd 3.5.1 prints before it exits
+_NOT_PEM = "Invalid Key: Key must be a PEM encoded PKCS1 or PKCS8 key"
+
+
+def _private_key(pem: bytes, key_type: type, name: str) -> PrivateKey:
+    """An unencrypted PKCS#1/SEC1 or PKCS#8 private key of `key_type` (jwt-go's
+    Parse{RSA,EC}PrivateKeyFromPEM)."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise TokenConfigError(_NOT_PEM) from None
+    if not isinstance(key, key_type):
+        raise TokenConfigError(f"Key is not a valid {name} private key")
+    return key
+
+
+def _public_key(pem: bytes, key_type: type, name: str) -> PublicKey:
+    """A public key of `key_type` as a SubjectPublicKeyInfo ("PUBLIC KEY"), PKCS#1 ("RSA
+    PUBLIC KEY") or inside an X.509 certificate, as the e2e suite's pub-key=server.crt
+    (jwt-go's Parse{RSA,EC}PublicKeyFromPEM)."""
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, UnsupportedAlgorithm):
+        try:
+            key = x509.load_pem_x509_certificate(pem).public_key()
+        except (ValueError, UnsupportedAlgorithm):
+            raise TokenConfigError(_NOT_PEM) from None
+    if not isinstance(key, key_type):
+        raise TokenConfigError(f"Key is not a valid {name} public key")
+    return key
+
+
+def _mismatch(mine: PublicKey, given: PublicKey) -> bool:
+    """etcd's key-pair check, sic: every part must differ to count as a mismatch."""
+    a, b = mine.public_numbers(), given.public_numbers()
+    if isinstance(a, rsa.RSAPublicNumbers):
+        return a.e != b.e and a.n != b.n
+    return a.curve.name != b.curve.name and a.x != b.x and a.y != b.y
