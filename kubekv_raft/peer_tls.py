@@ -2,8 +2,8 @@
 
 The transport only takes `grpc.ServerCredentials` / `grpc.ChannelCredentials`; this
 module builds them from etcd's --peer-cert-file, --peer-key-file,
---peer-trusted-ca-file and --peer-client-cert-auth, or generates a certificate with
-the `openssl` CLI as etcd's --peer-auto-tls does.
+--peer-trusted-ca-file and --peer-client-cert-auth, or generates a self-signed
+certificate (with the `cryptography` package) as etcd's --peer-auto-tls does.
 
 etcd's auto-TLS peers skip verifying each other's certificates. gRPC's Python
 channels cannot skip verification, so with auto-TLS a member trusts the certificate
@@ -14,13 +14,19 @@ behaviour, and no stronger either: use --peer-trusted-ca-file for real security.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import logging
 import os
+import secrets
 import ssl
-import subprocess
 from collections.abc import Callable
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kubekv_server.rpc.log_limit import RateLimitedLog, client_key
 
@@ -51,38 +57,72 @@ def _is_ip(host: str) -> bool:
     return host.replace(".", "").isdigit() or ":" in host
 
 
-def self_signed_cert(directory: str, hosts: list[str], validity_years: int = 1) -> tuple[str, str]:
-    """Create (once) a self-signed ECDSA P-256 cert and key for `hosts`; (cert, key) paths.
+# Bits of a self-signed certificate's random serial number (etcd's SelfCert: [0, 2**128)).
+SELF_CERT_SERIAL_BITS = 128
 
-    The certificate is valid for serverAuth and clientAuth, so one pair serves a
-    member's peer server and its outgoing peer connections.
+
+def self_signed_cert(directory: str, hosts: list[str], validity_years: int = 1) -> tuple[str, str]:
+    """Create (once) a self-signed certificate and key for `hosts`; (cert, key) paths.
+
+    As etcd's transport.SelfCert: kept in `directory` as cert.pem and key.pem (an
+    existing pair is reused), subject O=etcd, a random 128-bit serial, valid from now
+    for `validity_years` * 365 days (--self-signed-cert-validity), key usage
+    digitalSignature+keyEncipherment, not a CA, the key as an "EC PRIVATE KEY" (0600).
+    Two differences, both needed by gRPC's peer transport: the key is ECDSA P-256, not
+    etcd's P-521 (gRPC's TLS library refuses P-521 handshakes); and the SANs also name
+    localhost and 127.0.0.1 and the usage includes clientAuth, because kubekv's peers
+    verify the certificate they trust on first use and present it as their client
+    certificate, where etcd's auto-TLS peers skip verification.
     """
     os.makedirs(directory, exist_ok=True)
     cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
     if os.path.exists(cert) and os.path.exists(key):
         return cert, key
-    names = [
-        f"IP:{h}" if _is_ip(h) else f"DNS:{h}"
-        for h in dict.fromkeys([*hosts, "localhost", "127.0.0.1"])
-        if h
-    ]
+    if validity_years <= 0:  # etcd's words; checked only when a pair is to be made
+        raise ValueError("selfSignedCertValidity is invalid,it should be greater than 0")
+    sans: list[x509.GeneralName] = []
+    for host in dict.fromkeys([*hosts, "localhost", "127.0.0.1"]):
+        if not host:
+            continue
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "etcd")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        # x509 wants a positive serial; etcd's may be 0 once in 2**128
+        .serial_number(secrets.randbits(SELF_CERT_SERIAL_BITS) or 1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=365 * validity_years))
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, key_encipherment=True, content_commitment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=False,
+            crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(private, hashes.SHA256())
+    )
     tmp_cert, tmp_key = cert + ".tmp", key + ".tmp"
-    cmd = [
-        "openssl", "req", "-x509", "-nodes", "-newkey", "ec",
-        "-pkeyopt", "ec_paramgen_curve:prime256v1",
-        "-keyout", tmp_key, "-out", tmp_cert, "-days", str(365 * validity_years),
-        "-subj", "/O=kubekv peer", "-addext", "subjectAltName=" + ",".join(names),
-        "-addext", "extendedKeyUsage=serverAuth,clientAuth",
-    ]  # fmt: skip
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise RuntimeError(f"cannot generate a self-signed peer certificate: {exc}") from None
-    os.chmod(tmp_key, 0o600)
+    fd = os.open(tmp_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.TraditionalOpenSSL,
+                                      serialization.NoEncryption()))
+    with open(tmp_cert, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
     # The key first: a cert.pem without its key.pem would be taken as a complete pair.
     os.replace(tmp_key, key)
     os.replace(tmp_cert, cert)
-    log.info("event=peer_auto_tls_cert_generated cert=%s hosts=%s", cert, ",".join(names))
+    log.info("event=self_signed_cert_generated cert=%s hosts=%s", cert,
+             ",".join(str(n.value) for n in sans))
     return cert, key
 
 

@@ -241,6 +241,7 @@ class Config:
     client_cert_auth: bool
     client_crl_file: str
     auto_tls: bool
+    self_signed_cert_validity: int  # years, of --auto-tls/--peer-auto-tls certificates
     grpc_keepalive_min_time: float
     grpc_keepalive_interval: float
     grpc_keepalive_timeout: float
@@ -381,6 +382,14 @@ def _int_flag(raw: dict[str, str], name: str) -> int:
         ) from None
 
 
+def _uint_flag(raw: dict[str, str], name: str) -> int:
+    """A flag Go declares as uint: a negative number is a parse error too."""
+    value = _int_flag(raw, name)
+    if value < 0:
+        raise FlagError(f'invalid value "{raw[name]}" for flag -{name}: parse error')
+    return value
+
+
 def _duration_flag(raw: dict[str, str], name: str) -> float:
     try:
         return parse_duration(raw[name])
@@ -464,6 +473,7 @@ def _build(raw: dict[str, str], given: set[str]) -> Config:
         client_cert_auth=raw["client-cert-auth"] == "true",
         client_crl_file=raw["client-crl-file"],
         auto_tls=raw["auto-tls"] == "true",
+        self_signed_cert_validity=_uint_flag(raw, "self-signed-cert-validity"),
         grpc_keepalive_min_time=_duration_flag(raw, "grpc-keepalive-min-time"),
         grpc_keepalive_interval=_duration_flag(raw, "grpc-keepalive-interval"),
         grpc_keepalive_timeout=_duration_flag(raw, "grpc-keepalive-timeout"),

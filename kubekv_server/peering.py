@@ -89,9 +89,13 @@ class Peering:
     def _auto_tls_cert(self) -> tuple[str, str]:
         if self._auto_cert is None:
             hosts = [urllib.parse.urlsplit(u).hostname or "" for u in self.cfg.listen_peer_urls]
-            self._auto_cert = peer_tls.self_signed_cert(
-                os.path.join(self.data_dir, "fixtures", "peer"), hosts
-            )
+            try:
+                self._auto_cert = peer_tls.self_signed_cert(
+                    os.path.join(self.data_dir, "fixtures", "peer"), hosts,
+                    self.cfg.self_signed_cert_validity,
+                )
+            except ValueError as exc:
+                raise SystemExit(f"kubekv: failed to get peer self-signed certs: {exc}") from None
         return self._auto_cert
 
     def _server_credentials(self) -> grpc.ServerCredentials:

@@ -1,8 +1,9 @@
 """Client TLS: certificates from flags or generated (--auto-tls), and CRL checks of client certs.
 
-Revocation is checked by serial number against --client-crl-file, as etcd does,
-rather than by OpenSSL's CRL machinery, which also refuses every client once the
-CRL's nextUpdate has passed.
+Revocation is checked by serial number against --client-crl-file, as etcd does
+(transport's checkCRL compares serials only), rather than by OpenSSL's CRL
+machinery, which also refuses every client once the CRL's nextUpdate has passed.
+Certificates and CRLs are parsed with the `cryptography` package.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import os
 import ssl
 import urllib.parse
 
+from cryptography import x509
+
 from kubekv_raft.peer_tls import hostname_allowed, self_signed_cert
 
 from .cipher_suites import openssl_cipher_list
 from .config import Config
-from .der import DERError, children, pem_to_der, tlv
 
 log = logging.getLogger("kubekv.tls")
 
@@ -32,7 +34,11 @@ def client_ssl_context(cfg: Config, data_dir: str) -> ssl.SSLContext | None:
     cert, key = cfg.cert_file, cfg.key_file
     if not (cert and key) and cfg.auto_tls:
         hosts = [urllib.parse.urlsplit(u).hostname or "" for u in cfg.listen_client_urls]
-        cert, key = self_signed_cert(os.path.join(data_dir, "fixtures", "client"), hosts)
+        try:
+            cert, key = self_signed_cert(os.path.join(data_dir, "fixtures", "client"), hosts,
+                                         cfg.self_signed_cert_validity)
+        except ValueError as exc:
+            raise SystemExit(f"kubekv: failed to get client self-signed certs: {exc}") from None
     if not (cert and key):
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -48,38 +54,23 @@ def client_ssl_context(cfg: Config, data_dir: str) -> ssl.SSLContext | None:
     return ctx
 
 
-# ----------------------------------------------------------------- DER bits
-
-_tlv, _children, _pem_to_der = tlv, children, pem_to_der
+# ------------------------------------------------------------ serials, CRLs
 
 
 def cert_serial(der: bytes) -> int:
-    """Serial number of an X.509 certificate (DER)."""
-    _, s, e = _tlv(der, 0)  # Certificate
-    _, ts, te = _tlv(der, s)  # tbsCertificate
-    fields = _children(der, ts, te)
-    idx = 1 if fields[0][0] == 0xA0 else 0  # optional [0] version
-    _, vs, ve = fields[idx]
-    return int.from_bytes(der[vs:ve], "big", signed=True)
+    """Serial number of an X.509 certificate (DER); ValueError if it is not one."""
+    return x509.load_der_x509_certificate(der).serial_number
 
 
-def crl_serials(der: bytes) -> set[int]:
-    """Serial numbers listed in a CRL (DER CertificateList)."""
-    _, s, e = _tlv(der, 0)
-    _, ts, te = _tlv(der, s)  # tbsCertList
-    serials = set()
-    for tag, cs, ce in _children(der, ts, te):
-        if tag != 0x30:
-            continue
-        entries = _children(der, cs, ce)
-        # revokedCertificates: SEQUENCE OF SEQUENCE { INTEGER serial, Time, ... }
-        if entries and all(t == 0x30 for t, _, _ in entries):
-            first = _children(der, entries[0][1], entries[0][2])
-            if first and first[0][0] == 0x02 and len(first) >= 2 and first[1][0] in (0x17, 0x18):
-                for _, es, ee in entries:
-                    _, vs, ve = _children(der, es, ee)[0]
-                    serials.add(int.from_bytes(der[vs:ve], "big", signed=True))
-    return serials
+def crl_serials(data: bytes) -> set[int]:
+    """Serial numbers a CRL lists, PEM or DER as Go's x509.ParseCRL takes it (the first
+    PEM block). Neither its signature nor its nextUpdate is checked: etcd reads only
+    the serials. ValueError if it is not a CRL."""
+    if data.lstrip().startswith(b"-----BEGIN"):
+        crl = x509.load_pem_x509_crl(data)
+    else:
+        crl = x509.load_der_x509_crl(data)
+    return {entry.serial_number for entry in crl}
 
 
 def client_cert_check(revoked: set[int], allowed_hostname: str):
@@ -90,7 +81,7 @@ def client_cert_check(revoked: set[int], allowed_hostname: str):
         return None
 
     def check(der: bytes, cert: dict) -> bool:
-        if revoked and cert_serial(der) in revoked:
+        if revoked and _der_revoked(der, revoked):
             return False
         if allowed_hostname:
             sans = [v for _, v in cert.get("subjectAltName", ())]
@@ -100,21 +91,28 @@ def client_cert_check(revoked: set[int], allowed_hostname: str):
     return check
 
 
+def _der_revoked(der: bytes, revoked: set[int]) -> bool:
+    try:
+        return cert_serial(der) in revoked
+    except ValueError:  # a certificate we cannot read is refused
+        return True
+
+
 def pem_revoked(pem: bytes, revoked: set[int]) -> bool:
     """Whether a PEM certificate's serial is in ``revoked`` (an unreadable one counts)."""
-    ders = _pem_to_der(pem, b"CERTIFICATE")
-    if not ders:
-        return True
     try:
-        return cert_serial(ders[0]) in revoked
-    except (IndexError, ValueError, DERError):
+        serial = x509.load_pem_x509_certificate(pem).serial_number
+    except ValueError:
         return True
+    return serial in revoked
 
 
 def load_crl(path: str) -> set[int]:
-    data = _read(path)
-    ders = _pem_to_der(data, b"X509 CRL") or [data]
-    serials: set[int] = set()
-    for der in ders:
-        serials |= crl_serials(der)
-    return serials
+    """The revoked serials of --client-crl-file / --peer-crl-file; SystemExit if the file
+    cannot be read or is not a CRL (etcd would then refuse every TLS client)."""
+    try:
+        return crl_serials(_read(path))
+    except OSError as exc:
+        raise SystemExit(f"kubekv: open {path}: {exc.strerror.lower()}") from None
+    except ValueError as exc:
+        raise SystemExit(f"kubekv: {path} is not a certificate revocation list: {exc}") from None

@@ -11,10 +11,13 @@ import time
 
 import grpc
 import pytest
+from cryptography import x509
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 from kubekv_raft.peer_tls import peer_allowed
+from kubekv_testing.pki import CA
+from tests.cluster.cluster_harness import Cluster
 from tests.harness import ROOT, free_port
 
 
@@ -34,29 +37,11 @@ def test_common_name_and_hostname_checks():
     assert not peer_allowed(wild, "", "example.com")
 
 
-def _openssl(*args: str, cwd) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 def _pki(d) -> None:
     """A CA, certificates for example.com and example2.com, and a CRL revoking the latter."""
-    (d / "index.txt").write_text("")
-    (d / "ca.cnf").write_text("[ca]\ndefault_ca=ca\n[ca]\ndatabase=index.txt\n"
-                              "default_md=sha256\ndefault_crl_days=1\n")
-    _openssl("req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt",
-             "ec_paramgen_curve:prime256v1", "-keyout", "ca.key", "-out", "ca.pem",
-             "-subj", "/CN=test-ca", "-days", "2", cwd=d)
-    for name in ("example.com", "example2.com"):
-        _openssl("req", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                 "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}",
-                 "-addext", "subjectAltName=IP:127.0.0.1", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-copy_extensions", "copy", "-out", f"{name}.pem",
-                 "-days", "2", cwd=d)
-    _openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
-             "-revoke", "example2.com.pem", cwd=d)
-    _openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
-             "-gencrl", "-out", "crl.pem", cwd=d)
+    ca = CA(d)
+    ca.issue("example.com", sans=["127.0.0.1"])
+    ca.crl([ca.issue("example2.com", sans=["127.0.0.1"])])
 
 
 @pytest.mark.parametrize("check", ["allowed-cn", "crl"])
@@ -125,3 +110,27 @@ def test_a_member_whose_certificate_is_not_allowed_is_refused(tmp_path, check):
                 p.wait(15)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def test_members_with_peer_auto_tls_replicate(tmp_path):
+    """--peer-auto-tls on https peer URLs: each member makes its own certificate in
+    <data-dir>/fixtures/peer, as etcd does, and the three form a cluster over TLS."""
+    c = Cluster(tmp_path, extra_flags=["--peer-auto-tls", "--self-signed-cert-validity", "2"])
+    for m in c.members:
+        m.peer_url = m.peer_url.replace("http://", "https://")
+    initial = ",".join(f"{m.name}={m.peer_url}" for m in c.members)
+    for m in c.members:
+        m.argv = m.command(initial, "new")
+    with c:
+        c.start()
+        c.members[0].kv.Put(pb.PutRequest(key=b"k", value=b"over tls"), timeout=10)
+        # a linearizable read on another member sees the write
+        got = c.members[2].kv.Range(pb.RangeRequest(key=b"k"), timeout=10)
+        assert got.kvs[0].value == b"over tls"
+        serials = set()
+        for m in c.members:
+            cert = x509.load_pem_x509_certificate(
+                (m.data_dir / "fixtures" / "peer" / "cert.pem").read_bytes())
+            assert cert.subject.rfc4514_string() == "O=etcd"
+            serials.add(cert.serial_number)
+        assert len(serials) == 3  # one certificate per member

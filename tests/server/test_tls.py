@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import os
 import socket
 import ssl
 import subprocess
@@ -9,18 +11,23 @@ import time
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
+from kubekv_raft.peer_tls import self_signed_cert
 from kubekv_server.config import FlagError, parse_args
-from kubekv_server.tls import cert_serial, crl_serials, load_crl
-from tests.harness import etcd_process, free_port, kubekv_process, running
+from kubekv_server.tls import cert_serial, crl_serials, load_crl, pem_revoked
+from kubekv_testing.pki import CA
+from tests.harness import etcd_process, etcdctl, free_port, kubekv_process, running
 
 
 def test_auto_tls_serves_https_with_a_generated_cert(tmp_path):
     port = free_port()
     url = f"https://localhost:{port}"
     proc = kubekv_process(tmp_path, "--auto-tls", "--listen-client-urls", url,
-                          "--advertise-client-urls", url)
+                          "--advertise-client-urls", url, "--self-signed-cert-validity", "2")
     proc.endpoint = f"localhost:{port}"
     cert = proc.data_dir / "fixtures" / "client" / "cert.pem"
     proc.tls_credentials = lambda: (
@@ -30,6 +37,12 @@ def test_auto_tls_serves_https_with_a_generated_cert(tmp_path):
     try:
         proc.kv.Put(pb.PutRequest(key=b"k", value=b"v"))
         assert proc.kv.Range(pb.RangeRequest(key=b"k")).kvs[0].value == b"v"
+        # etcd's e2e suite talks to auto-TLS members this way
+        assert etcdctl(url, "--insecure-transport=false", "--insecure-skip-tls-verify",
+                       "get", "k", "--print-value-only").stdout == "v\n"
+        made = x509.load_pem_x509_certificate(cert.read_bytes())
+        assert made.not_valid_after_utc - made.not_valid_before_utc == \
+            datetime.timedelta(days=2 * 365)  # --self-signed-cert-validity years
         # A plaintext client cannot talk to the TLS listener.
         with grpc.insecure_channel(proc.endpoint) as ch, pytest.raises(grpc.RpcError):
             ch.unary_unary("/etcdserverpb.KV/Range")(b"", timeout=2)
@@ -37,53 +50,69 @@ def test_auto_tls_serves_https_with_a_generated_cert(tmp_path):
         proc.stop()
 
 
-def _openssl(*args: str, cwd) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _make_ca(d) -> None:
-    """A throwaway CA (ca.pem, ca.key) with an openssl-ca database for revocations."""
-    (d / "index.txt").write_text("")
-    (d / "ca.cnf").write_text(
-        "[ca]\ndefault_ca=ca\n[ca]\ndatabase=index.txt\ndefault_md=sha256\n"
-        "crl_extensions=crl_ext\ndefault_crl_days=1\n[crl_ext]\n"
-    )
-    _openssl("req", "-x509", "-nodes", "-newkey", "ec", "-pkeyopt",
-             "ec_paramgen_curve:prime256v1", "-keyout", "ca.key", "-out", "ca.pem",
-             "-subj", "/CN=ca", "-days", "2", cwd=d)
-
-
-def _revoke(d, cert: str) -> None:
-    """Revoke ``cert`` and write crl.pem."""
-    _openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
-             "-revoke", cert, cwd=d)
-    _openssl("ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
-             "-gencrl", "-out", "crl.pem", cwd=d)
+def test_self_signed_cert_is_shaped_like_etcds(tmp_path):
+    """etcd's transport.SelfCert: O=etcd, 365 days a year of validity, not a CA, key
+    usage digitalSignature+keyEncipherment, SANs for the hosts, an "EC PRIVATE KEY"
+    readable only by its owner; made once. kubekv's differences, for gRPC: P-256, also
+    clientAuth, also localhost and 127.0.0.1 (see self_signed_cert)."""
+    directory = str(tmp_path / "fixtures" / "client")
+    cert_path, key_path = self_signed_cert(directory, ["node1.example", "10.0.0.7", ""], 3)
+    cert = x509.load_pem_x509_certificate(open(cert_path, "rb").read())
+    key = open(key_path, "rb").read()
+    assert key.startswith(b"-----BEGIN EC PRIVATE KEY-----")
+    assert os.stat(key_path).st_mode & 0o777 == 0o600
+    assert cert.subject.rfc4514_string() == cert.issuer.rfc4514_string() == "O=etcd"
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    assert cert.public_key().curve.name == "secp256r1"
+    assert cert.not_valid_after_utc - cert.not_valid_before_utc == datetime.timedelta(days=1095)
+    assert 0 < cert.serial_number < 1 << 128
+    ext = cert.extensions
+    assert ext.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    usage = ext.get_extension_for_class(x509.KeyUsage)
+    assert usage.critical and usage.value.digital_signature and usage.value.key_encipherment
+    assert list(ext.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        x509.ExtendedKeyUsageOID.SERVER_AUTH, x509.ExtendedKeyUsageOID.CLIENT_AUTH]
+    sans = ext.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["node1.example", "localhost"]
+    assert [str(a) for a in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.7",
+                                                                          "127.0.0.1"]
+    # made once: an existing pair is kept, whatever the validity asked for now
+    assert self_signed_cert(directory, ["other"], 0) == (cert_path, key_path)
+    assert open(key_path, "rb").read() == key
+    with pytest.raises(ValueError, match="selfSignedCertValidity is invalid"):
+        self_signed_cert(str(tmp_path / "elsewhere"), ["localhost"], 0)
 
 
 @pytest.fixture
 def pki(tmp_path):
     """A CA, two client certs (one revoked) and a CRL naming the revoked one."""
-    d = tmp_path
-    _make_ca(d)
-    for name, serial in (("good", "0x1001"), ("revoked", "0x1002")):
-        _openssl("req", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                 "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-set_serial", serial, "-out", f"{name}.pem", "-days", "2", cwd=d)
-    _revoke(d, "revoked.pem")
-    return d
+    ca = CA(tmp_path)
+    ca.issue("good", serial=0x1001)
+    ca.crl([ca.issue("revoked", serial=0x1002)])
+    return tmp_path
 
 
 def test_crl_and_cert_serials_are_parsed(pki):
-    from kubekv_server.tls import _pem_to_der
-
-    good = _pem_to_der((pki / "good.pem").read_bytes(), b"CERTIFICATE")[0]
-    revoked = _pem_to_der((pki / "revoked.pem").read_bytes(), b"CERTIFICATE")[0]
-    assert cert_serial(good) == 0x1001
-    assert cert_serial(revoked) == 0x1002
+    good = x509.load_pem_x509_certificate((pki / "good.pem").read_bytes())
+    revoked = (pki / "revoked.pem").read_bytes()
+    assert cert_serial(good.public_bytes(serialization.Encoding.DER)) == 0x1001
+    assert not pem_revoked((pki / "good.pem").read_bytes(), {0x1002})
+    assert pem_revoked(revoked, {0x1002})
+    assert pem_revoked(b"not a certificate", {0x1002})  # unreadable: refused
     assert load_crl(str(pki / "crl.pem")) == {0x1002}
-    assert crl_serials(_pem_to_der((pki / "crl.pem").read_bytes(), b"X509 CRL")[0]) == {0x1002}
+    crl = x509.load_pem_x509_crl((pki / "crl.pem").read_bytes())
+    assert crl_serials(crl.public_bytes(serialization.Encoding.DER)) == {0x1002}  # DER too
+
+
+def test_an_expired_crl_still_revokes_by_serial(tmp_path):
+    """etcd reads only the serials of --client-crl-file (its e2e fixture's CRL expired
+    long ago): a CRL past its nextUpdate still refuses the serials it lists."""
+    ca = CA(tmp_path)
+    revoked = ca.issue("revoked", serial=0x77)
+    path = ca.crl([revoked], next_update=-datetime.timedelta(days=30), name="old.crl")
+    assert load_crl(str(path)) == {0x77}
+    with pytest.raises(SystemExit, match="not a certificate revocation list"):
+        load_crl(str(tmp_path / "revoked.pem"))
 
 
 @pytest.fixture
@@ -91,19 +120,13 @@ def pki_hosts(tmp_path):
     """A CA; a server cert for 127.0.0.1; client certs with different SANs, one revoked."""
     d = tmp_path / "pki"
     d.mkdir()
-    _make_ca(d)
-    certs = {"server": ("IP:127.0.0.1", "0x2000"), "allowed": ("DNS:client.example.com", "0x2001"),
-             "wildcard": ("DNS:*.example.com", "0x2002"), "other": ("DNS:other.test", "0x2003"),
-             "revoked": ("DNS:client.example.com", "0x2004")}
-    for name, (san, serial) in certs.items():
-        (d / f"{name}.ext").write_text(
-            f"subjectAltName={san}\nextendedKeyUsage=serverAuth,clientAuth\n")
-        _openssl("req", "-nodes", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                 "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-set_serial", serial, "-extfile", f"{name}.ext", "-out", f"{name}.pem",
-                 "-days", "2", cwd=d)
-    _revoke(d, "revoked.pem")
+    ca = CA(d)
+    certs = {"server": ("127.0.0.1", 0x2000), "allowed": ("client.example.com", 0x2001),
+             "wildcard": ("*.example.com", 0x2002), "other": ("other.test", 0x2003),
+             "revoked": ("client.example.com", 0x2004)}
+    issued = {name: ca.issue(name, sans=[host], serial=serial)
+              for name, (host, serial) in certs.items()}
+    ca.crl([issued["revoked"]])
     return d
 
 
