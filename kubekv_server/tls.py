@@ -63,10 +63,10 @@ def cert_serial(der: bytes) -> int:
 
 
 def crl_serials(data: bytes) -> set[int]:
-    """Serial numbers a CRL lists, PEM or DER as Go's x509.ParseCRL takes it (the first
-    PEM block). Neither its signature nor its nextUpdate is checked: etcd reads only
-    the serials. ValueError if it is not a CRL."""
-    if data.lstrip().startswith(b"-----BEGIN"):
+    """Serial numbers a CRL lists, PEM (its first "X509 CRL" block, text around it
+    allowed) or DER, as Go's x509.ParseCRL takes it. Neither its signature nor its
+    nextUpdate is checked: etcd reads only the serials. ValueError if not a CRL."""
+    if b"-----BEGIN X509 CRL-----" in data:
         crl = x509.load_pem_x509_crl(data)
     else:
         crl = x509.load_der_x509_crl(data)
