@@ -1,0 +1,703 @@
+"""Embedded kubekv for tests: real server processes on loopback, started and always stopped.
+
+    from kubekv.embed import Cluster, Member
+
+    with Member() as m:                      # one member, ready to serve
+        etcd3.client(m.host, m.port).put("k", "v")
+    with Cluster(3) as c:                    # three members with an elected leader
+        c.wait_leader().kill()               # failover: the others elect a new leader
+        c.wait_leader()
+
+Each member is `python -m kubekv_server` run with this interpreter (`sys.executable`), so
+it imports the same kubekv as the caller. It gets free client and peer ports on
+127.0.0.1 and a data dir under a temporary directory (removed when the member or cluster
+is closed, unless the caller passed `base_dir`, which is then left as it is, logs and
+all). "Ready" means a linearizable Range succeeded on the member (what etcd's own
+`/health` check reads), so a ready member has a leader and a quorum; it is never a sleep.
+
+Processes are stopped on `close()`/`__exit__`, and also if the owning object is garbage
+collected or the interpreter exits (a `weakref.finalize`, which runs at exit too). On
+Linux a member started from the main thread additionally gets `PR_SET_PDEATHSIG`, so the
+kernel kills it if the test process dies without running Python's exit handlers (SIGKILL,
+a SIGTERM Python does not handle, `os._exit`). `stop()` sends SIGTERM and SIGKILLs a
+member that has not exited within its timeout.
+
+The server reads etcd's `ETCD_*` environment variables as flags, as etcd does; they are
+removed from an embedded member's environment so that a developer's shell cannot change
+the server a test gets (pass `flags=` instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pathlib
+import random
+import shutil
+import signal
+import site
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
+
+import grpc
+
+import kubekv_server
+from etcdproto.etcdserverpb import rpc_pb2 as pb
+from etcdproto.etcdserverpb import rpc_pb2_grpc
+
+__all__ = ["Cluster", "Member", "StartError", "free_port", "wait_for"]
+
+HOST = "127.0.0.1"
+# Generous for a loaded 2-core CI machine; a member is usually ready in well under 5 s.
+DEFAULT_START_TIMEOUT = 60.0
+# etcd stops within a second or two on SIGTERM; past this a member is SIGKILLed.
+DEFAULT_STOP_TIMEOUT = 15.0
+# How long one readiness or status RPC may take before it counts as "not yet".
+PROBE_RPC_TIMEOUT = 1.0
+# Between readiness polls: short enough not to add to test time, long enough to stay cheap.
+POLL_INTERVAL = 0.05
+# A member whose free port was taken by someone else between the pick and the bind
+# exits at once; start() then picks new ports and tries again, this many times in all.
+PORT_ATTEMPTS = 3
+# etcd's health check reads this key with a linearizable Range (etcdhttp's QGET "health").
+HEALTH_KEY = b"health"
+# etcd's defaults for --heartbeat-interval and --election-timeout (milliseconds).
+ETCD_HEARTBEAT_MS = 100
+ETCD_ELECTION_MS = 1000
+# Short reconnect backoff for the status channel, so a restarted member is seen quickly
+# (gRPC's default backoff grows to two minutes).
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+# Environment the server must not inherit: etcd's flag variables (read as flags) and the
+# protobuf implementation switch some clients (python-etcd3) need but the server does not.
+_STRIPPED_ENV_PREFIX = "ETCD_"
+_STRIPPED_ENV = ("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION",)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+T = TypeVar("T")
+
+
+class StartError(RuntimeError):
+    """A member exited during start-up or did not become ready in time (with its log tail)."""
+
+
+# ----------------------------------------------------------------------------- ports
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+            return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+_rng = random.Random()
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now and that this process has
+    not handed out before, chosen below the kernel's ephemeral range: a port from that
+    range can be handed to an outgoing connection's source (peer links, clients) between
+    the pick and the server's bind."""
+    lo = 10000
+    hi = _EPHEMERAL[0] - 1 if _EPHEMERAL[0] > lo + 1000 else 0
+    with _ports_lock:
+        for _ in range(200 if hi else 0):
+            port = _rng.randrange(lo, hi)
+            if port in _handed_out:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind((HOST, port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    with socket.socket() as s:  # no room below the ephemeral range: let the kernel pick
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- polling
+
+
+def wait_for(cond: Callable[[], T], timeout: float, what: str,
+             interval: float = POLL_INTERVAL) -> T:
+    """Poll `cond()` until it returns something truthy, and return that; `TimeoutError`
+    naming `what` (and the last value and exception seen) when `timeout` runs out.
+    An exception from `cond` counts as "not yet": a member may be down or electing."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    last_exc: BaseException | None = None
+    while True:
+        try:
+            last = cond()
+            if last:
+                return last  # type: ignore[return-value]
+        except Exception as exc:  # noqa: BLE001 - "not yet", reported on timeout
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what} "
+                               f"(last: {last!r}, last error: {last_exc!r})")
+        time.sleep(interval)
+
+
+# ------------------------------------------------------------------- process plumbing
+
+
+def _package_root() -> str:
+    """The sys.path entry this process imports kubekv_server from."""
+    return str(pathlib.Path(kubekv_server.__file__).resolve().parent.parent)
+
+
+def _site_dirs() -> set[str]:
+    dirs = list(site.getsitepackages()) if hasattr(site, "getsitepackages") else []
+    with contextlib.suppress(AttributeError):
+        dirs.append(site.getusersitepackages())
+    return {str(pathlib.Path(d).resolve()) for d in dirs}
+
+
+def server_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment an embedded member runs with: this process's, without etcd's flag
+    variables, with kubekv's import root on PYTHONPATH when it is not an installed
+    site-packages (a source checkout run from its root), plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(_STRIPPED_ENV_PREFIX) and k not in _STRIPPED_ENV}
+    root = _package_root()
+    if root not in _site_dirs():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env.update(extra or {})
+    return env
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec function asking Linux to SIGKILL the child when this process dies.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, so it is only
+    used from the main thread (which lives as long as the process). The function only
+    calls pre-resolved C functions: nothing that could take a lock after fork()."""
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+    getppid, exit_now = os.getppid, os._exit
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if getppid() != parent:  # the parent died before prctl took effect
+            exit_now(1)
+
+    return preexec
+
+
+class _Resources:
+    """What a member must give back even if its owner is never closed: the process and
+    the temporary directory. Holds no reference to the member, so the member can be
+    garbage collected and this finalized."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.tmpdir: str | None = None
+
+    def release(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.kill()  # SIGKILL also ends a SIGSTOPped member
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(DEFAULT_STOP_TIMEOUT)
+        tmpdir, self.tmpdir = self.tmpdir, None
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _owned_dir(base_dir: str | os.PathLike | None, res: _Resources) -> pathlib.Path:
+    if base_dir is not None:
+        path = pathlib.Path(base_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    res.tmpdir = tempfile.mkdtemp(prefix="kubekv-embed-")
+    return pathlib.Path(res.tmpdir)
+
+
+# ----------------------------------------------------------------------------- member
+
+
+class Member:
+    """One kubekv server process: a single-member cluster on its own, or one member of a
+    `Cluster`. Use as a context manager, or call `start()` and `close()`.
+
+    `flags` are extra etcd flags appended to the command line (e.g. `--unsafe-no-fsync`,
+    `--auto-compaction-retention=1`); `env` adds environment variables. Subclasses may
+    override `command()` and `environment()` (what a test harness with fault proxies needs).
+    """
+
+    def __init__(self, name: str = "default", *, base_dir: str | os.PathLike | None = None,
+                 flags: Sequence[str] = (), env: Mapping[str, str] | None = None,
+                 start_timeout: float = DEFAULT_START_TIMEOUT,
+                 _cluster: Cluster | None = None) -> None:
+        self.name = name
+        self.flags = list(flags)
+        self.extra_env = dict(env or {})
+        self.start_timeout = start_timeout
+        self._cluster = _cluster
+        self._res = _Resources()
+        # Finalized when the member is garbage collected or the interpreter exits.
+        self._finalizer = weakref.finalize(self, _Resources.release, self._res)
+        if _cluster is not None:
+            self.base_dir = _cluster.base_dir
+        else:
+            self.base_dir = _owned_dir(base_dir, self._res)
+        self.data_dir = self.base_dir / f"{name}.kubekv"
+        self.log_path = self.base_dir / f"{name}.log"
+        self.port = free_port()
+        self.peer_port = free_port()
+        self._channel: grpc.Channel | None = None
+        self._member_id: int | None = None
+        self.paused = False
+
+    def __repr__(self) -> str:
+        state = "paused" if self.paused else "running" if self.alive else "stopped"
+        return f"<kubekv.embed.Member {self.name} {self.endpoint} {state}>"
+
+    # ---------------------------------------------------------------- addresses
+
+    host = HOST
+
+    @property
+    def endpoint(self) -> str:
+        """`127.0.0.1:PORT`, what python-etcd3/aetcd/etcdctl `--endpoints` take."""
+        return f"{HOST}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The client URL, `http://127.0.0.1:PORT` (gRPC, the JSON gateway, /health)."""
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{HOST}:{self.peer_port}"
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self._res.proc
+
+    @property
+    def pid(self) -> int | None:
+        return self._res.proc.pid if self._res.proc is not None else None
+
+    @property
+    def alive(self) -> bool:
+        """The process exists (it may be paused)."""
+        return self._res.proc is not None and self._res.proc.poll() is None
+
+    @property
+    def running(self) -> bool:
+        """Alive and not paused."""
+        return self.alive and not self.paused
+
+    # ----------------------------------------------------------- command line
+
+    def _new_ports(self) -> None:
+        self.port = free_port()
+        self.peer_port = free_port()
+
+    def command(self) -> list[str]:
+        """The server's argv: etcd's flags for this member, then `self.flags`."""
+        c = self._cluster
+        if c is None:
+            cluster_flags = ["--initial-cluster", f"{self.name}={self.peer_url}"]
+        else:
+            cluster_flags = [
+                "--initial-cluster", c.initial_cluster(),
+                "--initial-cluster-state", "new",
+                "--initial-cluster-token", c.token,
+                "--heartbeat-interval", str(c.heartbeat_ms),
+                "--election-timeout", str(c.election_ms),
+                *c.flags,
+            ]
+        return [
+            sys.executable, "-m", "kubekv_server",
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.url,
+            "--advertise-client-urls", self.url,
+            "--listen-peer-urls", self.peer_url,
+            "--initial-advertise-peer-urls", self.peer_url,
+            *cluster_flags,
+            *self.flags,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment (see `server_environment`), plus `env=`."""
+        return server_environment(self.extra_env)
+
+    # -------------------------------------------------------------- lifecycle
+
+    def launch(self) -> Member:
+        """Start the process without waiting for it to be ready."""
+        if self.alive:
+            raise RuntimeError(f"{self.name} is already running")
+        self._close_channel()
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        argv = self.command()
+        with open(self.log_path, "ab") as log:
+            log.write(f"===== {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
+            log.flush()
+            self._res.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self.environment(), cwd=str(self.base_dir),
+                start_new_session=True,  # the terminal's Ctrl-C goes to the test, not here
+                preexec_fn=_die_with_parent(),
+            )
+        self.paused = False
+        return self
+
+    def start(self, timeout: float | None = None, wait: bool = True) -> Member:
+        """Start the member and (with `wait`) return once it serves a linearizable read.
+        A member that has never run gets new ports if its first ones were taken."""
+        timeout = self.start_timeout if timeout is None else timeout
+        fresh = self._cluster is None and not self.data_dir.exists()
+        for attempt in range(PORT_ATTEMPTS if fresh else 1):
+            log_start = self._log_size()
+            self.launch()
+            if not wait:
+                return self
+            try:
+                self.wait_ready(timeout)
+                return self
+            except StartError:
+                if not (fresh and attempt + 1 < PORT_ATTEMPTS and self._port_taken(log_start)):
+                    raise
+                self._new_ports()
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+        raise AssertionError("unreachable")
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Return once a linearizable Range succeeds (the member has a leader and a
+        quorum); `StartError` with the log tail if the process exits or time runs out."""
+        timeout = self.start_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        last: str = ""
+        while True:
+            proc = self._res.proc
+            if proc is None or proc.poll() is not None:
+                code = None if proc is None else proc.returncode
+                raise StartError(f"kubekv member {self.name} exited ({code}):\n"
+                                 f"{self.log_tail()}")
+            err = self._probe()
+            if err is None:
+                return
+            last = err
+            if time.monotonic() >= deadline:
+                raise StartError(f"kubekv member {self.name} not ready after {timeout}s "
+                                 f"({last}):\n{self.log_tail()}")
+            time.sleep(POLL_INTERVAL)
+
+    def _probe(self) -> str | None:
+        """None if a linearizable Range succeeds on a fresh channel, else why not. A fresh
+        channel per try: a channel that saw the port closed backs off before retrying."""
+        try:
+            with grpc.insecure_channel(self.endpoint) as ch:
+                rpc_pb2_grpc.KVStub(ch).Range(pb.RangeRequest(key=HEALTH_KEY),
+                                              timeout=PROBE_RPC_TIMEOUT)
+            return None
+        except grpc.RpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+
+    def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> int | None:
+        """SIGTERM (resuming a paused member first), SIGKILL after `timeout`; returns the
+        exit status (None if it never ran). The data dir stays: `start()` restarts."""
+        self._close_channel()
+        proc = self._res.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            if self.paused:
+                self.resume()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(DEFAULT_STOP_TIMEOUT)
+        self.paused = False
+        return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash (also of a paused member); the data dir stays."""
+        self._close_channel()
+        proc = self._res.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(DEFAULT_STOP_TIMEOUT)
+        self.paused = False
+
+    def restart(self, timeout: float | None = None, wait: bool = True) -> Member:
+        """Stop (if running) and start again from the same data dir and ports."""
+        self.stop()
+        return self.start(timeout, wait)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes with its sockets open (a hung member)."""
+        if self._res.proc is not None:
+            self._res.proc.send_signal(signal.SIGSTOP)
+            self.paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after `pause()`."""
+        if self._res.proc is not None:
+            self._res.proc.send_signal(signal.SIGCONT)
+            self.paused = False
+
+    def close(self) -> None:
+        """Stop the process and remove the temporary directory (if this member made it)."""
+        self.stop()
+        self._finalizer()
+
+    def __enter__(self) -> Member:
+        if not self.alive:
+            try:
+                self.start()
+            except BaseException:
+                self.close()
+                raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- queries
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """A gRPC channel to this member (kept, and closed on stop/kill)."""
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.endpoint, options=_CHANNEL_OPTIONS)
+        return self._channel
+
+    def status(self, timeout: float = PROBE_RPC_TIMEOUT) -> pb.StatusResponse:
+        """Maintenance.Status of this member (raises grpc.RpcError if it does not answer)."""
+        return rpc_pb2_grpc.MaintenanceStub(self.channel).Status(pb.StatusRequest(),
+                                                                 timeout=timeout)
+
+    @property
+    def member_id(self) -> int:
+        """The Raft member ID (from Status; cached, it never changes for a data dir)."""
+        if self._member_id is None:
+            self._member_id = self.status(timeout=5.0).header.member_id
+        return self._member_id
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the server's log (stdout and stderr)."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def _port_taken(self, since: int) -> bool:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                return b"address already in use" in f.read().lower()
+        except OSError:
+            return False
+
+
+# ---------------------------------------------------------------------------- cluster
+
+
+class Cluster:
+    """`size` kubekv members forming one Raft cluster on loopback, named m1, m2, ...
+
+    Members start together; `start()` returns when every one serves a linearizable read.
+    Timings default to etcd's (heartbeat 100 ms, election timeout 1000 ms); failover
+    tests may lower them (`heartbeat_ms=50, election_ms=500` is still stable on a
+    loaded 2-core machine). `flags` go to every member.
+    """
+
+    member_class: type[Member] = Member
+
+    def __init__(self, size: int = 3, *, base_dir: str | os.PathLike | None = None,
+                 flags: Sequence[str] = (), env: Mapping[str, str] | None = None,
+                 heartbeat_ms: int = ETCD_HEARTBEAT_MS, election_ms: int = ETCD_ELECTION_MS,
+                 token: str = "kubekv-embedded",
+                 start_timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one member")
+        self.flags = list(flags)
+        self.heartbeat_ms = heartbeat_ms
+        self.election_ms = election_ms
+        self.token = token
+        self.start_timeout = start_timeout
+        self._res = _Resources()
+        self._finalizer = weakref.finalize(self, _Resources.release, self._res)
+        self.base_dir = _owned_dir(base_dir, self._res)
+        self.members: list[Member] = [
+            self.member_class(f"m{i + 1}", env=env, start_timeout=start_timeout,
+                              _cluster=self)
+            for i in range(size)
+        ]
+
+    def __repr__(self) -> str:
+        return f"<kubekv.embed.Cluster {' '.join(self.endpoints)}>"
+
+    def initial_cluster(self) -> str:
+        """etcd's `--initial-cluster` value for these members."""
+        return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    @property
+    def endpoints(self) -> list[str]:
+        """`127.0.0.1:PORT` of every member, in order."""
+        return [m.endpoint for m in self.members]
+
+    @property
+    def urls(self) -> list[str]:
+        """Client URLs of every member, in order."""
+        return [m.url for m in self.members]
+
+    def member(self, name_or_id: str | int) -> Member:
+        """The member with this name or Raft member ID."""
+        for m in self.members:
+            if m.name == name_or_id or (isinstance(name_or_id, int) and m.running
+                                        and m.member_id == name_or_id):
+                return m
+        raise KeyError(name_or_id)
+
+    # -------------------------------------------------------------- lifecycle
+
+    def start(self, timeout: float | None = None) -> Cluster:
+        """Start every member and wait until all serve linearizable reads. A cluster that
+        has never run gets new ports if one of its first ones was taken."""
+        timeout = self.start_timeout if timeout is None else timeout
+        fresh = not any(m.data_dir.exists() for m in self.members)
+        for attempt in range(PORT_ATTEMPTS if fresh else 1):
+            log_start = {m.name: m._log_size() for m in self.members}
+            for m in self.members:
+                m.launch()
+            try:
+                self.wait_ready(timeout=timeout)
+                return self
+            except StartError:
+                taken = any(m._port_taken(log_start[m.name]) for m in self.members)
+                if not (fresh and taken and attempt + 1 < PORT_ATTEMPTS):
+                    raise
+                for m in self.members:
+                    m.kill()
+                    shutil.rmtree(m.data_dir, ignore_errors=True)
+                    m._new_ports()
+        raise AssertionError("unreachable")
+
+    def wait_ready(self, members: Iterable[Member] | None = None,
+                   timeout: float | None = None) -> None:
+        """Every member given (default: all) serves a linearizable read."""
+        timeout = self.start_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        for m in list(members) if members is not None else self.members:
+            m.wait_ready(max(0.0, deadline - time.monotonic()))
+
+    def stop(self) -> None:
+        """Stop every member (SIGTERM to all at once, then SIGKILL stragglers)."""
+        for m in self.members:
+            if m.alive:
+                if m.paused:
+                    m.resume()
+                m.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        for m in self.members:
+            m.stop()
+
+    def close(self) -> None:
+        """Stop every member and remove the temporary directory (if the cluster made it)."""
+        try:
+            self.stop()
+        finally:
+            for m in self.members:
+                m._finalizer()
+            self._finalizer()
+
+    def __enter__(self) -> Cluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- leader
+
+    def statuses(self) -> dict[str, pb.StatusResponse | None]:
+        """Status of each member by name (None for one that is down, paused or silent)."""
+        out: dict[str, pb.StatusResponse | None] = {}
+        for m in self.members:
+            out[m.name] = None
+            if m.running:
+                with contextlib.suppress(grpc.RpcError):
+                    out[m.name] = m.status()
+        return out
+
+    def leader(self) -> Member | None:
+        """The leader every running member agrees on and which says so itself, or None."""
+        sts = {n: s for n, s in self.statuses().items() if s is not None}
+        leads = {s.leader for s in sts.values()}
+        if not sts or len(leads) != 1 or 0 in leads:
+            return None
+        lead = leads.pop()
+        for m in self.members:
+            st = sts.get(m.name)
+            if st is not None and st.header.member_id == lead:
+                m._member_id = lead
+                return m
+        return None
+
+    def wait_leader(self, timeout: float | None = None,
+                    exclude: Member | None = None) -> Member:
+        """Wait until the running members agree on a leader (other than `exclude`, e.g.
+        the one a test just stopped) and return it."""
+        timeout = self.start_timeout if timeout is None else timeout
+
+        def agreed() -> Member | None:
+            lead = self.leader()
+            return None if lead is exclude else lead
+
+        what = "an agreed leader" + (f" other than {exclude.name}" if exclude else "")
+        return wait_for(agreed, timeout, what)
+
+    def followers(self) -> list[Member]:
+        """The members other than the current leader (waits for one)."""
+        lead = self.wait_leader()
+        return [m for m in self.members if m is not lead]
