@@ -15,6 +15,11 @@ is closed, unless the caller passed `base_dir`, which is then left as it is, log
 all). "Ready" means a linearizable Range succeeded on the member (what etcd's own
 `/health` check reads), so a ready member has a leader and a quorum; it is never a sleep.
 
+Readiness, `status()` and leader finding talk to etcd's JSON gateway on the client port
+(stdlib HTTP), not gRPC: this module imports neither grpc nor kubekv's generated protos,
+which would clash with a client's own (python-etcd3 needs the pure-Python protobuf, whose
+descriptor pool refuses a second `rpc.proto`).
+
 Processes are stopped on `close()`/`__exit__`, and also if the owning object is garbage
 collected or the interpreter exits (a `weakref.finalize`, which runs at exit too). On
 Linux a member started from the main thread additionally gets `PR_SET_PDEATHSIG`, so the
@@ -31,6 +36,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import http.client
+import json
 import os
 import pathlib
 import random
@@ -43,42 +51,37 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TypeVar
-
-import grpc
+from typing import Any, TypeVar
 
 import kubekv_server
-from etcdproto.etcdserverpb import rpc_pb2 as pb
-from etcdproto.etcdserverpb import rpc_pb2_grpc
 
-__all__ = ["Cluster", "Member", "StartError", "free_port", "wait_for"]
+__all__ = ["Cluster", "GatewayError", "Member", "MemberStatus", "StartError", "free_port",
+           "wait_for"]
 
 HOST = "127.0.0.1"
 # Generous for a loaded 2-core CI machine; a member is usually ready in well under 5 s.
 DEFAULT_START_TIMEOUT = 60.0
 # etcd stops within a second or two on SIGTERM; past this a member is SIGKILLed.
 DEFAULT_STOP_TIMEOUT = 15.0
-# How long one readiness or status RPC may take before it counts as "not yet".
-PROBE_RPC_TIMEOUT = 1.0
+# How long one readiness or status request may take before it counts as "not yet".
+PROBE_TIMEOUT = 1.0
+# A gateway answer larger than this is not a Status or an empty Range: refuse it.
+MAX_ANSWER_BYTES = 1 << 20
 # Between readiness polls: short enough not to add to test time, long enough to stay cheap.
 POLL_INTERVAL = 0.05
 # A member whose free port was taken by someone else between the pick and the bind
 # exits at once; start() then picks new ports and tries again, this many times in all.
 PORT_ATTEMPTS = 3
-# etcd's health check reads this key with a linearizable Range (etcdhttp's QGET "health").
-HEALTH_KEY = b"health"
+# etcd's health check reads this key with a linearizable Range (etcdhttp's QGET "health");
+# base64, as etcd's JSON gateway takes bytes fields.
+HEALTH_KEY_B64 = "aGVhbHRo"
 # etcd's defaults for --heartbeat-interval and --election-timeout (milliseconds).
 ETCD_HEARTBEAT_MS = 100
 ETCD_ELECTION_MS = 1000
-# Short reconnect backoff for the status channel, so a restarted member is seen quickly
-# (gRPC's default backoff grows to two minutes).
-_CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
 # Environment the server must not inherit: etcd's flag variables (read as flags) and the
 # protobuf implementation switch some clients (python-etcd3) need but the server does not.
 _STRIPPED_ENV_PREFIX = "ETCD_"
@@ -90,6 +93,41 @@ T = TypeVar("T")
 
 class StartError(RuntimeError):
     """A member exited during start-up or did not become ready in time (with its log tail)."""
+
+
+class GatewayError(OSError):
+    """A member did not answer a JSON gateway request with 200 and a JSON object."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberStatus:
+    """A member's Maintenance.Status, as etcd's JSON gateway gives it (uint64s as ints)."""
+
+    member_id: int
+    leader: int  # 0 while the member knows no leader
+    raft_term: int
+    raft_index: int
+    raft_applied_index: int
+    revision: int
+    version: str
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, answer: Mapping[str, Any]) -> MemberStatus:
+        header = answer.get("header") or {}
+        # etcd's gateway omits zero values and writes uint64s as strings.
+        return cls(member_id=int(header.get("member_id", 0)),
+                   leader=int(answer.get("leader", 0)),
+                   raft_term=int(answer.get("raftTerm", 0)),
+                   raft_index=int(answer.get("raftIndex", 0)),
+                   raft_applied_index=int(answer.get("raftAppliedIndex", 0)),
+                   revision=int(header.get("revision", 0)),
+                   version=str(answer.get("version", "")),
+                   raw=dict(answer))
+
+
+# Loopback only: a user's HTTP(S)_PROXY must not route requests to 127.0.0.1 elsewhere.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 # ----------------------------------------------------------------------------- ports
@@ -273,7 +311,6 @@ class Member:
         self.log_path = self.base_dir / f"{name}.log"
         self.port = free_port()
         self.peer_port = free_port()
-        self._channel: grpc.Channel | None = None
         self._member_id: int | None = None
         self.paused = False
 
@@ -359,7 +396,6 @@ class Member:
         """Start the process without waiting for it to be ready."""
         if self.alive:
             raise RuntimeError(f"{self.name} is already running")
-        self._close_channel()
         self.base_dir.mkdir(parents=True, exist_ok=True)
         argv = self.command()
         with open(self.log_path, "ab") as log:
@@ -416,20 +452,16 @@ class Member:
             time.sleep(POLL_INTERVAL)
 
     def _probe(self) -> str | None:
-        """None if a linearizable Range succeeds on a fresh channel, else why not. A fresh
-        channel per try: a channel that saw the port closed backs off before retrying."""
+        """None if a linearizable Range succeeds, else why not."""
         try:
-            with grpc.insecure_channel(self.endpoint) as ch:
-                rpc_pb2_grpc.KVStub(ch).Range(pb.RangeRequest(key=HEALTH_KEY),
-                                              timeout=PROBE_RPC_TIMEOUT)
+            self.request("/v3/kv/range", {"key": HEALTH_KEY_B64})
             return None
-        except grpc.RpcError as exc:
-            return f"{exc.code().name}: {exc.details()}"
+        except GatewayError as exc:
+            return str(exc)
 
     def stop(self, timeout: float = DEFAULT_STOP_TIMEOUT) -> int | None:
         """SIGTERM (resuming a paused member first), SIGKILL after `timeout`; returns the
         exit status (None if it never ran). The data dir stays: `start()` restarts."""
-        self._close_channel()
         proc = self._res.proc
         if proc is None:
             return None
@@ -447,7 +479,6 @@ class Member:
 
     def kill(self) -> None:
         """SIGKILL, as a crash (also of a paused member); the data dir stays."""
-        self._close_channel()
         proc = self._res.proc
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -490,28 +521,50 @@ class Member:
 
     # ---------------------------------------------------------------- queries
 
-    def _close_channel(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+    def request(self, path: str, body: Mapping[str, Any] | None = None,
+                timeout: float = PROBE_TIMEOUT) -> dict[str, Any]:
+        """POST `body` as JSON to one of etcd's JSON gateway routes (`/v3/kv/range`,
+        `/v3/maintenance/status`, ...) on this member and return the decoded answer;
+        `GatewayError` if the member does not answer 200 with a JSON object.
 
-    @property
-    def channel(self) -> grpc.Channel:
-        """A gRPC channel to this member (kept, and closed on stop/kill)."""
-        if self._channel is None:
-            self._channel = grpc.insecure_channel(self.endpoint, options=_CHANNEL_OPTIONS)
-        return self._channel
+        The gateway, not gRPC: the caller's process may hold a client's own generated
+        etcd protos (python-etcd3 with the pure-Python protobuf), and loading kubekv's
+        beside them would clash in protobuf's descriptor pool."""
+        req = urllib.request.Request(self.url + path, data=json.dumps(body or {}).encode(),
+                                     headers={"Content-Type": "application/json"},
+                                     method="POST")
+        try:
+            with _OPENER.open(req, timeout=timeout) as resp:
+                raw = resp.read(MAX_ANSWER_BYTES + 1)
+        except urllib.error.HTTPError as exc:
+            with contextlib.closing(exc):
+                detail = exc.read(MAX_ANSWER_BYTES).decode(errors="replace")
+            raise GatewayError(f"{path}: HTTP {exc.code}: {detail[:200]}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise GatewayError(f"{path}: {exc!r}") from None
+        if len(raw) > MAX_ANSWER_BYTES:
+            raise GatewayError(f"{path}: answer over {MAX_ANSWER_BYTES} bytes")
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise GatewayError(f"{path}: not JSON: {raw[:200]!r}") from None
+        if not isinstance(answer, dict):
+            raise GatewayError(f"{path}: not a JSON object: {raw[:200]!r}")
+        return answer
 
-    def status(self, timeout: float = PROBE_RPC_TIMEOUT) -> pb.StatusResponse:
-        """Maintenance.Status of this member (raises grpc.RpcError if it does not answer)."""
-        return rpc_pb2_grpc.MaintenanceStub(self.channel).Status(pb.StatusRequest(),
-                                                                 timeout=timeout)
+    def status(self, timeout: float = PROBE_TIMEOUT) -> MemberStatus:
+        """Maintenance.Status of this member (`GatewayError` if it does not answer)."""
+        answer = self.request("/v3/maintenance/status", timeout=timeout)
+        try:
+            return MemberStatus.from_json(answer)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise GatewayError(f"/v3/maintenance/status: malformed answer: {exc}") from None
 
     @property
     def member_id(self) -> int:
         """The Raft member ID (from Status; cached, it never changes for a data dir)."""
         if self._member_id is None:
-            self._member_id = self.status(timeout=5.0).header.member_id
+            self._member_id = self.status(timeout=5.0).member_id
         return self._member_id
 
     def log_tail(self, lines: int = 40) -> str:
@@ -660,13 +713,13 @@ class Cluster:
 
     # ----------------------------------------------------------------- leader
 
-    def statuses(self) -> dict[str, pb.StatusResponse | None]:
+    def statuses(self) -> dict[str, MemberStatus | None]:
         """Status of each member by name (None for one that is down, paused or silent)."""
-        out: dict[str, pb.StatusResponse | None] = {}
+        out: dict[str, MemberStatus | None] = {}
         for m in self.members:
             out[m.name] = None
             if m.running:
-                with contextlib.suppress(grpc.RpcError):
+                with contextlib.suppress(GatewayError):
                     out[m.name] = m.status()
         return out
 
@@ -679,7 +732,7 @@ class Cluster:
         lead = leads.pop()
         for m in self.members:
             st = sts.get(m.name)
-            if st is not None and st.header.member_id == lead:
+            if st is not None and st.member_id == lead:
                 m._member_id = lead
                 return m
         return None
