@@ -27,9 +27,10 @@ kernel kills it if the test process dies without running Python's exit handlers 
 a SIGTERM Python does not handle, `os._exit`). `stop()` sends SIGTERM and SIGKILLs a
 member that has not exited within its timeout.
 
-The server reads etcd's `ETCD_*` environment variables as flags, as etcd does; they are
-removed from an embedded member's environment so that a developer's shell cannot change
-the server a test gets (pass `flags=` instead).
+The server reads etcd's `ETCD_*` environment variables as flags, as etcd does, and, as
+etcd, refuses to start when one names a flag also given on the command line (an
+`ETCD_NAME` in a developer's shell would stop every embedded member). They are removed
+from an embedded member's environment: pass `flags=` instead.
 """
 
 from __future__ import annotations
