@@ -11,6 +11,7 @@ the venv's interpreter.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -67,17 +68,21 @@ def venv_python(tmp_path_factory) -> pathlib.Path:
         else:
             shutil.copy2(path, src / name)
     wheels = tmp / "wheels"
-    # No build isolation: setuptools is already here, and CI may have no index to fetch it.
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+    # Without build isolation when setuptools is here (nothing to download); else pip
+    # fetches it as `pip install -e .` did.
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation,
          "-w", str(wheels), str(src)])
     (wheel,) = wheels.glob("kubekv-*.whl")
     venv = tmp / "venv"
-    run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+    # No pip inside the venv (no ensurepip, which Debian splits into python3-venv): this
+    # pip installs into it with --python.
+    run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)])
     python = venv / "bin" / "python"
     # --force-reinstall: a kubekv in the system site-packages (an editable checkout, as CI
     # has) must not count as "already satisfied"; pip leaves that one alone.
-    run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-         "--force-reinstall", str(wheel)])
+    run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
+         "--no-index", "--force-reinstall", str(wheel)])
     return python
 
 
