@@ -314,6 +314,10 @@ class Member:
         self.peer_port = free_port()
         self._member_id: int | None = None
         self.paused = False
+        # What a cluster member starts with: "new" at bootstrap, "existing" once added by
+        # MemberAdd to a running cluster (with the member list MemberAdd answered).
+        self.cluster_state = "new"
+        self.initial_cluster: str | None = None
 
     def __repr__(self) -> str:
         state = "paused" if self.paused else "running" if self.alive else "stopped"
@@ -368,8 +372,8 @@ class Member:
             cluster_flags = ["--initial-cluster", f"{self.name}={self.peer_url}"]
         else:
             cluster_flags = [
-                "--initial-cluster", c.initial_cluster(),
-                "--initial-cluster-state", "new",
+                "--initial-cluster", self.initial_cluster or c.initial_cluster(),
+                "--initial-cluster-state", self.cluster_state,
                 "--initial-cluster-token", c.token,
                 "--heartbeat-interval", str(c.heartbeat_ms),
                 "--election-timeout", str(c.election_ms),
@@ -750,6 +754,61 @@ class Cluster:
 
         what = "an agreed leader" + (f" other than {exclude.name}" if exclude else "")
         return wait_for(agreed, timeout, what)
+
+    # ------------------------------------------------------------- membership
+
+    def add_member(self, *, learner: bool = False, via: Member | None = None,
+                   wait: bool = True, timeout: float | None = None) -> Member:
+        """MemberAdd a new member (through `via`, default the leader), then start it with
+        `--initial-cluster-state existing`, as etcd's docs say to. A voting member is
+        waited for until it serves linearizable reads; a learner (which etcd does not let
+        serve them) until it answers Status."""
+        timeout = self.start_timeout if timeout is None else timeout
+        via = via if via is not None else self.wait_leader(timeout)
+        used = {m.name for m in self.members}
+        name = next(f"m{i}" for i in range(1, len(used) + 2) if f"m{i}" not in used)
+        new = self.member_class(name, env=self.members[0].extra_env,
+                                start_timeout=self.start_timeout, _cluster=self)
+        answer = via.request("/v3/cluster/member/add",
+                             {"peerURLs": [new.peer_url], "isLearner": learner},
+                             timeout=timeout)
+        new._member_id = int(answer["member"]["ID"])
+        names = {m.peer_url: m.name for m in self.members}
+        names[new.peer_url] = name
+        new.initial_cluster = ",".join(
+            f"{names.get(url, '')}={url}"
+            for member in answer.get("members", []) for url in member.get("peerURLs", []))
+        new.cluster_state = "existing"
+        self.members.append(new)
+        new.launch()
+        if wait:
+            if learner:
+                wait_for(lambda: new.status().member_id, timeout, f"learner {name} to answer")
+            else:
+                new.wait_ready(timeout)
+        return new
+
+    def remove_member(self, member: Member, *, via: Member | None = None,
+                      timeout: float | None = None) -> None:
+        """MemberRemove `member` (through `via`, default the leader once the others agree on
+        one that is not `member`), stop its process (etcd's removed member stops itself;
+        this makes sure) and forget it."""
+        timeout = self.start_timeout if timeout is None else timeout
+        if via is None:
+            via = self.wait_leader(timeout, exclude=member)
+        # By peer URL from the member list: the member itself may be down.
+        listed = via.request("/v3/cluster/member/list", {"linearizable": True}, timeout=timeout)
+        member_id = next(int(m["ID"]) for m in listed.get("members", [])
+                         if member.peer_url in m.get("peerURLs", []))
+        via.request("/v3/cluster/member/remove", {"ID": str(member_id)}, timeout=timeout)
+        member.close()
+        self.members.remove(member)
+
+    def member_ids(self, via: Member | None = None) -> list[int]:
+        """The IDs in MemberList (through `via`, default the first running member)."""
+        via = via if via is not None else next(m for m in self.members if m.running)
+        answer = via.request("/v3/cluster/member/list", {"linearizable": True})
+        return sorted(int(m["ID"]) for m in answer.get("members", []))
 
     def followers(self) -> list[Member]:
         """The members other than the current leader (waits for one)."""

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from kubekv.embed import Member, wait_for
+from kubekv.embed import Cluster, Member, wait_for
 from tests.embed.test_installed_package import processes_mentioning
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -93,3 +93,19 @@ def test_members_die_with_a_killed_owner(tmp_path):
         owner.stdin.close()
         owner.stdout.close()
     wait_for(lambda: gone(server), 10, "the server to die with its owner")
+
+
+def test_cluster_membership_changes(tmp_path):
+    with Cluster(3, base_dir=tmp_path) as c:
+        ids = c.member_ids()
+        assert sorted(m.member_id for m in c.members) == ids
+        new = c.add_member()
+        assert new.name == "m4" and new.cluster_state == "existing"
+        assert c.member_ids(via=new) == sorted([*ids, new.member_id])
+        old = c.members[0]
+        old_id = old.member_id
+        old.kill()  # removal finds the ID by peer URL: the member itself may be down
+        c.remove_member(old)
+        assert old not in c.members and not old.alive
+        assert c.member_ids() == sorted(set(ids + [new.member_id]) - {old_id})
+        c.wait_leader()
