@@ -2,7 +2,9 @@
 
 Every server test goes through here: each server gets its own temporary data
 dir and ports, readiness is a successful RPC (not a sleep), and `stop()` always
-reaps the process.
+reaps the process. Ports and the server's environment come from `kubekv.embed`, the
+public embedded-server API (tests/cluster/cluster_harness.py's `ClusterMember` is what
+its `Member.command()`/`environment()` hooks are for, when issue 10 unifies the harnesses).
 """
 
 from __future__ import annotations
@@ -10,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,40 +22,12 @@ import grpc
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
+from kubekv.embed import free_port, server_environment
+
+__all__ = ["ROOT", "ServerProcess", "etcd_binary", "etcd_process", "etcdctl", "free_port",
+           "kubekv_process", "running"]
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo, hi = (int(x) for x in f.read().split())
-            return lo, hi
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-_EPHEMERAL = _ephemeral_range()
-_rng = random.Random()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now, chosen below the
-    kernel's ephemeral range: a port from that range can be handed to an outgoing
-    connection's source (peer links, clients) before the server binds it."""
-    lo = 10000
-    hi = _EPHEMERAL[0] - 1 if _EPHEMERAL[0] > lo + 1000 else 0
-    for _ in range(200 if hi else 0):
-        port = _rng.randrange(lo, hi)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:  # no room below the ephemeral range: let the kernel pick
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def etcd_binary(name: str = "etcd") -> str:
@@ -189,10 +161,8 @@ def kubekv_process(tmp: pathlib.Path, *flags: str, name: str = "kubekv") -> Serv
         "--initial-cluster", f"{name}={peer}",
         *flags,
     ]
-    env = dict(os.environ)
-    env.pop("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", None)  # the server runs on upb
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return ServerProcess(argv, data_dir, port, tmp / f"{name}.log", env)
+    # As an embedded member's: on upb, this tree importable, no ETCD_* flag variables.
+    return ServerProcess(argv, data_dir, port, tmp / f"{name}.log", server_environment())
 
 
 def etcd_process(tmp: pathlib.Path, *flags: str, name: str = "etcd") -> ServerProcess:
