@@ -40,6 +40,7 @@ import logging
 import os
 import random
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -279,6 +280,12 @@ class PeerStatus:
     snapshots_failed: int = 0
     snapshot_chunks_sent: int = 0
     snapshot_in_flight: bool = False
+    # etcd_network_peer_{sent,received}_bytes_total and peer_sent_failures_total: bytes of
+    # messages written to the peer's stream and snapshot chunks; bytes of requests read
+    # from it (counted by PeerCallGuard); messages dropped and writes that failed
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    send_failures: int = 0
 
 
 # -- sending side -----------------------------------------------------------------------------
@@ -349,6 +356,11 @@ class GrpcTransport:
         self._closed = False
         # Called when a peer refuses us because this member was removed from the cluster.
         self.on_removed: Callable[[], None] | None = None
+        # etcd's heartbeat timeout detector (etcdserver/raft.go, td.Observe): a heartbeat
+        # to a peer sent more than `heartbeat_late` seconds after the previous one of the
+        # same term counts as a send failure (a leader too busy to tick); 0 = off
+        self.heartbeat_late = 0.0
+        self.heartbeat_send_failures = 0
 
     # -- wiring and membership ---------------------------------------------------------------
     def attach(self, reporter: Reporter) -> None:
@@ -414,7 +426,18 @@ class GrpcTransport:
             if m.type == pb.MsgSnap:
                 p.send_snapshot(m)
             else:
+                if m.type == pb.MsgHeartbeat and self.heartbeat_late:
+                    self._observe_heartbeat(p, m.term)
                 p.enqueue(m)
+
+    def _observe_heartbeat(self, p: _Peer, term: int) -> None:
+        """etcd's timeoutDetector: a late heartbeat is a heartbeat send failure. The
+        detector restarts with each term, as etcd resets it when the leader changes."""
+        now = time.monotonic()
+        if p.heartbeat_term == term and now - p.last_heartbeat > self.heartbeat_late:
+            self.heartbeat_send_failures += 1
+        p.heartbeat_term = term
+        p.last_heartbeat = now
 
     # -- reporting ---------------------------------------------------------------------------
     def _report_unreachable(self, peer_id: int) -> None:
@@ -455,6 +478,8 @@ class _Peer:
         self.channel: grpc.aio.Channel | None = None
         self.status = PeerStatus(id=peer_id, urls=list(urls))
         self.closed = False
+        self.heartbeat_term = 0  # the term and time of the last heartbeat queued
+        self.last_heartbeat = 0.0
 
     # -- queueing ------------------------------------------------------------------------------
     def enqueue(self, m: pb.Message) -> None:
@@ -466,6 +491,7 @@ class _Peer:
             or self.queued_bytes + size > self.t.max_queue_bytes
         ):
             self.status.messages_dropped += 1
+            self.status.send_failures += 1  # etcd's peer.send: the send buffer is full
             if not self.overflow_reported:  # once per backlog, not once per message
                 self.overflow_reported = True
                 log.warning("raft: queue to peer %x full; dropping messages", self.id)
@@ -485,12 +511,16 @@ class _Peer:
         self.overflow_reported = False
         return q
 
-    def _batches(self, msgs: list[tuple[pb.Message, int]]) -> Iterator[peer_pb.MessageBatch]:
+    def _batches(
+        self, msgs: list[tuple[pb.Message, int]]
+    ) -> Iterator[tuple[peer_pb.MessageBatch, int]]:
+        """The queued messages in batches, each with its messages' encoded size."""
         t = self.t
         batch, size = None, 0
         for m, n in msgs:
             if n + _BATCH_OVERHEAD > t.max_message_bytes:
                 self.status.messages_dropped += 1
+                self.status.send_failures += 1
                 self.unsent -= 1
                 log.error(
                     "raft: %s to %x is %d bytes, over the %d-byte limit; dropped",
@@ -499,7 +529,7 @@ class _Peer:
                 t._report_unreachable(self.id)
                 continue
             if batch is not None and size + n > t.max_batch_bytes:
-                yield batch
+                yield batch, size
                 batch = None
             if batch is None:
                 batch = peer_pb.MessageBatch(cluster_id=t.cluster_id, from_=t.local_id, to=self.id)
@@ -507,7 +537,7 @@ class _Peer:
             batch.messages.append(m)
             size += n + 8
         if batch is not None:
-            yield batch
+            yield batch, size
 
     # -- the stream ---------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -549,7 +579,7 @@ class _Peer:
                     continue
                 self.unsent = len(msgs)
                 loop = asyncio.get_running_loop()
-                for batch in self._batches(msgs):
+                for batch, size in self._batches(msgs):
                     # a write stuck past write_timeout cancels the call (no task per write,
                     # as asyncio.wait_for would create: this is the leader's hottest path)
                     fired: list[bool] = []
@@ -565,6 +595,7 @@ class _Peer:
                     finally:
                         watchdog.cancel()
                     self.status.batches_sent += 1
+                    self.status.bytes_sent += size
                     self.status.messages_sent += len(batch.messages)
                     self.unsent -= len(batch.messages)
                 self.unsent = 0
@@ -579,6 +610,7 @@ class _Peer:
     def _failed(self, e: BaseException) -> None:
         st = self.status
         st.failures += 1
+        st.send_failures += 1  # etcd's streamWriter: a write that failed
         st.messages_dropped += len(self.queue) + self.unsent  # unsent: taken, maybe not sent
         self.unsent = 0
         self._take()
@@ -652,6 +684,7 @@ class _Peer:
                         call.write(peer_pb.SnapshotChunk(data=data)), t.write_timeout
                     )
                     st.snapshot_chunks_sent += 1
+                    st.bytes_sent += len(data)
             last = peer_pb.SnapshotChunk(last=True, size=size, sha256=digest.digest())
             await asyncio.wait_for(call.write(last), t.write_timeout)
             await call.done_writing()
@@ -669,6 +702,7 @@ class _Peer:
             raise
         except Exception as e:
             st.snapshots_failed += 1
+            st.send_failures += 1  # etcd's snapshotSender
             st.last_error = _describe(e)
             log.warning(
                 "raft: snapshot [index %d] to %x failed: %s", md.index, self.id, st.last_error
@@ -950,11 +984,17 @@ class PeerCallGuard(grpc.aio.ServerInterceptor):
     """The peer server's outermost interceptor: malformed requests end in
     INVALID_ARGUMENT (with one rate-limited line, not grpc's ERROR traceback), and
     `close()` ends every call in flight with UNAVAILABLE, refusing new ones, so a
-    member stops without a handler left for the event loop's teardown to cancel."""
+    member stops without a handler left for the event loop's teardown to cancel.
+
+    `on_received(sender, nbytes)`, if set, is told the encoded size of every request of
+    a client-streaming call (Raft message batches, snapshot chunks) with the member it
+    came from (a batch's `from_`, a snapshot's first chunk's message), for etcd's
+    etcd_network_peer_received_bytes_total: the size comes free from the bytes decoded."""
 
     def __init__(self) -> None:
         self._active: set[asyncio.Task] = set()
         self._closing = False
+        self.on_received: Callable[[int, int], None] | None = None
 
     @property
     def active(self) -> int:
@@ -1007,10 +1047,18 @@ class PeerCallGuard(grpc.aio.ServerInterceptor):
             except Exception:  # noqa: BLE001 - any decoding failure is the peer's
                 return _MALFORMED
 
+        def sized_decode(data: bytes) -> tuple[Any, int]:
+            return safe_decode(data), len(data)
+
         async def checked(requests):
-            async for r in requests:
+            sender = 0
+            async for r, n in requests:
                 if r is _MALFORMED:
                     raise MalformedRequestError(method)
+                if not sender:
+                    sender = _sender(r)
+                if sender and self.on_received is not None:
+                    self.on_received(sender, n)
                 yield r
 
         def unary_arg(request: Any) -> Any:
@@ -1032,6 +1080,8 @@ class PeerCallGuard(grpc.aio.ServerInterceptor):
                 async def one(request, context):
                     return await run(method, context, lambda: inner(checked(request), context))
 
+                return factory(one, sized_decode, handler.response_serializer)
+
             return factory(one, safe_decode, handler.response_serializer)
         # response streams: none on the peer port today; passed through with safe decoding
         if handler.unary_stream:
@@ -1039,6 +1089,15 @@ class PeerCallGuard(grpc.aio.ServerInterceptor):
                 handler.unary_stream, safe_decode, handler.response_serializer)
         return grpc.stream_stream_rpc_method_handler(
             handler.stream_stream, safe_decode, handler.response_serializer)
+
+
+def _sender(request: Any) -> int:
+    """The member a streamed peer request comes from (0: not known from this one)."""
+    frm = getattr(request, "from_", 0)
+    if frm:
+        return frm
+    message = getattr(request, "message", None)
+    return message.from_ if message is not None else 0
 
 
 def grpc_call_tasks() -> list[asyncio.Task]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -34,6 +35,9 @@ from .quota import has_put
 log = logging.getLogger("kubekv.applier")
 
 # What etcd's applierV3Corrupt refuses while a CORRUPT alarm is raised.
+# etcd's --experimental-warning-apply-duration default (embed.DefaultWarningApplyDuration)
+DEFAULT_WARNING_APPLY_SECONDS = 0.1
+
 CORRUPT_REFUSED = frozenset({"put", "delete_range", "txn", "compaction", "lease_grant",
                              "lease_revoke"})
 
@@ -83,6 +87,10 @@ class Applier:
             self.alarms = {(a.memberID, a.alarm) for a in list_alarms(txn, backend.meta)}
         self._txn: lmdb.Transaction | None = None  # the request being applied
         self._lease_changes: list = []
+        # etcd_server_slow_apply_total: requests whose apply took longer than
+        # --experimental-warning-apply-duration (etcd's warnOfExpensiveRequest)
+        self.slow_apply_seconds = DEFAULT_WARNING_APPLY_SECONDS
+        self.slow_applies = 0
 
     def reload(self) -> None:
         """Re-read what is cached from the state db (after a snapshot replaced it)."""
@@ -117,7 +125,10 @@ class Applier:
             for entry in todo:
                 if entry.type == raft_pb2.EntryNormal and entry.data:
                     self._index = entry.index
+                    started = time.perf_counter()
                     self._apply_request(txn, entry.data, out)
+                    if time.perf_counter() - started > self.slow_apply_seconds:
+                        self.slow_applies += 1
                 elif entry.type == raft_pb2.EntryConfChange:
                     self._apply_conf_change(txn, entry.data, out)
             self.backend.set_applied_index(txn, todo[-1].index)

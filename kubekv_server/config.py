@@ -359,9 +359,9 @@ NO_EFFECT = (
     "socket-reuse-port", "socket-reuse-address", "max-snapshots", "max-wals",
     "discovery", "discovery-fallback", "discovery-proxy", "discovery-srv",
     "discovery-srv-name",
-    "metrics", "log-rotation-config-json",
+    "log-rotation-config-json",
     "experimental-distributed-tracing-address", "proxy",
-    "experimental-compaction-batch-limit", "experimental-warning-apply-duration",
+    "experimental-compaction-batch-limit",
     "experimental-bootstrap-defrag-threshold-megabytes",
 )
 
@@ -438,6 +438,7 @@ def _build(raw: dict[str, str], given: set[str]) -> Config:
             cluster = {name: list(adv_peer)}
     except ValueError as exc:
         raise FlagError(str(exc)) from None
+    _duration_flag(raw, "experimental-warning-apply-duration")  # refused as Go's flag does
     if "advertise-client-urls" in given and not raw["advertise-client-urls"]:
         raise FlagError("--advertise-client-urls is required when --listen-client-urls is set")
     state = raw["initial-cluster-state"]

@@ -29,7 +29,7 @@ from .auto_compaction import AutoCompactor
 from .backend import Backend, decode_u64, encode_u64
 from .cluster_ids import cluster_id, member_id
 from .compactor import Compactor
-from .config import Config, parse_urls
+from .config import Config, parse_duration, parse_urls
 from .force_new_cluster import force_standalone
 from .kv_range import execute_range
 from .kv_txn import apply_txn, is_read_only
@@ -107,6 +107,8 @@ class Member:
             self.backend, self.mvcc, self.leases, on_lease_changes=self._lease_changes,
             auth=self.auth,
         )
+        self.applier.slow_apply_seconds = parse_duration(
+            cfg.flag("experimental-warning-apply-duration"))
         self.compactor = Compactor(self.backend, self.mvcc)
         # Tuning knobs (tests make them small): KUBEKV_WATCH_RECENT_REVISIONS, revisions
         # kept in memory for watch streams, past which a lagging stream's watchers catch

@@ -1,12 +1,16 @@
-"""etcd's Prometheus metrics for one member (the names, types and help texts etcd 3.5
-exposes at /metrics), read from the member at scrape time or fed by its hooks: the
-log's fsyncs, the state db's apply commits, refused proposals, gRPC calls."""
+"""etcd's Prometheus metrics for one member (the names, types, labels, help texts and
+buckets etcd 3.5 exposes at /metrics), read from the member at scrape time or fed by its
+hooks: the log's fsyncs, the state db's apply commits, refused proposals, slow applies
+and read indexes, gRPC calls and their message bytes, the peer transport's bytes, send
+failures, late heartbeats and probe round trips. `--metrics extensive` adds
+grpc_server_handling_seconds, as etcd's grpc_prometheus handling-time histogram."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import resource
+import time
 
 from .metrics import CONTENT_TYPE, Counter, Gauge, Histogram, Registry, exponential_buckets
 
@@ -15,6 +19,8 @@ GRPC_CODES = ["OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded"
               "Aborted", "OutOfRange", "Unimplemented", "Internal", "Unavailable", "DataLoss",
               "Unauthenticated"]
 LEADER_SAMPLE_SECONDS = 0.05
+# grpc_prometheus's handling-time buckets: prometheus.DefBuckets
+GRPC_HANDLING_BUCKETS = [.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10]
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -101,6 +107,51 @@ class MemberMetrics:
             "grpc_server_handled_total",
             "Total number of RPCs completed on the server, regardless of success or failure.",
             ("grpc_code", "grpc_method", "grpc_service", "grpc_type")))
+        r.add(CounterFn("etcd_server_heartbeat_send_failures_total",
+                        "The total number of leader heartbeat send failures (likely overloaded "
+                        "from slow disk).", fn=lambda: getattr(self._transport(),
+                                                               "heartbeat_send_failures", 0)))
+        r.add(CounterFn("etcd_server_slow_apply_total",
+                        "The total number of slow apply requests (likely overloaded from slow "
+                        "disk).", fn=lambda: m.applier.slow_applies))
+        r.add(CounterFn("etcd_server_slow_read_indexes_total",
+                        "The total number of pending read indexes not in sync with leader's or "
+                        "timed out read index requests.", fn=lambda: m.node.slow_read_indexes))
+        r.add(CounterFn("etcd_server_read_indexes_failed_total",
+                        "The total number of failed read indexes seen.",
+                        fn=lambda: m.node.read_indexes_failed))
+        # the RPC server's calls add each message's encoded size (etcd's codec.go)
+        self.received_bytes = 0
+        self.sent_bytes = 0
+        r.add(CounterFn("etcd_network_client_grpc_received_bytes_total",
+                        "The total number of bytes received from grpc clients.",
+                        fn=lambda: self.received_bytes))
+        r.add(CounterFn("etcd_network_client_grpc_sent_bytes_total",
+                        "The total number of bytes sent to grpc clients.",
+                        fn=lambda: self.sent_bytes))
+        # peers: a series once there is something to count, as etcd's CounterVecs
+        r.add(CounterFn("etcd_network_peer_sent_bytes_total",
+                        "The total number of bytes sent to peers.",
+                        ("To",), fn=lambda: self._peer_counts("bytes_sent")))
+        r.add(CounterFn("etcd_network_peer_received_bytes_total",
+                        "The total number of bytes received from peers.",
+                        ("From",), fn=lambda: self._peer_counts("bytes_received")))
+        r.add(CounterFn("etcd_network_peer_sent_failures_total",
+                        "The total number of send failures from peers.",
+                        ("To",), fn=lambda: self._peer_counts("send_failures")))
+        gauge("etcd_network_active_peers", "The current number of active peer connections.",
+              self._active_peers, ("Local", "Remote"))
+        self.peer_rtt = r.add(Histogram(
+            "etcd_network_peer_round_trip_time_seconds", "Round-Trip-Time histogram between "
+            "peers", exponential_buckets(0.0001, 2, 16), ("To",)))
+        # --metrics extensive (etcd: grpc_prometheus.EnableHandlingTimeHistogram())
+        self.timed = m.cfg.flag("metrics") == "extensive"
+        self.grpc_handling: Histogram | None = None
+        if self.timed:
+            self.grpc_handling = r.add(Histogram(
+                "grpc_server_handling_seconds", "Histogram of response latency (seconds) of "
+                "gRPC that had been application-level handled by the server.",
+                GRPC_HANDLING_BUCKETS, ("grpc_method", "grpc_service", "grpc_type")))
         r.add(CounterFn("process_cpu_seconds_total",
                         "Total user and system CPU time spent in seconds.", fn=_cpu_seconds))
         gauge("process_resident_memory_bytes", "Resident memory size in bytes.",
@@ -123,10 +174,14 @@ class MemberMetrics:
         m = self.member
         m.storage.on_sync = self.wal_fsync.observe
         m.node.on_apply_time = self.backend_commit.observe
+        if getattr(m, "peering", None) is not None:
+            m.peering.on_rtt = self._observe_rtt
         rpc_server.observer = self
         for method in rpc_server.methods.values():  # every series present from the start
             self.grpc_started.values.setdefault(method.labels, 0.0)
             self.grpc_handled.values.setdefault(("OK", *method.labels), 0.0)
+            if self.grpc_handling is not None:
+                self.grpc_handling.ensure(*method.labels)
         self._task = asyncio.get_running_loop().create_task(self._sample_leader())
 
     def detach(self) -> None:
@@ -136,9 +191,41 @@ class MemberMetrics:
     def started(self, method) -> None:
         self.grpc_started.inc(*method.labels)
 
-    def handled(self, method, code: int) -> None:
+    def handled(self, method, code: int, started: float = 0.0) -> None:
+        """A call ended with `code`; `started`: its perf_counter at start (0: not timed)."""
         name = GRPC_CODES[code] if 0 <= code < len(GRPC_CODES) else "Unknown"
         self.grpc_handled.inc(name, *method.labels)
+        if started and self.grpc_handling is not None:
+            self.grpc_handling.observe(time.perf_counter() - started, *method.labels)
+
+    # ------------------------------------------------------------------ peers
+
+    def _transport(self):
+        peering = getattr(self.member, "peering", None)
+        return peering.transport if peering is not None else None
+
+    def _statuses(self) -> list:
+        t = self._transport()
+        if t is None:
+            return []
+        out = []
+        for pid in t.peers():
+            try:
+                out.append(t.status(pid))
+            except KeyError:  # removed meanwhile
+                continue
+        return out
+
+    def _peer_counts(self, field: str) -> list[tuple[tuple[str], int]]:
+        return [((f"{st.id:x}",), getattr(st, field)) for st in self._statuses()
+                if getattr(st, field)]
+
+    def _active_peers(self) -> list[tuple[tuple[str, str], int]]:
+        local = f"{self.member.member_id:x}"
+        return [((local, f"{st.id:x}"), int(st.active)) for st in self._statuses()]
+
+    def _observe_rtt(self, peer_id: int, seconds: float) -> None:
+        self.peer_rtt.observe(seconds, f"{peer_id:x}")
 
     async def _sample_leader(self) -> None:
         """etcd counts a leader change whenever Raft reports a new, known leader."""

@@ -5,6 +5,7 @@ sorted by name, samples by label values)."""
 from __future__ import annotations
 
 import abc
+import bisect
 import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -60,8 +61,12 @@ class Metric(abc.ABC):
         """The family's sample lines."""
 
     def render(self) -> str:
-        head = f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.kind}\n"
-        return head + "".join(line + "\n" for line in self.samples())
+        """The family's text; empty when it has no series (Go's client leaves a labelled
+        family out until a child exists, as etcd's peer families before any traffic)."""
+        body = "".join(line + "\n" for line in self.samples())
+        if not body:
+            return ""
+        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.kind}\n" + body
 
 
 class Counter(Metric):
@@ -122,16 +127,20 @@ class Histogram(Metric):
             self.series[()] = [[0] * len(self.buckets), 0.0, 0]
 
     def observe(self, value: float, *labels: str) -> None:
+        i = bisect.bisect_left(self.buckets, value)  # the first bound >= value
         with self._lock:
             s = self.series.get(labels)
             if s is None:
                 s = self.series[labels] = [[0] * len(self.buckets), 0.0, 0]
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    s[0][i] += 1
-                    break
+            if i < len(self.buckets):
+                s[0][i] += 1
             s[1] += value
             s[2] += 1
+
+    def ensure(self, *labels: str) -> None:
+        """Make a series exist (all zero) before its first observation."""
+        with self._lock:
+            self.series.setdefault(labels, [[0] * len(self.buckets), 0.0, 0])
 
     def samples(self) -> Iterable[str]:
         for key in sorted(self.series):

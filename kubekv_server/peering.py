@@ -9,10 +9,13 @@ cluster asks for the member list it was added to, and the services a member adds
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import time
 import urllib.parse
+from collections.abc import Callable
 
 import grpc
 
@@ -38,6 +41,13 @@ log = logging.getLogger("kubekv.peer")
 # A test-only override of where to dial a peer: "id=host:port,..." (ids in hex). Fault
 # tests put a proxy between members without changing the URLs their IDs derive from.
 DIAL_OVERRIDE_ENV = "KUBEKV_PEER_DIAL_OVERRIDE"
+# The round-trip prober (etcd's rafthttp prober: an HTTP GET of /raft/probing to every
+# peer every proberInterval = ConnReadTimeout - 1 s = 4 s): a MemberDirectory call on a
+# connection of its own, timed, for etcd_network_peer_round_trip_time_seconds.
+PROBE_INTERVAL = 4.0
+# a probe slower than this is a failed probe (etcd's probing client gives up at 5 s);
+# below the interval so rounds never overlap
+PROBE_TIMEOUT = 3.0
 
 
 def _dial_overrides() -> dict[int, str]:
@@ -83,6 +93,10 @@ class Peering:
         self._guard: PeerCallGuard | None = None
         self._overrides = _dial_overrides()
         self._auto_cert: tuple[str, str] | None = None
+        # on_rtt(peer id, seconds): each successful probe's round trip (member metrics)
+        self.on_rtt: Callable[[int, float], None] | None = None
+        self._prober: asyncio.Task | None = None
+        self._probe_channels: dict[int, tuple[str, grpc.aio.Channel]] = {}
 
     # ----------------------------------------------------------------- TLS
 
@@ -136,7 +150,47 @@ class Peering:
             self.member_id, self.cluster_id, credentials=self._channel_credentials(),
             snapshot_source=_SnapshotSource(node),
         )
+        # etcd: td = newTimeoutDetector(2 * heartbeat)
+        self.transport.heartbeat_late = 2 * self.cfg.heartbeat_interval_ms / 1000.0
         return self.transport
+
+    def _count_received(self, sender: int, nbytes: int) -> None:
+        """Bytes a known peer sent us (unknown senders are not counted: the table stays
+        bounded by the member list whatever a peer claims to be)."""
+        p = self.transport._peers.get(sender) if self.transport is not None else None  # noqa: SLF001
+        if p is not None:
+            p.status.bytes_received += nbytes
+
+    # ---------------------------------------------------------------- prober
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            if self.on_rtt is None or self.transport is None:
+                continue
+            peers = self.transport.peers()
+            for pid in set(self._probe_channels) - set(peers):
+                await self._probe_channels.pop(pid)[1].close()
+            await asyncio.gather(*(self._probe(pid, urls[0]) for pid, urls in peers.items()
+                                   if urls))
+
+    async def _probe(self, pid: int, url: str) -> None:
+        """One timed call to a peer; a failure only leaves a gap, as etcd's prober."""
+        try:
+            cached = self._probe_channels.get(pid)
+            if cached is None or cached[0] != url:
+                if cached is not None:
+                    await cached[1].close()
+                cached = self._probe_channels[pid] = (url, await self.dial(url))
+            stub = directory_pb2_grpc.MemberDirectoryStub(cached[1])
+            started = time.perf_counter()
+            await stub.Members(directory_pb2.MembersRequest(), timeout=PROBE_TIMEOUT)
+            rtt = time.perf_counter() - started
+        except Exception as exc:  # noqa: BLE001 - the peer is down or slow: no sample
+            log.debug("event=peer_probe_failed peer=%x error=%s", pid, type(exc).__name__)
+            return
+        if self.on_rtt is not None:
+            self.on_rtt(pid, rtt)
 
     def set_members(self, members: list[dict]) -> None:
         """Keep the transport's peer table equal to the member list (minus ourselves)."""
@@ -193,6 +247,7 @@ class Peering:
         raw = self.cfg.raw
         # outermost: malformed requests and shutdown end every call the same way
         self._guard = PeerCallGuard()
+        self._guard.on_received = self._count_received
         interceptors: list[grpc.aio.ServerInterceptor] = [self._guard]
         revoked = load_crl(raw["peer-crl-file"]) if raw["peer-crl-file"] else set()
         if raw["peer-cert-allowed-cn"] or raw["peer-cert-allowed-hostname"] or revoked:
@@ -221,6 +276,7 @@ class Peering:
             log.info("event=serving_peer_traffic address=%s", addr)
         await server.start()
         self._server = server
+        self._prober = loop.create_task(self._probe_loop(), name="kubekv-peer-prober")
 
     async def stop_server(self) -> None:
         """Stop serving peers: calls in flight end with UNAVAILABLE (the senders log a
@@ -231,6 +287,14 @@ class Peering:
             await stop_peer_server(server, self._guard)
 
     async def stop(self) -> None:
+        prober, self._prober = self._prober, None
+        if prober is not None:
+            prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prober
+        for _url, ch in self._probe_channels.values():
+            await ch.close()
+        self._probe_channels.clear()
         await self.stop_server()
         if self.transport is not None:
             await self.transport.close()

@@ -113,6 +113,10 @@ class RaftNode:
         # metrics: proposals refused, and the seconds each applied batch took
         self.proposals_failed = 0
         self.on_apply_time: Callable[[float], None] | None = None
+        # etcd_server_slow_read_indexes_total: read-index rounds retried or timed out
+        # (etcd's linearizableReadLoop); read_indexes_failed: rounds Raft failed
+        self.slow_read_indexes = 0
+        self.read_indexes_failed = 0
 
     # ------------------------------------------------------------ status
 
@@ -318,6 +322,7 @@ class RaftNode:
         pending = [r for r in reads if not r.done()]
         if not pending or self._stopped:
             return
+        self.slow_read_indexes += 1  # etcd: "waiting for ReadIndex response took too long"
         if self.loop.time() >= deadline:
             for r in pending:
                 r.set_exception(errors.TIMEOUT)
@@ -337,6 +342,8 @@ class RaftNode:
 
     def _reads_done(self, fut: asyncio.Future, reads: list[asyncio.Future], rid: int) -> None:
         failed = fut.cancelled() or fut.exception() is not None
+        if failed:
+            self.read_indexes_failed += 1
         for r in reads:
             if r.done():
                 continue

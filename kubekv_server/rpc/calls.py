@@ -20,6 +20,7 @@ import logging
 import queue
 import struct
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 
@@ -95,7 +96,7 @@ class Call:
     __slots__ = (
         "conn", "stream_id", "headers", "counted", "finished", "callbacks", "method", "_reader",
         "_message", "_held", "_requests", "_headers_sent", "_task", "_writable",
-        "_ended_requests", "_compress", "_refusal", "_encoding", "_reading",
+        "_ended_requests", "_compress", "_refusal", "_encoding", "_reading", "_started",
     )
 
     def __init__(self, conn, stream_id: int, headers) -> None:
@@ -122,6 +123,7 @@ class Call:
         self._task = None
         self._writable: threading.Event | asyncio.Event | None = None
         self._ended_requests = False
+        self._started = 0.0  # perf_counter at start(), when the observer times calls
 
     # ------------------------------------------------------------ requests
 
@@ -145,6 +147,8 @@ class Call:
         self.method = method
         observer = self.conn.server.observer
         if observer is not None:
+            if observer.timed:  # --metrics extensive: grpc_server_handling_seconds
+                self._started = time.perf_counter()
             observer.started(method)
         if method.client_streaming:
             self._start_streaming_requests()
@@ -195,6 +199,9 @@ class Call:
 
     def _parse(self, msg: bytes):
         """A request message, or None after failing the call with etcd's unmarshal error."""
+        observer = self.conn.server.observer
+        if observer is not None:  # etcd's codec counts each message it unmarshals
+            observer.received_bytes += len(msg)
         try:
             return self.method.request_class.FromString(msg)
         except DecodeError:
@@ -315,7 +322,7 @@ class Call:
         self.finished = True
         conn = self.conn
         if conn.server.observer is not None and self.method is not None:
-            conn.server.observer.handled(self.method, OK)
+            conn.server.observer.handled(self.method, OK, self._started)
         conn.send_response(self, self._response_headers(), self._frame(data), f.TRAILERS_OK)
         self._run_callbacks()
 
@@ -339,6 +346,9 @@ class Call:
     def _frame(self, data: bytes) -> bytes:
         """One response message with its prefix; compressed when the request was, as
         grpc-go (etcd) answers a request whose grpc-encoding names a compressor it has."""
+        observer = self.conn.server.observer
+        if observer is not None:  # etcd's codec counts each message it marshals
+            observer.sent_bytes += len(data)
         if self._compress is not None:
             if self._compress == "gzip":
                 data = gzip.compress(data, GZIP_LEVEL, mtime=0)
@@ -353,7 +363,7 @@ class Call:
             return
         self.finished = True
         if self.conn.server.observer is not None and self.method is not None:
-            self.conn.server.observer.handled(self.method, code)
+            self.conn.server.observer.handled(self.method, code, self._started)
         block = f.trailers(code, message)
         if self._headers_sent:
             self.conn.send_trailers(self, block)
@@ -398,7 +408,7 @@ class Call:
             self.finished = True
             observer = self.conn.server.observer
             if observer is not None and self.method is not None:
-                observer.handled(self.method, CANCELLED)
+                observer.handled(self.method, CANCELLED, self._started)
             self._run_callbacks()
         self._cancel_handler()
 
@@ -543,7 +553,11 @@ class Call:
             self.conn.send_data(self, b"".join([self._frame(d) for d in msgs]))
             return
         pack = _LEN.pack
-        self.conn.send_data(self, b"".join([b"\x00" + pack(len(d)) + d for d in msgs]))
+        framed = b"".join([b"\x00" + pack(len(d)) + d for d in msgs])
+        observer = self.conn.server.observer
+        if observer is not None:
+            observer.sent_bytes += len(framed) - 5 * len(msgs)  # the messages, as _frame
+        self.conn.send_data(self, framed)
 
     def _send_and_check(self, data: bytes | list[bytes]) -> None:
         if isinstance(data, list):
