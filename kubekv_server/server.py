@@ -32,7 +32,8 @@ from .api.watch import WatchService
 from .auth.gate import AuthGate
 from .config import Config
 from .gateway import CORS_HEADERS, Gateway
-from .member import CLUSTER_VERSION, SERVER_VERSION, Member
+from .health import HealthEndpoints
+from .member import CLUSTER_VERSION, REQUEST_TIMEOUT, SERVER_VERSION, Member
 from .member_metrics import MemberMetrics
 from .rpc.context import request_tls
 from .rpc.http1 import Http1Protocol
@@ -66,6 +67,7 @@ class ClientServer:
         self.metrics: MemberMetrics | None = None
         self._metrics_servers: list[asyncio.base_events.Server] = []
         self._stopping: asyncio.Event | None = None
+        self.health = HealthEndpoints(self.member, REQUEST_TIMEOUT)
         self.access = AccessController(cfg.flag("cors"), cfg.flag("host-whitelist"))
 
     async def start(self) -> None:
@@ -172,7 +174,7 @@ class ClientServer:
                 self.access.cors_headers(headers.get("origin")) + answer_headers)
 
     async def _http(self, method: str, target: str, headers: dict, body: bytes):
-        """/metrics, the JSON gateway (/v3/...), /health and /version."""
+        """/metrics, the JSON gateway (/v3/...), /health, /livez, /readyz and /version."""
         path = urllib.parse.urlsplit(target).path
         if path == "/metrics" and self.metrics is not None:
             return 200, self.metrics.content_type, self.metrics.render(), CORS_HEADERS
@@ -180,10 +182,9 @@ class ClientServer:
             answer = await self.gateway.handle(method, path, headers, body)
             if answer is not None:
                 return answer
-        if path == "/health":
-            healthy = not self.member.alarms() and self.member.node.leader_id != 0
-            body = json.dumps({"health": "true" if healthy else "false"}, separators=(",", ":"))
-            return (200 if healthy else 503), "application/json", body.encode(), CORS_HEADERS
+        answer = await self.health.answer(method, target)
+        if answer is not None:
+            return answer
         if path == "/version":
             body = json.dumps({"etcdserver": SERVER_VERSION, "etcdcluster": CLUSTER_VERSION},
                               separators=(",", ":"))
@@ -214,11 +215,16 @@ class ClientServer:
         await self.stop()
 
     async def metrics_http(self, method: str, target: str, headers: dict, body: bytes):
-        """A --listen-metrics-urls listener: /metrics and /health only."""
+        """A --listen-metrics-urls listener: etcd's plain mux there serves /metrics and the
+        health endpoints only, with neither --host-whitelist nor CORS in front."""
         path = urllib.parse.urlsplit(target).path
-        if path in ("/metrics", "/health"):
-            return await self.http(method, path, headers, body)
-        return 404, "text/plain; charset=utf-8", b"404 page not found\n"
+        if path == "/metrics" and self.metrics is not None:
+            return 200, self.metrics.content_type, self.metrics.render()
+        answer = await self.health.answer(method, target)
+        if answer is not None:
+            return answer
+        return 404, "text/plain; charset=utf-8", b"404 page not found\n", [
+            ("X-Content-Type-Options", "nosniff")]
 
     async def stop(self) -> None:
         if self.metrics is not None:
