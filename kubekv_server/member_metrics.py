@@ -47,7 +47,7 @@ class MemberMetrics:
         gauge("etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is "
               "not.", lambda: 1 if m.node.leader_id else 0)
         gauge("etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 "
-              "otherwise.", lambda: 1 if m.node.is_leader else 0)
+              "otherwise.", lambda: 1 if m.node.is_leader() else 0)
         gauge("etcd_server_is_learner", "Whether or not this member is a learner. 1 if is, 0 "
               "otherwise.", self._is_learner)
         self.leader_changes = r.add(Counter(
