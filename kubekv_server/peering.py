@@ -38,6 +38,11 @@ log = logging.getLogger("kubekv.peer")
 # A test-only override of where to dial a peer: "id=host:port,..." (ids in hex). Fault
 # tests put a proxy between members without changing the URLs their IDs derive from.
 DIAL_OVERRIDE_ENV = "KUBEKV_PEER_DIAL_OVERRIDE"
+# Seconds between dials of a peer whose stream broke or never opened: etcd's stream
+# readers redial every 100 ms, however long the peer has been away, so a restarted
+# member hears from its leader at once (an exponential backoff up to seconds kept a
+# restarted follower waiting for its leader, and so for its client port, for seconds).
+PEER_REDIAL_SECONDS = 0.1
 
 
 def _dial_overrides() -> dict[int, str]:
@@ -131,6 +136,7 @@ class Peering:
         self.transport = GrpcTransport(
             self.member_id, self.cluster_id, credentials=self._channel_credentials(),
             snapshot_source=_SnapshotSource(node),
+            backoff_initial=PEER_REDIAL_SECONDS, backoff_max=PEER_REDIAL_SECONDS,
         )
         return self.transport
 
