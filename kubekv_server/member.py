@@ -128,6 +128,9 @@ class Member:
         self.request_timeout = REQUEST_TIMEOUT
         self._lease_term = 0  # the term in which this member's lessor was promoted
         self.on_removed = None  # called when this member is removed from the cluster
+        # set once Raft runs (before a leader is known): etcd serves its metrics listener
+        # from then on, while its client listeners wait for the member to be ready
+        self.raft_started = asyncio.Event()
 
     # ------------------------------------------------------------ identity
 
@@ -264,6 +267,7 @@ class Member:
             is_removed=lambda mid: mid in self.removed_ids,
             on_removed=self._removed,
         )
+        self.raft_started.set()
         if len(self.members) > 1:
             self._tick_advance = asyncio.ensure_future(self._advance_election_ticks())
         while not await self.node.wait_leader(5.0):

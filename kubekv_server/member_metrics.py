@@ -140,14 +140,20 @@ class MemberMetrics:
         name = GRPC_CODES[code] if 0 <= code < len(GRPC_CODES) else "Unknown"
         self.grpc_handled.inc(name, *method.labels)
 
-    async def _sample_leader(self) -> None:
+    def _observe_leader(self) -> None:
         """etcd counts a leader change whenever Raft reports a new, known leader."""
+        lead = self.member.node.leader_id
+        if lead and lead != self._leader:
+            self.leader_changes.inc()
+        if lead:
+            self._leader = lead
+
+    async def _sample_leader(self) -> None:
+        # sampled, and looked at again by every scrape: metrics are attached while the
+        # member still waits for its first leader, and a scrape right after the election
+        # must count it
         while True:
-            lead = self.member.node.leader_id
-            if lead and lead != self._leader:
-                self.leader_changes.inc()
-            if lead:
-                self._leader = lead
+            self._observe_leader()
             await asyncio.sleep(LEADER_SAMPLE_SECONDS)
 
     def _is_learner(self) -> int:
@@ -155,6 +161,7 @@ class MemberMetrics:
         return int(any(x["id"] == me and x["isLearner"] for x in self.member.members))
 
     def render(self) -> bytes:
+        self._observe_leader()
         return self.registry.render().encode()
 
 

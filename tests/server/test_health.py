@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 
@@ -241,3 +242,32 @@ def test_health_json_escapes_as_go():
     assert go_json({"health": "false", "reason": "a<b>&\u2028é"}) == (
         '{"health":"false","reason":"a\\u003cb\\u003e\\u0026\\u2028é"}'.encode())
     assert json.loads(go_json({"reason": "x"})) == {"reason": "x"}
+
+
+@pytest.mark.parametrize("system", ["kubekv", "etcd"])
+def test_start_order_metrics_listener_first_clients_once_ready(tmp_path, system):
+    """etcd's start order, seen from outside: the metrics listener answers while the
+    member still waits for a quorum ("RAFT NO LEADER"); the client port already accepts
+    connections then, and answers a request that waited there once the member is ready."""
+    members = three(system, tmp_path)
+    metrics = with_metrics(members[0])
+    first, others = members[0], members[1:]
+    try:
+        with open(first.log_path, "ab") as log:
+            first.proc = subprocess.Popen(first.argv, stdout=log, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, env=first.env)
+        no_leader = (503, TEXT, b'{"health":"false","reason":"RAFT NO LEADER"}\n')
+        wait_for(lambda: seen(metrics, "/health") == no_leader, 60, "the metrics listener")
+        if system == "kubekv":
+            assert seen(metrics, "/livez") == (200, TEXT, b"ok\n")
+        early = socket.create_connection(("127.0.0.1", first.port), timeout=60)
+        early.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        launch(others)
+        answer = b""
+        while data := early.recv(65536):
+            answer += data
+        early.close()
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(HEALTHY), answer
+    finally:
+        for m in members:
+            m.stop()
