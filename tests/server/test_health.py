@@ -271,3 +271,22 @@ def test_start_order_metrics_listener_first_clients_once_ready(tmp_path, system)
     finally:
         for m in members:
             m.stop()
+
+
+def test_health_endpoints_over_http2_with_tls(tmp_path):
+    """curl on an https client URL speaks HTTP/2: the same answers reach it."""
+    from tests.server.test_gateway import _h2_post, _server_credentials
+
+    proc = kubekv_process(tmp_path, "--auto-tls")
+    url = f"https://127.0.0.1:{proc.port}"
+    for flag in ("--listen-client-urls", "--advertise-client-urls"):
+        proc.argv[proc.argv.index(flag) + 1] = url
+    proc.tls_credentials = lambda: _server_credentials(proc)
+    with running(proc):
+        for path, body in (("/health", HEALTHY), ("/livez", b"ok\n"),
+                           ("/readyz?verbose", b"[+]data_corruption ok\n[+]serializable_read ok"
+                                               b"\n[+]linearizable_read ok\nok\n")):
+            status, headers, got = _h2_post(proc.port, path, b"", method="GET")
+            assert (status, headers["content-type"], got) == (200, TEXT, body), path
+        status, headers, got = _h2_post(proc.port, "/livez", b"{}")
+        assert (status, headers["allow"], got) == (405, "GET", b"Method Not Allowed\n")
