@@ -120,7 +120,7 @@ class HealthEndpoints:
             names = [n for n in registered if n not in excluded]
             unknown = excluded - set(registered)
             if unknown:  # etcd: "for version compatibility" an unknown name does not fail
-                _limited.warning("exclude", "health_unknown_exclude",
+                _limited.warning("*", "health_unknown_exclude",
                                  'msg="some health checks cannot be excluded" '
                                  "missing-health-checks=%s",
                                  ",".join(json.dumps(n) for n in sorted(unknown)[:8]))
@@ -134,7 +134,7 @@ class HealthEndpoints:
                 lines.append(f"[-]{name} failed: {exc}\n")
         reason = "".join(lines)
         if failed:
-            _limited.error(path, "health_check_failed", 'msg="Health check error" path=%s '
+            _limited.error("*", "health_check_failed", 'msg="Health check error" path=%s '
                            "reason=%r status-code=503", path, reason)
             return go_error(503, reason)
         body = (reason if "verbose" in query else "") + "ok\n"
@@ -156,7 +156,7 @@ class HealthEndpoints:
                 reason = f"RANGE ERROR:{exc}"
         if reason:
             body = go_json({"health": "false", "reason": reason})
-            _limited.warning("health", "health_false", 'msg="/health error" output=%s '
+            _limited.warning("*", "health_false", 'msg="/health error" output=%s '
                              "status-code=503", body.decode())
             return go_error(503, body.decode())
         # Go's WriteHeader/Write without a Content-Type: it sniffs text/plain
