@@ -11,6 +11,8 @@ JSON objects and answer `{"result": ...}` lines, chunked, as they arrive.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -164,11 +166,22 @@ def _error(code: int, message: str):
 
 
 def stream_error(code: int, message: str) -> bytes:
-    """grpc-gateway's error object inside a stream (after the response has begun)."""
+    """grpc-gateway's error object inside a stream (after the response has begun): its
+    last chunk, written without the newline that follows each result."""
     status = HTTP_STATUS.get(code, 500)
     return json.dumps({"error": {"grpc_code": code, "http_code": status, "message": message,
                                  "http_status": REASONS.get(status, "")}},
-                      separators=(",", ":")).encode() + b"\n"
+                      separators=(",", ":")).encode()
+
+
+# What etcd 3.5's gateway writes to every open stream when the member stops (SIGTERM):
+# its gRPC client to the member's own port reads EOF. Measured against etcd 3.5.1.
+SHUTDOWN_CODE = 14  # Unavailable
+SHUTDOWN_MESSAGE = "error reading from server: EOF"
+# Seconds a stopping member waits for its open gateway streams to write that last chunk
+# and the chunked terminator before the connections are closed anyway (a client that
+# reads nothing cannot hold the shutdown up).
+SHUTDOWN_FLUSH = 1.0
 
 
 def metadata(headers: dict) -> list[tuple[str, str]]:
@@ -186,6 +199,9 @@ class Gateway:
     def __init__(self, target: str) -> None:
         self.target = target
         self._channel: grpc.aio.Channel | None = None
+        self._streams: set = set()  # the gRPC calls behind open streamed answers
+        self._closing = False
+        self._drained = asyncio.Event()
 
     @property
     def channel(self) -> grpc.aio.Channel:
@@ -196,7 +212,21 @@ class Gateway:
             ])
         return self._channel
 
+    async def end_streams(self) -> None:
+        """A stopping member ends every open stream as etcd's does: the error object
+        (Unavailable, "error reading from server: EOF"), then the chunked terminator;
+        waits (at most SHUTDOWN_FLUSH) for them to be written."""
+        self._closing = True
+        if not self._streams:
+            return
+        self._drained.clear()
+        for call in list(self._streams):
+            call.cancel()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), SHUTDOWN_FLUSH)
+
     async def close(self) -> None:
+        await self.end_streams()
         if self._channel is not None:
             await self._channel.close()
 
@@ -242,28 +272,57 @@ class Gateway:
             call = self.channel.stream_stream(grpc_path, request_serializer=ser,
                                               response_deserializer=de)(iter(requests),
                                                                         metadata=md)
-        return await _stream_start(call)
-
-
-async def _stream_start(call):
-    """Wait for the stream's first message (so that an immediate error is a plain error
-    response), then stream `{"result": ...}` lines."""
-    try:
-        first = await call.read()
-    except grpc.aio.AioRpcError as exc:
-        return _error(exc.code().value[0], exc.details() or "")
-    if first is grpc.aio.EOF:
-        return 200, JSON, b"", CORS_HEADERS + GRPC_HEADERS
-
-    async def lines() -> AsyncIterator[bytes]:
-        try:
-            msg = first
-            while msg is not grpc.aio.EOF:
-                yield b'{"result":' + to_json(msg) + b"}\n"
-                msg = await call.read()
-        except grpc.aio.AioRpcError as exc:
-            yield stream_error(exc.code().value[0], exc.details() or "")
-        finally:
+        if self._closing:
             call.cancel()
+            return _error(SHUTDOWN_CODE, SHUTDOWN_MESSAGE)
+        return await self._stream_start(call)
 
-    return 200, JSON, lines(), CORS_HEADERS + GRPC_HEADERS
+    def _stopped_call(self, call) -> bool:
+        """Whether `call` ended because the member is stopping (not because our own task,
+        the client's connection, was cancelled)."""
+        task = asyncio.current_task()
+        return self._closing and call.cancelled() and not (task and task.cancelling())
+
+    def _forget(self, call) -> None:
+        self._streams.discard(call)
+        if not self._streams:
+            self._drained.set()
+
+    async def _stream_start(self, call):
+        """Wait for the stream's first message (so that an immediate error is a plain
+        error response), then stream `{"result": ...}` lines."""
+        self._streams.add(call)
+        try:
+            first = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            self._forget(call)
+            return _error(exc.code().value[0], exc.details() or "")
+        except asyncio.CancelledError:
+            self._forget(call)
+            if self._stopped_call(call):
+                return _error(SHUTDOWN_CODE, SHUTDOWN_MESSAGE)
+            raise
+        if first is grpc.aio.EOF:
+            self._forget(call)
+            return 200, JSON, b"", CORS_HEADERS + GRPC_HEADERS
+
+        async def lines() -> AsyncIterator[bytes]:
+            try:
+                msg = first
+                while msg is not grpc.aio.EOF:
+                    yield b'{"result":' + to_json(msg) + b"}\n"
+                    msg = await call.read()
+            except grpc.aio.AioRpcError as exc:
+                if self._closing and exc.code() == grpc.StatusCode.CANCELLED:
+                    yield stream_error(SHUTDOWN_CODE, SHUTDOWN_MESSAGE)
+                else:
+                    yield stream_error(exc.code().value[0], exc.details() or "")
+            except asyncio.CancelledError:
+                if not self._stopped_call(call):
+                    raise
+                yield stream_error(SHUTDOWN_CODE, SHUTDOWN_MESSAGE)
+            finally:
+                call.cancel()
+                self._forget(call)
+
+        return 200, JSON, lines(), CORS_HEADERS + GRPC_HEADERS

@@ -16,6 +16,8 @@ import shutil
 import threading
 import time
 
+import grpc
+
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.kubekvpb import internal_pb2
 from etcdproto.raftpb import raft_pb2
@@ -65,6 +67,11 @@ def _retire(env, directory: str) -> None:
 def _expire(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_exception(errors.TIMEOUT)
+
+# etcd's adjustTicks: how long a starting member looks for its peers (rafthttp's
+# ConnReadTimeout) and how often
+TICK_ADVANCE_WAIT = 5.0
+TICK_ADVANCE_POLL = 0.05
 
 # etcd's default quota when --quota-backend-bytes is 0 (2 GiB).
 DEFAULT_QUOTA_BYTES = 2 << 30
@@ -123,6 +130,9 @@ class Member:
         self.request_timeout = REQUEST_TIMEOUT
         self._lease_term = 0  # the term in which this member's lessor was promoted
         self.on_removed = None  # called when this member is removed from the cluster
+        # set once Raft runs (before a leader is known): etcd serves its metrics listener
+        # from then on, while its client listeners wait for the member to be ready
+        self.raft_started = asyncio.Event()
 
     # ------------------------------------------------------------ identity
 
@@ -259,6 +269,9 @@ class Member:
             is_removed=lambda mid: mid in self.removed_ids,
             on_removed=self._removed,
         )
+        self.raft_started.set()
+        if len(self.members) > 1:
+            self._tick_advance = asyncio.ensure_future(self._advance_election_ticks())
         while not await self.node.wait_leader(5.0):
             log.warning("event=waiting_for_leader member_id=%x", self.member_id)
         await self._publish()
@@ -399,6 +412,9 @@ class Member:
 
     async def stop(self) -> None:
         self._stopping.set()
+        tick_advance = getattr(self, "_tick_advance", None)
+        if tick_advance is not None:
+            tick_advance.cancel()
         if getattr(self, "_watch_sync", None) is not None:
             self._watch_sync.stop()
         if self.peering is not None:
@@ -604,6 +620,40 @@ class Member:
             self.lessor.reset(self.leases.all(txn))
         self.watch_hub.restored()
         self.compactor.kick()
+
+    async def _advance_election_ticks(self) -> None:
+        """etcd's adjustTicks (--initial-election-tick-advance, on by default): once a
+        starting member of a multi-member cluster reaches its peers (etcd: more than one
+        active peer within rafthttp's 5 s ConnReadTimeout, polled every 50 ms), it lets
+        election-ticks - 2 ticks pass at once, so a fresh cluster elects within a few
+        ticks instead of a whole randomised election timeout. Only timing changes: a
+        member that campaigns early still needs a quorum's votes (and pre-votes, which
+        members that hear from a leader refuse), so Raft's safety is untouched."""
+        peers = [m["id"] for m in self.members if m["id"] != self.member_id]
+        channels = []
+        try:
+            for pid in peers:
+                urls = self.peering.peer_urls(pid)
+                if urls:
+                    channels.append(await self.peering.dial(urls[0]))
+            for _ in range(int(TICK_ADVANCE_WAIT / TICK_ADVANCE_POLL)):
+                await asyncio.sleep(TICK_ADVANCE_POLL)
+                if self._stopping.is_set() or self.node.leader_id != 0:
+                    return
+                active = sum(ch.get_state(try_to_connect=True)
+                             == grpc.ChannelConnectivity.READY for ch in channels)
+                if active > 1:
+                    ticks = max(0, self.node.election_ticks - 2)
+                    log.info('msg="initialized peer connections; fast-forwarding election '
+                             'ticks" local-member-id=%x forward-ticks=%d forward-duration=%dms '
+                             "election-ticks=%d active-remote-members=%d", self.member_id,
+                             ticks, ticks * self.cfg.heartbeat_interval_ms,
+                             self.node.election_ticks, active)
+                    self.node.runner.advance_ticks(ticks)
+                    return
+        finally:
+            for ch in channels:
+                await ch.close()
 
     async def _publish(self) -> None:
         """Propose this member's name and client URLs until the cluster has applied them."""

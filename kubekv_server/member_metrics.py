@@ -53,7 +53,7 @@ class MemberMetrics:
         gauge("etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is "
               "not.", lambda: 1 if m.node.leader_id else 0)
         gauge("etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 "
-              "otherwise.", lambda: 1 if m.node.is_leader else 0)
+              "otherwise.", lambda: 1 if m.node.is_leader() else 0)
         gauge("etcd_server_is_learner", "Whether or not this member is a learner. 1 if is, 0 "
               "otherwise.", self._is_learner)
         self.leader_changes = r.add(Counter(
@@ -227,14 +227,20 @@ class MemberMetrics:
     def _observe_rtt(self, peer_id: int, seconds: float) -> None:
         self.peer_rtt.observe(seconds, f"{peer_id:x}")
 
-    async def _sample_leader(self) -> None:
+    def _observe_leader(self) -> None:
         """etcd counts a leader change whenever Raft reports a new, known leader."""
+        lead = self.member.node.leader_id
+        if lead and lead != self._leader:
+            self.leader_changes.inc()
+        if lead:
+            self._leader = lead
+
+    async def _sample_leader(self) -> None:
+        # sampled, and looked at again by every scrape: metrics are attached while the
+        # member still waits for its first leader, and a scrape right after the election
+        # must count it
         while True:
-            lead = self.member.node.leader_id
-            if lead and lead != self._leader:
-                self.leader_changes.inc()
-            if lead:
-                self._leader = lead
+            self._observe_leader()
             await asyncio.sleep(LEADER_SAMPLE_SECONDS)
 
     def _is_learner(self) -> int:
@@ -242,6 +248,7 @@ class MemberMetrics:
         return int(any(x["id"] == me and x["isLearner"] for x in self.member.members))
 
     def render(self) -> bytes:
+        self._observe_leader()
         return self.registry.render().encode()
 
 

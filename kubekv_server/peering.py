@@ -48,6 +48,11 @@ PROBE_INTERVAL = 4.0
 # a probe slower than this is a failed probe (etcd's probing client gives up at 5 s);
 # below the interval so rounds never overlap
 PROBE_TIMEOUT = 3.0
+# Seconds between dials of a peer whose stream broke or never opened: etcd's stream
+# readers redial every 100 ms, however long the peer has been away, so a restarted
+# member hears from its leader at once (an exponential backoff up to seconds kept a
+# restarted follower waiting for its leader, and so for its client port, for seconds).
+PEER_REDIAL_SECONDS = 0.1
 
 
 def _dial_overrides() -> dict[int, str]:
@@ -149,6 +154,7 @@ class Peering:
         self.transport = GrpcTransport(
             self.member_id, self.cluster_id, credentials=self._channel_credentials(),
             snapshot_source=_SnapshotSource(node),
+            backoff_initial=PEER_REDIAL_SECONDS, backoff_max=PEER_REDIAL_SECONDS,
         )
         # etcd: td = newTimeoutDetector(2 * heartbeat)
         self.transport.heartbeat_late = 2 * self.cfg.heartbeat_interval_ms / 1000.0

@@ -143,6 +143,11 @@ class RaftNode:
     def is_leader(self) -> bool:
         return self.leader_id == self.member_id
 
+    @property
+    def election_ticks(self) -> int:
+        """The election timeout in heartbeat ticks (etcd's ElectionTicks)."""
+        return max(2, self.election_ms // self.heartbeat_ms)
+
     def lone_voter(self) -> bool:
         """Whether this member is the only voter (so its applied state is the committed one)."""
         r = self.runner
@@ -158,7 +163,7 @@ class RaftNode:
         cfg = RaftConfig(
             id=self.member_id,
             storage=self.storage,
-            election_tick=max(2, self.election_ms // self.heartbeat_ms),
+            election_tick=self.election_ticks,
             heartbeat_tick=1,
             applied=self.applier.applied_index,
             pre_vote=True,

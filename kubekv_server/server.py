@@ -32,7 +32,8 @@ from .api.watch import WatchService
 from .auth.gate import AuthGate
 from .config import Config
 from .gateway import CORS_HEADERS, Gateway
-from .member import CLUSTER_VERSION, SERVER_VERSION, Member
+from .health import HealthEndpoints
+from .member import CLUSTER_VERSION, REQUEST_TIMEOUT, SERVER_VERSION, Member
 from .member_metrics import MemberMetrics
 from .rpc.context import request_tls
 from .rpc.http1 import Http1Protocol
@@ -66,12 +67,17 @@ class ClientServer:
         self.metrics: MemberMetrics | None = None
         self._metrics_servers: list[asyncio.base_events.Server] = []
         self._stopping: asyncio.Event | None = None
+        self.health = HealthEndpoints(self.member, REQUEST_TIMEOUT)
         self.access = AccessController(cfg.flag("cors"), cfg.flag("host-whitelist"))
 
     async def start(self) -> None:
+        """etcd's order: bind the client listeners first (a port in use fails the start at
+        once, and clients that connect meanwhile wait in the backlog), start the member,
+        then serve clients once it has a leader and has published itself (etcd's
+        ReadyNotify, which its client servers wait for)."""
         cfg = self.cfg
         loop = asyncio.get_running_loop()
-        await self.member.start()
+        m = self.member
         revoked = load_crl(cfg.client_crl_file) if cfg.client_crl_file else set()
         rpc = RpcServer(
             loop,
@@ -80,9 +86,9 @@ class ClientServer:
             http_handler=self.http,
             accept_peer_cert=client_cert_check(revoked, cfg.flag("client-cert-allowed-hostname")),
             guard=self._require_leader,
-            gate=AuthGate(self.member.auth, self.member),
+            gate=AuthGate(m.auth, m),
         )
-        m = self.member
+        self.rpc = rpc  # stop() closes its listeners, however far the start got
         mods = (rpc_pb2,)
         services = rpc_pb2.DESCRIPTOR.services_by_name
         rpc.add_service(services["KV"], KVService(m), mods)
@@ -102,6 +108,7 @@ class ClientServer:
         rpc.add_service(v3election_pb2.DESCRIPTOR.services_by_name["Election"],
                         ElectionService(m), (v3election_pb2, rpc_pb2))
         tls: ssl.SSLContext | None = None
+        listeners = []
         for url in cfg.listen_client_urls:
             host, port, secure = listen_address(url)
             if secure:
@@ -111,11 +118,26 @@ class ClientServer:
                         f"kubekv: TLS listener {url} needs --cert-file/--key-file or --auto-tls"
                     )
             try:
-                server = await rpc.listen(host, port, tls if secure else None)
+                server = await rpc.listen(host, port, tls if secure else None,
+                                          start_serving=False)
             except OSError as exc:
                 raise SystemExit(f"kubekv: listen tcp {host}:{port}: {exc.strerror}") from None
             port = server.sockets[0].getsockname()[1]  # the one chosen for port 0
-            log.info("event=serving_client_requests address=%s:%d secure=%s", host, port, secure)
+            listeners.append((server, host, port, secure))
+        # etcd serves --listen-metrics-urls (/metrics and the health endpoints) as soon as
+        # its Raft node runs, before a leader: kubeadm probes etcd there while it starts
+        member_start = asyncio.ensure_future(self.member.start())
+        raft_started = asyncio.ensure_future(m.raft_started.wait())
+        try:
+            await asyncio.wait({member_start, raft_started},
+                               return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            member_start.cancel()
+            raise
+        finally:
+            raft_started.cancel()
+        if member_start.done():
+            member_start.result()  # it failed before Raft ran: raise its error
         self.metrics = MemberMetrics(m, SERVER_VERSION, CLUSTER_VERSION.rsplit(".", 1)[0])
         self.metrics.attach(rpc)
         for url in cfg.metrics_urls:
@@ -129,12 +151,19 @@ class ClientServer:
                 raise SystemExit(f"kubekv: listen tcp {host}:{port}: {exc.strerror}") from None
             self._metrics_servers.append(server)
             log.info("event=serving_metrics address=%s:%d secure=%s", host, port, secure)
+        try:
+            await member_start
+        except asyncio.CancelledError:
+            member_start.cancel()
+            raise
         # etcd's JSON gateway dials the member's own gRPC server; ours does so over an
         # abstract unix socket, so TLS and client-certificate settings do not apply to it
         name = f"kubekv-gateway-{os.getpid()}-{id(self):x}"
         await rpc.listen_unix("\0" + name)
         self.gateway = Gateway("unix-abstract:" + name)
-        self.rpc = rpc
+        for server, host, port, secure in listeners:
+            await server.start_serving()
+            log.info("event=serving_client_requests address=%s:%d secure=%s", host, port, secure)
         self._announce_ready()
 
     def _require_leader(self, headers) -> tuple[int, str] | None:
@@ -172,7 +201,7 @@ class ClientServer:
                 self.access.cors_headers(headers.get("origin")) + answer_headers)
 
     async def _http(self, method: str, target: str, headers: dict, body: bytes):
-        """/metrics, the JSON gateway (/v3/...), /health and /version."""
+        """/metrics, the JSON gateway (/v3/...), /health, /livez, /readyz and /version."""
         path = urllib.parse.urlsplit(target).path
         if path == "/metrics" and self.metrics is not None:
             return 200, self.metrics.content_type, self.metrics.render(), CORS_HEADERS
@@ -180,10 +209,9 @@ class ClientServer:
             answer = await self.gateway.handle(method, path, headers, body)
             if answer is not None:
                 return answer
-        if path == "/health":
-            healthy = not self.member.alarms() and self.member.node.leader_id != 0
-            body = json.dumps({"health": "true" if healthy else "false"}, separators=(",", ":"))
-            return (200 if healthy else 503), "application/json", body.encode(), CORS_HEADERS
+        answer = await self.health.answer(method, target)
+        if answer is not None:
+            return answer
         if path == "/version":
             body = json.dumps({"etcdserver": SERVER_VERSION, "etcdcluster": CLUSTER_VERSION},
                               separators=(",", ":"))
@@ -214,11 +242,16 @@ class ClientServer:
         await self.stop()
 
     async def metrics_http(self, method: str, target: str, headers: dict, body: bytes):
-        """A --listen-metrics-urls listener: /metrics and /health only."""
+        """A --listen-metrics-urls listener: etcd's plain mux there serves /metrics and the
+        health endpoints only, with neither --host-whitelist nor CORS in front."""
         path = urllib.parse.urlsplit(target).path
-        if path in ("/metrics", "/health"):
-            return await self.http(method, path, headers, body)
-        return 404, "text/plain; charset=utf-8", b"404 page not found\n"
+        if path == "/metrics" and self.metrics is not None:
+            return 200, self.metrics.content_type, self.metrics.render()
+        answer = await self.health.answer(method, target)
+        if answer is not None:
+            return answer
+        return 404, "text/plain; charset=utf-8", b"404 page not found\n", [
+            ("X-Content-Type-Options", "nosniff")]
 
     async def stop(self) -> None:
         if self.metrics is not None:

@@ -26,6 +26,8 @@ log = logging.getLogger("kubekv.rpc")
 
 # Threads for handlers that block (streams with waits, lock/election recipes).
 WORKER_THREADS = 512
+# connections a client listener queues before they are accepted (Go: the kernel maximum)
+LISTEN_BACKLOG = 1024
 
 
 class RpcServer:
@@ -84,7 +86,10 @@ class RpcServer:
                 path, request_class, m.client_streaming, m.server_streaming, handler
             )
 
-    async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None):
+    async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+                     start_serving: bool = True):
+        """Bind and listen; with start_serving=False connections wait in the kernel's
+        backlog until `server.start_serving()` (etcd listens before it serves)."""
         if ssl_context is not None:
             tls_alerts.install()
         server = await self.loop.create_server(
@@ -93,8 +98,14 @@ class RpcServer:
             port,
             ssl=ssl_context,
             reuse_address=True,
-            backlog=1024,
+            backlog=LISTEN_BACKLOG,
+            start_serving=start_serving,
         )
+        if not start_serving:
+            # asyncio calls listen() only when it starts serving; etcd's listeners accept
+            # connections (into the backlog) from the start
+            for sock in server._sockets:  # noqa: SLF001 - the raw sockets asyncio keeps
+                sock.listen(LISTEN_BACKLOG)
         self._servers.append(server)
         return server
 

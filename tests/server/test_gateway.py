@@ -87,9 +87,10 @@ def test_decode_errors_in_go_words(body, message):
 # ------------------------------------------------------------------ over HTTP/2 + TLS
 
 
-def _h2_post(port: int, path: str, body: bytes, lines: int = 0, timeout: float = 10.0):
-    """POST over TLS with ALPN h2 (what curl does); status, headers and the body (or
-    the first `lines` lines of a stream)."""
+def _h2_post(port: int, path: str, body: bytes, lines: int = 0, timeout: float = 10.0,
+             method: str = "POST"):
+    """POST (or GET, without a body) over TLS with ALPN h2 (what curl does); status,
+    headers and the body (or the first `lines` lines of a stream)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -100,10 +101,12 @@ def _h2_post(port: int, path: str, body: bytes, lines: int = 0, timeout: float =
         conn = h2.connection.H2Connection()
         conn.initiate_connection()
         sid = conn.get_next_available_stream_id()
-        conn.send_headers(sid, [(":method", "POST"), (":path", path), (":scheme", "https"),
+        conn.send_headers(sid, [(":method", method), (":path", path), (":scheme", "https"),
                                 (":authority", f"127.0.0.1:{port}"),
-                                ("content-type", "application/json")])
-        conn.send_data(sid, body, end_stream=True)
+                                ("content-type", "application/json")],
+                          end_stream=method == "GET")
+        if method != "GET":
+            conn.send_data(sid, body, end_stream=True)
         sock.sendall(conn.data_to_send())
         status, headers, data, ended = 0, {}, b"", False
         deadline = time.monotonic() + timeout

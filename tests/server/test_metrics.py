@@ -103,10 +103,10 @@ def test_a_member_reports_its_state_and_calls(tmp_path):
         assert s["etcd_disk_backend_commit_duration_seconds_count"] >= 4
         assert s['etcd_server_version{server_version="3.5.17"}'] == 1
         assert s["process_resident_memory_bytes"] > 1 << 20
-        # the metrics listener serves /metrics and /health, nothing else
+        # the metrics listener serves /metrics and the health endpoints, nothing else
         status, _, text = _scrape(mport)
         assert status == 200 and "etcd_server_has_leader 1" in text
-        assert _scrape(mport, "/health")[2] == '{"health":"true"}'
+        assert _scrape(mport, "/health")[2] == '{"health":"true","reason":""}'
         assert _scrape(mport, "/v3/kv/range")[0] == 404
 
 
