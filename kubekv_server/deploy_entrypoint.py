@@ -281,11 +281,17 @@ def plan(argv: Sequence[str], environ: Mapping[str, str], hostname: str | None =
     return Plan([*added, *argv], name, data_dir, state, notes)
 
 
-def healthcheck(environ: Mapping[str, str]) -> int:
-    """GET the health URL: 0 when it answers 200, 1 otherwise (Docker's HEALTHCHECK)."""
+def healthcheck_url(environ: Mapping[str, str]) -> str:
+    """What the HEALTHCHECK fetches: KUBEKV_HEALTHCHECK_URL, else etcd's /livez on the
+    metrics listener this entrypoint starts (plain HTTP, whatever the client TLS)."""
     port = environ.get("KUBEKV_METRICS_PORT", "").strip()
     default = f"http://127.0.0.1:{port if port and port != 'off' else 2381}/livez"
-    target = environ.get("KUBEKV_HEALTHCHECK_URL", "").strip() or default
+    return environ.get("KUBEKV_HEALTHCHECK_URL", "").strip() or default
+
+
+def healthcheck(environ: Mapping[str, str]) -> int:
+    """GET the health URL: 0 when it answers 200, 1 otherwise (Docker's HEALTHCHECK)."""
+    target = healthcheck_url(environ)
     try:
         with urllib.request.urlopen(target, timeout=DEFAULT_HEALTHCHECK_TIMEOUT) as resp:
             body = resp.read(4096)
