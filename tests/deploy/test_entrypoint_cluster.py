@@ -120,7 +120,11 @@ def test_statefulset_members_form_restart_and_grow(pods):
     data = pods.tmp / "pv-1" / "kubekv-1.kubekv" / "member"
     assert data.is_dir()
     assert "--initial-cluster-state=existing" in pods.dry_run(1)
-    members[0].kv.Put(pb.PutRequest(key=b"/registry/b", value=b"2"), timeout=10)
+    # If kubekv-1 led, the others elect a new leader first (kubekv, unlike etcd 3.5, does
+    # not hand leadership over on SIGTERM): a write in flight then may time out, and a
+    # client retries it, as this does (the same Put twice leaves the same state).
+    wait_for(lambda: members[0].kv.Put(pb.PutRequest(key=b"/registry/b", value=b"2"),
+                                       timeout=3), 30, "a write with kubekv-1 down")
     pods.launch(1).wait_ready(60)
     lines = started_lines(restarted)
     assert len(lines) == 2, lines
@@ -131,8 +135,14 @@ def test_statefulset_members_form_restart_and_grow(pods):
     assert member_names(restarted) == names
 
     # Scale to 4: `etcdctl member add` first, then the pod kubekv-3 starts as a joiner.
-    etcdctl(members[0].endpoint, "member", "add", "kubekv-3",
-            f"--peer-urls=http://127.0.0.1:{pods.ports[3][2380]}")
+    # As etcd with --strict-reconfig-check, the leader refuses ("unhealthy cluster") until
+    # it has been connected to every member for 5 s: kubekv-1 has just come back.
+    def member_add():
+        res = etcdctl(members[0].endpoint, "member", "add", "kubekv-3",
+                      f"--peer-urls=http://127.0.0.1:{pods.ports[3][2380]}", check=False)
+        assert res.returncode == 0 or "unhealthy cluster" in res.stderr, res.stderr
+        return res.returncode == 0
+    wait_for(member_add, 30, "etcdctl member add kubekv-3", interval=0.5)
     plan = pods.dry_run(3)
     assert "--initial-cluster-state=existing" in plan
     assert "--name=kubekv-3" in plan
