@@ -92,3 +92,21 @@ def test_sigterm_under_load_ends_peer_streams_cleanly(make_cluster, victim_role)
         assert m.stop() == 0
     for m in c.members:
         assert bad_lines(m) == [], m.name
+
+
+def test_a_stopping_leader_hands_over_leadership_first(make_cluster):
+    """etcd's Stop transfers leadership before stopping (TransferLeadership): the cluster
+    gets its next leader from the handover, one term later, not from an election that
+    waits out a timeout with writes stalled."""
+    c = make_cluster(3)
+    leader = c.wait_leader()
+    term = leader.status().header.raft_term
+    survivors = [m for m in c.members if m is not leader]
+    assert leader.stop() == 0
+    log = leader.log_path.read_text()
+    assert "leadership transfer starting" in log and "leadership transfer finished" in log
+    new = c.wait_leader(survivors)
+    new_id = re.search(r"leadership transfer finished.*new-leader-member-id=(\w+)", log)
+    assert int(new_id.group(1), 16) == new.id
+    assert new.status().header.raft_term == term + 1  # the handover's term, no election
+    assert bad_lines(leader) == []
