@@ -1004,11 +1004,16 @@ class PeerCallGuard(grpc.aio.ServerInterceptor):
     async def close(self, timeout: float = SHUTDOWN_DRAIN_TIMEOUT) -> None:
         """End every call in flight (UNAVAILABLE) and wait, at most `timeout`, for them."""
         self._closing = True
-        tasks = list(self._active)
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+        tasks = set(self._active)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # cancelled again until they end: asyncio.wait_for (3.11) can swallow a
+        # cancellation that lands as its inner wait completes, and a call that missed it
+        # would run on until its own timeout
+        while tasks and loop.time() < deadline:
+            for t in tasks:
+                t.cancel()
+            _, tasks = await asyncio.wait(tasks, timeout=min(0.1, deadline - loop.time()))
 
     async def _run(self, method: str, context: Any, call: Callable[[], Any]) -> Any:
         if self._closing:
