@@ -858,7 +858,15 @@ class Member:
                      "local-member-id=%x", self.member_id)
             return
         prs = node.runner.node.raft.prs.progress
-        active = [v for v in voters if v in prs and prs[v].recent_active]
+        t = self.peering.transport if self.peering is not None else None
+
+        def connected(v: int) -> bool:  # etcd picks among peers its transport reaches
+            try:
+                return t is None or t.status(v).active
+            except KeyError:
+                return False
+
+        active = [v for v in voters if v in prs and prs[v].recent_active and connected(v)]
         if not active:
             log.warning('msg="leadership transfer failed" local-member-id=%x '
                         'error="etcdserver: unhealthy cluster"', self.member_id)
@@ -869,7 +877,9 @@ class Member:
                  "current-leader-member-id=%x transferee-member-id=%x",
                  self.member_id, self.member_id, transferee)
         try:
-            await self.move_leader(transferee)
+            # Raft abandons a transfer after an election timeout, so waiting longer than
+            # two (etcd waits its whole 7 s request timeout) only delays the stop
+            await self.move_leader(transferee, 2 * self.cfg.election_timeout_ms / 1000)
         except errors.EtcdError as exc:
             log.warning('msg="leadership transfer failed" local-member-id=%x error=%r',
                         self.member_id, exc.message)
@@ -878,7 +888,7 @@ class Member:
                  "old-leader-member-id=%x new-leader-member-id=%x took=%.3fs",
                  self.member_id, self.member_id, transferee, self.loop.time() - started)
 
-    async def move_leader(self, target: int) -> None:
+    async def move_leader(self, target: int, timeout: float = REQUEST_TIMEOUT) -> None:
         """Maintenance.MoveLeader: only the leader may hand over, to a voter."""
         if not self.node.is_leader():
             raise errors.NOT_LEADER
@@ -888,7 +898,7 @@ class Member:
         if target == self.member_id:
             return
         self.node.runner.transfer_leadership(target)
-        deadline = self.loop.time() + REQUEST_TIMEOUT
+        deadline = self.loop.time() + timeout
         while self.node.leader_id != target:
             if self.loop.time() > deadline:
                 raise errors.TIMEOUT_LEADER_TRANSFER
