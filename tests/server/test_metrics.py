@@ -106,7 +106,7 @@ def test_a_member_reports_its_state_and_calls(tmp_path):
         # the metrics listener serves /metrics and the health endpoints, nothing else
         status, _, text = _scrape(mport)
         assert status == 200 and "etcd_server_has_leader 1" in text
-        assert _scrape(mport, "/health")[2] == '{"health":"true","reason":""}'
+        assert _scrape(mport, "/health")[2] == '{"health":"true"}'
         assert _scrape(mport, "/v3/kv/range")[0] == 404
 
 
