@@ -39,7 +39,7 @@ from .lease import MAX_LEASE_TTL, LeaseStore, Lessor, min_lease_ttl
 from .lease import forward as lease_forward
 from .membership import conf_change
 from .mvcc import CompactedError, FutureRevError, MVCCStore
-from .peering import Peering, fetch_members
+from .peering import PROBE_INTERVAL, Peering, fetch_members
 from .raft_node import RaftNode
 from .request_checks import etcd_entry_size
 from .rpc.context import call_principal
@@ -755,7 +755,9 @@ class Member:
                 st = t.status(v) if t is not None else None
             except KeyError:
                 continue
-            if st is not None and (st.active or st.failures == 0):
+            probed = self.peering.last_probe_ok.get(v) if self.peering is not None else None
+            if (st is not None and (st.active or st.failures == 0)) or (
+                    probed is not None and time.monotonic() - probed < 3 * PROBE_INTERVAL):
                 started.add(v)
         return started & voters
 

@@ -102,6 +102,9 @@ class Peering:
         self.on_rtt: Callable[[int, float], None] | None = None
         self._prober: asyncio.Task | None = None
         self._probe_channels: dict[int, tuple[str, grpc.aio.Channel]] = {}
+        # peer id -> monotonic time of its last answered probe: a follower's view of
+        # peers it has no Raft stream to (etcd keeps streams to every peer)
+        self.last_probe_ok: dict[int, float] = {}
 
     # ----------------------------------------------------------------- TLS
 
@@ -172,11 +175,12 @@ class Peering:
     async def _probe_loop(self) -> None:
         while True:
             await asyncio.sleep(PROBE_INTERVAL)
-            if self.on_rtt is None or self.transport is None:
+            if self.transport is None:
                 continue
             peers = self.transport.peers()
             for pid in set(self._probe_channels) - set(peers):
                 await self._probe_channels.pop(pid)[1].close()
+                self.last_probe_ok.pop(pid, None)
             await asyncio.gather(*(self._probe(pid, urls[0]) for pid, urls in peers.items()
                                    if urls))
 
@@ -195,6 +199,7 @@ class Peering:
         except Exception as exc:  # noqa: BLE001 - the peer is down or slow: no sample
             log.debug("event=peer_probe_failed peer=%x error=%s", pid, type(exc).__name__)
             return
+        self.last_probe_ok[pid] = time.monotonic()
         if self.on_rtt is not None:
             self.on_rtt(pid, rtt)
 
