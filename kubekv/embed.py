@@ -646,10 +646,13 @@ class Cluster:
         member.close()
         self.members.remove(member)
 
-    def member_ids(self, via: Member | None = None) -> list[int]:
-        """The IDs in MemberList (through `via`, default the first running member)."""
+    def member_ids(self, via: Member | None = None, timeout: float | None = None) -> list[int]:
+        """The IDs in a linearizable MemberList (through `via`, default the first running
+        member), so every change answered before shows; retried while a leader is elected."""
         via = via if via is not None else next(m for m in self.members if m.running)
-        answer = via.request("/v3/cluster/member/list", {"linearizable": True})
+        timeout = self.start_timeout if timeout is None else timeout
+        answer = wait_for(lambda: via.request("/v3/cluster/member/list", {"linearizable": True}),
+                          timeout, f"a linearizable member list from {via.name}")
         return sorted(int(m["ID"]) for m in answer.get("members", []))
 
     def followers(self) -> list[Member]:

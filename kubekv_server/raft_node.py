@@ -25,13 +25,9 @@ from kubekv_raft.runner import Runner
 
 from . import errors
 from .applier import Applier, BatchResult
+from .read_rounds import ReadRounds
 
 log = logging.getLogger("kubekv.raft")
-
-# etcd's readIndexRetryTime, and its request timeout for a read that gets no read index
-READ_RETRY = 0.5
-READ_TIMEOUT = 7.0
-
 
 def request_id_of(data: bytes) -> bytes:
     """The varint bytes of InternalRequest.id (field 1), which leads every proposal."""
@@ -100,9 +96,7 @@ class RaftNode:
         self._futures: dict[bytes, asyncio.Future] = {}
         self._pending: list[tuple[bytes, bytes]] = []
         self._reads: list[asyncio.Future] = []
-        self._reads_waiting: list[asyncio.Future] = []  # for the next read-index round
-        self._round = 0  # id of the read-index round in flight, 0 when none
-        self._rounds = 0
+        self._read_rounds: ReadRounds | None = None
         self._scheduled = False
         self._listeners: list[Callable[[BatchResult], None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -113,12 +107,18 @@ class RaftNode:
         # metrics: proposals refused, and the seconds each applied batch took
         self.proposals_failed = 0
         self.on_apply_time: Callable[[float], None] | None = None
-        # etcd_server_slow_read_indexes_total: read-index rounds retried or timed out
-        # (etcd's linearizableReadLoop); read_indexes_failed: rounds Raft failed
-        self.slow_read_indexes = 0
-        self.read_indexes_failed = 0
 
     # ------------------------------------------------------------ status
+
+    @property
+    def slow_read_indexes(self) -> int:
+        """etcd_server_slow_read_indexes_total: read-index rounds retried or timed out."""
+        return self._read_rounds.slow if self._read_rounds is not None else 0
+
+    @property
+    def read_indexes_failed(self) -> int:
+        """etcd_server_read_indexes_failed_total: read-index rounds Raft failed."""
+        return self._read_rounds.failed if self._read_rounds is not None else 0
 
     @property
     def term(self) -> int:
@@ -183,6 +183,7 @@ class RaftNode:
             executor=self._executor,
         )
         self.runner.on_dropped = self._dropped
+        self._read_rounds = ReadRounds(self.loop, self.runner.read_index)
         await self.runner.start()
         _, cs = self.storage.initial_state()
         if list(cs.voters) == [self.member_id]:
@@ -209,6 +210,8 @@ class RaftNode:
         if self._stopped:
             return
         self._stopped = True
+        if self._read_rounds is not None:
+            self._read_rounds.stopped = True
         if self.runner is not None:
             await self.runner.stop()
         close = getattr(self.transport, "close", None)
@@ -303,39 +306,7 @@ class RaftNode:
         if props:
             runner.submit(props)
         if reads:
-            if self._round:
-                # one read-index round at a time (etcd's linearizableReadLoop): reads that
-                # arrive meanwhile share the next round, so rounds never outnumber RTTs
-                self._reads_waiting.extend(reads)
-            else:
-                self._read_round(reads, self.loop.time() + READ_TIMEOUT)
-
-    def _read_round(self, reads: list[asyncio.Future], deadline: float) -> None:
-        """Ask for a read index for `reads`; ask again every READ_RETRY while they wait.
-
-        Raft drops a read-index request when there is no leader, and one in flight is
-        lost with a dead leader, so (as etcd's linearizableReadLoop) the request is
-        repeated until a leader confirms one, and the reads fail after READ_TIMEOUT.
-        """
-        self._rounds += 1
-        self._round = rid = self._rounds
-        fut = self.runner.read_index()
-        fut.add_done_callback(lambda f: self._reads_done(f, reads, rid))
-        self.loop.call_later(READ_RETRY, self._read_retry, reads, deadline)
-
-    def _read_retry(self, reads: list[asyncio.Future], deadline: float) -> None:
-        pending = [r for r in reads if not r.done()]
-        if not pending or self._stopped:
-            return
-        self.slow_read_indexes += 1  # etcd: "waiting for ReadIndex response took too long"
-        if self.loop.time() >= deadline:
-            for r in pending:
-                r.set_exception(errors.TIMEOUT)
-            self._round = 0
-            self._start_waiting()
-            return
-        waiting, self._reads_waiting = self._reads_waiting, []
-        self._read_round(pending + waiting, deadline)  # the round was lost: ask again
+            self._read_rounds.add(reads)
 
     def _dropped(self, rids: list[bytes], exc: Exception) -> None:
         err = errors.NO_LEADER if isinstance(exc, ProposalDroppedError) else errors.STOPPED
@@ -344,26 +315,6 @@ class RaftNode:
             fut = self._futures.pop(rid, None)
             if fut is not None and not fut.done():
                 fut.set_exception(err)
-
-    def _reads_done(self, fut: asyncio.Future, reads: list[asyncio.Future], rid: int) -> None:
-        failed = fut.cancelled() or fut.exception() is not None
-        if failed:
-            self.read_indexes_failed += 1
-        for r in reads:
-            if r.done():
-                continue
-            if failed:
-                r.set_exception(errors.NO_LEADER)
-            else:
-                r.set_result(fut.result())
-        if rid == self._round:
-            self._round = 0
-            self._start_waiting()
-
-    def _start_waiting(self) -> None:
-        if self._reads_waiting and not self._round and not self._stopped:
-            waiting, self._reads_waiting = self._reads_waiting, []
-            self._read_round(waiting, self.loop.time() + READ_TIMEOUT)
 
     # -------------------------------------------------------------- apply
 

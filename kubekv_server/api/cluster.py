@@ -7,7 +7,7 @@ from etcdproto.etcdserverpb import rpc_pb2_grpc
 
 from ..member import Member
 from ..rpc.calls import inline
-from .status import etcd_errors
+from .status import chain, etcd_errors
 
 
 def _fill(member: Member, resp) -> None:
@@ -24,9 +24,18 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     @inline
     @etcd_errors
     def MemberList(self, request, context):
-        resp = pb.MemberListResponse()
-        _fill(self.member, resp)
-        return resp
+        """etcd 3.5: `linearizable` waits for a read index first (LinearizableReadNotify),
+        so a list read anywhere after a MemberAdd/Remove answered shows it."""
+        def answer() -> pb.MemberListResponse:
+            resp = pb.MemberListResponse()
+            _fill(self.member, resp)
+            return resp
+
+        if request.linearizable:
+            barrier = self.member.read_barrier()
+            if barrier is not None:
+                return chain(barrier, answer)
+        return answer()
 
     @etcd_errors
     async def MemberAdd(self, request, context):

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from kubekv.embed import Cluster, Member, wait_for
+from kubekv.embed import Cluster, GatewayError, Member, wait_for
 from tests.embed.test_installed_package import processes_mentioning
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -93,6 +93,26 @@ def test_members_die_with_a_killed_owner(tmp_path):
         owner.stdin.close()
         owner.stdout.close()
     wait_for(lambda: gone(server), 10, "the server to die with its owner")
+
+
+def test_linearizable_member_list_needs_a_quorum(tmp_path):
+    """etcd 3.5's MemberList{linearizable} waits for a read index: a member cut off from
+    the others answers only the plain (local) list. This is what makes a list read on
+    any member right after MemberRemove show the removal."""
+    with Cluster(3, base_dir=tmp_path) as c:
+        alone, *others = c.members
+        ids = c.member_ids(via=alone)
+        for m in others:
+            m.pause()
+        try:
+            local = alone.request("/v3/cluster/member/list", {"linearizable": False})
+            assert sorted(int(m["ID"]) for m in local["members"]) == ids
+            with pytest.raises(GatewayError):
+                alone.request("/v3/cluster/member/list", {"linearizable": True}, timeout=2)
+        finally:
+            for m in others:
+                m.resume()
+        assert c.member_ids(via=alone) == ids
 
 
 def test_cluster_membership_changes(tmp_path):
