@@ -51,7 +51,7 @@ import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ._process import (
+from kubekv._process import (
     DEFAULT_STOP_TIMEOUT,
     HOST,
     POLL_INTERVAL,

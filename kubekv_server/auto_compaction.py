@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import errors
+from kubekv_server import errors
 
 log = logging.getLogger("kubekv.compactor")
 

@@ -8,9 +8,9 @@ import os
 import signal
 import sys
 
-from .cipher_suites import openssl_cipher_list
-from .config import USAGE, FlagError, parse_args
-from .member import SERVER_VERSION
+from kubekv_server.cipher_suites import openssl_cipher_list
+from kubekv_server.config import USAGE, FlagError, parse_args
+from kubekv_server.member import SERVER_VERSION
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
               "error": logging.ERROR, "panic": logging.CRITICAL, "fatal": logging.CRITICAL}
@@ -29,8 +29,8 @@ def setup_logging(level: str) -> None:
 
 def gateway_main(argv: list[str]) -> int:
     """`kubekv gateway start`: etcd's TCP gateway (tcp_gateway.py)."""
-    from .tcp_gateway import USAGE as GATEWAY_USAGE
-    from .tcp_gateway import GatewayFlagError, parse_gateway_args, serve
+    from kubekv_server.tcp_gateway import USAGE as GATEWAY_USAGE
+    from kubekv_server.tcp_gateway import GatewayFlagError, parse_gateway_args, serve
 
     if any(a in ("-h", "--help") for a in argv):
         print(GATEWAY_USAGE)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     # Until the server installs its own handlers, a stop signal ends start-up cleanly.
     signal.signal(signal.SIGTERM, lambda _sig, _frame: sys.exit(0))
     try:
-        from .server import ClientServer  # imported late: --help/--version stay fast
+        from kubekv_server.server import ClientServer  # imported late: --help/--version stay fast
 
         asyncio.run(ClientServer(cfg).serve_until_signalled())
     except KeyboardInterrupt:

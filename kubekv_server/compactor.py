@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from .backend import Backend
-from .mvcc import MVCCStore
+from kubekv_server.backend import Backend
+from kubekv_server.mvcc import MVCCStore
 
 log = logging.getLogger("kubekv.compactor")
 

@@ -25,9 +25,8 @@ import grpc
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.kubekvpb import hashpeer_pb2 as hp
 from etcdproto.kubekvpb import hashpeer_pb2_grpc as hp_grpc
-
-from . import errors
-from .mvcc import CompactedError, FutureRevError
+from kubekv_server import errors
+from kubekv_server.mvcc import CompactedError, FutureRevError
 
 log = logging.getLogger("kubekv.corruption")
 

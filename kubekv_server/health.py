@@ -32,9 +32,8 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-
-from . import errors
-from .rpc.log_limit import RateLimitedLog
+from kubekv_server import errors
+from kubekv_server.rpc.log_limit import RateLimitedLog
 
 log = logging.getLogger("kubekv.health")
 _limited = RateLimitedLog(log)

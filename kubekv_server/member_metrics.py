@@ -12,7 +12,14 @@ import os
 import resource
 import time
 
-from .metrics import CONTENT_TYPE, Counter, Gauge, Histogram, Registry, exponential_buckets
+from kubekv_server.metrics import (
+    CONTENT_TYPE,
+    Counter,
+    Gauge,
+    Histogram,
+    Registry,
+    exponential_buckets,
+)
 
 GRPC_CODES = ["OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound",
               "AlreadyExists", "PermissionDenied", "ResourceExhausted", "FailedPrecondition",

@@ -32,9 +32,8 @@ from kubekv_raft.transport import (
     peer_server_options,
     stop_peer_server,
 )
-
-from .config import Config
-from .tls import load_crl, pem_revoked
+from kubekv_server.config import Config
+from kubekv_server.tls import load_crl, pem_revoked
 
 log = logging.getLogger("kubekv.peer")
 

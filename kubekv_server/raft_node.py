@@ -22,10 +22,9 @@ from etcdproto.raftpb import raft_pb2
 from kubekv_raft.errors import ProposalDroppedError
 from kubekv_raft.raft import Config as RaftConfig
 from kubekv_raft.runner import Runner
-
-from . import errors
-from .applier import Applier, BatchResult
-from .read_rounds import ReadRounds
+from kubekv_server import errors
+from kubekv_server.applier import Applier, BatchResult
+from kubekv_server.read_rounds import ReadRounds
 
 log = logging.getLogger("kubekv.raft")
 
@@ -367,7 +366,7 @@ class RaftNode:
 
     def _create_snapshot(self, index: int, compact_all: bool = False) -> None:
         """Executor thread (no apply runs meanwhile): the state as of `index`, durable first."""
-        from . import state_snapshot
+        from kubekv_server import state_snapshot
 
         term = self.storage.term(index)
         self.backend.sync()
@@ -384,8 +383,7 @@ class RaftNode:
     def snapshot_reader(self, snapshot: raft_pb2.Snapshot):
         """The transport's SnapshotSource: our snapshot file, or one received and kept."""
         from kubekv_raft.transport import received_snapshot
-
-        from . import state_snapshot
+        from kubekv_server import state_snapshot
 
         path = state_snapshot.path_of(snapshot.data)
         if path is None:
@@ -398,8 +396,7 @@ class RaftNode:
     async def install_snapshot(self, snapshot: raft_pb2.Snapshot) -> None:
         """A snapshot from the leader: swap its state in, then let the member reload."""
         from kubekv_raft.transport import received_snapshot, remove_older_snapshots
-
-        from . import state_snapshot
+        from kubekv_server import state_snapshot
 
         path = received_snapshot(snapshot).path
         await self.loop.run_in_executor(self._executor, state_snapshot.install, self.backend, path)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from . import errors
+from kubekv_server import errors
 
 # etcd's readIndexRetryTime, and its request timeout for a read that gets no read index
 READ_RETRY = 0.5

@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterator
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.mvccpb.kv_pb2 import Event, KeyValue
-
-from . import errors
+from kubekv_server import errors
 
 # concurrency.defaultSessionTTL: a session without a lease grants one of 60 s
 DEFAULT_SESSION_TTL = 60

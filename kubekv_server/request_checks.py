@@ -7,8 +7,7 @@ malformed request never reaches the log.
 from __future__ import annotations
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-
-from . import errors
+from kubekv_server import errors
 
 
 def check_range(r: pb.RangeRequest) -> None:

@@ -19,27 +19,26 @@ import urllib.parse
 from etcdproto.etcdserverpb import rpc_pb2
 from etcdproto.v3electionpb import v3election_pb2
 from etcdproto.v3lockpb import v3lock_pb2
-
-from .access_control import AccessController, hostname
-from .api.auth import AuthService
-from .api.cluster import ClusterService
-from .api.election import ElectionService
-from .api.kv import KVService
-from .api.lease import LeaseService
-from .api.lock import LockService
-from .api.maintenance import MaintenanceService
-from .api.watch import WatchService
-from .auth.gate import AuthGate
-from .config import Config
-from .gateway import CORS_HEADERS, Gateway
-from .health import HealthEndpoints
-from .member import CLUSTER_VERSION, REQUEST_TIMEOUT, SERVER_VERSION, Member
-from .member_metrics import MemberMetrics
-from .rpc.context import request_tls
-from .rpc.http1 import Http1Protocol
-from .rpc.log_limit import RateLimitedLog
-from .rpc.server import RpcServer
-from .tls import client_cert_check, client_ssl_context, load_crl
+from kubekv_server.access_control import AccessController, hostname
+from kubekv_server.api.auth import AuthService
+from kubekv_server.api.cluster import ClusterService
+from kubekv_server.api.election import ElectionService
+from kubekv_server.api.kv import KVService
+from kubekv_server.api.lease import LeaseService
+from kubekv_server.api.lock import LockService
+from kubekv_server.api.maintenance import MaintenanceService
+from kubekv_server.api.watch import WatchService
+from kubekv_server.auth.gate import AuthGate
+from kubekv_server.config import Config
+from kubekv_server.gateway import CORS_HEADERS, Gateway
+from kubekv_server.health import HealthEndpoints
+from kubekv_server.member import CLUSTER_VERSION, REQUEST_TIMEOUT, SERVER_VERSION, Member
+from kubekv_server.member_metrics import MemberMetrics
+from kubekv_server.rpc.context import request_tls
+from kubekv_server.rpc.http1 import Http1Protocol
+from kubekv_server.rpc.log_limit import RateLimitedLog
+from kubekv_server.rpc.server import RpcServer
+from kubekv_server.tls import client_cert_check, client_ssl_context, load_crl
 
 log = logging.getLogger("kubekv.server")
 # requests refused by --host-whitelist: one line a minute, however many arrive

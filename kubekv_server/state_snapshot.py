@@ -19,7 +19,7 @@ import shutil
 
 import lmdb
 
-from .backend import Backend
+from kubekv_server.backend import Backend
 
 log = logging.getLogger("kubekv.snapshot")
 

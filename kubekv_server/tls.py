@@ -16,9 +16,8 @@ import urllib.parse
 from cryptography import x509
 
 from kubekv_raft.peer_tls import hostname_allowed, self_signed_cert
-
-from .cipher_suites import openssl_cipher_list
-from .config import Config
+from kubekv_server.cipher_suites import openssl_cipher_list
+from kubekv_server.config import Config
 
 log = logging.getLogger("kubekv.tls")
 

@@ -30,8 +30,7 @@ import grpc
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-
-from .linearizability import (
+from kubekv_testing.linearizability import (
     Cas,
     CasResult,
     Delete,

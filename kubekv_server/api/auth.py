@@ -12,11 +12,10 @@ from __future__ import annotations
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 from etcdproto.kubekvpb import internal_pb2
-
-from ..auth.password import hash_password
-from ..member import Member
-from ..rpc.calls import inline
-from .status import etcd_errors
+from kubekv_server.api.status import etcd_errors
+from kubekv_server.auth.password import hash_password
+from kubekv_server.member import Member
+from kubekv_server.rpc.calls import inline
 
 
 def _logged(kind: str):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-
-from ..member import Member
-from ..rpc.calls import inline
-from .status import chain, etcd_errors
+from kubekv_server.api.status import chain, etcd_errors
+from kubekv_server.member import Member
+from kubekv_server.rpc.calls import inline
 
 
 def _fill(member: Member, resp) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from etcdproto.v3electionpb import v3election_pb2 as epb
 from etcdproto.v3electionpb import v3election_pb2_grpc
-
-from .. import errors
-from ..errors import EtcdError
-from ..member import Member
-from ..recipes import Recipes
-from .status import etcd_errors
+from kubekv_server import errors
+from kubekv_server.api.status import etcd_errors
+from kubekv_server.errors import EtcdError
+from kubekv_server.member import Member
+from kubekv_server.recipes import Recipes
 
 
 class ElectionService(v3election_pb2_grpc.ElectionServicer):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-
-from .. import request_checks
-from ..kv_txn import is_read_only
-from ..member import Member
-from ..rpc.calls import inline
-from .status import chain, etcd_errors
+from kubekv_server import request_checks
+from kubekv_server.api.status import chain, etcd_errors
+from kubekv_server.kv_txn import is_read_only
+from kubekv_server.member import Member
+from kubekv_server.rpc.calls import inline
 
 
 class KVService(rpc_pb2_grpc.KVServicer):

@@ -6,10 +6,9 @@ import logging
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-
-from ..errors import EtcdError
-from ..member import Member
-from .status import etcd_errors
+from kubekv_server.api.status import etcd_errors
+from kubekv_server.errors import EtcdError
+from kubekv_server.member import Member
 
 log = logging.getLogger("kubekv.lease")
 

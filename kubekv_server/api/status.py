@@ -7,7 +7,7 @@ import functools
 import inspect
 import logging
 
-from ..errors import EtcdError
+from kubekv_server.errors import EtcdError
 
 log = logging.getLogger("kubekv.api")
 

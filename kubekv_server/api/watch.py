@@ -18,10 +18,9 @@ from collections.abc import Callable, Iterator
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-
-from ..auth.gate import watch_denied
-from ..watch import Response, Stream, WatchHub
-from ..watch.hub import INVALID_WATCH_ID
+from kubekv_server.auth.gate import watch_denied
+from kubekv_server.watch import Response, Stream, WatchHub
+from kubekv_server.watch.hub import INVALID_WATCH_ID
 
 log = logging.getLogger("kubekv.watch")
 

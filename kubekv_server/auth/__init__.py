@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .store import EMPTY, AuthInfo, AuthStore
-from .tokens import TokenConfigError, provider_from_flags
+from kubekv_server.auth.store import EMPTY, AuthInfo, AuthStore
+from kubekv_server.auth.tokens import TokenConfigError, provider_from_flags
 
 
 def token_provider(cfg):

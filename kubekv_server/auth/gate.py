@@ -20,12 +20,11 @@ from __future__ import annotations
 import grpc
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-
-from .. import errors
-from ..errors import EtcdError
-from ..kv_txn import is_read_only
-from ..rpc.context import Deferred
-from .store import EMPTY, AuthInfo, AuthStore, TokenPending
+from kubekv_server import errors
+from kubekv_server.auth.store import EMPTY, AuthInfo, AuthStore, TokenPending
+from kubekv_server.errors import EtcdError
+from kubekv_server.kv_txn import is_read_only
+from kubekv_server.rpc.context import Deferred
 
 _ADMIN = frozenset(
     f"/etcdserverpb.Cluster/{m}".encode()

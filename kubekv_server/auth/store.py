@@ -22,12 +22,11 @@ import lmdb
 
 from etcdproto.authpb import auth_pb2
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-
-from .. import errors
-from ..errors import EtcdError
-from ..mvcc.stored_key import stored
-from . import perms
-from .tokens import VerifyOnlyError
+from kubekv_server import errors
+from kubekv_server.auth import perms
+from kubekv_server.auth.tokens import VerifyOnlyError
+from kubekv_server.errors import EtcdError
+from kubekv_server.mvcc.stored_key import stored
 
 ROOT_USER = "root"
 ROOT_ROLE = "root"
@@ -156,7 +155,7 @@ class AuthStore:
 
     def check_password(self, name: str, password: str) -> int:
         """The auth revision at which name/password were found valid (etcd's CheckPassword)."""
-        from .password import check_password
+        from kubekv_server.auth.password import check_password
 
         if not self.enabled:
             raise errors.AUTH_NOT_ENABLED
@@ -330,7 +329,7 @@ class AuthStore:
         if r.hashedPassword:
             return r.hashedPassword.encode()
         if r.password:  # a request proposed without the API layer's hashing
-            from .password import hash_password
+            from kubekv_server.auth.password import hash_password
 
             return hash_password(r.password).encode()
         return b""

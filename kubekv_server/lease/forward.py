@@ -22,8 +22,7 @@ import grpc
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.kubekvpb import leasepeer_pb2 as lp
 from etcdproto.kubekvpb import leasepeer_pb2_grpc as lp_grpc
-
-from .. import errors
+from kubekv_server import errors
 
 log = logging.getLogger("kubekv.lease")
 

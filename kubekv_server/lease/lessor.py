@@ -18,7 +18,7 @@ import math
 import threading
 from collections.abc import Callable
 
-from .. import errors
+from kubekv_server import errors
 
 # etcd's MaxLeaseTTL (seconds)
 MAX_LEASE_TTL = 9_000_000_000

@@ -18,9 +18,8 @@ import lmdb
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.mvccpb.kv_pb2 import Event
-
-from .. import errors
-from ..mvcc.stored_key import PREFIX, is_long, stored
+from kubekv_server import errors
+from kubekv_server.mvcc.stored_key import PREFIX, is_long, stored
 
 _ID = struct.Struct(">Q")
 _TTL = struct.Struct(">q")

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import lmdb
 
-from . import meta
-from .key_index import newest_at
-from .revision import is_tombstone, rev_to_bytes
-from .stored_key import PREFIX, stored
+from kubekv_server.mvcc import meta
+from kubekv_server.mvcc.key_index import newest_at
+from kubekv_server.mvcc.revision import is_tombstone, rev_to_bytes
+from kubekv_server.mvcc.stored_key import PREFIX, stored
 
 
 def key_of(raw_kv: bytes) -> bytes:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import lmdb
 from crc32c import crc32c as _crc32c
 
-from .compaction import key_of
-from .key_index import newest_at, visible_at
-from .revision import is_tombstone, main_of, rev_to_bytes
-from .stored_key import stored
+from kubekv_server.mvcc.compaction import key_of
+from kubekv_server.mvcc.key_index import newest_at, visible_at
+from kubekv_server.mvcc.revision import is_tombstone, main_of, rev_to_bytes
+from kubekv_server.mvcc.stored_key import stored
 
 
 class Crc32c:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import lmdb
 
-from .revision import is_tombstone, rev_to_bytes
+from kubekv_server.mvcc.revision import is_tombstone, rev_to_bytes
 
 
 def newest_at(cur: lmdb.Cursor, key: bytes, at_main: int) -> bytes | None:

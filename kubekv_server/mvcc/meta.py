@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import lmdb
 
-from .revision import rev_to_bytes
+from kubekv_server.mvcc.revision import rev_to_bytes
 
 CURRENT_REV = b"currentRev"
 SCHEDULED_COMPACT_REV = b"scheduledCompactRev"

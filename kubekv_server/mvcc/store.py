@@ -22,13 +22,12 @@ from __future__ import annotations
 import lmdb
 
 from etcdproto.mvccpb.kv_pb2 import Event, KeyValue
-
-from . import compaction, meta
-from .errors import CompactedError, FutureRevError, InvalidKeyError
-from .hash import hash_history
-from .key_index import visible_at
-from .revision import MARK_TOMBSTONE, is_tombstone, main_of, rev_to_bytes
-from .stored_key import PREFIX, scan, stored
+from kubekv_server.mvcc import compaction, meta
+from kubekv_server.mvcc.errors import CompactedError, FutureRevError, InvalidKeyError
+from kubekv_server.mvcc.hash import hash_history
+from kubekv_server.mvcc.key_index import visible_at
+from kubekv_server.mvcc.revision import MARK_TOMBSTONE, is_tombstone, main_of, rev_to_bytes
+from kubekv_server.mvcc.stored_key import PREFIX, scan, stored
 
 DB_KEY = b"key"
 DB_KEY_INDEX = b"key_index"

@@ -27,10 +27,16 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
-from . import frames as f
-from . import grpc_messages as gm
-from .context import AbortError, Deferred, RpcContext, call_principal, status_number
-from .log_limit import RateLimitedLog, client_key, short_error
+from kubekv_server.rpc import frames as f
+from kubekv_server.rpc import grpc_messages as gm
+from kubekv_server.rpc.context import (
+    AbortError,
+    Deferred,
+    RpcContext,
+    call_principal,
+    status_number,
+)
+from kubekv_server.rpc.log_limit import RateLimitedLog, client_key, short_error
 
 log = logging.getLogger("kubekv.rpc")
 # malformed requests: a line per client per interval, never a flood

@@ -30,8 +30,8 @@ import time
 import hpack
 from hpack.table import table_entry_size
 
-from . import frames as f
-from . import limits
+from kubekv_server.rpc import frames as f
+from kubekv_server.rpc import limits
 
 _U32 = struct.Struct(">I")
 _SETTING = struct.Struct(">HI")

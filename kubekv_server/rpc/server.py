@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 from google.protobuf import descriptor as _descriptor
 
-from . import limits, tls_alerts
-from .calls import Method
-from .connection import Http2Connection
+from kubekv_server.rpc import limits, tls_alerts
+from kubekv_server.rpc.calls import Method
+from kubekv_server.rpc.connection import Http2Connection
 
 log = logging.getLogger("kubekv.rpc")
 

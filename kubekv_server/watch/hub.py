@@ -31,8 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from etcdproto.mvccpb.kv_pb2 import Event
-
-from ..mvcc import CompactedError, MVCCStore
+from kubekv_server.mvcc import CompactedError, MVCCStore
 
 # A lagging watcher gets at most this many revisions of history per response.
 MAX_REVS_PER_SYNC = 1000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from .hub import WatchHub
+from kubekv_server.watch.hub import WatchHub
 
 log = logging.getLogger("kubekv.watch")
 
