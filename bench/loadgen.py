@@ -479,7 +479,7 @@ def summarize_collapsed(path: pathlib.Path, top: int = 25) -> str:
 
 
 def _frame_name(frame: str) -> str:
-    """'put (kubekv_server/member.py:99)' -> 'put (kubekv_server/member.py)'."""
+    """'put (kubekv_server/member/member.py:99)' -> 'put (kubekv_server/member/member.py)'."""
     name, _, loc = frame.partition(" (")
     loc = loc.rstrip(")")
     file = loc.rsplit(":", 1)[0]

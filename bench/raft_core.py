@@ -17,9 +17,9 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from etcdproto.raftpb import raft_pb2 as pb  # noqa: E402
-from kubekv_raft.raft import Config  # noqa: E402
-from kubekv_raft.raw_node import RawNode  # noqa: E402
-from kubekv_raft.storage import MemoryStorage  # noqa: E402
+from kubekv_raft.core.raft import Config  # noqa: E402
+from kubekv_raft.core.raw_node import RawNode  # noqa: E402
+from kubekv_raft.core.storage import MemoryStorage  # noqa: E402
 
 
 def build(n: int = 3) -> dict[int, tuple[RawNode, MemoryStorage]]:

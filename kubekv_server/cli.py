@@ -8,9 +8,9 @@ import os
 import signal
 import sys
 
-from kubekv_server.cipher_suites import openssl_cipher_list
-from kubekv_server.config import USAGE, FlagError, parse_args
-from kubekv_server.member import SERVER_VERSION
+from kubekv_server.config.flags import USAGE, FlagError, parse_args
+from kubekv_server.member.member import SERVER_VERSION
+from kubekv_server.tls.cipher_suites import openssl_cipher_list
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
               "error": logging.ERROR, "panic": logging.CRITICAL, "fatal": logging.CRITICAL}

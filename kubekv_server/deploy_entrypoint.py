@@ -48,8 +48,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from kubekv_server.config import BOOL_FLAGS, VALUE_FLAGS
-from kubekv_server.config_sources import env_key
+from kubekv_server.config.flags import BOOL_FLAGS, VALUE_FLAGS
+from kubekv_server.config.sources import env_key
 
 log = logging.getLogger("kubekv.entrypoint")
 

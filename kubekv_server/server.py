@@ -19,7 +19,6 @@ import urllib.parse
 from etcdproto.etcdserverpb import rpc_pb2
 from etcdproto.v3electionpb import v3election_pb2
 from etcdproto.v3lockpb import v3lock_pb2
-from kubekv_server.access_control import AccessController, hostname
 from kubekv_server.api.auth import AuthService
 from kubekv_server.api.cluster import ClusterService
 from kubekv_server.api.election import ElectionService
@@ -29,16 +28,17 @@ from kubekv_server.api.lock import LockService
 from kubekv_server.api.maintenance import MaintenanceService
 from kubekv_server.api.watch import WatchService
 from kubekv_server.auth.gate import AuthGate
-from kubekv_server.config import Config
-from kubekv_server.gateway import CORS_HEADERS, Gateway
-from kubekv_server.health import HealthEndpoints
-from kubekv_server.member import CLUSTER_VERSION, REQUEST_TIMEOUT, SERVER_VERSION, Member
-from kubekv_server.member_metrics import MemberMetrics
+from kubekv_server.config.flags import Config
+from kubekv_server.http.access_control import AccessController, hostname
+from kubekv_server.http.gateway import CORS_HEADERS, Gateway
+from kubekv_server.http.health import HealthEndpoints
+from kubekv_server.member.member import CLUSTER_VERSION, REQUEST_TIMEOUT, SERVER_VERSION, Member
+from kubekv_server.metrics.member_metrics import MemberMetrics
 from kubekv_server.rpc.context import request_tls
 from kubekv_server.rpc.http1 import Http1Protocol
 from kubekv_server.rpc.log_limit import RateLimitedLog
 from kubekv_server.rpc.server import RpcServer
-from kubekv_server.tls import client_cert_check, client_ssl_context, load_crl
+from kubekv_server.tls.client import client_cert_check, client_ssl_context, load_crl
 
 log = logging.getLogger("kubekv.server")
 # requests refused by --host-whitelist: one line a minute, however many arrive

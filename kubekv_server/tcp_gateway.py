@@ -43,7 +43,9 @@ class GatewayConfig:
 
 def parse_gateway_args(argv: list[str]) -> GatewayConfig:
     """etcd's `gateway [flags] start [flags]` (cobra: flags on either side of `start`)."""
-    from kubekv_server.config import parse_duration  # the same Go duration syntax as the server
+    from kubekv_server.config.flags import (
+        parse_duration,  # the same Go duration syntax as the server
+    )
 
     values = dict(DEFAULTS)
     rest = [a for a in argv if a != "start"]

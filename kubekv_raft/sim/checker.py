@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.raft import StateType
+from kubekv_raft.core.raft import StateType
 
 if TYPE_CHECKING:
     from kubekv_raft.sim.cluster import SimNode

@@ -15,13 +15,13 @@ import zlib
 from collections.abc import Callable, Iterable
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.errors import ProposalDroppedError, RaftError
-from kubekv_raft.raft import Config, StateType
-from kubekv_raft.raw_node import RawNode
-from kubekv_raft.read_only import ReadOnlyOption
+from kubekv_raft.core.errors import ProposalDroppedError, RaftError
+from kubekv_raft.core.raft import Config, StateType
+from kubekv_raft.core.raw_node import RawNode
+from kubekv_raft.core.read_only import ReadOnlyOption
+from kubekv_raft.core.storage import MemoryStorage
 from kubekv_raft.sim.checker import SafetyChecker, SafetyViolation
 from kubekv_raft.sim.network import SimNetwork
-from kubekv_raft.storage import MemoryStorage
 
 log = logging.getLogger(__name__)
 

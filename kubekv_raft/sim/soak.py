@@ -8,8 +8,8 @@ from __future__ import annotations
 import random
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.errors import RaftError
-from kubekv_raft.raft import StateType
+from kubekv_raft.core.errors import RaftError
+from kubekv_raft.core.raft import StateType
 from kubekv_raft.sim.cluster import SimCluster
 
 __all__ = ["random_run"]

@@ -14,7 +14,7 @@ from etcdproto.etcdserverpb import rpc_pb2_grpc
 from etcdproto.kubekvpb import internal_pb2
 from kubekv_server.api.status import etcd_errors
 from kubekv_server.auth.password import hash_password
-from kubekv_server.member import Member
+from kubekv_server.member.member import Member
 from kubekv_server.rpc.calls import inline
 
 

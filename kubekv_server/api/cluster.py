@@ -5,7 +5,7 @@ from __future__ import annotations
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 from kubekv_server.api.status import chain, etcd_errors
-from kubekv_server.member import Member
+from kubekv_server.member.member import Member
 from kubekv_server.rpc.calls import inline
 
 

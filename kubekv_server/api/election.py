@@ -5,10 +5,10 @@ from __future__ import annotations
 from etcdproto.v3electionpb import v3election_pb2 as epb
 from etcdproto.v3electionpb import v3election_pb2_grpc
 from kubekv_server import errors
+from kubekv_server.api.recipes import Recipes
 from kubekv_server.api.status import etcd_errors
 from kubekv_server.errors import EtcdError
-from kubekv_server.member import Member
-from kubekv_server.recipes import Recipes
+from kubekv_server.member.member import Member
 
 
 class ElectionService(v3election_pb2_grpc.ElectionServicer):

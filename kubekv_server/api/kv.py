@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-from kubekv_server import request_checks
+from kubekv_server.api import request_checks
 from kubekv_server.api.status import chain, etcd_errors
-from kubekv_server.kv_txn import is_read_only
-from kubekv_server.member import Member
+from kubekv_server.kv.txn import is_read_only
+from kubekv_server.member.member import Member
 from kubekv_server.rpc.calls import inline
 
 

@@ -8,7 +8,7 @@ from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 from kubekv_server.api.status import etcd_errors
 from kubekv_server.errors import EtcdError
-from kubekv_server.member import Member
+from kubekv_server.member.member import Member
 
 log = logging.getLogger("kubekv.lease")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.v3lockpb import v3lock_pb2, v3lock_pb2_grpc
+from kubekv_server.api.recipes import Recipes
 from kubekv_server.api.status import etcd_errors
-from kubekv_server.member import Member
-from kubekv_server.recipes import Recipes
+from kubekv_server.member.member import Member
 
 
 class LockService(v3lock_pb2_grpc.LockServicer):

@@ -7,7 +7,7 @@ import hashlib
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 from kubekv_server.api.status import etcd_errors
-from kubekv_server.member import Member
+from kubekv_server.member.member import Member
 from kubekv_server.rpc.calls import inline
 
 # etcd sends the snapshot in 32 KiB messages.
@@ -38,7 +38,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         try:
             h, compact_rev, _ = self.member.mvcc.hash_kv(request.revision)
         except Exception as exc:
-            from kubekv_server.applier import mvcc_error
+            from kubekv_server.apply.applier import mvcc_error
 
             raise mvcc_error(exc) from None
         resp = pb.HashKVResponse(hash=h, compact_revision=compact_rev)
@@ -55,7 +55,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     @etcd_errors
     def Hash(self, request, context):
         """CRC-32 of the whole state database (etcd hashes its backend file); worker thread."""
-        from kubekv_server.state_snapshot import LOCAL_META_KEYS
+        from kubekv_server.backend.state_snapshot import LOCAL_META_KEYS
 
         resp = pb.HashResponse(hash=self.member.backend.hash(LOCAL_META_KEYS))
         self.member.header(resp.header, self.member.current_revision())

@@ -23,7 +23,7 @@ from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server import errors
 from kubekv_server.auth.store import EMPTY, AuthInfo, AuthStore, TokenPending
 from kubekv_server.errors import EtcdError
-from kubekv_server.kv_txn import is_read_only
+from kubekv_server.kv.txn import is_read_only
 from kubekv_server.rpc.context import Deferred
 
 _ADMIN = frozenset(

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from kubekv_server.config import parse_duration
+from kubekv_server.config.flags import parse_duration
 
 SIMPLE_TOKEN_LENGTH = 16
 _LETTERS = string.ascii_lowercase + string.ascii_uppercase

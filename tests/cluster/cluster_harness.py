@@ -30,8 +30,8 @@ import grpc
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-from kubekv_server.cluster_ids import member_id
-from kubekv_server.peering import DIAL_OVERRIDE_ENV
+from kubekv_server.member.cluster_ids import member_id
+from kubekv_server.peer.peering import DIAL_OVERRIDE_ENV
 from kubekv_testing.fault_proxy import FaultNetwork
 from tests.harness import ROOT, ServerProcess, free_port
 

@@ -10,8 +10,8 @@ import grpc
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.kubekvpb import hashpeer_pb2 as hp
 from etcdproto.mvccpb import kv_pb2
-from kubekv_server.backend import Backend
-from kubekv_server.corruption import LocalHash, PeerHash, initial_mismatches, leader_findings
+from kubekv_server.backend.state_db import Backend
+from kubekv_server.member.corruption import LocalHash, PeerHash, initial_mismatches, leader_findings
 
 from .cluster_harness import wait_for
 

@@ -6,8 +6,8 @@ import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.raftpb import raft_pb2
-from kubekv_raft.storage import MemoryStorage
-from kubekv_server.force_new_cluster import force_standalone, member_ids
+from kubekv_raft.core.storage import MemoryStorage
+from kubekv_server.member.force_new_cluster import force_standalone, member_ids
 
 from .cluster_harness import wait_for
 

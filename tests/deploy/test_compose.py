@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 
 from kubekv_server import deploy_entrypoint as ep
-from kubekv_server.config import parse_args
+from kubekv_server.config.flags import parse_args
 from tests.deploy.conftest import DEPLOY
 
 

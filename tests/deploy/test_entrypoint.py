@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from kubekv_server import deploy_entrypoint as ep
-from kubekv_server.config import parse_args
+from kubekv_server.config.flags import parse_args
 from tests.deploy.conftest import DEPLOY
 from tests.harness import ROOT
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 import shlex
 
-from kubekv_server.config import BOOL_FLAGS, VALUE_FLAGS, parse_args
-from kubekv_server.config_sources import env_key
+from kubekv_server.config.flags import BOOL_FLAGS, VALUE_FLAGS, parse_args
+from kubekv_server.config.sources import env_key
 from tests.deploy.conftest import DEPLOY, deploy_files
 from tests.harness import ROOT
 

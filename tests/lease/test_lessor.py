@@ -7,7 +7,7 @@ import pytest
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.mvccpb.kv_pb2 import Event
 from kubekv_server import errors
-from kubekv_server.backend import Backend
+from kubekv_server.backend.state_db import Backend
 from kubekv_server.lease import LeaseStore, Lessor, min_lease_ttl
 from kubekv_server.lease.lessor import EXPIRED_RETRY_INTERVAL, LEASE_REVOKE_RATE
 from kubekv_server.mvcc import MVCCStore

@@ -14,7 +14,7 @@ import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.raftpb import raft_pb2
-from kubekv_raft import transport as raft_transport
+from kubekv_server.peer import transport as raft_transport
 from tests.cluster.cluster_harness import Cluster, wait_for
 from tests.harness import etcd_process, free_port, running
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.errors import RaftError
-from kubekv_raft.raft import Config, Raft
-from kubekv_raft.storage import MemoryStorage
+from kubekv_raft.core.errors import RaftError
+from kubekv_raft.core.raft import Config, Raft
+from kubekv_raft.core.storage import MemoryStorage
 
 
 def new_raft(i: int, peers: list[int], election: int = 10, heartbeat: int = 1, **kw) -> Raft:

@@ -5,22 +5,22 @@ from __future__ import annotations
 import pytest
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.conf_change import Changer, ConfChangeError, enter_joint, leave_joint, restore
-from kubekv_raft.errors import (
+from kubekv_raft.core.conf_change import Changer, ConfChangeError, enter_joint, leave_joint, restore
+from kubekv_raft.core.errors import (
     CompactedError,
     ProposalDroppedError,
     StepLocalMsgError,
     StepPeerNotFoundError,
 )
-from kubekv_raft.log import RaftLog, limit_size
-from kubekv_raft.log_unstable import Unstable
-from kubekv_raft.progress import Inflights, Progress, ProgressState
-from kubekv_raft.quorum import NO_LIMIT, JointConfig, MajorityConfig, VoteResult
-from kubekv_raft.raft import NONE, Config, SplitMix64, StateType
-from kubekv_raft.raw_node import RawNode
-from kubekv_raft.read_only import ReadOnlyOption
-from kubekv_raft.storage import MemoryStorage
-from kubekv_raft.tracker import ProgressTracker
+from kubekv_raft.core.log import RaftLog, limit_size
+from kubekv_raft.core.log_unstable import Unstable
+from kubekv_raft.core.progress import Inflights, Progress, ProgressState
+from kubekv_raft.core.quorum import NO_LIMIT, JointConfig, MajorityConfig, VoteResult
+from kubekv_raft.core.raft import NONE, Config, SplitMix64, StateType
+from kubekv_raft.core.raw_node import RawNode
+from kubekv_raft.core.read_only import ReadOnlyOption
+from kubekv_raft.core.storage import MemoryStorage
+from kubekv_raft.core.tracker import ProgressTracker
 
 from .fakenet import Net, new_raft, read_messages
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.errors import ProposalDroppedError
-from kubekv_raft.raft import StateType
+from kubekv_raft.core.errors import ProposalDroppedError
+from kubekv_raft.core.raft import StateType
 from kubekv_raft.sim import SimCluster
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.raft import NONE, StateType
-from kubekv_raft.storage import MemoryStorage
+from kubekv_raft.core.raft import NONE, StateType
+from kubekv_raft.core.storage import MemoryStorage
 
 from .fakenet import Net, new_raft, persist, read_messages
 

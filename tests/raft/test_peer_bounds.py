@@ -20,11 +20,11 @@ import pytest
 from etcdproto.raftpb import peer_pb2 as peer_pb
 from etcdproto.raftpb import peer_pb2_grpc as peer_grpc
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft import transport
-from kubekv_raft.raft import Config
-from kubekv_raft.runner import MAX_PEER_INBOX, Runner
-from kubekv_raft.storage import MemoryStorage
-from kubekv_raft.transport import (
+from kubekv_raft.core.raft import Config
+from kubekv_raft.core.storage import MemoryStorage
+from kubekv_raft.driver.runner import MAX_PEER_INBOX, Runner
+from kubekv_server.peer import transport
+from kubekv_server.peer.transport import (
     MAX_BATCH_MESSAGES,
     STOPPING_MESSAGE,
     PeerCallGuard,
@@ -283,7 +283,7 @@ class _NoApplier:
 
 
 def test_peer_hash_requests_are_bounded(no_errors):
-    from kubekv_server import corruption
+    from kubekv_server.member import corruption
 
     release = threading.Event()
 

@@ -37,8 +37,8 @@ FORBIDDEN = {
     "pathlib",
     "shutil",
 }
-ALLOWED_LOCAL = {f"kubekv_raft.{m[:-3]}" for m in CORE} | {"kubekv_raft"}
-PKG = pathlib.Path(__file__).resolve().parents[2] / "kubekv_raft"
+ALLOWED_LOCAL = {f"kubekv_raft.core.{m[:-3]}" for m in CORE} | {"kubekv_raft", "kubekv_raft.core"}
+PKG = pathlib.Path(__file__).resolve().parents[2] / "kubekv_raft" / "core"
 
 
 def imports(path: pathlib.Path) -> list[str]:
@@ -58,14 +58,14 @@ def test_core_module_is_pure(module):
         assert top not in FORBIDDEN, f"{module} imports {name}"
         if top == "kubekv_raft":
             # Type-only imports of storage are under TYPE_CHECKING; anything else must be core.
-            assert name in ALLOWED_LOCAL or name == "kubekv_raft.storage", f"{module}: {name}"
+            assert name in ALLOWED_LOCAL or name == "kubekv_raft.core.storage", f"{module}: {name}"
 
 
 def test_storage_is_only_imported_for_typing():
     for module in CORE:
         src = (PKG / module).read_text()
-        if "kubekv_raft.storage" in src:
+        if "kubekv_raft.core.storage" in src:
             tree = ast.parse(src)
             for node in tree.body:
-                if isinstance(node, ast.ImportFrom) and node.module == "kubekv_raft.storage":
+                if isinstance(node, ast.ImportFrom) and node.module == "kubekv_raft.core.storage":
                     pytest.fail(f"{module} imports storage at runtime")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.errors import ProposalDroppedError
-from kubekv_raft.raft import Config
-from kubekv_raft.runner import Runner
-from kubekv_raft.storage import LMDBStorage, MemoryStorage
+from kubekv_raft.core.errors import ProposalDroppedError
+from kubekv_raft.core.raft import Config
+from kubekv_raft.core.storage import LMDBStorage, MemoryStorage
+from kubekv_raft.driver.runner import Runner
 
 
 class LocalTransport:

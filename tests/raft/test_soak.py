@@ -49,7 +49,7 @@ def test_soak_thousands_of_seeds():
 
 
 def test_failure_names_seed_and_replay_command(monkeypatch):
-    from kubekv_raft.log import RaftLog
+    from kubekv_raft.core.log import RaftLog
     from kubekv_raft.sim import SimulationError
 
     monkeypatch.setattr(RaftLog, "is_up_to_date", lambda self, i, t: True)  # break voting

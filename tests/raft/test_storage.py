@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.errors import CompactedError, SnapshotOutOfDateError, UnavailableError
-from kubekv_raft.storage import LMDBStorage, MemoryStorage
+from kubekv_raft.core.errors import CompactedError, SnapshotOutOfDateError, UnavailableError
+from kubekv_raft.core.storage import LMDBStorage, MemoryStorage
 
 
 def ents(*pairs: tuple[int, int]) -> list[pb.Entry]:

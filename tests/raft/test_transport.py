@@ -20,20 +20,20 @@ import pytest
 from etcdproto.raftpb import peer_pb2 as peer_pb
 from etcdproto.raftpb import peer_pb2_grpc as peer_grpc
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.peer_tls import (
-    channel_credentials,
-    fetch_peer_certificate,
-    self_signed_cert,
-    server_credentials,
-)
-from kubekv_raft.raft import Config
-from kubekv_raft.runner import Runner
-from kubekv_raft.storage import LMDBStorage
-from kubekv_raft.transport import (
+from kubekv_raft.core.raft import Config
+from kubekv_raft.core.storage import LMDBStorage
+from kubekv_raft.driver.runner import Runner
+from kubekv_server.peer.transport import (
     GrpcTransport,
     RaftPeerServicer,
     peer_server_options,
     received_snapshot,
+)
+from kubekv_server.tls.peer import (
+    channel_credentials,
+    fetch_peer_certificate,
+    self_signed_cert,
+    server_credentials,
 )
 
 CID = 0xC1C1

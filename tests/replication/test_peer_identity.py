@@ -15,7 +15,7 @@ from cryptography import x509
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-from kubekv_raft.peer_tls import peer_allowed
+from kubekv_server.tls.peer import peer_allowed
 from kubekv_testing.pki import CA
 from tests.cluster.cluster_harness import Cluster
 from tests.harness import ROOT, free_port

@@ -6,7 +6,7 @@ import http.client
 
 import pytest
 
-from kubekv_server.access_control import hostname
+from kubekv_server.http.access_control import hostname
 from tests.harness import etcd_process, kubekv_process, running
 
 FLAGS = ("--host-whitelist", "good.example,127.0.0.1", "--cors", "http://app.example:8080")
@@ -55,7 +55,7 @@ def test_hostname(headers, host):
 
 
 def test_cors_origins_must_be_urls_with_ports():
-    from kubekv_server.config import FlagError, parse_args
+    from kubekv_server.config.flags import FlagError, parse_args
 
     with pytest.raises(FlagError, match='invalid value "http://a" for flag -cors: URL address '
                        'does not have the form "host:port": http://a'):

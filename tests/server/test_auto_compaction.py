@@ -9,8 +9,8 @@ import grpc
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-from kubekv_server.auto_compaction import PeriodicSchedule, RevisionSchedule
-from kubekv_server.config import FlagError, parse_args
+from kubekv_server.config.flags import FlagError, parse_args
+from kubekv_server.member.auto_compaction import PeriodicSchedule, RevisionSchedule
 from tests.harness import etcd_process, kubekv_process, running
 
 MIN = 60.0

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from kubekv_server.cluster_ids import cluster_id, member_id
-from kubekv_server.config import FlagError, parse_args, parse_duration
+from kubekv_server.config.flags import FlagError, parse_args, parse_duration
+from kubekv_server.member.cluster_ids import cluster_id, member_id
 
 
 def test_defaults_match_etcd_except_loopback_and_data_dir():

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-from kubekv_server.config import FlagError, parse_args
+from kubekv_server.config.flags import FlagError, parse_args
 from tests.harness import ROOT, ServerProcess, etcd_binary, free_port, running
 
 SAMPLE = """\

@@ -17,7 +17,7 @@ import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-from kubekv_server.gateway_json import JSONError, decode_stream, go_base64
+from kubekv_server.http.gateway_json import JSONError, decode_stream, go_base64
 from tests.harness import kubekv_process, running
 
 # ------------------------------------------------------------------ JSON decoding

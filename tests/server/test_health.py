@@ -23,7 +23,7 @@ import grpc
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-from kubekv_server.health import HealthEndpoints
+from kubekv_server.http.health import HealthEndpoints
 from tests.cluster.cluster_harness import wait_for
 from tests.harness import (
     ROOT,
@@ -245,7 +245,7 @@ async def _corrupt_alarm() -> None:
 
 
 def test_health_json_escapes_as_go():
-    from kubekv_server.health import go_json
+    from kubekv_server.http.health import go_json
     assert go_json({"health": "false", "reason": "a<b>&\u2028é"}) == (
         '{"health":"false","reason":"a\\u003cb\\u003e\\u0026\\u2028é"}'.encode())
     assert json.loads(go_json({"reason": "x"})) == {"reason": "x"}

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-from kubekv_server.gateway_json import JSONError, decode_stream
+from kubekv_server.http.gateway_json import JSONError, decode_stream
 from kubekv_server.rpc import http1
 from kubekv_server.rpc.http1 import MAX_BODY, MAX_HEAD, MAX_PIPELINED, Http1Handler, go_error
 from tests.harness import kubekv_process, running

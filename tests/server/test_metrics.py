@@ -12,7 +12,7 @@ import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-from kubekv_server.metrics import Counter, Gauge, Histogram, Registry, format_value
+from kubekv_server.metrics.exposition import Counter, Gauge, Histogram, Registry, format_value
 from tests.harness import etcd_process, free_port, kubekv_process, running
 
 

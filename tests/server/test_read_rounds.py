@@ -8,7 +8,7 @@ import functools
 import pytest
 
 from kubekv_server import errors
-from kubekv_server.read_rounds import ReadRounds
+from kubekv_server.replication.read_rounds import ReadRounds
 
 RETRY = 0.01
 

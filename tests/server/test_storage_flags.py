@@ -6,7 +6,7 @@ from etcdproto.authpb import auth_pb2
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 from kubekv_server.auth.password import ITERATIONS, iterations_for_cost
-from kubekv_server.backend import Backend
+from kubekv_server.backend.state_db import Backend
 from tests.harness import kubekv_process, running
 
 

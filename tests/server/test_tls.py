@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-from kubekv_raft.peer_tls import self_signed_cert
-from kubekv_server.config import FlagError, parse_args
-from kubekv_server.tls import cert_serial, crl_serials, load_crl, pem_revoked
+from kubekv_server.config.flags import FlagError, parse_args
+from kubekv_server.tls.client import cert_serial, crl_serials, load_crl, pem_revoked
+from kubekv_server.tls.peer import self_signed_cert
 from kubekv_testing.pki import CA
 from tests.harness import etcd_process, etcdctl, free_port, kubekv_process, running
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.mvccpb import kv_pb2
 from kubekv_server import errors
-from kubekv_server.kv_range import execute_range, range_end_arg
+from kubekv_server.kv.range import execute_range, range_end_arg
 
 LeaseExists = Callable[[int], bool]
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.errors import CompactedError, SnapshotOutOfDateError, UnavailableError
+from kubekv_raft.core.errors import CompactedError, SnapshotOutOfDateError, UnavailableError
 
 log = logging.getLogger(__name__)
 

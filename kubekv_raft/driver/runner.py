@@ -22,9 +22,9 @@ from concurrent.futures import Executor
 from typing import Any, Protocol
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.errors import ProposalDroppedError, RaftError
-from kubekv_raft.raft import Config
-from kubekv_raft.raw_node import RawNode, Ready
+from kubekv_raft.core.errors import ProposalDroppedError, RaftError
+from kubekv_raft.core.raft import Config
+from kubekv_raft.core.raw_node import RawNode, Ready
 
 log = logging.getLogger(__name__)
 

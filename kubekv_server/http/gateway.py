@@ -23,7 +23,7 @@ from google.protobuf import json_format
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.v3electionpb import v3election_pb2 as epb
 from etcdproto.v3lockpb import v3lock_pb2 as lpb
-from kubekv_server.gateway_json import JSONError, decode_stream
+from kubekv_server.http.gateway_json import JSONError, decode_stream
 from kubekv_server.rpc.http1 import REASONS
 
 log = logging.getLogger("kubekv.gateway")

@@ -12,7 +12,7 @@ import os
 import resource
 import time
 
-from kubekv_server.metrics import (
+from kubekv_server.metrics.exposition import (
     CONTENT_TYPE,
     Counter,
     Gauge,

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.progress import Progress
-from kubekv_raft.quorum import JointConfig, VoteResult
+from kubekv_raft.core.progress import Progress
+from kubekv_raft.core.quorum import JointConfig, VoteResult
 
 __all__ = ["TrackerConfig", "ProgressTracker"]
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft import conf_change
-from kubekv_raft.errors import ProposalDroppedError, StepLocalMsgError, StepPeerNotFoundError
-from kubekv_raft.raft import NONE, Config, Raft, StateType, is_local_msg, is_response_msg
-from kubekv_raft.read_only import ReadState
+from kubekv_raft.core import conf_change
+from kubekv_raft.core.errors import ProposalDroppedError, StepLocalMsgError, StepPeerNotFoundError
+from kubekv_raft.core.raft import NONE, Config, Raft, StateType, is_local_msg, is_response_msg
+from kubekv_raft.core.read_only import ReadState
 
 __all__ = ["RawNode", "Ready", "SoftState", "Status"]
 

@@ -51,8 +51,8 @@ import grpc
 from etcdproto.raftpb import peer_pb2 as peer_pb
 from etcdproto.raftpb import peer_pb2_grpc as peer_grpc
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.peer_tls import peer_address
 from kubekv_server.rpc.log_limit import RateLimitedLog
+from kubekv_server.tls.peer import peer_address
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class SnapshotSource(Protocol):
 
 
 class Reporter(Protocol):
-    """What the transport tells the Raft runner (kubekv_raft.runner.Runner is one)."""
+    """What the transport tells the Raft runner (kubekv_raft.driver.runner.Runner is one)."""
 
     def report_snapshot(self, to: int, ok: bool) -> None: ...
 
@@ -163,7 +163,7 @@ class Reporter(Protocol):
 
 
 class Stepper(Protocol):
-    """What the servicer hands received messages to (kubekv_raft.runner.Runner is one)."""
+    """What the servicer hands received messages to (kubekv_raft.driver.runner.Runner is one)."""
 
     def step(self, m: pb.Message) -> None: ...
 

@@ -19,7 +19,7 @@ import shutil
 
 import lmdb
 
-from kubekv_server.backend import Backend
+from kubekv_server.backend.state_db import Backend
 
 log = logging.getLogger("kubekv.snapshot")
 

@@ -16,7 +16,13 @@ import lmdb
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.mvccpb import kv_pb2
-from kubekv_server.bbolt_export import BRANCH_PAGE, BUCKET_LEAF_FLAG, LEAF_PAGE, MAGIC, fnv1a64
+from kubekv_server.backend.bbolt_export import (
+    BRANCH_PAGE,
+    BUCKET_LEAF_FLAG,
+    LEAF_PAGE,
+    MAGIC,
+    fnv1a64,
+)
 from kubekv_server.mvcc import meta as mvcc_meta
 from kubekv_server.mvcc.revision import is_tombstone, main_of
 from kubekv_server.mvcc.stored_key import stored

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.errors import CompactedError, UnavailableError
-from kubekv_raft.log_unstable import Unstable
+from kubekv_raft.core.errors import CompactedError, UnavailableError
+from kubekv_raft.core.log_unstable import Unstable
 
 if TYPE_CHECKING:
-    from kubekv_raft.storage import Storage
+    from kubekv_raft.core.storage import Storage
 
 __all__ = ["RaftLog", "limit_size"]
 

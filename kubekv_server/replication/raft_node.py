@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable
 
 from etcdproto.raftpb import raft_pb2
-from kubekv_raft.errors import ProposalDroppedError
-from kubekv_raft.raft import Config as RaftConfig
-from kubekv_raft.runner import Runner
+from kubekv_raft.core.errors import ProposalDroppedError
+from kubekv_raft.core.raft import Config as RaftConfig
+from kubekv_raft.driver.runner import Runner
 from kubekv_server import errors
-from kubekv_server.applier import Applier, BatchResult
-from kubekv_server.read_rounds import ReadRounds
+from kubekv_server.apply.applier import Applier, BatchResult
+from kubekv_server.replication.read_rounds import ReadRounds
 
 log = logging.getLogger("kubekv.raft")
 
@@ -366,7 +366,7 @@ class RaftNode:
 
     def _create_snapshot(self, index: int, compact_all: bool = False) -> None:
         """Executor thread (no apply runs meanwhile): the state as of `index`, durable first."""
-        from kubekv_server import state_snapshot
+        from kubekv_server.backend import state_snapshot
 
         term = self.storage.term(index)
         self.backend.sync()
@@ -382,8 +382,8 @@ class RaftNode:
 
     def snapshot_reader(self, snapshot: raft_pb2.Snapshot):
         """The transport's SnapshotSource: our snapshot file, or one received and kept."""
-        from kubekv_raft.transport import received_snapshot
-        from kubekv_server import state_snapshot
+        from kubekv_server.backend import state_snapshot
+        from kubekv_server.peer.transport import received_snapshot
 
         path = state_snapshot.path_of(snapshot.data)
         if path is None:
@@ -395,8 +395,8 @@ class RaftNode:
 
     async def install_snapshot(self, snapshot: raft_pb2.Snapshot) -> None:
         """A snapshot from the leader: swap its state in, then let the member reload."""
-        from kubekv_raft.transport import received_snapshot, remove_older_snapshots
-        from kubekv_server import state_snapshot
+        from kubekv_server.backend import state_snapshot
+        from kubekv_server.peer.transport import received_snapshot, remove_older_snapshots
 
         path = received_snapshot(snapshot).path
         await self.loop.run_in_executor(self._executor, state_snapshot.install, self.backend, path)

@@ -15,9 +15,9 @@ import urllib.parse
 
 from cryptography import x509
 
-from kubekv_raft.peer_tls import hostname_allowed, self_signed_cert
-from kubekv_server.cipher_suites import openssl_cipher_list
-from kubekv_server.config import Config
+from kubekv_server.config.flags import Config
+from kubekv_server.tls.cipher_suites import openssl_cipher_list
+from kubekv_server.tls.peer import hostname_allowed, self_signed_cert
 
 log = logging.getLogger("kubekv.tls")
 

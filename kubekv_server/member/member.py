@@ -21,26 +21,28 @@ import grpc
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.kubekvpb import internal_pb2
 from etcdproto.raftpb import raft_pb2
-from kubekv_raft.storage import LMDBStorage
-from kubekv_server import bbolt_import, corruption, errors, quota
-from kubekv_server.alarms import list_alarms
-from kubekv_server.applier import Applier, mvcc_error
+from kubekv_raft.core.storage import LMDBStorage
+from kubekv_server import errors
+from kubekv_server.api.request_checks import etcd_entry_size
+from kubekv_server.apply.applier import Applier, mvcc_error
 from kubekv_server.auth import AuthStore, password, token_provider
-from kubekv_server.auto_compaction import AutoCompactor
-from kubekv_server.backend import Backend, decode_u64, encode_u64
-from kubekv_server.cluster_ids import cluster_id, member_id
-from kubekv_server.compactor import Compactor
-from kubekv_server.config import Config, parse_duration, parse_urls
-from kubekv_server.force_new_cluster import force_standalone
-from kubekv_server.kv_range import execute_range
-from kubekv_server.kv_txn import apply_txn, is_read_only
+from kubekv_server.backend import bbolt_import
+from kubekv_server.backend.alarms import list_alarms
+from kubekv_server.backend.state_db import Backend, decode_u64, encode_u64
+from kubekv_server.config.flags import Config, parse_duration, parse_urls
+from kubekv_server.kv.range import execute_range
+from kubekv_server.kv.txn import apply_txn, is_read_only
 from kubekv_server.lease import MAX_LEASE_TTL, LeaseStore, Lessor, min_lease_ttl
 from kubekv_server.lease import forward as lease_forward
-from kubekv_server.membership import conf_change
+from kubekv_server.member import corruption, quota
+from kubekv_server.member.auto_compaction import AutoCompactor
+from kubekv_server.member.cluster_ids import cluster_id, member_id
+from kubekv_server.member.force_new_cluster import force_standalone
+from kubekv_server.member.membership import conf_change
 from kubekv_server.mvcc import CompactedError, FutureRevError, MVCCStore
-from kubekv_server.peering import PROBE_INTERVAL, Peering, fetch_members
-from kubekv_server.raft_node import RaftNode
-from kubekv_server.request_checks import etcd_entry_size
+from kubekv_server.mvcc.compactor import Compactor
+from kubekv_server.peer.peering import PROBE_INTERVAL, Peering, fetch_members
+from kubekv_server.replication.raft_node import RaftNode
 from kubekv_server.rpc.context import call_principal
 from kubekv_server.watch import WatchHub
 from kubekv_server.watch.hub import DEFAULT_MAX_PENDING, RECENT_REVISIONS
@@ -701,7 +703,7 @@ class Member:
 
     def export_snapshot(self) -> bytes:
         """The state as an etcd backend file (bbolt), for Maintenance.Snapshot. Any thread."""
-        from kubekv_server import bbolt_export as bb
+        from kubekv_server.backend import bbolt_export as bb
         from kubekv_server.mvcc.meta import FINISHED_COMPACT_REV, SCHEDULED_COMPACT_REV
 
         env = self.backend.env

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from kubekv_server.backend import Backend
+from kubekv_server.backend.state_db import Backend
 from kubekv_server.mvcc import MVCCStore
 
 log = logging.getLogger("kubekv.compactor")

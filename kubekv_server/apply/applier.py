@@ -20,16 +20,16 @@ from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.kubekvpb import internal_pb2
 from etcdproto.raftpb import raft_pb2
 from kubekv_server import errors
-from kubekv_server.alarms import apply_alarm, list_alarms
 from kubekv_server.auth import AuthInfo, AuthStore
 from kubekv_server.auth.store import KINDS as AUTH_KINDS
-from kubekv_server.backend import Backend
+from kubekv_server.backend.alarms import apply_alarm, list_alarms
+from kubekv_server.backend.state_db import Backend
 from kubekv_server.errors import EtcdError
-from kubekv_server.kv_txn import apply_delete_range, apply_put, apply_txn
+from kubekv_server.kv.txn import apply_delete_range, apply_put, apply_txn
 from kubekv_server.lease import LeaseStore
-from kubekv_server.membership import apply_conf_change, set_attributes
+from kubekv_server.member.membership import apply_conf_change, set_attributes
+from kubekv_server.member.quota import has_put
 from kubekv_server.mvcc import CompactedError, FutureRevError, MVCCStore
-from kubekv_server.quota import has_put
 
 log = logging.getLogger("kubekv.applier")
 

@@ -14,21 +14,21 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Protocol
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft import conf_change
-from kubekv_raft.errors import (
+from kubekv_raft.core import conf_change
+from kubekv_raft.core.errors import (
     CompactedError,
     ProposalDroppedError,
     SnapshotTemporarilyUnavailableError,
 )
-from kubekv_raft.log import RaftLog
-from kubekv_raft.progress import ProgressState
-from kubekv_raft.quorum import VoteResult
-from kubekv_raft.read_only import ReadOnly, ReadOnlyOption, ReadState
-from kubekv_raft.tracker import ProgressTracker, TrackerConfig
+from kubekv_raft.core.log import RaftLog
+from kubekv_raft.core.progress import ProgressState
+from kubekv_raft.core.quorum import VoteResult
+from kubekv_raft.core.read_only import ReadOnly, ReadOnlyOption, ReadState
+from kubekv_raft.core.tracker import ProgressTracker, TrackerConfig
 
 if TYPE_CHECKING:
-    from kubekv_raft.progress import Progress
-    from kubekv_raft.storage import Storage
+    from kubekv_raft.core.progress import Progress
+    from kubekv_raft.core.storage import Storage
 
 log = logging.getLogger(__name__)
 

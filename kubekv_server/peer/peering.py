@@ -21,8 +21,8 @@ import grpc
 
 from etcdproto.kubekvpb import directory_pb2, directory_pb2_grpc
 from etcdproto.raftpb import peer_pb2_grpc
-from kubekv_raft import peer_tls
-from kubekv_raft.transport import (
+from kubekv_server.config.flags import Config
+from kubekv_server.peer.transport import (
     MAX_SNAPSHOT_BYTES,
     PEER_MAX_CONCURRENT_RPCS,
     GrpcTransport,
@@ -32,8 +32,8 @@ from kubekv_raft.transport import (
     peer_server_options,
     stop_peer_server,
 )
-from kubekv_server.config import Config
-from kubekv_server.tls import load_crl, pem_revoked
+from kubekv_server.tls import peer as peer_tls
+from kubekv_server.tls.client import load_crl, pem_revoked
 
 log = logging.getLogger("kubekv.peer")
 

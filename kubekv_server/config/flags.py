@@ -13,8 +13,8 @@ import os
 import urllib.parse
 from collections.abc import Mapping, Sequence
 
-from kubekv_server import config_sources
-from kubekv_server.cipher_suites import openssl_cipher_list
+from kubekv_server.config import sources as config_sources
+from kubekv_server.tls.cipher_suites import openssl_cipher_list
 
 # Flags whose value is a boolean: `--flag` alone means true, `--flag=false` false.
 BOOL_FLAGS = {

@@ -7,10 +7,10 @@ tracker's config and progress map and returns the new pair, or raises ConfChange
 from __future__ import annotations
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_raft.errors import RaftError
-from kubekv_raft.progress import Inflights, Progress
-from kubekv_raft.quorum import JointConfig
-from kubekv_raft.tracker import ProgressTracker, TrackerConfig
+from kubekv_raft.core.errors import RaftError
+from kubekv_raft.core.progress import Inflights, Progress
+from kubekv_raft.core.quorum import JointConfig
+from kubekv_raft.core.tracker import ProgressTracker, TrackerConfig
 
 __all__ = [
     "ConfChangeError",

@@ -1,0 +1,1 @@
+"""What drives the core: the asyncio Runner and the durable log storage."""

@@ -1,0 +1,1 @@
+"""Committed log entries turned into state changes, exactly once."""

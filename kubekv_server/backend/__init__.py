@@ -1,0 +1,1 @@
+"""The state database (one LMDB environment) and its copies: Raft snapshots, etcd's bbolt files."""

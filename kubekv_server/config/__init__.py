@@ -1,0 +1,1 @@
+"""How a member is configured: etcd's flags, environment variables and config file."""

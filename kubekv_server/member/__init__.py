@@ -1,0 +1,1 @@
+"""The member: identity, lifecycle, proposals, reads, membership and maintenance."""

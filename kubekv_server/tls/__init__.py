@@ -1,0 +1,1 @@
+"""TLS for both ports: client certificates, CRLs, cipher suites, peer credentials."""
