@@ -1,6 +1,9 @@
-"""kubekv_raft: Raft as a pure, deterministic library plus an asyncio driver.
+"""kubekv_raft: Raft as a pure, deterministic library plus its asyncio driver.
 
-The core (raft.py, raw_node.py, log*.py, tracker/progress, quorum, read_only,
-conf_change) does no I/O and reads no clock; the application persists, sends and
-applies what `RawNode.ready()` hands it. See docs/raft.md.
+- `core/`: the Raft state machine (a port of etcd-io/raft): no I/O, no clock; the
+  application persists, sends and applies what `RawNode.ready()` hands it.
+- `driver/`: the `Runner` (owns the clock, persists, sends, applies) and `LMDBStorage`.
+- `sim/`: a deterministic whole-cluster simulation of the core.
+
+See docs/raft.md.
 """

@@ -21,7 +21,7 @@ import grpc
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.kubekvpb import internal_pb2
 from etcdproto.raftpb import raft_pb2
-from kubekv_raft.core.storage import LMDBStorage
+from kubekv_raft.driver.lmdb_storage import LMDBStorage
 from kubekv_server import errors
 from kubekv_server.api.request_checks import etcd_entry_size
 from kubekv_server.apply.applier import Applier, mvcc_error

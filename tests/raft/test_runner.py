@@ -7,7 +7,8 @@ import asyncio
 from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.core.errors import ProposalDroppedError
 from kubekv_raft.core.raft import Config
-from kubekv_raft.core.storage import LMDBStorage, MemoryStorage
+from kubekv_raft.core.storage import MemoryStorage
+from kubekv_raft.driver.lmdb_storage import LMDBStorage
 from kubekv_raft.driver.runner import Runner
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.core.errors import CompactedError, SnapshotOutOfDateError, UnavailableError
-from kubekv_raft.core.storage import LMDBStorage, MemoryStorage
+from kubekv_raft.core.storage import MemoryStorage
+from kubekv_raft.driver.lmdb_storage import LMDBStorage
 
 
 def ents(*pairs: tuple[int, int]) -> list[pb.Entry]:

@@ -21,7 +21,7 @@ from etcdproto.raftpb import peer_pb2 as peer_pb
 from etcdproto.raftpb import peer_pb2_grpc as peer_grpc
 from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.core.raft import Config
-from kubekv_raft.core.storage import LMDBStorage
+from kubekv_raft.driver.lmdb_storage import LMDBStorage
 from kubekv_raft.driver.runner import Runner
 from kubekv_server.peer.transport import (
     GrpcTransport,
