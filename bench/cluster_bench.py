@@ -54,6 +54,7 @@ from bench.loadgen import (  # noqa: E402
     cell_cpu,
     cell_latency,
     cell_ops,
+    compare_note,
     count_keys,
     describe,
     fmt_ratio,
@@ -474,6 +475,12 @@ def load_tables(results: dict, ops: list[str], inflights: list[int]) -> str:
                        f"| {cell_latency(e)} | {cell_cpu(k)} | {cell_cpu(e)} "
                        f"| {fmt_ratio(cpur, 1)} | {errs} |")
         out.append("")
+        note = compare_note(
+            op, inflights,
+            lambda s, n, op=op: results.get(s, {}).get("cells", {}).get(op, {}).get(str(n)),
+            SYSTEMS)
+        if note:
+            out.append(note)
     return "\n".join(out)
 
 

@@ -10,7 +10,7 @@ requests, their latencies, errors, and the CPU time the server process (all its
 threads, /proc/<pid>/stat) and the client processes used.
 
     python bench/kv_bench.py [--duration 10] [--inflight 1,16,64,256]
-                             [--ops put,range,srange] [--clients N]
+                             [--ops put,range,srange,txn,create] [--clients N]
                              [--server kubekv|etcd|both] [--kubekv-flags "..."]
                              [--json out.json] [--profile DIR]
 
@@ -50,6 +50,7 @@ from bench.loadgen import (  # noqa: E402
     cell_cpu,
     cell_latency,
     cell_ops,
+    compare_note,
     count_keys,
     describe,
     fmt_ratio,
@@ -107,6 +108,11 @@ def tables(results: dict, ops: list[str], inflights: list[int]) -> str:
             out.append(f"| {n} | {cell_ops(k)} | {cell_ops(e)} | {rs} | {cell_latency(k)} "
                        f"| {cell_latency(e)} | {ps} | {cell_cpu(k)} | {cell_cpu(e)} | {errs} |")
         out.append("")
+        note = compare_note(op, inflights,
+                            lambda s, n, op=op: results.get(s, {}).get(op, {}).get(str(n)),
+                            SERVERS)
+        if note:
+            out.append(note)
     return "\n".join(out)
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
+from bench.kube_txn import KEY_PREFIX, CreateLoop, UpdateLoop, owned_keys, revisions_from_range
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 
@@ -37,7 +38,13 @@ OPS = {
     "put": "Put (256-byte value, random key of 10k)",
     "range": "linearizable Range (single key, serializable=false)",
     "srange": "serializable Range (single key, serializable=true)",
+    "txn": "kube update Txn (If mod_revision(key) == last seen, Then Put, Else Get; "
+           "own keys of 10k)",
+    "create": "kube create Txn (If mod_revision(key) == 0, Then Put; a new key each time)",
 }
+# Ops whose Txn has a compare; a failed compare is an answered request (counted in
+# ops/s and latency) and is also counted on its own.
+COMPARE_OPS = ("txn", "create")
 # Hard bounds on every request loop (besides the time window).
 MAX_OPS_PER_LOOP = 5_000_000
 CALL_TIMEOUT = 10.0
@@ -85,21 +92,50 @@ def _requests(op: str) -> list:
     return [pb.RangeRequest(key=k, serializable=(op == "srange")) for k in keys]
 
 
-async def _run_loops(stubs, op: str, reqs: list, inflight: int, first_loop: int,
-                     t_start: float, t_end: float, seed: int) -> dict:
+async def _fetch_revisions(stub) -> dict[int, int]:
+    """Every bench key's mod_revision (keys only, linearizable), for the `txn` loops'
+    first compares; read when the cell starts, after the previous cell's writes."""
+    resp = await stub.Range(pb.RangeRequest(key=KEY_PREFIX, range_end=b"bench/key0",
+                                            keys_only=True), timeout=CALL_TIMEOUT * 3)
+    return revisions_from_range(resp)
+
+
+def _loop_source(op: str, stub, reqs: dict, loop: int, inflight: int, seed: int,
+                 revisions: dict[int, int] | None, value: bytes, rnd: random.Random):
+    """(rpc, next request, answer check) of one closed loop; the check (None for ops
+    without a compare) takes the answer and says whether the compare held."""
+    if op == "txn":
+        keys = {k: (KEY_FMT % k).encode() for k in owned_keys(loop, inflight, NUM_KEYS)}
+        upd = UpdateLoop(keys, revisions or {}, value, rnd)
+        return stub.Txn, upd.next, upd.done
+    if op == "create":
+        cre = CreateLoop(seed, loop, value)
+        return stub.Txn, cre.next, cre.done
+    pool = reqs[op]
+    nreq = len(pool)
+    return (stub.Put if op == "put" else stub.Range), lambda: pool[rnd.randrange(nreq)], None
+
+
+async def _run_loops(stubs, op: str, reqs: dict, inflight: int, first_loop: int,
+                     t_start: float, t_end: float, seed: int, total_inflight: int,
+                     revisions: dict[int, int] | None = None, cell_seed: int = 0) -> dict:
     """`inflight` closed loops until t_end; record completions inside [t_start, t_end].
-    Loop i of this process is global loop `first_loop + i` and uses stub
-    `(first_loop + i) % len(stubs)` (stubs cycle over the endpoints first)."""
+    Loop i of this process is global loop `first_loop + i` of the cell's
+    `total_inflight` and uses stub `(first_loop + i) % len(stubs)` (stubs cycle over
+    the endpoints first)."""
     lat = array.array("d")
     errors: collections.Counter = collections.Counter()
     warm_errors: collections.Counter = collections.Counter()
     rnd = random.Random(seed)
     mono = time.monotonic
-    nreq = len(reqs)
+    value = os.urandom(VALUE_SIZE)
     ops = {"warm": 0, "window": 0, "after": 0}
+    cmp_failed = {"warm": 0, "window": 0, "after": 0}
 
     async def loop(i: int) -> None:
-        call = getattr(stubs[(first_loop + i) % len(stubs)], "Put" if op == "put" else "Range")
+        g = first_loop + i
+        call, next_req, check = _loop_source(op, stubs[g % len(stubs)], reqs, g,
+                                             total_inflight, cell_seed, revisions, value, rnd)
         n = 0
         while n < MAX_OPS_PER_LOOP:
             t0 = mono()
@@ -107,25 +143,27 @@ async def _run_loops(stubs, op: str, reqs: list, inflight: int, first_loop: int,
                 return
             n += 1
             try:
-                await call(reqs[rnd.randrange(nreq)], timeout=CALL_TIMEOUT)
+                resp = await call(next_req(), timeout=CALL_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
                 t1 = mono()
                 (errors if t_start <= t1 <= t_end else warm_errors)[exc.code().name] += 1
                 await asyncio.sleep(0.01)  # no hot spin against a failing server
                 continue
             t1 = mono()
-            if t1 < t_start:
-                ops["warm"] += 1
-            elif t1 <= t_end:
+            phase = "warm" if t1 < t_start else "window" if t1 <= t_end else "after"
+            if phase == "window":
                 lat.append(t1 - t0)
             else:
-                ops["after"] += 1
+                ops[phase] += 1
+            if check is not None and not check(resp):
+                cmp_failed[phase] += 1
 
     hard_deadline = max(t_end - mono(), 0) + CALL_TIMEOUT + 5
     await asyncio.wait_for(asyncio.gather(*(loop(i) for i in range(inflight))), hard_deadline)
     ops["window"] = len(lat)
     return {"lat": lat.tobytes(), "errors": dict(errors), "warm_errors": dict(warm_errors),
-            "ops": ops}
+            "ops": ops, "compare_failed": cmp_failed["window"],
+            "warmup_compare_failed": cmp_failed["warm"]}
 
 
 async def _preload(stubs, keys: list[int], value: bytes, inflight: int) -> int:
@@ -159,7 +197,7 @@ async def _worker_async(conn, endpoints: list[str], index: int, channels: int) -
     chans = [grpc.aio.insecure_channel(ep, options=opts)
              for _ in range(channels) for ep in endpoints]
     stubs = [rpc_pb2_grpc.KVStub(ch) for ch in chans]
-    reqs = {op: _requests(op) for op in OPS}
+    reqs = {op: _requests(op) for op in ("put", "range", "srange")}
     try:
         while True:
             try:
@@ -175,9 +213,11 @@ async def _worker_async(conn, endpoints: list[str], index: int, channels: int) -
                                        cmd["inflight"])
                     conn.send({"ok": True, "done": n})
                 elif kind == "cell":
-                    res = await _run_loops(stubs, cmd["op"], reqs[cmd["op"]], cmd["inflight"],
+                    revs = await _fetch_revisions(stubs[0]) if cmd["op"] == "txn" else None
+                    res = await _run_loops(stubs, cmd["op"], reqs, cmd["inflight"],
                                            cmd["first_loop"], cmd["t_start"], cmd["t_end"],
-                                           cmd["seed"] * 1000 + index)
+                                           cmd["seed"] * 1000 + index, cmd["total_inflight"],
+                                           revs, cmd["seed"])
                     res["ok"] = True
                     conn.send(res)
                 else:
@@ -245,8 +285,9 @@ class Clients:
         first = 0
         for c, s in zip(self.conns, shares, strict=True):
             if s > 0:
-                c.send({"cmd": "cell", "op": op, "inflight": s, "first_loop": first,
-                        "t_start": t_start, "t_end": t_end, "seed": seed})
+                c.send({"cmd": "cell", "op": op, "inflight": s, "total_inflight": inflight,
+                        "first_loop": first, "t_start": t_start, "t_end": t_end,
+                        "seed": seed})
                 active.append(c)
             first += s
         return active
@@ -353,10 +394,13 @@ def run_cell(server_pids: Sequence[int], check_servers: Callable[[], None], clie
     lat = array.array("d")
     errors: collections.Counter = collections.Counter()
     warm_errors: collections.Counter = collections.Counter()
+    cmp_failed = warm_cmp_failed = 0
     for r in results:
         lat.frombytes(r["lat"])
         errors.update(r["errors"])
         warm_errors.update(r["warm_errors"])
+        cmp_failed += r["compare_failed"]
+        warm_cmp_failed += r["warmup_compare_failed"]
     vals = sorted(lat)
     window = w1 - w0
     n = len(vals)
@@ -378,6 +422,8 @@ def run_cell(server_pids: Sequence[int], check_servers: Callable[[], None], clie
         "errors": sum(errors.values()),
         "error_codes": dict(errors),
         "warmup_errors": sum(warm_errors.values()),
+        "compare_failed": cmp_failed,
+        "warmup_compare_failed": warm_cmp_failed,
         "server_cpu_s": round(server_cpu, 3),
         "server_cpu_ms_per_1k": (server_cpu * 1000 / n * 1000) if n else float("nan"),
         "server_cores": server_cpu / window if window > 0 else 0.0,
@@ -391,14 +437,31 @@ def run_cell(server_pids: Sequence[int], check_servers: Callable[[], None], clie
 
 
 def describe(server_name: str, cell: dict) -> str:
+    cmp = f"cmp-fail {cell['compare_failed']:<3d} " if cell["op"] in COMPARE_OPS else ""
     return (
         f"  {server_name:6s} {cell['op']:6s} @{cell['inflight']:<4d} "
         f"{cell['ops_per_s']:9.0f} ops/s  p50 {cell['p50_ms']:7.2f} ms  "
-        f"p99 {cell['p99_ms']:7.2f} ms  err {cell['errors']:<3d} "
+        f"p99 {cell['p99_ms']:7.2f} ms  err {cell['errors']:<3d} {cmp}"
         f"server {cell['server_cpu_ms_per_1k']:6.1f} ms CPU/1k ({cell['server_cores']:.2f} cores)  "
         f"clients {cell['client_cpu_ms_per_1k']:6.1f} ms/1k  "
         f"others {cell['other_busy_cores']:.2f} cores"
     )
+
+
+def compare_note(op: str, inflights: Sequence[int], cell_of: Callable[[str, int], dict | None],
+                 systems: Sequence[str]) -> str:
+    """A line under a compare op's table: failed compares per system and in-flight
+    (they are answered requests, so they are in ops/s and latency too)."""
+    if op not in COMPARE_OPS:
+        return ""
+    parts = []
+    for n in inflights:
+        counts = [cell_of(s, n) for s in systems]
+        shown = "/".join("–" if c is None else str(c.get("compare_failed", "?"))
+                         for c in counts)
+        parts.append(f"@{n} {shown}")
+    return (f"Failed compares in the window ({'/'.join(systems)}; answered, so counted in "
+            f"ops/s): " + ", ".join(parts) + "\n")
 
 
 def cell_ops(c: dict | None) -> str:
