@@ -376,7 +376,7 @@ class Member:
 
     def lease_grant(self, r: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:
         if r.TTL > MAX_LEASE_TTL:
-            raise errors.LEASE_T_T_L_TOO_LARGE
+            raise errors.LEASE_TTL_TOO_LARGE
         if r.ID == 0:
             r = pb.LeaseGrantRequest(TTL=r.TTL, ID=self._new_lease_id())
         return self.propose("lease_grant", r)
@@ -770,12 +770,12 @@ class Member:
         try:
             urls = parse_urls(",".join(peer_urls))
         except ValueError:
-            raise errors.MEMBER_BAD_U_R_LS from None
+            raise errors.MEMBER_BAD_URLS from None
         if not urls:
-            raise errors.MEMBER_BAD_U_R_LS
+            raise errors.MEMBER_BAD_URLS
         for m in self.members:
             if set(m["peerURLs"]) & set(urls):
-                raise errors.PEER_U_R_L_EXIST
+                raise errors.PEER_URL_EXISTS
         if is_learner and sum(m["isLearner"] for m in self.members) >= 1:
             raise errors.TOO_MANY_LEARNERS
         if not is_learner and self._strict():
@@ -819,10 +819,10 @@ class Member:
         try:
             urls = parse_urls(",".join(peer_urls))
         except ValueError:
-            raise errors.MEMBER_BAD_U_R_LS from None
+            raise errors.MEMBER_BAD_URLS from None
         for other in self.members:
             if other["id"] != mid and set(other["peerURLs"]) & set(urls):
-                raise errors.PEER_U_R_L_EXIST
+                raise errors.PEER_URL_EXISTS
         await self._conf_change(raft_pb2.ConfChangeUpdateNode, mid, dict(m, peerURLs=urls))
 
     async def member_promote(self, mid: int) -> None:
