@@ -10,7 +10,6 @@ import sys
 
 from kubekv_server.config.flags import USAGE, FlagError, parse_args
 from kubekv_server.member.member import SERVER_VERSION
-from kubekv_server.tls.cipher_suites import openssl_cipher_list
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
               "error": logging.ERROR, "panic": logging.CRITICAL, "fatal": logging.CRITICAL}
@@ -63,9 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kubekv Version: {SERVER_VERSION} (etcd API compatible)")
         return 0
     setup_logging(cfg.log_level)
-    ciphers = openssl_cipher_list(cfg.flag("cipher-suites"))
-    if ciphers:  # gRPC's peer TLS reads its TLS 1.2 cipher list from here, once
-        os.environ["GRPC_SSL_CIPHER_SUITES"] = ciphers
+    if cfg.openssl_ciphers:  # gRPC's peer TLS reads its TLS 1.2 cipher list from here, once
+        os.environ["GRPC_SSL_CIPHER_SUITES"] = cfg.openssl_ciphers
     for level, line in cfg.notes:
         logging.getLogger("kubekv.config").log(level, line)
     # Until the server installs its own handlers, a stop signal ends start-up cleanly.

@@ -43,17 +43,17 @@ NO_SPACE = EtcdError(
 )
 LEASE_NOT_FOUND = EtcdError(grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
 LEASE_EXIST = EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists")
-LEASE_T_T_L_TOO_LARGE = EtcdError(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: too large lease TTL")
+LEASE_TTL_TOO_LARGE = EtcdError(grpc.StatusCode.OUT_OF_RANGE, "etcdserver: too large lease TTL")
 WATCH_CANCELED = EtcdError(grpc.StatusCode.CANCELLED, "etcdserver: watch canceled")
 MEMBER_EXIST = EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: member ID already exist")
-PEER_U_R_L_EXIST = EtcdError(
+PEER_URL_EXISTS = EtcdError(
     grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: Peer URLs already exists"
 )
 MEMBER_NOT_ENOUGH_STARTED = EtcdError(
     grpc.StatusCode.FAILED_PRECONDITION,
     "etcdserver: re-configuration failed due to not enough started members",
 )
-MEMBER_BAD_U_R_LS = EtcdError(
+MEMBER_BAD_URLS = EtcdError(
     grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: given member URLs are invalid"
 )
 MEMBER_NOT_FOUND = EtcdError(grpc.StatusCode.NOT_FOUND, "etcdserver: member not found")

@@ -67,7 +67,7 @@ class ClientServer:
         self._metrics_servers: list[asyncio.base_events.Server] = []
         self._stopping: asyncio.Event | None = None
         self.health = HealthEndpoints(self.member, REQUEST_TIMEOUT)
-        self.access = AccessController(cfg.flag("cors"), cfg.flag("host-whitelist"))
+        self.access = AccessController(cfg.cors, cfg.host_whitelist)
 
     async def start(self) -> None:
         """etcd's order: bind the client listeners first (a port in use fails the start at
@@ -83,7 +83,7 @@ class ClientServer:
             max_receive_bytes=cfg.max_request_bytes + GRPC_OVERHEAD_BYTES,
             max_concurrent_streams=cfg.max_concurrent_streams,
             http_handler=self.http,
-            accept_peer_cert=client_cert_check(revoked, cfg.flag("client-cert-allowed-hostname")),
+            accept_peer_cert=client_cert_check(revoked, cfg.client_cert_allowed_hostname),
             guard=self._require_leader,
             gate=AuthGate(m.auth, m),
         )

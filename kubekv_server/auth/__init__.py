@@ -10,13 +10,7 @@ def token_provider(cfg):
     """The token provider for --auth-token / --auth-token-ttl; a bad option stops the server
     at start, as etcd does."""
     try:
-        ttl = int(cfg.flag("auth-token-ttl"), 0)
-    except ValueError:
-        raise SystemExit(
-            f'invalid value "{cfg.flag("auth-token-ttl")}" for flag -auth-token-ttl: parse error'
-        ) from None
-    try:
-        return provider_from_flags(cfg.flag("auth-token"), ttl)
+        return provider_from_flags(cfg.auth_token, cfg.auth_token_ttl)
     except TokenConfigError as exc:
         raise SystemExit(f"kubekv: failed to create token provider: {exc}") from None
 

@@ -14,6 +14,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 
 from kubekv_server.config import sources as config_sources
+from kubekv_server.config import tuning as config_tuning
 from kubekv_server.tls.cipher_suites import openssl_cipher_list
 
 # Flags whose value is a boolean: `--flag` alone means true, `--flag=false` false.
@@ -217,9 +218,10 @@ def parse_initial_cluster(text: str) -> dict[str, list[str]]:
 class Config:
     """A kubekv member's configuration, with etcd's semantics for each flag."""
 
-    raw: dict[str, str]
     name: str
     data_dir: str
+    wal_dir: str  # "": the Raft log lives under data_dir
+    unsafe_no_fsync: bool
     listen_client_urls: list[str]
     metrics_urls: list[str]
     advertise_client_urls: list[str]
@@ -240,7 +242,17 @@ class Config:
     trusted_ca_file: str
     client_cert_auth: bool
     client_crl_file: str
+    client_cert_allowed_hostname: str
     auto_tls: bool
+    openssl_ciphers: str  # --cipher-suites as an OpenSSL cipher string; "": unrestricted
+    peer_cert_file: str
+    peer_key_file: str
+    peer_trusted_ca_file: str
+    peer_client_cert_auth: bool
+    peer_crl_file: str
+    peer_cert_allowed_cn: str
+    peer_cert_allowed_hostname: str
+    peer_auto_tls: bool
     self_signed_cert_validity: int  # years, of --auto-tls/--peer-auto-tls certificates
     grpc_keepalive_min_time: float
     grpc_keepalive_interval: float
@@ -250,14 +262,22 @@ class Config:
     auto_compaction_mode: str
     auto_compaction_retention: float  # seconds (periodic) or revisions; 0: off
     corrupt_check_interval: float  # --experimental-corrupt-check-time, seconds; 0: off
+    initial_corrupt_check: bool
+    strict_reconfig_check: bool
+    force_new_cluster: bool
+    lease_checkpoint: bool  # --experimental-enable-lease-checkpoint
+    warning_apply_duration: float  # --experimental-warning-apply-duration, seconds
+    auth_token: str
+    auth_token_ttl: int  # seconds
+    bcrypt_cost: str  # as given: an invalid cost is logged at start and the default used
+    metrics: str  # "basic" or "extensive"
+    cors: str
+    host_whitelist: str
+    tuning: config_tuning.Tuning = dataclasses.field(default_factory=config_tuning.Tuning)
     show_version: bool = False
     show_help: bool = False
     # (level, line) to log at startup: environment/file use, flags without effect
     notes: list[tuple[int, str]] = dataclasses.field(default_factory=list)
-
-    def flag(self, name: str) -> str:
-        """The raw string value of any etcd flag (explicit or default)."""
-        return self.raw[name]
 
 
 def _defaults() -> dict[str, str]:
@@ -313,6 +333,11 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str] | None = None) ->
         except config_sources.SourceError as exc:
             raise FlagError(str(exc)) from None
     cfg = _build(raw, given)
+    if not cfg.show_help and not cfg.show_version:
+        try:
+            cfg.tuning = config_tuning.from_environment(environ)
+        except ValueError as exc:
+            raise FlagError(f"invalid KUBEKV_* tuning variable: {exc}") from None
     cfg.notes = notes + _no_effect(raw, given)
     return cfg
 
@@ -419,7 +444,7 @@ def _compaction_retention(raw: dict[str, str]) -> float:
 def _build(raw: dict[str, str], given: set[str]) -> Config:
     name = raw["name"]
     try:
-        openssl_cipher_list(raw["cipher-suites"])
+        ciphers = openssl_cipher_list(raw["cipher-suites"])
     except ValueError as exc:
         raise FlagError(str(exc)) from None
     for origin in (o.strip() for o in raw["cors"].split(",")):
@@ -438,7 +463,6 @@ def _build(raw: dict[str, str], given: set[str]) -> Config:
             cluster = {name: list(adv_peer)}
     except ValueError as exc:
         raise FlagError(str(exc)) from None
-    _duration_flag(raw, "experimental-warning-apply-duration")  # refused as Go's flag does
     if "advertise-client-urls" in given and not raw["advertise-client-urls"]:
         raise FlagError("--advertise-client-urls is required when --listen-client-urls is set")
     state = raw["initial-cluster-state"]
@@ -449,10 +473,12 @@ def _build(raw: dict[str, str], given: set[str]) -> Config:
         raise FlagError(
             f"couldn't find local name {name!r} in the initial cluster configuration"
         )
+    warning_apply_duration = _duration_flag(raw, "experimental-warning-apply-duration")
     return Config(
-        raw=raw,
         name=name,
         data_dir=raw["data-dir"] or f"{name}.kubekv",
+        wal_dir=raw["wal-dir"],
+        unsafe_no_fsync=raw["unsafe-no-fsync"] == "true",
         listen_client_urls=listen_client,
         metrics_urls=metrics_urls,
         advertise_client_urls=adv_client,
@@ -473,7 +499,17 @@ def _build(raw: dict[str, str], given: set[str]) -> Config:
         trusted_ca_file=raw["trusted-ca-file"],
         client_cert_auth=raw["client-cert-auth"] == "true",
         client_crl_file=raw["client-crl-file"],
+        client_cert_allowed_hostname=raw["client-cert-allowed-hostname"],
         auto_tls=raw["auto-tls"] == "true",
+        openssl_ciphers=ciphers,
+        peer_cert_file=raw["peer-cert-file"],
+        peer_key_file=raw["peer-key-file"],
+        peer_trusted_ca_file=raw["peer-trusted-ca-file"],
+        peer_client_cert_auth=raw["peer-client-cert-auth"] == "true",
+        peer_crl_file=raw["peer-crl-file"],
+        peer_cert_allowed_cn=raw["peer-cert-allowed-cn"],
+        peer_cert_allowed_hostname=raw["peer-cert-allowed-hostname"],
+        peer_auto_tls=raw["peer-auto-tls"] == "true",
         self_signed_cert_validity=_uint_flag(raw, "self-signed-cert-validity"),
         grpc_keepalive_min_time=_duration_flag(raw, "grpc-keepalive-min-time"),
         grpc_keepalive_interval=_duration_flag(raw, "grpc-keepalive-interval"),
@@ -485,6 +521,17 @@ def _build(raw: dict[str, str], given: set[str]) -> Config:
         auto_compaction_mode=raw["auto-compaction-mode"],
         auto_compaction_retention=_compaction_retention(raw),
         corrupt_check_interval=_duration_flag(raw, "experimental-corrupt-check-time"),
+        initial_corrupt_check=raw["experimental-initial-corrupt-check"] == "true",
+        strict_reconfig_check=raw["strict-reconfig-check"] == "true",
+        force_new_cluster=raw["force-new-cluster"] == "true",
+        lease_checkpoint=raw["experimental-enable-lease-checkpoint"] == "true",
+        warning_apply_duration=warning_apply_duration,
+        auth_token=raw["auth-token"],
+        auth_token_ttl=_int_flag(raw, "auth-token-ttl"),
+        bcrypt_cost=raw["bcrypt-cost"],
+        metrics=raw["metrics"],
+        cors=raw["cors"],
+        host_whitelist=raw["host-whitelist"],
         show_version=raw["version"] == "true",
         show_help=raw["help"] == "true",
     )

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 
 import grpc
 from google.protobuf import json_format
@@ -130,11 +131,28 @@ ROUTES: dict[str, tuple[str, type, type, str]] = {
                          epb.ResignResponse, UNARY),
 }
 
-# grpc-gateway v1.16's HTTPStatusFromCode (etcd 3.5; 3.4's v1.9 answered 412 for 9)
-HTTP_STATUS = {
-    0: 200, 1: 408, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400,
-    10: 409, 11: 400, 12: 501, 13: 500, 14: 503, 15: 500, 16: 401,
-}
+# grpc-gateway v1.16's HTTPStatusFromCode (etcd 3.5; 3.4's v1.9 answered 412 for
+# FAILED_PRECONDITION), by gRPC status number
+_CODE = grpc.StatusCode
+HTTP_STATUS = {code.value[0]: status for code, status in {
+    _CODE.OK: HTTPStatus.OK,
+    _CODE.CANCELLED: HTTPStatus.REQUEST_TIMEOUT,
+    _CODE.UNKNOWN: HTTPStatus.INTERNAL_SERVER_ERROR,
+    _CODE.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
+    _CODE.DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
+    _CODE.NOT_FOUND: HTTPStatus.NOT_FOUND,
+    _CODE.ALREADY_EXISTS: HTTPStatus.CONFLICT,
+    _CODE.PERMISSION_DENIED: HTTPStatus.FORBIDDEN,
+    _CODE.RESOURCE_EXHAUSTED: HTTPStatus.TOO_MANY_REQUESTS,
+    _CODE.FAILED_PRECONDITION: HTTPStatus.BAD_REQUEST,
+    _CODE.ABORTED: HTTPStatus.CONFLICT,
+    _CODE.OUT_OF_RANGE: HTTPStatus.BAD_REQUEST,
+    _CODE.UNIMPLEMENTED: HTTPStatus.NOT_IMPLEMENTED,
+    _CODE.INTERNAL: HTTPStatus.INTERNAL_SERVER_ERROR,
+    _CODE.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
+    _CODE.DATA_LOSS: HTTPStatus.INTERNAL_SERVER_ERROR,
+    _CODE.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED,
+}.items()}
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
@@ -161,13 +179,14 @@ def error_body(code: int, message: str) -> bytes:
 
 
 def _error(code: int, message: str):
-    return HTTP_STATUS.get(code, 500), JSON, error_body(code, message), CORS_HEADERS
+    status = HTTP_STATUS.get(code, HTTPStatus.INTERNAL_SERVER_ERROR)
+    return status, JSON, error_body(code, message), CORS_HEADERS
 
 
 def stream_error(code: int, message: str) -> bytes:
     """grpc-gateway's error object inside a stream (after the response has begun): its
     last chunk, written without the newline that follows each result."""
-    status = HTTP_STATUS.get(code, 500)
+    status = HTTP_STATUS.get(code, HTTPStatus.INTERNAL_SERVER_ERROR)
     return json.dumps({"error": {"grpc_code": code, "http_code": status, "message": message,
                                  "http_status": REASONS.get(status, "")}},
                       separators=(",", ":")).encode()
@@ -236,16 +255,17 @@ class Gateway:
         if prefix is None:
             return None
         if path == prefix:  # Go's ServeMux: the subtree's canonical path
-            return 301, None, b"", CORS_HEADERS + [("Location", prefix + "/")]
+            return HTTPStatus.MOVED_PERMANENTLY, None, b"", CORS_HEADERS + [
+                ("Location", prefix + "/")]
         if method == "OPTIONS":  # a CORS preflight
-            return 200, None, b"", CORS_HEADERS
+            return HTTPStatus.OK, None, b"", CORS_HEADERS
         found = ROUTES.get(path[len(prefix):])
         if found is None:
-            return 404, TEXT, b"Not Found\n", CORS_HEADERS + [("X-Content-Type-Options",
-                                                              "nosniff")]
+            return HTTPStatus.NOT_FOUND, TEXT, b"Not Found\n", CORS_HEADERS + [
+                ("X-Content-Type-Options", "nosniff")]
         grpc_path, req_cls, resp_cls, kind = found
         if method != "POST":
-            return 405, TEXT, b"Method Not Allowed\n", CORS_HEADERS + [
+            return HTTPStatus.METHOD_NOT_ALLOWED, TEXT, b"Method Not Allowed\n", CORS_HEADERS + [
                 ("X-Content-Type-Options", "nosniff")]
         unreadable = getattr(body, "error", None)  # rpc.http1.MalformedBody: Go's read error
         if unreadable:
@@ -263,7 +283,7 @@ class Gateway:
                 resp = await call(requests[0], metadata=md)
             except grpc.aio.AioRpcError as exc:
                 return _error(exc.code().value[0], exc.details() or "")
-            return 200, JSON, to_json(resp), CORS_HEADERS + GRPC_HEADERS
+            return HTTPStatus.OK, JSON, to_json(resp), CORS_HEADERS + GRPC_HEADERS
         if kind == SERVER_STREAM:
             call = self.channel.unary_stream(grpc_path, request_serializer=ser,
                                              response_deserializer=de)(requests[0], metadata=md)
@@ -303,7 +323,7 @@ class Gateway:
             raise
         if first is grpc.aio.EOF:
             self._forget(call)
-            return 200, JSON, b"", CORS_HEADERS + GRPC_HEADERS
+            return HTTPStatus.OK, JSON, b"", CORS_HEADERS + GRPC_HEADERS
 
         async def lines() -> AsyncIterator[bytes]:
             try:
@@ -324,4 +344,4 @@ class Gateway:
                 call.cancel()
                 self._forget(call)
 
-        return 200, JSON, lines(), CORS_HEADERS + GRPC_HEADERS
+        return HTTPStatus.OK, JSON, lines(), CORS_HEADERS + GRPC_HEADERS

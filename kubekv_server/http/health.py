@@ -30,6 +30,7 @@ import json
 import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server import errors
@@ -108,7 +109,7 @@ class HealthEndpoints:
         if not self.handles(path):
             return None
         if method != "GET":
-            return go_error(405, "Method Not Allowed", [("Allow", "GET")])
+            return go_error(HTTPStatus.METHOD_NOT_ALLOWED, "Method Not Allowed", [("Allow", "GET")])
         query = _query(target)
         if path == "/health":
             return await self._health(query)
@@ -137,9 +138,9 @@ class HealthEndpoints:
         if failed:
             _limited.error("*", "health_check_failed", 'msg="Health check error" path=%s '
                            "reason=%r status-code=503", path, reason)
-            return go_error(503, reason)
+            return go_error(HTTPStatus.SERVICE_UNAVAILABLE, reason)
         body = (reason if "verbose" in query else "") + "ok\n"
-        return 200, TEXT, body.encode(), [NOSNIFF]
+        return HTTPStatus.OK, TEXT, body.encode(), [NOSNIFF]
 
     # ------------------------------------------------------------- /health
 
@@ -163,9 +164,9 @@ class HealthEndpoints:
             _limited.warning("*", "health_false", 'msg="/health error" output=%s '
                              "status-code=503", go_json({"health": "false", "reason": reason})
                              .decode())
-            return go_error(503, body.decode())
+            return go_error(HTTPStatus.SERVICE_UNAVAILABLE, body.decode())
         # Go's WriteHeader/Write without a Content-Type: it sniffs text/plain
-        return 200, TEXT, go_json({"health": "true"}), []
+        return HTTPStatus.OK, TEXT, go_json({"health": "true"}), []
 
     def _alarm_reason(self, excluded: set[str]) -> str:
         for alarm in self.member.alarms():

@@ -54,6 +54,9 @@ class Lease:
         """etcd's RemainingTTL: the checkpointed remaining TTL, else the full TTL."""
         return self.remaining_ttl if self.remaining_ttl > 0 else self.ttl
 
+# etcd's defaultLeaseCheckpointInterval (seconds), for --experimental-enable-lease-checkpoint
+DEFAULT_CHECKPOINT_INTERVAL = 300.0
+
 
 class Lessor:
     def __init__(self, clock: Callable[[], float], checkpoint_interval: float = 0.0) -> None:

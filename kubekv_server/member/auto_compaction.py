@@ -17,7 +17,6 @@ A compaction goes through Raft like a client's CompactionRequest (not physical);
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +26,8 @@ from kubekv_server import errors
 log = logging.getLogger("kubekv.compactor")
 
 HOUR = 3600.0
-# etcd's revInterval; a test may shorten it (seconds).
-REVISION_INTERVAL = float(os.environ.get("KUBEKV_AUTO_COMPACTION_REVISION_INTERVAL", "300"))
+# etcd's revInterval (seconds); a test may shorten it (config/tuning.py).
+REVISION_INTERVAL = 300.0
 
 
 class PeriodicSchedule:
@@ -90,8 +89,10 @@ class AutoCompactor:
         compact: Callable[[int], object],
         is_leader: Callable[[], bool],
         stopping: threading.Event,
+        revision_interval: float = REVISION_INTERVAL,
     ) -> None:
         self.mode = mode
+        self.revision_interval = revision_interval
         self.retention = retention
         self._rev = current_revision
         self._compact = compact
@@ -135,7 +136,7 @@ class AutoCompactor:
                             _go_duration(s.retry_interval))
 
     def _run_revision(self) -> None:
-        s = RevisionSchedule(int(self.retention))
+        s = RevisionSchedule(int(self.retention), self.revision_interval)
         while not self._stopping.wait(s.interval):
             if not self._is_leader():
                 continue

@@ -29,13 +29,14 @@ from kubekv_server.auth import AuthStore, password, token_provider
 from kubekv_server.backend import bbolt_import
 from kubekv_server.backend.alarms import list_alarms
 from kubekv_server.backend.state_db import Backend, decode_u64, encode_u64
-from kubekv_server.config.flags import Config, parse_duration, parse_urls
+from kubekv_server.config.flags import Config, parse_urls
 from kubekv_server.kv.range import execute_range
 from kubekv_server.kv.txn import apply_txn, is_read_only
 from kubekv_server.lease import MAX_LEASE_TTL, LeaseStore, Lessor, min_lease_ttl
 from kubekv_server.lease import forward as lease_forward
+from kubekv_server.lease.lessor import DEFAULT_CHECKPOINT_INTERVAL
 from kubekv_server.member import corruption, quota
-from kubekv_server.member.auto_compaction import AutoCompactor
+from kubekv_server.member.auto_compaction import REVISION_INTERVAL, AutoCompactor
 from kubekv_server.member.cluster_ids import cluster_id, member_id
 from kubekv_server.member.force_new_cluster import force_standalone
 from kubekv_server.member.membership import conf_change
@@ -49,8 +50,6 @@ from kubekv_server.watch.hub import DEFAULT_MAX_PENDING, RECENT_REVISIONS
 from kubekv_server.watch.sync import SyncThread
 
 log = logging.getLogger("kubekv.member")
-# etcd's defaultLeaseCheckpointInterval (seconds); a test may shorten it
-LEASE_CHECKPOINT_INTERVAL = float(os.environ.get("KUBEKV_LEASE_CHECKPOINT_INTERVAL", "300"))
 
 
 # Seconds a replaced (defragmented) state environment stays open for readers inside it.
@@ -91,20 +90,20 @@ class Member:
         self.data_dir = os.path.abspath(cfg.data_dir)
         member_dir = os.path.join(self.data_dir, "member")
         # --unsafe-no-fsync: no fsync anywhere (etcd: "unsafe, will cause data loss")
-        fsync = cfg.flag("unsafe-no-fsync") != "true"
+        fsync = not cfg.unsafe_no_fsync
         self.backend = Backend(os.path.join(member_dir, "state"), fsync=fsync)
         self.mvcc = MVCCStore(self.backend.env)
         # --wal-dir: the Raft log (our WAL) in a directory of its own, as etcd's WAL
-        log_dir = os.path.abspath(cfg.flag("wal-dir")) if cfg.flag("wal-dir") else \
+        log_dir = os.path.abspath(cfg.wal_dir) if cfg.wal_dir else \
             os.path.join(member_dir, "log")
         self.storage = LMDBStorage(log_dir, fsync=fsync)
-        self.password_iterations = password.iterations_for_flag(cfg.flag("bcrypt-cost"))
+        self.password_iterations = password.iterations_for_flag(cfg.bcrypt_cost)
         self.member_id, self.cluster_id, self.members = self._identity()
         self.peering: Peering | None = None
         self.node: RaftNode | None = None
         # --experimental-enable-lease-checkpoint: every 5 minutes, as etcd (tests shorten it)
-        self.lessor = Lessor(time.monotonic, LEASE_CHECKPOINT_INTERVAL if cfg.flag(
-            "experimental-enable-lease-checkpoint") == "true" else 0.0)
+        self.lessor = Lessor(time.monotonic, (cfg.tuning.lease_checkpoint_interval or
+                             DEFAULT_CHECKPOINT_INTERVAL) if cfg.lease_checkpoint else 0.0)
         self.leases = LeaseStore(
             self.backend, min_lease_ttl(cfg.election_timeout_ms, cfg.heartbeat_interval_ms)
         )
@@ -115,15 +114,11 @@ class Member:
             self.backend, self.mvcc, self.leases, on_lease_changes=self._lease_changes,
             auth=self.auth,
         )
-        self.applier.slow_apply_seconds = parse_duration(
-            cfg.flag("experimental-warning-apply-duration"))
+        self.applier.slow_apply_seconds = cfg.warning_apply_duration
         self.compactor = Compactor(self.backend, self.mvcc)
-        # Tuning knobs (tests make them small): KUBEKV_WATCH_RECENT_REVISIONS, revisions
-        # kept in memory for watch streams, past which a lagging stream's watchers catch
-        # up from history; KUBEKV_WATCH_MAX_PENDING, catch-up and control responses
-        # queued per stream before its catch-up waits for the client.
-        max_pending = int(os.environ.get("KUBEKV_WATCH_MAX_PENDING", "0")) or DEFAULT_MAX_PENDING
-        recent = int(os.environ.get("KUBEKV_WATCH_RECENT_REVISIONS", "0")) or RECENT_REVISIONS
+        # Tuning knobs (tests make them small; config/tuning.py)
+        max_pending = cfg.tuning.watch_max_pending or DEFAULT_MAX_PENDING
+        recent = cfg.tuning.watch_recent_revisions or RECENT_REVISIONS
         self.watch_hub = WatchHub(self.mvcc, max_pending=max_pending, recent_revisions=recent)
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
         self._db_size = self.backend.size_bytes()
@@ -227,7 +222,7 @@ class Member:
             await self._join_existing()
         # Raft restarts from the membership as of the applied index (kept in the state db).
         self.storage.set_conf_state(self.applier.conf_state())
-        if cfg.flag("force-new-cluster") == "true" and self._restarted:
+        if cfg.force_new_cluster and self._restarted:
             force_standalone(
                 self.storage, self.applier.conf_state(), self.applier.applied_index,
                 self.member_id, self.cluster_id,
@@ -276,7 +271,7 @@ class Member:
         while not await self.node.wait_leader(5.0):
             log.warning("event=waiting_for_leader member_id=%x", self.member_id)
         await self._publish()
-        if self.cfg.flag("experimental-initial-corrupt-check") == "true":
+        if self.cfg.initial_corrupt_check:
             try:
                 await corruption.initial_check(self, self.request_timeout)
             except RuntimeError as exc:
@@ -296,7 +291,8 @@ class Member:
                 self.cfg.auto_compaction_mode, self.cfg.auto_compaction_retention,
                 self.current_revision,
                 lambda rev: self.compact(pb.CompactionRequest(revision=rev)),
-                self.is_leader, self._stopping,
+                self.is_leader, self._stopping, self.cfg.tuning.revision_compaction_interval
+                or REVISION_INTERVAL,
             ).start()
         if self.cfg.corrupt_check_interval:
             corruption.CorruptionMonitor(self, self.cfg.corrupt_check_interval,
@@ -376,7 +372,7 @@ class Member:
 
     def lease_grant(self, r: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:
         if r.TTL > MAX_LEASE_TTL:
-            raise errors.LEASE_T_T_L_TOO_LARGE
+            raise errors.LEASE_TTL_TOO_LARGE
         if r.ID == 0:
             r = pb.LeaseGrantRequest(TTL=r.TTL, ID=self._new_lease_id())
         return self.propose("lease_grant", r)
@@ -763,19 +759,19 @@ class Member:
         return started & voters
 
     def _strict(self) -> bool:
-        return self.cfg.flag("strict-reconfig-check") == "true"
+        return self.cfg.strict_reconfig_check
 
     async def member_add(self, peer_urls: list[str], is_learner: bool) -> dict:
         """etcd's MemberAdd: a new member (voter or learner) with an ID from its URLs and time."""
         try:
             urls = parse_urls(",".join(peer_urls))
         except ValueError:
-            raise errors.MEMBER_BAD_U_R_LS from None
+            raise errors.MEMBER_BAD_URLS from None
         if not urls:
-            raise errors.MEMBER_BAD_U_R_LS
+            raise errors.MEMBER_BAD_URLS
         for m in self.members:
             if set(m["peerURLs"]) & set(urls):
-                raise errors.PEER_U_R_L_EXIST
+                raise errors.PEER_URL_EXISTS
         if is_learner and sum(m["isLearner"] for m in self.members) >= 1:
             raise errors.TOO_MANY_LEARNERS
         if not is_learner and self._strict():
@@ -819,10 +815,10 @@ class Member:
         try:
             urls = parse_urls(",".join(peer_urls))
         except ValueError:
-            raise errors.MEMBER_BAD_U_R_LS from None
+            raise errors.MEMBER_BAD_URLS from None
         for other in self.members:
             if other["id"] != mid and set(other["peerURLs"]) & set(urls):
-                raise errors.PEER_U_R_L_EXIST
+                raise errors.PEER_URL_EXISTS
         await self._conf_change(raft_pb2.ConfChangeUpdateNode, mid, dict(m, peerURLs=urls))
 
     async def member_promote(self, mid: int) -> None:

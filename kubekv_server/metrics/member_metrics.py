@@ -152,7 +152,7 @@ class MemberMetrics:
             "etcd_network_peer_round_trip_time_seconds", "Round-Trip-Time histogram between "
             "peers", exponential_buckets(0.0001, 2, 16), ("To",)))
         # --metrics extensive (etcd: grpc_prometheus.EnableHandlingTimeHistogram())
-        self.timed = m.cfg.flag("metrics") == "extensive"
+        self.timed = m.cfg.metrics == "extensive"
         self.grpc_handling: Histogram | None = None
         if self.timed:
             self.grpc_handling = r.add(Histogram(

@@ -416,7 +416,7 @@ class WriteTxn(_Reader):
 class MVCCStore:
     """etcd's MVCC store on one LMDB environment (opened and owned by the caller).
 
-    The environment needs ``max_dbs`` >= 4 for the store's own databases. Opening is
+    The environment needs ``max_dbs`` >= 5 for the store's own databases. Opening is
     O(1): all state lives in LMDB, nothing is rebuilt in memory.
     """
 

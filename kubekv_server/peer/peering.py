@@ -120,26 +120,25 @@ class Peering:
         return self._auto_cert
 
     def _server_credentials(self) -> grpc.ServerCredentials:
-        raw = self.cfg.raw
-        if raw["peer-cert-file"] and raw["peer-key-file"]:
+        cfg = self.cfg
+        if cfg.peer_cert_file and cfg.peer_key_file:
             return peer_tls.server_credentials(
-                raw["peer-cert-file"], raw["peer-key-file"], raw["peer-trusted-ca-file"] or None,
-                raw["peer-client-cert-auth"] == "true",
+                cfg.peer_cert_file, cfg.peer_key_file, cfg.peer_trusted_ca_file or None,
+                cfg.peer_client_cert_auth,
             )
-        if raw["peer-auto-tls"] == "true":
+        if cfg.peer_auto_tls:
             cert, key = self._auto_tls_cert()
             return peer_tls.server_credentials(cert, key)
         raise SystemExit("kubekv: https peer URLs need --peer-cert-file/--peer-key-file "
                          "or --peer-auto-tls")
 
     def _channel_credentials(self):
-        raw = self.cfg.raw
-        if raw["peer-trusted-ca-file"]:
+        cfg = self.cfg
+        if cfg.peer_trusted_ca_file:
             return peer_tls.channel_credentials(
-                raw["peer-trusted-ca-file"], raw["peer-cert-file"] or None,
-                raw["peer-key-file"] or None,
+                cfg.peer_trusted_ca_file, cfg.peer_cert_file or None, cfg.peer_key_file or None,
             )
-        if raw["peer-auto-tls"] == "true":
+        if cfg.peer_auto_tls:
             cert, key = self._auto_tls_cert()
 
             def trust_on_first_use(target: str):
@@ -254,15 +253,15 @@ class Peering:
             inline_snapshots=False,
         )
         self.servicer.is_removed = is_removed
-        raw = self.cfg.raw
+        cfg = self.cfg
         # outermost: malformed requests and shutdown end every call the same way
         self._guard = PeerCallGuard()
         self._guard.on_received = self._count_received
         interceptors: list[grpc.aio.ServerInterceptor] = [self._guard]
-        revoked = load_crl(raw["peer-crl-file"]) if raw["peer-crl-file"] else set()
-        if raw["peer-cert-allowed-cn"] or raw["peer-cert-allowed-hostname"] or revoked:
+        revoked = load_crl(cfg.peer_crl_file) if cfg.peer_crl_file else set()
+        if cfg.peer_cert_allowed_cn or cfg.peer_cert_allowed_hostname or revoked:
             interceptors.append(peer_tls.PeerIdentityInterceptor(
-                raw["peer-cert-allowed-cn"], raw["peer-cert-allowed-hostname"],
+                cfg.peer_cert_allowed_cn, cfg.peer_cert_allowed_hostname,
                 (lambda pem: not pem_revoked(pem, revoked)) if revoked else None))
         server = grpc.aio.server(options=peer_server_options(), interceptors=interceptors,
                                  maximum_concurrent_rpcs=PEER_MAX_CONCURRENT_RPCS)

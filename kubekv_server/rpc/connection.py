@@ -356,7 +356,9 @@ class Http2Connection(asyncio.Protocol):
             self.h2.pending_bytes(call.stream_id) < limits.STREAM_HIGH_WATER
 
     def close(self) -> None:
-        """Graceful: no new calls (GOAWAY), close once the ongoing ones end."""
+        """Close now, politely: HTTP/2 gets GOAWAY(NO_ERROR) and what is already queued,
+        then the socket closes (asyncio writes out its buffer first). Calls still running
+        are not waited for; `RpcServer.close` gives connections a grace period to go."""
         if self.transport is None or self.closed:
             return
         if self.h2 is not None:

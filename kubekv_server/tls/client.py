@@ -16,7 +16,6 @@ import urllib.parse
 from cryptography import x509
 
 from kubekv_server.config.flags import Config
-from kubekv_server.tls.cipher_suites import openssl_cipher_list
 from kubekv_server.tls.peer import hostname_allowed, self_signed_cert
 
 log = logging.getLogger("kubekv.tls")
@@ -44,9 +43,8 @@ def client_ssl_context(cfg: Config, data_dir: str) -> ssl.SSLContext | None:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
     ctx.set_alpn_protocols(["h2", "http/1.1"])
-    ciphers = openssl_cipher_list(cfg.flag("cipher-suites"))
-    if ciphers:
-        ctx.set_ciphers(ciphers)  # TLS 1.2 only, as Go's CipherSuites
+    if cfg.openssl_ciphers:
+        ctx.set_ciphers(cfg.openssl_ciphers)  # TLS 1.2 only, as Go's CipherSuites
     if cfg.trusted_ca_file:
         ctx.load_verify_locations(cfg.trusted_ca_file)
         ctx.verify_mode = ssl.CERT_REQUIRED if cfg.client_cert_auth else ssl.CERT_OPTIONAL

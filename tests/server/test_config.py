@@ -36,7 +36,7 @@ def test_go_flag_forms():
                       "--initial-cluster", "a=http://h:1,b=http://h:2"])
     assert cfg.name == "a" and cfg.data_dir == "/tmp/x"
     assert cfg.client_cert_auth is True
-    assert cfg.flag("strict-reconfig-check") == "false"
+    assert not cfg.strict_reconfig_check
     assert cfg.max_txn_ops == 5
     assert cfg.initial_cluster == {"a": ["http://h:1"], "b": ["http://h:2"]}
 

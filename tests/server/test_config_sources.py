@@ -65,11 +65,11 @@ def test_config_file_replaces_flags_and_environment(tmp_path):
     assert cfg.name == "from-file" and cfg.max_txn_ops == 7
     assert cfg.snapshot_count == 100000  # the environment is ignored too
     assert (cfg.heartbeat_interval_ms, cfg.election_timeout_ms) == (50, 500)
-    assert cfg.flag("strict-reconfig-check") == "false"
+    assert not cfg.strict_reconfig_check
     assert cfg.grpc_keepalive_min_time == 2.0  # durations are nanoseconds in the file
     assert (cfg.auto_compaction_mode, cfg.auto_compaction_retention) == ("revision", 10.0)
     assert cfg.client_cert_auth is True and cfg.trusted_ca_file == "/x/ca.pem"
-    assert cfg.flag("peer-cert-allowed-cn") == "etcd-peer"
+    assert cfg.peer_cert_allowed_cn == "etcd-peer"
     assert cfg.data_dir == "from-file.kubekv"
     assert "loaded server configuration" in cfg.notes[0][1]
     # ETCD_CONFIG_FILE names the file when the flag does not
