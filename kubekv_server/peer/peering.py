@@ -22,16 +22,15 @@ import grpc
 from etcdproto.kubekvpb import directory_pb2, directory_pb2_grpc
 from etcdproto.raftpb import peer_pb2_grpc
 from kubekv_server.config.flags import Config
-from kubekv_server.peer.transport import (
+from kubekv_server.peer.bounds import (
     MAX_SNAPSHOT_BYTES,
     PEER_MAX_CONCURRENT_RPCS,
-    GrpcTransport,
-    PeerCallGuard,
-    RaftPeerServicer,
-    parse_peer_url,
     peer_server_options,
-    stop_peer_server,
 )
+from kubekv_server.peer.call_guard import PeerCallGuard, stop_peer_server
+from kubekv_server.peer.peer_url import parse_peer_url
+from kubekv_server.peer.receiver import RaftPeerServicer
+from kubekv_server.peer.sender import GrpcTransport
 from kubekv_server.tls import peer as peer_tls
 from kubekv_server.tls.client import load_crl, pem_revoked
 
