@@ -108,14 +108,10 @@ class Peering:
 
     def _auto_tls_cert(self) -> tuple[str, str]:
         if self._auto_cert is None:
-            hosts = [urllib.parse.urlsplit(u).hostname or "" for u in self.cfg.listen_peer_urls]
-            try:
-                self._auto_cert = peer_tls.self_signed_cert(
-                    os.path.join(self.data_dir, "fixtures", "peer"), hosts,
-                    self.cfg.self_signed_cert_validity,
-                )
-            except ValueError as exc:
-                raise SystemExit(f"kubekv: failed to get peer self-signed certs: {exc}") from None
+            self._auto_cert = peer_tls.auto_tls_cert(
+                self.data_dir, "peer", self.cfg.listen_peer_urls,
+                self.cfg.self_signed_cert_validity,
+            )
         return self._auto_cert
 
     def _server_credentials(self) -> grpc.ServerCredentials:
