@@ -22,16 +22,15 @@ import grpc
 from etcdproto.kubekvpb import directory_pb2, directory_pb2_grpc
 from etcdproto.raftpb import peer_pb2_grpc
 from kubekv_server.config.flags import Config
-from kubekv_server.peer.transport import (
+from kubekv_server.peer.bounds import (
     MAX_SNAPSHOT_BYTES,
     PEER_MAX_CONCURRENT_RPCS,
-    GrpcTransport,
-    PeerCallGuard,
-    RaftPeerServicer,
-    parse_peer_url,
     peer_server_options,
-    stop_peer_server,
 )
+from kubekv_server.peer.call_guard import PeerCallGuard, stop_peer_server
+from kubekv_server.peer.peer_url import parse_peer_url
+from kubekv_server.peer.receiver import RaftPeerServicer
+from kubekv_server.peer.sender import GrpcTransport
 from kubekv_server.tls import peer as peer_tls
 from kubekv_server.tls.client import load_crl, pem_revoked
 
@@ -109,14 +108,10 @@ class Peering:
 
     def _auto_tls_cert(self) -> tuple[str, str]:
         if self._auto_cert is None:
-            hosts = [urllib.parse.urlsplit(u).hostname or "" for u in self.cfg.listen_peer_urls]
-            try:
-                self._auto_cert = peer_tls.self_signed_cert(
-                    os.path.join(self.data_dir, "fixtures", "peer"), hosts,
-                    self.cfg.self_signed_cert_validity,
-                )
-            except ValueError as exc:
-                raise SystemExit(f"kubekv: failed to get peer self-signed certs: {exc}") from None
+            self._auto_cert = peer_tls.auto_tls_cert(
+                self.data_dir, "peer", self.cfg.listen_peer_urls,
+                self.cfg.self_signed_cert_validity,
+            )
         return self._auto_cert
 
     def _server_credentials(self) -> grpc.ServerCredentials:

@@ -383,7 +383,7 @@ class RaftNode:
     def snapshot_reader(self, snapshot: raft_pb2.Snapshot):
         """The transport's SnapshotSource: our snapshot file, or one received and kept."""
         from kubekv_server.backend import state_snapshot
-        from kubekv_server.peer.transport import received_snapshot
+        from kubekv_server.peer.snapshot_files import received_snapshot
 
         path = state_snapshot.path_of(snapshot.data)
         if path is None:
@@ -396,7 +396,7 @@ class RaftNode:
     async def install_snapshot(self, snapshot: raft_pb2.Snapshot) -> None:
         """A snapshot from the leader: swap its state in, then let the member reload."""
         from kubekv_server.backend import state_snapshot
-        from kubekv_server.peer.transport import received_snapshot, remove_older_snapshots
+        from kubekv_server.peer.snapshot_files import received_snapshot, remove_older_snapshots
 
         path = received_snapshot(snapshot).path
         await self.loop.run_in_executor(self._executor, state_snapshot.install, self.backend, path)

@@ -9,14 +9,12 @@ Certificates and CRLs are parsed with the `cryptography` package.
 from __future__ import annotations
 
 import logging
-import os
 import ssl
-import urllib.parse
 
 from cryptography import x509
 
 from kubekv_server.config.flags import Config
-from kubekv_server.tls.peer import hostname_allowed, self_signed_cert
+from kubekv_server.tls.peer import auto_tls_cert, hostname_allowed
 
 log = logging.getLogger("kubekv.tls")
 
@@ -31,12 +29,8 @@ def client_ssl_context(cfg: Config, data_dir: str) -> ssl.SSLContext | None:
     with --client-cert-auth, clients must present a cert signed by --trusted-ca-file."""
     cert, key = cfg.cert_file, cfg.key_file
     if not (cert and key) and cfg.auto_tls:
-        hosts = [urllib.parse.urlsplit(u).hostname or "" for u in cfg.listen_client_urls]
-        try:
-            cert, key = self_signed_cert(os.path.join(data_dir, "fixtures", "client"), hosts,
-                                         cfg.self_signed_cert_validity)
-        except ValueError as exc:
-            raise SystemExit(f"kubekv: failed to get client self-signed certs: {exc}") from None
+        cert, key = auto_tls_cert(data_dir, "client", cfg.listen_client_urls,
+                                  cfg.self_signed_cert_validity)
     if not (cert and key):
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

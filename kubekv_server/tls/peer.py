@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import ssl
+import urllib.parse
 from collections.abc import Callable
 
 import grpc
@@ -42,6 +43,7 @@ __all__ = [
     "peer_address",
     "peer_allowed",
     "self_signed_cert",
+    "auto_tls_cert",
     "server_credentials",
     "channel_credentials",
     "fetch_peer_certificate",
@@ -124,6 +126,18 @@ def self_signed_cert(directory: str, hosts: list[str], validity_years: int = 1) 
     log.info("event=self_signed_cert_generated cert=%s hosts=%s", cert,
              ",".join(str(n.value) for n in sans))
     return cert, key
+
+
+def auto_tls_cert(data_dir: str, port: str, urls: list[str],
+                  validity_years: int) -> tuple[str, str]:
+    """The certificate of --auto-tls (`port` "client") or --peer-auto-tls ("peer"): made
+    once in <data_dir>/fixtures/<port> for the hosts of `urls` (the listen URLs); exits
+    with etcd's words when --self-signed-cert-validity is invalid."""
+    hosts = [urllib.parse.urlsplit(u).hostname or "" for u in urls]
+    try:
+        return self_signed_cert(os.path.join(data_dir, "fixtures", port), hosts, validity_years)
+    except ValueError as exc:
+        raise SystemExit(f"kubekv: failed to get {port} self-signed certs: {exc}") from None
 
 
 def server_credentials(

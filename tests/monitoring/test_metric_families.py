@@ -14,7 +14,7 @@ import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.raftpb import raft_pb2
-from kubekv_server.peer import transport as raft_transport
+from kubekv_server.peer import sender as peer_sender
 from tests.cluster.cluster_harness import Cluster, wait_for
 from tests.harness import etcd_process, free_port, running
 
@@ -121,10 +121,10 @@ def test_a_late_heartbeat_of_the_same_term_is_a_heartbeat_send_failure(monkeypat
     """etcd's timeoutDetector: a heartbeat more than 2 heartbeat intervals after the last
     one to that peer counts; the first of a new term does not."""
     clock = [100.0]
-    monkeypatch.setattr(raft_transport.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(peer_sender.time, "monotonic", lambda: clock[0])
 
     async def main() -> int:
-        t = raft_transport.GrpcTransport(1, 7)
+        t = peer_sender.GrpcTransport(1, 7)
         t.heartbeat_late = 0.25  # binary fractions: exact sums
         t.add_peer(2, [f"http://127.0.0.1:{free_port()}"])
 

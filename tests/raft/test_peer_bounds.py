@@ -23,16 +23,15 @@ from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.core.raft import Config
 from kubekv_raft.core.storage import MemoryStorage
 from kubekv_raft.driver.runner import MAX_PEER_INBOX, Runner
-from kubekv_server.peer import transport
-from kubekv_server.peer.transport import (
-    MAX_BATCH_MESSAGES,
+from kubekv_server.peer import bounds, snapshot_files
+from kubekv_server.peer.bounds import MAX_BATCH_MESSAGES, peer_server_options
+from kubekv_server.peer.call_guard import (
     STOPPING_MESSAGE,
     PeerCallGuard,
-    RaftPeerServicer,
     grpc_call_tasks,
-    peer_server_options,
     stop_peer_server,
 )
+from kubekv_server.peer.receiver import RaftPeerServicer
 from kubekv_server.rpc.log_limit import RateLimitedLog
 
 CID = 0xC1C1
@@ -77,7 +76,7 @@ def run(servicer_kw: dict, body) -> Recorder:
 @pytest.fixture(autouse=True)
 def fresh_rate_limit(monkeypatch):
     """Each test starts with an empty rate limiter (its lines are asserted on)."""
-    monkeypatch.setattr(transport, "violations", RateLimitedLog(transport.log))
+    monkeypatch.setattr(bounds, "violations", RateLimitedLog(bounds.log))
 
 
 @pytest.fixture
@@ -330,11 +329,11 @@ class _Req:
 def test_received_snapshots_older_than_the_installed_one_are_removed(tmp_path):
     def name(term: int, index: int) -> str:
         md = pb.SnapshotMetadata(term=term, index=index)
-        return transport.snapshot_file_name(md)
+        return snapshot_files.snapshot_file_name(md)
 
     keep = [name(3, 50), name(2, 60), "state-0000000000000003-0000000000000010.mdb",
             "notes.snap", "zz-zz.snap"]
     for n in [*keep, name(3, 49), name(9, 10)]:
         (tmp_path / n).write_bytes(b"x")
-    assert transport.remove_older_snapshots(str(tmp_path), 50) == 2
+    assert snapshot_files.remove_older_snapshots(str(tmp_path), 50) == 2
     assert sorted(os.listdir(tmp_path)) == sorted(keep)

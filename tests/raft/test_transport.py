@@ -23,12 +23,10 @@ from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.core.raft import Config
 from kubekv_raft.driver.lmdb_storage import LMDBStorage
 from kubekv_raft.driver.runner import Runner
-from kubekv_server.peer.transport import (
-    GrpcTransport,
-    RaftPeerServicer,
-    peer_server_options,
-    received_snapshot,
-)
+from kubekv_server.peer.bounds import peer_server_options
+from kubekv_server.peer.receiver import RaftPeerServicer
+from kubekv_server.peer.sender import GrpcTransport
+from kubekv_server.peer.snapshot_files import received_snapshot
 from kubekv_server.tls.peer import (
     channel_credentials,
     fetch_peer_certificate,

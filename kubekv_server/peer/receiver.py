@@ -1,0 +1,292 @@
+"""The receiving side of the peer transport: `RaftPeerServicer` (add it to a grpc.aio server).
+
+It refuses batches of another cluster or for another member, and batches our sender
+would never make, steps messages into the local runner, and receives snapshot files
+durably (`snapshot_files`) before stepping their MsgSnap with Snapshot.data replaced by
+a `ReceivedSnapshot` (path, size, sha256, original data).
+
+Everything that reaches the peer port is treated as hostile: a batch or a snapshot
+that breaks a bound (`bounds`) ends its call with a gRPC status and one rate-limited
+log line per peer address, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import grpc
+
+from etcdproto.raftpb import peer_pb2 as peer_pb
+from etcdproto.raftpb import peer_pb2_grpc as peer_grpc
+from etcdproto.raftpb import raft_pb2 as pb
+from kubekv_server.peer import bounds
+from kubekv_server.peer.bounds import (
+    MAX_BATCH_MESSAGES,
+    MAX_SNAPSHOT_BYTES,
+    MAX_SNAPSHOT_RECEIVES,
+    PEER_MESSAGE_TYPES,
+    SNAPSHOT_CHUNK_TIMEOUT,
+    SNAPSHOT_RECEIVE_TIMEOUT,
+)
+from kubekv_server.peer.snapshot_files import (
+    create_partial,
+    discard_partial,
+    make_durable,
+    remove_partial_snapshots,
+    snapshot_file_name,
+    write_and_hash,
+)
+from kubekv_server.tls.peer import peer_address
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RaftPeerServicer", "Stepper", "REMOVED_MESSAGE"]
+
+# What a peer answers a member that was removed from the cluster; the sender stops.
+REMOVED_MESSAGE = "the member has been permanently removed from the cluster"
+
+
+class Stepper(Protocol):
+    """What the servicer hands received messages to (kubekv_raft.driver.runner.Runner is one)."""
+
+    def step(self, m: pb.Message) -> None: ...
+
+
+class RaftPeerServicer(peer_grpc.RaftPeerServicer):
+    """The RaftPeer service of one member: add it to a grpc.aio server.
+
+    `runner` (anything with `step(m)`, e.g. the Runner) may be given later with
+    `attach`. Messages are stepped on `loop` (the runner's) if given and different
+    from the server's; by default the server runs on the runner's loop.
+    `snapshot_dir` receives snapshot files; without it, snapshots sent with a file
+    are refused. `inline_snapshots=False` refuses snapshots sent without a file: an
+    application that reads a path from every received Snapshot.data (`received_snapshot`)
+    must not let a peer choose that path.
+    """
+
+    def __init__(
+        self,
+        local_id: int,
+        cluster_id: int,
+        runner: Stepper | None = None,
+        *,
+        snapshot_dir: str | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        max_snapshot_bytes: int = MAX_SNAPSHOT_BYTES,
+        snapshot_chunk_timeout: float = SNAPSHOT_CHUNK_TIMEOUT,
+        snapshot_receive_timeout: float = SNAPSHOT_RECEIVE_TIMEOUT,
+        max_snapshot_receives: int = MAX_SNAPSHOT_RECEIVES,
+        inline_snapshots: bool = True,
+    ) -> None:
+        self.local_id = local_id
+        self.inline_snapshots = inline_snapshots
+        self.cluster_id = cluster_id
+        self.snapshot_dir = snapshot_dir
+        self.max_snapshot_bytes = max_snapshot_bytes
+        self.snapshot_chunk_timeout = snapshot_chunk_timeout
+        self.snapshot_receive_timeout = snapshot_receive_timeout
+        self.max_snapshot_receives = max_snapshot_receives
+        # is_removed(member id): refuse members removed from the cluster, so they learn it
+        self.is_removed: Callable[[int], bool] | None = None
+        self._runner = runner
+        self._loop = loop
+        self.refused = 0
+        self.dropped = 0  # messages the runner had no room for (Raft retries them)
+        self.snapshots_received = 0
+        self._receiving = 0  # snapshot receives in flight
+        if snapshot_dir is not None:
+            os.makedirs(snapshot_dir, exist_ok=True)
+            if n := remove_partial_snapshots(snapshot_dir):
+                log.info("raft: removed %d interrupted snapshot receive(s) in %s", n, snapshot_dir)
+
+    def attach(self, runner: Stepper, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """The runner to step received messages into."""
+        self._runner = runner
+        self._loop = loop
+
+    def _deliver(self, m: pb.Message) -> None:
+        r = self._runner
+        if r is None:
+            return
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            self._loop.call_soon_threadsafe(r.step, m)
+        elif r.step(m) is False:  # the runner's inbox is full (etcd drops too)
+            self.dropped += 1
+
+    async def _refuse(self, context: Any, code: grpc.StatusCode, event: str, details: str,
+                      fmt: str = "", *args: Any) -> None:
+        """End the call with `code`; one warning per peer address and event per interval."""
+        self.refused += 1
+        bounds.violations.warning(peer_address(context), event, fmt, *args)
+        await context.abort(code, details)
+
+    async def _check(self, cluster_id: int, frm: int, to: int, context: Any) -> None:
+        if self.is_removed is not None and self.is_removed(frm):
+            self.refused += 1
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"raft: {REMOVED_MESSAGE} ({frm:x})")
+        if cluster_id != self.cluster_id:
+            await self._refuse(
+                context, grpc.StatusCode.FAILED_PRECONDITION, "peer_cluster_mismatch",
+                f"raft: cluster ID mismatch: local {self.cluster_id:x}, remote {cluster_id:x}",
+                "member=%x cluster=%x local_cluster=%x", frm, cluster_id, self.cluster_id,
+            )  # fmt: skip
+        if to != self.local_id:
+            await self._refuse(
+                context, grpc.StatusCode.FAILED_PRECONDITION, "peer_wrong_member",
+                f"raft: message for member {to:x} reached member {self.local_id:x}",
+                "member=%x to=%x", frm, to,
+            )  # fmt: skip
+
+    async def _check_batch(self, batch: peer_pb.MessageBatch, context: Any) -> None:
+        """A batch as our sender makes it: bounded, every message from and to the batch's
+        members, of a type that travels on a stream."""
+        n = len(batch.messages)
+        if n > MAX_BATCH_MESSAGES:
+            await self._refuse(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "peer_batch_too_large",
+                f"raft: batch of {n} messages, over {MAX_BATCH_MESSAGES}",
+                "member=%x messages=%d limit=%d", batch.from_, n, MAX_BATCH_MESSAGES,
+            )  # fmt: skip
+        for m in batch.messages:
+            if m.type not in PEER_MESSAGE_TYPES:
+                await self._refuse(
+                    context, grpc.StatusCode.INVALID_ARGUMENT, "peer_bad_message_type",
+                    f"raft: message type {m.type} is not sent on a stream",
+                    "member=%x type=%d", batch.from_, m.type,
+                )  # fmt: skip
+            if m.from_ != batch.from_ or m.to != batch.to:
+                await self._refuse(
+                    context, grpc.StatusCode.INVALID_ARGUMENT, "peer_message_mismatch",
+                    "raft: a message's members differ from its batch's",
+                    "member=%x message_from=%x message_to=%x", batch.from_, m.from_, m.to,
+                )  # fmt: skip
+
+    async def Stream(self, request_iterator, context):  # noqa: N802 - gRPC method name
+        """Step every message of every batch; refuse a batch of another cluster or member,
+        or one our sender would never make."""
+        async for batch in request_iterator:
+            await self._check(batch.cluster_id, batch.from_, batch.to, context)
+            await self._check_batch(batch, context)
+            for m in batch.messages:
+                self._deliver(m)
+        return peer_pb.StreamAck()
+
+    async def SendSnapshot(self, request_iterator, context):  # noqa: N802 - gRPC method name
+        """Receive a snapshot file durably, then step its MsgSnap; see snapshot_files."""
+        if self._receiving >= self.max_snapshot_receives:
+            await self._refuse(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED, "peer_snapshot_too_many",
+                f"raft: {self._receiving} snapshots already being received",
+                "in_flight=%d limit=%d", self._receiving, self.max_snapshot_receives,
+            )  # fmt: skip
+        self._receiving += 1
+        try:
+            return await self._receive_snapshot(request_iterator.__aiter__(), context)
+        finally:
+            self._receiving -= 1
+
+    async def _next_chunk(self, it, context: Any, deadline: float) -> peer_pb.SnapshotChunk | None:
+        """The next chunk, or None at the end; a sender silent for snapshot_chunk_timeout
+        or past the whole receive's deadline is cut off with DEADLINE_EXCEEDED."""
+        loop = asyncio.get_running_loop()
+        wait = min(self.snapshot_chunk_timeout, deadline - loop.time())
+        try:
+            return await asyncio.wait_for(_next_or_none(it), max(wait, 0.0))
+        except (TimeoutError, asyncio.TimeoutError):
+            whole = loop.time() >= deadline
+            limit = self.snapshot_receive_timeout if whole else self.snapshot_chunk_timeout
+            await self._refuse(
+                context, grpc.StatusCode.DEADLINE_EXCEEDED,
+                "peer_snapshot_too_slow" if whole else "peer_snapshot_idle",
+                "raft: snapshot receive took too long" if whole
+                else "raft: no snapshot chunk in time",
+                "limit=%ss", limit,
+            )  # fmt: skip
+            raise  # not reached: abort raises
+
+    async def _receive_snapshot(self, it, context: Any) -> peer_pb.SnapshotAck:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.snapshot_receive_timeout
+        first = await self._next_chunk(it, context, deadline)
+        if first is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "raft: empty snapshot stream")
+        m = first.message
+        await self._check(first.cluster_id, m.from_, m.to, context)
+        if m.type != pb.MsgSnap:
+            await self._refuse(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "peer_snapshot_not_msgsnap",
+                "raft: not a MsgSnap", "member=%x type=%d", m.from_, m.type,
+            )  # fmt: skip
+        if not first.has_file:
+            if not self.inline_snapshots:
+                await self._refuse(
+                    context, grpc.StatusCode.FAILED_PRECONDITION, "peer_snapshot_without_file",
+                    "raft: this member takes snapshots only with their file",
+                    "member=%x", m.from_,
+                )  # fmt: skip
+            last = await self._next_chunk(it, context, deadline)
+            if last is None or not last.last:
+                await context.abort(grpc.StatusCode.ABORTED, "raft: snapshot stream cut short")
+            self._deliver(m)
+            return peer_pb.SnapshotAck(size=0)
+        if self.snapshot_dir is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "raft: this member takes no snapshot files"
+            )
+        final = os.path.join(self.snapshot_dir, snapshot_file_name(m.snapshot.metadata))
+        f, tmp = create_partial(self.snapshot_dir)
+        digest = hashlib.sha256()
+        size = 0
+        complete = False
+        try:
+            last = None
+            while (chunk := await self._next_chunk(it, context, deadline)) is not None:
+                if chunk.data:
+                    if size + len(chunk.data) > self.max_snapshot_bytes:
+                        await self._refuse(
+                            context, grpc.StatusCode.RESOURCE_EXHAUSTED, "peer_snapshot_too_big",
+                            f"raft: snapshot over {self.max_snapshot_bytes} bytes",
+                            "member=%x limit=%d", m.from_, self.max_snapshot_bytes,
+                        )  # fmt: skip
+                    await loop.run_in_executor(None, write_and_hash, f, digest, chunk.data)
+                    size += len(chunk.data)
+                if chunk.last:
+                    last = chunk
+                    break
+            if last is None:
+                await context.abort(grpc.StatusCode.ABORTED, "raft: snapshot stream cut short")
+            if last.size != size or last.sha256 != digest.digest():
+                await context.abort(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"raft: snapshot data mismatch ({size} bytes received, {last.size} sent)",
+                )
+            await loop.run_in_executor(None, make_durable, f, tmp, final)
+            complete = True
+        finally:
+            if not complete:
+                discard_partial(f, tmp)
+        self.snapshots_received += 1
+        md = m.snapshot.metadata
+        log.info(
+            "raft: received snapshot [index %d, term %d] from %x: %d bytes in %s",
+            md.index, md.term, m.from_, size, final,
+        )  # fmt: skip
+        rs = peer_pb.ReceivedSnapshot(
+            path=os.path.abspath(final), size=size, sha256=digest.digest(), data=m.snapshot.data
+        )
+        m.snapshot.data = rs.SerializeToString()
+        self._deliver(m)
+        return peer_pb.SnapshotAck(size=size)
+
+
+async def _next_or_none(it):  # type: ignore[no-untyped-def]
+    try:
+        return await it.__anext__()
+    except StopAsyncIteration:
+        return None
