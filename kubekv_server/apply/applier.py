@@ -7,14 +7,16 @@ runs in a nested transaction: a request that fails leaves no partial change.
 
 A request goes through the layers of `layers.py` (alarms, auth) to its kind's
 handler in `handlers.py`, as etcd's applierV3 wrappers around applierV3backend.
-What a batch did is its BatchResult, which `RaftNode` hands to its listeners.
+The applier calls out to nobody: what a batch did (results, events, lease and
+membership changes, its duration) is its BatchResult, which `RaftNode` hands to
+the after-apply listeners on the event loop (contract: `replication/raft_node.py`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import lmdb
@@ -71,11 +73,9 @@ class Applier:
         backend: Backend,
         mvcc: MVCCStore,
         leases: LeaseStore | None = None,
-        on_lease_changes: Callable[[list], None] | None = None,
         auth: AuthStore | None = None,
     ) -> None:
         self.backend = backend
-        self.on_lease_changes = on_lease_changes
         self.mvcc = mvcc
         self.applied_index = backend.applied_index()
         self.alarms = AlarmState(backend)
@@ -110,8 +110,6 @@ class Applier:
                         self._apply_conf_change(txn, entry.data, out)
                 self.backend.set_applied_index(txn, todo[-1].index)
             self.applied_index = out.applied_index = todo[-1].index
-            if out.lease_changes and self.on_lease_changes is not None:
-                self.on_lease_changes(out.lease_changes)
         out.apply_seconds = time.perf_counter() - started_batch
         return out
 
