@@ -111,8 +111,7 @@ class Member:
                               applied_index=lambda: self.applier.applied_index)
         self._imported = self._import_etcd_backend()
         self.applier = Applier(
-            self.backend, self.mvcc, self.leases, on_lease_changes=self._lease_changes,
-            auth=self.auth,
+            self.backend, self.mvcc, self.leases, auth=self.auth,
         )
         self.applier.slow_apply_seconds = cfg.warning_apply_duration
         self.compactor = Compactor(self.backend, self.mvcc)
@@ -244,6 +243,9 @@ class Member:
             snapshot_count=cfg.snapshot_count,
         )
         self.node.on_snapshot_installed(self._snapshot_installed)
+        # after apply, on the loop (contract: raft_node.py); the lessor first, as the
+        # listeners after it (lease leadership) read it
+        self.node.add_listener(lambda result: self._lease_changes(result.lease_changes))
         self.node.add_listener(self._notify_watchers)
         self.node.add_listener(self._after_apply)
         self.node.add_listener(self._lease_leadership)

@@ -180,7 +180,7 @@ class MemberMetrics:
         """Feed the metrics from the member and the RPC server; start the leader sampler."""
         m = self.member
         m.storage.on_sync = self.wal_fsync.observe
-        m.node.on_apply_time = self.backend_commit.observe
+        m.node.add_listener(lambda batch: self.backend_commit.observe(batch.apply_seconds))
         if getattr(m, "peering", None) is not None:
             m.peering.on_rtt = self._observe_rtt
         rpc_server.observer = self

@@ -6,6 +6,19 @@ one log append and fsync). The Runner persists to the LMDB log and applies
 committed entries with kubekv's Applier in its executor thread; back on the
 loop, the batch's listeners run and the proposers' futures resolve.
 Threads (lease expiry, blocking handlers) use the `*_threadsafe` variants.
+
+After apply, one mechanism: `add_listener(fn)`. For every batch the Runner hands
+over (log replay at start and batches with nothing new included), once the
+batch is committed to the state db, `fn(BatchResult)` runs
+- on the event loop thread (never the executor: the applier calls nobody),
+- in log order, listeners in the order they were added,
+- before the batch's proposers' futures resolve, so a client answered sees
+  every listener's effect (lessor, watchers, member list, metrics),
+- before `applied_index` advances, so read barriers and waits on the applied
+  index (lease forwarding's waitAppliedIndex) see them too.
+A listener must not block (the loop and the next batch wait); one that raises
+is logged and the others still run. A snapshot from the leader is the other
+event, `on_snapshot_installed`.
 """
 
 from __future__ import annotations
@@ -103,9 +116,8 @@ class RaftNode:
         self.transport = None
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubekv-raft")
         self._stopped = False
-        # metrics: proposals refused, and the seconds each applied batch took
+        # metrics: proposals refused
         self.proposals_failed = 0
-        self.on_apply_time: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------ status
 
@@ -237,7 +249,8 @@ class RaftNode:
         self._installed.append(fn)
 
     def add_listener(self, fn: Callable[[BatchResult], None]) -> None:
-        """fn(batch) on the loop after each applied batch, before its proposers are answered."""
+        """fn(batch) on the loop after each applied batch, before its proposers are
+        answered and before applied_index advances (the contract: module docstring)."""
         self._listeners.append(fn)
 
     def propose(self, request_id: int, data: bytes) -> asyncio.Future:
@@ -318,7 +331,7 @@ class RaftNode:
     # -------------------------------------------------------------- apply
 
     def _applied(self, result: BatchResult) -> None:
-        """Loop thread, after a batch is durable in the state db."""
+        """Loop thread, after a batch is durable in the state db: listeners, then proposers."""
         for fn in self._listeners:
             try:
                 fn(result)
@@ -424,12 +437,8 @@ class _ApplierAdapter:
         await node.maybe_snapshot()
 
     def _apply(self, entries: list[raft_pb2.Entry]) -> BatchResult:
-        """Executor thread: one batch, one state-db commit (timed for metrics)."""
-        start = time.perf_counter()
-        result = self.node.applier.apply(entries)
-        if self.node.on_apply_time is not None:
-            self.node.on_apply_time(time.perf_counter() - start)
-        return result
+        """Executor thread: one batch, one state-db commit; nothing else runs here."""
+        return self.node.applier.apply(entries)
 
     async def apply_snapshot(self, snapshot: raft_pb2.Snapshot) -> None:
         await self.node.install_snapshot(snapshot)
