@@ -49,7 +49,8 @@ class CorruptLayer:
 
 class NoSpaceLayer:
     """etcd's applierV3Capped: while NOSPACE is raised, new values are refused (a put,
-    a txn that may put); deletes and compactions still pass, to free space."""
+    a txn that may put, and a lease grant, as etcd's LeaseGrant); deletes and
+    compactions still pass, to free space."""
 
     def __init__(self, inner: Layer, alarms: AlarmState) -> None:
         self.inner = inner
@@ -57,7 +58,8 @@ class NoSpaceLayer:
 
     def apply(self, step: Step) -> Outcome:
         if self.alarms.nospace and (
-            step.kind == "put" or (step.kind == "txn" and has_put(step.req.txn))
+            step.kind in ("put", "lease_grant")
+            or (step.kind == "txn" and has_put(step.req.txn))
         ):
             raise errors.NO_SPACE
         return self.inner.apply(step)

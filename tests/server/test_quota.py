@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
+from etcdproto.etcdserverpb import rpc_pb2_grpc
 from tests.harness import kubekv_process
 
 
@@ -26,6 +27,11 @@ def test_quota_raises_nospace_alarm_and_caps_writes(tmp_path):
         # While the alarm is raised, even a tiny put is refused; deletes still work.
         with pytest.raises(grpc.RpcError) as err:
             kv.Put(pb.PutRequest(key=b"small", value=b"v"))
+        assert err.value.details() == "etcdserver: mvcc: database space exceeded"
+        # etcd's capped applier refuses a lease grant too (applierV3Capped.LeaseGrant).
+        with pytest.raises(grpc.RpcError) as err:
+            rpc_pb2_grpc.LeaseStub(proc.channel).LeaseGrant(pb.LeaseGrantRequest(TTL=60))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert err.value.details() == "etcdserver: mvcc: database space exceeded"
         assert kv.DeleteRange(pb.DeleteRangeRequest(key=b"k0")).deleted == 1
         # Disarming answers with the alarm it cleared; the alarm survives a restart until then.
