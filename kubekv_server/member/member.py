@@ -260,7 +260,7 @@ class Member:
         self._lease_peer = lease_forward.LeasePeerServicer(self)
         self.lease_forwarder = lease_forward.LeaseForwarder(self.peering)
         await self.peering.start(
-            self.node.runner, lambda: self.members,
+            self.node.message_handler, lambda: self.members,
             services=[
                 lambda server: lease_forward.lp_grpc.add_LeasePeerServicer_to_server(
                     self._lease_peer, server),
@@ -320,7 +320,7 @@ class Member:
             if self._lease_term == term:
                 return
             applied = result.applied_index if result is not None else self.applier.applied_index
-            if node.runner.node.raft.raft_log.term(applied) != term:
+            if node.term_at(applied) != term:
                 return
             self._lease_term = term
             self.lessor.promote(self.cfg.election_timeout_ms / 1000)
@@ -651,7 +651,7 @@ class Member:
                              "election-ticks=%d active-remote-members=%d", self.member_id,
                              ticks, ticks * self.cfg.heartbeat_interval_ms,
                              self.node.election_ticks, active)
-                    self.node.runner.advance_ticks(ticks)
+                    self.node.advance_ticks(ticks)
                     return
         finally:
             for ch in channels:
@@ -683,7 +683,7 @@ class Member:
         paused; every store then uses the new environment. Readers still inside the
         old one finish there; it is closed and removed a minute later.
         """
-        await self.loop.run_in_executor(self.node._executor, self._defragment)  # noqa: SLF001
+        await self.node.run_in_apply_thread(self._defragment)
 
     def _defragment(self) -> None:
         with self.compactor.paused():
@@ -745,9 +745,8 @@ class Member:
         """
         voters = {m["id"] for m in self.members if not m["isLearner"]}
         if self.node.is_leader():
-            prs = self.node.runner.node.raft.prs.progress
             return {self.member_id} | {
-                v for v in voters if v in prs and prs[v].recent_active
+                v for v in voters if (p := self.node.progress_of(v)) is not None and p.recent_active
             }
         started = {self.member_id, self.node.leader_id}
         t = self.peering.transport if self.peering is not None else None
@@ -833,7 +832,7 @@ class Member:
             raise errors.MEMBER_NOT_LEARNER
         if not self.node.is_leader():
             raise errors.NOT_LEADER
-        progress = self.node.runner.node.raft.prs.progress.get(mid)
+        progress = self.node.progress_of(mid)
         committed = self.node.commit_index
         # etcd: a learner is ready once its match index is within 90% of the leader's.
         if progress is None or progress.match < committed * 0.9:
@@ -860,7 +859,6 @@ class Member:
             log.info('msg="skipped leadership transfer for single voting member cluster" '
                      "local-member-id=%x", self.member_id)
             return
-        prs = node.runner.node.raft.prs.progress
         t = self.peering.transport if self.peering is not None else None
 
         def connected(v: int) -> bool:  # etcd picks among peers its transport reaches
@@ -869,12 +867,14 @@ class Member:
             except KeyError:
                 return False
 
-        active = [v for v in voters if v in prs and prs[v].recent_active and connected(v)]
+        progress = {v: p for v in voters if (p := node.progress_of(v)) is not None}
+        active = [v for v in voters if v in progress and progress[v].recent_active
+                  and connected(v)]
         if not active:
             log.warning('msg="leadership transfer failed" local-member-id=%x '
                         'error="etcdserver: unhealthy cluster"', self.member_id)
             return
-        transferee = max(active, key=lambda v: prs[v].match)
+        transferee = max(active, key=lambda v: progress[v].match)
         started = self.loop.time()
         log.info('msg="leadership transfer starting" local-member-id=%x '
                  "current-leader-member-id=%x transferee-member-id=%x",
@@ -900,7 +900,7 @@ class Member:
             raise errors.BAD_LEADER_TRANSFEREE
         if target == self.member_id:
             return
-        self.node.runner.transfer_leadership(target)
+        self.node.transfer_leadership(target)
         deadline = self.loop.time() + timeout
         while self.node.leader_id != target:
             if self.loop.time() > deadline:
