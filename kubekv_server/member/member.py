@@ -434,11 +434,13 @@ class Member:
 
     # ------------------------------------------------------------- headers
 
-    def header(self, h: pb.ResponseHeader, revision: int | None = None) -> None:
-        """Fill a response header: cluster and member ids, raft term, revision."""
+    def header(self, h: pb.ResponseHeader, revision: int | None = None,
+               term: int | None = None) -> None:
+        """Fill a response header: cluster and member ids, raft term, revision. The one
+        place headers are filled; `term` is for a caller that keys a cache on it."""
         h.cluster_id = self.cluster_id
         h.member_id = self.member_id
-        h.raft_term = self.node.term
+        h.raft_term = self.node.term if term is None else term
         if revision is not None:
             h.revision = revision
 
