@@ -12,7 +12,6 @@ import contextvars
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 
@@ -27,7 +26,6 @@ from kubekv_server.api.request_checks import etcd_entry_size
 from kubekv_server.apply.applier import Applier, mvcc_error
 from kubekv_server.auth import AuthStore, password, token_provider
 from kubekv_server.backend import bbolt_import
-from kubekv_server.backend.alarms import list_alarms
 from kubekv_server.backend.state_db import Backend, decode_u64, encode_u64
 from kubekv_server.config.flags import Config, parse_duration, parse_urls
 from kubekv_server.kv.range import execute_range
@@ -38,6 +36,7 @@ from kubekv_server.member import corruption, quota
 from kubekv_server.member.auto_compaction import AutoCompactor
 from kubekv_server.member.cluster_ids import cluster_id, member_id
 from kubekv_server.member.force_new_cluster import force_standalone
+from kubekv_server.member.maintenance import Maintenance
 from kubekv_server.member.membership import conf_change
 from kubekv_server.mvcc import CompactedError, FutureRevError, MVCCStore
 from kubekv_server.mvcc.compactor import Compactor
@@ -53,18 +52,6 @@ log = logging.getLogger("kubekv.member")
 LEASE_CHECKPOINT_INTERVAL = float(os.environ.get("KUBEKV_LEASE_CHECKPOINT_INTERVAL", "300"))
 
 
-# Seconds a replaced (defragmented) state environment stays open for readers inside it.
-RETIRE_AFTER = 60.0
-
-
-def _retire(env, directory: str) -> None:
-    """Close and remove a state environment replaced by a defragmentation."""
-    try:
-        env.close()
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 def _expire(fut: asyncio.Future) -> None:
     if not fut.done():
         fut.set_exception(errors.TIMEOUT)
@@ -76,10 +63,8 @@ TICK_ADVANCE_POLL = 0.05
 
 # etcd's default quota when --quota-backend-bytes is 0 (2 GiB).
 DEFAULT_QUOTA_BYTES = 2 << 30
-SERVER_VERSION = "3.5.17"
 # etcd's request timeout: 5 s plus two election timeouts (1 s each by default).
 REQUEST_TIMEOUT = 7.0
-CLUSTER_VERSION = "3.5.0"
 
 
 class Member:
@@ -248,6 +233,9 @@ class Member:
             snapshot_dir=os.path.join(self.data_dir, "member", "snap"),
             snapshot_count=cfg.snapshot_count,
         )
+        self.maintenance = Maintenance(self.member_id, self.node, self.backend, self.mvcc,
+                                       self.leases, self.auth, self.applier, self.compactor,
+                                       lambda: self.members)
         self.node.on_snapshot_installed(self._snapshot_installed)
         self.node.add_listener(self._notify_watchers)
         self.node.add_listener(self._after_apply)
@@ -483,10 +471,6 @@ class Member:
         self.header(resp.header)
         return resp
 
-    def alarms(self) -> list[pb.AlarmMember]:
-        with self.backend.env.begin() as txn:
-            return list_alarms(txn, self.backend.meta)
-
     def lease_exists(self, lease_id: int) -> bool:
         return self.lessor.exists(lease_id)
 
@@ -676,66 +660,24 @@ class Member:
                 log.warning("event=publish_failed error=%r; retrying", exc)
                 await asyncio.sleep(0.5)
 
-    # ------------------------------------------------------------ defrag
+    # -------------------------------------------------------- maintenance
 
     async def defragment(self) -> None:
-        """Maintenance.Defragment: rewrite the state db compacted, giving space back.
-
-        Runs in the apply thread (no entry is applied meanwhile) with the compactor
-        paused; every store then uses the new environment. Readers still inside the
-        old one finish there; it is closed and removed a minute later.
-        """
-        await self.node.run_in_apply_thread(self._defragment)
-
-    def _defragment(self) -> None:
-        with self.compactor.paused():
-            before = self.backend.size_bytes()
-            old_env, old_dir = self.backend.defragment()
-            self.mvcc.rebind(self.backend.env)
-            self.leases.rebind(self.backend)
-            self.auth.rebind(self.backend)
-            self._db_size = self.backend.size_bytes()
-        log.info("event=defragmented size_before=%d size_after=%d dir=%s",
-                 before, self._db_size, self.backend.path)
-        timer = threading.Timer(RETIRE_AFTER, _retire, args=(old_env, old_dir))
-        timer.daemon = True
-        timer.start()
-
-    # ----------------------------------------------------------- export
+        """Maintenance.Defragment (see `backend/defragment.py`)."""
+        await self.maintenance.defragment()
+        self._db_size = self.backend.size_bytes()
 
     def export_snapshot(self) -> bytes:
         """The state as an etcd backend file (bbolt), for Maintenance.Snapshot. Any thread."""
-        from kubekv_server.backend import bbolt_export as bb
-        from kubekv_server.mvcc.meta import FINISHED_COMPACT_REV, SCHEDULED_COMPACT_REV
+        return self.maintenance.export_snapshot()
 
-        env = self.backend.env
-        with env.begin() as txn:
-            key_db = env.open_db(b"key", txn=txn, create=False)
-            meta = [(b"consistent_index", encode_u64(self.applier.applied_index))]
-            for name in (SCHEDULED_COMPACT_REV, FINISHED_COMPACT_REV):
-                v = txn.get(name, db=self.backend.meta)
-                if v is not None:
-                    meta.append((name, v))
-            buckets = {
-                b"key": list(txn.cursor(db=key_db)),
-                b"meta": meta,
-                b"lease": [(encode_u64(lid), bb.lease_value(lid, ttl))
-                           for lid, ttl in self.leases.all(txn)],
-                b"alarm": [(a.SerializeToString(), b"")
-                           for a in list_alarms(txn, self.backend.meta)],
-            }
-        buckets[b"members"] = [
-            (f"{m['id']:x}".encode(),
-             json.dumps({"id": m["id"], "peerURLs": m["peerURLs"],
-                         "isLearner": m["isLearner"]}).encode())
-            for m in self.members
-        ]
-        buckets[b"members_removed"] = []
-        buckets[b"cluster"] = [(b"clusterVersion", CLUSTER_VERSION.encode())]
-        buckets[b"auth"] = [(b"authEnabled", b"\x00"), (b"authRevision", encode_u64(1))]
-        buckets[b"authUsers"] = []
-        buckets[b"authRoles"] = []
-        return bb.build(buckets)
+    def status(self) -> pb.StatusResponse:
+        resp = self.maintenance.status()
+        self.header(resp.header, self.current_revision())
+        return resp
+
+    def alarms(self) -> list[pb.AlarmMember]:
+        return self.maintenance.alarms()
 
     # --------------------------------------------------------- membership
 
@@ -908,22 +850,3 @@ class Member:
             if self.loop.time() > deadline:
                 raise errors.TIMEOUT_LEADER_TRANSFER
             await asyncio.sleep(0.01)
-
-    # ------------------------------------------------------------ status
-
-    def status(self) -> pb.StatusResponse:
-        resp = pb.StatusResponse(
-            version=SERVER_VERSION,
-            dbSize=self.backend.size_bytes(),
-            leader=self.node.leader_id,
-            raftIndex=self.node.commit_index,
-            raftTerm=self.node.term,
-            raftAppliedIndex=self.applier.applied_index,
-            dbSizeInUse=self.backend.in_use_bytes(),
-            isLearner=any(m["isLearner"] for m in self.members if m["id"] == self.member_id),
-        )
-        # etcd lists raised alarms in gogoproto's text form, e.g. "memberID:1 alarm:NOSPACE ".
-        for a in self.alarms():
-            resp.errors.append(f"memberID:{a.memberID} alarm:{pb.AlarmType.Name(a.alarm)} ")
-        self.header(resp.header, self.current_revision())
-        return resp
