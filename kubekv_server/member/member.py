@@ -7,8 +7,6 @@ becomes a log entry, and fills every response header the way etcd does.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextvars
 import json
 import logging
 import os
@@ -22,27 +20,27 @@ from etcdproto.kubekvpb import internal_pb2
 from etcdproto.raftpb import raft_pb2
 from kubekv_raft.core.storage import LMDBStorage
 from kubekv_server import errors
-from kubekv_server.api.request_checks import etcd_entry_size
-from kubekv_server.apply.applier import Applier, mvcc_error
+from kubekv_server.apply.applier import Applier
 from kubekv_server.auth import AuthStore, password, token_provider
 from kubekv_server.backend import bbolt_import
 from kubekv_server.backend.state_db import Backend, decode_u64, encode_u64
 from kubekv_server.config.flags import Config, parse_duration, parse_urls
-from kubekv_server.kv.range import execute_range
-from kubekv_server.kv.txn import apply_txn, is_read_only
+from kubekv_server.kv.txn import is_read_only
 from kubekv_server.lease import MAX_LEASE_TTL, LeaseStore, Lessor, min_lease_ttl
 from kubekv_server.lease import forward as lease_forward
 from kubekv_server.member import corruption, quota
 from kubekv_server.member.auto_compaction import AutoCompactor
 from kubekv_server.member.cluster_ids import cluster_id, member_id
 from kubekv_server.member.force_new_cluster import force_standalone
+from kubekv_server.member.loop_bridge import call_on_loop
 from kubekv_server.member.maintenance import Maintenance
 from kubekv_server.member.membership import conf_change
-from kubekv_server.mvcc import CompactedError, FutureRevError, MVCCStore
+from kubekv_server.member.proposals import DEFAULT_QUOTA_BYTES, REQUEST_TIMEOUT, Proposer
+from kubekv_server.member.reads import Reads
+from kubekv_server.mvcc import MVCCStore
 from kubekv_server.mvcc.compactor import Compactor
 from kubekv_server.peer.peering import PROBE_INTERVAL, Peering, fetch_members
 from kubekv_server.replication.raft_node import RaftNode
-from kubekv_server.rpc.context import call_principal
 from kubekv_server.watch import WatchHub
 from kubekv_server.watch.hub import DEFAULT_MAX_PENDING, RECENT_REVISIONS
 from kubekv_server.watch.sync import SyncThread
@@ -51,20 +49,11 @@ log = logging.getLogger("kubekv.member")
 # etcd's defaultLeaseCheckpointInterval (seconds); a test may shorten it
 LEASE_CHECKPOINT_INTERVAL = float(os.environ.get("KUBEKV_LEASE_CHECKPOINT_INTERVAL", "300"))
 
-
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_exception(errors.TIMEOUT)
-
 # etcd's adjustTicks: how long a starting member looks for its peers (rafthttp's
 # ConnReadTimeout) and how often
 TICK_ADVANCE_WAIT = 5.0
 TICK_ADVANCE_POLL = 0.05
 
-# etcd's default quota when --quota-backend-bytes is 0 (2 GiB).
-DEFAULT_QUOTA_BYTES = 2 << 30
-# etcd's request timeout: 5 s plus two election timeouts (1 s each by default).
-REQUEST_TIMEOUT = 7.0
 
 
 class Member:
@@ -111,7 +100,6 @@ class Member:
         recent = int(os.environ.get("KUBEKV_WATCH_RECENT_REVISIONS", "0")) or RECENT_REVISIONS
         self.watch_hub = WatchHub(self.mvcc, max_pending=max_pending, recent_revisions=recent)
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
-        self._db_size = self.backend.size_bytes()
         self._stopping = threading.Event()
         self.request_timeout = REQUEST_TIMEOUT
         self._lease_term = 0  # the term in which this member's lessor was promoted
@@ -236,6 +224,9 @@ class Member:
         self.maintenance = Maintenance(self.member_id, self.node, self.backend, self.mvcc,
                                        self.leases, self.auth, self.applier, self.compactor,
                                        lambda: self.members)
+        self.proposer = Proposer(self.loop, self.node, self.member_id, cfg.max_request_bytes,
+                                 self.quota_bytes, self.backend.size_bytes, self.header)
+        self.reads = Reads(self.loop, self.node, self.mvcc, self.lease_exists, self.header)
         self.node.on_snapshot_installed(self._snapshot_installed)
         self.node.add_listener(self._notify_watchers)
         self.node.add_listener(self._after_apply)
@@ -337,7 +328,8 @@ class Member:
             if self.is_leader():
                 for lease_id in self.lessor.expired():
                     try:
-                        self._propose_nowait("lease_revoke", pb.LeaseRevokeRequest(ID=lease_id))
+                        self.proposer.propose_nowait("lease_revoke",
+                                                     pb.LeaseRevokeRequest(ID=lease_id))
                     except errors.EtcdError:
                         break
                 due = self.lessor.due_checkpoints()
@@ -351,16 +343,9 @@ class Member:
         req = pb.LeaseCheckpointRequest(checkpoints=[
             pb.LeaseCheckpoint(ID=i, remaining_TTL=ttl) for i, ttl in checkpoints])
         try:
-            self._propose_nowait("lease_checkpoint", req)
+            self.proposer.propose_nowait("lease_checkpoint", req)
         except errors.EtcdError:
             pass  # the next round checkpoints again
-
-    def _propose_nowait(self, field: str, request) -> None:
-        """Any thread: propose without waiting for the outcome."""
-        rid = self.node.next_id()
-        internal = internal_pb2.InternalRequest(id=rid)
-        getattr(internal, field).CopyFrom(request)
-        self.node.propose_threadsafe(rid, internal.SerializeToString())
 
     def lease_grant(self, r: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:
         if r.TTL > MAX_LEASE_TTL:
@@ -439,125 +424,36 @@ class Member:
     # --------------------------------------------------------------- reads
 
     def read_barrier(self) -> asyncio.Future | None:
-        """Loop thread: what a linearizable read must wait for, or None to read at once.
-
-        A lone voter that leads answers writes only after applying them, so its
-        local state already holds every acknowledged write; otherwise the read
-        waits for a ReadIndex confirmed by a quorum to be applied here.
-        """
-        if self.node.is_leader() and self.node.lone_voter():
-            return None
-        return self.node.read_index()
+        """Loop thread: what a linearizable read must wait for, or None to read at once."""
+        return self.reads.read_barrier()
 
     def wait_linearizable(self) -> None:
-        """Worker threads: block until a local read is linearizable (see read_barrier)."""
-        self.blocking(self.read_barrier)
+        """Worker threads: block until a local read is linearizable."""
+        self.reads.wait_linearizable()
 
     def range(self, r: pb.RangeRequest) -> pb.RangeResponse:
-        try:
-            with self.mvcc.read() as txn:
-                resp = execute_range(txn, r)
-        except (CompactedError, FutureRevError) as exc:
-            raise mvcc_error(exc) from None
-        self.header(resp.header)
-        return resp
+        return self.reads.range(r)
 
     def read_only_txn(self, r: pb.TxnRequest) -> pb.TxnResponse:
-        try:
-            with self.mvcc.read() as txn:
-                resp = apply_txn(txn, r, self.lease_exists)
-        except (CompactedError, FutureRevError) as exc:
-            raise mvcc_error(exc) from None
-        self.header(resp.header)
-        return resp
+        return self.reads.read_only_txn(r)
 
     def lease_exists(self, lease_id: int) -> bool:
         return self.lessor.exists(lease_id)
 
     # -------------------------------------------------------------- writes
 
-    def _quota_exceeded(self, cost: int) -> asyncio.Future | None:
-        """etcd's quota check. Within quota: None. Over it: raise the NOSPACE alarm and
-        return a future that fails with NO_SPACE once the alarm is applied (as etcd does)."""
-        if cost == 0 or self._db_size + cost < self.quota_bytes:
-            return None
-        alarm = pb.AlarmRequest(
-            action=pb.AlarmRequest.ACTIVATE, memberID=self.member_id, alarm=pb.NOSPACE
-        )
-        out = self.loop.create_future()
-
-        def raised(_f: asyncio.Future) -> None:
-            if not out.done():
-                out.set_exception(errors.NO_SPACE)
-
-        self.propose_future("alarm", alarm).add_done_callback(raised)
-        return out
-
-    def _encode(self, field: str, request) -> tuple[int, bytes]:
-        rid = self.node.next_id()
-        internal = internal_pb2.InternalRequest(id=rid)
-        getattr(internal, field).CopyFrom(request)
-        caller = call_principal.get()
-        if caller is not None:  # a client's request: the applier checks its permissions
-            internal.auth.SetInParent()
-            internal.auth.username, internal.auth.revision = caller
-        data = internal.SerializeToString()
-        if etcd_entry_size(self.member_id, rid, len(data)) > self.cfg.max_request_bytes:
-            raise errors.REQUEST_TOO_LARGE
-        return rid, data
-
     def propose_future(self, field: str, request, cost: int = 0,
                        timeout: float = REQUEST_TIMEOUT) -> asyncio.Future:
         """Loop thread: log a request; the future resolves to its response, header filled."""
-        if cost:
-            refused = self._quota_exceeded(cost)
-            if refused is not None:
-                return refused
-        rid, data = self._encode(field, request)
-        inner = self.node.propose(rid, data)
-        out = self.loop.create_future()
-        timer = self.loop.call_later(timeout, _expire, out)
-
-        def done(f: asyncio.Future) -> None:
-            timer.cancel()
-            if out.done():
-                return
-            exc = f.exception()
-            if exc is not None:
-                out.set_exception(exc)
-                return
-            resp = f.result()
-            self.header(resp.header)
-            out.set_result(resp)
-
-        inner.add_done_callback(done)
-        return out
-
-    def blocking(self, fn, *args, timeout: float = REQUEST_TIMEOUT + 1.0):
-        """Worker threads only: run fn(*args) on the loop; its result, or its future's."""
-        result: concurrent.futures.Future = concurrent.futures.Future()
-
-        def submit() -> None:
-            try:
-                out = fn(*args)
-            except BaseException as exc:
-                result.set_exception(exc)
-                return
-            if isinstance(out, asyncio.Future):
-                asyncio.futures._chain_future(out, result)  # noqa: SLF001 - stdlib's bridge
-            else:
-                result.set_result(out)
-
-        # in the caller's context, so that proposals keep the client's identity
-        self.loop.call_soon_threadsafe(submit, context=contextvars.copy_context())
-        try:
-            return result.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise errors.TIMEOUT from None
+        return self.proposer.propose_future(field, request, cost, timeout)
 
     def propose(self, field: str, request, cost: int = 0, timeout: float = REQUEST_TIMEOUT):
         """Worker threads only: log a request and block until its response (or a timeout)."""
-        return self.blocking(self.propose_future, field, request, cost, timeout)
+        return self.proposer.propose(field, request, cost, timeout)
+
+    def blocking(self, fn, *args, timeout: float = REQUEST_TIMEOUT + 1.0):
+        """Worker threads only: run fn(*args) on the loop; its result, or its future's."""
+        return call_on_loop(self.loop, fn, *args, timeout=timeout)
 
     def put(self, r: pb.PutRequest) -> asyncio.Future:
         return self.propose_future("put", r, cost=quota.put_cost(r))
@@ -579,7 +475,7 @@ class Member:
         return resp
 
     def _after_apply(self, result) -> None:
-        self._db_size = self.backend.size_bytes()  # for the quota check, once per batch
+        self.proposer.refresh_db_size()  # for the quota check, once per batch
         if result.compaction_scheduled:
             self.compactor.kick()
         if result.membership_changed:
@@ -665,7 +561,7 @@ class Member:
     async def defragment(self) -> None:
         """Maintenance.Defragment (see `backend/defragment.py`)."""
         await self.maintenance.defragment()
-        self._db_size = self.backend.size_bytes()
+        self.proposer.refresh_db_size()
 
     def export_snapshot(self) -> bytes:
         """The state as an etcd backend file (bbolt), for Maintenance.Snapshot. Any thread."""
