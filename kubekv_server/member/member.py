@@ -7,6 +7,7 @@ becomes a log entry, and fills every response header the way etcd does.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -26,12 +27,13 @@ from kubekv_server.backend import bbolt_import
 from kubekv_server.backend.state_db import Backend, decode_u64, encode_u64
 from kubekv_server.config.flags import Config, parse_duration, parse_urls
 from kubekv_server.kv.txn import is_read_only
-from kubekv_server.lease import MAX_LEASE_TTL, LeaseStore, Lessor, min_lease_ttl
+from kubekv_server.lease import LeaseStore, Lessor, min_lease_ttl
 from kubekv_server.lease import forward as lease_forward
 from kubekv_server.member import corruption, quota
 from kubekv_server.member.auto_compaction import AutoCompactor
 from kubekv_server.member.cluster_ids import cluster_id, member_id
 from kubekv_server.member.force_new_cluster import force_standalone
+from kubekv_server.member.lease_leadership import LeaseLeadership, mirror_lease_changes
 from kubekv_server.member.loop_bridge import call_on_loop
 from kubekv_server.member.maintenance import Maintenance
 from kubekv_server.member.membership import conf_change
@@ -86,8 +88,8 @@ class Member:
                               applied_index=lambda: self.applier.applied_index)
         self._imported = self._import_etcd_backend()
         self.applier = Applier(
-            self.backend, self.mvcc, self.leases, on_lease_changes=self._lease_changes,
-            auth=self.auth,
+            self.backend, self.mvcc, self.leases, auth=self.auth,
+            on_lease_changes=functools.partial(mirror_lease_changes, self.lessor),
         )
         self.applier.slow_apply_seconds = parse_duration(
             cfg.flag("experimental-warning-apply-duration"))
@@ -102,7 +104,6 @@ class Member:
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
         self._stopping = threading.Event()
         self.request_timeout = REQUEST_TIMEOUT
-        self._lease_term = 0  # the term in which this member's lessor was promoted
         self.on_removed = None  # called when this member is removed from the cluster
         # set once Raft runs (before a leader is known): etcd serves its metrics listener
         # from then on, while its client listeners wait for the member to be ready
@@ -226,11 +227,14 @@ class Member:
                                        lambda: self.members)
         self.proposer = Proposer(self.loop, self.node, self.member_id, cfg.max_request_bytes,
                                  self.quota_bytes, self.backend.size_bytes, self.header)
+        self.lease_leadership = LeaseLeadership(
+            self.loop, self.node, self.lessor, self.proposer,
+            lambda: self.applier.applied_index, cfg.election_timeout_ms / 1000, self._stopping)
         self.reads = Reads(self.loop, self.node, self.mvcc, self.lease_exists, self.header)
         self.node.on_snapshot_installed(self._snapshot_installed)
         self.node.add_listener(self._notify_watchers)
         self.node.add_listener(self._after_apply)
-        self.node.add_listener(self._lease_leadership)
+        self.node.add_listener(self.lease_leadership.on_applied)
         self.compactor.start()
         with self.backend.env.begin() as txn:
             self.lessor.restore(self.leases.all(txn))  # replayed entries then update it
@@ -266,10 +270,7 @@ class Member:
         self.watch_hub.catch_up_revision()
         self._watch_sync = SyncThread(self.watch_hub)
         self._watch_sync.start()
-        self._lease_thread = threading.Thread(
-            target=self._expire_leases, name="kubekv-lessor", daemon=True
-        )
-        self._lease_thread.start()
+        self.lease_leadership.start()
         if self.cfg.auto_compaction_retention:
             AutoCompactor(
                 self.cfg.auto_compaction_mode, self.cfg.auto_compaction_retention,
@@ -284,84 +285,18 @@ class Member:
     # ------------------------------------------------------------- leases
 
     def is_leader(self) -> bool:
-        """The hook replication fills in: only the leader runs lease deadlines."""
+        """Whether this member leads (only the leader's lessor runs lease deadlines)."""
         return self.node.leader_id == self.member_id
-
-    def _lease_leadership(self, result=None) -> None:
-        """Loop thread (after each applied batch, and polled by the lessor thread): etcd
-        promotes the lessor once a new leader has applied an entry of its own term (so
-        every lease granted before the election is known), giving every lease its full
-        TTL plus one election timeout from now; a member that stopped leading demotes
-        (its leases then never expire until it leads again)."""
-        node = self.node
-        if node.is_leader():
-            term = node.term
-            if self._lease_term == term:
-                return
-            applied = result.applied_index if result is not None else self.applier.applied_index
-            if node.term_at(applied) != term:
-                return
-            self._lease_term = term
-            self.lessor.promote(self.cfg.election_timeout_ms / 1000)
-            log.info("event=lessor_promoted term=%d leases=%d", term, len(self.lessor.ids()))
-        elif self._lease_term or self.lessor.primary:
-            self._lease_term = 0
-            self.lessor.demote()
-            log.info("event=lessor_demoted term=%d", node.term)
-
-    def _lease_changes(self, changes: list) -> None:
-        """Committer thread, after an apply batch commits: mirror grants and revocations."""
-        for change in changes:
-            if change[0] == "grant":
-                self.lessor.granted(change[1], change[2])
-            elif change[0] == "checkpoint":
-                self.lessor.checkpointed(change[1], change[2])
-            else:
-                self.lessor.revoked(change[1])
-
-    def _expire_leases(self) -> None:
-        """Leader only: propose the revocation of expired leases (etcd's revokeExpiredLeases,
-        every 500 ms at most 500 leases)."""
-        while not self._stopping.is_set():
-            # leadership may be lost without any apply: let the loop look (demotion)
-            self.loop.call_soon_threadsafe(self._lease_leadership)
-            if self.is_leader():
-                for lease_id in self.lessor.expired():
-                    try:
-                        self.proposer.propose_nowait("lease_revoke",
-                                                     pb.LeaseRevokeRequest(ID=lease_id))
-                    except errors.EtcdError:
-                        break
-                due = self.lessor.due_checkpoints()
-                if due:
-                    self.checkpoint_leases(due)
-            wait = min(max(self.lessor.next_deadline() - time.monotonic(), 0.05), 0.5)
-            self.lessor.wait_changed(wait)
 
     def checkpoint_leases(self, checkpoints: list[tuple[int, int]]) -> None:
         """Any thread: record leases' remaining TTLs through the log (etcd's lessor cp)."""
-        req = pb.LeaseCheckpointRequest(checkpoints=[
-            pb.LeaseCheckpoint(ID=i, remaining_TTL=ttl) for i, ttl in checkpoints])
-        try:
-            self.proposer.propose_nowait("lease_checkpoint", req)
-        except errors.EtcdError:
-            pass  # the next round checkpoints again
+        self.lease_leadership.checkpoint(checkpoints)
 
     def lease_grant(self, r: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:
-        if r.TTL > MAX_LEASE_TTL:
-            raise errors.LEASE_T_T_L_TOO_LARGE
-        if r.ID == 0:
-            r = pb.LeaseGrantRequest(TTL=r.TTL, ID=self._new_lease_id())
-        return self.propose("lease_grant", r)
-
-    def _new_lease_id(self) -> int:
-        while True:
-            lease_id = self.node.next_id() & ((1 << 63) - 1)
-            if lease_id and not self.lessor.exists(lease_id):
-                return lease_id
+        return self.lease_leadership.grant(r)
 
     def lease_revoke(self, r: pb.LeaseRevokeRequest) -> pb.LeaseRevokeResponse:
-        return self.propose("lease_revoke", r)
+        return self.lease_leadership.revoke(r)
 
     def lease_renew(self, lease_id: int) -> int:
         """KeepAlive (worker thread): the leader's renewed TTL, 0 when the lease is gone
