@@ -14,8 +14,6 @@ import os
 import threading
 import time
 
-import grpc
-
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.kubekvpb import internal_pb2
 from etcdproto.raftpb import raft_pb2
@@ -25,7 +23,7 @@ from kubekv_server.apply.applier import Applier
 from kubekv_server.auth import AuthStore, password, token_provider
 from kubekv_server.backend import bbolt_import
 from kubekv_server.backend.state_db import Backend, decode_u64, encode_u64
-from kubekv_server.config.flags import Config, parse_duration, parse_urls
+from kubekv_server.config.flags import Config, parse_duration
 from kubekv_server.kv.txn import is_read_only
 from kubekv_server.lease import LeaseStore, Lessor, min_lease_ttl
 from kubekv_server.lease import forward as lease_forward
@@ -33,15 +31,16 @@ from kubekv_server.member import corruption, quota
 from kubekv_server.member.auto_compaction import AutoCompactor
 from kubekv_server.member.cluster_ids import cluster_id, member_id
 from kubekv_server.member.force_new_cluster import force_standalone
+from kubekv_server.member.leadership import Leadership
 from kubekv_server.member.lease_leadership import LeaseLeadership, mirror_lease_changes
 from kubekv_server.member.loop_bridge import call_on_loop
 from kubekv_server.member.maintenance import Maintenance
-from kubekv_server.member.membership import conf_change
 from kubekv_server.member.proposals import DEFAULT_QUOTA_BYTES, REQUEST_TIMEOUT, Proposer
 from kubekv_server.member.reads import Reads
+from kubekv_server.member.reconfiguration import Reconfiguration
 from kubekv_server.mvcc import MVCCStore
 from kubekv_server.mvcc.compactor import Compactor
-from kubekv_server.peer.peering import PROBE_INTERVAL, Peering, fetch_members
+from kubekv_server.peer.peering import Peering, fetch_members
 from kubekv_server.replication.raft_node import RaftNode
 from kubekv_server.watch import WatchHub
 from kubekv_server.watch.hub import DEFAULT_MAX_PENDING, RECENT_REVISIONS
@@ -51,10 +50,6 @@ log = logging.getLogger("kubekv.member")
 # etcd's defaultLeaseCheckpointInterval (seconds); a test may shorten it
 LEASE_CHECKPOINT_INTERVAL = float(os.environ.get("KUBEKV_LEASE_CHECKPOINT_INTERVAL", "300"))
 
-# etcd's adjustTicks: how long a starting member looks for its peers (rafthttp's
-# ConnReadTimeout) and how often
-TICK_ADVANCE_WAIT = 5.0
-TICK_ADVANCE_POLL = 0.05
 
 
 
@@ -230,6 +225,12 @@ class Member:
         self.lease_leadership = LeaseLeadership(
             self.loop, self.node, self.lessor, self.proposer,
             lambda: self.applier.applied_index, cfg.election_timeout_ms / 1000, self._stopping)
+        self.reconfiguration = Reconfiguration(
+            self.member_id, self.node, self.peering, lambda: self.members,
+            cfg.initial_cluster_token, cfg.flag("strict-reconfig-check") == "true")
+        self.leadership = Leadership(self.loop, self.member_id, self.node, self.peering,
+                                     lambda: self.members, cfg.election_timeout_ms / 1000,
+                                     self._stopping)
         self.reads = Reads(self.loop, self.node, self.mvcc, self.lease_exists, self.header)
         self.node.on_snapshot_installed(self._snapshot_installed)
         self.node.add_listener(self._notify_watchers)
@@ -255,7 +256,7 @@ class Member:
         )
         self.raft_started.set()
         if len(self.members) > 1:
-            self._tick_advance = asyncio.ensure_future(self._advance_election_ticks())
+            self._tick_advance = asyncio.ensure_future(self.leadership.advance_election_ticks())
         while not await self.node.wait_leader(5.0):
             log.warning("event=waiting_for_leader member_id=%x", self.member_id)
         await self._publish()
@@ -440,40 +441,6 @@ class Member:
         self.watch_hub.restored()
         self.compactor.kick()
 
-    async def _advance_election_ticks(self) -> None:
-        """etcd's adjustTicks (--initial-election-tick-advance, on by default): once a
-        starting member of a multi-member cluster reaches its peers (etcd: more than one
-        active peer within rafthttp's 5 s ConnReadTimeout, polled every 50 ms), it lets
-        election-ticks - 2 ticks pass at once, so a fresh cluster elects within a few
-        ticks instead of a whole randomised election timeout. Only timing changes: a
-        member that campaigns early still needs a quorum's votes (and pre-votes, which
-        members that hear from a leader refuse), so Raft's safety is untouched."""
-        peers = [m["id"] for m in self.members if m["id"] != self.member_id]
-        channels = []
-        try:
-            for pid in peers:
-                urls = self.peering.peer_urls(pid)
-                if urls:
-                    channels.append(await self.peering.dial(urls[0]))
-            for _ in range(int(TICK_ADVANCE_WAIT / TICK_ADVANCE_POLL)):
-                await asyncio.sleep(TICK_ADVANCE_POLL)
-                if self._stopping.is_set() or self.node.leader_id != 0:
-                    return
-                active = sum(ch.get_state(try_to_connect=True)
-                             == grpc.ChannelConnectivity.READY for ch in channels)
-                if active > 1:
-                    ticks = max(0, self.node.election_ticks - 2)
-                    log.info('msg="initialized peer connections; fast-forwarding election '
-                             'ticks" local-member-id=%x forward-ticks=%d forward-duration=%dms '
-                             "election-ticks=%d active-remote-members=%d", self.member_id,
-                             ticks, ticks * self.cfg.heartbeat_interval_ms,
-                             self.node.election_ticks, active)
-                    self.node.advance_ticks(ticks)
-                    return
-        finally:
-            for ch in channels:
-                await ch.close()
-
     async def _publish(self) -> None:
         """Propose this member's name and client URLs until the cluster has applied them."""
         attrs = internal_pb2.MemberAttributes(
@@ -510,174 +477,25 @@ class Member:
     def alarms(self) -> list[pb.AlarmMember]:
         return self.maintenance.alarms()
 
-    # --------------------------------------------------------- membership
-
-    def _connected_voters(self) -> set[int]:
-        """Voters this member can reach now (etcd's transport check before reconfiguring).
-
-        The leader knows who answered it within the last election timeout; a follower
-        counts the leader, itself, and every peer its transport has not failed to reach.
-        """
-        voters = {m["id"] for m in self.members if not m["isLearner"]}
-        if self.node.is_leader():
-            return {self.member_id} | {
-                v for v in voters if (p := self.node.progress_of(v)) is not None and p.recent_active
-            }
-        started = {self.member_id, self.node.leader_id}
-        t = self.peering.transport if self.peering is not None else None
-        for v in voters - started:
-            try:
-                st = t.status(v) if t is not None else None
-            except KeyError:
-                continue
-            probed = self.peering.last_probe_ok.get(v) if self.peering is not None else None
-            if (st is not None and (st.active or st.failures == 0)) or (
-                    probed is not None and time.monotonic() - probed < 3 * PROBE_INTERVAL):
-                started.add(v)
-        return started & voters
-
-    def _strict(self) -> bool:
-        return self.cfg.flag("strict-reconfig-check") == "true"
+    # ------------------------------------------------- membership, leadership
 
     async def member_add(self, peer_urls: list[str], is_learner: bool) -> dict:
-        """etcd's MemberAdd: a new member (voter or learner) with an ID from its URLs and time."""
-        try:
-            urls = parse_urls(",".join(peer_urls))
-        except ValueError:
-            raise errors.MEMBER_BAD_U_R_LS from None
-        if not urls:
-            raise errors.MEMBER_BAD_U_R_LS
-        for m in self.members:
-            if set(m["peerURLs"]) & set(urls):
-                raise errors.PEER_U_R_L_EXIST
-        if is_learner and sum(m["isLearner"] for m in self.members) >= 1:
-            raise errors.TOO_MANY_LEARNERS
-        if not is_learner and self._strict():
-            # etcd's IsReadyToAddVotingMember: "started" members are those that have
-            # published their name; a 1-member cluster may always grow to 2.
-            voters = [m for m in self.members if not m["isLearner"]]
-            n_members, n_started = len(voters) + 1, sum(1 for m in voters if m["name"])
-            if not (n_started == 1 and n_members == 2) and n_started < n_members // 2 + 1:
-                raise errors.MEMBER_NOT_ENOUGH_STARTED
-            if len(self._connected_voters()) < len(voters):
-                raise errors.UNHEALTHY
-        new_id = member_id(urls, self.cfg.initial_cluster_token, now=int(time.time()))
-        if any(m["id"] == new_id for m in self.members):
-            raise errors.MEMBER_EXIST
-        member = {"id": new_id, "name": "", "peerURLs": sorted(urls), "clientURLs": [],
-                  "isLearner": is_learner}
-        kind = raft_pb2.ConfChangeAddLearnerNode if is_learner else raft_pb2.ConfChangeAddNode
-        await self._conf_change(kind, new_id, member)
-        return member
+        return await self.reconfiguration.member_add(peer_urls, is_learner)
 
     async def member_remove(self, mid: int) -> None:
-        m = next((m for m in self.members if m["id"] == mid), None)
-        if m is None:
-            raise errors.MEMBER_NOT_FOUND
-        if self._strict() and not m["isLearner"]:
-            # etcd's IsReadyToRemoveVotingMember, then: removing an unreachable member is
-            # safe; otherwise the reachable rest must still form a quorum.
-            rest = [x for x in self.members if not x["isLearner"] and x["id"] != mid]
-            if sum(1 for x in rest if x["name"]) < len(rest) // 2 + 1:
-                raise errors.MEMBER_NOT_ENOUGH_STARTED
-            connected = self._connected_voters()
-            voters = len(rest) + 1
-            if mid in connected and len(connected) - 1 < 1 + (voters - 1) // 2:
-                raise errors.UNHEALTHY
-        await self._conf_change(raft_pb2.ConfChangeRemoveNode, mid, None)
+        await self.reconfiguration.member_remove(mid)
 
     async def member_update(self, mid: int, peer_urls: list[str]) -> None:
-        m = next((m for m in self.members if m["id"] == mid), None)
-        if m is None:
-            raise errors.MEMBER_NOT_FOUND
-        try:
-            urls = parse_urls(",".join(peer_urls))
-        except ValueError:
-            raise errors.MEMBER_BAD_U_R_LS from None
-        for other in self.members:
-            if other["id"] != mid and set(other["peerURLs"]) & set(urls):
-                raise errors.PEER_U_R_L_EXIST
-        await self._conf_change(raft_pb2.ConfChangeUpdateNode, mid, dict(m, peerURLs=urls))
+        await self.reconfiguration.member_update(mid, peer_urls)
 
     async def member_promote(self, mid: int) -> None:
-        m = next((m for m in self.members if m["id"] == mid), None)
-        if m is None:
-            raise errors.MEMBER_NOT_FOUND
-        if not m["isLearner"]:
-            raise errors.MEMBER_NOT_LEARNER
-        if not self.node.is_leader():
-            raise errors.NOT_LEADER
-        progress = self.node.progress_of(mid)
-        committed = self.node.commit_index
-        # etcd: a learner is ready once its match index is within 90% of the leader's.
-        if progress is None or progress.match < committed * 0.9:
-            raise errors.LEARNER_NOT_READY
-        await self._conf_change(raft_pb2.ConfChangeAddNode, mid, dict(m, isLearner=False))
-
-    async def _conf_change(self, kind: int, node_id: int, member: dict | None) -> None:
-        cc = conf_change(kind, node_id, member)
-        cc.id = self.node.next_id()
-        try:
-            await asyncio.wait_for(self.node.propose_conf_change(cc), REQUEST_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise errors.TIMEOUT from None
+        await self.reconfiguration.member_promote(mid)
 
     async def transfer_leadership(self) -> None:
-        """Before stopping, a leader hands over to its most up-to-date active voter, so
-        the cluster does not wait an election timeout for a new one (etcd's Stop →
-        TransferLeadership; a failure only delays the stop, as there)."""
-        node = getattr(self, "node", None)
-        if node is None or not node.is_leader():
-            return
-        voters = {m["id"] for m in self.members if not m["isLearner"]} - {self.member_id}
-        if not voters:
-            log.info('msg="skipped leadership transfer for single voting member cluster" '
-                     "local-member-id=%x", self.member_id)
-            return
-        t = self.peering.transport if self.peering is not None else None
-
-        def connected(v: int) -> bool:  # etcd picks among peers its transport reaches
-            try:
-                return t is None or t.status(v).active
-            except KeyError:
-                return False
-
-        progress = {v: p for v in voters if (p := node.progress_of(v)) is not None}
-        active = [v for v in voters if v in progress and progress[v].recent_active
-                  and connected(v)]
-        if not active:
-            log.warning('msg="leadership transfer failed" local-member-id=%x '
-                        'error="etcdserver: unhealthy cluster"', self.member_id)
-            return
-        transferee = max(active, key=lambda v: progress[v].match)
-        started = self.loop.time()
-        log.info('msg="leadership transfer starting" local-member-id=%x '
-                 "current-leader-member-id=%x transferee-member-id=%x",
-                 self.member_id, self.member_id, transferee)
-        try:
-            # Raft abandons a transfer after an election timeout, so waiting longer than
-            # two (etcd waits its whole 7 s request timeout) only delays the stop
-            await self.move_leader(transferee, 2 * self.cfg.election_timeout_ms / 1000)
-        except errors.EtcdError as exc:
-            log.warning('msg="leadership transfer failed" local-member-id=%x error=%r',
-                        self.member_id, exc.message)
-            return
-        log.info('msg="leadership transfer finished" local-member-id=%x '
-                 "old-leader-member-id=%x new-leader-member-id=%x took=%.3fs",
-                 self.member_id, self.member_id, transferee, self.loop.time() - started)
+        """Before stopping, a leader hands over to its most up-to-date active voter."""
+        if self.node is not None:
+            await self.leadership.transfer_on_stop()
 
     async def move_leader(self, target: int, timeout: float = REQUEST_TIMEOUT) -> None:
         """Maintenance.MoveLeader: only the leader may hand over, to a voter."""
-        if not self.node.is_leader():
-            raise errors.NOT_LEADER
-        voters = {m["id"] for m in self.members if not m["isLearner"]}
-        if target not in voters:
-            raise errors.BAD_LEADER_TRANSFEREE
-        if target == self.member_id:
-            return
-        self.node.transfer_leadership(target)
-        deadline = self.loop.time() + timeout
-        while self.node.leader_id != target:
-            if self.loop.time() > deadline:
-                raise errors.TIMEOUT_LEADER_TRANSFER
-            await asyncio.sleep(0.01)
+        await self.leadership.move_leader(target, timeout)
