@@ -1,35 +1,39 @@
 """One kubekv member: its data directory, identity, stores and commit path, behind one API.
 
-The gRPC services call into a Member; it decides what is read locally and what
-becomes a log entry, and fills every response header the way etcd does.
+The gRPC services call into a Member, a facade over pieces with one job each:
+`bootstrap` (identity, join, publish), `reads` (read barrier, Range, read-only
+Txn), `proposals` (requests that become log entries, quota), `lease_leadership`,
+`reconfiguration`, `leadership` and `maintenance`. The Member owns the stores and
+the Raft node, starts and stops them, keeps the member list current after each
+applied batch, and fills every response header the way etcd does (`header`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import os
 import threading
 import time
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-from etcdproto.kubekvpb import internal_pb2
-from etcdproto.raftpb import raft_pb2
 from kubekv_raft.core.storage import LMDBStorage
-from kubekv_server import errors
-from kubekv_server.apply.applier import Applier
+from kubekv_server.apply.applier import Applier, BatchResult
 from kubekv_server.auth import AuthStore, password, token_provider
-from kubekv_server.backend import bbolt_import
-from kubekv_server.backend.state_db import Backend, decode_u64, encode_u64
+from kubekv_server.backend.state_db import Backend
 from kubekv_server.config.flags import Config, parse_duration
 from kubekv_server.kv.txn import is_read_only
 from kubekv_server.lease import LeaseStore, Lessor, min_lease_ttl
 from kubekv_server.lease import forward as lease_forward
 from kubekv_server.member import corruption, quota
 from kubekv_server.member.auto_compaction import AutoCompactor
-from kubekv_server.member.cluster_ids import cluster_id, member_id
+from kubekv_server.member.bootstrap import (
+    import_etcd_backend,
+    join_existing,
+    load_identity,
+    publish,
+)
 from kubekv_server.member.force_new_cluster import force_standalone
 from kubekv_server.member.leadership import Leadership
 from kubekv_server.member.lease_leadership import LeaseLeadership, mirror_lease_changes
@@ -40,7 +44,7 @@ from kubekv_server.member.reads import Reads
 from kubekv_server.member.reconfiguration import Reconfiguration
 from kubekv_server.mvcc import MVCCStore
 from kubekv_server.mvcc.compactor import Compactor
-from kubekv_server.peer.peering import Peering, fetch_members
+from kubekv_server.peer.peering import Peering
 from kubekv_server.replication.raft_node import RaftNode
 from kubekv_server.watch import WatchHub
 from kubekv_server.watch.hub import DEFAULT_MAX_PENDING, RECENT_REVISIONS
@@ -51,14 +55,11 @@ log = logging.getLogger("kubekv.member")
 LEASE_CHECKPOINT_INTERVAL = float(os.environ.get("KUBEKV_LEASE_CHECKPOINT_INTERVAL", "300"))
 
 
-
-
 class Member:
-    """The server side of a member: stores, identity, proposals, reads, headers."""
+    """The server side of a member: its stores and Raft node, and the API the services call."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self._restarted = False  # the data dir already held this member's state
         self.data_dir = os.path.abspath(cfg.data_dir)
         member_dir = os.path.join(self.data_dir, "member")
         # --unsafe-no-fsync: no fsync anywhere (etcd: "unsafe, will cause data loss")
@@ -70,7 +71,10 @@ class Member:
             os.path.join(member_dir, "log")
         self.storage = LMDBStorage(log_dir, fsync=fsync)
         self.password_iterations = password.iterations_for_flag(cfg.flag("bcrypt-cost"))
-        self.member_id, self.cluster_id, self.members = self._identity()
+        identity = load_identity(cfg, self.backend, self.storage)
+        self.member_id, self.cluster_id = identity.member_id, identity.cluster_id
+        self.members = identity.members
+        self._restarted = identity.restarted
         self.peering: Peering | None = None
         self.node: RaftNode | None = None
         # --experimental-enable-lease-checkpoint: every 5 minutes, as etcd (tests shorten it)
@@ -81,7 +85,8 @@ class Member:
         )
         self.auth = AuthStore(self.backend, token_provider(cfg), cfg.client_cert_auth,
                               applied_index=lambda: self.applier.applied_index)
-        self._imported = self._import_etcd_backend()
+        self._imported = import_etcd_backend(self.data_dir, self.backend, self.mvcc,
+                                             self.leases)
         self.applier = Applier(
             self.backend, self.mvcc, self.leases, auth=self.auth,
             on_lease_changes=functools.partial(mirror_lease_changes, self.lessor),
@@ -104,87 +109,6 @@ class Member:
         # from then on, while its client listeners wait for the member to be ready
         self.raft_started = asyncio.Event()
 
-    # ------------------------------------------------------------ identity
-
-    def _identity(self) -> tuple[int, int, list[dict]]:
-        """Read the member/cluster identity from the data dir, or bootstrap it from flags.
-
-        A member joining an existing cluster learns its identity in `start` instead.
-        """
-        stored = self.backend.get_meta(b"member_id")
-        if stored:
-            mid = decode_u64(stored)
-            cid = decode_u64(self.backend.get_meta(b"cluster_id"))
-            members = json.loads(self.backend.get_meta(b"members") or b"[]")
-            log.info("event=restart member_id=%x cluster_id=%x", mid, cid)
-            self._restarted = True
-            return mid, cid, members
-        cfg = self.cfg
-        if cfg.initial_cluster_state == "existing":
-            return 0, 0, []
-        token = cfg.initial_cluster_token
-        members = []
-        for name, urls in sorted(cfg.initial_cluster.items()):
-            m = {"id": member_id(urls, token), "name": name, "peerURLs": sorted(urls)}
-            m["clientURLs"] = list(cfg.advertise_client_urls) if name == cfg.name else []
-            m["isLearner"] = False
-            members.append(m)
-        mid = next(m["id"] for m in members if m["name"] == cfg.name)
-        cid = cluster_id(m["id"] for m in members)
-        bootstrap = [
-            raft_pb2.Entry(
-                term=1,
-                index=i + 1,
-                type=raft_pb2.EntryConfChange,
-                data=raft_pb2.ConfChange(
-                    type=raft_pb2.ConfChangeAddNode, node_id=m["id"],
-                    context=json.dumps(m).encode(),
-                ).SerializeToString(),
-            )
-            for i, m in enumerate(members)
-        ]
-        self.storage.append(bootstrap, raft_pb2.HardState(term=1, commit=len(bootstrap)))
-        cs = raft_pb2.ConfState(voters=sorted(m["id"] for m in members))
-        self.storage.set_conf_state(cs)
-        self._store_identity(mid, cid, members, cs)
-        log.info("event=bootstrap member_id=%x cluster_id=%x members=%d", mid, cid, len(members))
-        return mid, cid, members
-
-    def _import_etcd_backend(self) -> bool:
-        """A new member whose data dir holds an etcd backend (left by `etcdctl snapshot
-        restore` as member/snap/db) starts from that state instead of an empty one."""
-        path = os.path.join(self.data_dir, "member", "snap", "db")
-        if not os.path.exists(path) or self.mvcc.revisions()[0] > 1:
-            return False
-        rev = bbolt_import.load(path, self.backend.env, self.mvcc, self.leases, self.backend)
-        os.replace(path, path + ".imported")
-        log.info("event=imported_etcd_backend file=%s revision=%d", path, rev)
-        return True
-
-    def _store_identity(self, mid: int, cid: int, members: list[dict],
-                        cs: raft_pb2.ConfState) -> None:
-        with self.backend.env.begin(write=True) as txn:
-            meta = self.backend.meta
-            txn.put(b"member_id", encode_u64(mid), db=meta)
-            txn.put(b"cluster_id", encode_u64(cid), db=meta)
-            txn.put(b"members", json.dumps(members, sort_keys=True).encode(), db=meta)
-            txn.put(b"conf_state", cs.SerializeToString(), db=meta)
-
-    async def _join_existing(self) -> None:
-        """--initial-cluster-state existing: learn this member's id from the cluster."""
-        cid, members = await fetch_members(self.cfg)
-        mine = set(self.cfg.initial_advertise_peer_urls)
-        me = next((m for m in members if set(m["peerURLs"]) == mine), None)
-        if me is None:
-            raise SystemExit(
-                "kubekv: member with peer URLs "
-                f"{sorted(mine)} has not been added to the cluster (etcdctl member add first)"
-            )
-        self.member_id, self.cluster_id, self.members = me["id"], cid, members
-        # An empty log and no ConfState: the leader replicates the cluster's history.
-        self._store_identity(me["id"], cid, members, raft_pb2.ConfState())
-        log.info("event=joined_existing_cluster member_id=%x cluster_id=%x", me["id"], cid)
-
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -193,7 +117,9 @@ class Member:
         self.loop = asyncio.get_running_loop()
         cfg = self.cfg
         if not self.member_id:
-            await self._join_existing()
+            identity = await join_existing(cfg, self.backend)
+            self.member_id, self.cluster_id = identity.member_id, identity.cluster_id
+            self.members = identity.members
         # Raft restarts from the membership as of the applied index (kept in the state db).
         self.storage.set_conf_state(self.applier.conf_state())
         if cfg.flag("force-new-cluster") == "true" and self._restarted:
@@ -217,21 +143,7 @@ class Member:
             snapshot_dir=os.path.join(self.data_dir, "member", "snap"),
             snapshot_count=cfg.snapshot_count,
         )
-        self.maintenance = Maintenance(self.member_id, self.node, self.backend, self.mvcc,
-                                       self.leases, self.auth, self.applier, self.compactor,
-                                       lambda: self.members)
-        self.proposer = Proposer(self.loop, self.node, self.member_id, cfg.max_request_bytes,
-                                 self.quota_bytes, self.backend.size_bytes, self.header)
-        self.lease_leadership = LeaseLeadership(
-            self.loop, self.node, self.lessor, self.proposer,
-            lambda: self.applier.applied_index, cfg.election_timeout_ms / 1000, self._stopping)
-        self.reconfiguration = Reconfiguration(
-            self.member_id, self.node, self.peering, lambda: self.members,
-            cfg.initial_cluster_token, cfg.flag("strict-reconfig-check") == "true")
-        self.leadership = Leadership(self.loop, self.member_id, self.node, self.peering,
-                                     lambda: self.members, cfg.election_timeout_ms / 1000,
-                                     self._stopping)
-        self.reads = Reads(self.loop, self.node, self.mvcc, self.lease_exists, self.header)
+        self._compose()
         self.node.on_snapshot_installed(self._snapshot_installed)
         self.node.add_listener(self._notify_watchers)
         self.node.add_listener(self._after_apply)
@@ -259,7 +171,7 @@ class Member:
             self._tick_advance = asyncio.ensure_future(self.leadership.advance_election_ticks())
         while not await self.node.wait_leader(5.0):
             log.warning("event=waiting_for_leader member_id=%x", self.member_id)
-        await self._publish()
+        await publish(cfg, self.node, self.member_id)
         if self.cfg.flag("experimental-initial-corrupt-check") == "true":
             try:
                 await corruption.initial_check(self, self.request_timeout)
@@ -283,42 +195,26 @@ class Member:
             corruption.CorruptionMonitor(self, self.cfg.corrupt_check_interval,
                                          self._stopping).start()
 
-    # ------------------------------------------------------------- leases
-
-    def is_leader(self) -> bool:
-        """Whether this member leads (only the leader's lessor runs lease deadlines)."""
-        return self.node.leader_id == self.member_id
-
-    def checkpoint_leases(self, checkpoints: list[tuple[int, int]]) -> None:
-        """Any thread: record leases' remaining TTLs through the log (etcd's lessor cp)."""
-        self.lease_leadership.checkpoint(checkpoints)
-
-    def lease_grant(self, r: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:
-        return self.lease_leadership.grant(r)
-
-    def lease_revoke(self, r: pb.LeaseRevokeRequest) -> pb.LeaseRevokeResponse:
-        return self.lease_leadership.revoke(r)
-
-    def lease_renew(self, lease_id: int) -> int:
-        """KeepAlive (worker thread): the leader's renewed TTL, 0 when the lease is gone
-        (etcd answers TTL 0); a follower forwards to the leader (`lease/forward.py`)."""
-        return lease_forward.renew(self, lease_id)
-
-    def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
-        """Worker thread: the leader's view of the lease (forwarded from a follower)."""
-        resp = lease_forward.time_to_live(self, r)
-        self.header(resp.header, self.current_revision())
-        return resp
-
-    def lease_leases(self) -> pb.LeaseLeasesResponse:
-        resp = pb.LeaseLeasesResponse()
-        for lease_id in self.lessor.ids():
-            resp.leases.add(ID=lease_id)
-        self.header(resp.header, self.current_revision())
-        return resp
-
-    def _notify_watchers(self, result) -> None:
-        self.watch_hub.notify(result.events)
+    def _compose(self) -> None:
+        """The pieces behind the public API, once the Raft node exists; each gets only
+        what it needs (the member list as a function: each conf change replaces it)."""
+        cfg, node = self.cfg, self.node
+        members = lambda: self.members  # noqa: E731
+        election_timeout = cfg.election_timeout_ms / 1000
+        self.maintenance = Maintenance(self.member_id, node, self.backend, self.mvcc,
+                                       self.leases, self.auth, self.applier, self.compactor,
+                                       members)
+        self.proposer = Proposer(self.loop, node, self.member_id, cfg.max_request_bytes,
+                                 self.quota_bytes, self.backend.size_bytes, self.header)
+        self.reads = Reads(self.loop, node, self.mvcc, self.lease_exists, self.header)
+        self.lease_leadership = LeaseLeadership(
+            self.loop, node, self.lessor, self.proposer, lambda: self.applier.applied_index,
+            election_timeout, self._stopping)
+        self.reconfiguration = Reconfiguration(
+            self.member_id, node, self.peering, members, cfg.initial_cluster_token,
+            cfg.flag("strict-reconfig-check") == "true")
+        self.leadership = Leadership(self.loop, self.member_id, node, self.peering, members,
+                                     election_timeout, self._stopping)
 
     async def stop(self) -> None:
         await self.transfer_leadership()
@@ -340,6 +236,43 @@ class Member:
         self.compactor.stop()
         self.storage.close()
         self.backend.close()
+
+    # ---------------------------------------------------- apply listeners
+
+    def _notify_watchers(self, result: BatchResult) -> None:
+        self.watch_hub.notify(result.events)
+
+    def _after_apply(self, result: BatchResult) -> None:
+        """Loop thread, after each applied batch: what the batch changed for this member."""
+        self.proposer.refresh_db_size()  # for the quota check, once per batch
+        if result.compaction_scheduled:
+            self.compactor.kick()
+        if result.membership_changed:
+            self.members = self.applier.members()
+            self.removed_ids = set(self.applier.removed_members())
+            self.peering.set_members(self.members)
+            if self.member_id not in {m["id"] for m in self.members} and self.members:
+                log.warning("event=removed_from_cluster member_id=%x msg=\"the member has been "
+                            "permanently removed from the cluster\"", self.member_id)
+                if self.on_removed is not None:
+                    self.on_removed()
+
+    def _removed(self) -> None:
+        """A peer told us we were removed (we may have been cut off when it happened)."""
+        log.warning("event=removed_from_cluster member_id=%x msg=\"the member has been "
+                    "permanently removed from the cluster\"", self.member_id)
+        if self.on_removed is not None:
+            self.on_removed()
+
+    def _snapshot_installed(self) -> None:
+        """The leader's snapshot replaced our state: reload what is cached from it."""
+        self.members = self.applier.members()
+        self.peering.set_members(self.members)
+        self.auth.reload()
+        with self.backend.env.begin() as txn:
+            self.lessor.reset(self.leases.all(txn))
+        self.watch_hub.restored()
+        self.compactor.kick()
 
     # ------------------------------------------------------------- headers
 
@@ -410,53 +343,39 @@ class Member:
             self.compactor.wait_idle()
         return resp
 
-    def _after_apply(self, result) -> None:
-        self.proposer.refresh_db_size()  # for the quota check, once per batch
-        if result.compaction_scheduled:
-            self.compactor.kick()
-        if result.membership_changed:
-            self.members = self.applier.members()
-            self.removed_ids = set(self.applier.removed_members())
-            self.peering.set_members(self.members)
-            if self.member_id not in {m["id"] for m in self.members} and self.members:
-                log.warning("event=removed_from_cluster member_id=%x msg=\"the member has been "
-                            "permanently removed from the cluster\"", self.member_id)
-                if self.on_removed is not None:
-                    self.on_removed()
+    # ------------------------------------------------------------- leases
 
-    def _removed(self) -> None:
-        """A peer told us we were removed (we may have been cut off when it happened)."""
-        log.warning("event=removed_from_cluster member_id=%x msg=\"the member has been "
-                    "permanently removed from the cluster\"", self.member_id)
-        if self.on_removed is not None:
-            self.on_removed()
+    def is_leader(self) -> bool:
+        """Whether this member leads (only the leader's lessor runs lease deadlines)."""
+        return self.node.leader_id == self.member_id
 
-    def _snapshot_installed(self) -> None:
-        """The leader's snapshot replaced our state: reload what is cached from it."""
-        self.members = self.applier.members()
-        self.peering.set_members(self.members)
-        self.auth.reload()
-        with self.backend.env.begin() as txn:
-            self.lessor.reset(self.leases.all(txn))
-        self.watch_hub.restored()
-        self.compactor.kick()
+    def checkpoint_leases(self, checkpoints: list[tuple[int, int]]) -> None:
+        """Any thread: record leases' remaining TTLs through the log (etcd's lessor cp)."""
+        self.lease_leadership.checkpoint(checkpoints)
 
-    async def _publish(self) -> None:
-        """Propose this member's name and client URLs until the cluster has applied them."""
-        attrs = internal_pb2.MemberAttributes(
-            member_id=self.member_id, name=self.cfg.name,
-            client_urls=list(self.cfg.advertise_client_urls),
-        )
-        while True:
-            rid = self.node.next_id()
-            data = internal_pb2.InternalRequest(id=rid, member_attributes=attrs)
-            try:
-                await asyncio.wait_for(self.node.propose(rid, data.SerializeToString()),
-                                       REQUEST_TIMEOUT)
-                return
-            except (errors.EtcdError, asyncio.TimeoutError) as exc:
-                log.warning("event=publish_failed error=%r; retrying", exc)
-                await asyncio.sleep(0.5)
+    def lease_grant(self, r: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:
+        return self.lease_leadership.grant(r)
+
+    def lease_revoke(self, r: pb.LeaseRevokeRequest) -> pb.LeaseRevokeResponse:
+        return self.lease_leadership.revoke(r)
+
+    def lease_renew(self, lease_id: int) -> int:
+        """KeepAlive (worker thread): the leader's renewed TTL, 0 when the lease is gone
+        (etcd answers TTL 0); a follower forwards to the leader (`lease/forward.py`)."""
+        return lease_forward.renew(self, lease_id)
+
+    def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
+        """Worker thread: the leader's view of the lease (forwarded from a follower)."""
+        resp = lease_forward.time_to_live(self, r)
+        self.header(resp.header, self.current_revision())
+        return resp
+
+    def lease_leases(self) -> pb.LeaseLeasesResponse:
+        resp = pb.LeaseLeasesResponse()
+        for lease_id in self.lessor.ids():
+            resp.leases.add(ID=lease_id)
+        self.header(resp.header, self.current_revision())
+        return resp
 
     # -------------------------------------------------------- maintenance
 
