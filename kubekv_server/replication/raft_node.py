@@ -164,7 +164,8 @@ class RaftNode:
         return len(self._futures)
 
     def term_at(self, index: int) -> int:
-        """The term of the log entry at `index` (0 outside the log, as Raft's log answers)."""
+        """The term of the log entry at `index`, as Raft's log answers it (0 outside the
+        log; CompactedError for an entry compacted away)."""
         return self.runner.node.raft.raft_log.term(index)
 
     def progress_of(self, peer: int) -> Progress | None:
