@@ -9,7 +9,7 @@ import signal
 import sys
 
 from kubekv_server.config.flags import USAGE, FlagError, parse_args
-from kubekv_server.member.member import SERVER_VERSION
+from kubekv_server.member.versions import SERVER_VERSION
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
               "error": logging.ERROR, "panic": logging.CRITICAL, "fatal": logging.CRITICAL}

@@ -32,7 +32,8 @@ from kubekv_server.config.flags import Config
 from kubekv_server.http.access_control import AccessController, hostname
 from kubekv_server.http.gateway import CORS_HEADERS, Gateway
 from kubekv_server.http.health import HealthEndpoints
-from kubekv_server.member.member import CLUSTER_VERSION, REQUEST_TIMEOUT, SERVER_VERSION, Member
+from kubekv_server.member.member import REQUEST_TIMEOUT, Member
+from kubekv_server.member.versions import CLUSTER_VERSION, SERVER_VERSION
 from kubekv_server.metrics.member_metrics import MemberMetrics
 from kubekv_server.rpc.context import request_tls
 from kubekv_server.rpc.http1 import Http1Protocol

@@ -144,10 +144,10 @@ class EventEncoder:
         key = (revision, term)
         out = self._headers.get(key)
         if out is None:
-            m = self.member
-            h = pb.ResponseHeader(cluster_id=m.cluster_id, member_id=m.member_id,
-                                  revision=revision, raft_term=term).SerializeToString()
-            out = _HEADER_TAG + _varint(len(h)) + h
+            h = pb.ResponseHeader()
+            self.member.header(h, revision, term=term)
+            data = h.SerializeToString()
+            out = _HEADER_TAG + _varint(len(data)) + data
             if len(self._headers) >= _HEADER_CACHE_MAX:
                 self._headers.clear()
             self._headers[key] = out
@@ -333,11 +333,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
             watch_id=out.watch_id, created=out.created, canceled=out.canceled,
             compact_revision=out.compact_revision, cancel_reason=out.cancel_reason,
         )
-        h = resp.header
-        h.cluster_id = m.cluster_id
-        h.member_id = m.member_id
-        h.raft_term = m.node.term
-        h.revision = out.revision
+        m.header(resp.header, out.revision)
         w = out.watcher
         if out.events:
             if w is not None and w.prev_kv:

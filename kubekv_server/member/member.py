@@ -1,50 +1,51 @@
 """One kubekv member: its data directory, identity, stores and commit path, behind one API.
 
-The gRPC services call into a Member; it decides what is read locally and what
-becomes a log entry, and fills every response header the way etcd does.
+The gRPC services call into a Member, a facade over pieces with one job each:
+`bootstrap` (identity, join, publish), `reads` (read barrier, Range, read-only
+Txn), `proposals` (requests that become log entries, quota), `lease_leadership`,
+`reconfiguration`, `leadership` and `maintenance`. The Member owns the stores and
+the Raft node, starts and stops them, keeps the member list current after each
+applied batch, and fills every response header the way etcd does (`header`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextvars
-import json
 import logging
 import os
-import shutil
 import threading
 import time
 
-import grpc
-
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-from etcdproto.kubekvpb import internal_pb2
-from etcdproto.raftpb import raft_pb2
 from kubekv_raft.driver.lmdb_storage import LMDBStorage
-from kubekv_server import errors
-from kubekv_server.api.request_checks import etcd_entry_size
-from kubekv_server.apply.applier import Applier, mvcc_error
+from kubekv_server.apply.applier import Applier, BatchResult
 from kubekv_server.auth import AuthStore, password, token_provider
-from kubekv_server.backend import bbolt_import
-from kubekv_server.backend.alarms import list_alarms
-from kubekv_server.backend.state_db import Backend, decode_u64, encode_u64
-from kubekv_server.config.flags import Config, parse_urls
-from kubekv_server.kv.range import execute_range
-from kubekv_server.kv.txn import apply_txn, is_read_only
-from kubekv_server.lease import MAX_LEASE_TTL, LeaseStore, Lessor, min_lease_ttl
+from kubekv_server.backend.state_db import Backend
+from kubekv_server.config.flags import Config
+from kubekv_server.kv.txn import is_read_only
+from kubekv_server.lease import LeaseStore, Lessor, min_lease_ttl
 from kubekv_server.lease import forward as lease_forward
 from kubekv_server.lease.lessor import DEFAULT_CHECKPOINT_INTERVAL
 from kubekv_server.member import corruption, quota
 from kubekv_server.member.auto_compaction import REVISION_INTERVAL, AutoCompactor
-from kubekv_server.member.cluster_ids import cluster_id, member_id
+from kubekv_server.member.bootstrap import (
+    import_etcd_backend,
+    join_existing,
+    load_identity,
+    publish,
+)
 from kubekv_server.member.force_new_cluster import force_standalone
-from kubekv_server.member.membership import conf_change
-from kubekv_server.mvcc import CompactedError, FutureRevError, MVCCStore
+from kubekv_server.member.leadership import Leadership
+from kubekv_server.member.lease_leadership import LeaseLeadership, mirror_lease_changes
+from kubekv_server.member.loop_bridge import call_on_loop
+from kubekv_server.member.maintenance import Maintenance
+from kubekv_server.member.proposals import DEFAULT_QUOTA_BYTES, REQUEST_TIMEOUT, Proposer
+from kubekv_server.member.reads import Reads
+from kubekv_server.member.reconfiguration import Reconfiguration
+from kubekv_server.mvcc import MVCCStore
 from kubekv_server.mvcc.compactor import Compactor
-from kubekv_server.peer.peering import PROBE_INTERVAL, Peering, fetch_members
+from kubekv_server.peer.peering import Peering
 from kubekv_server.replication.raft_node import RaftNode
-from kubekv_server.rpc.context import call_principal
 from kubekv_server.watch import WatchHub
 from kubekv_server.watch.hub import DEFAULT_MAX_PENDING, RECENT_REVISIONS
 from kubekv_server.watch.sync import SyncThread
@@ -52,41 +53,11 @@ from kubekv_server.watch.sync import SyncThread
 log = logging.getLogger("kubekv.member")
 
 
-# Seconds a replaced (defragmented) state environment stays open for readers inside it.
-RETIRE_AFTER = 60.0
-
-
-def _retire(env, directory: str) -> None:
-    """Close and remove a state environment replaced by a defragmentation."""
-    try:
-        env.close()
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_exception(errors.TIMEOUT)
-
-# etcd's adjustTicks: how long a starting member looks for its peers (rafthttp's
-# ConnReadTimeout) and how often
-TICK_ADVANCE_WAIT = 5.0
-TICK_ADVANCE_POLL = 0.05
-
-# etcd's default quota when --quota-backend-bytes is 0 (2 GiB).
-DEFAULT_QUOTA_BYTES = 2 << 30
-SERVER_VERSION = "3.5.17"
-# etcd's request timeout: 5 s plus two election timeouts (1 s each by default).
-REQUEST_TIMEOUT = 7.0
-CLUSTER_VERSION = "3.5.0"
-
-
 class Member:
-    """The server side of a member: stores, identity, proposals, reads, headers."""
+    """The server side of a member: its stores and Raft node, and the API the services call."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self._restarted = False  # the data dir already held this member's state
         self.data_dir = os.path.abspath(cfg.data_dir)
         member_dir = os.path.join(self.data_dir, "member")
         # --unsafe-no-fsync: no fsync anywhere (etcd: "unsafe, will cause data loss")
@@ -98,7 +69,10 @@ class Member:
             os.path.join(member_dir, "log")
         self.storage = LMDBStorage(log_dir, fsync=fsync)
         self.password_iterations = password.iterations_for_flag(cfg.bcrypt_cost)
-        self.member_id, self.cluster_id, self.members = self._identity()
+        identity = load_identity(cfg, self.backend, self.storage)
+        self.member_id, self.cluster_id = identity.member_id, identity.cluster_id
+        self.members = identity.members
+        self._restarted = identity.restarted
         self.peering: Peering | None = None
         self.node: RaftNode | None = None
         # --experimental-enable-lease-checkpoint: every 5 minutes, as etcd (tests shorten it)
@@ -109,7 +83,8 @@ class Member:
         )
         self.auth = AuthStore(self.backend, token_provider(cfg), cfg.client_cert_auth,
                               applied_index=lambda: self.applier.applied_index)
-        self._imported = self._import_etcd_backend()
+        self._imported = import_etcd_backend(self.data_dir, self.backend, self.mvcc,
+                                             self.leases)
         self.applier = Applier(
             self.backend, self.mvcc, self.leases, auth=self.auth,
         )
@@ -120,95 +95,12 @@ class Member:
         recent = cfg.tuning.watch_recent_revisions or RECENT_REVISIONS
         self.watch_hub = WatchHub(self.mvcc, max_pending=max_pending, recent_revisions=recent)
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
-        self._db_size = self.backend.size_bytes()
         self._stopping = threading.Event()
         self.request_timeout = REQUEST_TIMEOUT
-        self._lease_term = 0  # the term in which this member's lessor was promoted
         self.on_removed = None  # called when this member is removed from the cluster
         # set once Raft runs (before a leader is known): etcd serves its metrics listener
         # from then on, while its client listeners wait for the member to be ready
         self.raft_started = asyncio.Event()
-
-    # ------------------------------------------------------------ identity
-
-    def _identity(self) -> tuple[int, int, list[dict]]:
-        """Read the member/cluster identity from the data dir, or bootstrap it from flags.
-
-        A member joining an existing cluster learns its identity in `start` instead.
-        """
-        stored = self.backend.get_meta(b"member_id")
-        if stored:
-            mid = decode_u64(stored)
-            cid = decode_u64(self.backend.get_meta(b"cluster_id"))
-            members = json.loads(self.backend.get_meta(b"members") or b"[]")
-            log.info("event=restart member_id=%x cluster_id=%x", mid, cid)
-            self._restarted = True
-            return mid, cid, members
-        cfg = self.cfg
-        if cfg.initial_cluster_state == "existing":
-            return 0, 0, []
-        token = cfg.initial_cluster_token
-        members = []
-        for name, urls in sorted(cfg.initial_cluster.items()):
-            m = {"id": member_id(urls, token), "name": name, "peerURLs": sorted(urls)}
-            m["clientURLs"] = list(cfg.advertise_client_urls) if name == cfg.name else []
-            m["isLearner"] = False
-            members.append(m)
-        mid = next(m["id"] for m in members if m["name"] == cfg.name)
-        cid = cluster_id(m["id"] for m in members)
-        bootstrap = [
-            raft_pb2.Entry(
-                term=1,
-                index=i + 1,
-                type=raft_pb2.EntryConfChange,
-                data=raft_pb2.ConfChange(
-                    type=raft_pb2.ConfChangeAddNode, node_id=m["id"],
-                    context=json.dumps(m).encode(),
-                ).SerializeToString(),
-            )
-            for i, m in enumerate(members)
-        ]
-        self.storage.append(bootstrap, raft_pb2.HardState(term=1, commit=len(bootstrap)))
-        cs = raft_pb2.ConfState(voters=sorted(m["id"] for m in members))
-        self.storage.set_conf_state(cs)
-        self._store_identity(mid, cid, members, cs)
-        log.info("event=bootstrap member_id=%x cluster_id=%x members=%d", mid, cid, len(members))
-        return mid, cid, members
-
-    def _import_etcd_backend(self) -> bool:
-        """A new member whose data dir holds an etcd backend (left by `etcdctl snapshot
-        restore` as member/snap/db) starts from that state instead of an empty one."""
-        path = os.path.join(self.data_dir, "member", "snap", "db")
-        if not os.path.exists(path) or self.mvcc.revisions()[0] > 1:
-            return False
-        rev = bbolt_import.load(path, self.backend.env, self.mvcc, self.leases, self.backend)
-        os.replace(path, path + ".imported")
-        log.info("event=imported_etcd_backend file=%s revision=%d", path, rev)
-        return True
-
-    def _store_identity(self, mid: int, cid: int, members: list[dict],
-                        cs: raft_pb2.ConfState) -> None:
-        with self.backend.env.begin(write=True) as txn:
-            meta = self.backend.meta
-            txn.put(b"member_id", encode_u64(mid), db=meta)
-            txn.put(b"cluster_id", encode_u64(cid), db=meta)
-            txn.put(b"members", json.dumps(members, sort_keys=True).encode(), db=meta)
-            txn.put(b"conf_state", cs.SerializeToString(), db=meta)
-
-    async def _join_existing(self) -> None:
-        """--initial-cluster-state existing: learn this member's id from the cluster."""
-        cid, members = await fetch_members(self.cfg)
-        mine = set(self.cfg.initial_advertise_peer_urls)
-        me = next((m for m in members if set(m["peerURLs"]) == mine), None)
-        if me is None:
-            raise SystemExit(
-                "kubekv: member with peer URLs "
-                f"{sorted(mine)} has not been added to the cluster (etcdctl member add first)"
-            )
-        self.member_id, self.cluster_id, self.members = me["id"], cid, members
-        # An empty log and no ConfState: the leader replicates the cluster's history.
-        self._store_identity(me["id"], cid, members, raft_pb2.ConfState())
-        log.info("event=joined_existing_cluster member_id=%x cluster_id=%x", me["id"], cid)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -218,7 +110,9 @@ class Member:
         self.loop = asyncio.get_running_loop()
         cfg = self.cfg
         if not self.member_id:
-            await self._join_existing()
+            identity = await join_existing(cfg, self.backend)
+            self.member_id, self.cluster_id = identity.member_id, identity.cluster_id
+            self.members = identity.members
         # Raft restarts from the membership as of the applied index (kept in the state db).
         self.storage.set_conf_state(self.applier.conf_state())
         if cfg.force_new_cluster and self._restarted:
@@ -242,13 +136,15 @@ class Member:
             snapshot_dir=os.path.join(self.data_dir, "member", "snap"),
             snapshot_count=cfg.snapshot_count,
         )
+        self._compose()
         self.node.on_snapshot_installed(self._snapshot_installed)
-        # after apply, on the loop (contract: raft_node.py); the lessor first, as the
-        # listeners after it (lease leadership) read it
-        self.node.add_listener(lambda result: self._lease_changes(result.lease_changes))
+        # after apply, on the loop (contract: replication/raft_node.py); the lessor first,
+        # as the listeners after it (lease leadership) read it
+        self.node.add_listener(
+            lambda result: mirror_lease_changes(self.lessor, result.lease_changes))
         self.node.add_listener(self._notify_watchers)
         self.node.add_listener(self._after_apply)
-        self.node.add_listener(self._lease_leadership)
+        self.node.add_listener(self.lease_leadership.on_applied)
         self.compactor.start()
         with self.backend.env.begin() as txn:
             self.lessor.restore(self.leases.all(txn))  # replayed entries then update it
@@ -257,7 +153,7 @@ class Member:
         self._lease_peer = lease_forward.LeasePeerServicer(self)
         self.lease_forwarder = lease_forward.LeaseForwarder(self.peering)
         await self.peering.start(
-            self.node.runner, lambda: self.members,
+            self.node.message_handler, lambda: self.members,
             services=[
                 lambda server: lease_forward.lp_grpc.add_LeasePeerServicer_to_server(
                     self._lease_peer, server),
@@ -269,10 +165,10 @@ class Member:
         )
         self.raft_started.set()
         if len(self.members) > 1:
-            self._tick_advance = asyncio.ensure_future(self._advance_election_ticks())
+            self._tick_advance = asyncio.ensure_future(self.leadership.advance_election_ticks())
         while not await self.node.wait_leader(5.0):
             log.warning("event=waiting_for_leader member_id=%x", self.member_id)
-        await self._publish()
+        await publish(cfg, self.node, self.member_id)
         if self.cfg.initial_corrupt_check:
             try:
                 await corruption.initial_check(self, self.request_timeout)
@@ -284,10 +180,7 @@ class Member:
         self.watch_hub.catch_up_revision()
         self._watch_sync = SyncThread(self.watch_hub)
         self._watch_sync.start()
-        self._lease_thread = threading.Thread(
-            target=self._expire_leases, name="kubekv-lessor", daemon=True
-        )
-        self._lease_thread.start()
+        self.lease_leadership.start()
         if self.cfg.auto_compaction_retention:
             AutoCompactor(
                 self.cfg.auto_compaction_mode, self.cfg.auto_compaction_retention,
@@ -300,114 +193,26 @@ class Member:
             corruption.CorruptionMonitor(self, self.cfg.corrupt_check_interval,
                                          self._stopping).start()
 
-    # ------------------------------------------------------------- leases
-
-    def is_leader(self) -> bool:
-        """The hook replication fills in: only the leader runs lease deadlines."""
-        return self.node.leader_id == self.member_id
-
-    def _lease_leadership(self, result=None) -> None:
-        """Loop thread (after each applied batch, and polled by the lessor thread): etcd
-        promotes the lessor once a new leader has applied an entry of its own term (so
-        every lease granted before the election is known), giving every lease its full
-        TTL plus one election timeout from now; a member that stopped leading demotes
-        (its leases then never expire until it leads again)."""
-        node = self.node
-        if node.is_leader():
-            term = node.term
-            if self._lease_term == term:
-                return
-            applied = result.applied_index if result is not None else self.applier.applied_index
-            if node.runner.node.raft.raft_log.term(applied) != term:
-                return
-            self._lease_term = term
-            self.lessor.promote(self.cfg.election_timeout_ms / 1000)
-            log.info("event=lessor_promoted term=%d leases=%d", term, len(self.lessor.ids()))
-        elif self._lease_term or self.lessor.primary:
-            self._lease_term = 0
-            self.lessor.demote()
-            log.info("event=lessor_demoted term=%d", node.term)
-
-    def _lease_changes(self, changes: list) -> None:
-        """Committer thread, after an apply batch commits: mirror grants and revocations."""
-        for change in changes:
-            if change[0] == "grant":
-                self.lessor.granted(change[1], change[2])
-            elif change[0] == "checkpoint":
-                self.lessor.checkpointed(change[1], change[2])
-            else:
-                self.lessor.revoked(change[1])
-
-    def _expire_leases(self) -> None:
-        """Leader only: propose the revocation of expired leases (etcd's revokeExpiredLeases,
-        every 500 ms at most 500 leases)."""
-        while not self._stopping.is_set():
-            # leadership may be lost without any apply: let the loop look (demotion)
-            self.loop.call_soon_threadsafe(self._lease_leadership)
-            if self.is_leader():
-                for lease_id in self.lessor.expired():
-                    try:
-                        self._propose_nowait("lease_revoke", pb.LeaseRevokeRequest(ID=lease_id))
-                    except errors.EtcdError:
-                        break
-                due = self.lessor.due_checkpoints()
-                if due:
-                    self.checkpoint_leases(due)
-            wait = min(max(self.lessor.next_deadline() - time.monotonic(), 0.05), 0.5)
-            self.lessor.wait_changed(wait)
-
-    def checkpoint_leases(self, checkpoints: list[tuple[int, int]]) -> None:
-        """Any thread: record leases' remaining TTLs through the log (etcd's lessor cp)."""
-        req = pb.LeaseCheckpointRequest(checkpoints=[
-            pb.LeaseCheckpoint(ID=i, remaining_TTL=ttl) for i, ttl in checkpoints])
-        try:
-            self._propose_nowait("lease_checkpoint", req)
-        except errors.EtcdError:
-            pass  # the next round checkpoints again
-
-    def _propose_nowait(self, field: str, request) -> None:
-        """Any thread: propose without waiting for the outcome."""
-        rid = self.node.next_id()
-        internal = internal_pb2.InternalRequest(id=rid)
-        getattr(internal, field).CopyFrom(request)
-        self.node.propose_threadsafe(rid, internal.SerializeToString())
-
-    def lease_grant(self, r: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:
-        if r.TTL > MAX_LEASE_TTL:
-            raise errors.LEASE_TTL_TOO_LARGE
-        if r.ID == 0:
-            r = pb.LeaseGrantRequest(TTL=r.TTL, ID=self._new_lease_id())
-        return self.propose("lease_grant", r)
-
-    def _new_lease_id(self) -> int:
-        while True:
-            lease_id = self.node.next_id() & ((1 << 63) - 1)
-            if lease_id and not self.lessor.exists(lease_id):
-                return lease_id
-
-    def lease_revoke(self, r: pb.LeaseRevokeRequest) -> pb.LeaseRevokeResponse:
-        return self.propose("lease_revoke", r)
-
-    def lease_renew(self, lease_id: int) -> int:
-        """KeepAlive (worker thread): the leader's renewed TTL, 0 when the lease is gone
-        (etcd answers TTL 0); a follower forwards to the leader (`lease/forward.py`)."""
-        return lease_forward.renew(self, lease_id)
-
-    def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
-        """Worker thread: the leader's view of the lease (forwarded from a follower)."""
-        resp = lease_forward.time_to_live(self, r)
-        self.header(resp.header, self.current_revision())
-        return resp
-
-    def lease_leases(self) -> pb.LeaseLeasesResponse:
-        resp = pb.LeaseLeasesResponse()
-        for lease_id in self.lessor.ids():
-            resp.leases.add(ID=lease_id)
-        self.header(resp.header, self.current_revision())
-        return resp
-
-    def _notify_watchers(self, result) -> None:
-        self.watch_hub.notify(result.events)
+    def _compose(self) -> None:
+        """The pieces behind the public API, once the Raft node exists; each gets only
+        what it needs (the member list as a function: each conf change replaces it)."""
+        cfg, node = self.cfg, self.node
+        members = lambda: self.members  # noqa: E731
+        election_timeout = cfg.election_timeout_ms / 1000
+        self.maintenance = Maintenance(self.member_id, node, self.backend, self.mvcc,
+                                       self.leases, self.auth, self.applier, self.compactor,
+                                       members)
+        self.proposer = Proposer(self.loop, node, self.member_id, cfg.max_request_bytes,
+                                 self.quota_bytes, self.backend.size_bytes, self.header)
+        self.reads = Reads(self.loop, node, self.mvcc, self.lease_exists, self.header)
+        self.lease_leadership = LeaseLeadership(
+            self.loop, node, self.lessor, self.proposer, lambda: self.applier.applied_index,
+            election_timeout, self._stopping)
+        self.reconfiguration = Reconfiguration(
+            self.member_id, node, self.peering, members, cfg.initial_cluster_token,
+            cfg.strict_reconfig_check)
+        self.leadership = Leadership(self.loop, self.member_id, node, self.peering, members,
+                                     election_timeout, self._stopping)
 
     async def stop(self) -> None:
         await self.transfer_leadership()
@@ -430,168 +235,14 @@ class Member:
         self.storage.close()
         self.backend.close()
 
-    # ------------------------------------------------------------- headers
+    # ---------------------------------------------------- apply listeners
 
-    def header(self, h: pb.ResponseHeader, revision: int | None = None) -> None:
-        """Fill a response header: cluster and member ids, raft term, revision."""
-        h.cluster_id = self.cluster_id
-        h.member_id = self.member_id
-        h.raft_term = self.node.term
-        if revision is not None:
-            h.revision = revision
+    def _notify_watchers(self, result: BatchResult) -> None:
+        self.watch_hub.notify(result.events)
 
-    def current_revision(self) -> int:
-        with self.mvcc.read() as r:
-            return r.current_revision
-
-    # --------------------------------------------------------------- reads
-
-    def read_barrier(self) -> asyncio.Future | None:
-        """Loop thread: what a linearizable read must wait for, or None to read at once.
-
-        A lone voter that leads answers writes only after applying them, so its
-        local state already holds every acknowledged write; otherwise the read
-        waits for a ReadIndex confirmed by a quorum to be applied here.
-        """
-        if self.node.is_leader() and self.node.lone_voter():
-            return None
-        return self.node.read_index()
-
-    def wait_linearizable(self) -> None:
-        """Worker threads: block until a local read is linearizable (see read_barrier)."""
-        self.blocking(self.read_barrier)
-
-    def range(self, r: pb.RangeRequest) -> pb.RangeResponse:
-        try:
-            with self.mvcc.read() as txn:
-                resp = execute_range(txn, r)
-        except (CompactedError, FutureRevError) as exc:
-            raise mvcc_error(exc) from None
-        self.header(resp.header)
-        return resp
-
-    def read_only_txn(self, r: pb.TxnRequest) -> pb.TxnResponse:
-        try:
-            with self.mvcc.read() as txn:
-                resp = apply_txn(txn, r, self.lease_exists)
-        except (CompactedError, FutureRevError) as exc:
-            raise mvcc_error(exc) from None
-        self.header(resp.header)
-        return resp
-
-    def alarms(self) -> list[pb.AlarmMember]:
-        with self.backend.env.begin() as txn:
-            return list_alarms(txn, self.backend.meta)
-
-    def lease_exists(self, lease_id: int) -> bool:
-        return self.lessor.exists(lease_id)
-
-    # -------------------------------------------------------------- writes
-
-    def _quota_exceeded(self, cost: int) -> asyncio.Future | None:
-        """etcd's quota check. Within quota: None. Over it: raise the NOSPACE alarm and
-        return a future that fails with NO_SPACE once the alarm is applied (as etcd does)."""
-        if cost == 0 or self._db_size + cost < self.quota_bytes:
-            return None
-        alarm = pb.AlarmRequest(
-            action=pb.AlarmRequest.ACTIVATE, memberID=self.member_id, alarm=pb.NOSPACE
-        )
-        out = self.loop.create_future()
-
-        def raised(_f: asyncio.Future) -> None:
-            if not out.done():
-                out.set_exception(errors.NO_SPACE)
-
-        self.propose_future("alarm", alarm).add_done_callback(raised)
-        return out
-
-    def _encode(self, field: str, request) -> tuple[int, bytes]:
-        rid = self.node.next_id()
-        internal = internal_pb2.InternalRequest(id=rid)
-        getattr(internal, field).CopyFrom(request)
-        caller = call_principal.get()
-        if caller is not None:  # a client's request: the applier checks its permissions
-            internal.auth.SetInParent()
-            internal.auth.username, internal.auth.revision = caller
-        data = internal.SerializeToString()
-        if etcd_entry_size(self.member_id, rid, len(data)) > self.cfg.max_request_bytes:
-            raise errors.REQUEST_TOO_LARGE
-        return rid, data
-
-    def propose_future(self, field: str, request, cost: int = 0,
-                       timeout: float = REQUEST_TIMEOUT) -> asyncio.Future:
-        """Loop thread: log a request; the future resolves to its response, header filled."""
-        if cost:
-            refused = self._quota_exceeded(cost)
-            if refused is not None:
-                return refused
-        rid, data = self._encode(field, request)
-        inner = self.node.propose(rid, data)
-        out = self.loop.create_future()
-        timer = self.loop.call_later(timeout, _expire, out)
-
-        def done(f: asyncio.Future) -> None:
-            timer.cancel()
-            if out.done():
-                return
-            exc = f.exception()
-            if exc is not None:
-                out.set_exception(exc)
-                return
-            resp = f.result()
-            self.header(resp.header)
-            out.set_result(resp)
-
-        inner.add_done_callback(done)
-        return out
-
-    def blocking(self, fn, *args, timeout: float = REQUEST_TIMEOUT + 1.0):
-        """Worker threads only: run fn(*args) on the loop; its result, or its future's."""
-        result: concurrent.futures.Future = concurrent.futures.Future()
-
-        def submit() -> None:
-            try:
-                out = fn(*args)
-            except BaseException as exc:
-                result.set_exception(exc)
-                return
-            if isinstance(out, asyncio.Future):
-                asyncio.futures._chain_future(out, result)  # noqa: SLF001 - stdlib's bridge
-            else:
-                result.set_result(out)
-
-        # in the caller's context, so that proposals keep the client's identity
-        self.loop.call_soon_threadsafe(submit, context=contextvars.copy_context())
-        try:
-            return result.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise errors.TIMEOUT from None
-
-    def propose(self, field: str, request, cost: int = 0, timeout: float = REQUEST_TIMEOUT):
-        """Worker threads only: log a request and block until its response (or a timeout)."""
-        return self.blocking(self.propose_future, field, request, cost, timeout)
-
-    def put(self, r: pb.PutRequest) -> asyncio.Future:
-        return self.propose_future("put", r, cost=quota.put_cost(r))
-
-    def delete_range(self, r: pb.DeleteRangeRequest) -> asyncio.Future:
-        return self.propose_future("delete_range", r)
-
-    def txn(self, r: pb.TxnRequest) -> pb.TxnResponse | asyncio.Future:
-        """Loop thread: a read-only txn is answered at once, a writing one with a future."""
-        if is_read_only(r):
-            return self.read_only_txn(r)
-        return self.propose_future("txn", r, cost=quota.txn_cost(r))
-
-    def compact(self, r: pb.CompactionRequest) -> pb.CompactionResponse:
-        resp = self.propose("compaction", r)
-        self.compactor.kick()
-        if r.physical:
-            self.compactor.wait_idle()
-        return resp
-
-    def _after_apply(self, result) -> None:
-        self._db_size = self.backend.size_bytes()  # for the quota check, once per batch
+    def _after_apply(self, result: BatchResult) -> None:
+        """Loop thread, after each applied batch: what the batch changed for this member."""
+        self.proposer.refresh_db_size()  # for the quota check, once per batch
         if result.compaction_scheduled:
             self.compactor.kick()
         if result.membership_changed:
@@ -621,305 +272,147 @@ class Member:
         self.watch_hub.restored()
         self.compactor.kick()
 
-    async def _advance_election_ticks(self) -> None:
-        """etcd's adjustTicks (--initial-election-tick-advance, on by default): once a
-        starting member of a multi-member cluster reaches its peers (etcd: more than one
-        active peer within rafthttp's 5 s ConnReadTimeout, polled every 50 ms), it lets
-        election-ticks - 2 ticks pass at once, so a fresh cluster elects within a few
-        ticks instead of a whole randomised election timeout. Only timing changes: a
-        member that campaigns early still needs a quorum's votes (and pre-votes, which
-        members that hear from a leader refuse), so Raft's safety is untouched."""
-        peers = [m["id"] for m in self.members if m["id"] != self.member_id]
-        channels = []
-        try:
-            for pid in peers:
-                urls = self.peering.peer_urls(pid)
-                if urls:
-                    channels.append(await self.peering.dial(urls[0]))
-            for _ in range(int(TICK_ADVANCE_WAIT / TICK_ADVANCE_POLL)):
-                await asyncio.sleep(TICK_ADVANCE_POLL)
-                if self._stopping.is_set() or self.node.leader_id != 0:
-                    return
-                active = sum(ch.get_state(try_to_connect=True)
-                             == grpc.ChannelConnectivity.READY for ch in channels)
-                if active > 1:
-                    ticks = max(0, self.node.election_ticks - 2)
-                    log.info('msg="initialized peer connections; fast-forwarding election '
-                             'ticks" local-member-id=%x forward-ticks=%d forward-duration=%dms '
-                             "election-ticks=%d active-remote-members=%d", self.member_id,
-                             ticks, ticks * self.cfg.heartbeat_interval_ms,
-                             self.node.election_ticks, active)
-                    self.node.runner.advance_ticks(ticks)
-                    return
-        finally:
-            for ch in channels:
-                await ch.close()
+    # ------------------------------------------------------------- headers
 
-    async def _publish(self) -> None:
-        """Propose this member's name and client URLs until the cluster has applied them."""
-        attrs = internal_pb2.MemberAttributes(
-            member_id=self.member_id, name=self.cfg.name,
-            client_urls=list(self.cfg.advertise_client_urls),
-        )
-        while True:
-            rid = self.node.next_id()
-            data = internal_pb2.InternalRequest(id=rid, member_attributes=attrs)
-            try:
-                await asyncio.wait_for(self.node.propose(rid, data.SerializeToString()),
-                                       REQUEST_TIMEOUT)
-                return
-            except (errors.EtcdError, asyncio.TimeoutError) as exc:
-                log.warning("event=publish_failed error=%r; retrying", exc)
-                await asyncio.sleep(0.5)
+    def header(self, h: pb.ResponseHeader, revision: int | None = None,
+               term: int | None = None) -> None:
+        """Fill a response header: cluster and member ids, raft term, revision. The one
+        place headers are filled; `term` is for a caller that keys a cache on it."""
+        h.cluster_id = self.cluster_id
+        h.member_id = self.member_id
+        h.raft_term = self.node.term if term is None else term
+        if revision is not None:
+            h.revision = revision
 
-    # ------------------------------------------------------------ defrag
+    def current_revision(self) -> int:
+        with self.mvcc.read() as r:
+            return r.current_revision
+
+    # --------------------------------------------------------------- reads
+
+    def read_barrier(self) -> asyncio.Future | None:
+        """Loop thread: what a linearizable read must wait for, or None to read at once."""
+        return self.reads.read_barrier()
+
+    def wait_linearizable(self) -> None:
+        """Worker threads: block until a local read is linearizable."""
+        self.reads.wait_linearizable()
+
+    def range(self, r: pb.RangeRequest) -> pb.RangeResponse:
+        return self.reads.range(r)
+
+    def read_only_txn(self, r: pb.TxnRequest) -> pb.TxnResponse:
+        return self.reads.read_only_txn(r)
+
+    def lease_exists(self, lease_id: int) -> bool:
+        return self.lessor.exists(lease_id)
+
+    # -------------------------------------------------------------- writes
+
+    def propose_future(self, field: str, request, cost: int = 0,
+                       timeout: float = REQUEST_TIMEOUT) -> asyncio.Future:
+        """Loop thread: log a request; the future resolves to its response, header filled."""
+        return self.proposer.propose_future(field, request, cost, timeout)
+
+    def propose(self, field: str, request, cost: int = 0, timeout: float = REQUEST_TIMEOUT):
+        """Worker threads only: log a request and block until its response (or a timeout)."""
+        return self.proposer.propose(field, request, cost, timeout)
+
+    def blocking(self, fn, *args, timeout: float = REQUEST_TIMEOUT + 1.0):
+        """Worker threads only: run fn(*args) on the loop; its result, or its future's."""
+        return call_on_loop(self.loop, fn, *args, timeout=timeout)
+
+    def put(self, r: pb.PutRequest) -> asyncio.Future:
+        return self.propose_future("put", r, cost=quota.put_cost(r))
+
+    def delete_range(self, r: pb.DeleteRangeRequest) -> asyncio.Future:
+        return self.propose_future("delete_range", r)
+
+    def txn(self, r: pb.TxnRequest) -> pb.TxnResponse | asyncio.Future:
+        """Loop thread: a read-only txn is answered at once, a writing one with a future."""
+        if is_read_only(r):
+            return self.read_only_txn(r)
+        return self.propose_future("txn", r, cost=quota.txn_cost(r))
+
+    def compact(self, r: pb.CompactionRequest) -> pb.CompactionResponse:
+        resp = self.propose("compaction", r)
+        self.compactor.kick()
+        if r.physical:
+            self.compactor.wait_idle()
+        return resp
+
+    # ------------------------------------------------------------- leases
+
+    def is_leader(self) -> bool:
+        """Whether this member leads (only the leader's lessor runs lease deadlines)."""
+        return self.node.leader_id == self.member_id
+
+    def checkpoint_leases(self, checkpoints: list[tuple[int, int]]) -> None:
+        """Any thread: record leases' remaining TTLs through the log (etcd's lessor cp)."""
+        self.lease_leadership.checkpoint(checkpoints)
+
+    def lease_grant(self, r: pb.LeaseGrantRequest) -> pb.LeaseGrantResponse:
+        return self.lease_leadership.grant(r)
+
+    def lease_revoke(self, r: pb.LeaseRevokeRequest) -> pb.LeaseRevokeResponse:
+        return self.lease_leadership.revoke(r)
+
+    def lease_renew(self, lease_id: int) -> int:
+        """KeepAlive (worker thread): the leader's renewed TTL, 0 when the lease is gone
+        (etcd answers TTL 0); a follower forwards to the leader (`lease/forward.py`)."""
+        return lease_forward.renew(self, lease_id)
+
+    def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:
+        """Worker thread: the leader's view of the lease (forwarded from a follower)."""
+        resp = lease_forward.time_to_live(self, r)
+        self.header(resp.header, self.current_revision())
+        return resp
+
+    def lease_leases(self) -> pb.LeaseLeasesResponse:
+        resp = pb.LeaseLeasesResponse()
+        for lease_id in self.lessor.ids():
+            resp.leases.add(ID=lease_id)
+        self.header(resp.header, self.current_revision())
+        return resp
+
+    # -------------------------------------------------------- maintenance
 
     async def defragment(self) -> None:
-        """Maintenance.Defragment: rewrite the state db compacted, giving space back.
-
-        Runs in the apply thread (no entry is applied meanwhile) with the compactor
-        paused; every store then uses the new environment. Readers still inside the
-        old one finish there; it is closed and removed a minute later.
-        """
-        await self.loop.run_in_executor(self.node._executor, self._defragment)  # noqa: SLF001
-
-    def _defragment(self) -> None:
-        with self.compactor.paused():
-            before = self.backend.size_bytes()
-            old_env, old_dir = self.backend.defragment()
-            self.mvcc.rebind(self.backend.env)
-            self.leases.rebind(self.backend)
-            self.auth.rebind(self.backend)
-            self._db_size = self.backend.size_bytes()
-        log.info("event=defragmented size_before=%d size_after=%d dir=%s",
-                 before, self._db_size, self.backend.path)
-        timer = threading.Timer(RETIRE_AFTER, _retire, args=(old_env, old_dir))
-        timer.daemon = True
-        timer.start()
-
-    # ----------------------------------------------------------- export
+        """Maintenance.Defragment (see `backend/defragment.py`)."""
+        await self.maintenance.defragment()
+        self.proposer.refresh_db_size()
 
     def export_snapshot(self) -> bytes:
         """The state as an etcd backend file (bbolt), for Maintenance.Snapshot. Any thread."""
-        from kubekv_server.backend import bbolt_export as bb
-        from kubekv_server.mvcc.meta import FINISHED_COMPACT_REV, SCHEDULED_COMPACT_REV
+        return self.maintenance.export_snapshot()
 
-        env = self.backend.env
-        with env.begin() as txn:
-            key_db = env.open_db(b"key", txn=txn, create=False)
-            meta = [(b"consistent_index", encode_u64(self.applier.applied_index))]
-            for name in (SCHEDULED_COMPACT_REV, FINISHED_COMPACT_REV):
-                v = txn.get(name, db=self.backend.meta)
-                if v is not None:
-                    meta.append((name, v))
-            buckets = {
-                b"key": list(txn.cursor(db=key_db)),
-                b"meta": meta,
-                b"lease": [(encode_u64(lid), bb.lease_value(lid, ttl))
-                           for lid, ttl in self.leases.all(txn)],
-                b"alarm": [(a.SerializeToString(), b"")
-                           for a in list_alarms(txn, self.backend.meta)],
-            }
-        buckets[b"members"] = [
-            (f"{m['id']:x}".encode(),
-             json.dumps({"id": m["id"], "peerURLs": m["peerURLs"],
-                         "isLearner": m["isLearner"]}).encode())
-            for m in self.members
-        ]
-        buckets[b"members_removed"] = []
-        buckets[b"cluster"] = [(b"clusterVersion", CLUSTER_VERSION.encode())]
-        buckets[b"auth"] = [(b"authEnabled", b"\x00"), (b"authRevision", encode_u64(1))]
-        buckets[b"authUsers"] = []
-        buckets[b"authRoles"] = []
-        return bb.build(buckets)
+    def status(self) -> pb.StatusResponse:
+        resp = self.maintenance.status()
+        self.header(resp.header, self.current_revision())
+        return resp
 
-    # --------------------------------------------------------- membership
+    def alarms(self) -> list[pb.AlarmMember]:
+        return self.maintenance.alarms()
 
-    def _connected_voters(self) -> set[int]:
-        """Voters this member can reach now (etcd's transport check before reconfiguring).
-
-        The leader knows who answered it within the last election timeout; a follower
-        counts the leader, itself, and every peer its transport has not failed to reach.
-        """
-        voters = {m["id"] for m in self.members if not m["isLearner"]}
-        if self.node.is_leader():
-            prs = self.node.runner.node.raft.prs.progress
-            return {self.member_id} | {
-                v for v in voters if v in prs and prs[v].recent_active
-            }
-        started = {self.member_id, self.node.leader_id}
-        t = self.peering.transport if self.peering is not None else None
-        for v in voters - started:
-            try:
-                st = t.status(v) if t is not None else None
-            except KeyError:
-                continue
-            probed = self.peering.last_probe_ok.get(v) if self.peering is not None else None
-            if (st is not None and (st.active or st.failures == 0)) or (
-                    probed is not None and time.monotonic() - probed < 3 * PROBE_INTERVAL):
-                started.add(v)
-        return started & voters
-
-    def _strict(self) -> bool:
-        return self.cfg.strict_reconfig_check
+    # ------------------------------------------------- membership, leadership
 
     async def member_add(self, peer_urls: list[str], is_learner: bool) -> dict:
-        """etcd's MemberAdd: a new member (voter or learner) with an ID from its URLs and time."""
-        try:
-            urls = parse_urls(",".join(peer_urls))
-        except ValueError:
-            raise errors.MEMBER_BAD_URLS from None
-        if not urls:
-            raise errors.MEMBER_BAD_URLS
-        for m in self.members:
-            if set(m["peerURLs"]) & set(urls):
-                raise errors.PEER_URL_EXISTS
-        if is_learner and sum(m["isLearner"] for m in self.members) >= 1:
-            raise errors.TOO_MANY_LEARNERS
-        if not is_learner and self._strict():
-            # etcd's IsReadyToAddVotingMember: "started" members are those that have
-            # published their name; a 1-member cluster may always grow to 2.
-            voters = [m for m in self.members if not m["isLearner"]]
-            n_members, n_started = len(voters) + 1, sum(1 for m in voters if m["name"])
-            if not (n_started == 1 and n_members == 2) and n_started < n_members // 2 + 1:
-                raise errors.MEMBER_NOT_ENOUGH_STARTED
-            if len(self._connected_voters()) < len(voters):
-                raise errors.UNHEALTHY
-        new_id = member_id(urls, self.cfg.initial_cluster_token, now=int(time.time()))
-        if any(m["id"] == new_id for m in self.members):
-            raise errors.MEMBER_EXIST
-        member = {"id": new_id, "name": "", "peerURLs": sorted(urls), "clientURLs": [],
-                  "isLearner": is_learner}
-        kind = raft_pb2.ConfChangeAddLearnerNode if is_learner else raft_pb2.ConfChangeAddNode
-        await self._conf_change(kind, new_id, member)
-        return member
+        return await self.reconfiguration.member_add(peer_urls, is_learner)
 
     async def member_remove(self, mid: int) -> None:
-        m = next((m for m in self.members if m["id"] == mid), None)
-        if m is None:
-            raise errors.MEMBER_NOT_FOUND
-        if self._strict() and not m["isLearner"]:
-            # etcd's IsReadyToRemoveVotingMember, then: removing an unreachable member is
-            # safe; otherwise the reachable rest must still form a quorum.
-            rest = [x for x in self.members if not x["isLearner"] and x["id"] != mid]
-            if sum(1 for x in rest if x["name"]) < len(rest) // 2 + 1:
-                raise errors.MEMBER_NOT_ENOUGH_STARTED
-            connected = self._connected_voters()
-            voters = len(rest) + 1
-            if mid in connected and len(connected) - 1 < 1 + (voters - 1) // 2:
-                raise errors.UNHEALTHY
-        await self._conf_change(raft_pb2.ConfChangeRemoveNode, mid, None)
+        await self.reconfiguration.member_remove(mid)
 
     async def member_update(self, mid: int, peer_urls: list[str]) -> None:
-        m = next((m for m in self.members if m["id"] == mid), None)
-        if m is None:
-            raise errors.MEMBER_NOT_FOUND
-        try:
-            urls = parse_urls(",".join(peer_urls))
-        except ValueError:
-            raise errors.MEMBER_BAD_URLS from None
-        for other in self.members:
-            if other["id"] != mid and set(other["peerURLs"]) & set(urls):
-                raise errors.PEER_URL_EXISTS
-        await self._conf_change(raft_pb2.ConfChangeUpdateNode, mid, dict(m, peerURLs=urls))
+        await self.reconfiguration.member_update(mid, peer_urls)
 
     async def member_promote(self, mid: int) -> None:
-        m = next((m for m in self.members if m["id"] == mid), None)
-        if m is None:
-            raise errors.MEMBER_NOT_FOUND
-        if not m["isLearner"]:
-            raise errors.MEMBER_NOT_LEARNER
-        if not self.node.is_leader():
-            raise errors.NOT_LEADER
-        progress = self.node.runner.node.raft.prs.progress.get(mid)
-        committed = self.node.commit_index
-        # etcd: a learner is ready once its match index is within 90% of the leader's.
-        if progress is None or progress.match < committed * 0.9:
-            raise errors.LEARNER_NOT_READY
-        await self._conf_change(raft_pb2.ConfChangeAddNode, mid, dict(m, isLearner=False))
-
-    async def _conf_change(self, kind: int, node_id: int, member: dict | None) -> None:
-        cc = conf_change(kind, node_id, member)
-        cc.id = self.node.next_id()
-        try:
-            await asyncio.wait_for(self.node.propose_conf_change(cc), REQUEST_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise errors.TIMEOUT from None
+        await self.reconfiguration.member_promote(mid)
 
     async def transfer_leadership(self) -> None:
-        """Before stopping, a leader hands over to its most up-to-date active voter, so
-        the cluster does not wait an election timeout for a new one (etcd's Stop →
-        TransferLeadership; a failure only delays the stop, as there)."""
-        node = getattr(self, "node", None)
-        if node is None or not node.is_leader():
-            return
-        voters = {m["id"] for m in self.members if not m["isLearner"]} - {self.member_id}
-        if not voters:
-            log.info('msg="skipped leadership transfer for single voting member cluster" '
-                     "local-member-id=%x", self.member_id)
-            return
-        prs = node.runner.node.raft.prs.progress
-        t = self.peering.transport if self.peering is not None else None
-
-        def connected(v: int) -> bool:  # etcd picks among peers its transport reaches
-            try:
-                return t is None or t.status(v).active
-            except KeyError:
-                return False
-
-        active = [v for v in voters if v in prs and prs[v].recent_active and connected(v)]
-        if not active:
-            log.warning('msg="leadership transfer failed" local-member-id=%x '
-                        'error="etcdserver: unhealthy cluster"', self.member_id)
-            return
-        transferee = max(active, key=lambda v: prs[v].match)
-        started = self.loop.time()
-        log.info('msg="leadership transfer starting" local-member-id=%x '
-                 "current-leader-member-id=%x transferee-member-id=%x",
-                 self.member_id, self.member_id, transferee)
-        try:
-            # Raft abandons a transfer after an election timeout, so waiting longer than
-            # two (etcd waits its whole 7 s request timeout) only delays the stop
-            await self.move_leader(transferee, 2 * self.cfg.election_timeout_ms / 1000)
-        except errors.EtcdError as exc:
-            log.warning('msg="leadership transfer failed" local-member-id=%x error=%r',
-                        self.member_id, exc.message)
-            return
-        log.info('msg="leadership transfer finished" local-member-id=%x '
-                 "old-leader-member-id=%x new-leader-member-id=%x took=%.3fs",
-                 self.member_id, self.member_id, transferee, self.loop.time() - started)
+        """Before stopping, a leader hands over to its most up-to-date active voter."""
+        if self.node is not None:
+            await self.leadership.transfer_on_stop()
 
     async def move_leader(self, target: int, timeout: float = REQUEST_TIMEOUT) -> None:
         """Maintenance.MoveLeader: only the leader may hand over, to a voter."""
-        if not self.node.is_leader():
-            raise errors.NOT_LEADER
-        voters = {m["id"] for m in self.members if not m["isLearner"]}
-        if target not in voters:
-            raise errors.BAD_LEADER_TRANSFEREE
-        if target == self.member_id:
-            return
-        self.node.runner.transfer_leadership(target)
-        deadline = self.loop.time() + timeout
-        while self.node.leader_id != target:
-            if self.loop.time() > deadline:
-                raise errors.TIMEOUT_LEADER_TRANSFER
-            await asyncio.sleep(0.01)
-
-    # ------------------------------------------------------------ status
-
-    def status(self) -> pb.StatusResponse:
-        resp = pb.StatusResponse(
-            version=SERVER_VERSION,
-            dbSize=self.backend.size_bytes(),
-            leader=self.node.leader_id,
-            raftIndex=self.node.commit_index,
-            raftTerm=self.node.term,
-            raftAppliedIndex=self.applier.applied_index,
-            dbSizeInUse=self.backend.in_use_bytes(),
-            isLearner=any(m["isLearner"] for m in self.members if m["id"] == self.member_id),
-        )
-        # etcd lists raised alarms in gogoproto's text form, e.g. "memberID:1 alarm:NOSPACE ".
-        for a in self.alarms():
-            resp.errors.append(f"memberID:{a.memberID} alarm:{pb.AlarmType.Name(a.alarm)} ")
-        self.header(resp.header, self.current_revision())
-        return resp
+        await self.leadership.move_leader(target, timeout)

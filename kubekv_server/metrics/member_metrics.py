@@ -71,7 +71,7 @@ class MemberMetrics:
               "The total number of consensus proposals applied.", lambda: m.node.applied_index)
         gauge("etcd_server_proposals_pending",
               "The current number of pending proposals to commit.",
-              lambda: len(m.node._futures))
+              lambda: m.node.pending_proposals)
         r.add(CounterFn("etcd_server_proposals_failed_total",
                         "The total number of failed proposals seen.",
                         fn=lambda: m.node.proposals_failed))

@@ -30,9 +30,11 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from etcdproto.raftpb import raft_pb2
 from kubekv_raft.core.errors import ProposalDroppedError
+from kubekv_raft.core.progress import Progress
 from kubekv_raft.core.raft import Config as RaftConfig
 from kubekv_raft.driver.runner import Runner
 from kubekv_server import errors
@@ -40,6 +42,7 @@ from kubekv_server.apply.applier import Applier, BatchResult
 from kubekv_server.replication.read_rounds import ReadRounds
 
 log = logging.getLogger("kubekv.raft")
+T = TypeVar("T")
 
 def request_id_of(data: bytes) -> bytes:
     """The varint bytes of InternalRequest.id (field 1), which leads every proposal."""
@@ -166,6 +169,40 @@ class RaftNode:
             return False
         voters = r.node.raft.prs.config.voters.ids()
         return voters == {self.member_id}
+
+    @property
+    def pending_proposals(self) -> int:
+        """Proposals waiting for their outcome (etcd_server_proposals_pending)."""
+        return len(self._futures)
+
+    def term_at(self, index: int) -> int:
+        """The term of the log entry at `index`, as Raft's log answers it (0 outside the
+        log; CompactedError for an entry compacted away)."""
+        return self.runner.node.raft.raft_log.term(index)
+
+    def progress_of(self, peer: int) -> Progress | None:
+        """The leader's view of `peer`'s replication (match index, recent activity), or
+        None for a peer Raft does not track."""
+        return self.runner.node.raft.prs.progress.get(peer)
+
+    @property
+    def message_handler(self) -> Runner:
+        """What the peer transport hands received messages and delivery reports to."""
+        return self.runner
+
+    # ------------------------------------------------------------ leadership
+
+    def advance_ticks(self, ticks: int) -> None:
+        """Let `ticks` election ticks pass at once (etcd's adjustTicks on startup)."""
+        self.runner.advance_ticks(ticks)
+
+    def transfer_leadership(self, target: int) -> None:
+        """Ask Raft to hand leadership to `target` (the leader only; Raft may abandon it)."""
+        self.runner.transfer_leadership(target)
+
+    async def run_in_apply_thread(self, fn: Callable[..., T], *args) -> T:
+        """fn(*args) in the thread that applies entries, so that none is applied meanwhile."""
+        return await self.loop.run_in_executor(self._executor, fn, *args)
 
     # ------------------------------------------------------------ lifecycle
 

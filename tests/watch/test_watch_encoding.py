@@ -10,8 +10,17 @@ from kubekv_server.api.watch import EventEncoder
 
 
 def _member(term: int = 7):
-    return SimpleNamespace(cluster_id=0xCDF818194E3A8C32, member_id=0x8E9E05C52164694D,
-                           node=SimpleNamespace(term=term))
+    m = SimpleNamespace(cluster_id=0xCDF818194E3A8C32, member_id=0x8E9E05C52164694D,
+                        node=SimpleNamespace(term=term))
+
+    def header(h, revision=None, term=None):  # as Member.header
+        h.cluster_id, h.member_id = m.cluster_id, m.member_id
+        h.raft_term = m.node.term if term is None else term
+        if revision is not None:
+            h.revision = revision
+
+    m.header = header
+    return m
 
 
 def _events():

@@ -1,0 +1,142 @@
+"""A member's identity and first steps: bootstrap from flags or restart from the data dir,
+join an existing cluster, import an etcd backend, and publish its attributes.
+
+The identity (member id, cluster id, members) lives in the state db's meta bucket;
+a new member of a new cluster also writes the bootstrap log: one ConfChange per
+initial member, committed at term 1, as etcd's bootstrap does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+from etcdproto.kubekvpb import internal_pb2
+from etcdproto.raftpb import raft_pb2
+from kubekv_raft.driver.lmdb_storage import LMDBStorage
+from kubekv_server import errors
+from kubekv_server.backend import bbolt_import
+from kubekv_server.backend.state_db import Backend, decode_u64, encode_u64
+from kubekv_server.config.flags import Config
+from kubekv_server.lease import LeaseStore
+from kubekv_server.member.cluster_ids import cluster_id, member_id
+from kubekv_server.member.proposals import REQUEST_TIMEOUT
+from kubekv_server.mvcc import MVCCStore
+from kubekv_server.peer.peering import fetch_members
+from kubekv_server.replication.raft_node import RaftNode
+
+log = logging.getLogger("kubekv.member")
+
+
+@dataclass
+class Identity:
+    """Who a member is: its id, its cluster's id and the members it knows of."""
+
+    member_id: int
+    cluster_id: int
+    members: list[dict]
+    restarted: bool = False  # the data dir already held this member's state
+
+
+def load_identity(cfg: Config, backend: Backend, storage: LMDBStorage) -> Identity:
+    """Read the member/cluster identity from the data dir, or bootstrap it from flags.
+
+    A member joining an existing cluster gets ids 0 here and learns its identity from
+    the cluster (`join_existing`) when it starts.
+    """
+    stored = backend.get_meta(b"member_id")
+    if stored:
+        mid = decode_u64(stored)
+        cid = decode_u64(backend.get_meta(b"cluster_id"))
+        members = json.loads(backend.get_meta(b"members") or b"[]")
+        log.info("event=restart member_id=%x cluster_id=%x", mid, cid)
+        return Identity(mid, cid, members, restarted=True)
+    if cfg.initial_cluster_state == "existing":
+        return Identity(0, 0, [])
+    token = cfg.initial_cluster_token
+    members = []
+    for name, urls in sorted(cfg.initial_cluster.items()):
+        m = {"id": member_id(urls, token), "name": name, "peerURLs": sorted(urls)}
+        m["clientURLs"] = list(cfg.advertise_client_urls) if name == cfg.name else []
+        m["isLearner"] = False
+        members.append(m)
+    mid = next(m["id"] for m in members if m["name"] == cfg.name)
+    cid = cluster_id(m["id"] for m in members)
+    bootstrap = [
+        raft_pb2.Entry(
+            term=1,
+            index=i + 1,
+            type=raft_pb2.EntryConfChange,
+            data=raft_pb2.ConfChange(
+                type=raft_pb2.ConfChangeAddNode, node_id=m["id"],
+                context=json.dumps(m).encode(),
+            ).SerializeToString(),
+        )
+        for i, m in enumerate(members)
+    ]
+    storage.append(bootstrap, raft_pb2.HardState(term=1, commit=len(bootstrap)))
+    cs = raft_pb2.ConfState(voters=sorted(m["id"] for m in members))
+    storage.set_conf_state(cs)
+    _store_identity(backend, mid, cid, members, cs)
+    log.info("event=bootstrap member_id=%x cluster_id=%x members=%d", mid, cid, len(members))
+    return Identity(mid, cid, members)
+
+
+def _store_identity(backend: Backend, mid: int, cid: int, members: list[dict],
+                    cs: raft_pb2.ConfState) -> None:
+    with backend.env.begin(write=True) as txn:
+        meta = backend.meta
+        txn.put(b"member_id", encode_u64(mid), db=meta)
+        txn.put(b"cluster_id", encode_u64(cid), db=meta)
+        txn.put(b"members", json.dumps(members, sort_keys=True).encode(), db=meta)
+        txn.put(b"conf_state", cs.SerializeToString(), db=meta)
+
+
+async def join_existing(cfg: Config, backend: Backend) -> Identity:
+    """--initial-cluster-state existing: learn this member's id from the cluster."""
+    cid, members = await fetch_members(cfg)
+    mine = set(cfg.initial_advertise_peer_urls)
+    me = next((m for m in members if set(m["peerURLs"]) == mine), None)
+    if me is None:
+        raise SystemExit(
+            "kubekv: member with peer URLs "
+            f"{sorted(mine)} has not been added to the cluster (etcdctl member add first)"
+        )
+    # An empty log and no ConfState: the leader replicates the cluster's history.
+    _store_identity(backend, me["id"], cid, members, raft_pb2.ConfState())
+    log.info("event=joined_existing_cluster member_id=%x cluster_id=%x", me["id"], cid)
+    return Identity(me["id"], cid, members)
+
+
+def import_etcd_backend(data_dir: str, backend: Backend, mvcc: MVCCStore,
+                        leases: LeaseStore) -> bool:
+    """A new member whose data dir holds an etcd backend (left by `etcdctl snapshot
+    restore` as member/snap/db) starts from that state instead of an empty one."""
+    path = os.path.join(data_dir, "member", "snap", "db")
+    if not os.path.exists(path) or mvcc.revisions()[0] > 1:
+        return False
+    rev = bbolt_import.load(path, backend.env, mvcc, leases, backend)
+    os.replace(path, path + ".imported")
+    log.info("event=imported_etcd_backend file=%s revision=%d", path, rev)
+    return True
+
+
+async def publish(cfg: Config, node: RaftNode, mid: int) -> None:
+    """Propose this member's name and client URLs until the cluster has applied them
+    (etcd's "published" step)."""
+    attrs = internal_pb2.MemberAttributes(
+        member_id=mid, name=cfg.name, client_urls=list(cfg.advertise_client_urls),
+    )
+    while True:
+        rid = node.next_id()
+        data = internal_pb2.InternalRequest(id=rid, member_attributes=attrs)
+        try:
+            await asyncio.wait_for(node.propose(rid, data.SerializeToString()),
+                                   REQUEST_TIMEOUT)
+            return
+        except (errors.EtcdError, asyncio.TimeoutError) as exc:
+            log.warning("event=publish_failed error=%r; retrying", exc)
+            await asyncio.sleep(0.5)
