@@ -18,6 +18,7 @@ from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server import errors
 from kubekv_server.apply.applier import BatchResult
 from kubekv_server.lease import MAX_LEASE_TTL, Lessor
+from kubekv_server.member import quota
 from kubekv_server.member.proposals import Proposer
 from kubekv_server.replication.raft_node import RaftNode
 
@@ -111,7 +112,8 @@ class LeaseLeadership:
             raise errors.LEASE_TTL_TOO_LARGE
         if r.ID == 0:
             r = pb.LeaseGrantRequest(TTL=r.TTL, ID=self._new_lease_id())
-        return self.proposer.propose("lease_grant", r)
+        # etcd's quotaLeaseServer: a grant costs leaseOverhead against the backend quota
+        return self.proposer.propose("lease_grant", r, cost=quota.LEASE_OVERHEAD)
 
     def _new_lease_id(self) -> int:
         while True:
