@@ -20,6 +20,7 @@ from etcdproto.etcdserverpb import rpc_pb2
 from etcdproto.v3electionpb import v3election_pb2
 from etcdproto.v3lockpb import v3lock_pb2
 from kubekv_server.api.auth import AuthService
+from kubekv_server.api.auth_gate import AuthGate
 from kubekv_server.api.cluster import ClusterService
 from kubekv_server.api.election import ElectionService
 from kubekv_server.api.kv import KVService
@@ -27,17 +28,16 @@ from kubekv_server.api.lease import LeaseService
 from kubekv_server.api.lock import LockService
 from kubekv_server.api.maintenance import MaintenanceService
 from kubekv_server.api.watch import WatchService
-from kubekv_server.auth.gate import AuthGate
 from kubekv_server.config.flags import Config
 from kubekv_server.http.access_control import AccessController, hostname
 from kubekv_server.http.gateway import CORS_HEADERS, Gateway
 from kubekv_server.http.health import HealthEndpoints
+from kubekv_server.log_limit import RateLimitedLog
 from kubekv_server.member.member import REQUEST_TIMEOUT, Member
 from kubekv_server.member.versions import CLUSTER_VERSION, SERVER_VERSION
 from kubekv_server.metrics.member_metrics import MemberMetrics
 from kubekv_server.rpc.context import request_tls
 from kubekv_server.rpc.http1 import Http1Protocol
-from kubekv_server.rpc.log_limit import RateLimitedLog
 from kubekv_server.rpc.server import RpcServer
 from kubekv_server.tls.client import client_cert_check, client_ssl_context, load_crl
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-from kubekv_server.auth.gate import watch_denied
+from kubekv_server.api.auth_gate import watch_denied
 from kubekv_server.watch import Response, Stream, WatchHub
 from kubekv_server.watch.hub import INVALID_WATCH_ID
 

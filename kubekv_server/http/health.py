@@ -34,7 +34,7 @@ from http import HTTPStatus
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server import errors
-from kubekv_server.rpc.log_limit import RateLimitedLog
+from kubekv_server.log_limit import RateLimitedLog
 
 log = logging.getLogger("kubekv.health")
 _limited = RateLimitedLog(log)

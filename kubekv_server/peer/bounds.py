@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_server.rpc.log_limit import RateLimitedLog
+from kubekv_server.log_limit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

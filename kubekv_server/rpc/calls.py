@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
+from kubekv_server.log_limit import RateLimitedLog, client_key, short_error
 from kubekv_server.rpc import frames as f
 from kubekv_server.rpc import grpc_messages as gm
 from kubekv_server.rpc.context import (
@@ -36,7 +37,6 @@ from kubekv_server.rpc.context import (
     call_principal,
     status_number,
 )
-from kubekv_server.rpc.log_limit import RateLimitedLog, client_key, short_error
 
 log = logging.getLogger("kubekv.rpc")
 # malformed requests: a line per client per interval, never a flood

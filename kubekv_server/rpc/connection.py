@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from kubekv_server.log_limit import RateLimitedLog, client_key
 from kubekv_server.rpc import frames as f
 from kubekv_server.rpc import http2, limits
 from kubekv_server.rpc.calls import Call, Method
 from kubekv_server.rpc.context import AbortError, status_number
 from kubekv_server.rpc.grpc_messages import unknown_method_status
 from kubekv_server.rpc.http2_plain import PlainRequest
-from kubekv_server.rpc.log_limit import RateLimitedLog, client_key
 
 log = logging.getLogger("kubekv.rpc")
 violations = RateLimitedLog(log)

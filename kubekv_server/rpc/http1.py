@@ -15,8 +15,8 @@ from email.utils import formatdate
 
 import h11
 
+from kubekv_server.log_limit import RateLimitedLog, client_key, short_error
 from kubekv_server.rpc.context import request_tls
-from kubekv_server.rpc.log_limit import RateLimitedLog, client_key, short_error
 
 log = logging.getLogger("kubekv.http")
 _limited = RateLimitedLog(log)

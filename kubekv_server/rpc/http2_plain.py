@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from kubekv_server.log_limit import RateLimitedLog, client_key, short_error
 from kubekv_server.rpc import frames as f
 from kubekv_server.rpc.calls import Call
 from kubekv_server.rpc.context import request_tls
 from kubekv_server.rpc.http1 import STREAM_HIGH_WATER, response_fields
-from kubekv_server.rpc.log_limit import RateLimitedLog, client_key, short_error
 
 log = logging.getLogger("kubekv.http")
 failures = RateLimitedLog(log)

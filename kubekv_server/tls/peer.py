@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kubekv_server.rpc.log_limit import RateLimitedLog, client_key
+from kubekv_server.log_limit import RateLimitedLog, client_key
 
 log = logging.getLogger(__name__)
 

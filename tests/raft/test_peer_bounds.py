@@ -23,6 +23,7 @@ from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.core.raft import Config
 from kubekv_raft.core.storage import MemoryStorage
 from kubekv_raft.driver.runner import MAX_PEER_INBOX, Runner
+from kubekv_server.log_limit import RateLimitedLog
 from kubekv_server.peer import bounds, snapshot_files
 from kubekv_server.peer.bounds import MAX_BATCH_MESSAGES, peer_server_options
 from kubekv_server.peer.call_guard import (
@@ -32,7 +33,6 @@ from kubekv_server.peer.call_guard import (
     stop_peer_server,
 )
 from kubekv_server.peer.receiver import RaftPeerServicer
-from kubekv_server.rpc.log_limit import RateLimitedLog
 
 CID = 0xC1C1
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from kubekv_server.rpc.log_limit import RateLimitedLog, client_key, short_error
+from kubekv_server.log_limit import RateLimitedLog, client_key, short_error
 
 
 class Clock:

@@ -296,5 +296,5 @@ def test_the_server_still_serves_and_logged_no_traceback(servers):
         assert server.kv.Range(pb.RangeRequest(key=b"raw/after"), timeout=10).count == 1
     log = servers["kubekv"].log_path.read_text()
     assert "Traceback" not in log
-    # dozens of refused calls from one client: one log line (rpc/log_limit.py)
+    # dozens of refused calls from one client: one log line (kubekv_server/log_limit.py)
     assert log.count("event=grpc_request_refused") == 1
