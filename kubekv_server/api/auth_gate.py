@@ -3,7 +3,7 @@
 `AuthGate(method path, request, context)` resolves the caller (token or client
 certificate; "invalid auth token" here), makes the checks etcd makes in its API
 layer, and returns the caller's AuthInfo, which the RPC layer binds to the call
-(`rpc.context.call_principal`) so that every proposal the handler makes carries
+(`auth/caller.py`) so that every proposal the handler makes carries
 it into the log. Checks etcd makes when applying (writes, admin-only requests,
 UserGet/RoleGet) run in the applier with that AuthInfo, on every member.
 

@@ -121,23 +121,3 @@ def check_txn(r: pb.TxnRequest, max_txn_ops: int) -> None:
     check_txn_ops(r, max_txn_ops)
     _check_intervals(r.success)
     _check_intervals(r.failure)
-
-
-# ------------------------------------------------------ request size limit
-
-
-def _varint_len(n: int) -> int:
-    return max(1, (n.bit_length() + 6) // 7)
-
-
-def etcd_entry_size(member_id: int, request_id: int, entry_len: int) -> int:
-    """The size etcd's log entry would have for a kubekv entry of entry_len bytes.
-
-    --max-request-bytes limits etcd's InternalRaftRequest: the request plus a
-    header (field 100) holding an id made of the member id's low 16 bits and 48
-    bits of time and count. kubekv's InternalRequest carries request_id (field 1)
-    instead, so sizes are translated to refuse exactly what etcd refuses.
-    """
-    etcd_id = ((member_id & 0xFFFF) << 48) | (1 << 47)
-    ours = 1 + _varint_len(request_id) if request_id else 0
-    return entry_len - ours + 4 + _varint_len(etcd_id)

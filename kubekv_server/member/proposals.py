@@ -15,10 +15,9 @@ from collections.abc import Callable
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.kubekvpb import internal_pb2
 from kubekv_server import errors
-from kubekv_server.api.request_checks import etcd_entry_size
+from kubekv_server.auth.caller import call_principal
 from kubekv_server.member.loop_bridge import call_on_loop
 from kubekv_server.replication.raft_node import RaftNode
-from kubekv_server.rpc.context import call_principal
 
 # etcd's request timeout: 5 s plus two election timeouts (1 s each by default).
 REQUEST_TIMEOUT = 7.0
@@ -117,3 +116,20 @@ class Proposer:
         internal = internal_pb2.InternalRequest(id=rid)
         getattr(internal, field).CopyFrom(request)
         self.node.propose_threadsafe(rid, internal.SerializeToString())
+
+
+def _varint_len(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def etcd_entry_size(member_id: int, request_id: int, entry_len: int) -> int:
+    """The size etcd's log entry would have for a kubekv entry of entry_len bytes.
+
+    --max-request-bytes limits etcd's InternalRaftRequest: the request plus a
+    header (field 100) holding an id made of the member id's low 16 bits and 48
+    bits of time and count. kubekv's InternalRequest carries request_id (field 1)
+    instead, so sizes are translated to refuse exactly what etcd refuses.
+    """
+    etcd_id = ((member_id & 0xFFFF) << 48) | (1 << 47)
+    ours = 1 + _varint_len(request_id) if request_id else 0
+    return entry_len - ours + 4 + _varint_len(etcd_id)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
+from kubekv_server.auth.caller import call_principal
 from kubekv_server.log_limit import RateLimitedLog, client_key, short_error
 from kubekv_server.rpc import frames as f
 from kubekv_server.rpc import grpc_messages as gm
@@ -34,7 +35,6 @@ from kubekv_server.rpc.context import (
     AbortError,
     Deferred,
     RpcContext,
-    call_principal,
     status_number,
 )
 

@@ -8,10 +8,6 @@ from collections.abc import Callable
 
 import grpc
 
-# Who makes the current call, as the server's gate resolved it (for kubekv: the caller's
-# auth.AuthInfo). Bound while the call's handler runs, on whatever thread runs it, so that
-# code far from the RPC (a proposal to the log) can record it without threading it through.
-call_principal: contextvars.ContextVar = contextvars.ContextVar("call_principal", default=None)
 # For plain HTTP handlers: whether the request came over TLS (etcd checks --host-whitelist
 # only for requests that did not).
 request_tls: contextvars.ContextVar = contextvars.ContextVar("request_tls", default=False)

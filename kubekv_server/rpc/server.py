@@ -61,7 +61,7 @@ class RpcServer:
         self.guard = guard
         # gate(method path, request or None for streams, context) -> principal: runs before
         # every handler; raising refuses the call, the principal is bound to the handler
-        # (rpc.context.call_principal)
+        # (auth/caller.py's call_principal)
         self.gate = gate
         # seconds a connection may take to send its HTTP/2 preface and SETTINGS
         self.preface_timeout = limits.PREFACE_TIMEOUT
