@@ -39,6 +39,15 @@ def _current_dir(base: str) -> str:
     return os.path.join(os.path.dirname(base), name)
 
 
+def _fsync_dir(directory: str) -> None:
+    """Make a directory's entries (files created or renamed in it) durable."""
+    fd = os.open(directory or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_pointer(base: str, directory: str) -> None:
     """Durably point `base.current` at `directory` (write, fsync, rename, fsync dir)."""
     tmp = base + ".current.tmp"
@@ -47,11 +56,7 @@ def _write_pointer(base: str, directory: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, base + ".current")
-    fd = os.open(os.path.dirname(base) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_dir(os.path.dirname(base))
 
 
 class Backend:
@@ -112,6 +117,13 @@ class Backend:
         self.env.copy(new_dir, compact=True)
         env = self._open(new_dir)
         dbs = {name: env.open_db(name, create=True, **self._db_flags[name]) for name in self._dbs}
+        if self.fsync:
+            # LMDB's copy writes the new file without syncing it: make the copy and its
+            # directory entries durable before the pointer moves to it, or a power cut
+            # leaves the pointer naming a file whose pages never reached the disk (found
+            # by tests/crash/test_power_loss.py)
+            env.sync(True)
+            _fsync_dir(new_dir)
         _write_pointer(self.base, new_dir)
         old_env, old_dir = self.env, self.path
         self.env, self._dbs, self.path = env, dbs, new_dir
