@@ -14,20 +14,26 @@ The model:
   renames) and are readable at once, through read(2) and mmap alike. fsync(2) or fdatasync(2)
   on any descriptor of the file writes all of its dirty pages and its size to `backing`;
   so does every write on a descriptor opened with O_SYNC or O_DSYNC (LMDB opens its meta
-  page descriptor that way unless MDB_NOMETASYNC). A cut loses, for each file, everything
-  written since its last sync, and its size returns to the synced size. LMDB with
-  writemap=False (how kubekv opens both of its environments) writes with pwrite and syncs
-  with fdatasync, so this covers it; msync(2) of a writable mapping is not modelled
-  (FUSE sees it only as page write-back, not as a sync).
+  page descriptor that way unless MDB_NOMETASYNC; the kernel also sends FUSE an fsync,
+  which has no range, after such a write, so the whole file is synced, not just the
+  range). A cut loses, for each file, everything written since its last sync, and its
+  size returns to the synced size. LMDB with writemap=False (how kubekv opens both of
+  its environments) writes with pwrite and syncs with fdatasync, so this covers it;
+  msync(MS_SYNC) of a shared mapping reaches FUSE as page write-back then an fsync, so
+  it is covered too. Dirty mmap pages the kernel has not yet written back are lost.
 - Metadata (not modelled, durable at once): creating, renaming, unlinking and linking files,
   making and removing directories, truncate, chmod/chown/utimes go straight to `backing`
   and survive a cut, as if every directory were fsynced after each change (fsync on a
   directory is accepted and does nothing). A cut therefore never loses a file's name, only
   its unsynced contents: a file created and written but never fsynced comes back empty, and
   a rename of a never-synced file comes back as the renamed, empty (or older) file. Real
-  filesystems can also lose the name; this one does not test that. Truncating applies at
-  once to the synced size too (LMDB does not truncate its files while running).
-- Torn writes and reordering inside one sync are not modelled: a sync is atomic here.
+  filesystems can also lose the name; this one does not test that. Truncating (also by
+  open with O_TRUNC) applies at once to the synced size too (LMDB does not truncate its
+  files while running).
+- Partial loss: by default a cut drops every unsynced write. `power_cut(writeback=f)`
+  first writes a random fraction f of the dirty pages to `backing`, as the kernel's
+  write-back may have done before the power went (in any order, whole pages). Torn pages
+  are not modelled, and a sync is atomic here.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
+import random
 import shutil
 import signal
 import subprocess
@@ -43,6 +50,8 @@ import threading
 import time
 
 PAGE = 4096
+PENDING_XATTR = "user.lazyfs.pending"
+WRITEBACK_XATTR = "user.lazyfs.writeback"
 _SYNC_FLAGS = os.O_SYNC | os.O_DSYNC
 
 
@@ -62,13 +71,18 @@ def unavailable() -> str | None:
 
 
 class _Pending:
-    """The unsynced state of one file: dirty pages and the size it has until the next sync."""
+    """The unsynced state of one file: dirty pages and the size it has until the next sync,
+    with a descriptor of its own on the backing file (for a write-back after it is closed)."""
 
-    __slots__ = ("pages", "size")
+    __slots__ = ("fd", "pages", "size")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = os.dup(fd)
         self.pages: dict[int, bytearray] = {}
         self.size = size
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def _operations(backing: str):  # type: ignore[no-untyped-def]
@@ -99,7 +113,10 @@ def _operations(backing: str):  # type: ignore[no-untyped-def]
             except PermissionError:  # e.g. a read-only file opened for reading
                 fd = os.open(self._path(path), flags & ~(_SYNC_FLAGS | os.O_APPEND))
             with self.mutex:
-                self.handles[fd] = (os.fstat(fd).st_ino, bool(flags & _SYNC_FLAGS))
+                ino = os.fstat(fd).st_ino
+                self.handles[fd] = (ino, bool(flags & _SYNC_FLAGS))
+                if flags & os.O_TRUNC and ino in self.pending:  # as truncate(): at once
+                    self.pending.pop(ino).close()
             return fd
 
         def open(self, path: str, flags: int) -> int:
@@ -141,7 +158,7 @@ def _operations(backing: str):  # type: ignore[no-untyped-def]
                 ino, synced = self.handles[fh]
                 p = self.pending.get(ino)
                 if p is None:
-                    p = self.pending[ino] = _Pending(os.fstat(fh).st_size)
+                    p = self.pending[ino] = _Pending(fh, os.fstat(fh).st_size)
                 pos, view = offset, memoryview(data)
                 while view:
                     index, start = divmod(pos, PAGE)
@@ -164,6 +181,7 @@ def _operations(backing: str):  # type: ignore[no-untyped-def]
                     os.pwrite(fd, p.pages[index][:p.size - start], start)
             if os.fstat(fd).st_size != p.size:
                 os.ftruncate(fd, p.size)
+            p.close()
 
         def fsync(self, path: str, datasync: int, fh: int) -> int:
             with self.mutex:
@@ -205,7 +223,9 @@ def _operations(backing: str):  # type: ignore[no-untyped-def]
         def _forget(self, ino: int) -> None:
             """Drop the unsynced state of a file that no name or descriptor reaches any more."""
             if not any(i == ino for i, _ in self.handles.values()):
-                self.pending.pop(ino, None)
+                p = self.pending.pop(ino, None)
+                if p is not None:
+                    p.close()
 
         # ------------------------------------------------------------ metadata (pass-through)
 
@@ -279,6 +299,31 @@ def _operations(backing: str):  # type: ignore[no-untyped-def]
                 raise FuseOSError(errno.EACCES)
             return 0
 
+        def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+            """`user.lazyfs.pending` of the root: "<files> <bytes>" not yet synced."""
+            if path == "/" and name == PENDING_XATTR:
+                with self.mutex:
+                    ps = [p for p in self.pending.values() if p.pages]
+                    dirty = sum(len(p.pages) for p in ps) * PAGE
+                return f"{len(ps)} {dirty}".encode()
+            raise FuseOSError(errno.ENODATA)
+
+        def setxattr(self, path: str, name: str, value: bytes, options: int,
+                     position: int = 0) -> int:
+            """`user.lazyfs.writeback` = b"<seed> <fraction>" on the root: persist that
+            fraction of the dirty pages, chosen at random, without syncing anything."""
+            if path != "/" or name != WRITEBACK_XATTR:
+                raise FuseOSError(errno.ENOTSUP)
+            seed, fraction = value.split()
+            rng = random.Random(int(seed))
+            with self.mutex:
+                for p in self.pending.values():
+                    for index in sorted(p.pages):
+                        start = index * PAGE
+                        if start < p.size and rng.random() < float(fraction):
+                            os.pwrite(p.fd, p.pages[index][:p.size - start], start)
+            return 0
+
         def statfs(self, path: str) -> dict:
             sv = os.statvfs(self._path(path))
             return {k: getattr(sv, k) for k in (
@@ -298,6 +343,8 @@ class LazyFS:
         self.log_path = log_path or self.mountpoint.with_name(self.mountpoint.name + ".fuse.log")
         self.proc: subprocess.Popen | None = None
         self.cuts = 0
+        self.lost_files = 0  # summed over the cuts: files that had unsynced data, and its size
+        self.lost_bytes = 0
 
     def mount(self, timeout: float = 20.0) -> LazyFS:
         self.backing.mkdir(parents=True, exist_ok=True)
@@ -335,8 +382,21 @@ class LazyFS:
                 continue
         raise RuntimeError(f"could not unmount {self.mountpoint}")
 
-    def power_cut(self) -> None:
-        """Lose every unsynced write (SIGKILL the daemon, drop the mount) and mount again."""
+    def pending(self) -> tuple[int, int]:
+        """(files, bytes in dirty pages) written and not yet synced: what a cut would lose."""
+        files, dirty = os.getxattr(self.mountpoint, PENDING_XATTR).split()
+        return int(files), int(dirty)
+
+    def power_cut(self, writeback: float = 0.0, seed: int = 0) -> None:
+        """Lose the unsynced writes (SIGKILL the daemon, drop the mount) and mount again.
+
+        With `writeback`, that fraction of the dirty pages (chosen by `seed`) reaches the
+        disk first, as if the kernel had written them back before the power went."""
+        if writeback:
+            os.setxattr(self.mountpoint, WRITEBACK_XATTR, f"{seed} {writeback}".encode())
+        files, dirty = self.pending()
+        self.lost_files += files
+        self.lost_bytes += dirty
         self.kill()
         self.cuts += 1
         self.mount()

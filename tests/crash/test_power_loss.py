@@ -81,8 +81,15 @@ def test_lazyfs_drops_unsynced_data_and_keeps_synced_data(lazy_mounts):
         f.flush()
         os.fsync(f.fileno())
     os.rename(mnt / "renamed.tmp", mnt / "renamed")
+    with open(mnt / "truncated", "wb") as f:
+        f.write(b"old")
+        f.flush()
+        os.fsync(f.fileno())
+    with open(mnt / "truncated", "wb") as f:  # O_TRUNC is durable at once, "new" is not
+        f.write(b"new")
     assert (mnt / "synced").read_bytes()[:12] == b"keptLOSTkept"  # unsynced data is readable
     assert (mnt / "dir" / "unsynced").read_bytes() == b"gone"
+    assert fs.pending() == (3, 4 * 4096)  # "unsynced", "truncated", two pages of "synced"
 
     fs.power_cut()
 
@@ -91,6 +98,26 @@ def test_lazyfs_drops_unsynced_data_and_keeps_synced_data(lazy_mounts):
     assert (mnt / "dsync").read_bytes() == b"each write is synced"
     assert (mnt / "renamed").read_bytes() == b"moved"
     assert not (mnt / "renamed.tmp").exists()
+    assert (mnt / "truncated").read_bytes() == b""
+    assert (fs.lost_files, fs.lost_bytes) == (3, 4 * 4096)
+
+
+def test_lazyfs_writeback_before_a_cut(lazy_mounts):
+    """power_cut(writeback=f) persists a random fraction f of the unsynced pages first."""
+    fs = lazy_mounts("disk")
+    pages = [bytes([i]) * 4096 for i in range(1, 65)]
+    for name in ("all", "some"):
+        with open(fs.mountpoint / name, "wb") as f:
+            f.write(b"".join(pages))
+    fs.power_cut(writeback=1.0)
+    assert (fs.mountpoint / "all").read_bytes() == b"".join(pages)
+    with open(fs.mountpoint / "some", "r+b") as f:
+        f.write(b"\xff" * 4096 * 64)
+    fs.power_cut(writeback=0.5, seed=7)
+    got = (fs.mountpoint / "some").read_bytes()
+    kept = [got[i * 4096:(i + 1) * 4096] for i in range(64)]
+    assert all(page in (b"\xff" * 4096, old) for page, old in zip(kept, pages, strict=True))
+    assert 8 < sum(page == b"\xff" * 4096 for page in kept) < 56
 
 
 def test_lazyfs_under_lmdb(lazy_mounts):
@@ -147,7 +174,9 @@ def power_loss_rounds(tmp_path: pathlib.Path, fs: LazyFS, rounds: int, seed: int
             proc.kill()
             stop.set()
             join_writers(ws)
-            fs.power_cut()
+            # mostly lose everything unsynced; sometimes part of it reached the disk already
+            fs.power_cut(writeback=rng.choice([0.0, 0.0, rng.random()]),
+                         seed=rng.randrange(1 << 30))
             proc.start()
             history.verify(proc.kv, ws, proc.maintenance)
             if compacted:
@@ -173,10 +202,12 @@ def join_writers(ws: list[Writer]) -> None:
 
 
 def test_power_loss_during_concurrent_writes(tmp_path, lazy_mounts):
-    history = power_loss_rounds(tmp_path, lazy_mounts("disk"), rounds=8, seed=seed_from_env())
-    assert len(history.rounds) >= 4, history.rounds
+    disk = lazy_mounts("disk")
+    history = power_loss_rounds(tmp_path, disk, rounds=14, seed=seed_from_env())
+    assert len(history.rounds) >= 6, history.rounds
     assert sum(r["acked"] for r in history.rounds) > 100, history.rounds
     assert history.hash_checks >= 1, "HashKV of recovered history was never compared"
+    assert disk.lost_bytes > 0, "no cut found unsynced data to drop"
 
 
 @pytest.mark.soak
@@ -202,7 +233,7 @@ def test_power_loss_with_unsafe_no_fsync_is_detected(tmp_path, lazy_mounts):
 
 def cluster_power_loss_rounds(tmp_path: pathlib.Path, lazy_mounts, rounds: int, seed: int,
                               writers: int = 4, max_run: float = 0.8,
-                              budget: float = 40.0) -> tuple[History, int]:
+                              budget: float = 40.0) -> tuple[History, int, int]:
     """Each round cuts the power of one member (sometimes the one written to) mid-writes,
     restarts it, and checks the store and that HashKV agrees across the members."""
     rng = random.Random(seed)
@@ -230,7 +261,8 @@ def cluster_power_loss_rounds(tmp_path: pathlib.Path, lazy_mounts, rounds: int, 
             ws = history.start_writers(target.endpoint, rng.randrange(1 << 30), stop)
             time.sleep(rng.uniform(0.1, max_run))
             cluster.kill9(victim)
-            disks[victim.name].power_cut()
+            disks[victim.name].power_cut(writeback=rng.choice([0.0, rng.random()]),
+                                         seed=rng.randrange(1 << 30))
             if target is not victim:
                 time.sleep(rng.uniform(0.0, 0.3))  # writes go on while the member is down
             stop.set()
@@ -255,20 +287,21 @@ def cluster_power_loss_rounds(tmp_path: pathlib.Path, lazy_mounts, rounds: int, 
         raise AssertionError(f"seed={seed} round={rnd}: {exc}\n{tails}") from exc
     finally:
         cluster.close()
-    return history, hashes
+    return history, hashes, sum(d.lost_bytes for d in disks.values())
 
 
 def test_power_loss_of_one_member_of_three(tmp_path, lazy_mounts):
-    history, hashes = cluster_power_loss_rounds(tmp_path, lazy_mounts, rounds=6,
-                                                seed=seed_from_env())
+    history, hashes, lost = cluster_power_loss_rounds(tmp_path, lazy_mounts, rounds=6,
+                                                      seed=seed_from_env())
     assert hashes >= 3, history.rounds
+    assert lost > 0, "no cut found unsynced data to drop"
     assert sum(r["acked"] for r in history.rounds) > 50, history.rounds
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(1800)
 def test_power_loss_of_one_member_of_three_soak(tmp_path, lazy_mounts):
-    history, hashes = cluster_power_loss_rounds(tmp_path, lazy_mounts, rounds=80,
-                                                seed=seed_from_env(), writers=8,
-                                                max_run=2.0, budget=1500)
+    history, hashes, _ = cluster_power_loss_rounds(tmp_path, lazy_mounts, rounds=80,
+                                                   seed=seed_from_env(), writers=8,
+                                                   max_run=2.0, budget=1500)
     assert hashes == 80
