@@ -426,8 +426,8 @@ def main(argv: list[str]) -> None:
 
     backing, mountpoint = argv
     # direct_io stays off: LMDB maps its files, and FUSE maps only through the page cache
-    mfusepy.FUSE(_operations(os.path.abspath(backing)), mountpoint, foreground=True,
-                 allow_other=True, default_permissions=True)
+    # (the servers run as the user who mounts, so no allow_other, which needs fuse.conf)
+    mfusepy.FUSE(_operations(os.path.abspath(backing)), mountpoint, foreground=True)
 
 
 if __name__ == "__main__":
