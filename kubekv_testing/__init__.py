@@ -8,4 +8,6 @@
   partitions), on 127.0.0.1 only.
 - `pki`: throwaway CAs, certificates, keys and CRLs for TLS and JWT tests (no `openssl`
   command-line tool needed).
+- `lazyfs`: a FUSE filesystem that keeps written data in memory until it is fsynced and
+  loses it at a simulated power cut (needs /dev/fuse, libfuse3 and mfusepy).
 """

@@ -1,0 +1,351 @@
+"""Power loss under concurrent writes: what was not fsynced is gone when the server restarts.
+
+The data dirs live on LazyFS mounts (kubekv_testing/lazyfs.py): a FUSE filesystem that
+keeps written data in memory until the file is fsynced and drops it on a power cut. Each
+round starts writers (tests/crash/workload.py), SIGKILLs the server at a random moment,
+cuts the power of its filesystem, restarts it on the same data dir and checks the store
+against what the clients saw: acknowledged writes survive at their revision, a Txn is
+whole or absent, revisions have no gaps and continue right after the recovered one. Some
+cuts let a random part of the unsynced pages reach the disk first (kernel write-back).
+The single member's log is compacted often (--snapshot-count), so recovery rests on the
+synced state db. The 3-member variant cuts one member at a time and checks that HashKV
+agrees across members once it has caught up (from the log; by snapshot too in the soak
+variant). kill -9 alone (test_kill9.py) cannot catch a missing fsync: the kernel keeps
+what a killed process wrote; here it is lost. Two strict xfails record what the cuts
+found: --unsafe-no-fsync comes back as a fresh cluster, and a cut right after Defragment
+loses the state db.
+
+A failure names its seed; rerun it with KUBEKV_CRASH_SEED=<seed>.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+import threading
+import time
+
+import grpc
+import pytest
+
+from etcdproto.etcdserverpb import rpc_pb2 as pb
+from kubekv_testing.lazyfs import LazyFS, unavailable
+from tests.cluster.cluster_harness import Cluster, wait_for
+from tests.harness import ServerProcess, kubekv_process
+
+from .workload import PREFIX, RPC_TIMEOUT, History, Writer
+
+COMPACTED = "etcdserver: mvcc: required revision has been compacted"
+
+pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
+
+
+def seed_from_env() -> int:
+    return int(os.environ.get("KUBEKV_CRASH_SEED") or random.randrange(1 << 32))
+
+
+@pytest.fixture
+def lazy_mounts(tmp_path):
+    """lazy_mounts(name) -> a mounted LazyFS at tmp_path/name; all unmounted after the test."""
+    made: list[LazyFS] = []
+
+    def mount(name: str) -> LazyFS:
+        fs = LazyFS(tmp_path / f"{name}.disk", tmp_path / name, tmp_path / f"{name}.fuse.log")
+        made.append(fs.mount())
+        return fs
+
+    yield mount
+    for fs in made:
+        fs.unmount()
+
+
+# ------------------------------------------------------------ the filesystem itself
+
+
+def test_lazyfs_drops_unsynced_data_and_keeps_synced_data(lazy_mounts):
+    """Otherwise the power-loss tests below could not fail."""
+    fs = lazy_mounts("disk")
+    mnt = fs.mountpoint
+    (mnt / "dir").mkdir()
+    with open(mnt / "dir" / "unsynced", "wb") as f:
+        f.write(b"gone")
+    with open(mnt / "synced", "wb") as f:
+        f.write(b"kept" * 2000)
+        f.flush()
+        os.fdatasync(f.fileno())
+        f.seek(4)
+        f.write(b"LOST")  # overwrites part of a synced page, then grows the file
+        f.seek(0, os.SEEK_END)
+        f.write(b"tail")
+    fd = os.open(mnt / "dsync", os.O_WRONLY | os.O_CREAT | os.O_DSYNC)
+    os.write(fd, b"each write is synced")
+    os.close(fd)
+    with open(mnt / "renamed.tmp", "wb") as f:
+        f.write(b"moved")
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(mnt / "renamed.tmp", mnt / "renamed")
+    with open(mnt / "truncated", "wb") as f:
+        f.write(b"old")
+        f.flush()
+        os.fsync(f.fileno())
+    with open(mnt / "truncated", "wb") as f:  # O_TRUNC is durable at once, "new" is not
+        f.write(b"new")
+    assert (mnt / "synced").read_bytes()[:12] == b"keptLOSTkept"  # unsynced data is readable
+    assert (mnt / "dir" / "unsynced").read_bytes() == b"gone"
+    assert fs.pending() == (3, 4 * 4096)  # "unsynced", "truncated", two pages of "synced"
+
+    fs.power_cut()
+
+    assert (mnt / "dir" / "unsynced").read_bytes() == b"", "unsynced data survived a cut"
+    assert (mnt / "synced").read_bytes() == b"kept" * 2000, "synced data changed at a cut"
+    assert (mnt / "dsync").read_bytes() == b"each write is synced"
+    assert (mnt / "renamed").read_bytes() == b"moved"
+    assert not (mnt / "renamed.tmp").exists()
+    assert (mnt / "truncated").read_bytes() == b""
+    assert (fs.lost_files, fs.lost_bytes) == (3, 4 * 4096)
+
+
+def test_lazyfs_writeback_before_a_cut(lazy_mounts):
+    """power_cut(writeback=f) persists a random fraction f of the unsynced pages first."""
+    fs = lazy_mounts("disk")
+    pages = [bytes([i]) * 4096 for i in range(1, 65)]
+    for name in ("all", "some"):
+        with open(fs.mountpoint / name, "wb") as f:
+            f.write(b"".join(pages))
+    fs.power_cut(writeback=1.0)
+    assert (fs.mountpoint / "all").read_bytes() == b"".join(pages)
+    with open(fs.mountpoint / "some", "r+b") as f:
+        f.write(b"\xff" * 4096 * 64)
+    fs.power_cut(writeback=0.5, seed=7)
+    got = (fs.mountpoint / "some").read_bytes()
+    kept = [got[i * 4096:(i + 1) * 4096] for i in range(64)]
+    assert all(page in (b"\xff" * 4096, old) for page, old in zip(kept, pages, strict=True))
+    assert 8 < sum(page == b"\xff" * 4096 for page in kept) < 56
+
+
+def test_lazyfs_under_lmdb(lazy_mounts):
+    """LMDB maps its files through the page cache of the mount; its commits survive a cut
+    as its sync flags promise (kubekv's state db: metasync off, so the last commit may go)."""
+    import lmdb
+
+    fs = lazy_mounts("disk")
+    envs = {"log": dict(sync=True, metasync=True), "state": dict(sync=True, metasync=False),
+            "nosync": dict(sync=False, metasync=False)}
+    for name, flags in envs.items():
+        env = lmdb.open(str(fs.mountpoint / name), map_size=1 << 30, writemap=False, **flags)
+        for i in range(100):
+            with env.begin(write=True) as txn:
+                txn.put(b"k%03d" % i, b"v" * (i * 100))
+        with env.begin() as txn:
+            assert txn.get(b"k099") == b"v" * 9900
+        env.close()
+    fs.power_cut()
+    counts = {}
+    for name in envs:
+        env = lmdb.open(str(fs.mountpoint / name), map_size=1 << 30)
+        with env.begin() as txn:
+            counts[name] = txn.stat()["entries"]
+        env.close()
+    assert counts["log"] == 100
+    assert counts["state"] in (99, 100)
+    assert counts["nosync"] == 0
+
+
+# ------------------------------------------------------------ one member
+
+
+def power_loss_rounds(tmp_path: pathlib.Path, fs: LazyFS, rounds: int, seed: int,
+                      flags: tuple[str, ...] = (), writers: int = 6, max_run: float = 0.8,
+                      budget: float = 45.0) -> History:
+    """Write, SIGKILL, cut the power, restart, verify; `rounds` times or until `budget`."""
+    rng = random.Random(seed)
+    proc = kubekv_process(fs.mountpoint, *flags)
+    proc.log_path = tmp_path / "kubekv.log"  # not on the mount: a cut would eat it
+    history = History(writers)
+    deadline = time.monotonic() + budget
+    compacted = 0
+    rnd = 0
+    try:
+        proc.start()
+        for rnd in range(rounds):
+            if time.monotonic() > deadline:
+                break
+            stop = threading.Event()
+            ws = history.start_writers(proc.endpoint, rng.randrange(1 << 30), stop)
+            time.sleep(rng.uniform(0.0, 0.05) if rng.random() < 0.2 else
+                       rng.uniform(0.1, max_run))
+            proc.kill()
+            stop.set()
+            join_writers(ws)
+            # mostly lose everything unsynced; sometimes part of it reached the disk already
+            fs.power_cut(writeback=rng.choice([0.0, 0.0, rng.random()]),
+                         seed=rng.randrange(1 << 30))
+            proc.start()
+            history.verify(proc.kv, ws, proc.maintenance)
+            if compacted:
+                with pytest.raises(grpc.RpcError) as err:
+                    proc.kv.Range(pb.RangeRequest(key=PREFIX, revision=compacted - 1))
+                assert err.value.details() == COMPACTED, "an acknowledged compaction was lost"
+            history.probe(proc.kv, b"after power cut %d" % rnd)
+            if rng.random() < 0.3:
+                compacted = history.revision
+                proc.kv.Compact(pb.CompactionRequest(revision=compacted), timeout=RPC_TIMEOUT)
+    except Exception as exc:  # name the seed whatever failed (a check, a restart, an RPC)
+        raise AssertionError(f"seed={seed} round={rnd} cuts={fs.cuts}: {exc}\n"
+                             f"--- server log tail ---\n{proc.log_tail(30)}") from exc
+    finally:
+        proc.stop()
+    return history
+
+
+def join_writers(ws: list[Writer]) -> None:
+    for w in ws:
+        w.join(RPC_TIMEOUT + 5)
+        assert not w.is_alive(), f"writer {w.writer} hung after the kill"
+
+
+def test_power_loss_during_concurrent_writes(tmp_path, lazy_mounts):
+    disk = lazy_mounts("disk")
+    # a small --snapshot-count compacts the log, so recovery cannot replay everything
+    history = power_loss_rounds(tmp_path, disk, rounds=14, seed=seed_from_env(),
+                                flags=("--snapshot-count", "100"))
+    assert len(history.rounds) >= 6, history.rounds
+    assert sum(r["acked"] for r in history.rounds) > 100, history.rounds
+    assert history.hash_checks >= 1, "HashKV of recovered history was never compared"
+    assert disk.lost_bytes > 0, "no cut found unsynced data to drop"
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1800)
+def test_power_loss_soak(tmp_path, lazy_mounts):
+    history = power_loss_rounds(tmp_path, lazy_mounts("disk"), rounds=120,
+                                seed=seed_from_env(), flags=("--snapshot-count", "1000"),
+                                writers=12, max_run=2.0, budget=1500)
+    assert len(history.rounds) == 120
+
+
+@pytest.mark.xfail(strict=True, reason="issue 12: refuse to start on a data dir whose log "
+                                       "and state cannot be reconciled")
+def test_power_loss_with_unsafe_no_fsync_is_detected(tmp_path, lazy_mounts):
+    """With --unsafe-no-fsync nothing reaches the disk: after a cut the member comes back
+    as a fresh empty cluster at revision 1 instead of refusing to start, and the
+    acknowledged writes are silently gone. The check of the other tests sees it."""
+    power_loss_rounds(tmp_path, lazy_mounts("disk"), rounds=2, seed=seed_from_env(),
+                      flags=("--unsafe-no-fsync",), budget=20)
+
+
+@pytest.mark.xfail(strict=True, reason="Backend.defragment points base.current at an LMDB "
+                                       "copy that was never fsynced (env.copy does not sync)")
+def test_power_loss_right_after_defragment(tmp_path, lazy_mounts):
+    """Defragment, then a power cut before the next commit: the new state db's pages were
+    never synced, the pointer to it was, and the log no longer holds what it lost (the
+    server comes back bootstrapping and fails: "state.commit 1 is out of range")."""
+    disk = lazy_mounts("disk")
+    proc = kubekv_process(disk.mountpoint, "--snapshot-count", "20")  # the log is compacted
+    proc.log_path = tmp_path / "kubekv.log"
+    history = History(writers=4)
+    try:
+        proc.start()
+        stop = threading.Event()
+        ws = history.start_writers(proc.endpoint, 1, stop)
+        time.sleep(1.0)
+        stop.set()
+        join_writers(ws)
+        proc.maintenance.Defragment(pb.DefragmentRequest(), timeout=RPC_TIMEOUT)
+        proc.kill()
+        disk.power_cut()
+        proc.start()
+        history.verify(proc.kv, ws, proc.maintenance)
+    except Exception as exc:
+        raise AssertionError(f"{exc}\n--- server log tail ---\n{proc.log_tail(5)}") from exc
+    finally:
+        proc.stop()
+
+
+# ------------------------------------------------------------ three members
+
+
+def cluster_power_loss_rounds(tmp_path: pathlib.Path, lazy_mounts, rounds: int, seed: int,
+                              flags: tuple[str, ...] = (), writers: int = 4,
+                              max_run: float = 0.8, budget: float = 40.0
+                              ) -> tuple[History, int, int]:
+    """Each round cuts the power of one member (sometimes the one written to) mid-writes,
+    restarts it, and checks the store and that HashKV agrees across the members."""
+    rng = random.Random(seed)
+    cluster = Cluster(tmp_path / "cluster", 3, extra_flags=flags)
+    (tmp_path / "cluster").mkdir()
+    disks: dict[str, LazyFS] = {}
+    initial = ",".join(f"{m.name}={m.peer_url}" for m in cluster.members)
+    for m in cluster.members:  # each member on its own disk, so a cut hits one of them
+        disks[m.name] = lazy_mounts(m.name)
+        m.data_dir = disks[m.name].mountpoint / f"{m.name}.kubekv"
+        m.argv = m.command(initial, "new")
+    history = History(writers)
+    deadline = time.monotonic() + budget
+    hashes = 0
+    rnd = 0
+    try:
+        cluster.start()
+        for rnd in range(rounds):
+            if time.monotonic() > deadline:
+                break
+            victim = rng.choice(cluster.members)
+            target: ServerProcess = (victim if rng.random() < 0.4 else
+                                     rng.choice([m for m in cluster.members if m is not victim]))
+            stop = threading.Event()
+            ws = history.start_writers(target.endpoint, rng.randrange(1 << 30), stop)
+            time.sleep(rng.uniform(0.1, max_run))
+            cluster.kill9(victim)
+            disks[victim.name].power_cut(writeback=rng.choice([0.0, rng.random()]),
+                                         seed=rng.randrange(1 << 30))
+            if target is not victim:  # writes go on while the member is down; long enough,
+                time.sleep(rng.uniform(0.0, 1.5))  # it may need a snapshot to catch up
+            stop.set()
+            join_writers(ws)
+            cluster.restart(victim)
+            cluster.wait_converged(timeout=60)
+            history.verify(target.kv, ws, target.maintenance)
+            history.probe(target.kv, b"after power cut %d of %s" % (rnd, victim.name.encode()))
+            revision = history.revision
+            wait_for(lambda r=revision: all(m.status().header.revision >= r
+                                            for m in cluster.members),
+                     30, f"every member at revision {revision}")
+            got = {m.name: m.hash_kv(revision) for m in cluster.members}
+            if len({(h.hash, h.compact_revision) for h in got.values()}) != 1:
+                raise AssertionError(f"HashKV at revision {revision} differs after power cut of "
+                                     f"{victim.name}: " + ", ".join(
+                                         f"{n}={h.hash:#x}/{h.compact_revision}"
+                                         for n, h in got.items()))
+            hashes += 1
+    except Exception as exc:
+        tails = "\n".join(f"--- {m.name} log tail ---\n{m.log_tail(15)}" for m in cluster.members)
+        raise AssertionError(f"seed={seed} round={rnd}: {exc}\n{tails}") from exc
+    finally:
+        cluster.close()
+    return history, hashes, sum(d.lost_bytes for d in disks.values())
+
+
+def test_power_loss_of_one_member_of_three(tmp_path, lazy_mounts):
+    """The member back from a cut catches up from the leader's log (the default
+    --snapshot-count keeps it); the soak variant also catches up by snapshot."""
+    history, hashes, lost = cluster_power_loss_rounds(tmp_path, lazy_mounts, rounds=6,
+                                                      seed=seed_from_env())
+    assert hashes >= 3, history.rounds
+    assert lost > 0, "no cut found unsynced data to drop"
+    assert sum(r["acked"] for r in history.rounds) > 50, history.rounds
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1800)
+def test_power_loss_of_one_member_of_three_soak(tmp_path, lazy_mounts):
+    """With a small --snapshot-count a member back from a cut often needs a snapshot.
+    Known failure (found here): a lagging member that takes its own snapshot while a
+    received one waits to be installed deletes the received file
+    (state_snapshot.prune removes every *.snap) and then stops applying for good."""
+    history, hashes, _ = cluster_power_loss_rounds(tmp_path, lazy_mounts, rounds=80,
+                                                   seed=seed_from_env(),
+                                                   flags=("--snapshot-count", "100"),
+                                                   writers=8, max_run=2.0, budget=1500)
+    assert hashes == 80
