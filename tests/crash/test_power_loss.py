@@ -11,9 +11,10 @@ The single member's log is compacted often (--snapshot-count), so recovery rests
 synced state db. The 3-member variant cuts one member at a time and checks that HashKV
 agrees across members once it has caught up (from the log; by snapshot too in the soak
 variant). kill -9 alone (test_kill9.py) cannot catch a missing fsync: the kernel keeps
-what a killed process wrote; here it is lost. Two strict xfails record what the cuts
-found: --unsafe-no-fsync comes back as a fresh cluster, and a cut right after Defragment
-loses the state db.
+what a killed process wrote; here it is lost. The cuts found two bugs: a cut right after
+Defragment lost the state db (fixed: the copy is synced before the pointer moves), and
+--unsafe-no-fsync comes back as a fresh cluster (a strict xfail until issue 12 refuses
+to start on a data dir whose log and state cannot be reconciled).
 
 A failure names its seed; rerun it with KUBEKV_CRASH_SEED=<seed>.
 """
@@ -236,12 +237,11 @@ def test_power_loss_with_unsafe_no_fsync_is_detected(tmp_path, lazy_mounts):
                       flags=("--unsafe-no-fsync",), budget=20)
 
 
-@pytest.mark.xfail(strict=True, reason="Backend.defragment points base.current at an LMDB "
-                                       "copy that was never fsynced (env.copy does not sync)")
 def test_power_loss_right_after_defragment(tmp_path, lazy_mounts):
-    """Defragment, then a power cut before the next commit: the new state db's pages were
-    never synced, the pointer to it was, and the log no longer holds what it lost (the
-    server comes back bootstrapping and fails: "state.commit 1 is out of range")."""
+    """Defragment, then a power cut before the next commit. Before the fix the new state
+    db's pages were never synced while the pointer to it was, and the log no longer held
+    what it lost (the server came back bootstrapping and failed: "state.commit 1 is out
+    of range")."""
     disk = lazy_mounts("disk")
     proc = kubekv_process(disk.mountpoint, "--snapshot-count", "20")  # the log is compacted
     proc.log_path = tmp_path / "kubekv.log"
