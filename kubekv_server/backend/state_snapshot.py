@@ -67,10 +67,10 @@ def path_of(data: bytes) -> str | None:
 
 
 def prune(directory: str, keep: str) -> None:
-    """Remove older snapshot files (the one being kept stays)."""
-    for path in glob.glob(os.path.join(directory, f"{PREFIX}*{SUFFIX}")) + glob.glob(
-        os.path.join(directory, "*.snap")
-    ):
+    """Remove this member's older snapshot files (the one being kept stays). Snapshots
+    received from a leader are not ours to remove here: one may still wait to be
+    installed (the peer port removes those an installed snapshot made stale)."""
+    for path in glob.glob(os.path.join(directory, f"{PREFIX}*{SUFFIX}")):
         if os.path.abspath(path) != os.path.abspath(keep):
             try:
                 os.remove(path)

@@ -417,6 +417,7 @@ class RaftNode:
     def _create_snapshot(self, index: int, compact_all: bool = False) -> None:
         """Executor thread (no apply runs meanwhile): the state as of `index`, durable first."""
         from kubekv_server.backend import state_snapshot
+        from kubekv_server.peer.snapshot_files import remove_older_snapshots
 
         term = self.storage.term(index)
         self.backend.sync()
@@ -426,6 +427,9 @@ class RaftNode:
         if compact_to > self.storage.first_index():
             self.storage.compact(compact_to)
         state_snapshot.prune(self.snapshot_dir, keep=path)
+        # received snapshots below our own are stale (Raft refuses them now); a newer one
+        # may be waiting for install and must stay (a power-loss run found it deleted)
+        remove_older_snapshots(self.snapshot_dir, index)
         self._snap_index = index
         log.info("event=snapshot_created index=%d term=%d compacted_to=%d file=%s",
                  index, term, max(compact_to, 0), path)

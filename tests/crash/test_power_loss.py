@@ -341,9 +341,9 @@ def test_power_loss_of_one_member_of_three(tmp_path, lazy_mounts):
 @pytest.mark.timeout(1800)
 def test_power_loss_of_one_member_of_three_soak(tmp_path, lazy_mounts):
     """With a small --snapshot-count a member back from a cut often needs a snapshot.
-    Known failure (found here): a lagging member that takes its own snapshot while a
-    received one waits to be installed deletes the received file
-    (state_snapshot.prune removes every *.snap) and then stops applying for good."""
+    This found a lagging member that took its own snapshot while a received one waited
+    to be installed deleting the received file, then never applying again (fixed:
+    prune leaves received snapshots to the peer port's stale-file cleanup)."""
     history, hashes, _ = cluster_power_loss_rounds(tmp_path, lazy_mounts, rounds=80,
                                                    seed=seed_from_env(),
                                                    flags=("--snapshot-count", "100"),
