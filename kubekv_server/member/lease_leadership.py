@@ -2,7 +2,7 @@
 proposals that grant and revoke leases.
 
 Only the leader's lessor runs deadlines (etcd's primary lessor); followers forward
-KeepAlive and TimeToLive to it (`lease/forward.py`). Every member's lessor mirrors
+KeepAlive and TimeToLive to it (`peer/lease_forward.py`). Every member's lessor mirrors
 the leases the applier grants and revokes.
 """
 

@@ -24,7 +24,7 @@ from kubekv_server.backend.state_db import Backend
 from kubekv_server.config.flags import Config
 from kubekv_server.kv.txn import is_read_only
 from kubekv_server.lease import LeaseStore, Lessor, min_lease_ttl
-from kubekv_server.lease import forward as lease_forward
+from kubekv_server.peer import lease_forward
 from kubekv_server.lease.lessor import DEFAULT_CHECKPOINT_INTERVAL
 from kubekv_server.member import corruption, quota
 from kubekv_server.member.auto_compaction import REVISION_INTERVAL, AutoCompactor
@@ -359,7 +359,7 @@ class Member:
 
     def lease_renew(self, lease_id: int) -> int:
         """KeepAlive (worker thread): the leader's renewed TTL, 0 when the lease is gone
-        (etcd answers TTL 0); a follower forwards to the leader (`lease/forward.py`)."""
+        (etcd answers TTL 0); a follower forwards to the leader (`peer/lease_forward.py`)."""
         return lease_forward.renew(self, lease_id)
 
     def lease_time_to_live(self, r: pb.LeaseTimeToLiveRequest) -> pb.LeaseTimeToLiveResponse:

@@ -3,7 +3,7 @@
 The peer port (--listen-peer-urls) serves kubekv_raft's RaftPeer service (message
 streams and snapshots), the MemberDirectory, which a member joining an existing
 cluster asks for the member list it was added to, and the services a member adds
-(LeasePeer: lease calls a follower forwards to the leader, `lease/forward.py`).
+(LeasePeer: lease calls a follower forwards to the leader, `peer/lease_forward.py`).
 """
 
 from __future__ import annotations
