@@ -24,7 +24,6 @@ from kubekv_server.backend.state_db import Backend
 from kubekv_server.config.flags import Config
 from kubekv_server.kv.txn import is_read_only
 from kubekv_server.lease import LeaseStore, Lessor, min_lease_ttl
-from kubekv_server.peer import lease_forward
 from kubekv_server.lease.lessor import DEFAULT_CHECKPOINT_INTERVAL
 from kubekv_server.member import corruption, quota
 from kubekv_server.member.auto_compaction import REVISION_INTERVAL, AutoCompactor
@@ -44,6 +43,7 @@ from kubekv_server.member.reads import Reads
 from kubekv_server.member.reconfiguration import Reconfiguration
 from kubekv_server.mvcc import MVCCStore
 from kubekv_server.mvcc.compactor import Compactor
+from kubekv_server.peer import lease_forward
 from kubekv_server.peer.peering import Peering
 from kubekv_server.replication.raft_node import RaftNode
 from kubekv_server.watch import WatchHub
@@ -96,6 +96,7 @@ class Member:
         self.watch_hub = WatchHub(self.mvcc, max_pending=max_pending, recent_revisions=recent)
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
         self._stopping = threading.Event()
+        self.stopping = self._stopping  # set when stop() begins: worker loops end on it
         self.request_timeout = REQUEST_TIMEOUT
         self.on_removed = None  # called when this member is removed from the cluster
         # set once Raft runs (before a leader is known): etcd serves its metrics listener

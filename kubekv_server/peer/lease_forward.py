@@ -41,7 +41,7 @@ def _wait_applied(member, timeout: float = APPLY_WAIT) -> bool:
     node = member.node
     deadline = time.monotonic() + timeout
     while node.applied_index < node.commit_index:
-        if time.monotonic() > deadline or member._stopping.wait(0.002):
+        if time.monotonic() > deadline or member.stopping.wait(0.002):
             return False
     return True
 
@@ -159,7 +159,7 @@ def _at_leader(member, local, method: str, request):
             return resp
         if time.monotonic() + RETRY_PAUSE > deadline:
             raise errors.TIMEOUT if leader else errors.NO_LEADER
-        if member._stopping.wait(RETRY_PAUSE):
+        if member.stopping.wait(RETRY_PAUSE):
             raise errors.STOPPED
 
 
