@@ -54,14 +54,13 @@ from typing import Any
 from kubekv._process import (
     DEFAULT_STOP_TIMEOUT,
     HOST,
-    POLL_INTERVAL,
     Resources,
     die_with_parent,
     free_port,
     owned_dir,
     server_environment,
-    wait_for,
 )
+from kubekv_testing.polling import POLL_INTERVAL, wait_for
 
 __all__ = ["Cluster", "GatewayError", "Member", "MemberStatus", "StartError", "free_port",
            "server_environment", "wait_for"]
@@ -600,15 +599,19 @@ class Cluster:
     # ------------------------------------------------------------- membership
 
     def add_member(self, *, learner: bool = False, via: Member | None = None,
-                   wait: bool = True, timeout: float | None = None) -> Member:
+                   wait: bool = True, timeout: float | None = None, name: str | None = None,
+                   ask_first: Member | None = None) -> Member:
         """MemberAdd a new member (through `via`, default the leader), then start it with
         `--initial-cluster-state existing`, as etcd's docs say to. A voting member is
         waited for until it serves linearizable reads; a learner (which etcd does not let
-        serve them) until it answers Status."""
+        serve them) until it answers Status. `name` defaults to the first unused m<N>;
+        `ask_first` is listed first in its --initial-cluster, so it is the first peer the
+        new member asks for the member list."""
         timeout = self.start_timeout if timeout is None else timeout
         via = via if via is not None else self.wait_leader(timeout)
         used = {m.name for m in self.members}
-        name = next(f"m{i}" for i in range(1, len(used) + 2) if f"m{i}" not in used)
+        if name is None:
+            name = next(f"m{i}" for i in range(1, len(used) + 2) if f"m{i}" not in used)
         new = self.member_class(name, env=self.members[0].extra_env,
                                 start_timeout=self.start_timeout, _cluster=self)
         answer = via.request("/v3/cluster/member/add",
@@ -617,9 +620,11 @@ class Cluster:
         new._member_id = int(answer["member"]["ID"])
         names = {m.peer_url: m.name for m in self.members}
         names[new.peer_url] = name
-        new.initial_cluster = ",".join(
-            f"{names.get(url, '')}={url}"
-            for member in answer.get("members", []) for url in member.get("peerURLs", []))
+        listed = answer.get("members", [])
+        if ask_first is not None:
+            listed = sorted(listed, key=lambda m: ask_first.peer_url not in m.get("peerURLs", []))
+        new.initial_cluster = ",".join(f"{names.get(url, '')}={url}" for member in listed
+                                       for url in member.get("peerURLs", []))
         new.cluster_state = "existing"
         self.members.append(new)
         new.launch()
