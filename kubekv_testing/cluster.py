@@ -31,12 +31,14 @@ from kubekv_server.peer.peering import DIAL_OVERRIDE_ENV
 from kubekv_testing.fault_proxy import FaultNetwork
 from kubekv_testing.polling import wait_for
 
-__all__ = ["ELECTION_MS", "HEARTBEAT_MS", "TOKEN", "Cluster", "ClusterMember"]
+__all__ = ["ELECTION_MS", "ETCD_TIMINGS", "HEARTBEAT_MS", "TOKEN", "Cluster", "ClusterMember"]
 
 TOKEN = "kubekv-fault-tests"
 # Fast enough for short tests, slow enough not to flap on a loaded 2-core machine.
 HEARTBEAT_MS = 50
 ELECTION_MS = 500
+# etcd's own timings (heartbeat 100 ms, election 1 s), for tests whose timing assumes them.
+ETCD_TIMINGS = {"heartbeat_ms": embed.ETCD_HEARTBEAT_MS, "election_ms": embed.ETCD_ELECTION_MS}
 # How long wait_leader waits by default: a few elections on a loaded machine.
 LEADER_TIMEOUT = 30.0
 
