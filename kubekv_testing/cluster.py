@@ -50,6 +50,7 @@ class ClusterMember(embed.Member):
 
     def __init__(self, name: str, **kw: object) -> None:
         super().__init__(name, **kw)  # type: ignore[arg-type]
+        self.peer_scheme = "https" if self._cluster.peer_tls else "http"
         self._channel: grpc.Channel | None = None
         self._member_id = member_id([self.peer_url], self._cluster.token)
 
@@ -60,6 +61,10 @@ class ClusterMember(embed.Member):
     def id(self) -> int:
         """The Raft member ID (derived from the peer URL, or MemberAdd's answer)."""
         return self.member_id
+
+    @property
+    def peer_url(self) -> str:  # type: ignore[override]
+        return f"{self.peer_scheme}://{self.host}:{self.peer_port}"
 
     @property
     def client_port(self) -> int:
@@ -140,7 +145,8 @@ class Cluster(embed.Cluster):
     def __init__(self, tmp: str | os.PathLike, size: int = 3, *, faults: bool = False,
                  heartbeat_ms: int = HEARTBEAT_MS, election_ms: int = ELECTION_MS,
                  flags: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 token: str = TOKEN, seed: int = 0) -> None:
+                 token: str = TOKEN, seed: int = 0, peer_tls: bool = False) -> None:
+        self.peer_tls = peer_tls  # https peer URLs (with --peer-auto-tls or peer certs)
         # The fault network must exist before the members: their environment reads it.
         self.net: FaultNetwork | None = FaultNetwork(seed=seed) if faults else None
         self._forgotten: list[ClusterMember] = []

@@ -3,8 +3,7 @@
 Every server test goes through here: each server gets its own temporary data
 dir and ports, readiness is a successful RPC (not a sleep), and `stop()` always
 reaps the process. Ports and the server's environment come from `kubekv.embed`, the
-public embedded-server API (tests/cluster/cluster_harness.py's `ClusterMember` is what
-its `Member.command()`/`environment()` hooks are for, when issue 10 unifies the harnesses).
+public embedded-server API; clusters are `kubekv_testing.cluster`'s.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from cryptography import x509
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 from kubekv_server.tls.peer import peer_allowed
+from kubekv_testing.cluster import Cluster
 from kubekv_testing.pki import CA
-from tests.cluster.cluster_harness import Cluster
 from tests.harness import ROOT, free_port
 
 
@@ -115,12 +115,8 @@ def test_a_member_whose_certificate_is_not_allowed_is_refused(tmp_path, check):
 def test_members_with_peer_auto_tls_replicate(tmp_path):
     """--peer-auto-tls on https peer URLs: each member makes its own certificate in
     <data-dir>/fixtures/peer, as etcd does, and the three form a cluster over TLS."""
-    c = Cluster(tmp_path, extra_flags=["--peer-auto-tls", "--self-signed-cert-validity", "2"])
-    for m in c.members:
-        m.peer_url = m.peer_url.replace("http://", "https://")
-    initial = ",".join(f"{m.name}={m.peer_url}" for m in c.members)
-    for m in c.members:
-        m.argv = m.command(initial, "new")
+    c = Cluster(tmp_path, peer_tls=True,
+                flags=["--peer-auto-tls", "--self-signed-cert-validity", "2"])
     with c:
         c.start()
         c.members[0].kv.Put(pb.PutRequest(key=b"k", value=b"over tls"), timeout=10)

@@ -24,7 +24,7 @@ import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server.http.health import HealthEndpoints
-from tests.cluster.cluster_harness import wait_for
+from kubekv_testing.polling import wait_for
 from tests.harness import (
     ROOT,
     ServerProcess,
