@@ -18,7 +18,8 @@ from kubekv_server.http.gateway_json import JSONError, decode_stream
 from kubekv_server.rpc import http1
 from kubekv_server.rpc.http1 import MAX_BODY, MAX_HEAD, MAX_PIPELINED, Http1Handler, go_error
 from tests.harness import kubekv_process, running
-from tests.rpc.fake_http1 import FakeTransport, Server, echo_server, run, settle
+from tests.rpc.fake_http1 import Server, echo_server, run, settle
+from tests.rpc.fake_transport import FakeTransport
 
 GET = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 POST = b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\n"
