@@ -21,14 +21,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
-import grpc
-
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-from etcdproto.etcdserverpb import rpc_pb2_grpc
 from kubekv import embed
 from kubekv_server.member.cluster_ids import member_id
 from kubekv_server.peer.peering import DIAL_OVERRIDE_ENV
 from kubekv_testing.fault_proxy import FaultNetwork
+from kubekv_testing.grpc_stubs import GrpcStubs
 from kubekv_testing.polling import wait_for
 
 __all__ = ["ELECTION_MS", "ETCD_TIMINGS", "HEARTBEAT_MS", "TOKEN", "Cluster", "ClusterMember"]
@@ -43,7 +41,7 @@ ETCD_TIMINGS = {"heartbeat_ms": embed.ETCD_HEARTBEAT_MS, "election_ms": embed.ET
 LEADER_TIMEOUT = 30.0
 
 
-class ClusterMember(embed.Member):
+class ClusterMember(GrpcStubs, embed.Member):
     """An embedded member with gRPC stubs and its member ID known before it starts."""
 
     _cluster: Cluster
@@ -51,7 +49,6 @@ class ClusterMember(embed.Member):
     def __init__(self, name: str, **kw: object) -> None:
         super().__init__(name, **kw)  # type: ignore[arg-type]
         self.peer_scheme = "https" if self._cluster.peer_tls else "http"
-        self._channel: grpc.Channel | None = None
         self._member_id = member_id([self.peer_url], self._cluster.token)
 
     def __repr__(self) -> str:
@@ -81,31 +78,8 @@ class ClusterMember(embed.Member):
 
     # ------------------------------------------------------------------ gRPC
 
-    @property
-    def channel(self) -> grpc.Channel:
-        if self._channel is None:
-            self._channel = grpc.insecure_channel(self.endpoint)
-        return self._channel
-
-    @property
-    def kv(self) -> rpc_pb2_grpc.KVStub:
-        return rpc_pb2_grpc.KVStub(self.channel)
-
-    @property
-    def maintenance(self) -> rpc_pb2_grpc.MaintenanceStub:
-        return rpc_pb2_grpc.MaintenanceStub(self.channel)
-
-    @property
-    def cluster(self) -> rpc_pb2_grpc.ClusterStub:
-        return rpc_pb2_grpc.ClusterStub(self.channel)
-
     def hash_kv(self, revision: int, timeout: float = 5.0) -> pb.HashKVResponse:
         return self.maintenance.HashKV(pb.HashKVRequest(revision=revision), timeout=timeout)
-
-    def _close_channel(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
 
     # --------------------------------------------------------------- process
 

@@ -15,10 +15,28 @@ POLL_INTERVAL = 0.05
 T = TypeVar("T")
 
 
-def _timed_out(timeout: float, what: str, last: object, last_exc: BaseException | None
-               ) -> TimeoutError:
-    return TimeoutError(f"timed out after {timeout}s waiting for {what} "
-                        f"(last: {last!r}, last error: {last_exc!r})")
+class _Poll:
+    """One wait's state: the deadline on `now`'s clock and the last value and exception."""
+
+    def __init__(self, cond: Callable[[], object], timeout: float, what: str,
+                 now: Callable[[], float]) -> None:
+        self.cond, self.timeout, self.what, self.now = cond, timeout, what, now
+        self.deadline = now() + timeout
+        self.last: object = None
+        self.last_exc: BaseException | None = None
+
+    def held(self) -> bool:
+        """Whether `cond` holds now; `TimeoutError` once it has not in time."""
+        try:
+            self.last = self.cond()
+            if self.last:
+                return True
+        except Exception as exc:  # noqa: BLE001 - "not yet", reported on timeout
+            self.last_exc = exc
+        if self.now() >= self.deadline:
+            raise TimeoutError(f"timed out after {self.timeout}s waiting for {self.what} "
+                               f"(last: {self.last!r}, last error: {self.last_exc!r})")
+        return False
 
 
 def wait_for(cond: Callable[[], T], timeout: float, what: str,
@@ -26,36 +44,17 @@ def wait_for(cond: Callable[[], T], timeout: float, what: str,
     """Poll `cond()` until it returns something truthy, and return that; `TimeoutError`
     naming `what` (and the last value and exception seen) when `timeout` runs out.
     An exception from `cond` counts as "not yet": a member may be down or electing."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            last = cond()
-            if last:
-                return last  # type: ignore[return-value]
-        except Exception as exc:  # noqa: BLE001 - "not yet", reported on timeout
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            raise _timed_out(timeout, what, last, last_exc)
+    poll = _Poll(cond, timeout, what, time.monotonic)
+    while not poll.held():
         time.sleep(interval)
+    return poll.last  # type: ignore[return-value]
 
 
 async def wait_for_async(cond: Callable[[], T], timeout: float, what: str,
                          interval: float = POLL_INTERVAL) -> T:
     """`wait_for` for code running on an asyncio loop: sleeps without blocking the loop
     (whose tasks are what will make `cond` true)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: object = None
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            last = cond()
-            if last:
-                return last  # type: ignore[return-value]
-        except Exception as exc:  # noqa: BLE001 - "not yet", reported on timeout
-            last_exc = exc
-        if loop.time() >= deadline:
-            raise _timed_out(timeout, what, last, last_exc)
+    poll = _Poll(cond, timeout, what, asyncio.get_running_loop().time)
+    while not poll.held():
         await asyncio.sleep(interval)
+    return poll.last  # type: ignore[return-value]

@@ -22,6 +22,7 @@ import grpc
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 from kubekv.embed import free_port, server_environment
+from kubekv_testing.grpc_stubs import GrpcStubs
 
 __all__ = ["ROOT", "ServerProcess", "etcd_binary", "etcd_process", "etcdctl", "free_port",
            "kubekv_process", "running"]
@@ -39,7 +40,7 @@ def etcd_binary(name: str = "etcd") -> str:
     return str(path)
 
 
-class ServerProcess:
+class ServerProcess(GrpcStubs):
     """A server process (kubekv or etcd) with its client endpoint and data dir."""
 
     def __init__(self, argv: list[str], data_dir: pathlib.Path, port: int, log_path: pathlib.Path,
@@ -51,7 +52,6 @@ class ServerProcess:
         self.log_path = log_path
         self.env = env
         self.proc: subprocess.Popen | None = None
-        self._channel: grpc.Channel | None = None
         # For https endpoints: returns channel credentials once the server's cert exists.
         self.tls_credentials: Callable[[], grpc.ChannelCredentials | None] | None = None
 
@@ -93,29 +93,6 @@ class ServerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-    @property
-    def channel(self) -> grpc.Channel:
-        if self._channel is None:
-            self._channel = self._new_channel()
-        return self._channel
-
-    @property
-    def kv(self) -> rpc_pb2_grpc.KVStub:
-        return rpc_pb2_grpc.KVStub(self.channel)
-
-    @property
-    def maintenance(self) -> rpc_pb2_grpc.MaintenanceStub:
-        return rpc_pb2_grpc.MaintenanceStub(self.channel)
-
-    @property
-    def cluster(self) -> rpc_pb2_grpc.ClusterStub:
-        return rpc_pb2_grpc.ClusterStub(self.channel)
-
-    def _close_channel(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
 
     def kill(self) -> None:
         """SIGKILL, as a crash."""
