@@ -60,7 +60,7 @@ from kubekv._process import (
     owned_dir,
     server_environment,
 )
-from kubekv_testing.polling import POLL_INTERVAL, wait_for
+from kubekv_testing.polling import GaveUp, wait_for
 
 __all__ = ["Cluster", "GatewayError", "Member", "MemberStatus", "StartError", "free_port",
            "server_environment", "wait_for"]
@@ -280,22 +280,27 @@ class Member:
         """Return once a linearizable Range succeeds (the member has a leader and a
         quorum); `StartError` with the log tail if the process exits or time runs out."""
         timeout = self.start_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        last: str = ""
-        while True:
+
+        def exited() -> str | None:
             proc = self._res.proc
             if proc is None or proc.poll() is not None:
-                code = None if proc is None else proc.returncode
-                raise StartError(f"kubekv member {self.name} exited ({code}):\n"
-                                 f"{self.log_tail()}")
+                return f"exited ({None if proc is None else proc.returncode})"
+            return None
+
+        def serves() -> bool:
             err = self._probe()
-            if err is None:
-                return
-            last = err
-            if time.monotonic() >= deadline:
-                raise StartError(f"kubekv member {self.name} not ready after {timeout}s "
-                                 f"({last}):\n{self.log_tail()}")
-            time.sleep(POLL_INTERVAL)
+            if err is not None:
+                raise GatewayError(err)
+            return True
+
+        try:
+            wait_for(serves, timeout, "a linearizable read", give_up=exited)
+        except GaveUp as exc:
+            raise StartError(f"kubekv member {self.name} {exc.reason}:\n"
+                             f"{self.log_tail()}") from None
+        except TimeoutError as exc:
+            raise StartError(f"kubekv member {self.name} not ready after {timeout}s "
+                             f"({exc}):\n{self.log_tail()}") from None
 
     def _probe(self) -> str | None:
         """None if a linearizable Range succeeds, else why not."""

@@ -15,18 +15,32 @@ POLL_INTERVAL = 0.05
 T = TypeVar("T")
 
 
+class GaveUp(RuntimeError):
+    """A wait ended early: its `give_up` check said the condition can no longer hold
+    (e.g. the server process exited). `reason` is what the check returned."""
+
+    def __init__(self, what: str, reason: object) -> None:
+        super().__init__(f"gave up waiting for {what}: {reason}")
+        self.reason = reason
+
+
 class _Poll:
     """One wait's state: the deadline on `now`'s clock and the last value and exception."""
 
     def __init__(self, cond: Callable[[], object], timeout: float, what: str,
-                 now: Callable[[], float]) -> None:
+                 now: Callable[[], float], give_up: Callable[[], object] | None) -> None:
         self.cond, self.timeout, self.what, self.now = cond, timeout, what, now
+        self.give_up = give_up
         self.deadline = now() + timeout
         self.last: object = None
         self.last_exc: BaseException | None = None
 
     def held(self) -> bool:
-        """Whether `cond` holds now; `TimeoutError` once it has not in time."""
+        """Whether `cond` holds now; `TimeoutError` once it has not in time, `GaveUp`
+        once `give_up` returns something truthy."""
+        reason = self.give_up() if self.give_up is not None else None
+        if reason:
+            raise GaveUp(self.what, reason)
         try:
             self.last = self.cond()
             if self.last:
@@ -40,11 +54,14 @@ class _Poll:
 
 
 def wait_for(cond: Callable[[], T], timeout: float, what: str,
-             interval: float = POLL_INTERVAL) -> T:
+             interval: float = POLL_INTERVAL, *,
+             give_up: Callable[[], object] | None = None) -> T:
     """Poll `cond()` until it returns something truthy, and return that; `TimeoutError`
     naming `what` (and the last value and exception seen) when `timeout` runs out.
-    An exception from `cond` counts as "not yet": a member may be down or electing."""
-    poll = _Poll(cond, timeout, what, time.monotonic)
+    An exception from `cond` counts as "not yet": a member may be down or electing.
+    `give_up()`, checked before each poll, ends the wait with `GaveUp` when it returns
+    something truthy (why): a server that exited will not become ready."""
+    poll = _Poll(cond, timeout, what, time.monotonic, give_up)
     while not poll.held():
         time.sleep(interval)
     return poll.last  # type: ignore[return-value]
@@ -54,7 +71,7 @@ async def wait_for_async(cond: Callable[[], T], timeout: float, what: str,
                          interval: float = POLL_INTERVAL) -> T:
     """`wait_for` for code running on an asyncio loop: sleeps without blocking the loop
     (whose tasks are what will make `cond` true)."""
-    poll = _Poll(cond, timeout, what, asyncio.get_running_loop().time)
+    poll = _Poll(cond, timeout, what, asyncio.get_running_loop().time, None)
     while not poll.held():
         await asyncio.sleep(interval)
     return poll.last  # type: ignore[return-value]

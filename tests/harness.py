@@ -14,7 +14,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import grpc
@@ -23,6 +22,7 @@ from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 from kubekv.embed import free_port, server_environment
 from kubekv_testing.grpc_stubs import GrpcStubs
+from kubekv_testing.polling import GaveUp, wait_for
 
 __all__ = ["ROOT", "ServerProcess", "etcd_binary", "etcd_process", "etcdctl", "free_port",
            "kubekv_process", "running"]
@@ -74,19 +74,25 @@ class ServerProcess(GrpcStubs):
         return self
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
+        """Return once a Range succeeds; RuntimeError with the log tail if the process
+        exits first or time runs out."""
+
+        def exited() -> str | None:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with self._new_channel() as ch:
-                    rpc_pb2_grpc.KVStub(ch).Range(pb.RangeRequest(key=b"health"), timeout=1)
-                return
-            except (grpc.RpcError, FileNotFoundError) as exc:
-                last_error = exc
-                time.sleep(0.05)
-        raise RuntimeError(f"server not ready after {timeout}s ({last_error}):\n{self.log_tail()}")
+                return f"server exited with {self.proc.returncode}"
+            return None
+
+        def served() -> bool:
+            with self._new_channel() as ch:
+                rpc_pb2_grpc.KVStub(ch).Range(pb.RangeRequest(key=b"health"), timeout=1)
+            return True
+
+        try:
+            wait_for(served, timeout, "a served Range", give_up=exited)
+        except GaveUp as exc:
+            raise RuntimeError(f"{exc.reason}:\n{self.log_tail()}") from None
+        except TimeoutError as exc:
+            raise RuntimeError(f"server not ready: {exc}\n{self.log_tail()}") from None
 
     def log_tail(self, lines: int = 40) -> str:
         try:

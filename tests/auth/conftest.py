@@ -10,7 +10,7 @@ import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-from kubekv_testing.polling import wait_for
+from kubekv_testing.polling import GaveUp, wait_for
 from tests.harness import ServerProcess, etcd_binary, kubekv_process
 
 
@@ -47,13 +47,13 @@ def wait_up(proc: ServerProcess, timeout: float = 30.0) -> None:
     """Readiness without credentials: Status is open to everyone under auth."""
 
     def status() -> pb.StatusResponse:
-        assert proc.proc.poll() is None, "the server exited"
         with grpc.insecure_channel(proc.endpoint) as ch:
             return rpc_pb2_grpc.MaintenanceStub(ch).Status(pb.StatusRequest(), timeout=1)
 
     try:
-        wait_for(status, timeout, "Status from the server")
-    except TimeoutError as exc:
+        wait_for(status, timeout, "Status from the server",
+                 give_up=lambda: proc.proc.poll() is not None and "the server exited")
+    except (GaveUp, TimeoutError) as exc:
         raise RuntimeError(f"{exc}\n{proc.log_tail()}") from None
 
 
