@@ -8,4 +8,12 @@
   partitions), on 127.0.0.1 only.
 - `pki`: throwaway CAs, certificates, keys and CRLs for TLS and JWT tests (no `openssl`
   command-line tool needed).
+- `polling`: `wait_for` (and `wait_for_async`), the one way tests and `kubekv.embed` poll
+  for a condition.
+- `cluster`: the cluster harness, `kubekv.embed`'s Cluster with gRPC stubs, fault-test
+  timings and an optional fault network; `cluster_clients`: a failover KV client and a
+  resuming watch over it.
+- `grpc_stubs`: KV/Maintenance/Cluster stubs over one cached channel, for any server.
+- `raw_socket`: send bytes, read until the server closes (wire-level comparisons).
+- `hostile`: hostile-input attacks on a client port, and what they measure.
 """
