@@ -133,6 +133,11 @@ class Member:
     override `command()` and `environment()` (what a test harness with fault proxies needs).
     """
 
+    # Ask Linux to kill the member when the caller dies (see `die_with_parent`). That runs
+    # Python code in the forked child before exec, which a caller with many threads (gRPC
+    # clients, fault proxies) can see abort the child; such a subclass turns it off.
+    kill_with_parent = True
+
     def __init__(self, name: str = "default", *, base_dir: str | os.PathLike | None = None,
                  flags: Sequence[str] = (), env: Mapping[str, str] | None = None,
                  start_timeout: float = DEFAULT_START_TIMEOUT,
@@ -251,7 +256,7 @@ class Member:
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=self.environment(), cwd=str(self.base_dir),
                 start_new_session=True,  # the terminal's Ctrl-C goes to the test, not here
-                preexec_fn=die_with_parent(),
+                preexec_fn=die_with_parent() if self.kill_with_parent else None,
             )
         self.paused = False
         return self
