@@ -72,11 +72,9 @@ def main() -> int:
             proc.start()
             try:
                 for attack in attacks:
-                    if proc.proc.poll() is not None or not hostile.answers("127.0.0.1", proc.port):
-                        print(f"# {kind}: not answering before {attack.name}: restarting",
+                    if hostile.revive(proc):
+                        print(f"# {kind}: was not answering before {attack.name}: restarted",
                               flush=True)
-                        proc.stop(timeout=3)
-                        proc.start()
                     t0 = time.monotonic()
                     m = hostile.measure(attack, "127.0.0.1", proc.port, proc.proc.pid,
                                         proc.log_path)

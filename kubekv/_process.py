@@ -1,6 +1,6 @@
-"""Process plumbing for `kubekv.embed`: free loopback ports, polling, the server's
+"""Process plumbing for `kubekv.embed`: free loopback ports, the server's
 environment, and reaping a member's process and temporary directory even when its owner
-never closes it. Stdlib only."""
+never closes it. Stdlib only; polling is `kubekv_testing.polling`'s."""
 
 from __future__ import annotations
 
@@ -17,24 +17,18 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping
-from typing import TypeVar
 
 import kubekv_server
 
 HOST = "127.0.0.1"
 # etcd stops within a second or two on SIGTERM; past this a member is SIGKILLed.
 DEFAULT_STOP_TIMEOUT = 15.0
-# Between polls: short enough not to add to test time, long enough to stay cheap.
-POLL_INTERVAL = 0.05
 # Environment the server must not inherit: etcd's flag variables (read as flags) and the
 # protobuf implementation switch some clients (python-etcd3) need but the server does not.
 _STRIPPED_ENV_PREFIX = "ETCD_"
 _STRIPPED_ENV = ("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION",)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------- ports
@@ -77,30 +71,6 @@ def free_port() -> int:
     with socket.socket() as s:  # no room below the ephemeral range: let the kernel pick
         s.bind((HOST, 0))
         return s.getsockname()[1]
-
-
-# ----------------------------------------------------------------------------- polling
-
-
-def wait_for(cond: Callable[[], T], timeout: float, what: str,
-             interval: float = POLL_INTERVAL) -> T:
-    """Poll `cond()` until it returns something truthy, and return that; `TimeoutError`
-    naming `what` (and the last value and exception seen) when `timeout` runs out.
-    An exception from `cond` counts as "not yet": a member may be down or electing."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            last = cond()
-            if last:
-                return last  # type: ignore[return-value]
-        except Exception as exc:  # noqa: BLE001 - "not yet", reported on timeout
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what} "
-                               f"(last: {last!r}, last error: {last_exc!r})")
-        time.sleep(interval)
 
 
 # ------------------------------------------------------------------- process plumbing

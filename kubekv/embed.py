@@ -54,14 +54,13 @@ from typing import Any
 from kubekv._process import (
     DEFAULT_STOP_TIMEOUT,
     HOST,
-    POLL_INTERVAL,
     Resources,
     die_with_parent,
     free_port,
     owned_dir,
     server_environment,
-    wait_for,
 )
+from kubekv_testing.polling import GaveUp, wait_for
 
 __all__ = ["Cluster", "GatewayError", "Member", "MemberStatus", "StartError", "free_port",
            "server_environment", "wait_for"]
@@ -133,6 +132,11 @@ class Member:
     `--auto-compaction-retention=1`); `env` adds environment variables. Subclasses may
     override `command()` and `environment()` (what a test harness with fault proxies needs).
     """
+
+    # Ask Linux to kill the member when the caller dies (see `die_with_parent`). That runs
+    # Python code in the forked child before exec, which a caller with many threads (gRPC
+    # clients, fault proxies) can see abort the child; such a subclass turns it off.
+    kill_with_parent = True
 
     def __init__(self, name: str = "default", *, base_dir: str | os.PathLike | None = None,
                  flags: Sequence[str] = (), env: Mapping[str, str] | None = None,
@@ -252,7 +256,7 @@ class Member:
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=self.environment(), cwd=str(self.base_dir),
                 start_new_session=True,  # the terminal's Ctrl-C goes to the test, not here
-                preexec_fn=die_with_parent(),
+                preexec_fn=die_with_parent() if self.kill_with_parent else None,
             )
         self.paused = False
         return self
@@ -281,22 +285,27 @@ class Member:
         """Return once a linearizable Range succeeds (the member has a leader and a
         quorum); `StartError` with the log tail if the process exits or time runs out."""
         timeout = self.start_timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        last: str = ""
-        while True:
+
+        def exited() -> str | None:
             proc = self._res.proc
             if proc is None or proc.poll() is not None:
-                code = None if proc is None else proc.returncode
-                raise StartError(f"kubekv member {self.name} exited ({code}):\n"
-                                 f"{self.log_tail()}")
+                return f"exited ({None if proc is None else proc.returncode})"
+            return None
+
+        def serves() -> bool:
             err = self._probe()
-            if err is None:
-                return
-            last = err
-            if time.monotonic() >= deadline:
-                raise StartError(f"kubekv member {self.name} not ready after {timeout}s "
-                                 f"({last}):\n{self.log_tail()}")
-            time.sleep(POLL_INTERVAL)
+            if err is not None:
+                raise GatewayError(err)
+            return True
+
+        try:
+            wait_for(serves, timeout, "a linearizable read", give_up=exited)
+        except GaveUp as exc:
+            raise StartError(f"kubekv member {self.name} {exc.reason}:\n"
+                             f"{self.log_tail()}") from None
+        except TimeoutError as exc:
+            raise StartError(f"kubekv member {self.name} not ready after {timeout}s "
+                             f"({exc}):\n{self.log_tail()}") from None
 
     def _probe(self) -> str | None:
         """None if a linearizable Range succeeds, else why not."""
@@ -600,15 +609,19 @@ class Cluster:
     # ------------------------------------------------------------- membership
 
     def add_member(self, *, learner: bool = False, via: Member | None = None,
-                   wait: bool = True, timeout: float | None = None) -> Member:
+                   wait: bool = True, timeout: float | None = None, name: str | None = None,
+                   ask_first: Member | None = None) -> Member:
         """MemberAdd a new member (through `via`, default the leader), then start it with
         `--initial-cluster-state existing`, as etcd's docs say to. A voting member is
         waited for until it serves linearizable reads; a learner (which etcd does not let
-        serve them) until it answers Status."""
+        serve them) until it answers Status. `name` defaults to the first unused m<N>;
+        `ask_first` is listed first in its --initial-cluster, so it is the first peer the
+        new member asks for the member list."""
         timeout = self.start_timeout if timeout is None else timeout
         via = via if via is not None else self.wait_leader(timeout)
         used = {m.name for m in self.members}
-        name = next(f"m{i}" for i in range(1, len(used) + 2) if f"m{i}" not in used)
+        if name is None:
+            name = next(f"m{i}" for i in range(1, len(used) + 2) if f"m{i}" not in used)
         new = self.member_class(name, env=self.members[0].extra_env,
                                 start_timeout=self.start_timeout, _cluster=self)
         answer = via.request("/v3/cluster/member/add",
@@ -617,9 +630,11 @@ class Cluster:
         new._member_id = int(answer["member"]["ID"])
         names = {m.peer_url: m.name for m in self.members}
         names[new.peer_url] = name
-        new.initial_cluster = ",".join(
-            f"{names.get(url, '')}={url}"
-            for member in answer.get("members", []) for url in member.get("peerURLs", []))
+        listed = answer.get("members", [])
+        if ask_first is not None:
+            listed = sorted(listed, key=lambda m: ask_first.peer_url not in m.get("peerURLs", []))
+        new.initial_cluster = ",".join(f"{names.get(url, '')}={url}" for member in listed
+                                       for url in member.get("peerURLs", []))
         new.cluster_state = "existing"
         self.members.append(new)
         new.launch()

@@ -10,4 +10,12 @@
   command-line tool needed).
 - `lazyfs`: a FUSE filesystem that keeps written data in memory until it is fsynced and
   loses it at a simulated power cut (needs /dev/fuse, libfuse3 and mfusepy).
+- `polling`: `wait_for` (and `wait_for_async`), the one way tests and `kubekv.embed` poll
+  for a condition.
+- `cluster`: the cluster harness, `kubekv.embed`'s Cluster with gRPC stubs, fault-test
+  timings and an optional fault network; `cluster_clients`: a failover KV client and a
+  resuming watch over it.
+- `grpc_stubs`: KV/Maintenance/Cluster stubs over one cached channel, for any server.
+- `raw_socket`: send bytes, read until the server closes (wire-level comparisons).
+- `hostile`: hostile-input attacks on a client port, and what they measure.
 """

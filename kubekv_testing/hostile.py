@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import hpack
 
@@ -1375,6 +1376,17 @@ def answers(host: str, port: int, timeout: float = 2.0) -> bool:
             return True
         except grpc.RpcError:
             return False
+
+
+def revive(server: Any, host: str = "127.0.0.1") -> bool:
+    """Restart `server` (anything with `proc`, `port`, `stop(timeout)` and `start()`, as
+    tests/harness.py's ServerProcess) if an earlier attack left it dead or not answering,
+    so every attack meets a serving server; whether it had to."""
+    if server.proc.poll() is None and answers(host, server.port):
+        return False
+    server.stop(timeout=3)
+    server.start()
+    return True
 
 
 def measure(attack: Attack, host: str, port: int, pid: int, log_path: pathlib.Path | str,

@@ -32,3 +32,18 @@ def shared_kubekv(tmp_path_factory):
     proc.start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def etcd_and_kubekv(tmp_path_factory):
+    """A real etcd 3.5 and a kubekv, both fresh, for a whole module of side-by-side tests
+    (tests must use distinct key prefixes)."""
+    etcd = etcd_process(tmp_path_factory.mktemp("etcd"))
+    kubekv = kubekv_process(tmp_path_factory.mktemp("kubekv"))
+    try:
+        etcd.start()
+        kubekv.start()
+        yield etcd, kubekv
+    finally:
+        kubekv.stop()
+        etcd.stop()

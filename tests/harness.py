@@ -3,8 +3,7 @@
 Every server test goes through here: each server gets its own temporary data
 dir and ports, readiness is a successful RPC (not a sleep), and `stop()` always
 reaps the process. Ports and the server's environment come from `kubekv.embed`, the
-public embedded-server API (tests/cluster/cluster_harness.py's `ClusterMember` is what
-its `Member.command()`/`environment()` hooks are for, when issue 10 unifies the harnesses).
+public embedded-server API; clusters are `kubekv_testing.cluster`'s.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import grpc
@@ -23,6 +21,8 @@ import grpc
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 from kubekv.embed import free_port, server_environment
+from kubekv_testing.grpc_stubs import GrpcStubs
+from kubekv_testing.polling import GaveUp, wait_for
 
 __all__ = ["ROOT", "ServerProcess", "etcd_binary", "etcd_process", "etcdctl", "free_port",
            "kubekv_process", "running"]
@@ -40,7 +40,7 @@ def etcd_binary(name: str = "etcd") -> str:
     return str(path)
 
 
-class ServerProcess:
+class ServerProcess(GrpcStubs):
     """A server process (kubekv or etcd) with its client endpoint and data dir."""
 
     def __init__(self, argv: list[str], data_dir: pathlib.Path, port: int, log_path: pathlib.Path,
@@ -52,7 +52,6 @@ class ServerProcess:
         self.log_path = log_path
         self.env = env
         self.proc: subprocess.Popen | None = None
-        self._channel: grpc.Channel | None = None
         # For https endpoints: returns channel credentials once the server's cert exists.
         self.tls_credentials: Callable[[], grpc.ChannelCredentials | None] | None = None
 
@@ -75,48 +74,31 @@ class ServerProcess:
         return self
 
     def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
+        """Return once a Range succeeds; RuntimeError with the log tail if the process
+        exits first or time runs out."""
+
+        def exited() -> str | None:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with self._new_channel() as ch:
-                    rpc_pb2_grpc.KVStub(ch).Range(pb.RangeRequest(key=b"health"), timeout=1)
-                return
-            except (grpc.RpcError, FileNotFoundError) as exc:
-                last_error = exc
-                time.sleep(0.05)
-        raise RuntimeError(f"server not ready after {timeout}s ({last_error}):\n{self.log_tail()}")
+                return f"server exited with {self.proc.returncode}"
+            return None
+
+        def served() -> bool:
+            with self._new_channel() as ch:
+                rpc_pb2_grpc.KVStub(ch).Range(pb.RangeRequest(key=b"health"), timeout=1)
+            return True
+
+        try:
+            wait_for(served, timeout, "a served Range", give_up=exited)
+        except GaveUp as exc:
+            raise RuntimeError(f"{exc.reason}:\n{self.log_tail()}") from None
+        except TimeoutError as exc:
+            raise RuntimeError(f"server not ready: {exc}\n{self.log_tail()}") from None
 
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-    @property
-    def channel(self) -> grpc.Channel:
-        if self._channel is None:
-            self._channel = self._new_channel()
-        return self._channel
-
-    @property
-    def kv(self) -> rpc_pb2_grpc.KVStub:
-        return rpc_pb2_grpc.KVStub(self.channel)
-
-    @property
-    def maintenance(self) -> rpc_pb2_grpc.MaintenanceStub:
-        return rpc_pb2_grpc.MaintenanceStub(self.channel)
-
-    @property
-    def cluster(self) -> rpc_pb2_grpc.ClusterStub:
-        return rpc_pb2_grpc.ClusterStub(self.channel)
-
-    def _close_channel(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
 
     def kill(self) -> None:
         """SIGKILL, as a crash."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import grpc
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
+from etcdproto.etcdserverpb import rpc_pb2_grpc
+from kubekv_testing.polling import GaveUp, wait_for
 from tests.harness import ServerProcess, etcd_binary, kubekv_process
 
 
@@ -44,19 +45,16 @@ def setup_root(ep: str) -> None:
 
 def wait_up(proc: ServerProcess, timeout: float = 30.0) -> None:
     """Readiness without credentials: Status is open to everyone under auth."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.proc.poll() is not None:
-            raise RuntimeError(proc.log_tail())
-        try:
-            with grpc.insecure_channel(proc.endpoint) as ch:
-                from etcdproto.etcdserverpb import rpc_pb2_grpc
 
-                rpc_pb2_grpc.MaintenanceStub(ch).Status(pb.StatusRequest(), timeout=1)
-            return
-        except grpc.RpcError:
-            time.sleep(0.05)
-    raise RuntimeError("not ready")
+    def status() -> pb.StatusResponse:
+        with grpc.insecure_channel(proc.endpoint) as ch:
+            return rpc_pb2_grpc.MaintenanceStub(ch).Status(pb.StatusRequest(), timeout=1)
+
+    try:
+        wait_for(status, timeout, "Status from the server",
+                 give_up=lambda: proc.proc.poll() is not None and "the server exited")
+    except (GaveUp, TimeoutError) as exc:
+        raise RuntimeError(f"{exc}\n{proc.log_tail()}") from None
 
 
 def restart(proc: ServerProcess) -> None:

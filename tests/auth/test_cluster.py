@@ -7,17 +7,15 @@ import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-from tests.replication.test_snapshots import _cluster
+from kubekv_testing.cluster import ETCD_TIMINGS, Cluster
 
 from .conftest import ok, setup_root
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    procs = _cluster(tmp_path, 3)
-    yield procs
-    for p in procs:
-        p.stop()
+    with Cluster(tmp_path, **ETCD_TIMINGS) as c:
+        yield c.start().members
 
 
 def test_token_from_one_member_works_on_all(cluster):

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 from kubekv_testing import pki
+from kubekv_testing.polling import wait_for
 from tests.harness import etcd_binary, etcd_process, kubekv_process, running
 
 from .conftest import ctl, ok, restart, setup_root
@@ -206,10 +207,8 @@ def test_lease_under_auth(authed):
     # an expiring lease is revoked by the member itself, whatever auth says
     lease = ok(ep, "lease", "grant", "2", user=USER).split()[1]
     ok(ep, "put", "foo", "short", "--lease", lease, user=USER)
-    deadline = time.monotonic() + 10
-    while ok(ep, "get", "foo", user=USER) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert ok(ep, "get", "foo", user=USER) == ""
+    wait_for(lambda: ok(ep, "get", "foo", user=USER) == "", 10, "the lease's key to go",
+             interval=0.3)
 
 
 def test_auth_state_survives_restart_and_tokens_do_not(authed):

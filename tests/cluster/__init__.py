@@ -6,6 +6,6 @@ and member states compared once healed.
     pytest tests/cluster                      # the default set (~2-3 minutes)
     pytest -m soak tests/cluster              # also randomized fault schedules
 
-The harness is `cluster_harness.py`; what every test asserts is in `checks.py`.
+The harness is `kubekv_testing.cluster`; what every test asserts is in `checks.py`.
 Member logs stay in each test's tmp_path (`c0/m1.log`, ...).
 """

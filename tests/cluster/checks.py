@@ -21,6 +21,7 @@ import grpc
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
+from kubekv_testing.cluster import Cluster, ClusterMember
 from kubekv_testing.linearizability import (
     Cas,
     CasResult,
@@ -33,9 +34,8 @@ from kubekv_testing.linearizability import (
     PutResult,
     check_kv,
 )
+from kubekv_testing.polling import wait_for
 from kubekv_testing.recorder import Recorder, Workload, kv_call
-
-from .cluster_harness import Cluster, ClusterMember, wait_for
 
 
 @dataclasses.dataclass
@@ -165,7 +165,7 @@ def assert_members_equal(cluster: Cluster, timeout: float = 30.0) -> int:
     """Wait for every running member to apply the same index, then compare their states."""
     applied = cluster.wait_converged(timeout)
     members = [m for m in cluster.members if m.running]
-    revs = {m.name: m.status().header.revision for m in members}
+    revs = {m.name: m.status().revision for m in members}
     assert len(set(revs.values())) == 1, f"same applied index {applied}, revisions {revs}"
     rev = revs[members[0].name]
     hashes = {m.name: m.hash_kv(rev).hash for m in members}

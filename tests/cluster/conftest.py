@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .cluster_harness import Cluster
+from kubekv_testing.cluster import Cluster
 
 
 @pytest.fixture

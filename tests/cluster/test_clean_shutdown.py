@@ -15,8 +15,8 @@ import threading
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-
-from .cluster_harness import ClusterMember, kv_stub, wait_for
+from kubekv_testing.cluster import ClusterMember
+from kubekv_testing.polling import wait_for
 
 # What must never appear in a member's log when a member is stopped with SIGTERM.
 BAD = re.compile(
@@ -37,7 +37,7 @@ class Load:
                          for i in range(threads)]
 
     def _run(self, i: int) -> None:
-        stubs = [kv_stub(m) for m in self.targets]
+        stubs = [m.kv for m in self.targets]
         n = 0
         while not self._stop.is_set():
             try:
@@ -79,7 +79,7 @@ def test_sigterm_under_load_ends_peer_streams_cleanly(make_cluster, victim_role)
     with Load(survivors) as load:
         load.wait_more(50)  # peers stream entries to the victim right now
         assert victim.stop() == 0
-        c.wait_leader(survivors)
+        c.wait_leader(members=survivors)
         load.wait_more(50)  # the two survivors keep serving
     assert bad_lines(victim) == []
     for m in survivors:
@@ -100,13 +100,13 @@ def test_a_stopping_leader_hands_over_leadership_first(make_cluster):
     waits out a timeout with writes stalled."""
     c = make_cluster(3)
     leader = c.wait_leader()
-    term = leader.status().header.raft_term
+    term = leader.status().raft_term
     survivors = [m for m in c.members if m is not leader]
     assert leader.stop() == 0
     log = leader.log_path.read_text()
     assert "leadership transfer starting" in log and "leadership transfer finished" in log
-    new = c.wait_leader(survivors)
+    new = c.wait_leader(members=survivors)
     new_id = re.search(r"leadership transfer finished.*new-leader-member-id=(\w+)", log)
     assert int(new_id.group(1), 16) == new.id
-    assert new.status().header.raft_term == term + 1  # the handover's term, no election
+    assert new.status().raft_term == term + 1  # the handover's term, no election
     assert bad_lines(leader) == []

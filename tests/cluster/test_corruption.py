@@ -3,8 +3,6 @@ etcd's decisions as pure functions, and a cluster with one member's history alte
 
 from __future__ import annotations
 
-import time
-
 import grpc
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
@@ -12,8 +10,7 @@ from etcdproto.kubekvpb import hashpeer_pb2 as hp
 from etcdproto.mvccpb import kv_pb2
 from kubekv_server.backend.state_db import Backend
 from kubekv_server.member.corruption import LocalHash, PeerHash, initial_mismatches, leader_findings
-
-from .cluster_harness import wait_for
+from kubekv_testing.polling import wait_for
 
 
 def _peer(pid: int, h: int, rev: int, crev: int) -> PeerHash:
@@ -57,7 +54,7 @@ def _alter_newest_value(m) -> None:
 
 
 def test_a_member_with_altered_history_is_found(make_cluster):
-    c = make_cluster(3, extra_flags=["--experimental-corrupt-check-time", "1s"])
+    c = make_cluster(3, flags=["--experimental-corrupt-check-time", "1s"])
     lead = c.wait_leader()
     for i in range(10):
         lead.kv.Put(pb.PutRequest(key=b"k%d" % i, value=b"v"), timeout=5)
@@ -67,14 +64,14 @@ def test_a_member_with_altered_history_is_found(make_cluster):
     _alter_newest_value(bad)
 
     # restarting with the initial check, it refuses to serve
-    bad.argv = [*bad.argv, "--experimental-initial-corrupt-check"]
+    bad.flags.append("--experimental-initial-corrupt-check")
     bad.launch()
     assert bad.proc.wait(60) != 0
     assert "found data inconsistency with peers" in bad.log_path.read_text()
 
     # without it, it rejoins; the leader's periodic check raises the CORRUPT alarm
-    bad.argv = bad.argv[:-1]
-    c.restart(bad)
+    bad.flags.pop()
+    bad.restart()
 
     def alarmed():
         alarms = lead.maintenance.Alarm(pb.AlarmRequest(action=pb.AlarmRequest.GET),
@@ -82,13 +79,13 @@ def test_a_member_with_altered_history_is_found(make_cluster):
         return [(a.memberID, a.alarm) for a in alarms] == [(0, pb.CORRUPT)]
 
     wait_for(alarmed, 30, "the CORRUPT alarm")
-    deadline = time.monotonic() + 10
-    while True:  # every member applies the alarm, then refuses writes
+    def refused():  # every member applies the alarm, then refuses writes
         try:
             lead.kv.Put(pb.PutRequest(key=b"after", value=b"v"), timeout=5)
+            return None
         except grpc.RpcError as exc:
-            assert (exc.code(), exc.details()) == (grpc.StatusCode.DATA_LOSS,
-                                                   "etcdserver: corrupt cluster")
-            break
-        assert time.monotonic() < deadline
+            return exc.code(), exc.details()
+
+    assert wait_for(refused, 10, "writes refused", interval=0) == (
+        grpc.StatusCode.DATA_LOSS, "etcdserver: corrupt cluster")
     assert lead.kv.Range(pb.RangeRequest(key=b"k1"), timeout=5).count == 1  # reads go on

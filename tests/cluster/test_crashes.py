@@ -13,10 +13,10 @@ import time
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
+from kubekv_testing.polling import wait_for
 from kubekv_testing.recorder import Recorder
 
 from .checks import Prober, run_with_faults, verify, workload
-from .cluster_harness import wait_for
 
 
 def progress(w, n: int = 30, timeout: float = 30.0) -> None:
@@ -56,12 +56,12 @@ def test_leader_kill9_failover_and_restart(make_cluster, size):
 
     def faults():
         old = state["old"] = c.wait_leader()
-        c.kill9(old)
-        new = c.wait_leader(not_=old, timeout=20)
+        old.kill()
+        new = c.wait_leader(20, exclude=old)
         state["new"] = new
         ok = w.recorder.counts["ok"]
         wait_for(lambda: w.recorder.counts["ok"] >= ok + 30, 30, "progress under the new leader")
-        c.restart(old)
+        old.restart()
 
     history = run_with_faults(w, faults)
     assert state["new"] is not state["old"]
@@ -75,13 +75,13 @@ def test_follower_restart(make_cluster):
 
     def faults():
         f1, f2 = c.followers()
-        c.restart(f1)  # SIGTERM, then start again
+        f1.restart()  # SIGTERM, then start again
         ok = w.recorder.counts["ok"]
         wait_for(lambda: w.recorder.counts["ok"] >= ok + 20, 30, "progress")
-        c.kill9(f2)
+        f2.kill()
         ok = w.recorder.counts["ok"]
         wait_for(lambda: w.recorder.counts["ok"] >= ok + 40, 30, "progress without f2")
-        c.restart(f2)
+        f2.restart()
 
     history = run_with_faults(w, faults)
     print(verify(c, history, w.recorder))
@@ -97,10 +97,10 @@ def test_quorum_kill9_then_restart(make_cluster):
     def faults():
         lead = c.wait_leader()
         other = next(m for m in c.members if m is not lead)
-        c.kill9(lead)
-        c.kill9(other)
+        lead.kill()
+        other.kill()
         survivor = next(m for m in c.members if m.running)
-        assert survivor.status().header.member_id == survivor.id
+        assert survivor.status().member_id == survivor.id
         # Without a quorum nothing may be acknowledged: stall for a few election timeouts.
         ok = w.recorder.counts["ok"]
         time.sleep(3 * c.election_ms / 1000)
@@ -131,12 +131,12 @@ def test_leader_sigstop_longer_than_election_timeout(make_cluster):
         prober = state["prober"] = Prober(old, rec, "prober", b"/linz/k2", rpc_timeout=1.0)
         prober.start()
         wait_for(lambda: any(o[3] is not None for o in prober.outcomes), 10, "prober works")
-        c.pause(old)
+        old.pause()
         time.sleep(4 * c.election_ms / 1000)  # the scenario: paused past the election timeout
         others = [m for m in c.members if m is not old]
-        state["new"] = c.wait_leader(others, timeout=20)
+        state["new"] = c.wait_leader(20, members=others)
         progress(w, 30)
-        c.cont(old)
+        old.resume()
         wait_for(lambda: old.status().leader == state["new"].id or c.leader() is not None,
                  20, "the old leader to follow")
         progress(w, 30)

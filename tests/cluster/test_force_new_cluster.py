@@ -8,8 +8,7 @@ from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.raftpb import raft_pb2
 from kubekv_raft.core.storage import MemoryStorage
 from kubekv_server.member.force_new_cluster import force_standalone, member_ids
-
-from .cluster_harness import wait_for
+from kubekv_testing.polling import wait_for
 
 
 def _cc(kind: int, node: int, index: int) -> raft_pb2.Entry:
@@ -50,12 +49,12 @@ def test_survivor_of_a_lost_quorum_restarts_alone_with_its_data(make_cluster):
     survivor = next(m for m in c.members if m is not lead)
     want = survivor.kv.Range(pb.RangeRequest(key=b"k", range_end=b"l"), timeout=5)
     for m in list(c.members):  # the quorum is gone for good
-        c.kill9(m)
+        m.kill()
         if m is not survivor:
             c.forget(m)
 
     survivor.extra_env["ETCD_FORCE_NEW_CLUSTER"] = "true"
-    c.restart(survivor)
+    survivor.restart()
     assert [m.ID for m in survivor.cluster.MemberList(pb.MemberListRequest()).members] == \
         [survivor.id]
     got = survivor.kv.Range(pb.RangeRequest(key=b"k", range_end=b"l"), timeout=5)
@@ -65,8 +64,8 @@ def test_survivor_of_a_lost_quorum_restarts_alone_with_its_data(make_cluster):
 
     # an ordinary restart afterwards keeps the one-member cluster; then it grows again
     del survivor.extra_env["ETCD_FORCE_NEW_CLUSTER"]
-    c.restart(survivor)
-    new = c.add_member("m4", learner=False, via=survivor)
+    survivor.restart()
+    new = c.add_member(name="m4", wait=False, learner=False, via=survivor)
     c.wait_ready([new])
     wait_for(lambda: new.kv.Range(pb.RangeRequest(key=b"after", serializable=True),
                                   timeout=5).count == 1, 20, "the new member to catch up")

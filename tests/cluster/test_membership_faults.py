@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
+from kubekv_testing.polling import wait_for
 
 from .checks import run_with_faults, verify, workload
-from .cluster_harness import wait_for
 
 
 def progress(w, n: int = 30, timeout: float = 30.0) -> None:
@@ -59,7 +59,8 @@ def test_add_learner_and_promote_during_partition(make_cluster):
         progress(w, 20)
         # The new member first asks the cut-off member, which has not seen the MemberAdd
         # (regression: it used to take that stale list and exit, "not added").
-        new = state["new"] = c.add_member("m4", learner=True, via=lead, ask_first=cut)
+        new = state["new"] = c.add_member(name="m4", wait=False, learner=True, via=lead,
+                                          ask_first=cut)
         c.wait_ready([new])
 
         def promoted():

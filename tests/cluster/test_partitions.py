@@ -14,10 +14,10 @@ import time
 import pytest
 
 from kubekv_testing.linearizability import Get, Put
+from kubekv_testing.polling import wait_for
 from kubekv_testing.recorder import Recorder
 
 from .checks import Prober, run_with_faults, verify, workload
-from .cluster_harness import wait_for
 
 
 def progress(w, n: int = 30, timeout: float = 30.0) -> None:
@@ -44,7 +44,7 @@ def test_leader_isolated(make_cluster, mode):
         c.net.isolate(old.name, mode=mode)
         state["cut"] = time.monotonic()
         majority = [m for m in c.members if m is not old]
-        state["new"] = c.wait_leader(majority, timeout=20)
+        state["new"] = c.wait_leader(20, members=majority)
         progress(w)
         # Keep the old leader cut off well past its election timeout (check-quorum).
         time.sleep(2 * c.election_ms / 1000)
@@ -78,7 +78,7 @@ def test_symmetric_split_minority_with_leader(make_cluster):
         minority = [lead, others[0]]
         majority = others[1:]
         c.net.split([m.name for m in minority], [m.name for m in majority])
-        state["new"] = c.wait_leader(majority, timeout=20)
+        state["new"] = c.wait_leader(20, members=majority)
         progress(w, 40)
         time.sleep(2 * c.election_ms / 1000)  # the minority's leader must step down
         sts = c.statuses(minority)
@@ -105,7 +105,7 @@ def test_asymmetric_leader_cannot_hear(make_cluster):
         others = [m for m in c.members if m is not old]
         for f in others:
             c.net.asymmetric(old.name, f.name)  # old -> f works, f -> old is cut
-        state["new"] = c.wait_leader(others, timeout=20)
+        state["new"] = c.wait_leader(20, members=others)
         progress(w, 40)
         c.net.heal_all()
         c.wait_leader(timeout=20)
@@ -187,7 +187,7 @@ def test_follower_partitioned_until_it_needs_a_snapshot(make_cluster):
     """A follower cut off while the others write past --snapshot-count (the leader then
     compacts its log) can only catch up from the leader's snapshot once healed; the
     workload's history stays linearizable and every member ends with the same state."""
-    c = make_cluster(3, faults=True, extra_flags=["--snapshot-count", "40"])
+    c = make_cluster(3, faults=True, flags=["--snapshot-count", "40"])
     w = workload(c)
     state = {}
 

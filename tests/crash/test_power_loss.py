@@ -31,9 +31,10 @@ import grpc
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
+from kubekv_testing.cluster import Cluster, ClusterMember
 from kubekv_testing.lazyfs import LazyFS, unavailable
-from tests.cluster.cluster_harness import Cluster, wait_for
-from tests.harness import ServerProcess, kubekv_process
+from kubekv_testing.polling import wait_for
+from tests.harness import kubekv_process
 
 from .workload import PREFIX, RPC_TIMEOUT, History, Writer
 
@@ -274,14 +275,11 @@ def cluster_power_loss_rounds(tmp_path: pathlib.Path, lazy_mounts, rounds: int, 
     """Each round cuts the power of one member (sometimes the one written to) mid-writes,
     restarts it, and checks the store and that HashKV agrees across the members."""
     rng = random.Random(seed)
-    cluster = Cluster(tmp_path / "cluster", 3, extra_flags=flags)
-    (tmp_path / "cluster").mkdir()
+    cluster = Cluster(tmp_path / "cluster", 3, flags=flags)
     disks: dict[str, LazyFS] = {}
-    initial = ",".join(f"{m.name}={m.peer_url}" for m in cluster.members)
     for m in cluster.members:  # each member on its own disk, so a cut hits one of them
         disks[m.name] = lazy_mounts(m.name)
         m.data_dir = disks[m.name].mountpoint / f"{m.name}.kubekv"
-        m.argv = m.command(initial, "new")
     history = History(writers)
     deadline = time.monotonic() + budget
     hashes = 0
@@ -292,24 +290,24 @@ def cluster_power_loss_rounds(tmp_path: pathlib.Path, lazy_mounts, rounds: int, 
             if time.monotonic() > deadline:
                 break
             victim = rng.choice(cluster.members)
-            target: ServerProcess = (victim if rng.random() < 0.4 else
+            target: ClusterMember = (victim if rng.random() < 0.4 else
                                      rng.choice([m for m in cluster.members if m is not victim]))
             stop = threading.Event()
             ws = history.start_writers(target.endpoint, rng.randrange(1 << 30), stop)
             time.sleep(rng.uniform(0.1, max_run))
-            cluster.kill9(victim)
+            victim.kill()
             disks[victim.name].power_cut(writeback=rng.choice([0.0, rng.random()]),
                                          seed=rng.randrange(1 << 30))
             if target is not victim:  # writes go on while the member is down; long enough,
                 time.sleep(rng.uniform(0.0, 1.5))  # it may need a snapshot to catch up
             stop.set()
             join_writers(ws)
-            cluster.restart(victim)
+            victim.restart()
             cluster.wait_converged(timeout=60)
             history.verify(target.kv, ws, target.maintenance)
             history.probe(target.kv, b"after power cut %d of %s" % (rnd, victim.name.encode()))
             revision = history.revision
-            wait_for(lambda r=revision: all(m.status().header.revision >= r
+            wait_for(lambda r=revision: all(m.status().revision >= r
                                             for m in cluster.members),
                      30, f"every member at revision {revision}")
             got = {m.name: m.hash_kv(revision) for m in cluster.members}

@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-from tests.cluster.cluster_harness import wait_for
+from kubekv_testing.polling import wait_for
 from tests.harness import ROOT, ServerProcess, etcdctl, free_port
 
 NAMESPACE = "kv-test"

@@ -13,8 +13,8 @@ import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
+from kubekv_testing.cluster import ETCD_TIMINGS, Cluster
 from tests.watch.client import WatchStream
-from tests.watch.cluster3 import Cluster
 
 # the cluster's --election-timeout (etcd's default, ms)
 ELECTION_S = 1.0
@@ -22,10 +22,10 @@ ELECTION_S = 1.0
 
 @pytest.fixture
 def cluster(tmp_path):
-    c = Cluster(tmp_path)
+    c = Cluster(tmp_path, **ETCD_TIMINGS)
     c.start()
     yield c
-    c.stop()
+    c.close()
 
 
 class KeepAlive:
@@ -83,9 +83,9 @@ class KeepAlive:
 
 
 def test_keepalive_and_time_to_live_through_a_follower(cluster):
-    leader = cluster.leader()
+    leader = cluster.wait_leader()
     follower = next(m for m in cluster.members if m is not leader)
-    f_id = cluster.member_id(follower)
+    f_id = follower.id
     lease_f = rpc_pb2_grpc.LeaseStub(follower.channel)
     lid = lease_f.LeaseGrant(pb.LeaseGrantRequest(TTL=3)).ID
     follower.kv.Put(pb.PutRequest(key=b"lk/a", value=b"1", lease=lid))
@@ -126,7 +126,7 @@ def test_lease_expiry_across_a_leader_kill(cluster):
     on the new leader (etcd's Promote gives each its full TTL plus an election timeout),
     none outlives that by more than a little, and one kept alive through a follower
     stays alive throughout."""
-    leader = cluster.leader()
+    leader = cluster.wait_leader()
     follower, other = [m for m in cluster.members if m is not leader]
     lease_l = rpc_pb2_grpc.LeaseStub(leader.channel)
     ttls = [3, 5, 7]
@@ -148,7 +148,7 @@ def test_lease_expiry_across_a_leader_kill(cluster):
         assert ka.renew(kept).TTL == 3
         killed_at = time.monotonic()
         leader.kill()
-        cluster.leader(exclude=leader)
+        cluster.wait_leader(exclude=leader)
         elected_at = time.monotonic()
         expired: dict[bytes, float] = {}
         deadline = elected_at + max(ttls) + ELECTION_S + 5
@@ -186,18 +186,18 @@ def test_checkpointed_lease_keeps_its_remaining_ttl_across_a_leader_kill(tmp_pat
     """--experimental-enable-lease-checkpoint (interval shortened to 1 s): after the
     leader dies, the new leader gives a lease what remained of its TTL at the last
     checkpoint (plus an election timeout), not its full TTL as without checkpoints."""
-    c = Cluster(tmp_path, flags=("--experimental-enable-lease-checkpoint",),
+    c = Cluster(tmp_path, **ETCD_TIMINGS, flags=("--experimental-enable-lease-checkpoint",),
                 env={"KUBEKV_LEASE_CHECKPOINT_INTERVAL": "1"})
     c.start()
     try:
-        leader = c.leader()
+        leader = c.wait_leader()
         lid = rpc_pb2_grpc.LeaseStub(leader.channel).LeaseGrant(
             pb.LeaseGrantRequest(TTL=60)).ID
         time.sleep(5)  # several checkpoints: the last one says about 55-56 s remain
         leader.kill()
-        new = c.leader(exclude=leader)
+        new = c.wait_leader(exclude=leader)
         ttl = rpc_pb2_grpc.LeaseStub(new.channel).LeaseTimeToLive(
             pb.LeaseTimeToLiveRequest(ID=lid)).TTL
         assert 50 <= ttl <= 57 + ELECTION_S, ttl  # without checkpoints: 60 + ELECTION_S
     finally:
-        c.stop()
+        c.close()

@@ -15,7 +15,8 @@ import pytest
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.raftpb import raft_pb2
 from kubekv_server.peer import sender as peer_sender
-from tests.cluster.cluster_harness import Cluster, wait_for
+from kubekv_testing.cluster import Cluster
+from kubekv_testing.polling import wait_for
 from tests.harness import etcd_process, free_port, running
 
 from .promql import (
@@ -69,15 +70,15 @@ def test_the_reference_is_what_etcd_3_5_1_exposes(tmp_path):
 def test_every_family_used_is_in_kubekvs_metrics_as_etcds(tmp_path):
     """A 3-member kubekv (--metrics extensive) with one member killed: every family the
     rules and dashboard use is there with etcd's shape, and the new ones carry real values."""
-    c = Cluster(tmp_path, 3, extra_flags=["--metrics", "extensive",
-                                          "--experimental-warning-apply-duration", "1ns"])
+    c = Cluster(tmp_path, 3, flags=["--metrics", "extensive",
+                                    "--experimental-warning-apply-duration", "1ns"])
     try:
         c.start()
         leader = c.wait_leader()
         for i in range(5):
             leader.kv.Put(pb.PutRequest(key=b"k%d" % i, value=b"v" * 100))
         follower = c.followers()[0]
-        c.kill9(follower)
+        follower.kill()
         for i in range(5):
             leader.kv.Put(pb.PutRequest(key=b"after%d" % i, value=b"v"))
         to = f"{follower.id:x}"
@@ -108,7 +109,7 @@ def test_every_family_used_is_in_kubekvs_metrics_as_etcds(tmp_path):
         assert values['grpc_server_handling_seconds_count{grpc_method="Put",'
                        'grpc_service="etcdserverpb.KV",grpc_type="unary"}'] == 10
         # no quorum: a linearizable read waits, its read-index round is retried (slow)
-        c.kill9(others[0])
+        others[0].kill()
         with pytest.raises(grpc.RpcError):
             leader.kv.Range(pb.RangeRequest(key=b"k0"), timeout=1.5)
         wait_for(lambda: "etcd_server_slow_read_indexes_total 0\n" not in scrape(

@@ -19,7 +19,8 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.cluster.cluster_harness import Cluster, wait_for
+from kubekv_testing.cluster import Cluster
+from kubekv_testing.polling import wait_for
 from tests.harness import free_port
 
 from .promql import RULES, dashboard_expressions, grafana_to_promql
@@ -102,8 +103,7 @@ class Prometheus:
 
 
 def test_member_down_and_no_leader_alerts_fire_and_resolve(tmp_path):
-    c = Cluster(tmp_path / "cluster", 3, extra_flags=["--metrics", "extensive"])
-    (tmp_path / "cluster").mkdir()
+    c = Cluster(tmp_path / "cluster", 3, flags=["--metrics", "extensive"])
     prom = None
     try:
         c.start()
@@ -127,19 +127,19 @@ def test_member_down_and_no_leader_alerts_fire_and_resolve(tmp_path):
 
         leader = c.wait_leader()
         first, second = [m for m in c.members if m is not leader]
-        c.kill9(first)
+        first.kill()
         down = wait_for(lambda: firing("etcdMembersDown"), ALERT_DEADLINE,
                         "etcdMembersDown firing", interval=0.2)
         assert down[0]["labels"]["severity"] == "critical"
         assert not firing("etcdNoLeader")  # two of three still have a leader
 
-        c.kill9(second)  # no quorum: the survivor loses its leader
+        second.kill()  # no quorum: the survivor loses its leader
         survivor = f"127.0.0.1:{leader.client_port}"
         wait_for(lambda: firing("etcdNoLeader", instance=survivor), ALERT_DEADLINE,
                  "etcdNoLeader firing on the survivor", interval=0.2)
 
-        c.restart(first, wait=False)
-        c.restart(second, wait=False)
+        first.restart(wait=False)
+        second.restart(wait=False)
         c.wait_ready([first, second, leader])
         wait_for(lambda: not firing("etcdNoLeader") and not firing("etcdMembersDown"),
                  ALERT_DEADLINE, "etcdNoLeader and etcdMembersDown resolved", interval=0.2)

@@ -10,6 +10,7 @@ from kubekv_raft.core.raft import Config
 from kubekv_raft.core.storage import MemoryStorage
 from kubekv_raft.driver.lmdb_storage import LMDBStorage
 from kubekv_raft.driver.runner import Runner
+from kubekv_testing.polling import wait_for_async
 
 
 class LocalTransport:
@@ -66,12 +67,10 @@ def make_cluster(tmp_path):
 
 
 async def wait_leader(hub: dict[int, Runner], exclude: set[int] = frozenset()) -> int:
-    for _ in range(400):
-        leaders = [i for i, r in hub.items() if r.node.is_leader and i not in exclude]
-        if leaders:
-            return leaders[0]
-        await asyncio.sleep(0.01)
-    raise AssertionError("no leader")
+    """The first runner (IDs from 1) that leads, other than `exclude`."""
+    return await wait_for_async(
+        lambda: next((i for i, r in hub.items() if r.node.is_leader and i not in exclude), 0),
+        4.0, "a leader", interval=0.01)
 
 
 def test_three_runners_batch_proposals_and_reads(tmp_path):

@@ -7,6 +7,7 @@ deadline (`eventually`), never a sleep standing in for synchronisation.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -33,18 +34,13 @@ from kubekv_server.tls.peer import (
     self_signed_cert,
     server_credentials,
 )
+from kubekv_testing.polling import wait_for_async
 
 CID = 0xC1C1
 
 
-async def eventually(cond, timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll `cond` until it holds; fail after `timeout` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+# Poll `cond` until it holds, every 5 ms (loopback transports answer within a few).
+eventually = functools.partial(wait_for_async, timeout=10.0, what="condition", interval=0.005)
 
 
 class Recorder:

@@ -16,8 +16,9 @@ from cryptography import x509
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 from kubekv_server.tls.peer import peer_allowed
+from kubekv_testing.cluster import Cluster
 from kubekv_testing.pki import CA
-from tests.cluster.cluster_harness import Cluster
+from kubekv_testing.polling import wait_for
 from tests.harness import ROOT, free_port
 
 
@@ -78,21 +79,15 @@ def test_a_member_whose_certificate_is_not_allowed_is_refused(tmp_path, check):
                                               cwd=tmp_path, env={"PYTHONPATH": str(ROOT),
                                                                  "PATH": "/usr/bin:/bin"}))
         deadline = time.monotonic() + 40
-        refused = False
-        while time.monotonic() < deadline and not refused:
-            refused = "remote error: tls: bad certificate" in logs[2].read_text(errors="replace")
-            time.sleep(0.2)
-        assert refused, logs[2].read_text(errors="replace")[-2000:]
+        wait_for(lambda: "remote error: tls: bad certificate"
+                 in logs[2].read_text(errors="replace"), 40,
+                 f"the refused member's TLS error in {logs[2]}", interval=0.2)
         # the two allowed members have a leader and serve writes
         with grpc.insecure_channel(f"127.0.0.1:{clients[0]}") as ch:
             kv = rpc_pb2_grpc.KVStub(ch)
-            while True:
-                try:
-                    kv.Put(pb.PutRequest(key=b"a", value=b"b"), timeout=2)
-                    break
-                except grpc.RpcError:
-                    assert time.monotonic() < deadline, logs[0].read_text()[-2000:]
-                    time.sleep(0.2)
+            wait_for(lambda: kv.Put(pb.PutRequest(key=b"a", value=b"b"), timeout=2),
+                     max(0.0, deadline - time.monotonic()),
+                     f"a write through m0 (log: {logs[0]})", interval=0.2)
         # with allowed names, the refused one also refuses the others (theirs is not its
         # allowed one); with a CRL, the others refuse it
         refusers = [logs[2]] if check == "allowed-cn" else logs[:2]
@@ -115,12 +110,8 @@ def test_a_member_whose_certificate_is_not_allowed_is_refused(tmp_path, check):
 def test_members_with_peer_auto_tls_replicate(tmp_path):
     """--peer-auto-tls on https peer URLs: each member makes its own certificate in
     <data-dir>/fixtures/peer, as etcd does, and the three form a cluster over TLS."""
-    c = Cluster(tmp_path, extra_flags=["--peer-auto-tls", "--self-signed-cert-validity", "2"])
-    for m in c.members:
-        m.peer_url = m.peer_url.replace("http://", "https://")
-    initial = ",".join(f"{m.name}={m.peer_url}" for m in c.members)
-    for m in c.members:
-        m.argv = m.command(initial, "new")
+    c = Cluster(tmp_path, peer_tls=True,
+                flags=["--peer-auto-tls", "--self-signed-cert-validity", "2"])
     with c:
         c.start()
         c.members[0].kv.Put(pb.PutRequest(key=b"k", value=b"over tls"), timeout=10)

@@ -1,5 +1,5 @@
-"""A fake transport and trivial handlers for driving rpc.http1's Http1Handler without
-sockets: what it wrote, whether it closed, whether it paused reading."""
+"""Trivial handlers for driving rpc.http1's Http1Handler without sockets, over
+`FakeTransport`."""
 
 from __future__ import annotations
 
@@ -7,41 +7,10 @@ import asyncio
 
 from kubekv_server.rpc.http1 import Http1Handler
 
+from .fake_transport import FakeTransport
+
 # loop turns a test waits for the handler to finish before calling it stuck
 MAX_TURNS = 1000
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self, peer=("192.0.2.7", 4242)) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closed = False
-        self.paused = False
-        self.closed_event = asyncio.Event()
-        self._peer = peer
-
-    def get_extra_info(self, name, default=None):
-        return {"peername": self._peer}.get(name, default)
-
-    def write(self, data) -> None:
-        assert not self.closed, "write after close"
-        self.out += data
-
-    def close(self) -> None:
-        self.closed = True
-        self.closed_event.set()
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        self.paused = True
-
-    def resume_reading(self) -> None:
-        self.paused = False
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 class Server:

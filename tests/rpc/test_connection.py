@@ -19,49 +19,10 @@ from kubekv_server.rpc.calls import Method, inline
 from kubekv_server.rpc.connection import Http2Connection
 from kubekv_server.rpc.server import RpcServer
 
+from .fake_transport import FakeTransport
 from .h2_client import REQUEST, goaway_code, parse_frames
 
 RANGE = b"/etcdserverpb.KV/Range"
-
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.reading = True
-        self.closed = False
-        self.aborted = False
-        self.buffer_size = 0
-
-    def write(self, data) -> None:
-        self.written += data
-
-    def take(self) -> bytes:
-        data = bytes(self.written)
-        self.written.clear()
-        return data
-
-    def pause_reading(self) -> None:
-        self.reading = False
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def get_write_buffer_size(self) -> int:
-        return self.buffer_size
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = True
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 5555) if name == "peername" else default
 
 
 @inline

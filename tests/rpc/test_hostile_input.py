@@ -42,11 +42,8 @@ def shared_server(tmp_path_factory):
 @pytest.fixture
 def server(shared_server):
     """The shared server, restarted first if an earlier attack left it dead or wedged."""
-    proc = shared_server
-    if proc.proc.poll() is not None or not hostile.answers(HOST, proc.port, timeout=2.0):
-        proc.stop(timeout=3)
-        proc.start()
-    return proc
+    hostile.revive(shared_server, HOST)
+    return shared_server
 
 
 @pytest.fixture

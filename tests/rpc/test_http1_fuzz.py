@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kubekv_server.rpc.http1 import MAX_BODY, MAX_HEAD, MAX_PIPELINED, Http1Handler
-from tests.rpc.fake_http1 import FakeTransport, echo_server, settle
+from tests.rpc.fake_http1 import echo_server, settle
+from tests.rpc.fake_transport import FakeTransport
 
 B = b'{"key":"YQ=="}'
 SEEDS = [

@@ -3,14 +3,13 @@ parsing, and a running kubekv compacting by itself next to a real etcd."""
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server.config.flags import FlagError, parse_args
 from kubekv_server.member.auto_compaction import PeriodicSchedule, RevisionSchedule
+from kubekv_testing.polling import wait_for
 from tests.harness import etcd_process, kubekv_process, running
 
 MIN = 60.0
@@ -111,10 +110,8 @@ def test_periodic_compaction_runs_like_etcds(tmp_path):
             running(etcd_process(tmp_path, *flags)) as e:
         for proc in (k, e):
             _puts(proc, 5)
-        deadline = time.monotonic() + 20
-        while not all(_compacted_below(p, 2) for p in (k, e)):
-            assert time.monotonic() < deadline, "no automatic compaction within 20 s"
-            time.sleep(0.2)
+        wait_for(lambda: all(_compacted_below(p, 2) for p in (k, e)), 20,
+                 "an automatic compaction on both", interval=0.2)
         assert "completed auto periodic compaction" in k.log_path.read_text()
 
 
@@ -125,10 +122,8 @@ def test_revision_compaction_keeps_the_last_revisions(tmp_path, monkeypatch):
     flags = ("--auto-compaction-mode", "revision", "--auto-compaction-retention", "3")
     with running(kubekv_process(tmp_path, *flags)) as k:
         rev = _puts(k, 8)
-        deadline = time.monotonic() + 20
-        while not _compacted_below(k, rev - 4):
-            assert time.monotonic() < deadline, "no automatic compaction within 20 s"
-            time.sleep(0.1)
+        wait_for(lambda: _compacted_below(k, rev - 4), 20, "an automatic compaction",
+                 interval=0.1)
         assert not _compacted_below(k, rev - 3)  # exactly `retention` revisions kept
         log = k.log_path.read_text().replace('"', "").replace("msg=", "")
         assert f"completed auto revision compaction revision={rev - 3}" in log

@@ -10,8 +10,7 @@ import socket
 import grpc
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+from kubekv_testing import hostile
 
 
 def _send(port: int, data: bytes) -> None:
@@ -32,11 +31,11 @@ def test_random_bytes_and_broken_frames_leave_the_server_serving(kubekv):
         if i % 3 == 0:
             data = junk  # not even HTTP
         elif i % 3 == 1:
-            data = PREFACE + junk  # HTTP/2 preface, then garbage frames
+            data = hostile.PREFACE + junk  # HTTP/2 preface, then garbage frames
         else:  # a SETTINGS frame, then a HEADERS frame with a random header block
             block = rng.randbytes(rng.randint(0, 300))
-            data = (PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-                    + len(block).to_bytes(3, "big") + b"\x01\x05\x00\x00\x00\x01" + block)
+            data = hostile.PREFACE + hostile.settings() + hostile.frame(
+                hostile.HEADERS, hostile.END_HEADERS | hostile.END_STREAM, 1, block)
         _send(kubekv.port, data)
     raw = kubekv.channel.unary_unary("/etcdserverpb.KV/Range")
     try:

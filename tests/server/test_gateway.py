@@ -18,7 +18,7 @@ import pytest
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 from kubekv_server.http.gateway_json import JSONError, decode_stream, go_base64
-from tests.harness import kubekv_process, running
+from tests.harness import ServerProcess, kubekv_process, running
 
 # ------------------------------------------------------------------ JSON decoding
 
@@ -132,11 +132,7 @@ def _h2_post(port: int, path: str, body: bytes, lines: int = 0, timeout: float =
 
 
 def test_gateway_and_health_over_tls_with_http2(tmp_path):
-    proc = kubekv_process(tmp_path, "--auto-tls")
-    url = f"https://127.0.0.1:{proc.port}"
-    for flag in ("--listen-client-urls", "--advertise-client-urls"):
-        proc.argv[proc.argv.index(flag) + 1] = url
-    proc.tls_credentials = lambda: _server_credentials(proc)
+    proc = auto_tls_process(tmp_path)
     with running(proc):
         status, headers, body = _h2_post(proc.port, "/v3/kv/put", b'{"key":"YQ==","value":"Yg=="}')
         assert status == 200 and headers["grpc-metadata-content-type"] == "application/grpc"
@@ -157,6 +153,17 @@ def _server_credentials(proc):
     if not cert.exists():
         return None
     return grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+
+
+def auto_tls_process(tmp_path) -> ServerProcess:
+    """A kubekv (not started) on an https client URL with --auto-tls; its gRPC channel
+    trusts the certificate the server makes at start."""
+    proc = kubekv_process(tmp_path, "--auto-tls")
+    url = f"https://127.0.0.1:{proc.port}"
+    for flag in ("--listen-client-urls", "--advertise-client-urls"):
+        proc.argv[proc.argv.index(flag) + 1] = url
+    proc.tls_credentials = lambda: _server_credentials(proc)
+    return proc
 
 
 # -------------------------------------------------------------------- server streams

@@ -9,6 +9,7 @@ import socket
 
 import pytest
 
+from kubekv_testing.raw_socket import read_to_close
 from tests.harness import ServerProcess, etcd_process, kubekv_process
 
 WATCH = b'{"create_request":{"key":"Zm9v"}}'
@@ -33,11 +34,8 @@ def open_watch(port: int) -> socket.socket:
 
 def rest(sock: socket.socket) -> bytes:
     """Everything until the server closes the connection."""
-    got = b""
-    while data := sock.recv(65536):
-        got += data
-    sock.close()
-    return got
+    with sock:
+        return read_to_close(sock)
 
 
 @pytest.mark.parametrize("make", [kubekv_process, etcd_process], ids=["kubekv", "etcd"])

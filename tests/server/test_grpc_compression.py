@@ -18,7 +18,6 @@ import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-from tests.harness import etcd_process, kubekv_process
 
 RANGE = pb.RangeRequest(key=b"raw/a").SerializeToString()
 GZ = gzip.compress(RANGE)
@@ -28,17 +27,9 @@ ANSWER_TIMEOUT = 10.0
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    """A kubekv and a real etcd 3.5.1, both fresh, for the whole module."""
-    etcd = etcd_process(tmp_path_factory.mktemp("etcd"))
-    kubekv = kubekv_process(tmp_path_factory.mktemp("kubekv"))
-    try:
-        etcd.start()
-        kubekv.start()
-        yield {"etcd": etcd, "kubekv": kubekv}
-    finally:
-        kubekv.stop()
-        etcd.stop()
+def servers(etcd_and_kubekv):
+    etcd, kubekv = etcd_and_kubekv
+    return {"etcd": etcd, "kubekv": kubekv}
 
 
 def framed(msg: bytes, flag: int = 0) -> bytes:

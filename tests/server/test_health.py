@@ -24,7 +24,8 @@ import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server.http.health import HealthEndpoints
-from tests.cluster.cluster_harness import wait_for
+from kubekv_testing.polling import wait_for
+from kubekv_testing.raw_socket import read_to_close
 from tests.harness import (
     ROOT,
     ServerProcess,
@@ -270,10 +271,8 @@ def test_start_order_metrics_listener_first_clients_once_ready(tmp_path, system)
         early = socket.create_connection(("127.0.0.1", first.port), timeout=60)
         early.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         launch(others)
-        answer = b""
-        while data := early.recv(65536):
-            answer += data
-        early.close()
+        with early:
+            answer = read_to_close(early)
         assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
         assert _REASON.sub(b"", answer).endswith(HEALTHY), answer
     finally:
@@ -283,13 +282,9 @@ def test_start_order_metrics_listener_first_clients_once_ready(tmp_path, system)
 
 def test_health_endpoints_over_http2_with_tls(tmp_path):
     """curl on an https client URL speaks HTTP/2: the same answers reach it."""
-    from tests.server.test_gateway import _h2_post, _server_credentials
+    from tests.server.test_gateway import _h2_post, auto_tls_process
 
-    proc = kubekv_process(tmp_path, "--auto-tls")
-    url = f"https://127.0.0.1:{proc.port}"
-    for flag in ("--listen-client-urls", "--advertise-client-urls"):
-        proc.argv[proc.argv.index(flag) + 1] = url
-    proc.tls_credentials = lambda: _server_credentials(proc)
+    proc = auto_tls_process(tmp_path)
     with running(proc):
         for path, body in (("/health", HEALTHY), ("/livez", b"ok\n"),
                            ("/readyz?verbose", b"[+]data_corruption ok\n[+]serializable_read ok"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import socket
 
 import pytest
 from hypothesis import given, settings
@@ -17,8 +16,10 @@ from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server.http.gateway_json import JSONError, decode_stream
 from kubekv_server.rpc import http1
 from kubekv_server.rpc.http1 import MAX_BODY, MAX_HEAD, MAX_PIPELINED, Http1Handler, go_error
+from kubekv_testing.raw_socket import exchange
 from tests.harness import kubekv_process, running
-from tests.rpc.fake_http1 import FakeTransport, Server, echo_server, run, settle
+from tests.rpc.fake_http1 import Server, echo_server, run, settle
+from tests.rpc.fake_transport import FakeTransport
 
 GET = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
 POST = b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\n"
@@ -360,12 +361,9 @@ def test_any_json_value_decodes_or_raises_a_json_error(value):
 
 
 def _exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(data)
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
-        return out
+    got, reset = exchange(port, data, timeout=10)
+    assert not reset, got
+    return got
 
 
 def test_malformed_requests_get_answers_and_the_server_keeps_serving(tmp_path):

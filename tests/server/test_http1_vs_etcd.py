@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 
 import pytest
 
-from tests.harness import etcd_process, kubekv_process
+from kubekv_testing.raw_socket import exchange
 
 B = b'{"key":"YQ=="}'
 POST = b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\n"
@@ -77,21 +76,6 @@ CASES = [
 ]
 
 
-def exchange(port: int, data: bytes, half_close: bool, follow: bool) -> tuple[bytes, bool]:
-    """Send, read to the end; (bytes received, whether the server reset the connection)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-        s.sendall(data + (FOLLOW if follow else b""))
-        if half_close:
-            s.shutdown(socket.SHUT_WR)
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except ConnectionResetError:
-            return out, True
-        return out, False
-
-
 def summary(out: bytes) -> list[tuple]:
     """Each answer: its status line, and the body where it is fixed text (a Go error, or a
     gateway error's message); 200 bodies differ (cluster ids) and are left out."""
@@ -111,34 +95,23 @@ def summary(out: bytes) -> list[tuple]:
     return answers
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    etcd = etcd_process(tmp_path_factory.mktemp("etcd"))
-    kubekv = kubekv_process(tmp_path_factory.mktemp("kubekv"))
-    try:
-        etcd.start()
-        kubekv.start()
-        yield etcd, kubekv
-    finally:
-        kubekv.stop()
-        etcd.stop()
-
-
 @pytest.mark.parametrize("name, wire, half_close, follow", CASES, ids=[c[0] for c in CASES])
-def test_malformed_request_answered_as_etcd_answers_it(servers, name, wire, half_close, follow):
-    etcd, kubekv = servers
-    theirs, _ = exchange(etcd.port, wire, half_close, follow)
-    ours, _ = exchange(kubekv.port, wire, half_close, follow)
+def test_malformed_request_answered_as_etcd_answers_it(etcd_and_kubekv, name, wire, half_close,
+                                                      follow):
+    etcd, kubekv = etcd_and_kubekv
+    wire += FOLLOW if follow else b""
+    theirs, _ = exchange(etcd.port, wire, timeout=20, half_close=half_close)
+    ours, _ = exchange(kubekv.port, wire, timeout=20, half_close=half_close)
     assert summary(ours) == summary(theirs)
 
 
-def test_a_body_over_our_limit_is_refused_where_etcd_reads_it_then_refuses(servers):
+def test_a_body_over_our_limit_is_refused_where_etcd_reads_it_then_refuses(etcd_and_kubekv):
     """Go's server has no body limit: etcd reads 9 MiB and its gRPC limit answers 429;
     we refuse at MAX_BODY (8 MiB) with 413 rather than hold the body."""
-    etcd, kubekv = servers
+    etcd, kubekv = etcd_and_kubekv
     big = b'{"key":"' + b"A" * (9 << 20) + b'"}'
     wire = POST + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(big) + big
-    theirs, _ = exchange(etcd.port, wire, False, False)
-    ours, _ = exchange(kubekv.port, b"".join(wire.split(big)), False, False)
+    theirs, _ = exchange(etcd.port, wire, timeout=20)
+    ours, _ = exchange(kubekv.port, b"".join(wire.split(big)), timeout=20)
     assert summary(theirs)[0][0] == "HTTP/1.1 429 Too Many Requests"
     assert summary(ours)[0][0] == "HTTP/1.1 413 Request Entity Too Large"

@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 
 import grpc
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
+from kubekv_testing.polling import wait_for
 from tests.harness import ROOT
 
 
@@ -26,13 +26,9 @@ def _start(tmp_path, *flags: str) -> tuple[subprocess.Popen, object]:
 
 
 def _wait_for(log, pattern: str, timeout: float = 30.0) -> re.Match:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(pattern, log.read_text(errors="replace"))
-        if m:
-            return m
-        time.sleep(0.05)
-    raise AssertionError(log.read_text(errors="replace")[-2000:])
+    """The first match of `pattern` in the server's log, once it is there."""
+    return wait_for(lambda: re.search(pattern, log.read_text(errors="replace")), timeout,
+                    f"{pattern!r} in {log}")
 
 
 def test_port_0_listens_on_a_free_port_and_unix_peers_work(tmp_path):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import pytest
 
 from kubekv_server.tcp_gateway import GatewayFlagError, parse_gateway_args
+from kubekv_testing.polling import wait_for
 from tests.harness import ROOT, etcdctl, free_port, kubekv_process, running
 
 
@@ -35,10 +35,9 @@ def test_etcdctl_through_the_gateway(tmp_path):
                 stdout=out, stderr=subprocess.STDOUT,
                 env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
         try:
-            deadline = time.monotonic() + 20
-            while "ready to proxy client requests" not in log.read_text():
-                assert time.monotonic() < deadline and gw.poll() is None, log.read_text()
-                time.sleep(0.05)
+            wait_for(lambda: "ready to proxy client requests" in log.read_text(), 20,
+                     f"the gateway to be ready (log: {log})",
+                     give_up=lambda: gw.poll() is not None and log.read_text())
             assert etcdctl(listen, "put", "foo", "bar").stdout.strip() == "OK"
             assert etcdctl(listen, "get", "foo").stdout.split() == ["foo", "bar"]
             assert etcdctl(server.endpoint, "get", "foo").stdout.split() == ["foo", "bar"]

@@ -7,7 +7,6 @@ import os
 import socket
 import ssl
 import subprocess
-import time
 
 import grpc
 import pytest
@@ -20,6 +19,7 @@ from kubekv_server.config.flags import FlagError, parse_args
 from kubekv_server.tls.client import cert_serial, crl_serials, load_crl, pem_revoked
 from kubekv_server.tls.peer import self_signed_cert
 from kubekv_testing.pki import CA
+from kubekv_testing.polling import wait_for
 from tests.harness import etcd_process, etcdctl, free_port, kubekv_process, running
 
 
@@ -199,10 +199,8 @@ def test_cipher_suites_like_etcd(tmp_path):
             proc.proc = subprocess.Popen(proc.argv, stdout=log, stderr=subprocess.STDOUT,
                                          env=proc.env, cwd=str(proc.data_dir.parent))
         try:
-            deadline = time.monotonic() + 30
-            while _handshake(port, "ECDHE-ECDSA-AES128-GCM-SHA256").startswith("unreachable"):
-                assert time.monotonic() < deadline, proc.log_tail()
-                time.sleep(0.05)
+            wait_for(lambda p=port: not _handshake(p, "ECDHE-ECDSA-AES128-GCM-SHA256")
+                     .startswith("unreachable"), 30, f"a TLS listener ({proc.log_path})")
             seen[factory.__name__] = [_handshake(port, c) for c in (
                 "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384")]
         finally:

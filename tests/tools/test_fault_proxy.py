@@ -11,6 +11,7 @@ import time
 import pytest
 
 from kubekv_testing.fault_proxy import FaultNetwork
+from kubekv_testing.polling import wait_for
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -91,22 +92,15 @@ def is_dead(sock, timeout=2.0) -> bool:
         return not isinstance(exc, TimeoutError)
 
 
-def wait_for(pred, timeout=3.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 def test_forwards_both_ways_and_counts(net, echo):
     link = net.add_link("a", "b", echo().port)
     with connect(link.port) as s:
         assert roundtrip(s, b"hello" * 1000) == b"hello" * 1000
-        assert wait_for(lambda: link.connections == 1)
+        wait_for(lambda: link.connections == 1, 3.0, "one proxied connection", interval=0.02)
     assert link.bytes_forwarded["up"] == 5000
-    assert wait_for(lambda: link.connections == 0)
+    wait_for(lambda: link.connections == 0, 3.0, "no proxied connection", interval=0.02)
     assert link.accepted == 1
 
 
@@ -244,7 +238,7 @@ def test_cut_with_many_live_connections_and_close(echo):
     socks = [connect(link.port) for _ in range(20)]
     for s in socks:
         assert roundtrip(s) == b"ping"
-    assert wait_for(lambda: link.connections == 20)
+    wait_for(lambda: link.connections == 20, 3.0, "20 proxied connections", interval=0.02)
     link.cut()
     assert link.connections == 0
     assert all(is_dead(s) for s in socks)

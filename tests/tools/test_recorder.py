@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 
 import grpc
 import pytest
 
 from kubekv_testing.linearizability import Get, GetResult, Put, PutResult, check_kv
+from kubekv_testing.polling import wait_for
 from kubekv_testing.recorder import Recorder, Workload, run_workload
 
 
@@ -108,10 +108,8 @@ def test_workload_across_a_restart_is_linearizable(kubekv):
     w.start()
 
     def wait_ok(n):
-        deadline = time.monotonic() + 20
-        while w.recorder.counts["ok"] < n:
-            assert time.monotonic() < deadline, w.recorder.errors
-            time.sleep(0.05)
+        wait_for(lambda: w.recorder.counts["ok"] >= n, 20,
+                 f"{n} acknowledged operations (errors: {w.recorder.errors})")
 
     try:
         wait_ok(100)

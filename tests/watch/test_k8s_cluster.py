@@ -19,7 +19,8 @@ import grpc
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-from tests.watch.cluster3 import Cluster, FailoverKV, ResumingWatch
+from kubekv_testing.cluster import ETCD_TIMINGS, Cluster
+from kubekv_testing.cluster_clients import FailoverKV, ResumingWatch
 
 PFX, END = b"/registry/pods/", b"/registry/pods0"
 PAGE = 25
@@ -41,12 +42,13 @@ def paginated_list(kv: FailoverKV, revision: int = 0) -> tuple[int, dict[bytes, 
 
 
 def test_list_watch_cache_across_a_member_kill(tmp_path):
-    cluster = Cluster(tmp_path, flags=("--experimental-watch-progress-notify-interval", "200ms"))
+    cluster = Cluster(tmp_path, **ETCD_TIMINGS,
+                      flags=("--experimental-watch-progress-notify-interval", "200ms"))
     cluster.start()
     kv = FailoverKV(cluster)
     watch = None
     try:
-        leader = cluster.leader()
+        leader = cluster.wait_leader()
         lease = rpc_pb2_grpc.LeaseStub(leader.channel)
         lease_keys = [PFX + b"lease-%02d" % i for i in range(8)]
         for i in range(60):
@@ -120,7 +122,7 @@ def test_list_watch_cache_across_a_member_kill(tmp_path):
                 checks += 1
             seen = len(rs)
             if killed is None and ops[0] >= 100:
-                killed = cluster.leader()
+                killed = cluster.wait_leader()
                 assert killed is watch.member
                 killed.kill()
             if final_rev is None and done.is_set() and len(lease_deletes) == len(lease_keys):
@@ -138,17 +140,17 @@ def test_list_watch_cache_across_a_member_kill(tmp_path):
         if watch is not None:
             watch.close()
         kv.close()
-        cluster.stop()
+        cluster.close()
 
 
 def test_linearizable_list_on_a_follower_answers_across_a_leader_kill(tmp_path):
     """A list (a linearizable Range) sent to a follower just after the leader died must
     not hang: it is answered once a new leader confirms the read index, or fails within
     etcd's request timeout (7 s), never waits for the client's deadline."""
-    cluster = Cluster(tmp_path)
+    cluster = Cluster(tmp_path, **ETCD_TIMINGS)
     cluster.start()
     try:
-        leader = cluster.leader()
+        leader = cluster.wait_leader()
         follower = next(m for m in cluster.members if m is not leader)
         follower.kv.Put(pb.PutRequest(key=PFX + b"a", value=b"1"))
         leader.kill()
@@ -163,4 +165,4 @@ def test_linearizable_list_on_a_follower_answers_across_a_leader_kill(tmp_path):
         assert all(took < 7 + 2 for took, _ in results), results
         assert results[-1][1] == 1, results
     finally:
-        cluster.stop()
+        cluster.close()

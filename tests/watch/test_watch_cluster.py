@@ -19,7 +19,8 @@ import grpc
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-from tests.watch.cluster3 import Cluster, FailoverKV, ResumingWatch
+from kubekv_testing.cluster import ETCD_TIMINGS, Cluster
+from kubekv_testing.cluster_clients import FailoverKV, ResumingWatch
 
 PFX, END = b"g/", b"g0"
 
@@ -104,12 +105,12 @@ def verify_stream(responses, record: dict, maybe: set, start: int, last: int,
 
 
 def run_guarantees(tmp_path, ops_per_writer: int, n_writers: int = 3) -> None:
-    cluster = Cluster(tmp_path, env={"KUBEKV_WATCH_RECENT_REVISIONS": "16"})
+    cluster = Cluster(tmp_path, **ETCD_TIMINGS, env={"KUBEKV_WATCH_RECENT_REVISIONS": "16"})
     cluster.start()
     kv = FailoverKV(cluster)
     watches: list[tuple[str, ResumingWatch]] = []
     try:
-        leader = cluster.leader()
+        leader = cluster.wait_leader()
         followers = [m for m in cluster.members if m is not leader]
         start = kv.call("Range", pb.RangeRequest(key=PFX)).header.revision + 1
         create = pb.WatchCreateRequest(key=PFX, range_end=END, start_revision=start,
@@ -153,9 +154,9 @@ def run_guarantees(tmp_path, ops_per_writer: int, n_writers: int = 3) -> None:
         while sum(progress) < total // 3:
             assert time.monotonic() < deadline and any(t.is_alive() for t in writers)
             time.sleep(0.01)  # polling the writers' counters
-        killed = cluster.leader()
+        killed = cluster.wait_leader()
         killed.kill()
-        new_leader = cluster.leader(exclude=killed)
+        new_leader = cluster.wait_leader(exclude=killed)
         assert new_leader is not killed
         for t in writers:
             t.join()
@@ -179,7 +180,7 @@ def run_guarantees(tmp_path, ops_per_writer: int, n_writers: int = 3) -> None:
         for _, w in watches:
             w.close()
         kv.close()
-        cluster.stop()
+        cluster.close()
 
 
 def test_watch_guarantees_on_3_members_across_leader_kill(tmp_path):

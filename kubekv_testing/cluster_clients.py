@@ -1,17 +1,10 @@
-"""A small helper for tests on an N-member kubekv cluster of real processes on loopback.
-
-Members are started together (none is ready before a quorum runs), readiness is a
-linearizable Range on each, and `stop()` always reaps every process. The leader is
-found through Maintenance.Status, never assumed.
-"""
+"""Clients over a test `Cluster` that survive losing a member, as etcd clients do: a KV
+client that moves to the next live member when a call fails, and a watch that resumes on
+another member from the last revision it saw."""
 
 from __future__ import annotations
 
-import os
-import pathlib
 import queue
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,108 +13,9 @@ import grpc
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-from tests.harness import ROOT, ServerProcess, free_port
+from kubekv_testing.cluster import Cluster, ClusterMember
 
-
-class Cluster:
-    def __init__(self, tmp: pathlib.Path, size: int = 3, flags: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None, token: str = "kubekv-test") -> None:
-        self.tmp = tmp
-        names = [f"n{i + 1}" for i in range(size)]
-        peers = {n: f"http://127.0.0.1:{free_port()}" for n in names}
-        initial = ",".join(f"{n}={peers[n]}" for n in names)
-        base_env = dict(os.environ)
-        base_env.pop("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION", None)
-        base_env["PYTHONPATH"] = str(ROOT) + os.pathsep + base_env.get("PYTHONPATH", "")
-        base_env.update(env or {})
-        self.members: list[ServerProcess] = []
-        for n in names:
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            argv = [
-                sys.executable, "-m", "kubekv_server",
-                "--name", n,
-                "--data-dir", str(tmp / f"{n}.kubekv"),
-                "--listen-client-urls", url,
-                "--advertise-client-urls", url,
-                "--listen-peer-urls", peers[n],
-                "--initial-advertise-peer-urls", peers[n],
-                "--initial-cluster", initial,
-                "--initial-cluster-token", token,
-                *flags,
-            ]
-            self.members.append(
-                ServerProcess(argv, tmp / f"{n}.kubekv", port, tmp / f"{n}.log", dict(base_env))
-            )
-
-    # ------------------------------------------------------------ lifecycle
-
-    def start(self, timeout: float = 60.0) -> Cluster:
-        for m in self.members:
-            self._spawn(m)
-        deadline = time.monotonic() + timeout
-        for m in self.members:
-            m.wait_ready(max(deadline - time.monotonic(), 1.0))
-        return self
-
-    @staticmethod
-    def _spawn(m: ServerProcess) -> None:
-        with open(m.log_path, "ab") as log:
-            m.proc = subprocess.Popen(
-                m.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=m.env, cwd=str(m.data_dir.parent),
-            )
-
-    def stop(self) -> None:
-        for m in self.members:
-            m.stop()
-
-    def __enter__(self) -> Cluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    # ------------------------------------------------------------- queries
-
-    def alive(self) -> list[ServerProcess]:
-        return [m for m in self.members if m.proc is not None and m.proc.poll() is None]
-
-    def status(self, m: ServerProcess, timeout: float = 1.0) -> pb.StatusResponse:
-        return m.maintenance.Status(pb.StatusRequest(), timeout=timeout)
-
-    def leader(self, timeout: float = 30.0, exclude: ServerProcess | None = None
-               ) -> ServerProcess:
-        """The member that leads now, as every live member that answers agrees."""
-        deadline = time.monotonic() + timeout
-        while True:
-            ids: dict[int, ServerProcess] = {}
-            leaders = set()
-            for m in self.alive():
-                try:
-                    st = self.status(m)
-                except grpc.RpcError:
-                    continue
-                ids[st.header.member_id] = m
-                leaders.add(st.leader)
-            if len(leaders) == 1:
-                (lead,) = leaders
-                if lead in ids and ids[lead] is not exclude:
-                    return ids[lead]
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no agreed leader after {timeout}s: {leaders}")
-            time.sleep(0.05)  # polling the cluster's state, not standing in for an event
-
-    def followers(self) -> list[ServerProcess]:
-        lead = self.leader()
-        return [m for m in self.alive() if m is not lead]
-
-    def member_id(self, m: ServerProcess) -> int:
-        return self.status(m).header.member_id
+__all__ = ["RETRY_CODES", "FailoverKV", "ResumingWatch"]
 
 # what etcd clients retry on another endpoint: no leader, timeouts, a member gone
 RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -141,7 +35,7 @@ class FailoverKV:
         self._lock = threading.Lock()
         self.errors: list[tuple] = []  # (time, endpoint, method, code, details) of failures
 
-    def _stub(self, m: ServerProcess, service: str):
+    def _stub(self, m: ClusterMember, service: str):
         with self._lock:
             ch = self._channels.get(m.endpoint)
             if ch is None:
@@ -155,7 +49,7 @@ class FailoverKV:
         errors (e.g. compacted) are raised. `service`: KV, Lease, ..."""
         end = time.monotonic() + deadline
         while True:
-            alive = self.cluster.alive()
+            alive = self.cluster.live_members()
             if not alive:
                 raise AssertionError("no live member")
             self._i = (self._i + 1) % len(alive)
@@ -183,7 +77,7 @@ class ResumingWatch:
     and Kubernetes' reflector do the same). Responses of every incarnation are kept
     in order; `resumes` counts the re-creations."""
 
-    def __init__(self, cluster: Cluster, member: ServerProcess, create: pb.WatchCreateRequest,
+    def __init__(self, cluster: Cluster, member: ClusterMember, create: pb.WatchCreateRequest,
                  channel_options=(), delay: float = 0.0) -> None:
         self.cluster = cluster
         self.member = member
@@ -207,7 +101,7 @@ class ResumingWatch:
                 if self._one_stream():
                     return
                 self.resumes += 1
-                alive = [m for m in self.cluster.alive() if m is not self.member]
+                alive = [m for m in self.cluster.live_members() if m is not self.member]
                 if not alive:
                     raise AssertionError("no member left to resume on")
                 self.member = alive[self.resumes % len(alive)]
