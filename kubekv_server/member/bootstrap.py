@@ -21,7 +21,7 @@ from etcdproto.kubekvpb import internal_pb2
 from etcdproto.raftpb import raft_pb2
 from kubekv_raft.driver.lmdb_storage import LMDBStorage
 from kubekv_server import errors
-from kubekv_server.backend import bbolt_import
+from kubekv_server.backend import bbolt_import, state_snapshot
 from kubekv_server.backend.state_db import Backend, decode_u64, encode_u64
 from kubekv_server.config.flags import Config
 from kubekv_server.lease import LeaseStore
@@ -30,6 +30,7 @@ from kubekv_server.member.proposals import REQUEST_TIMEOUT
 from kubekv_server.member.reconcile import DataDirFacts, unreconcilable
 from kubekv_server.mvcc import MVCCStore
 from kubekv_server.peer.peering import fetch_members
+from kubekv_server.peer.snapshot_files import received_snapshot
 from kubekv_server.replication.raft_node import RaftNode
 
 log = logging.getLogger("kubekv.member")
@@ -52,20 +53,56 @@ def _marker_path(data_dir: str) -> str:
     return os.path.join(data_dir, "member", MARKER)
 
 
-def check_reconcilable(data_dir: str, backend: Backend, storage: LMDBStorage) -> None:
-    """Refuse to start (one critical log line, exit status 1) on a data dir whose log and
-    state db cannot be reconciled, before anything is written to it (etcd refuses too)."""
-    facts = DataDirFacts(
+def _facts(data_dir: str, backend: Backend, storage: LMDBStorage) -> DataDirFacts:
+    return DataDirFacts(
         marker=os.path.exists(_marker_path(data_dir)),
         identity=bool(backend.get_meta(b"member_id")),
         applied_index=backend.applied_index(),
         log_first_index=storage.first_index(),
         log_last_index=storage.last_index(),
     )
+
+
+def check_reconcilable(data_dir: str, backend: Backend, storage: LMDBStorage) -> None:
+    """Refuse to start (one critical log line, exit status 1) on a data dir whose log and
+    state db cannot be reconciled, before anything is written to it (etcd refuses too).
+
+    A state db behind the log's compaction point is first recovered from the log's
+    snapshot file if it is still there (a crash between installing a received snapshot
+    in the log and in the state db leaves that), as etcd recovers its backend from the
+    snapshot's db file when the backend's consistent index is behind the snapshot.
+    """
+    facts = _facts(data_dir, backend, storage)
+    if facts.identity and facts.applied_index < facts.log_first_index - 1:
+        if _recover_state_from_snapshot(backend, storage, facts.applied_index):
+            facts = _facts(data_dir, backend, storage)
     reason = unreconcilable(data_dir, facts)
     if reason is not None:
         log.critical('msg="failed to start" error="%s"', reason)
         raise SystemExit(1)
+
+
+def _recover_state_from_snapshot(backend: Backend, storage: LMDBStorage, applied: int) -> bool:
+    """Install the log's latest snapshot file (ours or one received) in the state db if
+    it exists and is newer than `applied`; whether the state db was replaced."""
+    snap = storage.snapshot()
+    index = snap.metadata.index
+    if index <= applied or not snap.data:
+        return False
+    path = state_snapshot.path_of(snap.data)
+    if path is None:
+        try:
+            path = received_snapshot(snap).path
+        except Exception:  # not a received snapshot's data either
+            return False
+    if not path or not os.path.isfile(path):
+        return False
+    log.warning('msg="recovering v3 backend from snapshot" applied-index=%d '
+                "snapshot-index=%d file=%s", applied, index, path)
+    state_snapshot.install(backend, path)
+    if backend.fsync:
+        backend.sync()
+    return True
 
 
 def mark_identity_committed(data_dir: str, backend: Backend, mid: int, cid: int) -> None:

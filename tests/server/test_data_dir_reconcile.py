@@ -2,9 +2,10 @@
 
 The decision (member/reconcile.py) from a few facts, then real servers on data dirs
 crafted to be damaged: a log older than the state (it lost its tail), a state older
-than the log's compaction point. The power-cut case (--unsafe-no-fsync) is in
-tests/crash/test_power_loss.py. Fresh data dirs, a first start that ended before the
-identity was committed, and data dirs from before the marker existed still start.
+than the log's compaction point (recovered from the snapshot file while it exists). The
+power-cut case (--unsafe-no-fsync) is in tests/crash/test_power_loss.py. Fresh data
+dirs, a first start that ended before the identity was committed, and data dirs from
+before the marker existed still start.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ def test_server_refuses_a_log_older_than_its_state(tmp_path):
         proc.stop()
 
 
-def test_server_refuses_a_state_older_than_the_log_compaction(tmp_path):
+def test_a_state_older_than_the_log_compaction(tmp_path):
+    """Recovered from the log's snapshot file while it exists (etcd: "recovering v3
+    backend from snapshot"), refused once it is gone."""
     proc = kubekv_process(tmp_path, "--snapshot-count", "5")  # compacts the log often
     member = proc.data_dir / "member"
     try:
@@ -107,6 +110,13 @@ def test_server_refuses_a_state_older_than_the_log_compaction(tmp_path):
         proc.stop()
         shutil.rmtree(member / "state")
         shutil.copytree(tmp_path / "old-state", member / "state")
+        proc.start()
+        assert 'msg="recovering v3 backend from snapshot"' in proc.log_tail(100)
+        assert proc.kv.Range(pb.RangeRequest(key=b"c", range_end=b"d")).count == 40
+        proc.stop()
+        shutil.rmtree(member / "state")
+        shutil.copytree(tmp_path / "old-state", member / "state")
+        shutil.rmtree(member / "snap")
         refused(proc, "failed to recover v3 backend from snapshot: ")
     finally:
         proc.stop()
