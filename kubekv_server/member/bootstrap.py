@@ -16,6 +16,9 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from typing import NoReturn
+
+import lmdb
 
 from etcdproto.kubekvpb import internal_pb2
 from etcdproto.raftpb import raft_pb2
@@ -27,7 +30,7 @@ from kubekv_server.config.flags import Config
 from kubekv_server.lease import LeaseStore
 from kubekv_server.member.cluster_ids import cluster_id, member_id
 from kubekv_server.member.proposals import REQUEST_TIMEOUT
-from kubekv_server.member.reconcile import DataDirFacts, unreconcilable
+from kubekv_server.member.reconcile import REMEDY, DataDirFacts, unreconcilable
 from kubekv_server.mvcc import MVCCStore
 from kubekv_server.peer.peering import fetch_members
 from kubekv_server.peer.snapshot_files import received_snapshot
@@ -51,6 +54,25 @@ MARKER = "identity"  # in <data-dir>/member: the member's identity was committed
 
 def _marker_path(data_dir: str) -> str:
     return os.path.join(data_dir, "member", MARKER)
+
+
+def refuse(reason: str) -> NoReturn:
+    """Stop start-up: one critical line saying why, exit status 1 (as etcd's fatal log)."""
+    log.critical('msg="failed to start" error="%s"', reason)
+    raise SystemExit(1)
+
+
+def open_stores(data_dir: str, state_path: str, log_path: str,
+                fsync: bool) -> tuple[Backend, LMDBStorage]:
+    """Open the state db and the Raft log; one LMDB cannot read refuses start-up (a
+    power cut under --unsafe-no-fsync can leave pages of either half written)."""
+    what, path = "state db", state_path
+    try:
+        backend = Backend(path, fsync=fsync)
+        what, path = "log", log_path
+        return backend, LMDBStorage(path, fsync=fsync)
+    except lmdb.Error as exc:
+        refuse(f"failed to open the {what} of {data_dir} at {path}: {exc}; {REMEDY}")
 
 
 def _facts(data_dir: str, backend: Backend, storage: LMDBStorage) -> DataDirFacts:
@@ -78,8 +100,7 @@ def check_reconcilable(data_dir: str, backend: Backend, storage: LMDBStorage) ->
             facts = _facts(data_dir, backend, storage)
     reason = unreconcilable(data_dir, facts)
     if reason is not None:
-        log.critical('msg="failed to start" error="%s"', reason)
-        raise SystemExit(1)
+        refuse(reason)
 
 
 def _recover_state_from_snapshot(backend: Backend, storage: LMDBStorage, applied: int) -> bool:

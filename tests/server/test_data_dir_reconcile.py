@@ -140,3 +140,17 @@ def test_first_start_cut_short_and_old_data_dirs_still_start(tmp_path):
         assert marker.exists()
     finally:
         proc.stop()
+
+
+def test_server_refuses_a_state_db_lmdb_cannot_read(tmp_path):
+    """A power cut under --unsafe-no-fsync can leave some pages of a file written."""
+    proc = kubekv_process(tmp_path)
+    try:
+        proc.start()
+        put(proc, 3, b"e")
+        proc.stop()
+        with open(proc.data_dir / "member" / "state" / "data.mdb", "r+b") as f:
+            f.write(b"\xff" * 8192)  # both meta pages
+        refused(proc, "failed to open the state db of ")
+    finally:
+        proc.stop()
