@@ -3,7 +3,10 @@ join an existing cluster, import an etcd backend, and publish its attributes.
 
 The identity (member id, cluster id, members) lives in the state db's meta bucket;
 a new member of a new cluster also writes the bootstrap log: one ConfChange per
-initial member, committed at term 1, as etcd's bootstrap does.
+initial member, committed at term 1, as etcd's bootstrap does. Once the identity is
+durable, the file member/identity marks the data dir as a member's; before anything is
+written, start-up refuses a data dir whose log and state cannot be reconciled
+(`check_reconcilable`, the decision in member/reconcile.py).
 """
 
 from __future__ import annotations
@@ -13,19 +16,24 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from typing import NoReturn
+
+import lmdb
 
 from etcdproto.kubekvpb import internal_pb2
 from etcdproto.raftpb import raft_pb2
 from kubekv_raft.driver.lmdb_storage import LMDBStorage
 from kubekv_server import errors
-from kubekv_server.backend import bbolt_import
+from kubekv_server.backend import bbolt_import, state_snapshot
 from kubekv_server.backend.state_db import Backend, decode_u64, encode_u64
 from kubekv_server.config.flags import Config
 from kubekv_server.lease import LeaseStore
 from kubekv_server.member.cluster_ids import cluster_id, member_id
 from kubekv_server.member.proposals import REQUEST_TIMEOUT
+from kubekv_server.member.reconcile import REMEDY, DataDirFacts, unreconcilable
 from kubekv_server.mvcc import MVCCStore
 from kubekv_server.peer.peering import fetch_members
+from kubekv_server.peer.snapshot_files import received_snapshot
 from kubekv_server.replication.raft_node import RaftNode
 
 log = logging.getLogger("kubekv.member")
@@ -41,18 +49,124 @@ class Identity:
     restarted: bool = False  # the data dir already held this member's state
 
 
+MARKER = "identity"  # in <data-dir>/member: the member's identity was committed once
+
+
+def _marker_path(data_dir: str) -> str:
+    return os.path.join(data_dir, "member", MARKER)
+
+
+def refuse(reason: str) -> NoReturn:
+    """Stop start-up: one critical line saying why, exit status 1 (as etcd's fatal log)."""
+    log.critical('msg="failed to start" error="%s"', reason)
+    raise SystemExit(1)
+
+
+def open_stores(data_dir: str, state_path: str, log_path: str,
+                fsync: bool) -> tuple[Backend, LMDBStorage]:
+    """Open the state db and the Raft log; one LMDB cannot read refuses start-up (a
+    power cut under --unsafe-no-fsync can leave pages of either half written)."""
+    what, path = "state db", state_path
+    try:
+        backend = Backend(path, fsync=fsync)
+        what, path = "log", log_path
+        return backend, LMDBStorage(path, fsync=fsync)
+    except lmdb.Error as exc:
+        refuse(f"failed to open the {what} of {data_dir} at {path}: {exc}; {REMEDY}")
+
+
+def _facts(data_dir: str, backend: Backend, storage: LMDBStorage) -> DataDirFacts:
+    return DataDirFacts(
+        marker=os.path.exists(_marker_path(data_dir)),
+        identity=bool(backend.get_meta(b"member_id")),
+        applied_index=backend.applied_index(),
+        log_first_index=storage.first_index(),
+        log_last_index=storage.last_index(),
+    )
+
+
+def check_reconcilable(data_dir: str, backend: Backend, storage: LMDBStorage) -> None:
+    """Refuse to start (one critical log line, exit status 1) on a data dir whose log and
+    state db cannot be reconciled, before anything is written to it (etcd refuses too).
+
+    A state db behind the log's compaction point is first recovered from the log's
+    snapshot file if it is still there (a crash between installing a received snapshot
+    in the log and in the state db leaves that), as etcd recovers its backend from the
+    snapshot's db file when the backend's consistent index is behind the snapshot.
+    """
+    facts = _facts(data_dir, backend, storage)
+    if facts.identity and facts.applied_index < facts.log_first_index - 1:
+        if _recover_state_from_snapshot(backend, storage, facts.applied_index):
+            facts = _facts(data_dir, backend, storage)
+    reason = unreconcilable(data_dir, facts)
+    if reason is not None:
+        refuse(reason)
+
+
+def _recover_state_from_snapshot(backend: Backend, storage: LMDBStorage, applied: int) -> bool:
+    """Install the log's latest snapshot file (ours or one received) in the state db if
+    it exists and is newer than `applied`; whether the state db was replaced."""
+    snap = storage.snapshot()
+    index = snap.metadata.index
+    if index <= applied or not snap.data:
+        return False
+    path = state_snapshot.path_of(snap.data)
+    if path is None:
+        try:
+            path = received_snapshot(snap).path
+        except Exception:  # not a received snapshot's data either
+            return False
+    if not path or not os.path.isfile(path):
+        return False
+    log.warning('msg="recovering v3 backend from snapshot" applied-index=%d '
+                "snapshot-index=%d file=%s", applied, index, path)
+    state_snapshot.install(backend, path)
+    if backend.fsync:
+        backend.sync()
+    return True
+
+
+def mark_identity_committed(data_dir: str, backend: Backend, mid: int, cid: int) -> None:
+    """Create member/identity once the identity is durable in the state db.
+
+    Its existence, not its content, is what counts: creating a file survives a power cut
+    as a directory entry even when its data does not (LazyFS's model; on ext4 and xfs the
+    entry is durable once the journal commits, within seconds, or at the fsync here).
+    Under --unsafe-no-fsync nothing is synced, as etcd's flag promises.
+    """
+    path = _marker_path(data_dir)
+    if os.path.exists(path):
+        return
+    if backend.fsync:
+        backend.sync()  # the identity's commit, meta page included (metasync is off)
+    with open(path, "w") as f:
+        f.write(f"member_id={mid:x} cluster_id={cid:x}\n")
+        if backend.fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    if backend.fsync:
+        fd = os.open(os.path.dirname(path), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def load_identity(cfg: Config, backend: Backend, storage: LMDBStorage) -> Identity:
     """Read the member/cluster identity from the data dir, or bootstrap it from flags.
 
     A member joining an existing cluster gets ids 0 here and learns its identity from
     the cluster (`join_existing`) when it starts.
     """
+    data_dir = os.path.abspath(cfg.data_dir)
+    check_reconcilable(data_dir, backend, storage)
     stored = backend.get_meta(b"member_id")
     if stored:
         mid = decode_u64(stored)
         cid = decode_u64(backend.get_meta(b"cluster_id"))
         members = json.loads(backend.get_meta(b"members") or b"[]")
         log.info("event=restart member_id=%x cluster_id=%x", mid, cid)
+        mark_identity_committed(data_dir, backend, mid, cid)  # data dirs from before it
         return Identity(mid, cid, members, restarted=True)
     if cfg.initial_cluster_state == "existing":
         return Identity(0, 0, [])
@@ -81,6 +195,7 @@ def load_identity(cfg: Config, backend: Backend, storage: LMDBStorage) -> Identi
     cs = raft_pb2.ConfState(voters=sorted(m["id"] for m in members))
     storage.set_conf_state(cs)
     _store_identity(backend, mid, cid, members, cs)
+    mark_identity_committed(data_dir, backend, mid, cid)
     log.info("event=bootstrap member_id=%x cluster_id=%x members=%d", mid, cid, len(members))
     return Identity(mid, cid, members)
 
@@ -107,6 +222,7 @@ async def join_existing(cfg: Config, backend: Backend) -> Identity:
         )
     # An empty log and no ConfState: the leader replicates the cluster's history.
     _store_identity(backend, me["id"], cid, members, raft_pb2.ConfState())
+    mark_identity_committed(os.path.abspath(cfg.data_dir), backend, me["id"], cid)
     log.info("event=joined_existing_cluster member_id=%x cluster_id=%x", me["id"], cid)
     return Identity(me["id"], cid, members)
 

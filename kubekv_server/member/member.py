@@ -17,10 +17,8 @@ import threading
 import time
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
-from kubekv_raft.driver.lmdb_storage import LMDBStorage
 from kubekv_server.apply.applier import Applier, BatchResult
 from kubekv_server.auth import AuthStore, password, token_provider
-from kubekv_server.backend.state_db import Backend
 from kubekv_server.config.flags import Config
 from kubekv_server.kv.txn import is_read_only
 from kubekv_server.lease import LeaseStore, Lessor, min_lease_ttl
@@ -31,6 +29,7 @@ from kubekv_server.member.bootstrap import (
     import_etcd_backend,
     join_existing,
     load_identity,
+    open_stores,
     publish,
 )
 from kubekv_server.member.force_new_cluster import force_standalone
@@ -62,12 +61,12 @@ class Member:
         member_dir = os.path.join(self.data_dir, "member")
         # --unsafe-no-fsync: no fsync anywhere (etcd: "unsafe, will cause data loss")
         fsync = not cfg.unsafe_no_fsync
-        self.backend = Backend(os.path.join(member_dir, "state"), fsync=fsync)
-        self.mvcc = MVCCStore(self.backend.env)
         # --wal-dir: the Raft log (our WAL) in a directory of its own, as etcd's WAL
         log_dir = os.path.abspath(cfg.wal_dir) if cfg.wal_dir else \
             os.path.join(member_dir, "log")
-        self.storage = LMDBStorage(log_dir, fsync=fsync)
+        self.backend, self.storage = open_stores(
+            self.data_dir, os.path.join(member_dir, "state"), log_dir, fsync)
+        self.mvcc = MVCCStore(self.backend.env)
         self.password_iterations = password.iterations_for_flag(cfg.bcrypt_cost)
         identity = load_identity(cfg, self.backend, self.storage)
         self.member_id, self.cluster_id = identity.member_id, identity.cluster_id

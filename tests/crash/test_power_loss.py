@@ -13,8 +13,8 @@ agrees across members once it has caught up (from the log; by snapshot too in th
 variant). kill -9 alone (test_kill9.py) cannot catch a missing fsync: the kernel keeps
 what a killed process wrote; here it is lost. The cuts found two bugs: a cut right after
 Defragment lost the state db (fixed: the copy is synced before the pointer moves), and
---unsafe-no-fsync comes back as a fresh cluster (a strict xfail until issue 12 refuses
-to start on a data dir whose log and state cannot be reconciled).
+--unsafe-no-fsync came back as a fresh cluster (fixed: the member refuses to start on a
+data dir whose log and state cannot be reconciled, member/reconcile.py).
 
 A failure names its seed; rerun it with KUBEKV_CRASH_SEED=<seed>.
 """
@@ -228,14 +228,30 @@ def test_power_loss_soak(tmp_path, lazy_mounts):
     assert len(history.rounds) == 120
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: refuse to start on a data dir whose log "
-                                       "and state cannot be reconciled")
 def test_power_loss_with_unsafe_no_fsync_is_detected(tmp_path, lazy_mounts):
-    """With --unsafe-no-fsync nothing reaches the disk: after a cut the member comes back
-    as a fresh empty cluster at revision 1 instead of refusing to start, and the
-    acknowledged writes are silently gone. The check of the other tests sees it."""
-    power_loss_rounds(tmp_path, lazy_mounts("disk"), rounds=2, seed=seed_from_env(),
-                      flags=("--unsafe-no-fsync",), budget=20)
+    """With --unsafe-no-fsync nothing reaches the disk: after a cut the log and state db
+    files are there but empty. Before issue 12 the member came back as a fresh empty
+    cluster at revision 1, the acknowledged writes silently gone; now it refuses to start
+    (as etcd, which elects no leader there) and says what to do."""
+    disk = lazy_mounts("disk")
+    proc = kubekv_process(disk.mountpoint, "--unsafe-no-fsync")
+    proc.log_path = tmp_path / "kubekv.log"
+    try:
+        proc.start()
+        for i in range(20):
+            proc.kv.Put(pb.PutRequest(key=PREFIX + b"%d" % i, value=b"acked"),
+                        timeout=RPC_TIMEOUT)
+        proc.kill()
+        disk.power_cut()
+        assert (proc.data_dir / "member" / "identity").exists()  # a member's data dir
+        with pytest.raises(RuntimeError, match="server exited with 1"):
+            proc.start()  # never serves: no Range on an empty store answers
+    finally:
+        proc.stop()
+    tail = proc.log_tail(5)
+    assert 'msg="failed to start"' in tail and "wal: member data lost in " in tail, tail
+    assert str(proc.data_dir) in tail and "etcdctl snapshot restore" in tail, tail
+    assert "etcdctl member remove" in tail, tail
 
 
 def test_power_loss_right_after_defragment(tmp_path, lazy_mounts):
