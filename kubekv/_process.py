@@ -5,21 +5,20 @@ never closes it. Stdlib only; polling is `kubekv_testing.polling`'s."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import pathlib
 import random
 import shutil
-import signal
 import site
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import kubekv_server
+from kubekv_server import EXIT_WITH_PARENT_ENV
 
 HOST = "127.0.0.1"
 # etcd stops within a second or two on SIGTERM; past this a member is SIGKILLed.
@@ -28,7 +27,6 @@ DEFAULT_STOP_TIMEOUT = 15.0
 # protobuf implementation switch some clients (python-etcd3) need but the server does not.
 _STRIPPED_ENV_PREFIX = "ETCD_"
 _STRIPPED_ENV = ("PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION",)
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 # ----------------------------------------------------------------------------- ports
@@ -101,29 +99,16 @@ def server_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]
     return env
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A preexec function asking Linux to SIGKILL the child when this process dies.
-
-    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, so it is only
-    used from the main thread (which lives as long as the process). The function only
-    calls pre-resolved C functions: nothing that could take a lock after fork()."""
+def exit_with_parent_env() -> dict[str, str]:
+    """The environment that makes a server die with this process (Linux): the server
+    sets PR_SET_PDEATHSIG itself (kubekv_server/cli.py). PR_SET_PDEATHSIG fires when the
+    *thread* that forked the child exits, so only a start from the main thread (which
+    lives as long as the process) asks for it."""
     if not sys.platform.startswith("linux"):
-        return None
+        return {}
     if threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-    getppid, exit_now = os.getppid, os._exit
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if getppid() != parent:  # the parent died before prctl took effect
-            exit_now(1)
-
-    return preexec
+        return {}
+    return {EXIT_WITH_PARENT_ENV: str(os.getpid())}
 
 
 class Resources:

@@ -55,7 +55,7 @@ from kubekv._process import (
     DEFAULT_STOP_TIMEOUT,
     HOST,
     Resources,
-    die_with_parent,
+    exit_with_parent_env,
     free_port,
     owned_dir,
     server_environment,
@@ -133,9 +133,8 @@ class Member:
     override `command()` and `environment()` (what a test harness with fault proxies needs).
     """
 
-    # Ask Linux to kill the member when the caller dies (see `die_with_parent`). That runs
-    # Python code in the forked child before exec, which a caller with many threads (gRPC
-    # clients, fault proxies) can see abort the child; such a subclass turns it off.
+    # Ask Linux to kill the member when the caller dies (see `exit_with_parent_env`); the
+    # server sets that up itself, so nothing runs in the forked child before exec.
     kill_with_parent = True
 
     def __init__(self, name: str = "default", *, base_dir: str | os.PathLike | None = None,
@@ -254,9 +253,10 @@ class Member:
             log.flush()
             self._res.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self.environment(), cwd=str(self.base_dir),
+                env={**self.environment(),
+                     **(exit_with_parent_env() if self.kill_with_parent else {})},
+                cwd=str(self.base_dir),
                 start_new_session=True,  # the terminal's Ctrl-C goes to the test, not here
-                preexec_fn=die_with_parent() if self.kill_with_parent else None,
             )
         self.paused = False
         return self

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import signal
 import sys
 
+from kubekv_server import EXIT_WITH_PARENT_ENV
 from kubekv_server.config.flags import USAGE, FlagError, parse_args
 from kubekv_server.member.versions import SERVER_VERSION
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
               "error": logging.ERROR, "panic": logging.CRITICAL, "fatal": logging.CRITICAL}
@@ -24,6 +28,21 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LOG_LEVELS.get(level, logging.INFO))
+
+
+def exit_with_parent() -> None:
+    """kubekv.embed's members die with the process that started them: PR_SET_PDEATHSIG,
+    set here after exec rather than in the parent between fork and exec (Python code
+    there aborts now and then in a parent with many threads)."""
+    parent = os.environ.pop(EXIT_WITH_PARENT_ENV, "")
+    if not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # it died before the request took effect
+        os._exit(1)
 
 
 def gateway_main(argv: list[str]) -> int:
@@ -47,6 +66,7 @@ def gateway_main(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    exit_with_parent()
     if argv and argv[0] == "gateway":
         return gateway_main(argv[1:])
     try:

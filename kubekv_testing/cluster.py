@@ -45,10 +45,6 @@ class ClusterMember(GrpcStubs, embed.Member):
     """An embedded member with gRPC stubs and its member ID known before it starts."""
 
     _cluster: Cluster
-    # Fault tests fork members while workload, gRPC and proxy threads run: no Python code
-    # between fork and exec (a forked child aborted there now and then). The members are
-    # still killed when the cluster is closed or collected, or the test process exits.
-    kill_with_parent = False
 
     def __init__(self, name: str, **kw: object) -> None:
         super().__init__(name, **kw)  # type: ignore[arg-type]
