@@ -7,7 +7,7 @@ import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
-from tests.harness import kubekv_process
+from tests.harness import etcd_process, kubekv_process
 
 
 def test_quota_raises_nospace_alarm_and_caps_writes(tmp_path):
@@ -46,5 +46,28 @@ def test_quota_raises_nospace_alarm_and_caps_writes(tmp_path):
         ).alarms
         assert [a.alarm for a in cleared] == [pb.NOSPACE]
         assert m.Alarm(pb.AlarmRequest(action=pb.AlarmRequest.GET)).alarms == []
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize("server", ["etcd", "kubekv"])
+def test_nospace_alarm_refuses_lease_grant_as_etcd(tmp_path, server):
+    """Side by side with etcd 3.5.1: with NOSPACE raised, LeaseGrant is refused with
+    etcd's code and message (applierV3Capped), a Put too, and disarming lets both pass."""
+    proc = (etcd_process if server == "etcd" else kubekv_process)(tmp_path).start()
+    try:
+        m, lease = proc.maintenance, rpc_pb2_grpc.LeaseStub(proc.channel)
+        member_id = m.Status(pb.StatusRequest()).header.member_id
+        m.Alarm(pb.AlarmRequest(action=pb.AlarmRequest.ACTIVATE, memberID=member_id,
+                                alarm=pb.NOSPACE))
+        for call in (lambda: lease.LeaseGrant(pb.LeaseGrantRequest(TTL=60), timeout=5),
+                     lambda: proc.kv.Put(pb.PutRequest(key=b"q", value=b"v"), timeout=5)):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert (err.value.code(), err.value.details()) == (
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded")
+        m.Alarm(pb.AlarmRequest(action=pb.AlarmRequest.DEACTIVATE, memberID=member_id,
+                                alarm=pb.NOSPACE))
+        assert lease.LeaseGrant(pb.LeaseGrantRequest(TTL=60), timeout=5).ID != 0
     finally:
         proc.stop()
