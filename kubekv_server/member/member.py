@@ -94,8 +94,7 @@ class Member:
         recent = cfg.tuning.watch_recent_revisions or RECENT_REVISIONS
         self.watch_hub = WatchHub(self.mvcc, max_pending=max_pending, recent_revisions=recent)
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
-        self._stopping = threading.Event()
-        self.stopping = self._stopping  # set when stop() begins: worker loops end on it
+        self.stopping = threading.Event()  # set when stop() begins: worker loops end on it
         self.request_timeout = REQUEST_TIMEOUT
         self.on_removed = None  # called when this member is removed from the cluster
         # set once Raft runs (before a leader is known): etcd serves its metrics listener
@@ -186,12 +185,12 @@ class Member:
                 self.cfg.auto_compaction_mode, self.cfg.auto_compaction_retention,
                 self.current_revision,
                 lambda rev: self.compact(pb.CompactionRequest(revision=rev)),
-                self.is_leader, self._stopping, self.cfg.tuning.revision_compaction_interval
+                self.is_leader, self.stopping, self.cfg.tuning.revision_compaction_interval
                 or REVISION_INTERVAL,
             ).start()
         if self.cfg.corrupt_check_interval:
             corruption.CorruptionMonitor(self, self.cfg.corrupt_check_interval,
-                                         self._stopping).start()
+                                         self.stopping).start()
 
     def _compose(self) -> None:
         """The pieces behind the public API, once the Raft node exists; each gets only
@@ -207,16 +206,16 @@ class Member:
         self.reads = Reads(self.loop, node, self.mvcc, self.lease_exists, self.header)
         self.lease_leadership = LeaseLeadership(
             self.loop, node, self.lessor, self.proposer, lambda: self.applier.applied_index,
-            election_timeout, self._stopping)
+            election_timeout, self.stopping)
         self.reconfiguration = Reconfiguration(
             self.member_id, node, self.peering, members, cfg.initial_cluster_token,
             cfg.strict_reconfig_check)
         self.leadership = Leadership(self.loop, self.member_id, node, self.peering, members,
-                                     election_timeout, self._stopping)
+                                     election_timeout, self.stopping)
 
     async def stop(self) -> None:
         await self.transfer_leadership()
-        self._stopping.set()
+        self.stopping.set()
         tick_advance = getattr(self, "_tick_advance", None)
         if tick_advance is not None:
             tick_advance.cancel()
