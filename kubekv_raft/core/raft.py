@@ -352,7 +352,7 @@ class Raft:
                 log.info("%x initiating automatic transition out of joint configuration", self.id)
                 self.bcast_append()
         if stable_index:
-            self.raft_log.stable_to(stable_index, stable_term)
+            self.persisted(stable_index, stable_term)
         if snap_index:
             self.raft_log.stable_snap_to(snap_index)
 
@@ -392,10 +392,25 @@ class Raft:
         if not self.increase_uncommitted_size(es):
             log.debug("%x appending new entries would exceed the uncommitted size limit", self.id)
             return False
-        li = self.raft_log.append(es)
-        self.prs.progress[self.id].maybe_update(li)
-        self.maybe_commit()
+        self.raft_log.append(es)
+        # The leader counts its own new entries only once they are durable (`persisted`),
+        # as etcd-io/raft's self-ack after the storage append: an entry commits only when
+        # a quorum holds it on disk, so the leader may send it before its own fsync
+        # (Raft thesis §10.2.1) without a commit that one power cut could undo.
         return True
+
+    def persisted(self, index: int, term: int) -> None:
+        """Entries through (index, term) are durable: no longer unstable, and on the
+        leader its own acknowledgement of them (which may commit them)."""
+        if not index:
+            return
+        self.raft_log.stable_to(index, term)
+        if self.state != StateType.LEADER or not self.raft_log.match_term(index, term):
+            return
+        pr = self.prs.progress.get(self.id)
+        if pr is not None and pr.maybe_update(index) and self.maybe_commit():
+            self._release_pending_read_index_messages()
+            self.bcast_append()
 
     def increase_uncommitted_size(self, ents: list[pb.Entry]) -> bool:
         """Count proposals against the bound; always admit one batch into an empty log."""

@@ -214,6 +214,13 @@ class LMDBStorage:
             for key in doomed:
                 txn.delete(key, db=self._entries)
             txn.put(_K_COMPACTED, _U64x2.pack(index, e.term), db=self._meta)
+            # Everything up to the compaction point is committed (only applied entries are
+            # compacted); a commit index written lazily (Runner) may lag it: raise it, or a
+            # restart would find the commit below the log's first index.
+            hs = self._get_meta(txn, _K_HARD, pb.HardState)
+            if hs.commit < index:
+                hs.commit = index
+                txn.put(_K_HARD, hs.SerializeToString(), db=self._meta)
 
     def create_snapshot(
         self, index: int, conf_state: pb.ConfState | None = None, data: bytes = b""

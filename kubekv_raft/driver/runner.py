@@ -1,9 +1,25 @@
 """Runner: drives a RawNode from asyncio. Owns the clock, persists, sends, applies, advances.
 
-It decides nothing Raft decides; it only moves data between the core and the outside:
+It decides nothing Raft decides; it only moves data between the core and the outside,
+as a pipeline of two stages that overlap:
 
-    inputs (ticks, peer messages, proposals, reads) -> RawNode -> Ready
-    Ready: persist (executor thread, one fsync) -> transport.send -> applier.apply -> advance
+    inputs (ticks, peer messages, proposals, reads) -> RawNode -> Ready N
+    log stage:   [leader: send] -> persist N (executor thread, one fsync) -> [others: send]
+                 -> hand N's committed entries to the apply stage -> advance -> Ready N+1
+    apply stage: apply the committed entries of every Ready handed over meanwhile, as
+                 one batch -> resolve proposals and read waits
+
+So persisting Ready N+1 (and replicating it) runs while Ready N's entries are applied.
+Raft's rules hold: an entry is applied only after the Ready that committed it is
+persisted (so the state never runs ahead of the local log and hard state); a follower's
+messages (acks, votes) leave only after its write; the leader sends its appends before
+its own fsync, and counts its own copy only once `advance` reports it durable
+(`Raft.persisted`), as etcd-io/raft's self-ack. A batch holding a membership change is
+applied before the next Ready (etcd's waitApply), so Raft never runs with a stale
+configuration. A hard state whose only change is the commit index needs no fsync
+(etcd's MustSync): it is written with the next synced write, after a tick without work,
+or at stop; a restart that
+finds the state applied past it re-learns the commit from the log (`initial_applied`).
 
 Proposals and reads arriving from many coroutines while a Ready is being handled are
 batched into the next cycle: one MsgProp for all proposals, one read-index round for
@@ -28,7 +44,10 @@ from kubekv_raft.core.raw_node import RawNode, Ready
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Transport", "Applier", "Runner", "WritableStorage", "MAX_PEER_INBOX"]
+_CONF_CHANGES = (pb.EntryConfChange, pb.EntryConfChangeV2)
+
+__all__ = ["Transport", "Applier", "Runner", "WritableStorage", "MAX_PEER_INBOX",
+           "initial_applied"]
 
 # Peer messages waiting for the next Ready cycle; beyond this they are dropped (Raft
 # retries), as etcd's rafthttp drops when its receive buffer (recvBufSize 4096) is full.
@@ -63,6 +82,14 @@ class WritableStorage(Protocol):
         ...
 
 
+def initial_applied(state_applied: int, hard_state: pb.HardState) -> int:
+    """The applied index to start Raft from: the state's, but never past the persisted
+    commit index (commit-only hard states are written without an fsync, so a crash may
+    leave the state applied past it; Raft hands those entries out again once it re-learns
+    the commit, and the application skips what it already has, as etcd's consistent index)."""
+    return min(state_applied, hard_state.commit)
+
+
 def default_request_id(data: bytes) -> bytes:
     """The default hook: the whole entry payload identifies the request."""
     return data
@@ -85,6 +112,7 @@ class Runner:
         tick_interval: float = 0.1,
         request_id_of: Callable[[bytes], bytes] = default_request_id,
         executor: Executor | None = None,
+        apply_executor: Executor | None = None,
     ) -> None:
         self.node = RawNode(config)
         self.id = config.id
@@ -93,8 +121,9 @@ class Runner:
         self.applier = applier
         self.tick_interval = tick_interval
         self.request_id_of = request_id_of
-        self.executor = executor
-        self.applied = self.node.raft.raft_log.applied
+        self.executor = executor  # the log stage's thread: persisting
+        self.apply_executor = apply_executor  # a plain (not async) applier runs here
+        self.applied = self.node.raft.raft_log.applied  # applied by the applier (<= Raft's)
         self._apply_is_async = inspect.iscoroutinefunction(applier.apply)
         self._inbox: list[pb.Message] = []
         self._peer_inbox = 0  # peer messages in _inbox
@@ -108,6 +137,13 @@ class Runner:
         self._read_ctx = 0
         self._read_waiters: dict[bytes, list[asyncio.Future]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future]] = []
+        # the apply stage: committed entries handed over, and the task applying them
+        self._apply_queue: list[tuple[list[pb.Entry], asyncio.Future]] = []
+        self._apply_task: asyncio.Task | None = None
+        self._apply_failed: BaseException | None = None
+        # a commit-only hard state not yet written (it rides with the next synced write)
+        self._unsaved_hard_state: pb.HardState | None = None
+        self._ticked = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._stopped = False
@@ -123,17 +159,25 @@ class Runner:
         ]
 
     async def stop(self) -> None:
-        """Stop both tasks; pending futures fail with ProposalDroppedError."""
+        """Stop the tasks, write a commit index not yet written; pending futures fail
+        with ProposalDroppedError."""
         self._stopped = True
-        for t in self._tasks:
+        tasks = [*self._tasks, *([self._apply_task] if self._apply_task is not None else [])]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        with contextlib.suppress(Exception):
+            await self._save_hard_state()
         err = ProposalDroppedError("runner stopped")
-        for f in [*self._waiting.values(), *self._reads, *(f for _, f in self._apply_waiters)]:
+        queued = [f for _, f in self._apply_queue]
+        self._apply_queue = []
+        for f in [*self._waiting.values(), *self._reads, *(f for _, f in self._apply_waiters),
+                  *queued]:
             if not f.done():
                 f.set_exception(err)
+                f.exception()  # nobody may be waiting: mark it read
 
     # -- inputs ------------------------------------------------------------------------------
     def step(self, m: pb.Message) -> bool:
@@ -226,11 +270,15 @@ class Runner:
             await self._wake.wait()
             self._wake.clear()
             try:
+                if self._apply_failed is not None:
+                    raise self._apply_failed
                 self._feed()
                 while self.node.has_ready():
                     await self._handle(self.node.ready())
                     self.node.advance()
                     self._feed()  # inputs that arrived meanwhile join the next Ready
+                if self._ticked and self._unsaved_hard_state is not None:
+                    await self._save_hard_state()  # idle for a tick: write the commit index
             except Exception:  # pragma: no cover - a bug; make it loud and stop
                 log.exception("raft runner %x failed", self.id)
                 raise
@@ -249,6 +297,7 @@ class Runner:
             except RaftError as e:
                 log.debug("dropped %s from %x: %s", pb.MessageType.Name(m.type), m.from_, e)
         ticks, self._ticks = self._ticks, 0
+        self._ticked = ticks > 0
         for _ in range(ticks):
             node.tick()
         props, self._proposals = self._proposals, []
@@ -280,10 +329,24 @@ class Runner:
             node.read_index(ctx)
 
     async def _handle(self, rd: Ready) -> None:
+        """The log stage for one Ready; its committed entries go on to the apply stage."""
         loop = asyncio.get_running_loop()
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
-            await loop.run_in_executor(self.executor, self._persist, rd)
-        if rd.messages:
+        if rd.snapshot is not None:
+            await self._applies_done()  # the snapshot replaces the state: nothing may apply
+        # etcd's raft loop: a leader's appends leave before its own write (it counts its own
+        # copy only once persisted); anyone else's messages (acks, votes) only after it.
+        lead = self.node.is_leader
+        if lead and rd.messages:
+            self.transport.send(rd.messages)
+        hs = rd.hard_state
+        if rd.snapshot is not None or rd.entries or (hs is not None and rd.must_sync):
+            if hs is None:
+                hs = self._unsaved_hard_state
+            self._unsaved_hard_state = None
+            await loop.run_in_executor(self.executor, self._persist, rd.snapshot, rd.entries, hs)
+        elif hs is not None:
+            self._unsaved_hard_state = hs  # commit index only: no fsync needed (MustSync)
+        if not lead and rd.messages:
             self.transport.send(rd.messages)
         for rs in rd.read_states:
             for fut in self._read_waiters.pop(rs.request_ctx, []):
@@ -295,24 +358,95 @@ class Runner:
                 if inspect.iscoroutinefunction(install):
                     await install(rd.snapshot)
                 else:
-                    await loop.run_in_executor(self.executor, install, rd.snapshot)
+                    await loop.run_in_executor(self.apply_executor, install, rd.snapshot)
             self.applied = max(self.applied, rd.snapshot.metadata.index)
         if rd.committed_entries:
             ents = rd.committed_entries
-            if self._apply_is_async:
-                await self.applier.apply(ents)
-            else:
-                await loop.run_in_executor(self.executor, self.applier.apply, ents)
-            for e in ents:
-                if e.type == pb.EntryConfChange:
-                    self.node.apply_conf_change(pb.ConfChange.FromString(e.data))
-                elif e.type == pb.EntryConfChangeV2:
-                    self.node.apply_conf_change(pb.ConfChangeV2.FromString(e.data))
-                elif e.data and self._waiting:
-                    fut = self._waiting.pop(self.request_id_of(e.data), None)
-                    if fut is not None and not fut.done():
-                        fut.set_result(e.index)
-            self.applied = ents[-1].index
+            applied = self._submit_apply(ents)
+            if any(e.type in _CONF_CHANGES for e in ents):
+                await applied  # etcd's waitApply: Raft must see the new configuration first
+        self._release_read_waits()
+
+    def _persist(self, snapshot: pb.Snapshot | None, entries: list[pb.Entry],
+                 hard_state: pb.HardState | None) -> None:
+        """Log-stage thread: the snapshot, then entries and hard state in one durable write."""
+        if snapshot is not None:
+            self.storage.apply_snapshot(snapshot)
+        if entries or hard_state is not None:
+            self.storage.append(entries, hard_state)
+
+    async def _save_hard_state(self) -> None:
+        """Write a commit-only hard state that no synced write has carried yet."""
+        hs, self._unsaved_hard_state = self._unsaved_hard_state, None
+        if hs is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.storage.append, [], hs)
+
+    # -- the apply stage -------------------------------------------------------------------
+    def _submit_apply(self, entries: list[pb.Entry]) -> asyncio.Future:
+        """Queue committed entries; the future resolves once they are applied."""
+        fut = asyncio.get_running_loop().create_future()
+        self._apply_queue.append((entries, fut))
+        if self._apply_task is None or self._apply_task.done():
+            self._apply_task = asyncio.create_task(self._apply_loop(),
+                                                   name=f"raft-apply-{self.id}")
+        return fut
+
+    async def _applies_done(self) -> None:
+        """Until everything handed to the apply stage is applied."""
+        if self._apply_queue:
+            await self._apply_queue[-1][1]
+        if self._apply_task is not None and not self._apply_task.done():
+            await asyncio.shield(self._apply_task)
+
+    async def _apply_loop(self) -> None:
+        """Apply what the log stage handed over, several Readys' entries as one batch."""
+        loop = asyncio.get_running_loop()
+        while self._apply_queue and not self._stopped:
+            batch, self._apply_queue = self._apply_queue, []
+            ents = batch[0][0] if len(batch) == 1 else [e for b, _ in batch for e in b]
+            try:
+                if self._apply_is_async:
+                    await self.applier.apply(ents)
+                else:
+                    await loop.run_in_executor(self.apply_executor, self.applier.apply, ents)
+                self._applied(ents)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # a bug: make it loud and stop the runner
+                log.exception("raft runner %x failed applying entries %d..%d",
+                              self.id, ents[0].index, ents[-1].index)
+                self._apply_failed = exc
+                self._wake.set()
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(exc)
+                        f.exception()
+                return
+            for _, f in batch:
+                if not f.done():
+                    f.set_result(None)
+
+    def _applied(self, ents: list[pb.Entry]) -> None:
+        """Entries are applied: membership changes reach Raft, proposers and reads learn."""
+        changed = False
+        for e in ents:
+            if e.type == pb.EntryConfChange:
+                self.node.apply_conf_change(pb.ConfChange.FromString(e.data))
+                changed = True
+            elif e.type == pb.EntryConfChangeV2:
+                self.node.apply_conf_change(pb.ConfChangeV2.FromString(e.data))
+                changed = True
+            elif e.data and self._waiting:
+                fut = self._waiting.pop(self.request_id_of(e.data), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(e.index)
+        self.applied = max(self.applied, ents[-1].index)
+        self._release_read_waits()
+        if changed:
+            self._wake.set()  # the new configuration may have work for Raft
+
+    def _release_read_waits(self) -> None:
         if self._apply_waiters:
             keep = []
             for index, fut in self._apply_waiters:
@@ -322,9 +456,3 @@ class Runner:
                 else:
                     keep.append((index, fut))
             self._apply_waiters = keep
-
-    def _persist(self, rd: Ready) -> None:
-        if rd.snapshot is not None:
-            self.storage.apply_snapshot(rd.snapshot)
-        if rd.entries or rd.hard_state is not None:
-            self.storage.append(rd.entries, rd.hard_state)

@@ -32,7 +32,10 @@ class SafetyChecker:
         self.applied: dict[int, tuple[int, bytes]] = {}
         self.chain: dict[int, int] = {}  # index -> hash of the applied prefix
         self.durable_commit: dict[int, int] = {}
-        self.seen_commit: dict[int, int] = {}  # id -> highest in-memory commit checked
+        # (id, incarnation) -> highest in-memory commit checked. A restart may come back
+        # below it (a commit index written without an fsync, or not yet, is lost with the
+        # crash), but never below the durable one, checked on its own.
+        self.seen_commit: dict[tuple[int, int], int] = {}
 
     def _fail(self, what: str) -> None:
         raise SafetyViolation(what)
@@ -85,8 +88,9 @@ class SafetyChecker:
             self._fail(f"node {node.id} durable commit went back to {hs_commit}")
         self.durable_commit[node.id] = hs_commit
         c = rl.committed
-        prev = self.seen_commit.get(node.id, 0)
-        if c < prev:  # across restarts too: commit is persisted with every Ready
+        key = (node.id, node.incarnation)
+        prev = self.seen_commit.get(key, 0)
+        if c < prev:
             self._fail(f"node {node.id} commit index decreased {prev} -> {c}")
         if c > prev:
             first = rl.first_index()
@@ -97,7 +101,7 @@ class SafetyChecker:
                         f"node {node.id} committed term {t} at {i}, "
                         f"but term {self.committed[i]} was committed there"
                     )
-            self.seen_commit[node.id] = c
+            self.seen_commit[key] = c
         if r.state == StateType.LEADER:
             lt = self.leader_of_term.setdefault(r.term, r.id)
             if lt != r.id:

@@ -2,6 +2,9 @@
 
 Each node is a RawNode over a MemoryStorage that stands for its disk: a crash throws
 away the RawNode and the applied state, keeping only what Ready handling persisted.
+Writes take virtual time (`disk_ms`), as the Runner's log stage does: a leader sends a
+Ready's messages when its write starts, anyone else when it ends; the node keeps
+stepping messages and ticks meanwhile; a crash during a write loses it.
 The tester API (one, n_committed, check_one_leader, ...) mirrors MIT 6.5840's harness.
 """
 
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SimCluster", "SimNode", "SimulationError"]
 
-_TICK, _DELIVER, _CALL = 0, 1, 2
+_TICK, _DELIVER, _CALL, _WRITTEN = 0, 1, 2, 3
 
 
 class SimulationError(AssertionError):
@@ -49,6 +52,8 @@ class SimNode:
         self.values: dict[int, bytes] = {}
         self.conf_state = pb.ConfState()
         self.last_snapshot = 0
+        self.writing: object = None  # the Ready whose write is under way
+        self.sent_early = False  # its messages left when the write began (a leader's)
 
     def start(self) -> None:
         """Boot from durable state: the snapshot, then the log replays from there."""
@@ -77,6 +82,7 @@ class SimNode:
             rng=rng,
         )
         self.raw = RawNode(cfg)
+        self.writing = None
         self.up = True
 
     def _load_snapshot(self, snap: pb.Snapshot) -> None:
@@ -145,6 +151,7 @@ class SimCluster:
         max_uncommitted: int = 0,
         read_only_option: ReadOnlyOption = ReadOnlyOption.SAFE,
         replay_hint: str = "",
+        disk_ms: int = 2,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -164,6 +171,9 @@ class SimCluster:
         self.max_uncommitted = max_uncommitted
         self.read_only_option = read_only_option
         self.replay_hint = replay_hint
+        self.disk_ms = disk_ms  # a write takes 0..disk_ms virtual ms (0: instant)
+        self._disk_rng = random.Random(seed ^ 0xD15C)
+        self.disk_ms_of: dict[int, int] = {}  # node id -> a fixed write time (a slow disk)
         self.now = 0
         self.events = 0
         self.msgs_sent = 0
@@ -203,6 +213,7 @@ class SimCluster:
             return
         node.up = False
         node.raw = None  # type: ignore[assignment]
+        node.writing = None  # a write under way never reaches the disk
         self._note(("crash", i))
 
     def restart(self, i: int) -> None:
@@ -280,6 +291,10 @@ class SimCluster:
                     self._drain(node)
                 elif kind == _DELIVER:
                     self._deliver(node_id, payload)  # type: ignore[arg-type]
+                elif kind == _WRITTEN:
+                    node = self.nodes[node_id]
+                    if node.up and node.writing is payload:
+                        self._written(node)
                 else:
                     payload()  # type: ignore[operator]
                 if stop is not None and stop():
@@ -301,30 +316,52 @@ class SimCluster:
         self._drain(node)
 
     def _drain(self, node: SimNode) -> None:
-        """Handle every Ready: persist, send, apply, advance; then check invariants."""
+        """Handle Readys until one needs a write that takes time; then check invariants."""
+        raw = node.raw
+        while node.writing is None and raw.has_ready():
+            rd = raw.ready()
+            lead = raw.is_leader
+            if lead:
+                for m in rd.messages:  # the leader replicates while it writes
+                    self._send(m)
+            node.writing = rd
+            node.sent_early = lead
+            delay = self.disk_ms_of.get(node.id)
+            if delay is None:
+                delay = self._disk_rng.randint(0, self.disk_ms) if self.disk_ms else 0
+            if delay and (rd.entries or rd.hard_state is not None or rd.snapshot is not None):
+                self._schedule(delay, _WRITTEN, node.id, rd)
+                break
+            self._written(node, drain=False)
+        self.checker.check_node(node)
+
+    def _written(self, node: SimNode, drain: bool = True) -> None:
+        """The write of node.writing is durable: persist, send the rest, apply, advance."""
+        rd = node.writing
         raw = node.raw
         st = node.storage
         chk = self.checker
-        while raw.has_ready():
-            rd = raw.ready()
-            if rd.snapshot is not None:
-                st.apply_snapshot(rd.snapshot)
-                node._load_snapshot(rd.snapshot)
-                node.last_snapshot = node.applied
-                chk.on_chain(node, node.applied, node.chain)
-            if rd.entries:
-                chk.before_persist(node, rd.entries)
-            if rd.entries or rd.hard_state is not None:
-                st.append(rd.entries, rd.hard_state)
+        if rd.snapshot is not None:
+            st.apply_snapshot(rd.snapshot)
+            node._load_snapshot(rd.snapshot)
+            node.last_snapshot = node.applied
+            chk.on_chain(node, node.applied, node.chain)
+        if rd.entries:
+            chk.before_persist(node, rd.entries)
+        if rd.entries or rd.hard_state is not None:
+            st.append(rd.entries, rd.hard_state)
+        if not node.sent_early:
             for m in rd.messages:
                 self._send(m)
-            for rs in rd.read_states:
-                self.read_states[node.id].append((rs.index, rs.request_ctx))
-            for e in rd.committed_entries:
-                node.apply(e)
-            raw.advance()
-            node.maybe_snapshot()
-        chk.check_node(node)
+        for rs in rd.read_states:
+            self.read_states[node.id].append((rs.index, rs.request_ctx))
+        for e in rd.committed_entries:
+            node.apply(e)
+        raw.advance()
+        node.writing = None
+        node.maybe_snapshot()
+        if drain:
+            self._drain(node)
 
     def _send(self, m: pb.Message) -> None:
         self.msgs_sent += 1

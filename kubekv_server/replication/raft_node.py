@@ -2,9 +2,10 @@
 
 Handlers on the loop call `propose` and `read_index` and get asyncio futures;
 proposals made in one loop iteration reach the Runner as one batch (one Ready,
-one log append and fsync). The Runner persists to the LMDB log and applies
-committed entries with kubekv's Applier in its executor thread; back on the
-loop, the batch's listeners run and the proposers' futures resolve.
+one log append and fsync). The Runner's two stages overlap: the log thread
+(`kubekv-log`) persists Ready N+1 to the LMDB log while the apply thread
+(`kubekv-apply`) applies Ready N's committed entries with kubekv's Applier; back
+on the loop, the batch's listeners run and the proposers' futures resolve.
 Threads (lease expiry, blocking handlers) use the `*_threadsafe` variants.
 
 After apply, one mechanism: `add_listener(fn)`. For every batch the Runner hands
@@ -36,7 +37,7 @@ from etcdproto.raftpb import raft_pb2
 from kubekv_raft.core.errors import ProposalDroppedError
 from kubekv_raft.core.progress import Progress
 from kubekv_raft.core.raft import Config as RaftConfig
-from kubekv_raft.driver.runner import Runner
+from kubekv_raft.driver.runner import Runner, initial_applied
 from kubekv_server import errors
 from kubekv_server.apply.applier import Applier, BatchResult
 from kubekv_server.replication.read_rounds import ReadRounds
@@ -117,7 +118,11 @@ class RaftNode:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.runner: Runner | None = None
         self.transport = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubekv-raft")
+        # the apply stage's thread (state db writes, snapshots, maintenance) and the log
+        # stage's (log appends): two, so that persisting and applying overlap
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubekv-apply")
+        self._log_executor = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="kubekv-log")
         self._stopped = False
         # metrics: proposals refused
         self.proposals_failed = 0
@@ -213,7 +218,7 @@ class RaftNode:
             storage=self.storage,
             election_tick=self.election_ticks,
             heartbeat_tick=1,
-            applied=self.applier.applied_index,
+            applied=initial_applied(self.applier.applied_index, self.storage.hard_state()),
             pre_vote=True,
             check_quorum=True,
             max_inflight_msgs=256,
@@ -228,7 +233,8 @@ class RaftNode:
             _ApplierAdapter(self),
             tick_interval=self.heartbeat_ms / 1000.0,
             request_id_of=request_id_of,
-            executor=self._executor,
+            executor=self._log_executor,
+            apply_executor=self._executor,
         )
         self.runner.on_dropped = self._dropped
         self._read_rounds = ReadRounds(self.loop, self.runner.read_index)
@@ -268,6 +274,7 @@ class RaftNode:
             if asyncio.iscoroutine(res):
                 await res
         self._executor.shutdown(wait=True)
+        self._log_executor.shutdown(wait=True)
         futures, self._futures = self._futures, {}
         for fut in futures.values():
             if not fut.done():

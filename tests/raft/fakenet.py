@@ -25,7 +25,7 @@ def persist(r: Raft) -> None:
     ents = rl.unstable_entries()
     if ents:
         st.append(ents)
-        rl.stable_to(ents[-1].index, ents[-1].term)
+        r.persisted(ents[-1].index, ents[-1].term)
 
 
 def read_messages(r: Raft) -> list[pb.Message]:

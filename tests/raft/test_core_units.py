@@ -22,7 +22,7 @@ from kubekv_raft.core.read_only import ReadOnlyOption
 from kubekv_raft.core.storage import MemoryStorage
 from kubekv_raft.core.tracker import ProgressTracker
 
-from .fakenet import Net, new_raft, read_messages
+from .fakenet import Net, new_raft, persist, read_messages
 
 
 def single(t: int, i: int) -> pb.ConfChangeSingle:
@@ -260,8 +260,15 @@ def test_raw_node_single_member_lifecycle():
     rn.read_index(b"ctx")
     rd = rn.ready()
     st.append(rd.entries, rd.hard_state)
-    assert [e.data for e in rd.committed_entries] == [b"a"]
+    # the leader's empty entry commits once persisted; "a" is not yet durable, so not committed
+    assert [e.data for e in rd.entries] == [b"a"]
+    assert [e.data for e in rd.committed_entries] == [b""]
     assert rd.read_states and rd.read_states[0].request_ctx == b"ctx"
+    rn.advance()
+    rd = rn.ready()
+    assert not rd.entries and [e.data for e in rd.committed_entries] == [b"a"]
+    assert rd.hard_state is not None and not rd.must_sync  # only the commit index moved
+    st.append(rd.entries, rd.hard_state)
     rn.advance()
     assert not rn.has_ready()
     s = rn.status()
@@ -428,3 +435,24 @@ def test_restore_snapshot_paths():
     r.raft_log.committed = 5
     assert not r.restore(s2)  # we have the entry: fast-forward commit only
     assert r.raft_log.committed == 6
+
+
+def test_leader_counts_its_own_entry_only_once_persisted():
+    """etcd-io/raft's self-ack: a follower's ack plus the leader's unwritten copy is not a
+    quorum of durable copies, so it must not commit (the leader sends before its fsync)."""
+    r = new_raft(1, [1, 2, 3])
+    r.become_candidate()
+    r.become_leader()
+    r.step(pb.Message(from_=2, to=1, type=pb.MsgAppResp, term=r.term,
+                      index=r.raft_log.last_index()))
+    assert r.raft_log.committed == 0  # the empty entry: only f2's copy is durable
+    persist(r)  # the leader's copy is now durable too: two of three
+    assert r.raft_log.committed == r.raft_log.last_index()
+    r.msgs = []
+    r.step(pb.Message(from_=1, to=1, type=pb.MsgProp, entries=[pb.Entry(data=b"x")]))
+    li = r.raft_log.last_index()
+    assert 2 in {m.to for m in r.msgs if m.type == pb.MsgApp}  # sent before the write
+    r.step(pb.Message(from_=2, to=1, type=pb.MsgAppResp, term=r.term, index=li))
+    assert r.raft_log.committed == li - 1
+    persist(r)  # storage append, then Raft.persisted: the leader's own ack
+    assert r.raft_log.committed == li

@@ -132,12 +132,11 @@ def test_leader_start_replication():
     r = new_raft(1, [1, 2, 3])
     r.become_candidate()
     r.become_leader()
-    persist(r)
     li = r.raft_log.last_index()
     for p in (2, 3):
         r.prs.progress[p].match = li  # followers already hold the leader's empty entry
         r.prs.progress[p].become_replicate()
-    read_messages(r)
+    read_messages(r)  # persisting it, the leader's own ack commits it
     r.step(pb.Message(from_=1, to=1, type=pb.MsgProp, entries=[pb.Entry(data=b"some data")]))
     assert r.raft_log.last_index() == li + 1
     msgs = read_messages(r)

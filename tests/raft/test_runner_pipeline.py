@@ -1,0 +1,232 @@
+"""The Runner's pipeline: what may overlap and what must wait (kubekv_raft/driver/runner.py).
+
+Each test holds one stage still with a gate (a threading.Event the storage or applier
+waits on in its thread) and checks what the other stage does meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from etcdproto.raftpb import raft_pb2 as pb
+from kubekv_raft.core.raft import Config
+from kubekv_raft.core.storage import MemoryStorage
+from kubekv_raft.driver.lmdb_storage import LMDBStorage
+from kubekv_raft.driver.runner import Runner, initial_applied
+from kubekv_testing.polling import wait_for_async
+
+from .test_runner import LocalTransport, wait_leader
+
+GATE_SECONDS = 10.0  # a gate never stays shut longer (a failing test must not hang)
+
+
+class GatedStorage(MemoryStorage):
+    """MemoryStorage whose appends wait while `gate` is shut (a slow fsync)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()  # an append is held at the gate
+
+    def append(self, entries, hard_state=None) -> None:  # type: ignore[override]
+        if not self.gate.is_set():
+            self.waiting.set()
+            self.gate.wait(GATE_SECONDS)
+            self.waiting.clear()
+        super().append(entries, hard_state)
+
+
+class CheckingApplier:
+    """Records applied data; fails the test if an entry applies before it is in the log."""
+
+    def __init__(self, storage) -> None:
+        self.storage = storage
+        self.batches: list[list[bytes]] = []
+        self.ahead_of_log: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.waiting = threading.Event()
+
+    def apply(self, entries: list[pb.Entry]) -> None:
+        if not self.gate.is_set():
+            self.waiting.set()
+            self.gate.wait(GATE_SECONDS)
+            self.waiting.clear()
+        last = self.storage.last_index()
+        self.ahead_of_log += [e.index for e in entries if e.index > last]
+        self.batches.append([e.data for e in entries if e.type == pb.EntryNormal and e.data])
+
+    @property
+    def applied(self) -> list[bytes]:
+        return [d for b in self.batches for d in b]
+
+
+def gated_cluster() -> tuple[dict[int, Runner], dict[int, CheckingApplier], set[int]]:
+    hub: dict[int, Runner] = {}
+    down: set[int] = set()
+    appliers = {}
+    for i in (1, 2, 3):
+        st = GatedStorage()
+        st.set_conf_state(pb.ConfState(voters=[1, 2, 3]))
+        t = LocalTransport(hub, down)
+        t.owner = i
+        appliers[i] = CheckingApplier(st)
+        cfg = Config(id=i, storage=st, election_tick=10, heartbeat_tick=1, pre_vote=True,
+                     check_quorum=True)
+        hub[i] = Runner(cfg, st, t, appliers[i], tick_interval=0.005)
+    return hub, appliers, down
+
+
+async def wait_thread_event(ev: threading.Event, what: str) -> None:
+    await wait_for_async(ev.is_set, 4.0, what, interval=0.005)
+
+
+def test_leader_replicates_before_its_fsync_but_counts_itself_only_after():
+    async def main() -> None:
+        hub, appliers, down = gated_cluster()
+        for r in hub.values():
+            await r.start()
+        try:
+            lead = await wait_leader(hub)
+            f1, f2 = (i for i in hub if i != lead)
+            await hub[lead].propose(b"warm")
+            down.add(f2)  # a quorum is now the leader and f1: both copies must be durable
+            st = hub[lead].storage
+            st.gate.clear()  # the leader's own write hangs
+            fut = hub[lead].propose(b"x")
+            await wait_thread_event(st.waiting, "the leader's write to start")
+            index = st.last_index() + 1  # "x" is held at the gate: not in the leader's log
+            # the append went out before the leader's own write finished, and f1 holds it
+            await wait_for_async(lambda: hub[f1].storage.last_index() >= index, 4.0,
+                                 "f1 to persist the entry")
+            await asyncio.sleep(0.2)  # f1's ack has long arrived
+            assert hub[lead].node.raft.raft_log.committed < index, \
+                "committed with only one durable copy (the leader counted its unwritten one)"
+            assert not fut.done()
+            st.gate.set()
+            assert await asyncio.wait_for(fut, 4.0) == index
+            for a in appliers.values():
+                assert not a.ahead_of_log
+        finally:
+            for s in (r.storage for r in hub.values()):
+                s.gate.set()
+            for r in hub.values():
+                await r.stop()
+
+    asyncio.run(main())
+
+
+def test_follower_applies_nothing_it_has_not_written():
+    async def main() -> None:
+        hub, appliers, down = gated_cluster()
+        for r in hub.values():
+            await r.start()
+        try:
+            lead = await wait_leader(hub)
+            f1, f2 = (i for i in hub if i != lead)
+            await hub[lead].propose(b"warm")
+            slow = hub[f2].storage
+            slow.gate.clear()  # f2's disk hangs; the leader and f1 commit without it
+            await hub[lead].propose(b"y")
+            await wait_thread_event(slow.waiting, "f2's write to start")
+            await asyncio.sleep(0.1)  # f2 learns the commit index meanwhile (heartbeats)
+            assert b"y" not in appliers[f2].applied
+            slow.gate.set()
+            await wait_for_async(lambda: b"y" in appliers[f2].applied, 4.0, "f2 to apply y")
+            for a in appliers.values():
+                assert not a.ahead_of_log, a.ahead_of_log
+        finally:
+            for s in (r.storage for r in hub.values()):
+                s.gate.set()
+            for r in hub.values():
+                await r.stop()
+
+    asyncio.run(main())
+
+
+def test_persisting_goes_on_while_applying_and_applies_several_readys_at_once(tmp_path):
+    async def main() -> None:
+        st = LMDBStorage(str(tmp_path / "log"), map_size=1 << 26)
+        st.set_conf_state(pb.ConfState(voters=[1]))
+        applier = CheckingApplier(st)
+        r = Runner(Config(id=1, storage=st, election_tick=10, heartbeat_tick=1), st,
+                   LocalTransport({}, set()), applier, tick_interval=0.005)
+        await r.start()
+        try:
+            r.campaign()
+            await r.propose(b"a")
+            applier.gate.clear()  # the apply stage hangs on "b"
+            fb = r.propose(b"b")
+            await wait_thread_event(applier.waiting, "b's apply to start")
+            last = st.last_index()
+            later = [r.propose(b"c%d" % k) for k in range(3)]
+            for k, f in enumerate(later):
+                await asyncio.sleep(0.02)  # separate Readys
+                later[k] = f
+            # the log stage went on: c0..c2 are durable while b is still being applied
+            await wait_for_async(lambda: st.last_index() >= last + 3, 4.0, "c* persisted")
+            assert not fb.done() and not any(f.done() for f in later)
+            applier.gate.set()
+            await asyncio.wait_for(asyncio.gather(fb, *later), 4.0)
+            assert applier.applied == [b"a", b"b", b"c0", b"c1", b"c2"]
+            # the Readys committed while "b" was applied went through as one batch
+            assert [b"c0", b"c1", b"c2"] in applier.batches
+            assert not applier.ahead_of_log
+        finally:
+            applier.gate.set()
+            await r.stop()
+            st.close()
+
+    asyncio.run(main())
+
+
+def test_commit_only_hard_state_is_written_lazily_and_restart_copes(tmp_path):
+    async def main() -> None:
+        st = LMDBStorage(str(tmp_path / "log"), map_size=1 << 26)
+        st.set_conf_state(pb.ConfState(voters=[1]))
+        applier = CheckingApplier(st)
+        r = Runner(Config(id=1, storage=st, election_tick=10, heartbeat_tick=1), st,
+                   LocalTransport({}, set()), applier, tick_interval=3600)  # no idle tick
+        await r.start()
+        r.campaign()
+        index = await r.propose(b"a")
+        # "a" committed in the Ready after its own durable write; that commit index needs
+        # no fsync of its own and is not written yet
+        assert st.hard_state().commit < index
+        r._unsaved_hard_state = None  # a crash: the pending commit index never gets written
+        await r.stop()
+        st.close()
+
+        st = LMDBStorage(str(tmp_path / "log"), map_size=1 << 26)
+        hs = st.hard_state()
+        applied = initial_applied(index, hs)  # the state applied "a"; the log's commit lags
+        assert applied == hs.commit < index
+        applier = CheckingApplier(st)
+        r = Runner(Config(id=1, storage=st, election_tick=10, heartbeat_tick=1,
+                          applied=applied), st, LocalTransport({}, set()), applier,
+                   tick_interval=0.005)
+        await r.start()
+        try:
+            r.campaign()
+            await r.propose(b"b")
+            # Raft re-learned the commit and handed "a" out again; an application skips it
+            # by its own applied index (as kubekv's Applier does)
+            assert applier.applied == [b"a", b"b"]
+        finally:
+            await r.stop()
+        assert st.hard_state().commit == st.last_index()  # written at stop
+        st.close()
+
+    asyncio.run(main())
+
+
+def test_compaction_raises_a_lagging_commit_index(tmp_path):
+    st = LMDBStorage(str(tmp_path / "log"), map_size=1 << 26)
+    st.append([pb.Entry(index=i, term=1) for i in range(1, 6)], pb.HardState(term=1, commit=2))
+    st.compact(4)
+    assert st.hard_state().commit == 4  # everything compacted was committed and applied
+    st.compact(5)
+    assert st.hard_state() == pb.HardState(term=1, commit=5)
+    st.close()
