@@ -2,7 +2,8 @@
 
 As etcd-io/raft's storage.go: the core reads entries, hard state, conf state and snapshot
 metadata through `Storage` and never writes it; the application (here the driver's
-LMDBStorage, or MemoryStorage in tests and the simulation) persists what `Ready` hands out.
+WALStorage or LMDBStorage, or MemoryStorage in tests and the simulation) persists what
+`Ready` hands out.
 Both keep a "compaction point": the index and term of the last discarded entry (or of the
 last snapshot). `first_index()` is one past it, and `term()` of it still answers, which is
 what the leader needs to build the first MsgApp after compaction.

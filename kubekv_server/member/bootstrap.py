@@ -23,6 +23,7 @@ import lmdb
 from etcdproto.kubekvpb import internal_pb2
 from etcdproto.raftpb import raft_pb2
 from kubekv_raft.driver.lmdb_storage import LMDBStorage
+from kubekv_raft.driver.wal_storage import WALCorruptError, WALStorage
 from kubekv_server import errors
 from kubekv_server.backend import bbolt_import, state_snapshot
 from kubekv_server.backend.state_db import Backend, decode_u64, encode_u64
@@ -62,20 +63,31 @@ def refuse(reason: str) -> NoReturn:
     raise SystemExit(1)
 
 
+LogStorage = WALStorage | LMDBStorage
+
+
+def open_log(path: str, fsync: bool) -> LogStorage:
+    """The Raft log: a write-ahead log (one fdatasync per write); a data dir written
+    before it keeps its LMDB log (`data.mdb` in the log directory)."""
+    if os.path.exists(os.path.join(path, "data.mdb")):
+        return LMDBStorage(path, fsync=fsync)
+    return WALStorage(path, fsync=fsync)
+
+
 def open_stores(data_dir: str, state_path: str, log_path: str,
-                fsync: bool) -> tuple[Backend, LMDBStorage]:
-    """Open the state db and the Raft log; one LMDB cannot read refuses start-up (a
+                fsync: bool) -> tuple[Backend, LogStorage]:
+    """Open the state db and the Raft log; one that cannot be read refuses start-up (a
     power cut under --unsafe-no-fsync can leave pages of either half written)."""
     what, path = "state db", state_path
     try:
         backend = Backend(path, fsync=fsync)
         what, path = "log", log_path
-        return backend, LMDBStorage(path, fsync=fsync)
-    except lmdb.Error as exc:
+        return backend, open_log(path, fsync)
+    except (lmdb.Error, WALCorruptError) as exc:
         refuse(f"failed to open the {what} of {data_dir} at {path}: {exc}; {REMEDY}")
 
 
-def _facts(data_dir: str, backend: Backend, storage: LMDBStorage) -> DataDirFacts:
+def _facts(data_dir: str, backend: Backend, storage: LogStorage) -> DataDirFacts:
     return DataDirFacts(
         marker=os.path.exists(_marker_path(data_dir)),
         identity=bool(backend.get_meta(b"member_id")),
@@ -85,7 +97,7 @@ def _facts(data_dir: str, backend: Backend, storage: LMDBStorage) -> DataDirFact
     )
 
 
-def check_reconcilable(data_dir: str, backend: Backend, storage: LMDBStorage) -> None:
+def check_reconcilable(data_dir: str, backend: Backend, storage: LogStorage) -> None:
     """Refuse to start (one critical log line, exit status 1) on a data dir whose log and
     state db cannot be reconciled, before anything is written to it (etcd refuses too).
 
@@ -103,7 +115,7 @@ def check_reconcilable(data_dir: str, backend: Backend, storage: LMDBStorage) ->
         refuse(reason)
 
 
-def _recover_state_from_snapshot(backend: Backend, storage: LMDBStorage, applied: int) -> bool:
+def _recover_state_from_snapshot(backend: Backend, storage: LogStorage, applied: int) -> bool:
     """Install the log's latest snapshot file (ours or one received) in the state db if
     it exists and is newer than `applied`; whether the state db was replaced."""
     snap = storage.snapshot()
@@ -152,7 +164,7 @@ def mark_identity_committed(data_dir: str, backend: Backend, mid: int, cid: int)
             os.close(fd)
 
 
-def load_identity(cfg: Config, backend: Backend, storage: LMDBStorage) -> Identity:
+def load_identity(cfg: Config, backend: Backend, storage: LogStorage) -> Identity:
     """Read the member/cluster identity from the data dir, or bootstrap it from flags.
 
     A member joining an existing cluster gets ids 0 here and learns its identity from

@@ -1,4 +1,5 @@
-"""One test body for both storages: the log conflict rule, compaction, snapshots, reopen."""
+"""One test body for every storage: the log conflict rule, compaction, snapshots, reopen;
+then what only the write-ahead log has (torn tails, rewrites, a failed write)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.core.errors import CompactedError, SnapshotOutOfDateError, UnavailableError
 from kubekv_raft.core.storage import MemoryStorage
+from kubekv_raft.driver import wal_storage
 from kubekv_raft.driver.lmdb_storage import LMDBStorage
+from kubekv_raft.driver.wal_storage import WALCorruptError, WALStorage
 
 
 def ents(*pairs: tuple[int, int]) -> list[pb.Entry]:
@@ -24,19 +27,21 @@ class Factory:
         self.store = self.open()
 
     def open(self):
-        return (
-            MemoryStorage() if self.kind == "memory" else LMDBStorage(self.path, map_size=1 << 26)
-        )
+        if self.kind == "memory":
+            return MemoryStorage()
+        if self.kind == "wal":
+            return WALStorage(self.path)
+        return LMDBStorage(self.path, map_size=1 << 26)
 
     def reopen(self):
-        """LMDB: close and open again from disk. Memory: the same object."""
-        if self.kind == "lmdb":
+        """On disk: close and open again from disk. Memory: the same object."""
+        if self.kind != "memory":
             self.store.close()
             self.store = self.open()
         return self.store
 
 
-@pytest.fixture(params=["memory", "lmdb"])
+@pytest.fixture(params=["memory", "lmdb", "wal"])
 def fx(request, tmp_path):
     f = Factory(request.param, tmp_path)
     yield f
@@ -155,9 +160,11 @@ def test_snapshots(fx):
     assert hs == pb.HardState(term=3, vote=1, commit=11) and list(cs3.voters) == [1, 2, 4]
 
 
-def test_lmdb_writer_and_readers_in_threads(tmp_path):
+@pytest.mark.parametrize("kind", ["lmdb", "wal"])
+def test_writer_and_readers_in_threads(tmp_path, kind):
     """One writer thread appends while reader threads read; every read is consistent."""
-    s = LMDBStorage(str(tmp_path / "r"), map_size=1 << 26)
+    s = (LMDBStorage(str(tmp_path / "r"), map_size=1 << 26) if kind == "lmdb"
+         else WALStorage(str(tmp_path / "r")))
     errors: list[BaseException] = []
     done = threading.Event()
 
@@ -184,4 +191,131 @@ def test_lmdb_writer_and_readers_in_threads(tmp_path):
         t.join()
     assert not errors
     assert s.last_index() == 200 and s.hard_state().commit == 200
+    s.close()
+
+
+def _wal_file(path) -> str:
+    import os
+    (name,) = [n for n in os.listdir(path) if n.endswith(".wal")]
+    return os.path.join(path, name)
+
+
+def test_wal_torn_tail_is_cut_and_the_acknowledged_prefix_kept(tmp_path):
+    path = str(tmp_path / "w")
+    s = WALStorage(path)
+    s.append(ents((1, 1), (2, 1)), pb.HardState(term=1, commit=1))
+    s.append(ents((3, 1)), pb.HardState(term=1, commit=2))
+    s.close()
+    f = _wal_file(path)
+    good = open(f, "rb").read()
+    for cut in (1, 5, 9, 20):  # a later write torn at several points
+        with open(f, "wb") as out:
+            out.write(good + wal_storage._record(2, b"\x00" * 40)[:cut])
+        s = WALStorage(path)
+        assert s.last_index() == 3 and s.hard_state() == pb.HardState(term=1, commit=2)
+        s.append(ents((4, 1)))  # appends after the cut point, not after the garbage
+        s.close()
+        s = WALStorage(path)
+        assert [e.index for e in s.entries(1, 5)] == [1, 2, 3, 4]
+        s.close()
+        with open(f, "wb") as out:
+            out.write(good)
+
+
+def test_wal_bad_crc_ends_the_log_there(tmp_path):
+    path = str(tmp_path / "w")
+    s = WALStorage(path)
+    s.append(ents((1, 1)))
+    size = s._size
+    s.append(ents((2, 1)))
+    s.close()
+    f = _wal_file(path)
+    data = bytearray(open(f, "rb").read())
+    data[size + 12] ^= 0xFF  # a flipped byte in the second record's payload
+    open(f, "wb").write(bytes(data))
+    s = WALStorage(path)
+    assert s.last_index() == 1
+    s.close()
+
+
+def test_wal_without_a_state_record_is_refused(tmp_path):
+    path = tmp_path / "w"
+    path.mkdir()
+    (path / "0000000000000001.wal").write_bytes(b"garbage that is no record at all")
+    with pytest.raises(WALCorruptError):
+        WALStorage(str(path))
+
+
+def test_wal_rewrites_its_file_from_the_live_state(tmp_path, monkeypatch):
+    monkeypatch.setattr(wal_storage, "SEGMENT_BYTES", 2000)
+    path = str(tmp_path / "w")
+    s = WALStorage(path)
+    s.set_conf_state(pb.ConfState(voters=[1, 2, 3]))
+    for i in range(1, 101):
+        s.append([pb.Entry(index=i, term=1, data=b"x" * 50)], pb.HardState(term=1, commit=i))
+        if i % 20 == 0:
+            s.create_snapshot(i - 5, pb.ConfState(voters=[1, 2, 3]), b"snap")
+            s.compact(i - 10)
+    first_file = s._seq
+    assert first_file > 1  # rewritten more than once
+    assert s._size < 2 * 2000 + 2000
+    s.close()
+    import os
+    assert len([n for n in os.listdir(path) if n.endswith(".wal")]) == 1
+    s = WALStorage(path)
+    assert (s.first_index(), s.last_index()) == (91, 100)
+    assert s.hard_state() == pb.HardState(term=1, commit=100)
+    assert s.snapshot().metadata.index == 95 and s.snapshot().data == b"snap"
+    assert list(s.conf_state().voters) == [1, 2, 3]
+    s.close()
+
+
+def test_wal_rewrite_cut_short_leaves_the_old_file(tmp_path):
+    path = tmp_path / "w"
+    s = WALStorage(str(path))
+    s.append(ents((1, 1)))
+    s.close()
+    (path / "0000000000000002.wal.tmp").write_bytes(b"half a rewrite")
+    s = WALStorage(str(path))
+    assert s.last_index() == 1 and not (path / "0000000000000002.wal.tmp").exists()
+    s.close()
+
+
+def test_wal_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    path = str(tmp_path / "w")
+    s = WALStorage(path)
+    s.append(ents((1, 1)))
+    real_write = wal_storage.os.write
+    calls = []
+
+    def half_then_full(fd, data):
+        calls.append(1)
+        if len(calls) == 1:
+            real_write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(wal_storage.os, "write", half_then_full)
+    with pytest.raises(OSError):
+        s.append(ents((2, 1)))
+    assert s.last_index() == 1  # memory follows only durable writes
+    s.append(ents((2, 2)))
+    monkeypatch.undo()
+    s.close()
+    s = WALStorage(path)
+    assert [(e.index, e.term) for e in s.entries(1, 3)] == [(1, 1), (2, 2)]
+    s.close()
+
+
+def test_wal_empty_file_is_an_empty_log_and_gets_its_state_first(tmp_path):
+    path = tmp_path / "w"
+    path.mkdir()
+    (path / "0000000000000003.wal").write_bytes(b"")  # a cut under --unsafe-no-fsync
+    s = WALStorage(str(path))
+    assert (s.first_index(), s.last_index()) == (1, 0)
+    assert (path / "0000000000000003.wal").stat().st_size == 0  # nothing written yet
+    s.append(ents((1, 1)), pb.HardState(term=1, commit=1))
+    s.close()
+    s = WALStorage(str(path))
+    assert s.last_index() == 1 and s.hard_state().commit == 1
     s.close()
