@@ -1,9 +1,10 @@
 """A member's Raft node: kubekv_raft's Runner on the server's event loop.
 
 Handlers on the loop call `propose` and `read_index` and get asyncio futures;
-proposals made in one loop iteration reach the Runner as one batch (one Ready,
-one log append and fsync). The Runner's two stages overlap: the log thread
-(`kubekv-log`) persists Ready N+1 to the LMDB log while the apply thread
+proposals made while the Runner writes a Ready reach it as one batch (one Ready,
+one log append and fdatasync); the reads of one loop iteration share one
+read-index round. The Runner's two stages overlap: the log thread
+(`kubekv-log`) persists Ready N+1 to the write-ahead log while the apply thread
 (`kubekv-apply`) applies Ready N's committed entries with kubekv's Applier; back
 on the loop, the batch's listeners run and the proposers' futures resolve.
 Threads (lease expiry, blocking handlers) use the `*_threadsafe` variants.
@@ -110,7 +111,6 @@ class RaftNode:
             ((member_id & 0xFFFF) << 48) | ((now_ms & ((1 << 40) - 1)) << 8)
         )
         self._futures: dict[bytes, asyncio.Future] = {}
-        self._pending: list[tuple[bytes, bytes]] = []
         self._reads: list[asyncio.Future] = []
         self._read_rounds: ReadRounds | None = None
         self._scheduled = False
@@ -304,10 +304,7 @@ class RaftNode:
         fut = self.loop.create_future()
         rid = varint(request_id)
         self._futures[rid] = fut
-        self._pending.append((data, rid))
-        if not self._scheduled:
-            self._scheduled = True
-            self.loop.call_soon(self._drain)
+        self.runner.submit([(data, rid)])  # the Runner batches: one MsgProp per Ready
         return fut
 
     def propose_threadsafe(self, request_id: int, data: bytes) -> concurrent.futures.Future:
@@ -355,12 +352,9 @@ class RaftNode:
         return fut
 
     def _drain(self) -> None:
+        """The reads of one loop iteration start one read-index round."""
         self._scheduled = False
-        props, self._pending = self._pending, []
         reads, self._reads = self._reads, []
-        runner = self.runner
-        if props:
-            runner.submit(props)
         if reads:
             self._read_rounds.add(reads)
 
