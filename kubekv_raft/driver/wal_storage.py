@@ -245,11 +245,14 @@ class WALStorage:
         else:
             raise WALCorruptError(f"unknown record type {kind}")
 
-    def _do_append(self, entries: list[pb.Entry]) -> None:
+    def _do_append(self, entries: list[pb.Entry], sizes: list[int] | None = None) -> None:
         if not entries:
             return
+        if sizes is None:
+            sizes = [e.ByteSize() for e in entries]
         if entries[0].index <= self._ci:
-            entries = entries[self._ci + 1 - entries[0].index :]
+            skip = self._ci + 1 - entries[0].index
+            entries, sizes = entries[skip:], sizes[skip:]
             if not entries:
                 return
         keep = entries[0].index - self._ci - 1
@@ -259,11 +262,9 @@ class WALStorage:
         del self._ents[keep:]
         self._live -= sum(self._sizes[keep:])
         del self._sizes[keep:]
-        for e in entries:
-            n = e.ByteSize()
-            self._ents.append(e)
-            self._sizes.append(n)
-            self._live += n
+        self._ents.extend(entries)
+        self._sizes.extend(sizes)
+        self._live += sum(sizes)
 
     def _do_compact(self, index: int, term: int) -> None:
         drop = index - self._ci
@@ -343,17 +344,24 @@ class WALStorage:
     def append(self, entries: list[pb.Entry], hard_state: pb.HardState | None = None) -> None:
         """Append entries (replacing any at or after entries[0].index) and hard_state; one
         fdatasync."""
-        records = []
-        if entries:
-            records.append((_ENTRIES, _pack_list([e.SerializeToString() for e in entries])))
+        if not entries and hard_state is None:
+            return
+        blobs = [e.SerializeToString() for e in entries]
+        records = [_record(_ENTRIES, _pack_list(blobs))] if entries else []
         if hard_state is not None:
-            records.append((_HARD, hard_state.SerializeToString()))
-        if records:
-            with self._write_lock:
-                last = self._ci + len(self._ents)
-                if entries and entries[-1].index > self._ci and entries[0].index > last + 1:
-                    raise ValueError(f"gap: appending {entries[0].index} after last {last}")
-                self._commit(records)
+            hard = pb.HardState()
+            hard.CopyFrom(hard_state)
+            records.append(_record(_HARD, hard.SerializeToString()))
+        with self._write_lock:
+            last = self._ci + len(self._ents)
+            if entries and entries[-1].index > self._ci and entries[0].index > last + 1:
+                raise ValueError(f"gap: appending {entries[0].index} after last {last}")
+            self._append_records(records)
+            with self._mem_lock:  # the entries themselves, not a parse of what was written
+                self._do_append(entries, [len(b) for b in blobs])
+                if hard_state is not None:
+                    self._hard = hard
+            self._maybe_rewrite()
 
     def set_hard_state(self, hs: pb.HardState) -> None:
         """Record term, vote and commit; one fdatasync."""
