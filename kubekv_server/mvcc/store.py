@@ -263,6 +263,11 @@ class _Reader:
                 yield Event(type=_PUT, kv=kv)
 
 
+def _field_size(n: int) -> int:
+    """Bytes of a length-delimited field of n bytes with a one-byte tag in an Event."""
+    return 1 + max(1, (n.bit_length() + 6) // 7) + n
+
+
 def _first_key(txn: lmdb.Transaction, db: lmdb._Database) -> bytes:
     cur = txn.cursor(db=db)
     return cur.key() if cur.first() else b""
@@ -311,6 +316,9 @@ class WriteTxn(_Reader):
         # one Event per change, in order: each change's kv and prev kv are built inside
         # its Event, so the watchers get them without a copy
         self._changes: list[Event] = []
+        # the encoded size of those Events, what sum(ev.ByteSize()) gives without encoding
+        # them again (the watch hub's log budget)
+        self.changes_bytes = 0
         self._ended = False
 
     def _range_rev(self) -> int:
@@ -350,6 +358,8 @@ class WriteTxn(_Reader):
         txn.put(sk, rb, db=dbs.key_index, dupdata=True)
         txn.put(sk, data, db=dbs.live)
         self._changes.append(ev)
+        self.changes_bytes += _field_size(len(data)) + (
+            0 if prev_raw is None else _field_size(len(prev_raw)))
         return prev
 
     def delete_range(self, key: bytes, end: bytes | None) -> list[KeyValue]:
@@ -380,6 +390,7 @@ class WriteTxn(_Reader):
             prev.ParseFromString(v)
             deleted.append(prev)
             self._changes.append(ev)
+            self.changes_bytes += 2 + _field_size(ev.kv.ByteSize()) + _field_size(len(v))
         return deleted
 
     @property
