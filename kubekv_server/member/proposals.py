@@ -63,15 +63,22 @@ def encode_internal(request_id: int, field: str, body: bytes,
     return b"".join(parts)
 
 
+# Entries a deadline queue may hold before the answered ones behind an unanswered
+# front are dropped (they keep their responses alive until then).
+_QUEUE_SWEEP = 1024
+
+
 class _Deadlines:
     """etcd's request timeout for many proposals with one timer: proposals of one
     timeout expire in the order they were made, so each timeout keeps a queue
-    (answered proposals leave it from the front as new ones join) and one loop
-    timer is armed at the earliest deadline among the queues' fronts."""
+    (answered proposals leave it from the front as new ones join, and from
+    anywhere once it is long) and one loop timer is armed at the earliest deadline
+    among the queues' fronts."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._queues: dict[float, deque[tuple[float, asyncio.Future]]] = {}
+        self._sweep_at: dict[float, int] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
 
@@ -82,6 +89,10 @@ class _Deadlines:
             q = self._queues[timeout] = deque()
         while q and q[0][1].done():
             q.popleft()
+        if len(q) >= self._sweep_at.get(timeout, _QUEUE_SWEEP):
+            # a proposal unanswered for long holds up the answered ones behind it
+            q = self._queues[timeout] = deque(e for e in q if not e[1].done())
+            self._sweep_at[timeout] = max(_QUEUE_SWEEP, 2 * len(q))
         q.append((self.loop.time() + timeout, fut))
         front = q[0][0]
         if self._timer is None or front < self._timer_at:

@@ -59,3 +59,20 @@ def test_deadlines_fail_only_what_is_not_done_in_time():
         assert deadlines._timer is None  # nothing left to watch
 
     asyncio.run(main())
+
+
+def test_deadlines_drop_answered_proposals_behind_an_unanswered_one():
+    async def main():
+        loop = asyncio.get_running_loop()
+        deadlines = _Deadlines(loop)
+        stalled = loop.create_future()
+        deadlines.add(stalled, 60.0)
+        for _ in range(5000):
+            fut = loop.create_future()
+            deadlines.add(fut, 60.0)
+            fut.set_result(None)
+        assert len(deadlines._queues[60.0]) <= 2 * 1024  # not 5001
+        assert deadlines._queues[60.0][0][1] is stalled
+        deadlines._timer.cancel()
+
+    asyncio.run(main())
