@@ -42,6 +42,7 @@ _TAGS = {f.name: _varint((f.number << 3) | 2)
 _ID_TAG = b"\x08"  # InternalRequest.id, field 1, varint
 _AUTH_TAG = _varint((internal_pb2.InternalRequest.DESCRIPTOR.fields_by_name["auth"].number << 3)
                     | 2)
+_EMPTY_AUTH = _AUTH_TAG + b"\x00"
 
 
 def encode_internal(request_id: int, field: str, body: bytes,
@@ -53,13 +54,16 @@ def encode_internal(request_id: int, field: str, body: bytes,
     parts += (_TAGS[field], _varint(len(body)), body)
     if caller is not None:  # AuthHeader: username (1), revision (2); proto3 omits defaults
         username, revision = caller
-        auth = b""
-        if username:
-            name = username.encode()
-            auth = b"\x0a" + _varint(len(name)) + name
-        if revision:
-            auth += b"\x10" + _varint(revision)
-        parts += (_AUTH_TAG, _varint(len(auth)), auth)
+        if not username and not revision:  # the empty caller (auth off): an empty AuthHeader
+            parts.append(_EMPTY_AUTH)
+        else:
+            auth = b""
+            if username:
+                name = username.encode()
+                auth = b"\x0a" + _varint(len(name)) + name
+            if revision:
+                auth += b"\x10" + _varint(revision)
+            parts += (_AUTH_TAG, _varint(len(auth)), auth)
     return b"".join(parts)
 
 
@@ -173,7 +177,9 @@ class Proposer:
         rid = self.node.next_id()
         # a client's request carries its caller: the applier checks its permissions
         data = encode_internal(rid, field, request.SerializeToString(), call_principal.get())
-        if etcd_entry_size(self.member_id, rid, len(data)) > self.max_request_bytes:
+        limit = self.max_request_bytes
+        if len(data) + _MAX_ETCD_GROWTH > limit and \
+                etcd_entry_size(self.member_id, rid, len(data)) > limit:
             raise errors.REQUEST_TOO_LARGE
         return rid, data
 
@@ -204,6 +210,11 @@ class Proposer:
 
 def _varint_len(n: int) -> int:
     return max(1, (n.bit_length() + 6) // 7)
+
+
+# etcd_entry_size(...) - entry_len is at most this: etcd's header field (tag 2 bytes,
+# length 1, id tag 1, id varint at most 10) minus our id field (at least nothing).
+_MAX_ETCD_GROWTH = 4 + 10
 
 
 def etcd_entry_size(member_id: int, request_id: int, entry_len: int) -> int:
