@@ -53,6 +53,11 @@ class LMDBStorage:
         self._meta = self._env.open_db(b"meta")
         # called with the seconds each fsynced write took (metrics)
         self.on_sync: Callable[[float], None] | None = None
+        # first_index() and last_index() as of the last committed write: Raft asks for
+        # them on every proposal and Ready, and only this object's writes change them
+        with self._env.begin() as txn:
+            self._first = self._compacted(txn)[0] + 1
+            self._last_index = self._last(txn)
 
     @contextlib.contextmanager
     def _write(self):  # type: ignore[no-untyped-def]
@@ -102,13 +107,11 @@ class LMDBStorage:
 
     def first_index(self) -> int:
         """Index of the first entry still held."""
-        with self._env.begin() as txn:
-            return self._compacted(txn)[0] + 1
+        return self._first
 
     def last_index(self) -> int:
         """Index of the last entry held."""
-        with self._env.begin() as txn:
-            return self._last(txn)
+        return self._last_index
 
     def term(self, i: int) -> int:
         """Term of entry i (the compaction point's term for i == first_index() - 1)."""
@@ -162,6 +165,7 @@ class LMDBStorage:
     # -- write side --------------------------------------------------------
     def append(self, entries: list[pb.Entry], hard_state: pb.HardState | None = None) -> None:
         """Append entries (replacing any at or after entries[0].index) and hard_state; one fsync."""
+        last = self._last_index
         with self._write() as txn:
             if entries:
                 ci, _ = self._compacted(txn)
@@ -180,8 +184,10 @@ class LMDBStorage:
                         ((_U64.pack(e.index), e.SerializeToString()) for e in entries),
                         append=True,
                     )
+                    last = entries[-1].index
             if hard_state is not None:
                 txn.put(_K_HARD, hard_state.SerializeToString(), db=self._meta)
+        self._last_index = last  # once committed, as a reader's transaction would see it
 
     def set_hard_state(self, hs: pb.HardState) -> None:
         """Record term, vote and commit; one fsync."""
@@ -221,6 +227,7 @@ class LMDBStorage:
             if hs.commit < index:
                 hs.commit = index
                 txn.put(_K_HARD, hs.SerializeToString(), db=self._meta)
+        self._first = index + 1
 
     def create_snapshot(
         self, index: int, conf_state: pb.ConfState | None = None, data: bytes = b""
@@ -271,6 +278,8 @@ class LMDBStorage:
             if hs.commit < md.index:
                 hs.commit = md.index
                 txn.put(_K_HARD, hs.SerializeToString(), db=self._meta)
+        self._first = md.index + 1
+        self._last_index = md.index
 
     def close(self) -> None:
         """Close the environment; the object is unusable afterwards."""

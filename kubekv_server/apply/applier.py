@@ -46,7 +46,8 @@ class BatchResult:
 
     # (request id, response or EtcdError), in log order
     results: list[tuple[int, object]] = field(default_factory=list)
-    events: list = field(default_factory=list)  # mvccpb.Event, in revision order
+    # (revision, its mvccpb.Events, their encoded size), in revision order
+    revisions: list[tuple[int, list, int]] = field(default_factory=list)
     applied_index: int = 0
     compaction_scheduled: bool = False
     # ("grant", id, ttl) / ("revoke", id) / ("checkpoint", id, remaining), for the lessor
@@ -173,5 +174,7 @@ class Applier:
             out.compaction_scheduled = True
         elif kind == "member_attributes":
             out.membership_changed = True
-        out.events.extend(events)
+        if events:  # one request's events share its revision
+            out.revisions.append((events[0].kv.mod_revision, events,
+                                  step.event_bytes or sum(ev.ByteSize() for ev in events)))
         out.results.append((req.id, result))

@@ -42,6 +42,7 @@ class Step:
     auth_info: AuthInfo | None = None  # set by the auth layer; None = the member's own
     # ("grant", id, ttl) / ("revoke", id) / ("checkpoint", id, remaining), for the lessor
     lease_changes: list = field(default_factory=list)
+    event_bytes: int = 0  # the encoded size of the events it made (WriteTxn.changes_bytes)
 
 
 Handler = Callable[[Step], Outcome]
@@ -95,6 +96,7 @@ class Handlers:
         resp = op(w)
         w.end()
         self._track(step.txn, w.changes)
+        step.event_bytes = w.changes_bytes
         return resp, w.changes
 
     def _track(self, txn: lmdb.Transaction, changes: list) -> None:
@@ -143,6 +145,7 @@ class Handlers:
         resp = pb.LeaseRevokeResponse()
         resp.header.revision = w.end()
         self._track(step.txn, w.changes)
+        step.event_bytes = w.changes_bytes
         step.lease_changes.append(("revoke", lease_id))
         return resp, w.changes
 

@@ -237,7 +237,7 @@ class Member:
     # ---------------------------------------------------- apply listeners
 
     def _notify_watchers(self, result: BatchResult) -> None:
-        self.watch_hub.notify(result.events)
+        self.watch_hub.notify(result.revisions)
 
     def _after_apply(self, result: BatchResult) -> None:
         """Loop thread, after each applied batch: what the batch changed for this member."""

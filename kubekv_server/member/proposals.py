@@ -10,11 +10,13 @@ timeout after etcd's request timeout.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.kubekvpb import internal_pb2
 from kubekv_server import errors
+from kubekv_server.apply.applier import BatchResult
 from kubekv_server.auth.caller import call_principal
 from kubekv_server.member.loop_bridge import call_on_loop
 from kubekv_server.replication.raft_node import RaftNode
@@ -25,9 +27,103 @@ REQUEST_TIMEOUT = 7.0
 DEFAULT_QUOTA_BYTES = 2 << 30
 
 
-def _expire(fut: asyncio.Future) -> None:
-    if not fut.done():
-        fut.set_exception(errors.TIMEOUT)
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# The tag of each InternalRequest.request field (length-delimited), by field name.
+_TAGS = {f.name: _varint((f.number << 3) | 2)
+         for f in internal_pb2.InternalRequest.DESCRIPTOR.oneofs_by_name["request"].fields}
+_ID_TAG = b"\x08"  # InternalRequest.id, field 1, varint
+_AUTH_TAG = _varint((internal_pb2.InternalRequest.DESCRIPTOR.fields_by_name["auth"].number << 3)
+                    | 2)
+_EMPTY_AUTH = _AUTH_TAG + b"\x00"
+
+
+def encode_internal(request_id: int, field: str, body: bytes,
+                    caller: tuple[str, int] | None) -> bytes:
+    """InternalRequest(id=request_id, <field>=request, auth=caller) serialized, from the
+    request's own serialization: byte for byte what protobuf makes, without copying the
+    request (its value) into an InternalRequest message first."""
+    parts = [_ID_TAG, _varint(request_id)] if request_id else []
+    parts += (_TAGS[field], _varint(len(body)), body)
+    if caller is not None:  # AuthHeader: username (1), revision (2); proto3 omits defaults
+        username, revision = caller
+        if not username and not revision:  # the empty caller (auth off): an empty AuthHeader
+            parts.append(_EMPTY_AUTH)
+        else:
+            auth = b""
+            if username:
+                name = username.encode()
+                auth = b"\x0a" + _varint(len(name)) + name
+            if revision:
+                auth += b"\x10" + _varint(revision)
+            parts += (_AUTH_TAG, _varint(len(auth)), auth)
+    return b"".join(parts)
+
+
+# Entries a deadline queue may hold before the answered ones behind an unanswered
+# front are dropped (they keep their responses alive until then).
+_QUEUE_SWEEP = 1024
+
+
+class _Deadlines:
+    """etcd's request timeout for many proposals with one timer: proposals of one
+    timeout expire in the order they were made, so each timeout keeps a queue
+    (answered proposals leave it from the front as new ones join, and from
+    anywhere once it is long) and one loop timer is armed at the earliest deadline
+    among the queues' fronts."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._queues: dict[float, deque[tuple[float, asyncio.Future]]] = {}
+        self._sweep_at: dict[float, int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def add(self, fut: asyncio.Future, timeout: float) -> None:
+        """Fail `fut` with etcd's TIMEOUT if it is not done `timeout` seconds from now."""
+        q = self._queues.get(timeout)
+        if q is None:
+            q = self._queues[timeout] = deque()
+        while q and q[0][1].done():
+            q.popleft()
+        if len(q) >= self._sweep_at.get(timeout, _QUEUE_SWEEP):
+            # a proposal unanswered for long holds up the answered ones behind it
+            q = self._queues[timeout] = deque(e for e in q if not e[1].done())
+            self._sweep_at[timeout] = max(_QUEUE_SWEEP, 2 * len(q))
+        q.append((self.loop.time() + timeout, fut))
+        front = q[0][0]
+        if self._timer is None or front < self._timer_at:
+            self._arm(front)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        earliest = None
+        for q in self._queues.values():
+            while q:
+                deadline, fut = q[0]
+                if not fut.done():
+                    if deadline > now:
+                        break
+                    fut.set_exception(errors.TIMEOUT)
+                q.popleft()
+            if q and (earliest is None or q[0][0] < earliest):
+                earliest = q[0][0]
+        if earliest is not None:
+            self._arm(earliest)
 
 
 class Proposer:
@@ -44,6 +140,18 @@ class Proposer:
         self._size_of_db = db_size
         self.db_size = db_size()  # refreshed once per applied batch, for the quota check
         self.header = header
+        self._deadlines = _Deadlines(loop)
+        node.add_listener(self._fill_headers)
+
+    def _fill_headers(self, batch: BatchResult) -> None:
+        """After-apply listener: the header of every response of the batch, filled before
+        the proposers' futures resolve (one pass per batch, no callback per request).
+        Outcomes without a header (errors, member lists) are left alone."""
+        header = self.header
+        for _rid, outcome in batch.results:
+            h = getattr(outcome, "header", None)
+            if h is not None and not isinstance(outcome, BaseException):
+                header(h)
 
     def refresh_db_size(self) -> None:
         self.db_size = self._size_of_db()
@@ -67,43 +175,26 @@ class Proposer:
 
     def _encode(self, field: str, request) -> tuple[int, bytes]:
         rid = self.node.next_id()
-        internal = internal_pb2.InternalRequest(id=rid)
-        getattr(internal, field).CopyFrom(request)
-        caller = call_principal.get()
-        if caller is not None:  # a client's request: the applier checks its permissions
-            internal.auth.SetInParent()
-            internal.auth.username, internal.auth.revision = caller
-        data = internal.SerializeToString()
-        if etcd_entry_size(self.member_id, rid, len(data)) > self.max_request_bytes:
+        # a client's request carries its caller: the applier checks its permissions
+        data = encode_internal(rid, field, request.SerializeToString(), call_principal.get())
+        limit = self.max_request_bytes
+        if len(data) + _MAX_ETCD_GROWTH > limit and \
+                etcd_entry_size(self.member_id, rid, len(data)) > limit:
             raise errors.REQUEST_TOO_LARGE
         return rid, data
 
     def propose_future(self, field: str, request, cost: int = 0,
                        timeout: float = REQUEST_TIMEOUT) -> asyncio.Future:
-        """Loop thread: log a request; the future resolves to its response, header filled."""
+        """Loop thread: log a request; the future resolves to its response, header filled
+        (by `_fill_headers`), or fails with etcd's TIMEOUT after `timeout` seconds."""
         if cost:
             refused = self._quota_exceeded(cost)
             if refused is not None:
                 return refused
         rid, data = self._encode(field, request)
-        inner = self.node.propose(rid, data)
-        out = self.loop.create_future()
-        timer = self.loop.call_later(timeout, _expire, out)
-
-        def done(f: asyncio.Future) -> None:
-            timer.cancel()
-            if out.done():
-                return
-            exc = f.exception()
-            if exc is not None:
-                out.set_exception(exc)
-                return
-            resp = f.result()
-            self.header(resp.header)
-            out.set_result(resp)
-
-        inner.add_done_callback(done)
-        return out
+        fut = self.node.propose(rid, data)
+        self._deadlines.add(fut, timeout)
+        return fut
 
     def propose(self, field: str, request, cost: int = 0, timeout: float = REQUEST_TIMEOUT):
         """Worker threads only: log a request and block until its response (or a timeout)."""
@@ -113,13 +204,17 @@ class Proposer:
     def propose_nowait(self, field: str, request) -> None:
         """Any thread: propose a member's own request without waiting for the outcome."""
         rid = self.node.next_id()
-        internal = internal_pb2.InternalRequest(id=rid)
-        getattr(internal, field).CopyFrom(request)
-        self.node.propose_threadsafe(rid, internal.SerializeToString())
+        self.node.propose_threadsafe(
+            rid, encode_internal(rid, field, request.SerializeToString(), None))
 
 
 def _varint_len(n: int) -> int:
     return max(1, (n.bit_length() + 6) // 7)
+
+
+# etcd_entry_size(...) - entry_len is at most this: etcd's header field (tag 2 bytes,
+# length 1, id tag 1, id varint at most 10) minus our id field (at least nothing).
+_MAX_ETCD_GROWTH = 4 + 10
 
 
 def etcd_entry_size(member_id: int, request_id: int, entry_len: int) -> int:

@@ -263,6 +263,11 @@ class _Reader:
                 yield Event(type=_PUT, kv=kv)
 
 
+def _field_size(n: int) -> int:
+    """Bytes of a length-delimited field of n bytes with a one-byte tag in an Event."""
+    return 1 + max(1, (n.bit_length() + 6) // 7) + n
+
+
 def _first_key(txn: lmdb.Transaction, db: lmdb._Database) -> bytes:
     cur = txn.cursor(db=db)
     return cur.key() if cur.first() else b""
@@ -308,9 +313,12 @@ class WriteTxn(_Reader):
         self._counts = counts
         self._puts = self._deletes = 0
         self.current_revision, self.compact_revision = meta.revisions(txn, dbs.meta)
-        # (event type, kv, prev kv) per change, in order; Events are built on demand.
-        self._changes: list[tuple[int, KeyValue, KeyValue]] = []
-        self._events: list[Event] | None = None
+        # one Event per change, in order: each change's kv and prev kv are built inside
+        # its Event, so the watchers get them without a copy
+        self._changes: list[Event] = []
+        # the encoded size of those Events, what sum(ev.ByteSize()) gives without encoding
+        # them again (the watch hub's log budget)
+        self.changes_bytes = 0
         self._ended = False
 
     def _range_rev(self) -> int:
@@ -329,28 +337,29 @@ class WriteTxn(_Reader):
             sk = stored(key)
             txn.put(sk, key, db=dbs.long_keys)
         prev_raw = txn.get(sk, db=dbs.live)
+        ev = Event()  # type PUT, the default
+        kv = ev.kv
+        kv.key = key
+        kv.mod_revision = rev
+        kv.value = value
+        kv.lease = lease
         if prev_raw is None:
             prev = None
-            kv = KeyValue(
-                key=key, create_revision=rev, mod_revision=rev, version=1, value=value, lease=lease
-            )
+            kv.create_revision = rev
+            kv.version = 1
         else:
-            prev = _parse_kv(prev_raw)
-            kv = KeyValue(
-                key=key,
-                create_revision=prev.create_revision,
-                mod_revision=rev,
-                version=prev.version + 1,
-                value=value,
-                lease=lease,
-            )
+            prev = ev.prev_kv
+            prev.ParseFromString(prev_raw)
+            kv.create_revision = prev.create_revision
+            kv.version = prev.version + 1
         data = kv.SerializeToString()
         rb = rev_to_bytes(rev, len(self._changes))
         txn.put(rb, data, db=dbs.key, append=True)
         txn.put(sk, rb, db=dbs.key_index, dupdata=True)
         txn.put(sk, data, db=dbs.live)
-        self._changes.append((_PUT, kv, prev))  # type: ignore[arg-type]
-        self._events = None
+        self._changes.append(ev)
+        self.changes_bytes += _field_size(len(data)) + (
+            0 if prev_raw is None else _field_size(len(prev_raw)))
         return prev
 
     def delete_range(self, key: bytes, end: bytes | None) -> list[KeyValue]:
@@ -374,22 +383,20 @@ class WriteTxn(_Reader):
             txn.put(rb, KeyValue(key=k).SerializeToString(), db=dbs.key, append=True)
             txn.put(sk, rb, db=dbs.key_index, dupdata=True)
             txn.delete(sk, db=dbs.live)
-            prev = _parse_kv(v)
+            ev = Event(type=_DELETE)
+            ev.kv.key = k
+            ev.kv.mod_revision = rev
+            prev = ev.prev_kv
+            prev.ParseFromString(v)
             deleted.append(prev)
-            self._changes.append((_DELETE, KeyValue(key=k, mod_revision=rev), prev))
-        if items:
-            self._events = None
+            self._changes.append(ev)
+            self.changes_bytes += 2 + _field_size(ev.kv.ByteSize()) + _field_size(len(v))
         return deleted
 
     @property
     def changes(self) -> list[Event]:
         """The mvccpb Events of this txn, in order (``prev_kv`` set when there was one)."""
-        if self._events is None:
-            self._events = [
-                Event(type=t, kv=kv, prev_kv=prev)
-                for t, kv, prev in self._changes  # type: ignore[arg-type]
-            ]
-        return self._events
+        return self._changes
 
     @property
     def changed(self) -> bool:

@@ -92,6 +92,15 @@ class Method:
                    (name, service, grpc_type))
 
 
+def _bound(principal) -> contextvars.Context | None:
+    """A copy of the current context with `principal` as the caller (None: no copy)."""
+    if principal is None:
+        return None
+    run_in = contextvars.copy_context()
+    run_in.run(call_principal.set, principal)
+    return run_in
+
+
 class CallCancelled(Exception):
     """The client cancelled the call (or went away) while a handler was reading requests."""
 
@@ -254,24 +263,22 @@ class Call:
 
     # ------------------------------------------------------------- unary
 
+    def _principal(self, req, ctx):
+        """Run the server's gate: the caller to bind while the handler runs (None: none).
+        Raises what the gate raises."""
+        gate = self.conn.server.gate
+        return None if gate is None else gate(self.method.path, req, ctx)
+
     def _admit(self, req, ctx) -> contextvars.Context | None:
         """Run the server's gate; the context to run the handler in (None: as is).
         Raises what the gate raises."""
-        gate = self.conn.server.gate
-        if gate is None:
-            return None
-        principal = gate(self.method.path, req, ctx)
-        if principal is None:
-            return None
-        run_in = contextvars.copy_context()
-        run_in.run(call_principal.set, principal)
-        return run_in
+        return _bound(self._principal(req, ctx))
 
     def _run_unary(self, req, deferred: bool = False) -> None:
         m = self.method
         ctx = RpcContext(self)
         try:
-            run_in = self._admit(req, ctx)
+            principal = self._principal(req, ctx)
         except Deferred as d:
             if deferred:
                 self._fail(d.otherwise)
@@ -284,11 +291,18 @@ class Call:
             self._fail(exc)
             return
         if m.kind == "inline":
+            # the caller is bound in the loop's own context for the handler's duration:
+            # cheaper than a context copy per call, and the same to the handler and to the
+            # callbacks it schedules (they copy the context they are scheduled in)
             try:
-                if run_in is None:
+                if principal is None:
                     result = m.handler(req, ctx)
                 else:
-                    result = run_in.run(m.handler, req, ctx)
+                    token = call_principal.set(principal)
+                    try:
+                        result = m.handler(req, ctx)
+                    finally:
+                        call_principal.reset(token)
             except BaseException as exc:
                 self._fail(exc)
                 return
@@ -297,7 +311,9 @@ class Call:
                 self._task = result
             else:
                 self.respond(result)
-        elif m.kind == "async":
+            return
+        run_in = _bound(principal)
+        if m.kind == "async":
             task = self.conn.loop.create_task(m.handler(req, ctx), context=run_in)
             task.add_done_callback(self._future_done)
             self._task = task

@@ -420,23 +420,24 @@ class WatchHub:
 
     # -------------------------------------------------------------- notify
 
-    def notify(self, events: list) -> None:
-        """Event loop: log the events of applied revisions and wake the streams that
-        have a synced watcher for one of them."""
-        if not events:
+    def notify(self, revisions: list[tuple[int, list, int]]) -> None:
+        """Event loop: log the events of applied revisions, given as (revision, its
+        events, their encoded size) in revision order (`BatchResult.revisions`), and
+        wake the streams that have a synced watcher for one of them."""
+        if not revisions:
             return
         woken: list[Stream] = []
         with self._lock:
             log = self._log
-            for rev, evs in _by_revision(events):
+            for entry in revisions:
+                rev, evs, size = entry
                 if rev <= self.rev:
                     continue  # already seen (replay)
                 if rev != self._log_first + len(log):
                     log.clear()  # not contiguous (cannot happen after recovery)
                     self._log_first = rev
                     self._log_bytes = 0
-                size = sum(ev.ByteSize() for ev in evs)
-                log.append((rev, evs, size))
+                log.append(entry)
                 self._log_bytes += size
                 self.rev = rev
                 if not self.synced.size:
@@ -753,21 +754,6 @@ def _read_history(r, start: int, stop: int, max_bytes: int) -> tuple[list, dict[
         sizes[id(ev)] = n
         events.append(ev)
     return events, sizes, stop
-
-
-def _by_revision(events: list) -> Iterable[tuple[int, list]]:
-    """Split revision-ordered events into (revision, events of that revision)."""
-    group: list = []
-    rev = 0
-    for ev in events:
-        r = ev.kv.mod_revision
-        if r != rev and group:
-            yield rev, group
-            group = []
-        rev = r
-        group.append(ev)
-    if group:
-        yield rev, group
 
 
 def _fill_prev_kv(r, owed: dict[Watcher, list]) -> None:

@@ -178,3 +178,28 @@ def test_other_process_reads_readonly(store, env, tmp_path):
 def test_db_size(store, env):
     put(store, env, (b"a", b"1"))
     assert store.db_size() >= store.db_size_in_use() > 0
+
+
+def test_changes_are_the_events_with_their_encoded_size(store, env):
+    """WriteTxn.changes: one Event per change (prev_kv when there was one) and
+    changes_bytes, their encoded size, what the watch hub budgets its log with."""
+    long_key = b"L" * (PREFIX + 10)
+    put(store, env, (b"a", b"1"), (long_key, b"x" * 300))
+    with env.begin(write=True) as t:
+        w = store.write(t)
+        w.put(b"a", b"2" * 200, 7)
+        w.put(b"new", b"")
+        w.put(long_key, b"y" * 70000)
+        w.delete_range(b"a", None)
+        w.delete_range(b"n", b"o")
+        rev = w.end()
+        events = w.changes
+    assert [(e.type, e.kv.key, e.kv.mod_revision) for e in events] == [
+        (Event.PUT, b"a", rev), (Event.PUT, b"new", rev), (Event.PUT, long_key, rev),
+        (Event.DELETE, b"a", rev), (Event.DELETE, b"new", rev)]
+    assert events[0].prev_kv == KeyValue(key=b"a", value=b"1", create_revision=2,
+                                         mod_revision=2, version=1)
+    assert events[0].kv.version == 2 and events[0].kv.lease == 7
+    assert not events[1].HasField("prev_kv")
+    assert events[3].prev_kv.value == b"2" * 200
+    assert w.changes_bytes == sum(e.ByteSize() for e in events)

@@ -34,8 +34,8 @@ class World:
                     w.delete_range(op[1], None)
             w.end()
             events = list(w.changes)
-        if notify:
-            self.hub.notify(events)
+        if notify and events:  # one write txn: one revision (as BatchResult.revisions)
+            self.hub.notify([(events[0].kv.mod_revision, events, w.changes_bytes)])
         return events
 
     def put(self, key: bytes, value: bytes = b"v", notify: bool = True) -> list:
