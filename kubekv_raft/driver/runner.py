@@ -33,7 +33,7 @@ import contextlib
 import inspect
 import logging
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from typing import Any, Protocol
 
@@ -41,6 +41,7 @@ from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.core.errors import ProposalDroppedError, RaftError
 from kubekv_raft.core.raft import Config
 from kubekv_raft.core.raw_node import RawNode, Ready
+from kubekv_raft.driver.worker import ThreadWorker
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class Runner:
         self._inbox_full_logged = False
         self.peer_messages_dropped = 0
         self._ticks = 0
-        self._proposals: list[tuple[bytes, bytes]] = []
+        self._proposals: list[tuple[bytes, Hashable]] = []
         self._conf_changes: list[tuple[pb.ConfChange | pb.ConfChangeV2, asyncio.Future]] = []
         self._waiting: dict[bytes, asyncio.Future] = {}
         self._reads: list[asyncio.Future] = []
@@ -148,7 +149,7 @@ class Runner:
         self._tasks: list[asyncio.Task] = []
         self._stopped = False
         # Called with (request ids, error) when proposals made through submit() are refused.
-        self.on_dropped: Callable[[list[bytes], Exception], None] | None = None
+        self.on_dropped: Callable[[list[Hashable], Exception], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -219,9 +220,10 @@ class Runner:
         self._wake.set()
         return fut
 
-    def submit(self, items: list[tuple[bytes, bytes]]) -> None:
+    def submit(self, items: list[tuple[bytes, Hashable]]) -> None:
         """Propose (data, request_id) pairs without a future each: the caller learns the
-        outcome from its applier, and of refusals through `on_dropped(request_ids, error)`."""
+        outcome from its applier, and of refusals through `on_dropped(request_ids, error)`
+        (request_id: whatever the caller keys its proposers by)."""
         self._proposals.extend(items)
         self._wake.set()
 
@@ -343,7 +345,7 @@ class Runner:
             if hs is None:
                 hs = self._unsaved_hard_state
             self._unsaved_hard_state = None
-            await loop.run_in_executor(self.executor, self._persist, rd.snapshot, rd.entries, hs)
+            await self._in_log_thread(self._persist, rd.snapshot, rd.entries, hs)
         elif hs is not None:
             self._unsaved_hard_state = hs  # commit index only: no fsync needed (MustSync)
         if not lead and rd.messages:
@@ -379,8 +381,15 @@ class Runner:
         """Write a commit-only hard state that no synced write has carried yet."""
         hs, self._unsaved_hard_state = self._unsaved_hard_state, None
         if hs is not None:
-            await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.storage.append, [], hs)
+            await self._in_log_thread(self.storage.append, [], hs)
+
+    def _in_log_thread(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        """fn(*args) on the log stage's thread (a ThreadWorker answers without chaining)."""
+        loop = asyncio.get_running_loop()
+        ex = self.executor
+        if isinstance(ex, ThreadWorker):
+            return ex.call(loop, fn, *args)
+        return loop.run_in_executor(ex, fn, *args)
 
     # -- the apply stage -------------------------------------------------------------------
     def _submit_apply(self, entries: list[pb.Entry]) -> asyncio.Future:

@@ -39,6 +39,7 @@ from kubekv_raft.core.errors import ProposalDroppedError
 from kubekv_raft.core.progress import Progress
 from kubekv_raft.core.raft import Config as RaftConfig
 from kubekv_raft.driver.runner import Runner, initial_applied
+from kubekv_raft.driver.worker import ThreadWorker
 from kubekv_server import errors
 from kubekv_server.apply.applier import Applier, BatchResult
 from kubekv_server.replication.read_rounds import ReadRounds
@@ -54,18 +55,6 @@ def request_id_of(data: bytes) -> bytes:
     while data[end] & 0x80:
         end += 1
     return data[1 : end + 1]
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
 
 
 class NullTransport:
@@ -110,7 +99,7 @@ class RaftNode:
         self._ids = itertools.count(
             ((member_id & 0xFFFF) << 48) | ((now_ms & ((1 << 40) - 1)) << 8)
         )
-        self._futures: dict[bytes, asyncio.Future] = {}
+        self._futures: dict[int, asyncio.Future] = {}  # request id -> its proposer
         self._reads: list[asyncio.Future] = []
         self._read_rounds: ReadRounds | None = None
         self._scheduled = False
@@ -120,9 +109,8 @@ class RaftNode:
         self.transport = None
         # the apply stage's thread (state db writes, snapshots, maintenance) and the log
         # stage's (log appends): two, so that persisting and applying overlap
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubekv-apply")
-        self._log_executor = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="kubekv-log")
+        self._executor = ThreadWorker("kubekv-apply")
+        self._log_executor = ThreadWorker("kubekv-log")
         self._stopped = False
         # metrics: proposals refused
         self.proposals_failed = 0
@@ -302,9 +290,8 @@ class RaftNode:
         if self._stopped:
             raise errors.STOPPED
         fut = self.loop.create_future()
-        rid = varint(request_id)
-        self._futures[rid] = fut
-        self.runner.submit([(data, rid)])  # the Runner batches: one MsgProp per Ready
+        self._futures[request_id] = fut
+        self.runner.submit([(data, request_id)])  # the Runner batches: one MsgProp per Ready
         return fut
 
     def propose_threadsafe(self, request_id: int, data: bytes) -> concurrent.futures.Future:
@@ -326,7 +313,7 @@ class RaftNode:
         """Loop thread: propose a membership change (cc.id set by the caller); the future
         resolves to the member list once the change is applied here."""
         fut = self.loop.create_future()
-        rid = varint(cc.id)
+        rid = cc.id
         self._futures[rid] = fut
 
         def proposed(f: asyncio.Future) -> None:
@@ -358,7 +345,7 @@ class RaftNode:
         if reads:
             self._read_rounds.add(reads)
 
-    def _dropped(self, rids: list[bytes], exc: Exception) -> None:
+    def _dropped(self, rids: list[int], exc: Exception) -> None:
         err = errors.NO_LEADER if isinstance(exc, ProposalDroppedError) else errors.STOPPED
         self.proposals_failed += len(rids)
         for rid in rids:
@@ -377,7 +364,7 @@ class RaftNode:
                 log.exception("event=listener_failed")
         futures = self._futures
         for rid, outcome in result.results:
-            fut = futures.pop(varint(rid), None)
+            fut = futures.pop(rid, None)
             if fut is None or fut.done():
                 continue
             if isinstance(outcome, BaseException):
@@ -474,7 +461,7 @@ class _ApplierAdapter:
 
     async def apply(self, entries: list[raft_pb2.Entry]) -> None:
         node = self.node
-        result = await node.loop.run_in_executor(node._executor, self._apply, entries)
+        result = await node._executor.call(node.loop, self._apply, entries)
         node._applied(result)
         await node.maybe_snapshot()
 

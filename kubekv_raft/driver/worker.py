@@ -1,0 +1,92 @@
+"""ThreadWorker: one thread running calls in order, answering on the event loop cheaply.
+
+The Runner hands two calls per Ready to threads (the log write, the apply). Through
+`loop.run_in_executor` each costs a `concurrent.futures.Future`, the executor's lock
+and queue bookkeeping and a chained asyncio future: profiled at about a quarter of
+the server's samples for a Put at 1 in flight (bench/profile_server.md, 2026-12-04).
+`call` puts the work on a SimpleQueue and answers with one `call_soon_threadsafe`.
+`submit` keeps it an ordinary Executor for everything else (`run_in_executor`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["ThreadWorker"]
+
+_STOP = object()
+
+
+def _resolve(fut: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if fut.done():  # the awaiting side gave up (cancelled)
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+class ThreadWorker(concurrent.futures.Executor):
+    """A one-thread executor whose `call` resolves an asyncio future directly."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def call(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any],
+             *args: Any) -> asyncio.Future:
+        """fn(*args) on the worker thread; the returned future resolves on `loop`."""
+        if self._closed:
+            raise RuntimeError("cannot schedule new calls after shutdown")
+        fut = loop.create_future()
+        self._queue.put((loop, fut, fn, args))
+        return fut
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any,
+               **kwargs: Any) -> concurrent.futures.Future:
+        """The Executor interface (what `loop.run_in_executor` uses)."""
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        cfut: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((None, cfut, fn, (args, kwargs)))
+        return cfut
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Run what is queued, then end the thread."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(_STOP)
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def _run(self) -> None:
+        get = self._queue.get
+        while True:
+            item = get()
+            if item is _STOP:
+                return
+            loop, fut, fn, args = item
+            if loop is None:  # submit(): a concurrent future
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                a, kw = args
+                try:
+                    fut.set_result(fn(*a, **kw))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    fut.set_exception(exc)
+                continue
+            try:
+                result, exc = fn(*args), None
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                result, exc = None, e
+            try:
+                loop.call_soon_threadsafe(_resolve, fut, result, exc)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
