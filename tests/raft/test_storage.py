@@ -319,3 +319,32 @@ def test_wal_empty_file_is_an_empty_log_and_gets_its_state_first(tmp_path):
     s = WALStorage(str(path))
     assert s.last_index() == 1 and s.hard_state().commit == 1
     s.close()
+
+
+def test_wal_reads_entries_back_from_the_file_beyond_its_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(wal_storage, "CACHE_BYTES", 500)
+    monkeypatch.setattr(wal_storage, "SEGMENT_BYTES", 2000)
+    path = str(tmp_path / "w")
+    s = WALStorage(path)
+    for i in range(1, 201):
+        s.append([pb.Entry(index=i, term=1 + i // 50, data=b"%d" % i * 20)])
+        if i == 60:
+            s.append([pb.Entry(index=55, term=9, data=b"conflict")])  # replaces 55..60
+            s.append([pb.Entry(index=i, term=9, data=b"%d" % i * 20)
+                      for i in range(56, 61)])
+        if i == 100:
+            s.compact(52)
+    assert s._seq > 1  # the file was rewritten meanwhile: offsets moved with it
+    assert sum(e is not None for e in s._ents) < 20  # most entries only in the file
+
+    def expect(i: int) -> tuple[int, bytes]:
+        if i == 55:
+            return 9, b"conflict"
+        return (9 if 55 < i <= 60 else 1 + i // 50), b"%d" % i * 20
+
+    for store in (s, WALStorage(path)):
+        got = store.entries(53, 201)
+        assert [(e.term, e.data) for e in got] == [expect(i) for i in range(53, 201)]
+        assert [store.term(i) for i in range(53, 201)] == [expect(i)[0] for i in range(53, 201)]
+        assert 1 <= len(store.entries(53, 201, max_size=100)) < 10
+        store.close()
