@@ -7,6 +7,7 @@ waits on in its thread) and checks what the other stage does meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 from etcdproto.raftpb import raft_pb2 as pb
@@ -79,19 +80,32 @@ def gated_cluster() -> tuple[dict[int, Runner], dict[int, CheckingApplier], set[
     return hub, appliers, down
 
 
+@contextlib.asynccontextmanager
+async def running_gated_cluster():
+    """Three started runners with a leader and one entry committed; every gate opened and
+    every runner stopped at the end."""
+    hub, appliers, down = gated_cluster()
+    for r in hub.values():
+        await r.start()
+    try:
+        lead = await wait_leader(hub)
+        f1, f2 = (i for i in hub if i != lead)
+        await hub[lead].propose(b"warm")
+        yield hub, appliers, down, lead, f1, f2
+    finally:
+        for st in (r.storage for r in hub.values()):
+            st.gate.set()
+        for r in hub.values():
+            await r.stop()
+
+
 async def wait_thread_event(ev: threading.Event, what: str) -> None:
     await wait_for_async(ev.is_set, 4.0, what, interval=0.005)
 
 
 def test_leader_replicates_before_its_fsync_but_counts_itself_only_after():
     async def main() -> None:
-        hub, appliers, down = gated_cluster()
-        for r in hub.values():
-            await r.start()
-        try:
-            lead = await wait_leader(hub)
-            f1, f2 = (i for i in hub if i != lead)
-            await hub[lead].propose(b"warm")
+        async with running_gated_cluster() as (hub, appliers, down, lead, f1, f2):
             down.add(f2)  # a quorum is now the leader and f1: both copies must be durable
             st = hub[lead].storage
             st.gate.clear()  # the leader's own write hangs
@@ -109,24 +123,13 @@ def test_leader_replicates_before_its_fsync_but_counts_itself_only_after():
             assert await asyncio.wait_for(fut, 4.0) == index
             for a in appliers.values():
                 assert not a.ahead_of_log
-        finally:
-            for s in (r.storage for r in hub.values()):
-                s.gate.set()
-            for r in hub.values():
-                await r.stop()
 
     asyncio.run(main())
 
 
 def test_follower_applies_nothing_it_has_not_written():
     async def main() -> None:
-        hub, appliers, down = gated_cluster()
-        for r in hub.values():
-            await r.start()
-        try:
-            lead = await wait_leader(hub)
-            f1, f2 = (i for i in hub if i != lead)
-            await hub[lead].propose(b"warm")
+        async with running_gated_cluster() as (hub, appliers, down, lead, f1, f2):
             slow = hub[f2].storage
             slow.gate.clear()  # f2's disk hangs; the leader and f1 commit without it
             await hub[lead].propose(b"y")
@@ -137,11 +140,6 @@ def test_follower_applies_nothing_it_has_not_written():
             await wait_for_async(lambda: b"y" in appliers[f2].applied, 4.0, "f2 to apply y")
             for a in appliers.values():
                 assert not a.ahead_of_log, a.ahead_of_log
-        finally:
-            for s in (r.storage for r in hub.values()):
-                s.gate.set()
-            for r in hub.values():
-                await r.stop()
 
     asyncio.run(main())
 
