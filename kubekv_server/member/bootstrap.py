@@ -30,7 +30,7 @@ from kubekv_server.backend.state_db import Backend, decode_u64, encode_u64
 from kubekv_server.config.flags import Config
 from kubekv_server.lease import LeaseStore
 from kubekv_server.member.cluster_ids import cluster_id, member_id
-from kubekv_server.member.proposals import REQUEST_TIMEOUT
+from kubekv_server.member.proposals import REQUEST_TIMEOUT, encode_internal
 from kubekv_server.member.reconcile import REMEDY, DataDirFacts, unreconcilable
 from kubekv_server.mvcc import MVCCStore
 from kubekv_server.peer.peering import fetch_members
@@ -260,10 +260,9 @@ async def publish(cfg: Config, node: RaftNode, mid: int) -> None:
     )
     while True:
         rid = node.next_id()
-        data = internal_pb2.InternalRequest(id=rid, member_attributes=attrs)
+        data = encode_internal(rid, "member_attributes", attrs.SerializeToString(), None)
         try:
-            await asyncio.wait_for(node.propose(rid, data.SerializeToString()),
-                                   REQUEST_TIMEOUT)
+            await asyncio.wait_for(node.propose(rid, data), REQUEST_TIMEOUT)
             return
         except (errors.EtcdError, asyncio.TimeoutError) as exc:
             log.warning("event=publish_failed error=%r; retrying", exc)
