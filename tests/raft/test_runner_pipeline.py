@@ -23,7 +23,7 @@ GATE_SECONDS = 10.0  # a gate never stays shut longer (a failing test must not h
 
 
 class GatedStorage(MemoryStorage):
-    """MemoryStorage whose appends wait while `gate` is shut (a slow fsync)."""
+    """MemoryStorage whose appends of entries wait while `gate` is shut (a slow fsync)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,7 +32,7 @@ class GatedStorage(MemoryStorage):
         self.waiting = threading.Event()  # an append is held at the gate
 
     def append(self, entries, hard_state=None) -> None:  # type: ignore[override]
-        if not self.gate.is_set():
+        if entries and not self.gate.is_set():
             self.waiting.set()
             self.gate.wait(GATE_SECONDS)
             self.waiting.clear()
@@ -115,7 +115,9 @@ def test_leader_replicates_before_its_fsync_but_counts_itself_only_after():
             # the append went out before the leader's own write finished, and f1 holds it
             await wait_for_async(lambda: hub[f1].storage.last_index() >= index, 4.0,
                                  "f1 to persist the entry")
-            await asyncio.sleep(0.2)  # f1's ack has long arrived
+            await wait_for_async(  # f1's ack has reached the leader (its inbox)
+                lambda: any(m.type == pb.MsgAppResp and m.from_ == f1 and m.index >= index
+                            for m in hub[lead]._inbox), 4.0, "f1's ack at the leader")
             assert hub[lead].node.raft.raft_log.committed < index, \
                 "committed with only one durable copy (the leader counted its unwritten one)"
             assert not fut.done()
@@ -130,15 +132,17 @@ def test_leader_replicates_before_its_fsync_but_counts_itself_only_after():
 def test_follower_applies_nothing_it_has_not_written():
     async def main() -> None:
         async with running_gated_cluster() as (hub, appliers, down, lead, f1, f2):
+            down.add(f2)  # the leader and f1 commit y without f2
+            y = await hub[lead].propose(b"y")
             slow = hub[f2].storage
-            slow.gate.clear()  # f2's disk hangs; the leader and f1 commit without it
-            await hub[lead].propose(b"y")
+            slow.gate.clear()  # f2's disk hangs
+            down.discard(f2)  # f2 receives y already committed: one Ready to write and apply
             await wait_thread_event(slow.waiting, "f2's write to start")
-            await asyncio.sleep(0.1)  # f2 learns the commit index meanwhile (heartbeats)
+            assert hub[f2].node.raft.raft_log.committed >= y  # the case under test
             assert b"y" not in appliers[f2].applied
             slow.gate.set()
             await wait_for_async(lambda: b"y" in appliers[f2].applied, 4.0, "f2 to apply y")
-            for a in appliers.values():
+            for a in appliers.values():  # recorded at apply time, whenever that was
                 assert not a.ahead_of_log, a.ahead_of_log
 
     asyncio.run(main())
@@ -159,12 +163,12 @@ def test_persisting_goes_on_while_applying_and_applies_several_readys_at_once(tm
             fb = r.propose(b"b")
             await wait_thread_event(applier.waiting, "b's apply to start")
             last = st.last_index()
-            later = [r.propose(b"c%d" % k) for k in range(3)]
-            for k, f in enumerate(later):
-                await asyncio.sleep(0.02)  # separate Readys
-                later[k] = f
-            # the log stage went on: c0..c2 are durable while b is still being applied
-            await wait_for_async(lambda: st.last_index() >= last + 3, 4.0, "c* persisted")
+            later = []
+            for k in range(3):  # one Ready each: the next is proposed once this one is durable
+                later.append(r.propose(b"c%d" % k))
+                # the log stage goes on: c_k is durable while b is still being applied
+                await wait_for_async(lambda n=last + k + 1: st.last_index() >= n, 4.0,
+                                     f"c{k} persisted")
             assert not fb.done() and not any(f.done() for f in later)
             applier.gate.set()
             await asyncio.wait_for(asyncio.gather(fb, *later), 4.0)
