@@ -12,68 +12,26 @@ A failure names its seed; rerun it with KUBEKV_CRASH_SEED=<seed>.
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import threading
 import time
 
-import grpc
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from tests.harness import kubekv_process
 
-from .workload import PREFIX, RPC_TIMEOUT, History
-
-COMPACTED = "etcdserver: mvcc: required revision has been compacted"
+from .rounds import kill_rounds, seed_from_env
+from .workload import RPC_TIMEOUT, History
 
 
 def crash_rounds(tmp_path, rounds: int, seed: int, writers: int = 6,
                  max_run: float = 0.8, budget: float = 60.0) -> History:
-    rng = random.Random(seed)
-    proc = kubekv_process(tmp_path)
-    history = History(writers)
-    deadline = time.monotonic() + budget
-    compacted = 0
-    rnd = 0
-    try:
-        proc.start()
-        for rnd in range(rounds):
-            if time.monotonic() > deadline:
-                break
-            stop = threading.Event()
-            ws = history.start_writers(proc.endpoint, rng.randrange(1 << 30), stop)
-            # mostly mid-stream; sometimes right after the writers start
-            time.sleep(rng.uniform(0.0, 0.05) if rng.random() < 0.2 else
-                       rng.uniform(0.1, max_run))
-            proc.kill()
-            stop.set()
-            for w in ws:
-                w.join(RPC_TIMEOUT + 5)
-                assert not w.is_alive(), f"writer {w.writer} hung after the kill"
-            proc.start()
-            kv = proc.kv
-            history.verify(kv, ws, proc.maintenance)
-            if compacted:
-                with pytest.raises(grpc.RpcError) as err:
-                    kv.Range(pb.RangeRequest(key=PREFIX, revision=compacted - 1))
-                assert err.value.details() == COMPACTED, "an acknowledged compaction was lost"
-            history.probe(kv, b"after round %d" % rnd)
-            if rng.random() < 0.5:  # the compaction's physical part runs during the next round
-                compacted = history.revision
-                kv.Compact(pb.CompactionRequest(revision=compacted), timeout=RPC_TIMEOUT)
-    except Exception as exc:  # name the seed whatever failed (a check, a restart, an RPC)
-        raise AssertionError(
-            f"seed={seed} round={rnd}: {exc}\n--- server log tail ---\n{proc.log_tail(30)}"
-        ) from exc
-    finally:
-        proc.stop()
-    return history
-
-
-def seed_from_env() -> int:
-    return int(os.environ.get("KUBEKV_CRASH_SEED") or random.randrange(1 << 32))
+    """Write, SIGKILL, restart, verify (tests/crash/rounds.py)."""
+    return kill_rounds(kubekv_process(tmp_path), History(writers), seed, rounds,
+                       max_run=max_run, budget=budget, compact_chance=0.5,
+                       label=b"after round")
 
 
 def test_kill9_during_concurrent_writes(tmp_path):

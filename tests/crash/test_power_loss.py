@@ -27,25 +27,16 @@ import random
 import threading
 import time
 
-import grpc
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_testing.cluster import Cluster, ClusterMember
-from kubekv_testing.lazyfs import LazyFS, unavailable
+from kubekv_testing.lazyfs import LazyFS
 from kubekv_testing.polling import wait_for
 from tests.harness import kubekv_process
 
-from .workload import PREFIX, RPC_TIMEOUT, History, Writer
-
-COMPACTED = "etcdserver: mvcc: required revision has been compacted"
-
-pytestmark = pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
-
-
-def seed_from_env() -> int:
-    return int(os.environ.get("KUBEKV_CRASH_SEED") or random.randrange(1 << 32))
-
+from .rounds import join_writers, kill_rounds, seed_from_env
+from .workload import PREFIX, RPC_TIMEOUT, History
 
 # What libfuse says when the kernel or the container refuses a mount.
 MOUNT_REFUSED = ("Operation not permitted", "Permission denied", "failed to open /dev/fuse")
@@ -172,51 +163,18 @@ def test_lazyfs_under_lmdb(lazy_mounts):
 def power_loss_rounds(tmp_path: pathlib.Path, fs: LazyFS, rounds: int, seed: int,
                       flags: tuple[str, ...] = (), writers: int = 6, max_run: float = 0.8,
                       budget: float = 45.0) -> History:
-    """Write, SIGKILL, cut the power, restart, verify; `rounds` times or until `budget`."""
-    rng = random.Random(seed)
+    """Write, SIGKILL, cut the power, restart, verify (tests/crash/rounds.py)."""
     proc = kubekv_process(fs.mountpoint, *flags)
     proc.log_path = tmp_path / "kubekv.log"  # not on the mount: a cut would eat it
-    history = History(writers)
-    deadline = time.monotonic() + budget
-    compacted = 0
-    rnd = 0
-    try:
-        proc.start()
-        for rnd in range(rounds):
-            if time.monotonic() > deadline:
-                break
-            stop = threading.Event()
-            ws = history.start_writers(proc.endpoint, rng.randrange(1 << 30), stop)
-            time.sleep(rng.uniform(0.0, 0.05) if rng.random() < 0.2 else
-                       rng.uniform(0.1, max_run))
-            proc.kill()
-            stop.set()
-            join_writers(ws)
-            # mostly lose everything unsynced; sometimes part of it reached the disk already
-            fs.power_cut(writeback=rng.choice([0.0, 0.0, rng.random()]),
-                         seed=rng.randrange(1 << 30))
-            proc.start()
-            history.verify(proc.kv, ws, proc.maintenance)
-            if compacted:
-                with pytest.raises(grpc.RpcError) as err:
-                    proc.kv.Range(pb.RangeRequest(key=PREFIX, revision=compacted - 1))
-                assert err.value.details() == COMPACTED, "an acknowledged compaction was lost"
-            history.probe(proc.kv, b"after power cut %d" % rnd)
-            if rng.random() < 0.3:
-                compacted = history.revision
-                proc.kv.Compact(pb.CompactionRequest(revision=compacted), timeout=RPC_TIMEOUT)
-    except Exception as exc:  # name the seed whatever failed (a check, a restart, an RPC)
-        raise AssertionError(f"seed={seed} round={rnd} cuts={fs.cuts}: {exc}\n"
-                             f"--- server log tail ---\n{proc.log_tail(30)}") from exc
-    finally:
-        proc.stop()
-    return history
 
+    def cut(rng: random.Random) -> None:
+        # mostly lose everything unsynced; sometimes part of it reached the disk already
+        fs.power_cut(writeback=rng.choice([0.0, 0.0, rng.random()]),
+                     seed=rng.randrange(1 << 30))
 
-def join_writers(ws: list[Writer]) -> None:
-    for w in ws:
-        w.join(RPC_TIMEOUT + 5)
-        assert not w.is_alive(), f"writer {w.writer} hung after the kill"
+    return kill_rounds(proc, History(writers), seed, rounds, max_run=max_run, budget=budget,
+                       compact_chance=0.3, label=b"after power cut", after_kill=cut,
+                       context=lambda: f" cuts={fs.cuts}")
 
 
 def test_power_loss_during_concurrent_writes(tmp_path, lazy_mounts):
