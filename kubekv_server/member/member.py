@@ -154,10 +154,10 @@ class Member:
         await self.peering.start(
             self.node.message_handler, lambda: self.members,
             services=[
-                lambda server: lease_forward.lp_grpc.add_LeasePeerServicer_to_server(
-                    self._lease_peer, server),
-                lambda server: corruption.hp_grpc.add_HashPeerServicer_to_server(
-                    corruption.HashPeerServicer(self), server),
+                (lease_forward.lp.DESCRIPTOR.services_by_name["LeasePeer"], self._lease_peer,
+                 [lease_forward.lp, lease_forward.pb]),
+                (corruption.hp.DESCRIPTOR.services_by_name["HashPeer"],
+                 corruption.HashPeerServicer(self), [corruption.hp, corruption.pb]),
             ],
             is_removed=lambda mid: mid in self.removed_ids,
             on_removed=self._removed,

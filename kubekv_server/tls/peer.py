@@ -15,6 +15,7 @@ behaviour, and no stronger either: use --peer-trusted-ca-file for real security.
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import logging
 import os
@@ -38,7 +39,8 @@ MAX_LOGGED_NAME = 64
 
 __all__ = [
     "BAD_CERTIFICATE",
-    "PeerIdentityInterceptor",
+    "PeerIdentity",
+    "cert_names",
     "hostname_allowed",
     "peer_address",
     "peer_allowed",
@@ -228,10 +230,34 @@ def peer_address(context) -> str:
     return peer[:MAX_LOGGED_NAME]
 
 
-class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses every peer call whose client certificate fails `peer_allowed` (etcd
-    refuses the TLS handshake; gRPC's Python server cannot, so the call is refused
-    with UNAUTHENTICATED before its handler runs)."""
+# Distinct client certificates whose names are remembered (a cluster has a few members;
+# a peer presenting new certificates only evicts older entries).
+MAX_CACHED_CERT_NAMES = 64
+
+
+@functools.lru_cache(maxsize=MAX_CACHED_CERT_NAMES)
+def cert_names(pem: bytes) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(common names, subject alternative names as text) of a PEM certificate; an
+    unreadable one has none."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return (), ()
+    cns = tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return cns, ()
+    sans = [*ext.get_values_for_type(x509.DNSName),
+            *(str(ip) for ip in ext.get_values_for_type(x509.IPAddress))]
+    return cns, tuple(sans)
+
+
+class PeerIdentity:
+    """etcd's --peer-cert-allowed-cn, --peer-cert-allowed-hostname and --peer-crl-file:
+    `allows(context)` tests a call's client certificate (etcd refuses the TLS handshake;
+    the peer server refuses the call with UNAUTHENTICATED before its handler runs, so the
+    sender logs Go's "remote error: tls: bad certificate")."""
 
     def __init__(self, allowed_cn: str, allowed_hostname: str,
                  accept_pem: Callable[[bytes], bool] | None = None) -> None:
@@ -242,11 +268,14 @@ class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):
         # one line per peer address per interval: a refused peer retries many times a second
         self._log = RateLimitedLog(log)
 
-    def _check(self, context) -> bool:
-        ac = context.auth_context()
+    def allows(self, context) -> bool:
+        """Whether the call's client certificate passes; a refusal is logged (rate-limited)."""
+        ac = dict(context.auth_context())
+        pems = ac.get("x509_pem_cert", [])
+        if pems and "x509_subject_alternative_name" not in ac:
+            ac["x509_subject_alternative_name"] = [n.encode() for n in cert_names(pems[0])[1]]
         if peer_allowed(ac, self.allowed_cn, self.allowed_hostname) and (
-            self.accept_pem is None
-            or all(self.accept_pem(pem) for pem in ac.get("x509_pem_cert", [b""]))
+            self.accept_pem is None or all(self.accept_pem(pem) for pem in pems or [b""])
         ):
             return True
         names = b",".join(ac.get("x509_common_name", [])).decode(errors="replace")
@@ -257,37 +286,3 @@ class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):
             names[:MAX_LOGGED_NAME] or "none", self.allowed_cn, self.allowed_hostname,
         )  # fmt: skip
         return False
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        check = self._check
-
-        single = handler.unary_unary or handler.stream_unary  # one response
-        if single:
-            factory = (grpc.unary_unary_rpc_method_handler if handler.unary_unary
-                       else grpc.stream_unary_rpc_method_handler)
-
-            async def one_response(request, context):
-                if not check(context):
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CERTIFICATE)
-                return await single(request, context)
-
-            return factory(one_response, handler.request_deserializer,
-                           handler.response_serializer)
-        inner = handler.unary_stream or handler.stream_stream
-        factory = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
-                   else grpc.stream_stream_rpc_method_handler)
-
-        async def streaming(request, context):
-            if not check(context):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CERTIFICATE)
-            result = inner(request, context)
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    yield item
-            else:
-                await result
-
-        return factory(streaming, handler.request_deserializer, handler.response_serializer)
