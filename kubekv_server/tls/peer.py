@@ -1,15 +1,19 @@
 """Peer TLS: credentials from certificate files, and self-signed certs for --peer-auto-tls.
 
-The transport only takes `grpc.ServerCredentials` / `grpc.ChannelCredentials`; this
-module builds them from etcd's --peer-cert-file, --peer-key-file,
---peer-trusted-ca-file and --peer-client-cert-auth, or generates a self-signed
-certificate (with the `cryptography` package) as etcd's --peer-auto-tls does.
+The transport takes credentials, not files: `grpc.ChannelCredentials` for its grpc.aio
+channels and an `ssl.SSLContext` for its message streams (`stream_ssl_context`); this
+module builds them (and `grpc.ServerCredentials` for grpc.aio peer servers in tests)
+from etcd's --peer-cert-file, --peer-key-file, --peer-trusted-ca-file and
+--peer-client-cert-auth, or generates a self-signed certificate (with the
+`cryptography` package) as etcd's --peer-auto-tls does; `PeerIdentity` checks a
+peer's client certificate on every call.
 
 etcd's auto-TLS peers skip verifying each other's certificates. gRPC's Python
 channels cannot skip verification, so with auto-TLS a member trusts the certificate
 its peer presents on first contact: `fetch_peer_certificate` reads it and
-`channel_credentials(root_pem=...)` trusts exactly it. That is no weaker than etcd's
-behaviour, and no stronger either: use --peer-trusted-ca-file for real security.
+`channel_credentials(root_pem=...)` / `stream_ssl_context(root_pem=...)` trust exactly
+it. That is no weaker than etcd's behaviour, and no stronger either: use
+--peer-trusted-ca-file for real security.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ __all__ = [
     "auto_tls_cert",
     "server_credentials",
     "channel_credentials",
+    "stream_ssl_context",
     "fetch_peer_certificate",
 ]
 
@@ -176,6 +181,30 @@ def channel_credentials(
     key = _read(key_file) if key_file else None
     chain = _read(cert_file) if cert_file else None
     return grpc.ssl_channel_credentials(roots, key, chain)
+
+
+def stream_ssl_context(
+    trusted_ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    *,
+    root_pem: bytes | None = None,
+) -> ssl.SSLContext:
+    """`channel_credentials`' equivalent for the message streams (`peer/stream_client.py`):
+    the server verified against `trusted_ca_file` (or exactly `root_pem`), host names
+    checked as gRPC does, the client certificate presented if given, ALPN h2."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if root_pem is not None:
+        ctx.load_verify_locations(cadata=root_pem.decode())
+    elif trusted_ca_file:
+        ctx.load_verify_locations(trusted_ca_file)
+    else:
+        ctx.load_default_certs()
+    if cert_file and key_file:
+        ctx.load_cert_chain(cert_file, key_file)
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
 
 
 def fetch_peer_certificate(host: str, port: int, timeout: float = 5.0) -> bytes:
