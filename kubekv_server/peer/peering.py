@@ -25,7 +25,7 @@ from etcdproto.raftpb import peer_pb2
 from kubekv_server.config.flags import Config
 from kubekv_server.peer.bounds import MAX_SNAPSHOT_BYTES
 from kubekv_server.peer.call_guard import PeerCallGuard
-from kubekv_server.peer.peer_server import PeerServer, peer_server_ssl_context
+from kubekv_server.rpc.peer_server import PeerServer, peer_server_ssl_context
 from kubekv_server.peer.peer_url import parse_peer_url
 from kubekv_server.peer.receiver import RaftPeerServicer
 from kubekv_server.peer.sender import GrpcTransport
