@@ -17,6 +17,7 @@ import ssl
 import time
 import urllib.parse
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import grpc
 
@@ -25,7 +26,6 @@ from etcdproto.raftpb import peer_pb2
 from kubekv_server.config.flags import Config
 from kubekv_server.peer.bounds import MAX_SNAPSHOT_BYTES
 from kubekv_server.peer.call_guard import PeerCallGuard
-from kubekv_server.rpc.peer_server import PeerServer, peer_server_ssl_context
 from kubekv_server.peer.peer_url import parse_peer_url
 from kubekv_server.peer.receiver import RaftPeerServicer
 from kubekv_server.peer.sender import GrpcTransport
@@ -59,6 +59,17 @@ def _dial_overrides() -> dict[int, str]:
     return out
 
 
+class PeerServing(Protocol):
+    """The peer port's gRPC server (kubekv_server/rpc/peer_server.py's PeerServer, made
+    by the assembly: this layer may not import the client edge)."""
+
+    def add_service(self, service: Any, servicer: Any, pb_modules: list) -> None: ...
+
+    async def listen(self, target: str, ssl_context: ssl.SSLContext | None) -> None: ...
+
+    async def stop(self, grace: float = 0.5) -> None: ...
+
+
 class DirectoryServicer(directory_pb2_grpc.MemberDirectoryServicer):
     def __init__(self, cluster_id: int, members) -> None:
         self.cluster_id = cluster_id
@@ -83,14 +94,17 @@ class _SnapshotSource:
 class Peering:
     """Owns the transport and the peer server of one member."""
 
-    def __init__(self, cfg: Config, member_id: int, cluster_id: int, data_dir: str) -> None:
+    def __init__(self, cfg: Config, member_id: int, cluster_id: int, data_dir: str,
+                 make_server: Callable[..., PeerServing]) -> None:
         self.cfg = cfg
+        # make_server(guard, identity=...): the peer server (rpc/peer_server.PeerServer)
+        self.make_server = make_server
         self.member_id = member_id
         self.cluster_id = cluster_id
         self.data_dir = data_dir
         self.transport: GrpcTransport | None = None
         self.servicer: RaftPeerServicer | None = None
-        self._server: PeerServer | None = None
+        self._server: PeerServing | None = None
         self._guard: PeerCallGuard | None = None
         self._overrides = _dial_overrides()
         self._auto_cert: tuple[str, str] | None = None
@@ -115,13 +129,13 @@ class Peering:
     def _server_ssl_context(self) -> ssl.SSLContext:
         cfg = self.cfg
         if cfg.peer_cert_file and cfg.peer_key_file:
-            return peer_server_ssl_context(
+            return peer_tls.server_ssl_context(
                 cfg.peer_cert_file, cfg.peer_key_file, cfg.peer_trusted_ca_file or None,
                 cfg.peer_client_cert_auth,
             )
         if cfg.peer_auto_tls:
             cert, key = self._auto_tls_cert()
-            return peer_server_ssl_context(cert, key)
+            return peer_tls.server_ssl_context(cert, key)
         raise SystemExit("kubekv: https peer URLs need --peer-cert-file/--peer-key-file "
                          "or --peer-auto-tls")
 
@@ -275,7 +289,7 @@ class Peering:
             identity = peer_tls.PeerIdentity(
                 cfg.peer_cert_allowed_cn, cfg.peer_cert_allowed_hostname,
                 (lambda pem: not pem_revoked(pem, revoked)) if revoked else None)
-        server = PeerServer(self._guard, identity=identity)
+        server = self.make_server(self._guard, identity=identity)
         server.add_service(peer_pb2.DESCRIPTOR.services_by_name["RaftPeer"], self.servicer,
                            [peer_pb2])
         server.add_service(directory_pb2.DESCRIPTOR.services_by_name["MemberDirectory"],

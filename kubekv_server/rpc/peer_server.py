@@ -33,7 +33,7 @@ from kubekv_server.rpc.context import status_number
 from kubekv_server.rpc.server import RpcServer, _message_class
 from kubekv_server.tls.peer import PeerIdentity
 
-__all__ = ["PeerServer", "peer_server_ssl_context", "split_host_port"]
+__all__ = ["PeerServer", "split_host_port"]
 
 _UNAVAILABLE = status_number(grpc.StatusCode.UNAVAILABLE)
 _RESOURCE_EXHAUSTED = status_number(grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -134,21 +134,3 @@ def split_host_port(target: str) -> tuple[str, int]:
     host, _, port = target.rpartition(":")
     host = host.strip("[]")
     return (host or None), int(port)  # type: ignore[return-value]
-
-
-def peer_server_ssl_context(cert_file: str, key_file: str, trusted_ca_file: str | None = None,
-                            client_cert_auth: bool = False) -> ssl.SSLContext:
-    """TLS for the peer port (--peer-cert-file, --peer-key-file, --peer-trusted-ca-file,
-    --peer-client-cert-auth): as etcd's TLSInfo.ServerConfig, a client certificate is
-    required and verified only with client cert auth. ALPN h2, which gRPC clients need."""
-    if client_cert_auth and not trusted_ca_file:
-        raise ValueError("peer client cert auth needs a trusted CA file")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_file, key_file)
-    ctx.set_alpn_protocols(["h2"])
-    if client_cert_auth:
-        ctx.load_verify_locations(trusted_ca_file)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-

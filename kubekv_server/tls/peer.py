@@ -51,6 +51,7 @@ __all__ = [
     "self_signed_cert",
     "auto_tls_cert",
     "server_credentials",
+    "server_ssl_context",
     "channel_credentials",
     "stream_ssl_context",
     "fetch_peer_certificate",
@@ -162,6 +163,23 @@ def server_credentials(
         root_certificates=ca,
         require_client_auth=client_cert_auth,
     )
+
+
+def server_ssl_context(cert_file: str, key_file: str, trusted_ca_file: str | None = None,
+                       client_cert_auth: bool = False) -> ssl.SSLContext:
+    """TLS for the peer port (--peer-cert-file, --peer-key-file, --peer-trusted-ca-file,
+    --peer-client-cert-auth): as etcd's TLSInfo.ServerConfig, a client certificate is
+    required and verified only with client cert auth. ALPN h2, which gRPC clients need."""
+    if client_cert_auth and not trusted_ca_file:
+        raise ValueError("peer client cert auth needs a trusted CA file")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    ctx.set_alpn_protocols(["h2"])
+    if client_cert_auth:
+        ctx.load_verify_locations(trusted_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 def channel_credentials(

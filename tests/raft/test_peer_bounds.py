@@ -27,8 +27,8 @@ from kubekv_server.log_limit import RateLimitedLog
 from kubekv_server.peer import bounds, snapshot_files
 from kubekv_server.peer.bounds import MAX_BATCH_MESSAGES
 from kubekv_server.peer.call_guard import STOPPING_MESSAGE, PeerCallGuard
-from kubekv_server.rpc.peer_server import PeerServer
 from kubekv_server.peer.receiver import RaftPeerServicer
+from kubekv_server.rpc.peer_server import PeerServer
 
 CID = 0xC1C1
 

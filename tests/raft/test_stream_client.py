@@ -22,8 +22,8 @@ from etcdproto.raftpb import peer_pb2 as peer_pb
 from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_server.peer import stream_client as sc
 from kubekv_server.peer.call_guard import PeerCallGuard
-from kubekv_server.rpc.peer_server import PeerServer
 from kubekv_server.peer.receiver import RaftPeerServicer
+from kubekv_server.rpc.peer_server import PeerServer
 from kubekv_testing.polling import wait_for_async
 
 CID = 0xC1C1
