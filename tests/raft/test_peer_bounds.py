@@ -29,6 +29,7 @@ from kubekv_server.peer.bounds import MAX_BATCH_MESSAGES
 from kubekv_server.peer.call_guard import STOPPING_MESSAGE, PeerCallGuard
 from kubekv_server.peer.receiver import RaftPeerServicer
 from kubekv_server.rpc.peer_server import PeerServer
+from kubekv_testing.polling import wait_for_async
 
 CID = 0xC1C1
 
@@ -219,6 +220,31 @@ def test_a_member_that_takes_files_refuses_an_inline_snapshot(tmp_path, no_error
 
     rx = run({"snapshot_dir": str(tmp_path), "inline_snapshots": False}, body)
     assert rx.stepped == []
+
+
+def test_calls_beyond_the_servers_limit_are_refused_before_they_start(no_errors):
+    async def main() -> None:
+        rx = Recorder()
+        guard = PeerCallGuard()
+        server = PeerServer(guard, max_concurrent_rpcs=1)
+        server.add_service(peer_pb.DESCRIPTOR.services_by_name["RaftPeer"],
+                           RaftPeerServicer(2, CID, rx), [peer_pb])
+        await server.listen("127.0.0.1:0", None)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.bound_port()}")
+        try:
+            stub = peer_grpc.RaftPeerStub(channel)
+            stream = stub.Stream()
+            await stream.write(batch(hb()))
+            await wait_for_async(lambda: guard.active == 1, 10, "the first call running")
+            code, _ = await status_of(stub.Stream(iter([batch(hb())])))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert len(rx.stepped) == 1
+            stream.cancel()
+        finally:
+            await channel.close()
+            await server.stop(grace=0)
+
+    asyncio.run(main())
 
 
 # -- shutdown -----------------------------------------------------------------------------------
