@@ -34,10 +34,16 @@ import grpc
 from etcdproto.raftpb import peer_pb2 as peer_pb
 from etcdproto.raftpb import peer_pb2_grpc as peer_grpc
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_server.peer.bounds import DEFAULT_MAX_MESSAGE_BYTES
+from kubekv_server.peer import bounds
+from kubekv_server.peer.bounds import DEFAULT_MAX_MESSAGE_BYTES, MAX_LOGGED_CHARS
 from kubekv_server.peer.peer_url import parse_peer_url
 from kubekv_server.peer.receiver import REMOVED_MESSAGE
-from kubekv_server.peer.stream_client import PeerCallError, StreamCall, open_stream
+from kubekv_server.peer.stream_client import (
+    PeerCallError,
+    PeerProtocolError,
+    StreamCall,
+    open_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -468,10 +474,16 @@ class _Peer:
         self.unsent = 0
         self._take()
         err = _describe(e)
-        (log.warning if st.last_error != err else log.debug)(
-            "raft: stream from %x to peer %x (%s) failed: %s",
-            self.t.local_id, self.id, self.urls[self.url_index], err,
-        )  # fmt: skip
+        if isinstance(e, PeerProtocolError):  # hostile or broken: a line per peer and interval
+            bounds.violations.warning(
+                f"{self.id:x}", "peer_protocol_violation", "url=%s error=%s",
+                self.urls[self.url_index], err[:MAX_LOGGED_CHARS],
+            )  # fmt: skip
+        else:
+            (log.warning if st.last_error != err else log.debug)(
+                "raft: stream from %x to peer %x (%s) failed: %s",
+                self.t.local_id, self.id, self.urls[self.url_index], err,
+            )  # fmt: skip
         st.last_error = err
         if REMOVED_MESSAGE in err and self.t.on_removed is not None:
             self.t.on_removed()  # a peer says we were removed from the cluster (etcd's 410)

@@ -31,6 +31,7 @@ import h2.settings
 
 __all__ = [
     "PeerCallError",
+    "PeerProtocolError",
     "StreamCall",
     "grpc_message",
     "grpc_status",
@@ -59,6 +60,10 @@ OUTPUT_HIGH_WATER = 1 << 20
 KEEPALIVE_MIN_TIMEOUT = 5.0
 # Seconds to wait for TCP connect plus the TLS handshake and the server's SETTINGS.
 CONNECT_TIMEOUT = 5.0
+
+
+class PeerProtocolError(ConnectionError):
+    """The server broke HTTP/2 or the bounds above: the connection was ended (GOAWAY)."""
 
 
 class PeerCallError(Exception):
@@ -372,7 +377,7 @@ class StreamCall(asyncio.Protocol):
         self._window.set()
 
     def _fail_connection(self, code: h2.errors.ErrorCodes, reason: str) -> None:
-        self._end(ConnectionError(reason))
+        self._end(PeerProtocolError(reason))
         try:
             self.h2.close_connection(code)
             self._flush()
@@ -388,7 +393,7 @@ class StreamCall(asyncio.Protocol):
         if data:
             t.write(data)
             if t.get_write_buffer_size() > MAX_OUTPUT_BUFFER:
-                self._end(ConnectionError("peer is not reading"))
+                self._end(PeerProtocolError("peer is not reading"))
                 t.abort()
 
     def _close_transport(self) -> None:

@@ -9,6 +9,7 @@ logs, never hang or leave a traceback.
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 
 import grpc
@@ -162,7 +163,7 @@ def test_an_answer_bigger_than_an_acknowledgement_ends_the_connection():
         server, call, _ = await scripted(flood)
         try:
             await call.write(b"x")
-            with pytest.raises(ConnectionError):
+            with pytest.raises(sc.PeerProtocolError):
                 await call.result()
         finally:
             call.cancel()
@@ -182,7 +183,7 @@ def test_bytes_that_are_not_http2_end_the_call_with_a_protocol_error():
     async def main() -> None:
         server, call, _ = await scripted(None, raw=Garbage())
         try:
-            with pytest.raises(ConnectionError, match="protocol error"):
+            with pytest.raises(sc.PeerProtocolError, match="protocol error"):
                 await call.result()
         finally:
             call.cancel()
@@ -253,3 +254,45 @@ def test_batches_reach_kubekvs_peer_server_and_a_refusal_comes_back_as_its_statu
             await server.stop(0)
 
     asyncio.run(main())
+
+
+def test_a_sender_facing_a_hostile_server_reports_it_and_logs_it_once(caplog, monkeypatch):
+    from kubekv_server.log_limit import RateLimitedLog
+    from kubekv_server.peer import bounds
+    from kubekv_server.peer.sender import GrpcTransport
+
+    monkeypatch.setattr(bounds, "violations", RateLimitedLog(bounds.log))
+    unreachable: list[int] = []
+
+    class Reporter:
+        def report_unreachable(self, to: int) -> None:
+            unreachable.append(to)
+
+        def report_snapshot(self, to: int, ok: bool) -> None:
+            pass
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Garbage, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        t = GrpcTransport(1, CID, backoff_initial=0.01, backoff_max=0.01)
+        t.attach(Reporter())
+        t.add_peer(2, [f"http://127.0.0.1:{port}"])
+        try:
+            for k in range(1, 200):  # Raft keeps sending; each send redials after a failure
+                t.send([pb.Message(type=pb.MsgHeartbeat, from_=1, to=2, term=1, commit=k)])
+                if t.status(2).failures >= 3:
+                    break
+                await wait_for_async(lambda: not t._peers[2].queue, 10, "the queue taken")  # noqa: SLF001
+            assert t.status(2).failures >= 3
+            assert "protocol error" in t.status(2).last_error
+        finally:
+            await t.close()
+            server.close()
+
+    caplog.set_level(logging.INFO)
+    asyncio.run(main())
+    assert set(unreachable) == {2}
+    lines = [r.getMessage() for r in caplog.records if "peer_protocol_violation" in
+             r.getMessage()]
+    assert len(lines) == 1, lines
