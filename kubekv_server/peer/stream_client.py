@@ -56,6 +56,10 @@ RECEIVE_WINDOW = MAX_RESPONSE_BYTES
 MAX_OUTPUT_BUFFER = 8 << 20
 # Output at which a write waits for the socket to drain before returning.
 OUTPUT_HIGH_WATER = 1 << 20
+# Frames one response header block may take (HEADERS + CONTINUATIONs): a status block
+# is one frame; h2 would keep every fragment of an endless block.
+MAX_HEADER_BLOCK_FRAMES = 16
+_HEADERS, _CONTINUATION, _END_HEADERS = 0x1, 0x9, 0x4
 # Shortest wait for a keepalive PING's ACK (grpc's keepalive_timeout default floor here).
 KEEPALIVE_MIN_TIMEOUT = 5.0
 # Seconds to wait for TCP connect plus the TLS handshake and the server's SETTINGS.
@@ -124,16 +128,19 @@ def grpc_status(headers: list[tuple[bytes, bytes]]) -> tuple[grpc.StatusCode, st
 
 class FrameLengthGuard:
     """Reads frame headers ahead of h2, which buffers a whole frame before it checks its
-    length against SETTINGS_MAX_FRAME_SIZE: a server announcing a 16 MiB frame and
-    trickling it would make us hold it. `feed(data)` is False once a frame header
-    announces more than `limit` payload bytes."""
+    length against SETTINGS_MAX_FRAME_SIZE (a server announcing a 16 MiB frame and
+    trickling it would make us hold it), and keeps every CONTINUATION of a header block
+    until the block ends (the 2024 "CONTINUATION flood"). `feed(data)` is False once a
+    frame header announces more than `limit` payload bytes, or a header block runs to
+    more than MAX_HEADER_BLOCK_FRAMES frames."""
 
-    __slots__ = ("limit", "_header", "_skip")
+    __slots__ = ("limit", "_header", "_skip", "_block_frames")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._header = b""  # the start of a frame header split across reads
         self._skip = 0  # payload bytes of the current frame still to come
+        self._block_frames = 0  # HEADERS and CONTINUATION frames of the block going on
 
     def feed(self, data: bytes) -> bool:
         pos, n = 0, len(data)
@@ -148,10 +155,15 @@ class FrameLengthGuard:
             pos += need
             if len(self._header) < 9:
                 return True
-            length = int.from_bytes(self._header[:3], "big")
-            self._header = b""
+            header, self._header = self._header, b""
+            length = int.from_bytes(header[:3], "big")
             if length > self.limit:
                 return False
+            kind, flags = header[3], header[4]
+            if kind == _HEADERS or (kind == _CONTINUATION and self._block_frames):
+                self._block_frames = 0 if flags & _END_HEADERS else self._block_frames + 1
+                if self._block_frames > MAX_HEADER_BLOCK_FRAMES:
+                    return False
             self._skip = length
         return True
 

@@ -69,6 +69,20 @@ def test_frame_headers_are_checked_before_their_payload_is_buffered():
     assert not sc.FrameLengthGuard(16384).feed(b"HTTP/1.1 400 Bad Request\r\n")
 
 
+def test_an_endless_header_block_is_refused():
+    def frame(kind: int, flags: int, payload: bytes = b"x") -> bytes:
+        return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + b"\x00\x00\x00\x01" \
+            + payload
+
+    g = sc.FrameLengthGuard(16384)
+    assert g.feed(frame(0x1, 0x0) + frame(0x9, 0x4))  # a block in two frames ends
+    assert g.feed(frame(0x1, 0x4))  # a block in one
+    assert g.feed(frame(0x1, 0x0))
+    for _ in range(sc.MAX_HEADER_BLOCK_FRAMES - 1):
+        assert g.feed(frame(0x9, 0x0))
+    assert not g.feed(frame(0x9, 0x0))
+
+
 # -- a scripted server -------------------------------------------------------------------------
 
 
