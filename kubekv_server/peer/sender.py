@@ -1,8 +1,10 @@
-"""The sending side of the peer transport over gRPC (grpc.aio): batched message streams
-and chunked snapshots. `GrpcTransport` is the Runner's `Transport`:
+"""The sending side of the peer transport over gRPC: batched message streams (h2 on
+asyncio, `stream_client`) and chunked snapshots (grpc.aio). `GrpcTransport` is the
+Runner's `Transport`:
 
     runner -> send(messages) -> per-peer queue -> sender task -> RaftPeer.Stream
-                                                   (one long-lived client stream;
+                                                   (one long-lived client stream on a
+                                                    connection of its own;
                                                     each write = every message queued
                                                     at that moment, split by size)
               MsgSnap        -> snapshot task   -> RaftPeer.SendSnapshot
