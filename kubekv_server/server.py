@@ -38,6 +38,7 @@ from kubekv_server.member.versions import CLUSTER_VERSION, SERVER_VERSION
 from kubekv_server.metrics.member_metrics import MemberMetrics
 from kubekv_server.rpc.context import request_tls
 from kubekv_server.rpc.http1 import Http1Protocol
+from kubekv_server.rpc.peer_server import PeerServer
 from kubekv_server.rpc.server import RpcServer
 from kubekv_server.tls.client import client_cert_check, client_ssl_context, load_crl
 
@@ -61,7 +62,7 @@ class ClientServer:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.member = Member(cfg)
+        self.member = Member(cfg, PeerServer)
         self.rpc: RpcServer | None = None
         self.gateway: Gateway | None = None
         self.metrics: MemberMetrics | None = None

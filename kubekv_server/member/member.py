@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server.apply.applier import Applier, BatchResult
@@ -43,7 +44,7 @@ from kubekv_server.member.reconfiguration import Reconfiguration
 from kubekv_server.mvcc import MVCCStore
 from kubekv_server.mvcc.compactor import Compactor
 from kubekv_server.peer import lease_forward
-from kubekv_server.peer.peering import Peering
+from kubekv_server.peer.peering import Peering, PeerServing
 from kubekv_server.replication.raft_node import RaftNode
 from kubekv_server.watch import WatchHub
 from kubekv_server.watch.hub import DEFAULT_MAX_PENDING, RECENT_REVISIONS
@@ -55,8 +56,11 @@ log = logging.getLogger("kubekv.member")
 class Member:
     """The server side of a member: its stores and Raft node, and the API the services call."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, make_peer_server: Callable[..., PeerServing]) -> None:
+        """`make_peer_server(guard, identity=...)`: the peer port's gRPC server (the
+        assembly hands down rpc/'s PeerServer: this layer may not import the client edge)."""
         self.cfg = cfg
+        self.make_peer_server = make_peer_server
         self.data_dir = os.path.abspath(cfg.data_dir)
         member_dir = os.path.join(self.data_dir, "member")
         # --unsafe-no-fsync: no fsync anywhere (etcd: "unsafe, will cause data loss")
@@ -123,7 +127,8 @@ class Member:
             )
         self.members = self.applier.members()
         self.removed_ids = set(self.applier.removed_members())
-        self.peering = Peering(cfg, self.member_id, self.cluster_id, self.data_dir)
+        self.peering = Peering(cfg, self.member_id, self.cluster_id, self.data_dir,
+                               self.make_peer_server)
         self.node = RaftNode(
             self.storage,
             self.applier,
@@ -154,10 +159,10 @@ class Member:
         await self.peering.start(
             self.node.message_handler, lambda: self.members,
             services=[
-                lambda server: lease_forward.lp_grpc.add_LeasePeerServicer_to_server(
-                    self._lease_peer, server),
-                lambda server: corruption.hp_grpc.add_HashPeerServicer_to_server(
-                    corruption.HashPeerServicer(self), server),
+                (lease_forward.lp.DESCRIPTOR.services_by_name["LeasePeer"], self._lease_peer,
+                 [lease_forward.lp, lease_forward.pb]),
+                (corruption.hp.DESCRIPTOR.services_by_name["HashPeer"],
+                 corruption.HashPeerServicer(self), [corruption.hp, corruption.pb]),
             ],
             is_removed=lambda mid: mid in self.removed_ids,
             on_removed=self._removed,

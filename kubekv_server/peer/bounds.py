@@ -1,7 +1,8 @@
 """Bounds on what anything reaching the peer port can make a member hold.
 
-The limits the receiver and the peer server apply (each with its reason), the gRPC
-options that carry them, and the rate-limited log every breach is told in: a hostile
+The limits the receiver and the peer server apply (each with its reason), the grpc.aio
+options that carry them to a grpc.aio peer server (tests stand one up as an older
+member would), and the rate-limited log every breach is told in: a hostile
 peer can break a bound thousands of times a second, so each peer address and
 violation gets one line per interval, never a traceback.
 """
@@ -40,9 +41,9 @@ SNAPSHOT_RECEIVE_TIMEOUT = 300.0
 # Snapshots received at once: one from the leader, one from a deposed leader's transfer
 # still in flight; every further one would only fill the disk.
 MAX_SNAPSHOT_RECEIVES = 2
-# Calls in flight on the whole peer server (grpc.aio maximum_concurrent_rpcs; more get
-# RESOURCE_EXHAUSTED): each member holds ~2 streams, plus forwarded lease calls and hash
-# checks; this also bounds the lease executor's queue.
+# Calls in flight on the whole peer server (more get RESOURCE_EXHAUSTED before they
+# start): each member holds ~2 streams, plus forwarded lease calls and hash checks; this
+# also bounds the lease executor's queue.
 PEER_MAX_CONCURRENT_RPCS = 1024
 # HTTP/2 streams per peer connection: Go x/net/http2's default, which etcd's peer
 # server (net/http) uses.
@@ -64,7 +65,8 @@ violations = RateLimitedLog(log)
 
 
 def peer_server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple]:
-    """gRPC options for a peer server: message limits matching the transport's, no port sharing.
+    """grpc.aio options for a peer server (kubekv's own is rpc/peer_server.py): message
+    limits matching the transport's, no port sharing.
 
     SO_REUSEPORT is off so that a second process on the same peer port fails to bind
     instead of silently taking half of the connections.

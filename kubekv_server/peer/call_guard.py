@@ -1,55 +1,46 @@
-"""The peer server's outermost interceptor, `PeerCallGuard`, and how a peer server stops.
+"""`PeerCallGuard`: what every call on the peer port runs inside (`peer_server.PeerServer`).
 
 Everything that reaches the peer port is treated as hostile: a request that does not
 decode ends its call with INVALID_ARGUMENT and one rate-limited log line per peer
-address (`bounds.violations`), not grpc's ERROR traceback. On `close()` the guard ends
-every call in flight with UNAVAILABLE, so a stopping member leaves no handler behind
-for the event loop's teardown to cancel (`stop_peer_server`).
+address (`bounds.violations`), not a traceback; a peer whose certificate the member's
+`PeerIdentity` refuses gets UNAUTHENTICATED. On `close()` the guard ends every call in
+flight with UNAVAILABLE and refuses new ones, so a stopping member leaves no handler
+behind for the event loop's teardown to cancel.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from kubekv_server.peer import bounds
 from kubekv_server.peer.bounds import MAX_LOGGED_CHARS
-from kubekv_server.tls.peer import peer_address
+from kubekv_server.tls.peer import BAD_CERTIFICATE, PeerIdentity, peer_address
 
 __all__ = [
     "PeerCallGuard",
     "MalformedRequestError",
     "STOPPING_MESSAGE",
-    "grpc_call_tasks",
-    "stop_peer_server",
 ]
 
 # What a member that is stopping answers the calls it ends.
 STOPPING_MESSAGE = "raft: the member is stopping"
-# How long a stopping member waits for gRPC's per-call tasks to finish once the server
-# stopped (they end within a loop iteration or two; this bounds a wedged one).
+# How long a stopping member waits for the calls it cancelled to end (they end within a
+# loop iteration or two; this bounds a wedged one).
 SHUTDOWN_DRAIN_TIMEOUT = 2.0
 
 
-class _Malformed:
-    """What a request that does not decode becomes (the guard answers INVALID_ARGUMENT)."""
-
-
-_MALFORMED = _Malformed()
-
-
 class MalformedRequestError(Exception):
-    """A streamed request did not decode (raised into the handler reading it)."""
+    """A request did not decode (raised into the handler reading it)."""
 
 
-class PeerCallGuard(grpc.aio.ServerInterceptor):
-    """The peer server's outermost interceptor: malformed requests end in
-    INVALID_ARGUMENT (with one rate-limited line, not grpc's ERROR traceback), and
-    `close()` ends every call in flight with UNAVAILABLE, refusing new ones, so a
-    member stops without a handler left for the event loop's teardown to cancel.
+class PeerCallGuard:
+    """Runs every peer call: malformed requests end in INVALID_ARGUMENT (with one
+    rate-limited line), refused certificates in UNAUTHENTICATED, and `close()` ends
+    every call in flight with UNAVAILABLE.
 
     `on_received(sender, nbytes)`, if set, is told the encoded size of every request of
     a client-streaming call (Raft message batches, snapshot chunks) with the member it
@@ -66,6 +57,11 @@ class PeerCallGuard(grpc.aio.ServerInterceptor):
         """Calls in flight."""
         return len(self._active)
 
+    @property
+    def closing(self) -> bool:
+        """Whether `close()` was called: new calls are refused."""
+        return self._closing
+
     async def close(self, timeout: float = SHUTDOWN_DRAIN_TIMEOUT) -> None:
         """End every call in flight (UNAVAILABLE) and wait, at most `timeout`, for them."""
         self._closing = True
@@ -80,87 +76,63 @@ class PeerCallGuard(grpc.aio.ServerInterceptor):
                 t.cancel()
             _, tasks = await asyncio.wait(tasks, timeout=min(0.1, deadline - loop.time()))
 
-    async def _run(self, method: str, context: Any, call: Callable[[], Any]) -> Any:
+    async def _run(self, method: str, context: Any, identity: PeerIdentity | None,
+                   call: Callable[[], Awaitable[Any]]) -> Any:
         if self._closing:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING_MESSAGE)
+            context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING_MESSAGE)
         task = asyncio.current_task()
         self._active.add(task)  # type: ignore[arg-type]
         try:
+            if identity is not None and not identity.allows(context):
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CERTIFICATE)
             return await call()
         except MalformedRequestError:
             bounds.violations.warning(
                 peer_address(context), "peer_malformed_request", "method=%s", method
             )
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed request")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed request")
         except asyncio.CancelledError:
             if not self._closing:
                 raise  # the peer went away
-            try:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING_MESSAGE)
-            except grpc.aio.AbortError:
-                raise  # how abort ends a call
-            except Exception:  # noqa: BLE001 - the call had ended, or was ending, already
-                raise asyncio.CancelledError from None  # grpc takes this quietly
+            context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING_MESSAGE)
         finally:
             self._active.discard(task)  # type: ignore[arg-type]
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method[:MAX_LOGGED_CHARS]
-        decode = handler.request_deserializer
-
-        def safe_decode(data: bytes) -> Any:
-            if decode is None:
-                return data
-            try:
-                return decode(data)
-            except Exception:  # noqa: BLE001 - any decoding failure is the peer's
-                return _MALFORMED
-
-        def sized_decode(data: bytes) -> tuple[Any, int]:
-            return safe_decode(data), len(data)
-
-        async def checked(requests):
-            sender = 0
-            async for r, n in requests:
-                if r is _MALFORMED:
-                    raise MalformedRequestError(method)
-                if not sender:
-                    sender = _sender(r)
-                if sender and self.on_received is not None:
-                    self.on_received(sender, n)
-                yield r
-
-        def unary_arg(request: Any) -> Any:
-            if request is _MALFORMED:
-                raise MalformedRequestError(method)
-            return request
-
+    def wrap(self, method: str, handler: Callable, client_streaming: bool,
+             identity: PeerIdentity | None, malformed: object) -> Callable:
+        """`handler` (a servicer method) run by the guard. A client-streaming handler's
+        requests arrive as (request, encoded size) pairs; `malformed` is what a request
+        that did not decode is."""
+        method = method[:MAX_LOGGED_CHARS]
         run = self._run
-        if handler.unary_unary or handler.stream_unary:
-            if handler.unary_unary:
-                inner, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
 
-                async def one(request, context):
-                    return await run(method, context,
-                                     lambda: inner(unary_arg(request), context))
-            else:
-                inner, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+        if client_streaming:
+            async def checked(requests):  # type: ignore[no-untyped-def]
+                sender = 0
+                async for r, n in requests:
+                    if r is malformed:
+                        raise MalformedRequestError(method)
+                    if not sender:
+                        sender = _sender(r)
+                    if sender and self.on_received is not None:
+                        self.on_received(sender, n)
+                    yield r
 
-                async def one(request, context):
-                    return await run(method, context, lambda: inner(checked(request), context))
+            async def streamed(requests, context):  # type: ignore[no-untyped-def]
+                return await run(method, context, identity,
+                                 lambda: handler(checked(requests), context))
 
-                return factory(one, sized_decode, handler.response_serializer)
+            return streamed
 
-            return factory(one, safe_decode, handler.response_serializer)
-        # response streams: none on the peer port today; passed through with safe decoding
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                handler.unary_stream, safe_decode, handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(
-            handler.stream_stream, safe_decode, handler.response_serializer)
+        async def unary(request, context):  # type: ignore[no-untyped-def]
+            async def call():  # type: ignore[no-untyped-def]
+                if request is malformed:
+                    raise MalformedRequestError(method)
+                return await handler(request, context)
+
+            return await run(method, context, identity, call)
+
+        return unary
 
 
 def _sender(request: Any) -> int:
@@ -170,26 +142,3 @@ def _sender(request: Any) -> int:
         return frm
     message = getattr(request, "message", None)
     return message.from_ if message is not None else 0
-
-
-def grpc_call_tasks() -> list[asyncio.Task]:
-    """grpc.aio's own per-call tasks still running on this loop (it names them "rpc_task"
-    and "HandleExceptions[<method>]"): awaited after a server stops, because the loop's
-    teardown would cancel them and grpc logs each at ERROR with a traceback."""
-    return [
-        t for t in asyncio.all_tasks()
-        if not t.done() and (t.get_name() == "rpc_task"
-                             or t.get_name().startswith("HandleExceptions["))
-    ]
-
-
-async def stop_peer_server(server: grpc.aio.Server, guard: PeerCallGuard | None,
-                           grace: float = 0.5) -> None:
-    """Stop a peer server cleanly: end calls in flight (UNAVAILABLE), stop accepting,
-    then wait for gRPC's per-call tasks to finish (bounded by SHUTDOWN_DRAIN_TIMEOUT)."""
-    if guard is not None:
-        await guard.close()
-    await server.stop(grace)
-    tasks = grpc_call_tasks()
-    if tasks:
-        await asyncio.wait(tasks, timeout=SHUTDOWN_DRAIN_TIMEOUT)

@@ -13,21 +13,19 @@ import contextlib
 import json
 import logging
 import os
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import grpc
 
 from etcdproto.kubekvpb import directory_pb2, directory_pb2_grpc
-from etcdproto.raftpb import peer_pb2_grpc
+from etcdproto.raftpb import peer_pb2
 from kubekv_server.config.flags import Config
-from kubekv_server.peer.bounds import (
-    MAX_SNAPSHOT_BYTES,
-    PEER_MAX_CONCURRENT_RPCS,
-    peer_server_options,
-)
-from kubekv_server.peer.call_guard import PeerCallGuard, stop_peer_server
+from kubekv_server.peer.bounds import MAX_SNAPSHOT_BYTES
+from kubekv_server.peer.call_guard import PeerCallGuard
 from kubekv_server.peer.peer_url import parse_peer_url
 from kubekv_server.peer.receiver import RaftPeerServicer
 from kubekv_server.peer.sender import GrpcTransport
@@ -61,6 +59,17 @@ def _dial_overrides() -> dict[int, str]:
     return out
 
 
+class PeerServing(Protocol):
+    """The peer port's gRPC server (kubekv_server/rpc/peer_server.py's PeerServer, made
+    by the assembly: this layer may not import the client edge)."""
+
+    def add_service(self, service: Any, servicer: Any, pb_modules: list) -> None: ...
+
+    async def listen(self, target: str, ssl_context: ssl.SSLContext | None) -> None: ...
+
+    async def stop(self, grace: float = 0.5) -> None: ...
+
+
 class DirectoryServicer(directory_pb2_grpc.MemberDirectoryServicer):
     def __init__(self, cluster_id: int, members) -> None:
         self.cluster_id = cluster_id
@@ -85,14 +94,17 @@ class _SnapshotSource:
 class Peering:
     """Owns the transport and the peer server of one member."""
 
-    def __init__(self, cfg: Config, member_id: int, cluster_id: int, data_dir: str) -> None:
+    def __init__(self, cfg: Config, member_id: int, cluster_id: int, data_dir: str,
+                 make_server: Callable[..., PeerServing]) -> None:
         self.cfg = cfg
+        # make_server(guard, identity=...): the peer server (rpc/peer_server.PeerServer)
+        self.make_server = make_server
         self.member_id = member_id
         self.cluster_id = cluster_id
         self.data_dir = data_dir
         self.transport: GrpcTransport | None = None
         self.servicer: RaftPeerServicer | None = None
-        self._server: grpc.aio.Server | None = None
+        self._server: PeerServing | None = None
         self._guard: PeerCallGuard | None = None
         self._overrides = _dial_overrides()
         self._auto_cert: tuple[str, str] | None = None
@@ -114,16 +126,16 @@ class Peering:
             )
         return self._auto_cert
 
-    def _server_credentials(self) -> grpc.ServerCredentials:
+    def _server_ssl_context(self) -> ssl.SSLContext:
         cfg = self.cfg
         if cfg.peer_cert_file and cfg.peer_key_file:
-            return peer_tls.server_credentials(
+            return peer_tls.server_ssl_context(
                 cfg.peer_cert_file, cfg.peer_key_file, cfg.peer_trusted_ca_file or None,
                 cfg.peer_client_cert_auth,
             )
         if cfg.peer_auto_tls:
             cert, key = self._auto_tls_cert()
-            return peer_tls.server_credentials(cert, key)
+            return peer_tls.server_ssl_context(cert, key)
         raise SystemExit("kubekv: https peer URLs need --peer-cert-file/--peer-key-file "
                          "or --peer-auto-tls")
 
@@ -144,11 +156,31 @@ class Peering:
             return trust_on_first_use
         return None
 
+    def _stream_ssl_context(self):
+        """`_channel_credentials`' equivalent for the message streams (an ssl.SSLContext,
+        or a function of the target making one, trusting the peer's auto-TLS cert)."""
+        cfg = self.cfg
+        if cfg.peer_trusted_ca_file:
+            return peer_tls.stream_ssl_context(
+                cfg.peer_trusted_ca_file, cfg.peer_cert_file or None, cfg.peer_key_file or None,
+            )
+        if cfg.peer_auto_tls:
+            cert, key = self._auto_tls_cert()
+
+            def trust_on_first_use(target: str) -> ssl.SSLContext:
+                host, _, port = target.rpartition(":")
+                pem = peer_tls.fetch_peer_certificate(host, int(port))
+                return peer_tls.stream_ssl_context(None, cert, key, root_pem=pem)
+
+            return trust_on_first_use
+        return None
+
     # ------------------------------------------------------------ transport
 
     def make_transport(self, node) -> GrpcTransport:
         self.transport = GrpcTransport(
             self.member_id, self.cluster_id, credentials=self._channel_credentials(),
+            ssl_context=self._stream_ssl_context(),
             snapshot_source=_SnapshotSource(node),
             backoff_initial=PEER_REDIAL_SECONDS, backoff_max=PEER_REDIAL_SECONDS,
         )
@@ -230,8 +262,8 @@ class Peering:
 
     async def start(self, runner, members, services=(), is_removed=None,
                     on_removed=None) -> None:
-        """Serve RaftPeer, MemberDirectory and `services` (functions that add a servicer
-        to a grpc.aio server) on every --listen-peer-urls address.
+        """Serve RaftPeer, MemberDirectory and `services` ((service descriptor, servicer,
+        pb modules) triples) on every --listen-peer-urls address.
 
         `is_removed(id)`: refuse a removed member's messages (it then stops);
         `on_removed()`: called when a peer refuses us that way.
@@ -249,46 +281,35 @@ class Peering:
         )
         self.servicer.is_removed = is_removed
         cfg = self.cfg
-        # outermost: malformed requests and shutdown end every call the same way
         self._guard = PeerCallGuard()
         self._guard.on_received = self._count_received
-        interceptors: list[grpc.aio.ServerInterceptor] = [self._guard]
+        identity = None
         revoked = load_crl(cfg.peer_crl_file) if cfg.peer_crl_file else set()
         if cfg.peer_cert_allowed_cn or cfg.peer_cert_allowed_hostname or revoked:
-            interceptors.append(peer_tls.PeerIdentityInterceptor(
+            identity = peer_tls.PeerIdentity(
                 cfg.peer_cert_allowed_cn, cfg.peer_cert_allowed_hostname,
-                (lambda pem: not pem_revoked(pem, revoked)) if revoked else None))
-        server = grpc.aio.server(options=peer_server_options(), interceptors=interceptors,
-                                 maximum_concurrent_rpcs=PEER_MAX_CONCURRENT_RPCS)
-        peer_pb2_grpc.add_RaftPeerServicer_to_server(self.servicer, server)
-        directory_pb2_grpc.add_MemberDirectoryServicer_to_server(
-            DirectoryServicer(self.cluster_id, members), server
-        )
-        for add in services:
-            add(server)
+                (lambda pem: not pem_revoked(pem, revoked)) if revoked else None)
+        server = self.make_server(self._guard, identity=identity)
+        server.add_service(peer_pb2.DESCRIPTOR.services_by_name["RaftPeer"], self.servicer,
+                           [peer_pb2])
+        server.add_service(directory_pb2.DESCRIPTOR.services_by_name["MemberDirectory"],
+                           DirectoryServicer(self.cluster_id, members), [directory_pb2])
+        for service, servicer, pb_modules in services:
+            server.add_service(service, servicer, pb_modules)
+        self._server = server
         for url in self.cfg.listen_peer_urls:
             addr, secure = parse_peer_url(url)
-            try:
-                if secure:
-                    port = server.add_secure_port(addr, self._server_credentials())
-                else:
-                    port = server.add_insecure_port(addr)
-            except RuntimeError:
-                port = 0
-            if not port:
-                raise SystemExit(f"kubekv: listen tcp {addr}: bind: address already in use")
+            await server.listen(addr, self._server_ssl_context() if secure else None)
             log.info("event=serving_peer_traffic address=%s", addr)
-        await server.start()
-        self._server = server
         self._prober = loop.create_task(self._probe_loop(), name="kubekv-peer-prober")
 
     async def stop_server(self) -> None:
         """Stop serving peers: calls in flight end with UNAVAILABLE (the senders log a
-        lost connection and retry elsewhere), no new ones are accepted, and gRPC's
-        per-call tasks are finished before the event loop's teardown could cancel them."""
+        lost connection and retry elsewhere), no new ones are accepted, and every handler
+        has ended before the event loop's teardown could cancel it."""
         server, self._server = self._server, None
         if server is not None:
-            await stop_peer_server(server, self._guard)
+            await server.stop()
 
     async def stop(self) -> None:
         prober, self._prober = self._prober, None

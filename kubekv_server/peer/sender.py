@@ -1,8 +1,10 @@
-"""The sending side of the peer transport over gRPC (grpc.aio): batched message streams
-and chunked snapshots. `GrpcTransport` is the Runner's `Transport`:
+"""The sending side of the peer transport over gRPC: batched message streams (h2 on
+asyncio, `stream_client`) and chunked snapshots (grpc.aio). `GrpcTransport` is the
+Runner's `Transport`:
 
     runner -> send(messages) -> per-peer queue -> sender task -> RaftPeer.Stream
-                                                   (one long-lived client stream;
+                                                   (one long-lived client stream on a
+                                                    connection of its own;
                                                     each write = every message queued
                                                     at that moment, split by size)
               MsgSnap        -> snapshot task   -> RaftPeer.SendSnapshot
@@ -23,6 +25,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,9 +36,16 @@ import grpc
 from etcdproto.raftpb import peer_pb2 as peer_pb
 from etcdproto.raftpb import peer_pb2_grpc as peer_grpc
 from etcdproto.raftpb import raft_pb2 as pb
-from kubekv_server.peer.bounds import DEFAULT_MAX_MESSAGE_BYTES
+from kubekv_server.peer import bounds
+from kubekv_server.peer.bounds import DEFAULT_MAX_MESSAGE_BYTES, MAX_LOGGED_CHARS
 from kubekv_server.peer.peer_url import parse_peer_url
 from kubekv_server.peer.receiver import REMOVED_MESSAGE
+from kubekv_server.peer.stream_client import (
+    PeerCallError,
+    PeerProtocolError,
+    StreamCall,
+    open_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,8 @@ _BATCH_OVERHEAD = 64  # MessageBatch header and per-message framing, generously
 
 
 Credentials = grpc.ChannelCredentials | Callable[[str], grpc.ChannelCredentials]
+SslContext = ssl.SSLContext | Callable[[str], ssl.SSLContext]
+STREAM_PATH = "/raftpb.RaftPeer/Stream"
 
 
 # -- hooks the application implements -------------------------------------------------------
@@ -93,7 +105,7 @@ class Reporter(Protocol):
 
 def _describe(e: BaseException) -> str:
     """How a failed send reads in logs and in PeerStatus.last_error."""
-    if isinstance(e, grpc.aio.AioRpcError):
+    if isinstance(e, (grpc.aio.AioRpcError, PeerCallError)):
         if e.code() == grpc.StatusCode.UNAUTHENTICATED and e.details() == "tls: bad certificate":
             return "remote error: tls: bad certificate"  # Go's TLS client wording
         return f"{e.code().name}: {e.details()}"
@@ -130,9 +142,11 @@ class GrpcTransport:
     """The Runner's Transport over gRPC. Construct, give it to the Runner, then `attach(runner)`.
 
     All methods are called from the event loop the transport runs on (the runner's).
-    `credentials` is used for https:// peer URLs: a `grpc.ChannelCredentials`, or a
-    function of the gRPC target returning one (called in an executor thread each time
-    a connection is made, e.g. to trust a peer's auto-TLS certificate).
+    For https:// peer URLs, `ssl_context` (an `ssl.SSLContext`, or a function of the
+    target returning one, called in an executor thread at each connect, e.g. to trust a
+    peer's auto-TLS certificate) carries the message streams (`stream_client`, h2 on
+    asyncio), and `credentials` (a `grpc.ChannelCredentials`, or such a function) the
+    grpc.aio channels of snapshots and other calls.
     """
 
     def __init__(
@@ -142,6 +156,7 @@ class GrpcTransport:
         *,
         snapshot_source: SnapshotSource | None = None,
         credentials: Credentials | None = None,
+        ssl_context: SslContext | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -162,6 +177,8 @@ class GrpcTransport:
         self.cluster_id = cluster_id
         self.snapshot_source = snapshot_source
         self.credentials = credentials
+        self.ssl_context = ssl_context
+        self.keepalive = keepalive_ms / 1000.0 if keepalive_ms else 0.0
         self.max_batch_bytes = max_batch_bytes
         self.max_message_bytes = max_message_bytes
         self.max_queue_messages = max_queue_messages
@@ -294,6 +311,18 @@ class GrpcTransport:
             creds = await asyncio.get_running_loop().run_in_executor(None, creds, target)
         return grpc.aio.secure_channel(target, creds, options=self.channel_options)
 
+    async def _open_stream(self, url: str) -> StreamCall:
+        """A RaftPeer.Stream call on a connection of its own (h2 on asyncio)."""
+        target, tls = parse_peer_url(url)
+        ctx = None
+        if tls:
+            ctx = self.ssl_context
+            if ctx is None:
+                raise ValueError(f"peer URL {url} is https but no ssl_context was given")
+            if not isinstance(ctx, ssl.SSLContext):
+                ctx = await asyncio.get_running_loop().run_in_executor(None, ctx, target)
+        return await open_stream(target, STREAM_PATH, ctx, keepalive=self.keepalive)
+
 
 class _Peer:
     """One remote member: its queue, stream sender task and snapshot task."""
@@ -310,7 +339,6 @@ class _Peer:
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.snap_task: asyncio.Task | None = None
-        self.channel: grpc.aio.Channel | None = None
         self.status = PeerStatus(id=peer_id, urls=list(urls))
         self.closed = False
         self.heartbeat_term = 0  # the term and time of the last heartbeat queued
@@ -398,14 +426,12 @@ class _Peer:
             backoff = min(backoff * 2, self.t.backoff_max)
 
     async def _stream(self) -> None:
-        if self.channel is None:
-            self.channel = await self.t._channel(self.urls[self.url_index])
-        call = peer_grpc.RaftPeerStub(self.channel).Stream()
-        call.add_done_callback(lambda _c: self.wake.set())
+        call = await self.t._open_stream(self.urls[self.url_index])
+        call.add_done_callback(lambda _f: self.wake.set())
         try:
             while True:
                 if call.done():
-                    await call  # raises the peer's status
+                    await call.result()  # raises the peer's status
                     raise ConnectionError("peer ended the stream")
                 msgs = self._take()
                 if not msgs:
@@ -422,9 +448,9 @@ class _Peer:
                         self.t.write_timeout, _expire_write, fired, call
                     )
                     try:
-                        await call.write(batch)
-                    except asyncio.CancelledError:
-                        if fired:  # our watchdog, not our task, was cancelled
+                        await call.write(batch.SerializeToString())
+                    except ConnectionError:
+                        if fired:
                             raise ConnectionError("peer write timed out") from None
                         raise
                     finally:
@@ -450,23 +476,21 @@ class _Peer:
         self.unsent = 0
         self._take()
         err = _describe(e)
-        (log.warning if st.last_error != err else log.debug)(
-            "raft: stream from %x to peer %x (%s) failed: %s",
-            self.t.local_id, self.id, self.urls[self.url_index], err,
-        )  # fmt: skip
+        if isinstance(e, PeerProtocolError):  # hostile or broken: a line per peer and interval
+            bounds.violations.warning(
+                f"{self.id:x}", "peer_protocol_violation", "url=%s error=%s",
+                self.urls[self.url_index], err[:MAX_LOGGED_CHARS],
+            )  # fmt: skip
+        else:
+            (log.warning if st.last_error != err else log.debug)(
+                "raft: stream from %x to peer %x (%s) failed: %s",
+                self.t.local_id, self.id, self.urls[self.url_index], err,
+            )  # fmt: skip
         st.last_error = err
         if REMOVED_MESSAGE in err and self.t.on_removed is not None:
             self.t.on_removed()  # a peer says we were removed from the cluster (etcd's 410)
         self.url_index = (self.url_index + 1) % len(self.urls)
-        self._drop_channel()
         self.t._report_unreachable(self.id)
-
-    def _drop_channel(self) -> None:
-        ch, self.channel = self.channel, None
-        if ch is not None:
-            task = asyncio.get_running_loop().create_task(ch.close())
-            self.t._closing.add(task)
-            task.add_done_callback(self.t._closing.discard)
 
     # -- snapshots ----------------------------------------------------------------------------
     def send_snapshot(self, m: pb.Message) -> None:
@@ -562,9 +586,6 @@ class _Peer:
         for x in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await x
-        ch, self.channel = self.channel, None
-        if ch is not None:
-            await ch.close()
 
 
 def _expire_write(fired: list[bool], call) -> None:

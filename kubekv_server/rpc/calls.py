@@ -74,6 +74,11 @@ class Method:
     kind: str  # "inline", "async", "thread"
     # grpc_prometheus labels: (grpc_method, grpc_service, grpc_type)
     labels: tuple[str, str, str] = ("", "", "")
+    # client streaming only: each request's bytes stay counted against the connection
+    # window until the handler takes it, and the handler's iterator yields
+    # (request, encoded size) pairs (the peer port: a handler slower than its sender, such
+    # as a snapshot receive writing to disk, holds at most a window of requests)
+    hold_requests: bool = False
 
     @classmethod
     def of(cls, path: bytes, request_class, client_streaming: bool, server_streaming: bool,
@@ -228,7 +233,11 @@ class Call:
         if self._requests is not None:
             req = self._parse(msg)
             if req is not None:
-                self._push_request(req)
+                if self.method.hold_requests:
+                    self._held += len(msg)
+                    self._push_request((req, len(msg)))
+                else:
+                    self._push_request(req)
         else:
             # parsed now: garbage is answered at once, as grpc-go does, even if the client
             # keeps its side open (a good request still waits for END_STREAM to run)
@@ -505,10 +514,26 @@ class Call:
                 raise CallCancelled()
             yield item
 
+    async def _held_request_iter(self):
+        """Requests with their sizes; the window each held is given back as it is taken."""
+        q = self._requests
+        while True:
+            item = await q.get()
+            if item is _END:
+                return
+            if item is _CANCELLED:
+                raise CallCancelled()
+            self._held -= item[1]
+            self.conn.release_held(self)
+            yield item
+
     async def _drive_async(self, req, ctx) -> None:
         m = self.method
         try:
-            arg = self._request_iter() if m.client_streaming else req
+            if m.client_streaming:
+                arg = self._held_request_iter() if m.hold_requests else self._request_iter()
+            else:
+                arg = req
             result = m.handler(arg, ctx)
             if m.server_streaming:
                 async for resp in result:

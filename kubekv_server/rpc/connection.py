@@ -252,6 +252,13 @@ class Http2Connection(asyncio.Protocol):
         if received:
             self.h2.acknowledge(received)
 
+    def release_held(self, call: Call) -> None:
+        """A handler took requests its call held (Method.hold_requests): their bytes go
+        back to the client's connection window."""
+        if not self.closed and self.h2 is not None:
+            self._account(call, 0)
+            self._schedule_flush()
+
     def _start_call(self, sid: int, headers, end_stream: bool) -> None:
         path = b""
         content_type = b""

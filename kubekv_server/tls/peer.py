@@ -1,20 +1,25 @@
 """Peer TLS: credentials from certificate files, and self-signed certs for --peer-auto-tls.
 
-The transport only takes `grpc.ServerCredentials` / `grpc.ChannelCredentials`; this
-module builds them from etcd's --peer-cert-file, --peer-key-file,
---peer-trusted-ca-file and --peer-client-cert-auth, or generates a self-signed
-certificate (with the `cryptography` package) as etcd's --peer-auto-tls does.
+The transport takes credentials, not files: `grpc.ChannelCredentials` for its grpc.aio
+channels and an `ssl.SSLContext` for its message streams (`stream_ssl_context`); this
+module builds them (and `grpc.ServerCredentials` for grpc.aio peer servers in tests)
+from etcd's --peer-cert-file, --peer-key-file, --peer-trusted-ca-file and
+--peer-client-cert-auth, or generates a self-signed certificate (with the
+`cryptography` package) as etcd's --peer-auto-tls does; `PeerIdentity` checks a
+peer's client certificate on every call.
 
 etcd's auto-TLS peers skip verifying each other's certificates. gRPC's Python
 channels cannot skip verification, so with auto-TLS a member trusts the certificate
 its peer presents on first contact: `fetch_peer_certificate` reads it and
-`channel_credentials(root_pem=...)` trusts exactly it. That is no weaker than etcd's
-behaviour, and no stronger either: use --peer-trusted-ca-file for real security.
+`channel_credentials(root_pem=...)` / `stream_ssl_context(root_pem=...)` trust exactly
+it. That is no weaker than etcd's behaviour, and no stronger either: use
+--peer-trusted-ca-file for real security.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import logging
 import os
@@ -38,14 +43,17 @@ MAX_LOGGED_NAME = 64
 
 __all__ = [
     "BAD_CERTIFICATE",
-    "PeerIdentityInterceptor",
+    "PeerIdentity",
+    "cert_names",
     "hostname_allowed",
     "peer_address",
     "peer_allowed",
     "self_signed_cert",
     "auto_tls_cert",
     "server_credentials",
+    "server_ssl_context",
     "channel_credentials",
+    "stream_ssl_context",
     "fetch_peer_certificate",
 ]
 
@@ -157,6 +165,23 @@ def server_credentials(
     )
 
 
+def server_ssl_context(cert_file: str, key_file: str, trusted_ca_file: str | None = None,
+                       client_cert_auth: bool = False) -> ssl.SSLContext:
+    """TLS for the peer port (--peer-cert-file, --peer-key-file, --peer-trusted-ca-file,
+    --peer-client-cert-auth): as etcd's TLSInfo.ServerConfig, a client certificate is
+    required and verified only with client cert auth. ALPN h2, which gRPC clients need."""
+    if client_cert_auth and not trusted_ca_file:
+        raise ValueError("peer client cert auth needs a trusted CA file")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    ctx.set_alpn_protocols(["h2"])
+    if client_cert_auth:
+        ctx.load_verify_locations(trusted_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
 def channel_credentials(
     trusted_ca_file: str | None = None,
     cert_file: str | None = None,
@@ -174,6 +199,30 @@ def channel_credentials(
     key = _read(key_file) if key_file else None
     chain = _read(cert_file) if cert_file else None
     return grpc.ssl_channel_credentials(roots, key, chain)
+
+
+def stream_ssl_context(
+    trusted_ca_file: str | None = None,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    *,
+    root_pem: bytes | None = None,
+) -> ssl.SSLContext:
+    """`channel_credentials`' equivalent for the message streams (`peer/stream_client.py`):
+    the server verified against `trusted_ca_file` (or exactly `root_pem`), host names
+    checked as gRPC does, the client certificate presented if given, ALPN h2."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if root_pem is not None:
+        ctx.load_verify_locations(cadata=root_pem.decode())
+    elif trusted_ca_file:
+        ctx.load_verify_locations(trusted_ca_file)
+    else:
+        ctx.load_default_certs()
+    if cert_file and key_file:
+        ctx.load_cert_chain(cert_file, key_file)
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
 
 
 def fetch_peer_certificate(host: str, port: int, timeout: float = 5.0) -> bytes:
@@ -228,10 +277,34 @@ def peer_address(context) -> str:
     return peer[:MAX_LOGGED_NAME]
 
 
-class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses every peer call whose client certificate fails `peer_allowed` (etcd
-    refuses the TLS handshake; gRPC's Python server cannot, so the call is refused
-    with UNAUTHENTICATED before its handler runs)."""
+# Distinct client certificates whose names are remembered (a cluster has a few members;
+# a peer presenting new certificates only evicts older entries).
+MAX_CACHED_CERT_NAMES = 64
+
+
+@functools.lru_cache(maxsize=MAX_CACHED_CERT_NAMES)
+def cert_names(pem: bytes) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(common names, subject alternative names as text) of a PEM certificate; an
+    unreadable one has none."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return (), ()
+    cns = tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return cns, ()
+    sans = [*ext.get_values_for_type(x509.DNSName),
+            *(str(ip) for ip in ext.get_values_for_type(x509.IPAddress))]
+    return cns, tuple(sans)
+
+
+class PeerIdentity:
+    """etcd's --peer-cert-allowed-cn, --peer-cert-allowed-hostname and --peer-crl-file:
+    `allows(context)` tests a call's client certificate (etcd refuses the TLS handshake;
+    the peer server refuses the call with UNAUTHENTICATED before its handler runs, so the
+    sender logs Go's "remote error: tls: bad certificate")."""
 
     def __init__(self, allowed_cn: str, allowed_hostname: str,
                  accept_pem: Callable[[bytes], bool] | None = None) -> None:
@@ -242,11 +315,14 @@ class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):
         # one line per peer address per interval: a refused peer retries many times a second
         self._log = RateLimitedLog(log)
 
-    def _check(self, context) -> bool:
-        ac = context.auth_context()
+    def allows(self, context) -> bool:
+        """Whether the call's client certificate passes; a refusal is logged (rate-limited)."""
+        ac = dict(context.auth_context())
+        pems = ac.get("x509_pem_cert", [])
+        if pems and "x509_subject_alternative_name" not in ac:
+            ac["x509_subject_alternative_name"] = [n.encode() for n in cert_names(pems[0])[1]]
         if peer_allowed(ac, self.allowed_cn, self.allowed_hostname) and (
-            self.accept_pem is None
-            or all(self.accept_pem(pem) for pem in ac.get("x509_pem_cert", [b""]))
+            self.accept_pem is None or all(self.accept_pem(pem) for pem in pems or [b""])
         ):
             return True
         names = b",".join(ac.get("x509_common_name", [])).decode(errors="replace")
@@ -257,37 +333,3 @@ class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):
             names[:MAX_LOGGED_NAME] or "none", self.allowed_cn, self.allowed_hostname,
         )  # fmt: skip
         return False
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        check = self._check
-
-        single = handler.unary_unary or handler.stream_unary  # one response
-        if single:
-            factory = (grpc.unary_unary_rpc_method_handler if handler.unary_unary
-                       else grpc.stream_unary_rpc_method_handler)
-
-            async def one_response(request, context):
-                if not check(context):
-                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CERTIFICATE)
-                return await single(request, context)
-
-            return factory(one_response, handler.request_deserializer,
-                           handler.response_serializer)
-        inner = handler.unary_stream or handler.stream_stream
-        factory = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
-                   else grpc.stream_stream_rpc_method_handler)
-
-        async def streaming(request, context):
-            if not check(context):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CERTIFICATE)
-            result = inner(request, context)
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    yield item
-            else:
-                await result
-
-        return factory(streaming, handler.request_deserializer, handler.response_serializer)

@@ -1,9 +1,9 @@
 """What a hostile peer can send to the peer port, and what a member holds for it.
 
-A real grpc.aio server on 127.0.0.1 with RaftPeerServicer behind PeerCallGuard, as a
-member serves it; the "peer" is a raw client that sends what our transport never would.
-Every violation must end in a gRPC status, leave no file behind, step nothing, and log
-no ERROR (grpc logs a traceback at ERROR when a handler raises or is cancelled late).
+A real peer server (`PeerServer`) on 127.0.0.1 with RaftPeerServicer behind
+PeerCallGuard, as a member serves it; the "peer" is a raw grpc.aio client that sends
+what our transport never would. Every violation must end in a gRPC status, leave no
+file behind, step nothing, and log no ERROR (a handler's traceback is logged there).
 """
 
 from __future__ import annotations
@@ -25,14 +25,11 @@ from kubekv_raft.core.storage import MemoryStorage
 from kubekv_raft.driver.runner import MAX_PEER_INBOX, Runner
 from kubekv_server.log_limit import RateLimitedLog
 from kubekv_server.peer import bounds, snapshot_files
-from kubekv_server.peer.bounds import MAX_BATCH_MESSAGES, peer_server_options
-from kubekv_server.peer.call_guard import (
-    STOPPING_MESSAGE,
-    PeerCallGuard,
-    grpc_call_tasks,
-    stop_peer_server,
-)
+from kubekv_server.peer.bounds import MAX_BATCH_MESSAGES
+from kubekv_server.peer.call_guard import STOPPING_MESSAGE, PeerCallGuard
 from kubekv_server.peer.receiver import RaftPeerServicer
+from kubekv_server.rpc.peer_server import PeerServer
+from kubekv_testing.polling import wait_for_async
 
 CID = 0xC1C1
 
@@ -45,13 +42,12 @@ class Recorder:
         self.stepped.append(m)
 
 
-async def serve(servicer: RaftPeerServicer) -> tuple[grpc.aio.Server, PeerCallGuard, int]:
+async def serve(servicer: RaftPeerServicer) -> tuple[PeerServer, PeerCallGuard, int]:
     guard = PeerCallGuard()
-    server = grpc.aio.server(options=peer_server_options(), interceptors=[guard])
-    peer_grpc.add_RaftPeerServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    return server, guard, port
+    server = PeerServer(guard)
+    server.add_service(peer_pb.DESCRIPTOR.services_by_name["RaftPeer"], servicer, [peer_pb])
+    await server.listen("127.0.0.1:0", None)
+    return server, guard, server.bound_port()
 
 
 def run(servicer_kw: dict, body) -> Recorder:
@@ -66,8 +62,8 @@ def run(servicer_kw: dict, body) -> Recorder:
             await body(peer_grpc.RaftPeerStub(channel), channel, servicer, guard)
         finally:
             await channel.close()
-            await stop_peer_server(server, guard, grace=0)
-        assert grpc_call_tasks() == []
+            await server.stop(grace=0)
+        assert guard.active == 0
 
     asyncio.run(main())
     return rx
@@ -224,6 +220,31 @@ def test_a_member_that_takes_files_refuses_an_inline_snapshot(tmp_path, no_error
 
     rx = run({"snapshot_dir": str(tmp_path), "inline_snapshots": False}, body)
     assert rx.stepped == []
+
+
+def test_calls_beyond_the_servers_limit_are_refused_before_they_start(no_errors):
+    async def main() -> None:
+        rx = Recorder()
+        guard = PeerCallGuard()
+        server = PeerServer(guard, max_concurrent_rpcs=1)
+        server.add_service(peer_pb.DESCRIPTOR.services_by_name["RaftPeer"],
+                           RaftPeerServicer(2, CID, rx), [peer_pb])
+        await server.listen("127.0.0.1:0", None)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.bound_port()}")
+        try:
+            stub = peer_grpc.RaftPeerStub(channel)
+            stream = stub.Stream()
+            await stream.write(batch(hb()))
+            await wait_for_async(lambda: guard.active == 1, 10, "the first call running")
+            code, _ = await status_of(stub.Stream(iter([batch(hb())])))
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert len(rx.stepped) == 1
+            stream.cancel()
+        finally:
+            await channel.close()
+            await server.stop(grace=0)
+
+    asyncio.run(main())
 
 
 # -- shutdown -----------------------------------------------------------------------------------

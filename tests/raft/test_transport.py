@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import os
+import ssl
 import struct
 import time
 from typing import Any
@@ -33,6 +34,7 @@ from kubekv_server.tls.peer import (
     fetch_peer_certificate,
     self_signed_cert,
     server_credentials,
+    stream_ssl_context,
 )
 from kubekv_testing.polling import wait_for_async
 
@@ -227,8 +229,10 @@ def test_mutual_tls(tmp_path):
         rx = Recorder()
         creds = server_credentials(cert, key, trusted_ca_file=cert, client_cert_auth=True)
         server, port = await serve(RaftPeerServicer(2, CID, rx), creds=creds)
-        t = fast_transport(1, credentials=channel_credentials(cert, cert, key))
-        no_client_cert = fast_transport(1, credentials=channel_credentials(cert))
+        t = fast_transport(1, credentials=channel_credentials(cert, cert, key),
+                           ssl_context=stream_ssl_context(cert, cert, key))
+        no_client_cert = fast_transport(1, credentials=channel_credentials(cert),
+                                        ssl_context=stream_ssl_context(cert))
         for x in (t, no_client_cert):
             x.attach(Recorder())
             x.add_peer(2, [f"https://127.0.0.1:{port}"])
@@ -260,7 +264,12 @@ def test_auto_tls_trusts_the_peer_certificate_on_first_contact(tmp_path):
             trusted.append(target)
             return channel_credentials(root_pem=fetch_peer_certificate(host, int(p)))
 
-        t = fast_transport(1, credentials=creds_for)
+        def context_for(target: str) -> ssl.SSLContext:  # runs in an executor thread
+            host, _, p = target.rpartition(":")
+            trusted.append(target)
+            return stream_ssl_context(root_pem=fetch_peer_certificate(host, int(p)))
+
+        t = fast_transport(1, credentials=creds_for, ssl_context=context_for)
         t.attach(Recorder())
         t.add_peer(2, [f"https://127.0.0.1:{port}"])
         try:
