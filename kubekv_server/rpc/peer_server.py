@@ -30,7 +30,7 @@ from kubekv_server.peer.bounds import (
 from kubekv_server.peer.call_guard import STOPPING_MESSAGE, PeerCallGuard
 from kubekv_server.rpc.calls import Method
 from kubekv_server.rpc.context import status_number
-from kubekv_server.rpc.server import RpcServer, _message_class
+from kubekv_server.rpc.server import RpcServer, message_class
 from kubekv_server.tls.peer import PeerIdentity
 
 __all__ = ["PeerServer", "split_host_port"]
@@ -94,7 +94,7 @@ class PeerServer:
             if m.server_streaming:
                 raise ValueError(f"peer method {m.full_name} streams responses")
             path = f"/{service.full_name}/{m.name}".encode()
-            decoder = _TolerantDecoder(_message_class(m.input_type, pb_modules))
+            decoder = _TolerantDecoder(message_class(m.input_type, pb_modules))
             wrapped = self.guard.wrap(path.decode(), handler, m.client_streaming,
                                       self.identity, MALFORMED)
             method = Method.of(path, decoder, m.client_streaming, False, wrapped)
@@ -116,12 +116,7 @@ class PeerServer:
 
     def bound_port(self) -> int:
         """The TCP port of the first listener (tests listen on port 0)."""
-        for server in self.rpc._servers:  # noqa: SLF001 - RpcServer keeps its listeners
-            for sock in server.sockets:
-                addr = sock.getsockname()
-                if isinstance(addr, tuple):
-                    return addr[1]
-        return 0
+        return self.rpc.bound_port()
 
     async def stop(self, grace: float = 0.5) -> None:
         """End calls in flight (UNAVAILABLE), then close listeners and connections."""

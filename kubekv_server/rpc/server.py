@@ -80,7 +80,7 @@ class RpcServer:
             handler = getattr(servicer, m.name, None)
             if handler is None:
                 continue
-            request_class = _message_class(m.input_type, pb_modules)
+            request_class = message_class(m.input_type, pb_modules)
             path = f"/{service.full_name}/{m.name}".encode()
             self.methods[path] = Method.of(
                 path, request_class, m.client_streaming, m.server_streaming, handler
@@ -115,6 +115,15 @@ class RpcServer:
         self._servers.append(server)
         return server
 
+    def bound_port(self) -> int:
+        """The TCP port of the first TCP listener (tests listen on port 0); 0 if none."""
+        for server in self._servers:
+            for sock in server.sockets:
+                addr = sock.getsockname()
+                if isinstance(addr, tuple):
+                    return addr[1]
+        return 0
+
     async def close(self, grace: float = 1.0) -> None:
         for s in self._servers:
             s.close()
@@ -128,7 +137,8 @@ class RpcServer:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _message_class(desc: _descriptor.Descriptor, pb_modules) -> type:
+def message_class(desc: _descriptor.Descriptor, pb_modules) -> type:
+    """The generated class of a request message (from `pb_modules`, else protobuf's factory)."""
     for mod in pb_modules:
         cls = getattr(mod, desc.name, None)
         if cls is not None and cls.DESCRIPTOR.full_name == desc.full_name:
