@@ -83,15 +83,16 @@ class _Deletes:
 
 
 def _check_intervals(ops) -> tuple[set[bytes], _Deletes]:
+    kinds = [op.WhichOneof("request") for op in ops]
     dels = _Deletes()
-    for op in ops:
-        if op.WhichOneof("request") == "request_delete_range":
+    for op, kind in zip(ops, kinds, strict=True):
+        if kind == "request_delete_range":
             d = op.request_delete_range
             dels.add(d.key, d.range_end)
 
     puts: set[bytes] = set()
-    for op in ops:
-        if op.WhichOneof("request") != "request_txn":
+    for op, kind in zip(ops, kinds, strict=True):
+        if kind != "request_txn":
             continue
         puts_then, dels_then = _check_intervals(op.request_txn.success)
         puts_else, dels_else = _check_intervals(op.request_txn.failure)
@@ -106,8 +107,8 @@ def _check_intervals(ops) -> tuple[set[bytes], _Deletes]:
         dels.union(dels_then)
         dels.union(dels_else)
 
-    for op in ops:
-        if op.WhichOneof("request") != "request_put":
+    for op, kind in zip(ops, kinds, strict=True):
+        if kind != "request_put":
             continue
         k = op.request_put.key
         if k in puts or dels.hits(k):

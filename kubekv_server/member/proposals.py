@@ -131,7 +131,7 @@ class Proposer:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, node: RaftNode, member_id: int,
                  max_request_bytes: int, quota_bytes: int, db_size: Callable[[], int],
-                 header: Callable[[pb.ResponseHeader], None]) -> None:
+                 header: Callable[[pb.ResponseHeader, int | None, int], None]) -> None:
         self.loop = loop
         self.node = node
         self.member_id = member_id
@@ -148,10 +148,11 @@ class Proposer:
         the proposers' futures resolve (one pass per batch, no callback per request).
         Outcomes without a header (errors, member lists) are left alone."""
         header = self.header
+        term = self.node.term  # one batch, one term: read once
         for _rid, outcome in batch.results:
             h = getattr(outcome, "header", None)
             if h is not None and not isinstance(outcome, BaseException):
-                header(h)
+                header(h, None, term)
 
     def refresh_db_size(self) -> None:
         self.db_size = self._size_of_db()
