@@ -761,10 +761,7 @@ class ServerConnection:
             return
         self.send_window -= n
         stream.send_window -= n
-        frame = f.frame
-        self._out.append(frame(f.HEADERS, f.END_HEADERS, sid, block)
-                         + frame(f.DATA, 0, sid, data)
-                         + frame(f.HEADERS, _HEADERS_END_STREAM, sid, trailers))
+        self._out.append(f.response_frames(sid, block, data, trailers))
         self._local_closed(stream)
 
     def send_data(self, sid: int, data: bytes) -> None:
