@@ -92,19 +92,21 @@ def is_read_only(r: pb.TxnRequest) -> bool:
 # ---------------------------------------------------------- pre-write checks
 
 
-def _check_ops(txn, r: pb.TxnRequest, path: list[bool], check) -> int:
-    """Apply `check(op, kind)` to every op on the taken branches (kind: its oneof field);
-    returns nested txns consumed."""
+def _check_ops(txn, r: pb.TxnRequest, path: list[bool], lease_exists: LeaseExists,
+               ranges: list[pb.RangeRequest]) -> int:
+    """Check every put on the taken branches, in order, and gather their ranges into
+    `ranges`; returns nested txns consumed."""
     count = 0
-    ops = r.success if path[0] else r.failure
-    for op in ops:
+    for op in r.success if path[0] else r.failure:
         kind = op.WhichOneof("request")
-        if kind == "request_txn":
-            used = _check_ops(txn, op.request_txn, path[1:], check)
+        if kind == "request_put":
+            _check_put(txn, op.request_put, lease_exists)
+        elif kind == "request_range":
+            ranges.append(op.request_range)
+        elif kind == "request_txn":
+            used = _check_ops(txn, op.request_txn, path[1:], lease_exists, ranges)
             count += used + 1
             path = path[used + 1 :]
-            continue
-        check(op, kind)
     return count
 
 
@@ -205,20 +207,13 @@ def _apply_txn_ops(
 
 
 def check_txn(txn, r: pb.TxnRequest, path: list[bool], lease_exists: LeaseExists) -> None:
-    """Refuse, before any write, what etcd's applier refuses: missing keys, leases, revisions."""
-    if not is_read_only(r):
-
-        def check_put(op: pb.RequestOp, kind: str | None) -> None:
-            if kind == "request_put":
-                _check_put(txn, op.request_put, lease_exists)
-
-        _check_ops(txn, r, path, check_put)
-
-    def check_range(op: pb.RequestOp, kind: str | None) -> None:
-        if kind == "request_range":
-            _check_range_revision(txn, op.request_range)
-
-    _check_ops(txn, r, path, check_range)
+    """Refuse, before any write, what etcd's applier refuses: missing keys and leases
+    (every put on the taken branches first, in order), then revisions (every range).
+    One walk of the branches checks the puts and gathers the ranges."""
+    ranges: list[pb.RangeRequest] = []
+    _check_ops(txn, r, path, lease_exists, ranges)
+    for rr in ranges:
+        _check_range_revision(txn, rr)
 
 
 def apply_txn(txn, r: pb.TxnRequest, lease_exists: LeaseExists) -> pb.TxnResponse:
