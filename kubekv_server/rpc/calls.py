@@ -187,9 +187,6 @@ class Call:
         if not self.finished:
             self._fail_now(*self._refusal)
 
-    def _header(self, name: bytes) -> bytes | None:
-        return self.fields.get(name)
-
     def data_received(self, payload: bytes) -> None:
         if not self._reading or self.finished:
             return  # a unary call's extra messages (grpc-go never reads them), or refused
