@@ -110,8 +110,7 @@ class Call:
 
     __slots__ = (
         "conn", "stream_id", "headers", "fields", "counted", "finished", "callbacks", "method",
-        "_reader",
-        "_message", "_held", "_requests", "_headers_sent", "_task", "_writable",
+        "_reader", "_message", "_held", "_requests", "_headers_sent", "_task", "_writable",
         "_ended_requests", "_compress", "_refusal", "_encoding", "_reading", "_started",
     )
 
