@@ -6,7 +6,10 @@ machine. The number of Python function calls (and calls into C) the server makes
 per Put, one Put in flight at a time, is the same run after run (each Put is its
 own Raft batch), so it shows a cut of Python work that CPU time cannot resolve.
 
-    PYTHONPATH=$PWD python3 bench/put_calls.py [--puts 1000] [--top 40]
+    PYTHONPATH=$PWD python3 bench/put_calls.py [--puts 1000] [--top 40] [--op txn]
+
+`--op txn` counts kube-style update Txns instead (If mod_revision(key) == last seen,
+Then Put, Else Get: `bench/kube_txn.py`), each compare holding.
 
 The server runs in a child process under a profile hook (sys.setprofile and
 threading.setprofile) that counts call events per function in every thread;
@@ -83,10 +86,13 @@ def main() -> None:
     p.add_argument("--puts", type=int, default=1000, help="Puts measured, one in flight")
     p.add_argument("--idle", type=float, default=3.0, help="idle seconds measured (ticks)")
     p.add_argument("--top", type=int, default=40, help="functions listed (0: none)")
+    p.add_argument("--op", choices=("put", "txn"), default="put",
+                   help="put: PutRequest; txn: kube-style update Txn (bench/kube_txn.py)")
     args = p.parse_args()
 
     import grpc
 
+    from bench.kube_txn import revision_after, update_request
     from etcdproto.etcdserverpb import rpc_pb2 as pb
     from etcdproto.etcdserverpb import rpc_pb2_grpc
     from kubekv.embed import Member
@@ -107,8 +113,19 @@ def main() -> None:
     try:
         kv = rpc_pb2_grpc.KVStub(grpc.insecure_channel(member.endpoint))
         value = b"v" * 256
+        revisions: dict[bytes, int] = {}  # --op txn: each key's mod_revision, last seen
+
+        def write(key: bytes) -> None:
+            if args.op == "put":
+                kv.Put(pb.PutRequest(key=key, value=value))
+                return
+            resp = kv.Txn(update_request(key, value, revisions.get(key, 0)))
+            if not resp.succeeded:
+                raise RuntimeError(f"compare failed on {key!r}")
+            revisions[key] = revision_after(resp)
+
         for i in range(300):  # warm up: imports, caches, the key space
-            kv.Put(pb.PutRequest(key=b"k%05d" % i, value=value))
+            write(b"k%05d" % i)
         a = _counts(member.pid, out)
         t0 = time.monotonic()
         time.sleep(args.idle)
@@ -117,7 +134,7 @@ def main() -> None:
         a = _counts(member.pid, out)
         t0 = time.monotonic()
         for i in range(args.puts):
-            kv.Put(pb.PutRequest(key=b"k%05d" % (i % 10000), value=value))
+            write(b"k%05d" % (i % (10000 if args.op == "put" else 300)))
         busy_s = time.monotonic() - t0
         d = _counts(member.pid, out) - a
     finally:
@@ -128,12 +145,14 @@ def main() -> None:
 
     py = sum(per_put(k) for k in d if k[0] != "<C>")
     c = sum(per_put(k) for k in d if k[0] == "<C>")
-    print(f"per Put, 1 in flight ({args.puts} Puts): {py:.0f} Python calls, {c:.0f} calls into C")
+    what = "Put" if args.op == "put" else "Txn"
+    print(f"per {what}, 1 in flight ({args.puts} {what}s): {py:.0f} Python calls, "
+          f"{c:.0f} calls into C")
     areas: collections.Counter = collections.Counter()
     for key in d:
         if key[0] != "<C>":
             areas[_area(key[0])] += per_put(key)
-    print("Python calls per Put by package:")
+    print(f"Python calls per {what} by package:")
     for area, n in areas.most_common():
         print(f"{n:7.1f}  {area}")
     if args.top:

@@ -83,18 +83,27 @@ class _Deletes:
 
 
 def _check_intervals(ops) -> tuple[set[bytes], _Deletes]:
+    """etcd's checkIntervals for one branch: DUPLICATE_KEY if two ops write one key;
+    the keys it puts and the intervals it deletes. Deletes are gathered first, then
+    nested txns are checked, then this branch's puts, as etcd does; the ops are read
+    in one pass (each read of a repeated message field makes its wrappers again)."""
     dels = _Deletes()
+    nested: list[pb.TxnRequest] = []
+    put_keys: list[bytes] = []
     for op in ops:
-        if op.WhichOneof("request") == "request_delete_range":
+        kind = op.WhichOneof("request")
+        if kind == "request_put":
+            put_keys.append(op.request_put.key)
+        elif kind == "request_delete_range":
             d = op.request_delete_range
             dels.add(d.key, d.range_end)
+        elif kind == "request_txn":
+            nested.append(op.request_txn)
 
     puts: set[bytes] = set()
-    for op in ops:
-        if op.WhichOneof("request") != "request_txn":
-            continue
-        puts_then, dels_then = _check_intervals(op.request_txn.success)
-        puts_else, dels_else = _check_intervals(op.request_txn.failure)
+    for txn in nested:
+        puts_then, dels_then = _check_intervals(txn.success)
+        puts_else, dels_else = _check_intervals(txn.failure)
         for k in puts_then:
             if k in puts or dels.hits(k):
                 raise errors.DUPLICATE_KEY
@@ -106,10 +115,7 @@ def _check_intervals(ops) -> tuple[set[bytes], _Deletes]:
         dels.union(dels_then)
         dels.union(dels_else)
 
-    for op in ops:
-        if op.WhichOneof("request") != "request_put":
-            continue
-        k = op.request_put.key
+    for k in put_keys:
         if k in puts or dels.hits(k):
             raise errors.DUPLICATE_KEY
         puts.add(k)

@@ -26,13 +26,7 @@ class AlarmState:
     def load(self, txn: lmdb.Transaction) -> None:
         """Re-read the alarms as `txn` sees them (the applier's own txn after an alarm)."""
         self.raised = {(a.memberID, a.alarm) for a in list_alarms(txn, self.backend.meta)}
-
-    @property
-    def nospace(self) -> bool:
-        """Whether a NOSPACE alarm is raised (etcd's capped applier is in place)."""
-        return any(alarm == pb.NOSPACE for _, alarm in self.raised)
-
-    @property
-    def corrupt(self) -> bool:
-        """Whether a CORRUPT alarm is raised (etcd's corrupt applier is in place)."""
-        return any(alarm == pb.CORRUPT for _, alarm in self.raised)
+        # asked by the layers for every request, so answered here once per change:
+        # whether NOSPACE is raised (etcd's capped applier is in place), and CORRUPT
+        self.nospace = any(alarm == pb.NOSPACE for _, alarm in self.raised)
+        self.corrupt = any(alarm == pb.CORRUPT for _, alarm in self.raised)

@@ -93,11 +93,16 @@ class Handlers:
     def _write(self, step: Step, op: Callable) -> Outcome:
         """Run one KV write request as one MVCC write txn: (response, its events)."""
         w = self.mvcc.write(step.txn)
-        resp = op(w)
+        return self._ended(step, w, op(w))
+
+    def _ended(self, step: Step, w, resp) -> Outcome:
+        """End a KV write request's MVCC write txn `w`: (its response, its events)."""
         w.end()
-        self._track(step.txn, w.changes)
+        changes = w.changes
+        if changes and self.leases is not None:  # _track, inline
+            self.leases.track(step.txn, changes)
         step.event_bytes = w.changes_bytes
-        return resp, w.changes
+        return resp, changes
 
     def _track(self, txn: lmdb.Transaction, changes: list) -> None:
         """Attach and detach keys to and from their leases, as the changes say."""
@@ -112,13 +117,17 @@ class Handlers:
         return lambda lease_id: leases.exists(step.txn, lease_id)
 
     def put(self, step: Step) -> Outcome:
-        return self._write(step, lambda w: apply_put(w, step.req.put, self._lease_exists(step)))
+        w = self.mvcc.write(step.txn)
+        resp = apply_put(w, step.req.put, self._lease_exists(step))
+        return self._ended(step, w, resp)
 
     def delete_range(self, step: Step) -> Outcome:
         return self._write(step, lambda w: apply_delete_range(w, step.req.delete_range))
 
     def txn(self, step: Step) -> Outcome:
-        return self._write(step, lambda w: apply_txn(w, step.req.txn, self._lease_exists(step)))
+        w = self.mvcc.write(step.txn)
+        resp = apply_txn(w, step.req.txn, self._lease_exists(step))
+        return self._ended(step, w, resp)
 
     def compaction(self, step: Step) -> Outcome:
         """The logical compaction; the physical one is the compactor's, after commit."""

@@ -42,7 +42,7 @@ class CorruptLayer:
         self.alarms = alarms
 
     def apply(self, step: Step) -> Outcome:
-        if step.kind in CORRUPT_REFUSED and self.alarms.corrupt:
+        if self.alarms.corrupt and step.kind in CORRUPT_REFUSED:
             raise errors.CORRUPT
         return self.inner.apply(step)
 

@@ -62,8 +62,13 @@ def _compare(txn, c: pb.Compare) -> bool:
 
 def compare_path(txn, r: pb.TxnRequest) -> list[bool]:
     """Evaluate compares of a txn and of the nested txns on its taken branch, depth first."""
-    path = [all(_compare(txn, c) for c in r.compare)]
-    for op in r.success if path[0] else r.failure:
+    succeeded = True
+    for c in r.compare:
+        if not _compare(txn, c):
+            succeeded = False
+            break
+    path = [succeeded]
+    for op in r.success if succeeded else r.failure:
         if op.WhichOneof("request") == "request_txn":
             path.extend(compare_path(txn, op.request_txn))
     return path
@@ -75,23 +80,33 @@ def is_read_only(r: pb.TxnRequest) -> bool:
     As etcd's isTxnReadonly, a nested txn makes a txn a write even if it only
     reads: it is proposed, so --max-request-bytes applies to it.
     """
-    return all(op.WhichOneof("request") == "request_range" for op in (*r.success, *r.failure))
+    for op in r.success:
+        if op.WhichOneof("request") != "request_range":
+            return False
+    for op in r.failure:
+        if op.WhichOneof("request") != "request_range":
+            return False
+    return True
 
 
 # ---------------------------------------------------------- pre-write checks
 
 
-def _check_ops(txn, r: pb.TxnRequest, path: list[bool], check) -> int:
-    """Apply `check` to every op on the taken branches; returns nested txns consumed."""
+def _check_ops(txn, r: pb.TxnRequest, path: list[bool], lease_exists: LeaseExists,
+               ranges: list[pb.RangeRequest]) -> int:
+    """Check every put on the taken branches, in order, and gather their ranges into
+    `ranges`; returns nested txns consumed."""
     count = 0
-    ops = r.success if path[0] else r.failure
-    for op in ops:
-        if op.WhichOneof("request") == "request_txn":
-            used = _check_ops(txn, op.request_txn, path[1:], check)
+    for op in r.success if path[0] else r.failure:
+        kind = op.WhichOneof("request")
+        if kind == "request_put":
+            _check_put(txn, op.request_put, lease_exists)
+        elif kind == "request_range":
+            ranges.append(op.request_range)
+        elif kind == "request_txn":
+            used = _check_ops(txn, op.request_txn, path[1:], lease_exists, ranges)
             count += used + 1
             path = path[used + 1 :]
-            continue
-        check(op)
     return count
 
 
@@ -115,8 +130,10 @@ def _check_range_revision(txn, rr: pb.RangeRequest) -> None:
 # --------------------------------------------------------------- execution
 
 
-def apply_put(txn, p: pb.PutRequest, lease_exists: LeaseExists, checked: bool = False):
-    """Put into an open write txn; returns the PutResponse (header.revision set)."""
+def apply_put(txn, p: pb.PutRequest, lease_exists: LeaseExists, checked: bool = False,
+              resp: pb.PutResponse | None = None):
+    """Put into an open write txn; returns the PutResponse (header.revision set): `resp`
+    filled in place when given (a Txn's own response_put), else a new one."""
     value, lease = p.value, p.lease
     prev = None
     if p.ignore_value or p.ignore_lease or p.prev_kv:
@@ -131,7 +148,8 @@ def apply_put(txn, p: pb.PutRequest, lease_exists: LeaseExists, checked: bool = 
         value = prev.value
     if p.ignore_lease:
         lease = prev.lease
-    resp = pb.PutResponse()
+    if resp is None:
+        resp = pb.PutResponse()
     if p.prev_kv and prev is not None:
         resp.prev_kv.CopyFrom(prev)
     txn.put(p.key, value, lease)
@@ -150,12 +168,13 @@ def apply_delete_range(txn, d: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
     return resp
 
 
-def _new_txn_response(r: pb.TxnRequest, path: list[bool], resp: pb.TxnResponse) -> None:
+def _new_txn_response(kinds: list[str | None], succeeded: bool, resp: pb.TxnResponse) -> None:
+    """The taken branch's responses, empty, one per op of `kinds` (their oneof fields)."""
     resp.header.SetInParent()  # etcd sends nested txns an empty header, not none
-    resp.succeeded = path[0]
-    for op in r.success if path[0] else r.failure:
-        kind = op.WhichOneof("request")
-        out = resp.responses.add()
+    resp.succeeded = succeeded
+    add = resp.responses.add
+    for kind in kinds:
+        out = add()
         if kind == "request_range":
             out.response_range.SetInParent()
         elif kind == "request_put":
@@ -169,15 +188,15 @@ def _new_txn_response(r: pb.TxnRequest, path: list[bool], resp: pb.TxnResponse) 
 def _apply_txn_ops(
     txn, r: pb.TxnRequest, path: list[bool], resp: pb.TxnResponse, lease_exists: LeaseExists
 ) -> int:
-    _new_txn_response(r, path, resp)
-    used_total = 0
     ops = r.success if path[0] else r.failure
-    for op, out in zip(ops, resp.responses, strict=True):
-        kind = op.WhichOneof("request")
+    kinds = [op.WhichOneof("request") for op in ops]
+    _new_txn_response(kinds, path[0], resp)
+    used_total = 0
+    for op, kind, out in zip(ops, kinds, resp.responses, strict=True):
         if kind == "request_range":
             out.response_range.CopyFrom(execute_range(txn, op.request_range))
         elif kind == "request_put":
-            out.response_put.CopyFrom(apply_put(txn, op.request_put, lease_exists, checked=True))
+            apply_put(txn, op.request_put, lease_exists, checked=True, resp=out.response_put)
         elif kind == "request_delete_range":
             out.response_delete_range.CopyFrom(apply_delete_range(txn, op.request_delete_range))
         elif kind == "request_txn":
@@ -188,20 +207,13 @@ def _apply_txn_ops(
 
 
 def check_txn(txn, r: pb.TxnRequest, path: list[bool], lease_exists: LeaseExists) -> None:
-    """Refuse, before any write, what etcd's applier refuses: missing keys, leases, revisions."""
-    if not is_read_only(r):
-
-        def check_put(op: pb.RequestOp) -> None:
-            if op.WhichOneof("request") == "request_put":
-                _check_put(txn, op.request_put, lease_exists)
-
-        _check_ops(txn, r, path, check_put)
-
-    def check_range(op: pb.RequestOp) -> None:
-        if op.WhichOneof("request") == "request_range":
-            _check_range_revision(txn, op.request_range)
-
-    _check_ops(txn, r, path, check_range)
+    """Refuse, before any write, what etcd's applier refuses: missing keys and leases
+    (every put on the taken branches first, in order), then revisions (every range).
+    One walk of the branches checks the puts and gathers the ranges."""
+    ranges: list[pb.RangeRequest] = []
+    _check_ops(txn, r, path, lease_exists, ranges)
+    for rr in ranges:
+        _check_range_revision(txn, rr)
 
 
 def apply_txn(txn, r: pb.TxnRequest, lease_exists: LeaseExists) -> pb.TxnResponse:

@@ -27,13 +27,36 @@ REQUEST_TIMEOUT = 7.0
 DEFAULT_QUOTA_BYTES = 2 << 30
 
 
-def _varint(n: int) -> bytes:
+def _varint_loop(n: int) -> bytes:
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+# The varint of the last `n >> 28` seen: request ids (`RaftNode.next_id`) share their
+# high bits, so a proposal's 9-byte id is four computed bytes and this tail.
+_last_high: tuple[int, bytes] = (0, b"")
+
+
+def _varint(n: int) -> bytes:
+    """Protobuf's varint of a non-negative int."""
+    global _last_high
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    high = n >> 28
+    if not high:
+        return _varint_loop(n)
+    known, tail = _last_high
+    if known != high:
+        tail = _varint_loop(high)
+        _last_high = (high, tail)
+    return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80,
+                  ((n >> 21) & 0x7F) | 0x80)) + tail
 
 
 # The tag of each InternalRequest.request field (length-delimited), by field name.
@@ -131,7 +154,7 @@ class Proposer:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, node: RaftNode, member_id: int,
                  max_request_bytes: int, quota_bytes: int, db_size: Callable[[], int],
-                 header: Callable[[pb.ResponseHeader], None]) -> None:
+                 header: Callable[[pb.ResponseHeader, int | None, int], None]) -> None:
         self.loop = loop
         self.node = node
         self.member_id = member_id
@@ -148,10 +171,11 @@ class Proposer:
         the proposers' futures resolve (one pass per batch, no callback per request).
         Outcomes without a header (errors, member lists) are left alone."""
         header = self.header
+        term = self.node.term  # one batch, one term: read once
         for _rid, outcome in batch.results:
             h = getattr(outcome, "header", None)
             if h is not None and not isinstance(outcome, BaseException):
-                header(h)
+                header(h, None, term)
 
     def refresh_db_size(self) -> None:
         self.db_size = self._size_of_db()
@@ -187,10 +211,8 @@ class Proposer:
                        timeout: float = REQUEST_TIMEOUT) -> asyncio.Future:
         """Loop thread: log a request; the future resolves to its response, header filled
         (by `_fill_headers`), or fails with etcd's TIMEOUT after `timeout` seconds."""
-        if cost:
-            refused = self._quota_exceeded(cost)
-            if refused is not None:
-                return refused
+        if cost and self.db_size + cost >= self.quota_bytes:  # _quota_exceeded's test
+            return self._quota_exceeded(cost)
         rid, data = self._encode(field, request)
         fut = self.node.propose(rid, data)
         self._deadlines.add(fut, timeout)

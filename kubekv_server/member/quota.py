@@ -15,9 +15,15 @@ def put_cost(r: pb.PutRequest) -> int:
 
 def txn_cost(r: pb.TxnRequest) -> int:
     """The costlier branch's puts (top level only, as etcd counts)."""
-    success = sum(put_cost(op.request_put) for op in r.success if op.HasField("request_put"))
-    failure = sum(put_cost(op.request_put) for op in r.failure if op.HasField("request_put"))
-    return max(success, failure)
+    costs = []
+    for ops in (r.success, r.failure):
+        cost = 0
+        for op in ops:
+            if op.HasField("request_put"):
+                p = op.request_put
+                cost += KV_OVERHEAD + len(p.key) + len(p.value)  # put_cost(p), inline
+        costs.append(cost)
+    return max(costs)
 
 
 def has_put(r: pb.TxnRequest) -> bool:

@@ -195,13 +195,21 @@ class MemberMetrics:
         if self._task is not None:
             self._task.cancel()
 
+    # started() and handled() are called by the RPC server's calls, on the event loop
+    # only (as their received/sent byte counts): the one writer of these two counters'
+    # values adds to them directly, without Counter.inc's lock; a scrape reads them.
+
     def started(self, method) -> None:
-        self.grpc_started.inc(*method.labels)
+        values = self.grpc_started.values
+        labels = method.labels
+        values[labels] = values.get(labels, 0.0) + 1.0
 
     def handled(self, method, code: int, started: float = 0.0) -> None:
         """A call ended with `code`; `started`: its perf_counter at start (0: not timed)."""
         name = GRPC_CODES[code] if 0 <= code < len(GRPC_CODES) else "Unknown"
-        self.grpc_handled.inc(name, *method.labels)
+        values = self.grpc_handled.values
+        key = (name, *method.labels)
+        values[key] = values.get(key, 0.0) + 1.0
         if started and self.grpc_handling is not None:
             self.grpc_handling.observe(time.perf_counter() - started, *method.labels)
 

@@ -219,7 +219,8 @@ class Http2Connection(asyncio.Protocol):
                 call.end_of_requests()
             self._account(call, len(data))
         elif kind is http2.RequestReceived:
-            self._start_call(event.stream_id, event.headers, event.end_stream)
+            self._start_call(event.stream_id, event.headers, event.end_stream, event.first,
+                             event.last)
         elif kind is http2.StreamReset:
             call = self.calls.get(event.stream_id)
             if call is not None:
@@ -259,14 +260,11 @@ class Http2Connection(asyncio.Protocol):
             self._account(call, 0)
             self._schedule_flush()
 
-    def _start_call(self, sid: int, headers, end_stream: bool) -> None:
-        path = b""
-        content_type = b""
-        for k, v in headers:
-            if k == b":path":
-                path = v
-            elif k == b"content-type":
-                content_type = v
+    def _start_call(self, sid: int, headers, end_stream: bool, first: dict,
+                    last: dict) -> None:
+        """`first` and `last`: each header's first and last value (`header_lookups`)."""
+        path = last.get(b":path", b"")
+        content_type = last.get(b"content-type", b"")
         server = self.server
         if not content_type.startswith(b"application/grpc") and server.http_handler is not None:
             request = PlainRequest(self, sid, headers)
@@ -274,7 +272,7 @@ class Http2Connection(asyncio.Protocol):
             if end_stream:
                 request.end_of_requests()
             return
-        call = Call(self, sid, headers)
+        call = Call(self, sid, headers, first)
         method: Method | None = server.methods.get(path)
         if method is None:
             self.calls[sid] = call  # kept: its DATA and END_STREAM must reach it

@@ -56,11 +56,9 @@ class RpcContext:
         ]
 
     def metadata_value(self, key: str) -> str | None:
-        kb = key.encode()
-        for k, v in self._call.headers:
-            if k == kb:
-                return v.decode("latin-1")
-        return None
+        """The first value of request header `key` (None: not sent)."""
+        v = self._call.fields.get(key.encode())
+        return None if v is None else v.decode("latin-1")
 
     def peer(self) -> str:
         host, port = (self._call.conn.peername or ("", 0))[:2]

@@ -59,13 +59,26 @@ MAX_WINDOW = 2**31 - 1
 
 _U32 = struct.Struct(">I")
 _SETTING = struct.Struct(">HI")
+# A frame's 9-byte head in one pack: the 24-bit length as its high 16 bits and its low
+# 8, type, flags, stream id.
+_HEAD = struct.Struct(">HBBBI")
 
 
 def frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     """One frame: 24-bit length, type, flags, 31-bit stream id, payload."""
     n = len(payload)
-    head = bytes((n >> 16, (n >> 8) & 0xFF, n & 0xFF, ftype, flags))
-    return head + _U32.pack(stream_id) + payload
+    return _HEAD.pack(n >> 8, n & 0xFF, ftype, flags, stream_id) + payload
+
+
+def response_frames(stream_id: int, block: bytes, data: bytes, trailers: bytes) -> bytes:
+    """A whole unary answer, each part in one frame: HEADERS, DATA, HEADERS with
+    END_STREAM (the caller checked that each fits the peer's max frame size)."""
+    head = _HEAD.pack
+    n, b, t = len(data), len(block), len(trailers)
+    return b"".join((head(b >> 8, b & 0xFF, HEADERS, END_HEADERS, stream_id), block,
+                     head(n >> 8, n & 0xFF, DATA, 0, stream_id), data,
+                     head(t >> 8, t & 0xFF, HEADERS, END_HEADERS | END_STREAM, stream_id),
+                     trailers))
 
 
 def settings(values: dict[int, int]) -> bytes:

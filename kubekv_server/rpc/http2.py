@@ -37,6 +37,10 @@ _U32 = struct.Struct(">I")
 _SETTING = struct.Struct(">HI")
 _WINDOW_MAX = f.MAX_WINDOW
 _HEADERS_END_STREAM = f.END_HEADERS | f.END_STREAM
+# frame types and limits the parse loop compares every frame with, as module globals
+_DATA, _HEADERS, _CONTINUATION, _WINDOW_UPDATE = f.DATA, f.HEADERS, f.CONTINUATION, \
+    f.WINDOW_UPDATE
+_MAX_FRAME_SIZE = limits.MAX_FRAME_SIZE
 
 # Connection-specific header fields a request must not carry (RFC 9113 §8.2.2).
 _CONNECTION_FIELDS = frozenset(
@@ -50,14 +54,23 @@ _NAME_OK = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
 
 
 class RequestReceived:
-    """A new stream's request headers (validated; decoded field pairs, bytes)."""
+    """A new stream's request headers (validated; decoded field pairs, bytes), and two
+    lookups by name made with them: `first` (each name's first value) and `last` (its
+    last value)."""
 
-    __slots__ = ("stream_id", "headers", "end_stream")
+    __slots__ = ("stream_id", "headers", "end_stream", "first", "last")
 
-    def __init__(self, stream_id: int, headers: list, end_stream: bool) -> None:
+    def __init__(self, stream_id: int, headers: list, end_stream: bool,
+                 lookups: tuple[dict, dict] | None = None) -> None:
         self.stream_id = stream_id
         self.headers = headers
         self.end_stream = end_stream
+        self.first, self.last = header_lookups(headers) if lookups is None else lookups
+
+
+def header_lookups(headers) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
+    """({name: its first value}, {name: its last value}) of a header list."""
+    return dict(reversed(headers)), dict(headers)
 
 
 class DataReceived:
@@ -200,8 +213,9 @@ class ServerConnection:
         self._blocked: collections.OrderedDict[int, Stream] = collections.OrderedDict()
         self._decoder = hpack.Decoder(max_header_list_size=limits.MAX_HEADER_LIST_SIZE)
         # all-indexed header blocks seen since the dynamic table last changed, with their
-        # decoded, validated request: (headers, content-length or -1), or None if malformed
-        self._indexed_blocks: dict[bytes, tuple[list, int] | None] = {}
+        # decoded, validated request: (headers, content-length or -1, header_lookups), or
+        # None if malformed
+        self._indexed_blocks: dict[bytes, tuple[list, int, tuple] | None] = {}
         self._decoder.max_allowed_table_size = f.DEFAULT_HEADER_TABLE_SIZE
         self._out: list[bytes] = []
 
@@ -274,7 +288,7 @@ class ServerConnection:
         try:
             while n - pos >= 9 and frames < max_frames and header_budget > 0:
                 length = (buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2]
-                if length > limits.MAX_FRAME_SIZE:
+                if length > _MAX_FRAME_SIZE:
                     raise _ConnectionError(f.FRAME_SIZE_ERROR, "frame larger than max frame size")
                 end = pos + 9 + length
                 if end > n:
@@ -289,19 +303,19 @@ class ServerConnection:
                     if ftype != f.SETTINGS or flags & f.ACK:
                         raise _ConnectionError(f.PROTOCOL_ERROR, "first frame is not SETTINGS")
                     self._settings_seen = True
-                if self._header_block is not None and ftype != f.CONTINUATION:
+                if self._header_block is not None and ftype != _CONTINUATION:
                     raise _ConnectionError(f.PROTOCOL_ERROR, "expected CONTINUATION")
                 try:
-                    if ftype == f.DATA:
+                    if ftype == _DATA:
                         self._on_data(sid, flags, payload, length, events)
-                    elif ftype == f.HEADERS:
+                    elif ftype == _HEADERS:
                         header_budget -= length
                         self._on_headers(sid, flags, payload, events)
-                    elif ftype == f.CONTINUATION:
+                    elif ftype == _WINDOW_UPDATE:
+                        self._on_window_update(sid, payload, events)
+                    elif ftype == _CONTINUATION:
                         header_budget -= length
                         self._on_continuation(sid, flags, payload, events)
-                    elif ftype == f.WINDOW_UPDATE:
-                        self._on_window_update(sid, payload, events)
                     elif ftype == f.RST_STREAM:
                         self._on_rst_stream(sid, payload, events)
                     elif ftype == f.SETTINGS:
@@ -359,9 +373,9 @@ class ServerConnection:
     def _on_data(self, sid: int, flags: int, payload: bytes, length: int, events: list) -> None:
         if sid == 0:
             raise _ConnectionError(f.PROTOCOL_ERROR, "DATA on stream 0")
-        if self._idle(sid):
+        if sid > self.last_stream_id:
             raise _ConnectionError(f.PROTOCOL_ERROR, "DATA on an idle stream")
-        data = self._unpad(flags, payload)
+        data = self._unpad(flags, payload) if flags & f.PADDED else payload
         # the whole frame counts against both windows, padding included (§6.9.1)
         self.recv_window -= length
         if self.recv_window < 0:
@@ -399,7 +413,7 @@ class ServerConnection:
     def _on_headers(self, sid: int, flags: int, payload: bytes, events: list) -> None:
         if sid == 0:
             raise _ConnectionError(f.PROTOCOL_ERROR, "HEADERS on stream 0")
-        block = self._unpad(flags, payload)
+        block = self._unpad(flags, payload) if flags & f.PADDED else payload
         if flags & f.PRIORITY_FLAG:
             if len(block) < 5:
                 raise _ConnectionError(f.FRAME_SIZE_ERROR, "HEADERS priority too short")
@@ -432,11 +446,11 @@ class ServerConnection:
             self._header_block = None
             self._header_block_complete(sid, self._header_flags, bytes(block), events)
 
-    def _decode_request(self, block: bytes) -> tuple[list, int] | None:
-        """Decode and validate a new stream's header block: (headers, content-length or -1),
-        or None if the request is malformed. A client's repeated calls mostly send the
-        same block of one-byte table references, which cannot change the dynamic table:
-        its result is kept until the table changes."""
+    def _decode_request(self, block: bytes) -> tuple[list, int, tuple] | None:
+        """Decode and validate a new stream's header block: (headers, content-length or -1,
+        their `header_lookups`), or None if the request is malformed. A client's repeated
+        calls mostly send the same block of one-byte table references, which cannot change
+        the dynamic table: its result is kept until the table changes."""
         known = self._indexed_blocks.get(block, False)
         if known is not False:
             return known
@@ -444,7 +458,8 @@ class ServerConnection:
             b & 0x80 and b != 0xFF and b != 0x80 for b in block)
         headers = self._decode(block, indexed)
         stream = Stream(0, 0, 0)
-        result = (headers, stream.content_length) if _valid_request(headers, stream) else None
+        result = (headers, stream.content_length, header_lookups(headers)) \
+            if _valid_request(headers, stream) else None
         if indexed:
             if len(self._indexed_blocks) >= limits.MAX_REMEMBERED_HEADER_BLOCKS:
                 self._indexed_blocks.clear()
@@ -509,7 +524,7 @@ class ServerConnection:
         if flags & 0x100 or request is None:
             self._reset_new(sid, f.PROTOCOL_ERROR)  # malformed (§8.1.1)
             return
-        headers, stream.content_length = request
+        headers, stream.content_length, lookups = request
         self.streams[sid] = stream
         if end:
             stream.remote_open = False
@@ -517,7 +532,7 @@ class ServerConnection:
                 self.streams.pop(sid)
                 self._reset_new(sid, f.PROTOCOL_ERROR)
                 return
-        events.append(RequestReceived(sid, headers, end))
+        events.append(RequestReceived(sid, headers, end, lookups))
 
     def _on_window_update(self, sid: int, payload: bytes, events: list) -> None:
         if len(payload) != 4:
@@ -531,7 +546,7 @@ class ServerConnection:
                 raise _ConnectionError(f.FLOW_CONTROL_ERROR, "connection window overflow")
             self._unblock(events)
             return
-        if self._idle(sid):
+        if sid > self.last_stream_id:
             raise _ConnectionError(f.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
         stream = self.streams.get(sid)
         if stream is None:
@@ -746,10 +761,7 @@ class ServerConnection:
             return
         self.send_window -= n
         stream.send_window -= n
-        frame = f.frame
-        self._out.append(frame(f.HEADERS, f.END_HEADERS, sid, block)
-                         + frame(f.DATA, 0, sid, data)
-                         + frame(f.HEADERS, _HEADERS_END_STREAM, sid, trailers))
+        self._out.append(f.response_frames(sid, block, data, trailers))
         self._local_closed(stream)
 
     def send_data(self, sid: int, data: bytes) -> None:

@@ -9,7 +9,7 @@ import pytest
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.kubekvpb import internal_pb2
 from kubekv_server import errors
-from kubekv_server.member.proposals import _Deadlines, encode_internal
+from kubekv_server.member.proposals import _Deadlines, _varint, encode_internal
 
 
 def _by_protobuf(rid: int, field: str, request, caller) -> bytes:
@@ -39,6 +39,15 @@ def test_encoding_is_protobufs(rid, caller):
     for field, request in REQUESTS:
         assert encode_internal(rid, field, request.SerializeToString(), caller) == \
             _by_protobuf(rid, field, request, caller)
+
+
+def test_varint_is_protobufs_across_cached_high_bits():
+    """_varint keeps the last id's high bits: ids crossing a 2^28 boundary, and others
+    between them, still encode as protobuf does."""
+    base = (0x1234 << 48) | ((1 << 28) - 3)
+    values = [base + i for i in range(6)] + [5, 300, 2**28 - 1, 2**28, base, 2**64 - 1, base + 9]
+    for n in values:
+        assert _varint(n) == internal_pb2.InternalRequest(id=n).SerializeToString()[1:], n
 
 
 def test_deadlines_fail_only_what_is_not_done_in_time():

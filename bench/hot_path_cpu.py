@@ -1,0 +1,215 @@
+"""Thread CPU per request of three parts of the write path, in-process, without a server:
+numbers a shared machine's load moves far less than kv_bench.py's CPU per 1k requests.
+
+    PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py rpc [--observer]
+    PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py apply put|txn
+    PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py api
+
+rpc    unary Puts over `Http2Connection` and a fake socket, 64 requests per read from an
+       `h2` client (whose own work is not timed); an inline handler answers at once.
+       `--observer` counts them in grpc_server_{started,handled}_total as the server does.
+apply  `Applier.apply` on batches of 64 Put or kube-style update Txn entries (If
+       mod_revision == last seen, Then Put, Else Get), state db in /dev/shm.
+api    what the loop thread does to a kube Txn (and a Put) before proposing it: the
+       request checks, is_read_only, the quota cost, serialization, the log entry.
+
+Each prints the best of 7 rounds of thread CPU (`time.thread_time`) per request.
+Alternate trees (A, B, A, B...) to compare them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+import timeit
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.kube_txn import update_request  # noqa: E402
+from etcdproto.etcdserverpb import rpc_pb2 as pb  # noqa: E402
+
+VALUE = b"v" * 256
+KEY = b"bench/key/00001"
+ID = (0x1234 << 48) | (1 << 30) | 777
+
+
+def rpc(observer: bool) -> float:
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    from kubekv_server.rpc.calls import Method, inline
+    from kubekv_server.rpc.connection import Http2Connection
+    from kubekv_server.rpc.server import RpcServer
+    from tests.rpc.fake_transport import FakeTransport
+
+    path = b"/etcdserverpb.KV/Put"
+
+    @inline
+    def put(req, ctx):
+        resp = pb.PutResponse()
+        h = resp.header
+        h.revision, h.cluster_id, h.member_id, h.raft_term = 5, 123456789, 987654321, 2
+        return resp
+
+    loop = asyncio.new_event_loop()
+    srv = RpcServer(loop, max_receive_bytes=2 << 20)
+    srv.methods[path] = Method.of(path, pb.PutRequest, False, False, put)
+    if observer:
+        from kubekv_server.metrics.exposition import Counter
+        from kubekv_server.metrics.member_metrics import MemberMetrics
+
+        class Observer:  # MemberMetrics' call counting, without a member behind it
+            timed = False
+            received_bytes = sent_bytes = 0
+            grpc_handling = None
+            grpc_started = Counter("s", "s", ("grpc_method", "grpc_service", "grpc_type"))
+            grpc_handled = Counter("h", "h", ("grpc_code", "grpc_method", "grpc_service",
+                                              "grpc_type"))
+            started = MemberMetrics.started
+            handled = MemberMetrics.handled
+
+        srv.observer = Observer()
+    conn = Http2Connection(srv)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    client = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    body = pb.PutRequest(key=KEY, value=VALUE).SerializeToString()
+    message = b"\x00" + len(body).to_bytes(4, "big") + body
+    headers = [(":method", "POST"), (":scheme", "http"), (":path", path),
+               (":authority", "x"), ("content-type", "application/grpc"),
+               ("te", "trailers"), ("grpc-timeout", "30S"), ("user-agent", "grpc-python")]
+
+    def drain() -> None:
+        for _ in range(1000):
+            loop.run_until_complete(asyncio.sleep(0))
+            if not loop._ready:  # noqa: SLF001 - nothing scheduled: the passes are done
+                return
+
+    def one_read(n: int = 64) -> float:
+        for _ in range(n):
+            sid = client.get_next_available_stream_id()
+            client.send_headers(sid, headers)
+            client.send_data(sid, message, end_stream=True)
+        data = client.data_to_send()
+        t = time.thread_time()
+        conn.data_received(data)
+        drain()
+        spent = time.thread_time() - t
+        for ev in client.receive_data(transport.take()):
+            if isinstance(ev, h2.events.DataReceived):
+                client.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        return spent
+
+    for _ in range(20):
+        one_read()
+    return min(sum(one_read() for _ in range(40)) / (40 * 64) for _ in range(7))
+
+
+def apply(kind: str) -> float:
+    from etcdproto.raftpb import raft_pb2
+    from kubekv_server.apply.applier import Applier
+    from kubekv_server.auth import AuthStore
+    from kubekv_server.auth.tokens import provider_from_flags
+    from kubekv_server.backend.state_db import Backend
+    from kubekv_server.lease import LeaseStore
+    from kubekv_server.member.proposals import encode_internal
+    from kubekv_server.mvcc import MVCCStore
+
+    tmp = tempfile.mkdtemp(dir="/dev/shm" if pathlib.Path("/dev/shm").is_dir() else None)
+    try:
+        backend = Backend(tmp + "/db")
+        auth = AuthStore(backend, provider_from_flags("simple", 300), False,
+                         applied_index=lambda: 0)
+        applier = Applier(backend, MVCCStore(backend.env), LeaseStore(backend, 5), auth=auth)
+        index, rid = applier.applied_index, ID
+        revisions: dict[bytes, int] = {}
+
+        def batch() -> list:
+            nonlocal index, rid
+            entries = []
+            for i in range(64):
+                key = b"bench/key/%05d" % i
+                if kind == "put":
+                    field, req = "put", pb.PutRequest(key=key, value=VALUE)
+                else:
+                    field, req = "txn", update_request(key, VALUE, revisions.get(key, 0))
+                index += 1
+                rid += 1
+                data = encode_internal(rid, field, req.SerializeToString(), ("", 0))
+                entries.append(raft_pb2.Entry(index=index, term=1, data=data,
+                                              type=raft_pb2.EntryNormal))
+            return entries
+
+        def rounds(n: int = 30) -> float:
+            spent = 0.0
+            for _ in range(n):
+                entries = batch()
+                t = time.thread_time()
+                out = applier.apply(entries)
+                spent += time.thread_time() - t
+                for i, (_rid, resp) in enumerate(out.results):
+                    if kind == "txn":
+                        assert resp.succeeded, resp
+                        revisions[b"bench/key/%05d" % i] = resp.header.revision
+            return spent / (n * 64)
+
+        rounds()
+        return min(rounds() for _ in range(7))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def api() -> tuple[float, float]:
+    from kubekv_server.api import request_checks
+    from kubekv_server.kv.txn import is_read_only
+    from kubekv_server.member import quota
+    from kubekv_server.member.proposals import encode_internal
+
+    txn = update_request(KEY, VALUE, 12345)
+    put = pb.PutRequest(key=KEY, value=VALUE)
+
+    def txn_path() -> None:  # KVService.Txn, Member.txn, Proposer._encode
+        request_checks.check_txn(txn, 128)
+        if not is_read_only(txn) and not is_read_only(txn):
+            quota.txn_cost(txn)
+        encode_internal(ID, "txn", txn.SerializeToString(), ("", 0))
+
+    def put_path() -> None:  # KVService.Put, Member.put, Proposer._encode
+        request_checks.check_put(put)
+        quota.put_cost(put)
+        encode_internal(ID, "put", put.SerializeToString(), ("", 0))
+
+    def best(fn) -> float:
+        return min(timeit.repeat(fn, number=20000, repeat=7, timer=time.thread_time)) / 20000
+
+    return best(txn_path), best(put_path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("part", choices=("rpc", "apply", "api"))
+    p.add_argument("kind", nargs="?", choices=("put", "txn"), default="put",
+                   help="apply: Put or kube Txn entries")
+    p.add_argument("--observer", action="store_true", help="rpc: count calls in metrics")
+    args = p.parse_args()
+    if args.part == "rpc":
+        print(f"rpc: {rpc(args.observer) * 1e6:.2f} us thread CPU per unary call")
+    elif args.part == "apply":
+        print(f"apply {args.kind}: {apply(args.kind) * 1e6:.2f} us thread CPU per request")
+    else:
+        t, u = api()
+        print(f"api: txn {t * 1e6:.2f} us, put {u * 1e6:.2f} us thread CPU per request")
+
+
+if __name__ == "__main__":
+    main()
