@@ -13,7 +13,12 @@ as a pipeline of two stages that overlap:
 
 So persisting Ready N+1 (and replicating it) runs while Ready N's entries are applied,
 and a committed entry reaches the apply thread straight from the write that made it
-durable, without a loop cycle in between. Raft's rules hold: an entry is applied only
+durable, without a loop cycle in between. When no input waits for the loop (one Put in
+flight), the log thread leaves the write's answer to the apply stage, so the loop wakes
+once per Ready (after the apply, answering proposers first, then advancing) instead of
+twice, and its Ready cycle does not compete with the apply for the GIL; any input
+arriving meanwhile takes the answer back at once (`_poke`), so the log stage never
+waits for an apply while there is work for it. Raft's rules hold: an entry is applied only
 after the Ready that committed it is persisted (so the state never runs ahead of the
 local log and hard state); a follower's messages (acks, votes) leave only after its
 write; the leader sends its appends before its own fsync, and counts its own copy only
@@ -103,6 +108,14 @@ def initial_applied(state_applied: int, hard_state: pb.HardState) -> int:
     return min(state_applied, hard_state.commit)
 
 
+def _resolve(fut: asyncio.Future, exc: BaseException | None) -> None:
+    if not fut.done():
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
+
+
 def default_request_id(data: bytes) -> bytes:
     """The default hook: the whole entry payload identifies the request."""
     return data
@@ -162,6 +175,10 @@ class Runner:
         # thread, which takes them all as one batch. An async applier: a task on the loop.
         self._handed = self.applied  # the last index handed to the apply stage
         self._handoff: list[pb.Entry] = []
+        self._handoff_notify: list[asyncio.Future] = []  # answered once the batch applied
+        # a written Ready's future the log thread left to the apply stage to answer: the
+        # loop had nothing else to do; input arriving meanwhile answers it (`_poke`)
+        self._parked: asyncio.Future | None = None
         self._handoff_lock = threading.Lock()
         self._apply_lock = threading.Lock()  # one batch at a time, in order (any executor)
         self._apply_queue: list[tuple[list[pb.Entry], asyncio.Future]] = []
@@ -221,18 +238,18 @@ class Runner:
             return False
         self._peer_inbox += 1
         self._inbox.append(m)
-        self._wake.set()
+        self._poke()
         return True
 
     def report_snapshot(self, to: int, ok: bool) -> None:
         """The transport finished (or failed) sending a snapshot to `to`."""
         self._inbox.append(pb.Message(type=pb.MsgSnapStatus, from_=to, reject=not ok))
-        self._wake.set()
+        self._poke()
 
     def report_unreachable(self, to: int) -> None:
         """The transport could not reach `to`."""
         self._inbox.append(pb.Message(type=pb.MsgUnreachable, from_=to))
-        self._wake.set()
+        self._poke()
 
     def propose(self, data: bytes, request_id: bytes | None = None) -> asyncio.Future:
         """Propose data; the future resolves to its log index once applied locally.
@@ -245,7 +262,7 @@ class Runner:
         fut = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
         self._proposals.append((data, rid))
-        self._wake.set()
+        self._poke()
         return fut
 
     def submit(self, items: list[tuple[bytes, Hashable]]) -> None:
@@ -253,13 +270,13 @@ class Runner:
         outcome from its applier, and of refusals through `on_dropped(request_ids, error)`
         (request_id: whatever the caller keys its proposers by)."""
         self._proposals.extend(items)
-        self._wake.set()
+        self._poke()
 
     def propose_conf_change(self, cc: pb.ConfChange | pb.ConfChangeV2) -> asyncio.Future:
         """Propose a membership change; resolves once it was proposed (not applied)."""
         fut = asyncio.get_running_loop().create_future()
         self._conf_changes.append((cc, fut))
-        self._wake.set()
+        self._poke()
         return fut
 
     def read_index(self) -> asyncio.Future:
@@ -269,31 +286,46 @@ class Runner:
         """
         fut = asyncio.get_running_loop().create_future()
         self._reads.append(fut)
-        self._wake.set()
+        self._poke()
         return fut
 
     def campaign(self) -> None:
         """Start an election now (a lone voter need not wait for an election timeout)."""
         self.node.campaign()
-        self._wake.set()
+        self._poke()
 
     def advance_ticks(self, ticks: int) -> None:
         """Let `ticks` ticks pass at once (etcd's advanceTicks: a starting member that
         reached its peers need not sit out a whole election timeout first)."""
         self._ticks += max(0, ticks)
-        self._wake.set()
+        self._poke()
 
     def transfer_leadership(self, to: int) -> None:
         """Ask the leader to hand over to `to`."""
         self.node.transfer_leadership(to)
+        self._poke()
+
+    def _poke(self) -> None:
+        """Input arrived: wake the loop, and take back a write's answer left to the apply
+        stage (the write is done; the loop need not wait for the apply to go on)."""
         self._wake.set()
+        parked = self._parked
+        if parked is not None:
+            self._parked = None
+            if not parked.done():
+                parked.set_result(None)
+
+    def _has_input(self) -> bool:
+        """Whether input waits for the loop (read from the log thread: a hint)."""
+        return bool(self._proposals or self._inbox or self._conf_changes or self._reads
+                    or self._ticks)
 
     # -- the loop ----------------------------------------------------------------------------
     async def _clock(self) -> None:
         while True:
             await asyncio.sleep(self.tick_interval)
             self._ticks += 1
-            self._wake.set()
+            self._poke()
 
     async def _loop(self) -> None:
         while not self._stopped:
@@ -386,7 +418,14 @@ class Runner:
             if hs is None:
                 hs = self._unsaved_hard_state
             self._unsaved_hard_state = None
-            await self._in_log_thread(self._write_ready, rd.snapshot, rd.entries, hs, hand)
+            if hand and isinstance(self.executor, ThreadWorker):
+                written = loop.create_future()
+                self.executor.post(self._write_ready, rd.snapshot, rd.entries, hs, hand,
+                                   written)
+                await written
+            else:
+                await self._in_log_thread(self._write_ready, rd.snapshot, rd.entries, hs,
+                                          hand, None)
         elif hs is not None:
             self._unsaved_hard_state = hs  # commit index only: no fsync needed (MustSync)
         if not lead and rd.messages:
@@ -437,12 +476,40 @@ class Runner:
         return rd.entries[self._handed + 1 - first:commit - first + 1]
 
     def _write_ready(self, snapshot: pb.Snapshot | None, entries: list[pb.Entry],
-                     hard_state: pb.HardState | None, hand: list[pb.Entry]) -> None:
+                     hard_state: pb.HardState | None, hand: list[pb.Entry],
+                     written: asyncio.Future | None) -> None:
         """Log-stage thread: persist a Ready, then hand what is committed and now durable
-        straight to the apply thread (no round trip through the loop)."""
-        self._persist(snapshot, entries, hard_state)
+        straight to the apply thread (no round trip through the loop).
+
+        `written` (None: the caller awaits this call) is the loop's answer. If no input
+        waits for the loop, the apply stage answers it together with the batch: one
+        wake-up of the loop instead of two, and the loop's next Ready cycle does not
+        compete with the apply for the GIL and the CPU (a Put at 1 in flight). Input
+        arriving meanwhile takes it back at once (`_poke`)."""
+        try:
+            self._persist(snapshot, entries, hard_state)
+        except BaseException as exc:
+            if written is None:
+                raise
+            self._answer(written, exc)
+            return
+        if written is not None:
+            self._parked = written
+            if self._has_input():
+                self._parked = None
+                self._answer(written, None)
+                written = None
         if hand:
-            self._hand_to_apply(hand)
+            self._hand_to_apply(hand, written)
+        elif written is not None:
+            self._answer(written, None)
+
+    def _answer(self, fut: asyncio.Future, exc: BaseException | None) -> None:
+        """Any thread but the loop's: resolve a loop future."""
+        try:
+            self._loop_ref.call_soon_threadsafe(_resolve, fut, exc)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
 
     def _persist(self, snapshot: pb.Snapshot | None, entries: list[pb.Entry],
                  hard_state: pb.HardState | None) -> None:
@@ -467,11 +534,15 @@ class Runner:
         return loop.run_in_executor(ex, fn, *args)
 
     # -- the apply stage -------------------------------------------------------------------
-    def _hand_to_apply(self, entries: list[pb.Entry]) -> None:
-        """Any thread: committed, durable entries join the next batch of a plain applier.
-        Callers hand over in log order (the loop only while no write of its is under way)."""
+    def _hand_to_apply(self, entries: list[pb.Entry],
+                       notify: asyncio.Future | None = None) -> None:
+        """Any thread: committed, durable entries join the next batch of a plain applier
+        (`notify`: resolved with it). Callers hand over in log order (the loop only while
+        no write of its is under way)."""
         with self._handoff_lock:
             self._handoff += entries
+            if notify is not None:
+                self._handoff_notify.append(notify)
         ex = self.apply_executor
         if isinstance(ex, ThreadWorker):
             ex.post(self._apply_batch)
@@ -484,22 +555,41 @@ class Runner:
         with self._apply_lock:
             with self._handoff_lock:
                 ents, self._handoff = self._handoff, []
+                notify, self._handoff_notify = self._handoff_notify, []
             if not ents or self._apply_failed is not None:
+                for fut in notify:
+                    self._answer(fut, None)
                 return
             try:
                 result, exc = self.applier.apply(ents), None
             except BaseException as e:  # noqa: BLE001 - handed to the loop
                 result, exc = None, e
             try:
-                self._loop_ref.call_soon_threadsafe(self._batch_applied, ents, result, exc)
+                self._loop_ref.call_soon_threadsafe(self._batch_applied, ents, result, exc,
+                                                    notify)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 pass
 
-    def _batch_applied(self, ents: list[pb.Entry], result: Any,
-                       exc: BaseException | None) -> None:
-        """Loop: a plain applier's batch is applied (or failed)."""
-        if self._stopped:
-            return
+    def _batch_applied(self, ents: list[pb.Entry], result: Any, exc: BaseException | None,
+                       notify: list[asyncio.Future]) -> None:
+        """Loop: a plain applier's batch is applied (or failed); then the writes that left
+        their answer to it go on, one loop pass later: the answers the batch's proposers
+        write in the next pass leave before the next Ready cycle runs."""
+        try:
+            if not self._stopped:
+                self._batch_done(ents, result, exc)
+        finally:
+            if notify:
+                self._loop_ref.call_soon(self._release, notify)
+
+    @staticmethod
+    def _release(futs: list[asyncio.Future]) -> None:
+        for fut in futs:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _batch_done(self, ents: list[pb.Entry], result: Any,
+                    exc: BaseException | None) -> None:
         if exc is None and self._on_applied is not None:
             try:
                 self._on_applied(ents, result)
