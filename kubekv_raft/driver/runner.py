@@ -175,6 +175,7 @@ class Runner:
         # thread, which takes them all as one batch. An async applier: a task on the loop.
         self._handed = self.applied  # the last index handed to the apply stage
         self._handoff: list[pb.Entry] = []
+        self._handoff_next = self.applied + 1  # the index the next hand-over starts at
         self._handoff_notify: list[asyncio.Future] = []  # answered once the batch applied
         # a written Ready's future the log thread left to the apply stage to answer: the
         # loop had nothing else to do; input arriving meanwhile answers it (`_poke`)
@@ -443,6 +444,7 @@ class Runner:
                     await loop.run_in_executor(self.apply_executor, install, rd.snapshot)
             self.applied = max(self.applied, rd.snapshot.metadata.index)
             self._handed = max(self._handed, self.applied)
+            self._handoff_next = self._handed + 1
         if ents:
             self._handed = max(self._handed, ents[-1].index)
             if self._apply_is_async:
@@ -493,16 +495,18 @@ class Runner:
                 raise
             self._answer(written, exc)
             return
+        if not hand:
+            if written is not None:
+                self._answer(written, None)
+            return
+        # the entries join the apply stage's queue before the loop can have the answer
+        # (`_poke`): whatever the loop hands over next comes after them
+        self._hand_to_apply(hand, written)
         if written is not None:
             self._parked = written
-            if self._has_input():
+            if self._has_input():  # else a `_poke` from now on takes it back
                 self._parked = None
                 self._answer(written, None)
-                written = None
-        if hand:
-            self._hand_to_apply(hand, written)
-        elif written is not None:
-            self._answer(written, None)
 
     def _answer(self, fut: asyncio.Future, exc: BaseException | None) -> None:
         """Any thread but the loop's: resolve a loop future."""
@@ -540,6 +544,10 @@ class Runner:
         (`notify`: resolved with it). Callers hand over in log order (the loop only while
         no write of its is under way)."""
         with self._handoff_lock:
+            if entries[0].index != self._handoff_next:  # a bug: the applier would skip some
+                raise AssertionError(f"entries {entries[0].index}..{entries[-1].index} handed "
+                                     f"to the apply stage, expected {self._handoff_next} next")
+            self._handoff_next = entries[-1].index + 1
             self._handoff += entries
             if notify is not None:
                 self._handoff_notify.append(notify)
