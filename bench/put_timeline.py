@@ -127,20 +127,26 @@ def _signal_and_read(pid: int, path: str) -> list[dict[str, int]]:
 
 def table(puts: list[dict[str, int]], client_us: list[float]) -> str:
     """Per stage, in the order of their median time since the request's bytes arrived:
-    that median, and the median gap from the stage before it (µs), as markdown."""
-    first = min({k for r in puts for k in r})
-    since = {}
-    for s in {k for r in puts for k in r} - {first}:
-        since[s] = statistics.median((r[s] - r[first]) / 1000 for r in puts if s in r)
-    order = sorted(since, key=since.get)
+    that median, and the median gap from the stage before it (µs), as markdown. A stage
+    stamped in under half of the Puts (it ran after the response, off the path) is
+    listed at the end without a gap."""
+    stamped = {k for r in puts for k in r}
+    first = min(stamped)
+    seen = {s: sum(s in r for r in puts) for s in stamped}
+    since = {s: statistics.median((r[s] - r[first]) / 1000 for r in puts if s in r)
+             for s in stamped - {first}}
+    path = sorted((s for s in since if seen[s] * 2 >= len(puts)), key=since.get)
     rows = ["| stage | median µs since bytes received | median µs since previous stage | "
             "p90 of that | seen in |", "|---|---:|---:|---:|---:|"]
     prev = first
-    for s in order:
+    for s in path:
         gaps = sorted((r[s] - r[prev]) / 1000 for r in puts if s in r and prev in r)
         rows.append(f"| {s[2:]} | {since[s]:.0f} | {statistics.median(gaps):.0f} | "
                     f"{gaps[int(len(gaps) * 0.9)]:.0f} | {len(gaps)}/{len(puts)} |")
         prev = s
+    for s in sorted(set(since) - set(path), key=since.get):
+        rows.append(f"| {s[2:]} (mostly after the response) | {since[s]:.0f} | | | "
+                    f"{seen[s]}/{len(puts)} |")
     client_us.sort()
     rows.append(f"| client: Put call (grpc, both ways) | {statistics.median(client_us):.0f} "
                 f"| | {client_us[int(len(client_us) * 0.9)]:.0f} (p90) | |")
