@@ -490,19 +490,18 @@ class Runner:
         arriving meanwhile takes it back at once (`_poke`)."""
         try:
             self._persist(snapshot, entries, hard_state)
+            # the entries join the apply stage's queue before the loop can have the answer
+            # (`_poke`): whatever the loop hands over next comes after them
+            if hand:
+                self._hand_to_apply(hand, written)
         except BaseException as exc:
             if written is None:
                 raise
             self._answer(written, exc)
             return
-        if not hand:
-            if written is not None:
-                self._answer(written, None)
-            return
-        # the entries join the apply stage's queue before the loop can have the answer
-        # (`_poke`): whatever the loop hands over next comes after them
-        self._hand_to_apply(hand, written)
-        if written is not None:
+        if written is not None and not hand:
+            self._answer(written, None)
+        elif written is not None:
             self._parked = written
             if self._has_input():  # else a `_poke` from now on takes it back
                 self._parked = None

@@ -140,8 +140,10 @@ class RaftNode:
 
     @property
     def commit_index(self) -> int:
+        """The highest index known committed: Raft's, or what was applied already (a lone
+        voter's entries apply right after their write, a Ready before Raft counts them)."""
         r = self.runner
-        return r.node.raft.raft_log.committed if r is not None else 0
+        return max(r.node.raft.raft_log.committed, r.applied) if r is not None else 0
 
     @property
     def applied_index(self) -> int:
