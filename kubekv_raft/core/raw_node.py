@@ -190,6 +190,27 @@ class RawNode:
             rd.committed_entries,
         )
 
+    def commit_on_persist(self, rd: Ready) -> int:
+        """The commit index Raft reaches by itself once `rd` is durably written: a leader
+        counts its own copy when written (`Raft.persisted`), so if that copy completes a
+        quorum (a lone voter) `rd`'s entries commit without anyone else's ack. Reads only.
+
+        What `advance()` will commit, at least (acks arriving meanwhile may add more):
+        the driver may hand these entries to the application right after the write,
+        without a Ready cycle in between (etcd-io/raft's lone voter commits on its
+        own MsgStorageAppendResp the same way)."""
+        r = self.raft
+        committed = r.raft_log.committed
+        if r.state != StateType.LEADER or not rd.entries:
+            return committed
+        last = rd.entries[-1]
+        if last.term != r.term:
+            return committed
+        index = min(r.prs.committed_if(r.id, last.index), last.index)
+        if index > committed and r.raft_log.zero_term(index) == r.term:
+            return index
+        return committed
+
     # -- introspection --------------------------------------------------------------------
     def status(self) -> Status:
         """Current term, vote, commit, role and (on the leader) every peer's progress."""

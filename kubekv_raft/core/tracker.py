@@ -76,6 +76,12 @@ class ProgressTracker:
         """Largest index replicated on a quorum of every voter config."""
         return self.config.voters.committed_index(self._acked)
 
+    def committed_if(self, peer: int, match: int) -> int:
+        """`committed()` as it would be once `peer` acknowledged through `match`."""
+        acked = self._acked
+        return self.config.voters.committed_index(
+            lambda i: max(acked(i), match) if i == peer else acked(i))
+
     def visit(self, f: Callable[[int, Progress], None]) -> None:
         """Call f on every peer, in id order (deterministic)."""
         prs = self.progress

@@ -4,22 +4,34 @@ It decides nothing Raft decides; it only moves data between the core and the out
 as a pipeline of two stages that overlap:
 
     inputs (ticks, peer messages, proposals, reads) -> RawNode -> Ready N
-    log stage:   [leader: send] -> persist N (executor thread, one fsync) -> [others: send]
-                 -> hand N's committed entries to the apply stage -> advance -> Ready N+1
-    apply stage: apply the committed entries of every Ready handed over meanwhile, as
-                 one batch -> resolve proposals and read waits
+    log stage:   [leader: send] -> persist N (log thread, one fsync) -> [others: send]
+                 -> (still on the log thread) hand N's committed entries, and those N's
+                    own write commits (a lone voter), to the apply stage
+                 -> back on the loop: advance -> Ready N+1
+    apply stage: apply everything handed over meanwhile, as one batch (apply thread)
+                 -> on the loop: the applier's on_applied, proposals and read waits
 
-So persisting Ready N+1 (and replicating it) runs while Ready N's entries are applied.
-Raft's rules hold: an entry is applied only after the Ready that committed it is
-persisted (so the state never runs ahead of the local log and hard state); a follower's
-messages (acks, votes) leave only after its write; the leader sends its appends before
-its own fsync, and counts its own copy only once `advance` reports it durable
-(`Raft.persisted`), as etcd-io/raft's self-ack. A batch holding a membership change is
-applied before the next Ready (etcd's waitApply), so Raft never runs with a stale
-configuration. A hard state whose only change is the commit index needs no fsync
-(etcd's MustSync): it is written with the next synced write, after a tick without work,
-or at stop; a restart that
-finds the state applied past it re-learns the commit from the log (`initial_applied`).
+So persisting Ready N+1 (and replicating it) runs while Ready N's entries are applied,
+and a committed entry reaches the apply thread straight from the write that made it
+durable, without a loop cycle in between. When no input waits for the loop (one Put in
+flight), the log thread leaves the write's answer to the apply stage, so the loop wakes
+once per Ready (after the apply, answering proposers first, then advancing) instead of
+twice, and its Ready cycle does not compete with the apply for the GIL; any input
+arriving meanwhile takes the answer back at once (`_poke`), so the log stage never
+waits for an apply while there is work for it. Raft's rules hold: an entry is applied only
+after the Ready that committed it is persisted (so the state never runs ahead of the
+local log and hard state); a follower's messages (acks, votes) leave only after its
+write; the leader sends its appends before its own fsync, and counts its own copy only
+once `advance` reports it durable (`Raft.persisted`, as etcd-io/raft's self-ack). On a
+lone voter that copy is the quorum, so the write of Ready N commits N's entries: the
+core says so beforehand (`RawNode.commit_on_persist`, what `advance` will commit) and
+the log thread hands them over after the write; the next Ready lists them as committed
+and they are not handed twice. A batch holding a membership change is handed over only
+once Raft committed it, and applied before the next Ready (etcd's waitApply), so Raft
+never runs with a stale configuration. A hard state whose only change is the commit
+index needs no fsync (etcd's MustSync): it is written with the next synced write, after
+a tick without work, or at stop; a restart that finds the state applied past it
+re-learns the commit from the log (`initial_applied`).
 
 Proposals and reads arriving from many coroutines while a Ready is being handled are
 batched into the next cycle: one MsgProp for all proposals, one read-index round for
@@ -33,6 +45,7 @@ import contextlib
 import inspect
 import logging
 import struct
+import threading
 from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from typing import Any, Protocol
@@ -64,10 +77,14 @@ class Transport(Protocol):
 
 
 class Applier(Protocol):
-    """Applies committed entries to the state machine, in order, exactly once per index."""
+    """Applies committed entries to the state machine, in order, exactly once per index.
+
+    A plain `apply` runs on the apply stage's thread and may also have
+    `on_applied(entries, result)`, called on the event loop with what `apply`
+    returned, before proposers and read waits learn of the batch."""
 
     def apply(self, entries: list[pb.Entry]) -> Any:
-        """Apply a batch; may be `async def` (awaited) or plain (run in the executor)."""
+        """Apply a batch; may be `async def` (awaited) or plain (run in the apply thread)."""
         ...
 
 
@@ -89,6 +106,14 @@ def initial_applied(state_applied: int, hard_state: pb.HardState) -> int:
     leave the state applied past it; Raft hands those entries out again once it re-learns
     the commit, and the application skips what it already has, as etcd's consistent index)."""
     return min(state_applied, hard_state.commit)
+
+
+def _resolve(fut: asyncio.Future, exc: BaseException | None) -> None:
+    if not fut.done():
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(None)
 
 
 def default_request_id(data: bytes) -> bytes:
@@ -123,9 +148,16 @@ class Runner:
         self.tick_interval = tick_interval
         self.request_id_of = request_id_of
         self.executor = executor  # the log stage's thread: persisting
-        self.apply_executor = apply_executor  # a plain (not async) applier runs here
-        self.applied = self.node.raft.raft_log.applied  # applied by the applier (<= Raft's)
+        # a plain (not async) applier runs here; one thread of our own if none is given
+        self._own_apply_worker = apply_executor is None and not inspect.iscoroutinefunction(
+            applier.apply)
+        if self._own_apply_worker:
+            apply_executor = ThreadWorker(f"raft-apply-{config.id:x}")
+        self.apply_executor = apply_executor
+        self.applied = self.node.raft.raft_log.applied  # applied by the applier
         self._apply_is_async = inspect.iscoroutinefunction(applier.apply)
+        self._on_applied = getattr(applier, "on_applied", None)
+        self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._inbox: list[pb.Message] = []
         self._peer_inbox = 0  # peer messages in _inbox
         self._inbox_full_logged = False
@@ -138,7 +170,18 @@ class Runner:
         self._read_ctx = 0
         self._read_waiters: dict[bytes, list[asyncio.Future]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future]] = []
-        # the apply stage: committed entries handed over, and the task applying them
+        # the apply stage. A plain applier: entries handed over (by the log thread after
+        # the write that committed them, or by the loop) wait in _handoff for the apply
+        # thread, which takes them all as one batch. An async applier: a task on the loop.
+        self._handed = self.applied  # the last index handed to the apply stage
+        self._handoff: list[pb.Entry] = []
+        self._handoff_next = self.applied + 1  # the index the next hand-over starts at
+        self._handoff_notify: list[asyncio.Future] = []  # answered once the batch applied
+        # a written Ready's future the log thread left to the apply stage to answer: the
+        # loop had nothing else to do; input arriving meanwhile answers it (`_poke`)
+        self._parked: asyncio.Future | None = None
+        self._handoff_lock = threading.Lock()
+        self._apply_lock = threading.Lock()  # one batch at a time, in order (any executor)
         self._apply_queue: list[tuple[list[pb.Entry], asyncio.Future]] = []
         self._apply_task: asyncio.Task | None = None
         self._apply_failed: BaseException | None = None
@@ -154,6 +197,7 @@ class Runner:
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Start the clock and the Ready loop."""
+        self._loop_ref = asyncio.get_running_loop()
         self._tasks = [
             asyncio.create_task(self._clock(), name=f"raft-clock-{self.id}"),
             asyncio.create_task(self._loop(), name=f"raft-loop-{self.id}"),
@@ -171,6 +215,8 @@ class Runner:
                 await t
         with contextlib.suppress(Exception):
             await self._save_hard_state()
+        if self._own_apply_worker:
+            self.apply_executor.shutdown(wait=False)
         err = ProposalDroppedError("runner stopped")
         queued = [f for _, f in self._apply_queue]
         self._apply_queue = []
@@ -193,18 +239,18 @@ class Runner:
             return False
         self._peer_inbox += 1
         self._inbox.append(m)
-        self._wake.set()
+        self._poke()
         return True
 
     def report_snapshot(self, to: int, ok: bool) -> None:
         """The transport finished (or failed) sending a snapshot to `to`."""
         self._inbox.append(pb.Message(type=pb.MsgSnapStatus, from_=to, reject=not ok))
-        self._wake.set()
+        self._poke()
 
     def report_unreachable(self, to: int) -> None:
         """The transport could not reach `to`."""
         self._inbox.append(pb.Message(type=pb.MsgUnreachable, from_=to))
-        self._wake.set()
+        self._poke()
 
     def propose(self, data: bytes, request_id: bytes | None = None) -> asyncio.Future:
         """Propose data; the future resolves to its log index once applied locally.
@@ -217,7 +263,7 @@ class Runner:
         fut = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
         self._proposals.append((data, rid))
-        self._wake.set()
+        self._poke()
         return fut
 
     def submit(self, items: list[tuple[bytes, Hashable]]) -> None:
@@ -225,13 +271,13 @@ class Runner:
         outcome from its applier, and of refusals through `on_dropped(request_ids, error)`
         (request_id: whatever the caller keys its proposers by)."""
         self._proposals.extend(items)
-        self._wake.set()
+        self._poke()
 
     def propose_conf_change(self, cc: pb.ConfChange | pb.ConfChangeV2) -> asyncio.Future:
         """Propose a membership change; resolves once it was proposed (not applied)."""
         fut = asyncio.get_running_loop().create_future()
         self._conf_changes.append((cc, fut))
-        self._wake.set()
+        self._poke()
         return fut
 
     def read_index(self) -> asyncio.Future:
@@ -241,31 +287,46 @@ class Runner:
         """
         fut = asyncio.get_running_loop().create_future()
         self._reads.append(fut)
-        self._wake.set()
+        self._poke()
         return fut
 
     def campaign(self) -> None:
         """Start an election now (a lone voter need not wait for an election timeout)."""
         self.node.campaign()
-        self._wake.set()
+        self._poke()
 
     def advance_ticks(self, ticks: int) -> None:
         """Let `ticks` ticks pass at once (etcd's advanceTicks: a starting member that
         reached its peers need not sit out a whole election timeout first)."""
         self._ticks += max(0, ticks)
-        self._wake.set()
+        self._poke()
 
     def transfer_leadership(self, to: int) -> None:
         """Ask the leader to hand over to `to`."""
         self.node.transfer_leadership(to)
+        self._poke()
+
+    def _poke(self) -> None:
+        """Input arrived: wake the loop, and take back a write's answer left to the apply
+        stage (the write is done; the loop need not wait for the apply to go on)."""
         self._wake.set()
+        parked = self._parked
+        if parked is not None:
+            self._parked = None
+            if not parked.done():
+                parked.set_result(None)
+
+    def _has_input(self) -> bool:
+        """Whether input waits for the loop (read from the log thread: a hint)."""
+        return bool(self._proposals or self._inbox or self._conf_changes or self._reads
+                    or self._ticks)
 
     # -- the loop ----------------------------------------------------------------------------
     async def _clock(self) -> None:
         while True:
             await asyncio.sleep(self.tick_interval)
             self._ticks += 1
-            self._wake.set()
+            self._poke()
 
     async def _loop(self) -> None:
         while not self._stopped:
@@ -341,11 +402,31 @@ class Runner:
         if lead and rd.messages:
             self.transport.send(rd.messages)
         hs = rd.hard_state
-        if rd.snapshot is not None or rd.entries or (hs is not None and rd.must_sync):
+        write = rd.snapshot is not None or bool(rd.entries) or (hs is not None and rd.must_sync)
+        # committed entries not handed over yet (a lone voter's went right after their write)
+        ents = self._unhanded(rd.committed_entries)
+        # what the log thread hands to the apply thread right after this Ready's write: the
+        # committed entries, and the entries the write itself commits (a lone voter's own
+        # copy is its quorum), so neither waits for a loop cycle (a plain applier only)
+        hand: list[pb.Entry] = []
+        if write and rd.snapshot is None and not self._apply_is_async:
+            if ents:
+                self._handed = ents[-1].index
+            hand = ents + self._committed_by_write(rd)
+            if hand:
+                self._handed = hand[-1].index
+        if write:
             if hs is None:
                 hs = self._unsaved_hard_state
             self._unsaved_hard_state = None
-            await self._in_log_thread(self._persist, rd.snapshot, rd.entries, hs)
+            if hand and isinstance(self.executor, ThreadWorker):
+                written = loop.create_future()
+                self.executor.post(self._write_ready, rd.snapshot, rd.entries, hs, hand,
+                                   written)
+                await written
+            else:
+                await self._in_log_thread(self._write_ready, rd.snapshot, rd.entries, hs,
+                                          hand, None)
         elif hs is not None:
             self._unsaved_hard_state = hs  # commit index only: no fsync needed (MustSync)
         if not lead and rd.messages:
@@ -362,12 +443,76 @@ class Runner:
                 else:
                     await loop.run_in_executor(self.apply_executor, install, rd.snapshot)
             self.applied = max(self.applied, rd.snapshot.metadata.index)
-        if rd.committed_entries:
-            ents = rd.committed_entries
-            applied = self._submit_apply(ents)
+            self._handed = max(self._handed, self.applied)
+            self._handoff_next = self._handed + 1
+        if ents:
+            self._handed = max(self._handed, ents[-1].index)
+            if self._apply_is_async:
+                applied = self._submit_apply(ents)
+            else:
+                if not hand:  # nothing written, or a snapshot installed first: hand them now
+                    self._hand_to_apply(ents)
+                applied = self._applied_through(ents[-1].index)
             if any(e.type in _CONF_CHANGES for e in ents):
                 await applied  # etcd's waitApply: Raft must see the new configuration first
         self._release_read_waits()
+
+    def _unhanded(self, committed: list[pb.Entry]) -> list[pb.Entry]:
+        """The part of a Ready's committed entries not handed to the apply stage yet."""
+        if not committed or committed[-1].index <= self._handed:
+            return []
+        first = committed[0].index
+        return committed if first > self._handed else committed[self._handed - first + 1:]
+
+    def _committed_by_write(self, rd: Ready) -> list[pb.Entry]:
+        """rd's entries that its own write commits (Raft's answer, `commit_on_persist`),
+        when they follow what was handed over. None from a batch with a membership
+        change: Raft must have committed it (advance) before it applies (etcd's
+        waitApply)."""
+        if not rd.entries or rd.entries[0].index > self._handed + 1:
+            return []  # nothing written, or committed entries already in the log come first
+        first = rd.entries[0].index
+        commit = self.node.commit_on_persist(rd)
+        if commit <= self._handed or any(e.type in _CONF_CHANGES for e in rd.entries):
+            return []
+        return rd.entries[self._handed + 1 - first:commit - first + 1]
+
+    def _write_ready(self, snapshot: pb.Snapshot | None, entries: list[pb.Entry],
+                     hard_state: pb.HardState | None, hand: list[pb.Entry],
+                     written: asyncio.Future | None) -> None:
+        """Log-stage thread: persist a Ready, then hand what is committed and now durable
+        straight to the apply thread (no round trip through the loop).
+
+        `written` (None: the caller awaits this call) is the loop's answer. If no input
+        waits for the loop, the apply stage answers it together with the batch: one
+        wake-up of the loop instead of two, and the loop's next Ready cycle does not
+        compete with the apply for the GIL and the CPU (a Put at 1 in flight). Input
+        arriving meanwhile takes it back at once (`_poke`)."""
+        try:
+            self._persist(snapshot, entries, hard_state)
+            # the entries join the apply stage's queue before the loop can have the answer
+            # (`_poke`): whatever the loop hands over next comes after them
+            if hand:
+                self._hand_to_apply(hand, written)
+        except BaseException as exc:
+            if written is None:
+                raise
+            self._answer(written, exc)
+            return
+        if written is not None and not hand:
+            self._answer(written, None)
+        elif written is not None:
+            self._parked = written
+            if self._has_input():  # else a `_poke` from now on takes it back
+                self._parked = None
+                self._answer(written, None)
+
+    def _answer(self, fut: asyncio.Future, exc: BaseException | None) -> None:
+        """Any thread but the loop's: resolve a loop future."""
+        try:
+            self._loop_ref.call_soon_threadsafe(_resolve, fut, exc)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
 
     def _persist(self, snapshot: pb.Snapshot | None, entries: list[pb.Entry],
                  hard_state: pb.HardState | None) -> None:
@@ -392,8 +537,95 @@ class Runner:
         return loop.run_in_executor(ex, fn, *args)
 
     # -- the apply stage -------------------------------------------------------------------
+    def _hand_to_apply(self, entries: list[pb.Entry],
+                       notify: asyncio.Future | None = None) -> None:
+        """Any thread: committed, durable entries join the next batch of a plain applier
+        (`notify`: resolved with it). Callers hand over in log order (the loop only while
+        no write of its is under way)."""
+        with self._handoff_lock:
+            if entries[0].index != self._handoff_next:  # a bug: the applier would skip some
+                raise AssertionError(f"entries {entries[0].index}..{entries[-1].index} handed "
+                                     f"to the apply stage, expected {self._handoff_next} next")
+            self._handoff_next = entries[-1].index + 1
+            self._handoff += entries
+            if notify is not None:
+                self._handoff_notify.append(notify)
+        ex = self.apply_executor
+        if isinstance(ex, ThreadWorker):
+            ex.post(self._apply_batch)
+        else:
+            ex.submit(self._apply_batch)
+
+    def _apply_batch(self) -> None:
+        """Apply thread: everything handed over so far, as one batch; the loop learns of it
+        with one wake-up (`_batch_applied`). A call that finds nothing left does nothing."""
+        with self._apply_lock:
+            with self._handoff_lock:
+                ents, self._handoff = self._handoff, []
+                notify, self._handoff_notify = self._handoff_notify, []
+            if not ents or self._apply_failed is not None:
+                for fut in notify:
+                    self._answer(fut, None)
+                return
+            try:
+                result, exc = self.applier.apply(ents), None
+            except BaseException as e:  # noqa: BLE001 - handed to the loop
+                result, exc = None, e
+            try:
+                self._loop_ref.call_soon_threadsafe(self._batch_applied, ents, result, exc,
+                                                    notify)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    def _batch_applied(self, ents: list[pb.Entry], result: Any, exc: BaseException | None,
+                       notify: list[asyncio.Future]) -> None:
+        """Loop: a plain applier's batch is applied (or failed); then the writes that left
+        their answer to it go on, one loop pass later: the answers the batch's proposers
+        write in the next pass leave before the next Ready cycle runs."""
+        try:
+            if not self._stopped:
+                self._batch_done(ents, result, exc)
+        finally:
+            if notify:
+                self._loop_ref.call_soon(self._release, notify)
+
+    @staticmethod
+    def _release(futs: list[asyncio.Future]) -> None:
+        for fut in futs:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _batch_done(self, ents: list[pb.Entry], result: Any,
+                    exc: BaseException | None) -> None:
+        if exc is None and self._on_applied is not None:
+            try:
+                self._on_applied(ents, result)
+            except Exception as e:  # noqa: BLE001 - a bug: stop the runner below
+                exc = e
+        if exc is not None:
+            log.error("raft runner %x failed applying entries %d..%d", self.id,
+                      ents[0].index, ents[-1].index, exc_info=exc)
+            self._apply_failed = exc
+            self._wake.set()
+            waiters, self._apply_waiters = self._apply_waiters, []
+            for _, f in waiters:
+                if not f.done():
+                    f.set_exception(exc)
+                    f.exception()
+            return
+        self._applied(ents)
+
+    def _applied_through(self, index: int) -> asyncio.Future:
+        """Resolves once the applier applied through `index`."""
+        fut = asyncio.get_running_loop().create_future()
+        if self.applied >= index:
+            fut.set_result(index)
+        else:
+            self._apply_waiters.append((index, fut))
+        return fut
+
     def _submit_apply(self, entries: list[pb.Entry]) -> asyncio.Future:
-        """Queue committed entries; the future resolves once they are applied."""
+        """An async applier: queue committed entries; the future resolves once applied."""
         fut = asyncio.get_running_loop().create_future()
         self._apply_queue.append((entries, fut))
         if self._apply_task is None or self._apply_task.done():
@@ -403,22 +635,22 @@ class Runner:
 
     async def _applies_done(self) -> None:
         """Until everything handed to the apply stage is applied."""
+        if not self._apply_is_async:
+            await self._applied_through(self._handed)
+            return
         if self._apply_queue:
             await self._apply_queue[-1][1]
         if self._apply_task is not None and not self._apply_task.done():
             await asyncio.shield(self._apply_task)
 
     async def _apply_loop(self) -> None:
-        """Apply what the log stage handed over, several Readys' entries as one batch."""
-        loop = asyncio.get_running_loop()
+        """An async applier: apply what the log stage handed over, several Readys' entries
+        as one batch."""
         while self._apply_queue and not self._stopped:
             batch, self._apply_queue = self._apply_queue, []
             ents = batch[0][0] if len(batch) == 1 else [e for b, _ in batch for e in b]
             try:
-                if self._apply_is_async:
-                    await self.applier.apply(ents)
-                else:
-                    await loop.run_in_executor(self.apply_executor, self.applier.apply, ents)
+                await self.applier.apply(ents)
                 self._applied(ents)
             except asyncio.CancelledError:
                 raise

@@ -5,19 +5,24 @@ The Runner hands two calls per Ready to threads (the log write, the apply). Thro
 and queue bookkeeping and a chained asyncio future: profiled at about a quarter of
 the server's samples for a Put at 1 in flight (bench/profile_server.md, 2026-12-04).
 `call` puts the work on a SimpleQueue and answers with one `call_soon_threadsafe`.
-`submit` keeps it an ordinary Executor for everything else (`run_in_executor`).
+`post` hands work on from any thread without an answer (the Runner's log thread posts
+apply batches, which report to the loop themselves). `submit` keeps it an ordinary
+Executor for everything else (`run_in_executor`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["ThreadWorker"]
+
+log = logging.getLogger(__name__)
 
 _STOP = object()
 
@@ -49,6 +54,13 @@ class ThreadWorker(concurrent.futures.Executor):
         self._queue.put((loop, fut, fn, args))
         return fut
 
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """fn(*args) on the worker thread, answering nobody: for callers on any thread
+        that hand work on and learn its outcome from fn itself (no future, no wake-up)."""
+        if self._closed:
+            raise RuntimeError("cannot schedule new calls after shutdown")
+        self._queue.put((None, None, fn, args))
+
     def submit(self, fn: Callable[..., Any], /, *args: Any,
                **kwargs: Any) -> concurrent.futures.Future:
         """The Executor interface (what `loop.run_in_executor` uses)."""
@@ -73,6 +85,12 @@ class ThreadWorker(concurrent.futures.Executor):
             if item is _STOP:
                 return
             loop, fut, fn, args = item
+            if fut is None:  # post(): nobody waits
+                try:
+                    fn(*args)
+                except BaseException:  # noqa: BLE001 - fn reports its own outcome
+                    log.exception("%s: a posted call failed", self._thread.name)
+                continue
             if loop is None:  # submit(): a concurrent future
                 if not fut.set_running_or_notify_cancel():
                     continue

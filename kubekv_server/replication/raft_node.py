@@ -5,8 +5,9 @@ proposals made while the Runner writes a Ready reach it as one batch (one Ready,
 one log append and fdatasync); the reads of one loop iteration share one
 read-index round. The Runner's two stages overlap: the log thread
 (`kubekv-log`) persists Ready N+1 to the write-ahead log while the apply thread
-(`kubekv-apply`) applies Ready N's committed entries with kubekv's Applier; back
-on the loop, the batch's listeners run and the proposers' futures resolve.
+(`kubekv-apply`) applies Ready N's committed entries with kubekv's Applier (the
+log thread hands them over itself, right after the write); back on the loop,
+the batch's listeners run and the proposers' futures resolve.
 Threads (lease expiry, blocking handlers) use the `*_threadsafe` variants.
 
 After apply, one mechanism: `add_listener(fn)`. For every batch the Runner hands
@@ -139,8 +140,10 @@ class RaftNode:
 
     @property
     def commit_index(self) -> int:
+        """The highest index known committed: Raft's, or what was applied already (a lone
+        voter's entries apply right after their write, a Ready before Raft counts them)."""
         r = self.runner
-        return r.node.raft.raft_log.committed if r is not None else 0
+        return max(r.node.raft.raft_log.committed, r.applied) if r is not None else 0
 
     @property
     def applied_index(self) -> int:
@@ -379,17 +382,22 @@ class RaftNode:
         """Log entries kept behind a snapshot for slow followers (etcd keeps 5,000)."""
         return max(1, min(5000, self.snapshot_count))
 
+    def snapshot_due(self) -> bool:
+        """Whether --snapshot-count entries were applied since the last snapshot."""
+        return (self.snapshot_count > 0 and not self._snapshotting
+                and self.snapshot_dir is not None
+                and self.applier.applied_index - self._snap_index >= self.snapshot_count)
+
     async def maybe_snapshot(self) -> None:
         """After --snapshot-count applied entries: snapshot the state db, compact the log."""
-        applied = self.applier.applied_index
-        if (self.snapshot_count <= 0 or self._snapshotting or self.snapshot_dir is None
-                or applied - self._snap_index < self.snapshot_count):
+        if not self.snapshot_due():
             return
         self._snapshotting = True
         try:
-            await self.loop.run_in_executor(self._executor, self._create_snapshot, applied)
+            # the index is read in the apply thread: batches handed over meanwhile apply first
+            await self.loop.run_in_executor(self._executor, self._create_snapshot, None)
         except Exception:
-            log.exception("event=snapshot_failed index=%d", applied)
+            log.exception("event=snapshot_failed")
         finally:
             self._snapshotting = False
 
@@ -398,15 +406,16 @@ class RaftNode:
         as an imported etcd backend, must reach new members through a snapshot)."""
         applied = self.applier.applied_index
         if applied > self._snap_index:
-            await self.loop.run_in_executor(
-                self._executor, self._create_snapshot, applied, True
-            )
+            await self.loop.run_in_executor(self._executor, self._create_snapshot, None, True)
 
-    def _create_snapshot(self, index: int, compact_all: bool = False) -> None:
-        """Executor thread (no apply runs meanwhile): the state as of `index`, durable first."""
+    def _create_snapshot(self, index: int | None, compact_all: bool = False) -> None:
+        """Executor thread (no apply runs meanwhile): the state as of `index` (None: as
+        applied now), durable first."""
         from kubekv_server.backend import state_snapshot
         from kubekv_server.peer.snapshot_files import remove_older_snapshots
 
+        if index is None:
+            index = self.applier.applied_index
         term = self.storage.term(index)
         self.backend.sync()
         path = state_snapshot.create(self.backend, self.snapshot_dir, term, index)
@@ -454,20 +463,21 @@ class RaftNode:
 
 
 class _ApplierAdapter:
-    """What the Runner awaits with each batch of committed entries."""
+    """What the Runner hands each batch of committed entries to."""
 
     def __init__(self, node: RaftNode) -> None:
         self.node = node
 
-    async def apply(self, entries: list[raft_pb2.Entry]) -> None:
-        node = self.node
-        result = await node._executor.call(node.loop, self._apply, entries)
-        node._applied(result)
-        await node.maybe_snapshot()
-
-    def _apply(self, entries: list[raft_pb2.Entry]) -> BatchResult:
-        """Executor thread: one batch, one state-db commit; nothing else runs here."""
+    def apply(self, entries: list[raft_pb2.Entry]) -> BatchResult:
+        """Apply thread: one batch, one state-db commit; nothing else runs here."""
         return self.node.applier.apply(entries)
+
+    def on_applied(self, entries: list[raft_pb2.Entry], result: BatchResult) -> None:
+        """Loop: listeners and proposers learn of the batch; maybe time for a snapshot."""
+        node = self.node
+        node._applied(result)
+        if node.snapshot_due():
+            node.loop.create_task(node.maybe_snapshot())
 
     async def apply_snapshot(self, snapshot: raft_pb2.Snapshot) -> None:
         await self.node.install_snapshot(snapshot)

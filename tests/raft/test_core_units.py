@@ -456,3 +456,41 @@ def test_leader_counts_its_own_entry_only_once_persisted():
     assert r.raft_log.committed == li - 1
     persist(r)  # storage append, then Raft.persisted: the leader's own ack
     assert r.raft_log.committed == li
+
+
+def test_commit_on_persist_is_what_advance_commits_and_changes_nothing():
+    """A lone voter's write commits its own entries (its copy is the quorum); with peers,
+    or for a follower, the write alone commits nothing new. Asking changes no state."""
+    st = MemoryStorage()
+    st.set_conf_state(pb.ConfState(voters=[1]))
+    rn = RawNode(Config(id=1, storage=st))
+    rn.campaign()
+    rd = rn.ready()
+    committed = rn.raft.raft_log.committed
+    assert rn.commit_on_persist(rd) == rd.entries[-1].index > committed
+    assert rn.raft.raft_log.committed == committed and rn.raft.prs.progress[1].match < \
+        rd.entries[-1].index  # only asked
+    st.append(rd.entries, rd.hard_state)
+    rn.advance()
+    assert rn.raft.raft_log.committed == rd.entries[-1].index  # what advance did commit
+    rn.propose(b"a")
+    rd = rn.ready()
+    promised = rn.commit_on_persist(rd)
+    st.append(rd.entries, rd.hard_state)
+    rn.advance()
+    assert promised == rn.raft.raft_log.committed == rd.entries[-1].index
+
+    st3 = MemoryStorage()  # three voters: the leader's own copy is one of three
+    st3.set_conf_state(pb.ConfState(voters=[1, 2, 3]))
+    rn3 = RawNode(Config(id=1, storage=st3))
+    r = rn3.raft
+    r.become_candidate()
+    r.become_leader()
+    rd = rn3.ready()
+    assert rn3.commit_on_persist(rd) == r.raft_log.committed < rd.entries[-1].index
+    r.step(pb.Message(from_=2, to=1, type=pb.MsgAppResp, term=r.term,
+                      index=rd.entries[-1].index))
+    # f2's durable copy plus the leader's, once written: a quorum
+    assert rn3.commit_on_persist(rd) == rd.entries[-1].index
+    r.become_follower(r.term + 1, 2)
+    assert rn3.commit_on_persist(rd) == r.raft_log.committed

@@ -232,3 +232,45 @@ def test_compaction_raises_a_lagging_commit_index(tmp_path):
     st.compact(5)
     assert st.hard_state() == pb.HardState(term=1, commit=5)
     st.close()
+
+
+def test_a_lone_voters_write_hands_its_entries_to_the_apply_thread_directly():
+    """One member: the write of "x" commits it (the lone voter's copy is the quorum), and
+    the log thread hands it to the apply thread itself. The loop is held still from
+    before the write completes until "x" is applied: had the hand-over needed a loop
+    cycle (advance, the next Ready), "x" could not apply meanwhile."""
+    async def main() -> None:
+        st = GatedStorage()
+        st.set_conf_state(pb.ConfState(voters=[1]))
+        applier = CheckingApplier(st)
+        applied_x = threading.Event()
+        plain_apply = applier.apply
+
+        def apply(entries: list[pb.Entry]) -> None:
+            plain_apply(entries)
+            if any(e.data == b"x" for e in entries):
+                applied_x.set()
+
+        applier.apply = apply  # type: ignore[method-assign]
+        r = Runner(Config(id=1, storage=st, election_tick=10, heartbeat_tick=1), st,
+                   LocalTransport({}, set()), applier, tick_interval=0.005)
+        await r.start()
+        try:
+            r.campaign()
+            await r.propose(b"a")
+            st.gate.clear()
+            fx = r.propose(b"x")
+            await wait_thread_event(st.waiting, "x's write to start")
+            index = st.last_index() + 1
+            st.gate.set()
+            # the loop stays here (a blocking wait, deliberately) until "x" is applied
+            assert applied_x.wait(GATE_SECONDS), "x waited for the loop to be applied"
+            assert r.node.raft.raft_log.committed < index  # Raft has not advanced yet
+            assert await asyncio.wait_for(fx, 4.0) == index
+            assert not applier.ahead_of_log
+            assert applier.applied == [b"a", b"x"]
+        finally:
+            st.gate.set()
+            await r.stop()
+
+    asyncio.run(main())
