@@ -134,7 +134,8 @@ class Applier:
             except BaseException:
                 backend.abort()  # applied but uncommitted batches go too: the log has them
                 raise
-            if not backend.applied(len(todo), out.must_commit):
+            nbytes = sum(len(row[3]) for row in out.rows)
+            if not backend.applied(len(todo), out.must_commit, nbytes):
                 mvcc = self.mvcc
                 mvcc.pending = mvcc.pending.extended(
                     self._base, out.rows, mvcc.current_revision(txn))

@@ -25,6 +25,11 @@ DEFAULT_MAP_SIZE = 64 << 30
 # and readers see it through mvcc/pending.py.
 DEFAULT_BATCH_INTERVAL = 0.1
 DEFAULT_BATCH_LIMIT = 10000
+# ... or once the key changes it holds reach this many bytes, whatever the flags say:
+# until the commit they sit twice in memory (the MVCC store's pending view, and LMDB's
+# dirty pages of the open txn), and 10,000 requests of etcd's largest size would be
+# 15 GiB. 64 MiB is ~40 of the largest requests, and thousands of ordinary ones.
+MAX_UNCOMMITTED_BYTES = 64 << 20
 
 _U64 = struct.Struct(">Q")
 
@@ -95,7 +100,7 @@ class Backend:
         self.batch_limit = batch_limit
         self._held: lmdb.Transaction | None = None
         self._held_since = 0.0
-        self._held_entries = 0
+        self._held_entries = self._held_bytes = 0
         self.commits = 0  # commits of the apply txn (etcd_disk_backend_commit_duration count)
         # called after each commit of the apply txn (the MVCC store drops its pending view)
         self.on_commit: list = []
@@ -157,15 +162,17 @@ class Backend:
         if self._held is None:
             self._held = self.env.begin(write=True)
             self._held_since = time.monotonic()
-            self._held_entries = 0
+            self._held_entries = self._held_bytes = 0
         return self._held
 
-    def applied(self, entries: int, must_commit: bool) -> bool:
-        """A batch of `entries` went into the apply txn: commit it if `must_commit` (the
-        batch changed something only committed state shows) or a bound is reached.
-        Returns whether it committed."""
+    def applied(self, entries: int, must_commit: bool, nbytes: int = 0) -> bool:
+        """A batch of `entries` (`nbytes` of key changes) went into the apply txn: commit
+        it if `must_commit` (the batch changed something only committed state shows) or
+        a bound is reached. Returns whether it committed."""
         self._held_entries += entries
+        self._held_bytes += nbytes
         if (must_commit or self._held_entries >= self.batch_limit
+                or self._held_bytes >= MAX_UNCOMMITTED_BYTES
                 or time.monotonic() - self._held_since >= self.batch_interval):
             self.commit()
             return True

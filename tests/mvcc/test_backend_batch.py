@@ -52,3 +52,14 @@ def test_sync_commits_what_was_applied_first(tmp_path):
     b.sync()  # before a snapshot: every applied change in the file
     assert _committed(b, b"k") == b"v"
     b.close()
+
+
+def test_a_large_uncommitted_batch_commits_on_its_size(tmp_path):
+    from kubekv_server.backend.state_db import MAX_UNCOMMITTED_BYTES
+
+    b = Backend(str(tmp_path / "state"), batch_interval=3600, batch_limit=10000)
+    b.apply_txn().put(b"k", b"v", db=b.meta)
+    assert not b.applied(1, must_commit=False, nbytes=MAX_UNCOMMITTED_BYTES - 1)
+    assert b.applied(1, must_commit=False, nbytes=1)
+    assert _committed(b, b"k") == b"v"
+    b.close()
