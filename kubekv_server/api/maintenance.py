@@ -57,6 +57,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         """CRC-32 of the whole state database (etcd hashes its backend file); worker thread."""
         from kubekv_server.backend.state_snapshot import LOCAL_META_KEYS
 
+        self.member.node.commit_state()  # every applied change in the file it hashes
         resp = pb.HashResponse(hash=self.member.backend.hash(LOCAL_META_KEYS))
         self.member.header(resp.header, self.member.current_revision())
         return resp

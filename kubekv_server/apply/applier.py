@@ -1,9 +1,15 @@
 """Turns committed log entries into store changes, exactly once.
 
-A batch of entries is applied in one LMDB write transaction that also records
-the applied index, so after a crash the store is either before or after the
-whole batch and the log tail is replayed from the recorded index. Each entry
-runs in a nested transaction: a request that fails leaves no partial change.
+A batch of entries is applied in the backend's apply transaction, which also
+records the applied index, so after a crash the store is as of some applied
+index and the log tail is replayed from it. The transaction commits every
+--backend-batch-interval or --backend-batch-limit entries (etcd's batchTx), and
+at once after a batch that changed anything but keys (membership, leases, auth,
+alarms, compaction, a key's lease): those are read from committed state. The key
+changes applied but not committed are published after each batch as the MVCC
+store's `pending` view, which readers lay over their snapshot (mvcc/pending.py).
+Each entry runs in a nested transaction: a request that fails leaves no partial
+change.
 
 A request goes through the layers of `layers.py` (alarms, auth) to its kind's
 handler in `handlers.py`, as etcd's applierV3 wrappers around applierV3backend.
@@ -33,8 +39,13 @@ from kubekv_server.backend.state_db import Backend
 from kubekv_server.errors import EtcdError
 from kubekv_server.lease import LeaseStore
 from kubekv_server.mvcc import CompactedError, FutureRevError, MVCCStore
+from kubekv_server.mvcc.pending import EMPTY
 
 log = logging.getLogger("kubekv.applier")
+
+# Requests that change keys only: their changes may stay uncommitted (readers see them
+# through the pending view); any other request commits the apply txn with its batch.
+_KEY_ONLY = frozenset(("put", "delete_range", "txn"))
 
 # etcd's --experimental-warning-apply-duration default (embed.DefaultWarningApplyDuration)
 DEFAULT_WARNING_APPLY_SECONDS = 0.1
@@ -53,6 +64,10 @@ class BatchResult:
     # ("grant", id, ttl) / ("revoke", id) / ("checkpoint", id, remaining), for the lessor
     lease_changes: list = field(default_factory=list)
     membership_changed: bool = False  # a conf change or published attributes
+    # key changes for the pending view (pending.Change), and whether anything else
+    # changed (the apply txn must commit before the results are seen)
+    rows: list = field(default_factory=list)
+    must_commit: bool = False
     apply_seconds: float = 0.0  # wall time of the whole batch, commit included
 
 
@@ -82,6 +97,8 @@ class Applier:
         self.alarms = AlarmState(backend)
         self._members = MembersDB(backend)
         self.handlers = Handlers(mvcc, self._members, self.alarms, backend, leases, auth)
+        self._base: int | None = None  # current revision as of the last commit
+        backend.on_commit.append(self._committed)
         self._chain = wrap(self.handlers, self.alarms, auth, leases)
         # etcd_server_slow_apply_total: requests whose apply took longer than
         # --experimental-warning-apply-duration (etcd's warnOfExpensiveRequest)
@@ -95,12 +112,16 @@ class Applier:
             self.alarms.load(txn)
 
     def apply(self, entries: Sequence[raft_pb2.Entry]) -> BatchResult:
-        """Apply entries past the applied index in one durable transaction. Thread: writer."""
+        """Apply entries past the applied index in the apply txn. Thread: apply."""
         started_batch = time.perf_counter()
         out = BatchResult(applied_index=self.applied_index)
         todo = [e for e in entries if e.index > self.applied_index]
         if todo:
-            with self.backend.env.begin(write=True) as txn:
+            backend = self.backend
+            txn = backend.apply_txn()
+            if self._base is None:  # the revision the pending view extends
+                self._base = self.mvcc.current_revision(txn)
+            try:
                 for entry in todo:
                     if entry.type == raft_pb2.EntryNormal and entry.data:
                         started = time.perf_counter()
@@ -109,10 +130,23 @@ class Applier:
                             self.slow_applies += 1
                     elif entry.type == raft_pb2.EntryConfChange:
                         self._apply_conf_change(txn, entry.data, out)
-                self.backend.set_applied_index(txn, todo[-1].index)
+                backend.set_applied_index(txn, todo[-1].index)
+            except BaseException:
+                backend.abort()  # applied but uncommitted batches go too: the log has them
+                raise
+            nbytes = sum(len(row[3]) for row in out.rows)
+            if not backend.applied(len(todo), out.must_commit, nbytes):
+                mvcc = self.mvcc
+                mvcc.pending = mvcc.pending.extended(
+                    self._base, out.rows, mvcc.current_revision(txn))
             self.applied_index = out.applied_index = todo[-1].index
         out.apply_seconds = time.perf_counter() - started_batch
         return out
+
+    def _committed(self) -> None:
+        """The apply txn committed (or was dropped): readers need no pending view."""
+        self.mvcc.pending = EMPTY
+        self._base = None
 
     # ------------------------------------------------------------ membership
 
@@ -139,7 +173,7 @@ class Applier:
         """Membership and the ConfState change with the applied index, in the same txn."""
         cc = raft_pb2.ConfChange.FromString(data)
         members = self._members.apply_conf_change(txn, cc)
-        out.membership_changed = True
+        out.membership_changed = out.must_commit = True
         if cc.id:
             out.results.append((cc.id, members))
 
@@ -169,6 +203,10 @@ class Applier:
                                                           "internal error applying request")))
             return
         child.commit()
+        if kind in _KEY_ONLY and not step.touched_leases:
+            out.rows.extend(step.rows)
+        else:
+            out.must_commit = True
         out.lease_changes.extend(step.lease_changes)
         if kind == "compaction":
             out.compaction_scheduled = True

@@ -43,6 +43,8 @@ class Step:
     # ("grant", id, ttl) / ("revoke", id) / ("checkpoint", id, remaining), for the lessor
     lease_changes: list = field(default_factory=list)
     event_bytes: int = 0  # the encoded size of the events it made (WriteTxn.changes_bytes)
+    rows: list | tuple = ()  # its key changes as written (WriteTxn.rows), for the pending view
+    touched_leases: bool = False  # it attached or detached a key to or from a lease
 
 
 Handler = Callable[[Step], Outcome]
@@ -100,8 +102,9 @@ class Handlers:
         w.end()
         changes = w.changes
         if changes and self.leases is not None:  # _track, inline
-            self.leases.track(step.txn, changes)
+            step.touched_leases = self.leases.track(step.txn, changes)
         step.event_bytes = w.changes_bytes
+        step.rows = w.rows
         return resp, changes
 
     def _track(self, txn: lmdb.Transaction, changes: list) -> None:

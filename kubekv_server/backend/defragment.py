@@ -28,6 +28,9 @@ RETIRE_AFTER = 60.0
 def defragment(backend: Backend, mvcc: MVCCStore, leases: LeaseStore, auth: AuthStore,
                compactor: Compactor) -> int:
     """Apply thread only: defragment the state db; returns its new size in bytes."""
+    # commit the apply txn first: the copy must hold it, and a compactor slice waiting
+    # for LMDB's writer lock would otherwise never give back the pause lock
+    backend.commit()
     with compactor.paused():
         before = backend.size_bytes()
         old_env, old_dir = backend.defragment()

@@ -1,9 +1,9 @@
 """The member's state database: one LMDB environment holding everything the log is applied to.
 
 MVCC history, key index, current values, membership and the applied index live
-here, written in one transaction per apply batch, so a restart replays exactly
-the log entries this database has not seen. Other processes may open it
-read-only to serve reads (LMDB readers never block the writer).
+here, written by the apply transaction (committed in batches, see `apply_txn`), so a
+restart replays exactly the log entries this database has not seen. Other processes
+may open it read-only to read what is committed (LMDB readers never block the writer).
 """
 
 from __future__ import annotations
@@ -11,12 +11,25 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import time
 import zlib
 
 import lmdb
 
 # Address space reserved for the map; pages are only allocated as data grows.
 DEFAULT_MAP_SIZE = 64 << 30
+
+# etcd's backend defaults (server/mvcc/backend: defaultBatchInterval, defaultBatchLimit):
+# the apply transaction commits at the latest this long after its first write, or once
+# it holds this many applied entries. What is applied meanwhile is in the fsynced log,
+# and readers see it through mvcc/pending.py.
+DEFAULT_BATCH_INTERVAL = 0.1
+DEFAULT_BATCH_LIMIT = 10000
+# ... or once the key changes it holds reach this many bytes, whatever the flags say:
+# until the commit they sit twice in memory (the MVCC store's pending view, and LMDB's
+# dirty pages of the open txn), and 10,000 requests of etcd's largest size would be
+# 15 GiB. 64 MiB is ~40 of the largest requests, and thousands of ordinary ones.
+MAX_UNCOMMITTED_BYTES = 64 << 20
 
 _U64 = struct.Struct(">Q")
 
@@ -65,7 +78,8 @@ class Backend:
     APPLIED_INDEX = b"applied_index"
 
     def __init__(self, path: str, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
-                 fsync: bool = True):
+                 fsync: bool = True, batch_interval: float = DEFAULT_BATCH_INTERVAL,
+                 batch_limit: int = DEFAULT_BATCH_LIMIT):
         # `path` names the state database; after a defragmentation it lives in a sibling
         # directory named by the file `<path>.current` (see `defragment`).
         self.base = path
@@ -78,6 +92,18 @@ class Backend:
         self._dbs: dict[bytes, object] = {}
         self._db_flags: dict[bytes, dict] = {}
         self.meta = self.open_db(b"meta")
+        # The apply thread's write transaction, kept open across apply batches and
+        # committed every `batch_interval` seconds or `batch_limit` entries (etcd's
+        # batchTx). Only the apply thread touches it (an LMDB write txn belongs to the
+        # thread that began it); a limit <= 1 commits every batch.
+        self.batch_interval = batch_interval
+        self.batch_limit = batch_limit
+        self._held: lmdb.Transaction | None = None
+        self._held_since = 0.0
+        self._held_entries = self._held_bytes = 0
+        self.commits = 0  # commits of the apply txn (etcd_disk_backend_commit_duration count)
+        # called after each commit of the apply txn (the MVCC store drops its pending view)
+        self.on_commit: list = []
 
     def _open(self, path: str) -> lmdb.Environment:
         # metasync=False: each commit flushes its data pages but not the meta page,
@@ -130,6 +156,51 @@ class Backend:
         self.meta = dbs[b"meta"]
         return old_env, old_dir
 
+    # -- the apply transaction (apply thread only) ------------------------------------------
+    def apply_txn(self) -> lmdb.Transaction:
+        """The write transaction the next apply batch goes into (begun if none is open)."""
+        if self._held is None:
+            self._held = self.env.begin(write=True)
+            self._held_since = time.monotonic()
+            self._held_entries = self._held_bytes = 0
+        return self._held
+
+    def applied(self, entries: int, must_commit: bool, nbytes: int = 0) -> bool:
+        """A batch of `entries` (`nbytes` of key changes) went into the apply txn: commit
+        it if `must_commit` (the batch changed something only committed state shows) or
+        a bound is reached. Returns whether it committed."""
+        self._held_entries += entries
+        self._held_bytes += nbytes
+        if (must_commit or self._held_entries >= self.batch_limit
+                or self._held_bytes >= MAX_UNCOMMITTED_BYTES
+                or time.monotonic() - self._held_since >= self.batch_interval):
+            self.commit()
+            return True
+        return False
+
+    def commit_if_due(self) -> None:
+        """Commit the apply txn if its interval has passed (the batch-interval clock)."""
+        if self._held is not None and time.monotonic() - self._held_since >= self.batch_interval:
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit the apply txn now, if one is open (before anything that needs every
+        applied change in the file: snapshots, defragmentation, hashes, stop)."""
+        txn, self._held = self._held, None
+        if txn is not None:
+            txn.commit()
+            self.commits += 1
+            for fn in self.on_commit:
+                fn()
+
+    def abort(self) -> None:
+        """Drop the apply txn (an apply failed; the log replays it after a restart)."""
+        txn, self._held = self._held, None
+        if txn is not None:
+            txn.abort()
+            for fn in self.on_commit:
+                fn()
+
     def applied_index(self) -> int:
         with self.env.begin() as txn:
             return decode_u64(txn.get(self.APPLIED_INDEX, db=self.meta))
@@ -177,8 +248,11 @@ class Backend:
         return h
 
     def sync(self) -> None:
-        """Force every committed transaction to disk (before the log is compacted)."""
+        """Commit the apply txn and force every commit to disk (before the log is
+        compacted). Apply thread, or when no apply runs."""
+        self.commit()
         self.env.sync(True)
 
     def close(self) -> None:
+        self.abort()
         self.env.close()

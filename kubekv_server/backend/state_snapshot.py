@@ -83,6 +83,7 @@ def install(backend: Backend, path: str) -> None:
     snap = lmdb.open(path, subdir=False, readonly=True, lock=False, max_dbs=64,
                      map_size=max(os.path.getsize(path) * 2, 1 << 20))
     env = backend.env
+    backend.commit()  # what was applied before goes first (and frees the writer lock)
     try:
         with snap.begin() as stxn, env.begin(write=True) as txn:
             local = {k: txn.get(k, db=backend.meta) for k in LOCAL_META_KEYS}

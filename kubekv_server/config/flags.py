@@ -234,6 +234,11 @@ class Config:
     max_concurrent_streams: int
     max_txn_ops: int
     quota_backend_bytes: int
+    # --backend-batch-interval (seconds) and --backend-batch-limit (entries): how long
+    # and how many applied entries the state db's apply txn may stay uncommitted;
+    # 0 means etcd's defaults (100ms, 10000), a limit below 0 commits every batch
+    backend_batch_interval: float
+    backend_batch_limit: int
     snapshot_count: int
     heartbeat_interval_ms: int
     election_timeout_ms: int
@@ -424,6 +429,16 @@ def _duration_flag(raw: dict[str, str], name: str) -> float:
         ) from None
 
 
+def _batch_interval(raw: dict[str, str]) -> float:
+    """--backend-batch-interval in seconds. etcd starts a ticker with it, which panics on
+    a negative duration ("non-positive interval for NewTicker"): refused here instead."""
+    seconds = _duration_flag(raw, "backend-batch-interval")
+    if seconds < 0:
+        raise FlagError(f'invalid value "{raw["backend-batch-interval"]}" for flag '
+                        "-backend-batch-interval: must not be negative")
+    return seconds
+
+
 def _has_port(url: str) -> bool:
     try:
         return urllib.parse.urlsplit(url).port is not None
@@ -491,6 +506,8 @@ def _build(raw: dict[str, str], given: set[str]) -> Config:
         max_concurrent_streams=_int_flag(raw, "max-concurrent-streams"),
         max_txn_ops=_int_flag(raw, "max-txn-ops"),
         quota_backend_bytes=_int_flag(raw, "quota-backend-bytes"),
+        backend_batch_interval=_batch_interval(raw),
+        backend_batch_limit=_int_flag(raw, "backend-batch-limit"),
         snapshot_count=_int_flag(raw, "snapshot-count"),
         heartbeat_interval_ms=_int_flag(raw, "heartbeat-interval"),
         election_timeout_ms=_int_flag(raw, "election-timeout"),

@@ -83,14 +83,17 @@ class LeaseStore:
         txn.delete(_id(lease_id), db=self.leases)
         txn.delete(_id(lease_id), db=self.keys_db)
 
-    def track(self, txn: lmdb.Transaction, changes: list) -> None:
-        """Attach/detach keys after the MVCC changes of one applied request."""
+    def track(self, txn: lmdb.Transaction, changes: list) -> bool:
+        """Attach/detach keys after the MVCC changes of one applied request; whether any
+        key was attached or detached."""
+        touched = False
         for ev in changes:
             kv = ev.kv
             old = ev.prev_kv.lease if ev.HasField("prev_kv") else 0
             new = kv.lease if ev.type == Event.PUT else 0
             if old == new:
                 continue
+            touched = True
             key = kv.key if len(kv.key) <= PREFIX else stored(kv.key)
             if old:
                 cur = txn.cursor(db=self.keys_db)
@@ -98,3 +101,4 @@ class LeaseStore:
                     cur.delete()
             if new:
                 txn.put(_id(new), key, db=self.keys_db, dupdata=True)
+        return touched

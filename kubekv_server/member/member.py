@@ -70,6 +70,11 @@ class Member:
             os.path.join(member_dir, "log")
         self.backend, self.storage = open_stores(
             self.data_dir, os.path.join(member_dir, "state"), log_dir, fsync)
+        # etcd's backend batching: 0 means its defaults, a negative limit every batch
+        if cfg.backend_batch_interval > 0:
+            self.backend.batch_interval = cfg.backend_batch_interval
+        if cfg.backend_batch_limit:
+            self.backend.batch_limit = max(cfg.backend_batch_limit, 1)
         self.mvcc = MVCCStore(self.backend.env)
         self.password_iterations = password.iterations_for_flag(cfg.bcrypt_cost)
         identity = load_identity(cfg, self.backend, self.storage)
@@ -387,7 +392,9 @@ class Member:
         self.proposer.refresh_db_size()
 
     def export_snapshot(self) -> bytes:
-        """The state as an etcd backend file (bbolt), for Maintenance.Snapshot. Any thread."""
+        """The state as an etcd backend file (bbolt), for Maintenance.Snapshot. Any thread
+        but the loop's and the apply thread's."""
+        self.node.commit_state()  # every applied change in the file it exports
         return self.maintenance.export_snapshot()
 
     def status(self) -> pb.StatusResponse:

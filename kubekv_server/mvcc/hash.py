@@ -11,11 +11,14 @@ the same hash whatever their physical compaction progress (when keep is non-empt
 
 from __future__ import annotations
 
+import itertools
+
 import lmdb
 from crc32c import crc32c as _crc32c
 
 from kubekv_server.mvcc.compaction import key_of
 from kubekv_server.mvcc.key_index import newest_at, visible_at
+from kubekv_server.mvcc.pending import Pending
 from kubekv_server.mvcc.revision import is_tombstone, main_of, rev_to_bytes
 from kubekv_server.mvcc.stored_key import stored
 
@@ -46,24 +49,29 @@ def hash_history(
     key_index: lmdb._Database,
     rev: int,
     compact_rev: int,
+    pending: Pending | None = None,
 ) -> int:
-    """The hash of the history up to ``rev`` (already validated) as etcd computes it."""
+    """The hash of the history up to ``rev`` (already validated) as etcd computes it.
+
+    ``pending``: writes applied but not committed (their rows are all newer than the
+    snapshot's and than the compact revision): hashed after the snapshot's rows, and
+    counted in which row of a key is the newest at ``rev``, so a member hashes the
+    same whatever it has committed."""
     h = Crc32c()
     h.update(b"key")
     seeker = txn.cursor(db=key_index)
     keep_nonempty: bool | None = None
     upper = rev_to_bytes(max(rev + 1, 0))  # etcd: a negative rev hashes no rows
     rows = txn.cursor(db=history)
-    if not rows.first():
-        return h.value()
-    for rb, v in rows.iternext():
+    committed = rows.iternext() if rows.first() else ()
+    for rb, v in itertools.chain(committed, pending.rows if pending else ()):
         if rb >= upper:
             break
         if main_of(rb) <= compact_rev:
             if keep_nonempty is None:
-                keep_nonempty = _any_visible(txn, key_index, rev)
+                keep_nonempty = _any_visible(txn, key_index, rev, pending)
             if keep_nonempty and (
-                is_tombstone(rb) or newest_at(seeker, stored(key_of(v)), rev) != rb
+                is_tombstone(rb) or _newest(seeker, stored(key_of(v)), rev, pending) != rb
             ):
                 continue
         h.update(rb)
@@ -71,12 +79,26 @@ def hash_history(
     return h.value()
 
 
-def _any_visible(txn: lmdb.Transaction, key_index: lmdb._Database, rev: int) -> bool:
+def _newest(seeker: lmdb.Cursor, sk: bytes, rev: int, pending: Pending | None) -> bytes | None:
+    """``newest_at`` with the pending rows first (they are newer than the snapshot's)."""
+    rb = pending.newest_row(sk, rev) if pending else None
+    return rb if rb is not None else newest_at(seeker, sk, rev)
+
+
+def _any_visible(txn: lmdb.Transaction, key_index: lmdb._Database, rev: int,
+                 pending: Pending | None = None) -> bool:
     keys = txn.cursor(db=key_index)
     seeker = txn.cursor(db=key_index)
+    if pending:
+        for sk in pending.index:
+            rb = pending.newest_row(sk, rev)
+            if rb is not None and not is_tombstone(rb):
+                return True
     if not keys.first():
         return False
     for k in keys.iternext_nodup(keys=True, values=False):
+        if pending and pending.newest_row(k, rev) is not None:
+            continue  # decided above
         if visible_at(seeker, k, rev) is not None:
             return True
     return False

@@ -19,6 +19,8 @@ revisions, and a write txn reads its own writes.
 
 from __future__ import annotations
 
+import itertools
+
 import lmdb
 
 from etcdproto.mvccpb.kv_pb2 import Event, KeyValue
@@ -26,6 +28,7 @@ from kubekv_server.mvcc import compaction, meta
 from kubekv_server.mvcc.errors import CompactedError, FutureRevError, InvalidKeyError
 from kubekv_server.mvcc.hash import hash_history
 from kubekv_server.mvcc.key_index import visible_at
+from kubekv_server.mvcc.pending import EMPTY, Pending
 from kubekv_server.mvcc.revision import MARK_TOMBSTONE, is_tombstone, main_of, rev_to_bytes
 from kubekv_server.mvcc.stored_key import PREFIX, scan, stored
 
@@ -117,6 +120,8 @@ class _Reader:
     current_revision: int
     compact_revision: int
     _ranges: int = 0
+    # writes applied but not committed, laid over the snapshot (None: nothing to lay)
+    _p: Pending | None = None
 
     def _range_rev(self) -> int:
         """The revision a range with ``rev <= 0`` reads at (the live revision)."""
@@ -157,12 +162,17 @@ class _Reader:
         if end is None:
             if not key:
                 return [], 0
-            v = txn.get(key if len(key) <= PREFIX else stored(key), db=dbs.live)
+            sk = key if len(key) <= PREFIX else stored(key)
+            p = self._p
+            e = None if p is None else p.live.get(sk)
+            v = txn.get(sk, db=dbs.live) if e is None else e[1]
             if v is None:
                 return [], 0
             return ([] if count_only else [v]), 1
         if end and end <= key:
             return [], 0
+        if self._p is not None:
+            return self._range_live_pending(key, end, limit, count_only)
         if len(key) > PREFIX or len(end) > PREFIX:
             return self._range_live_ordered(key, end, limit, count_only)
         # Both bounds are exact on stored keys: only a long key's position in the output
@@ -212,6 +222,55 @@ class _Reader:
                 raw.append(v)
         return raw, count
 
+    def _range_live_pending(
+        self, key: bytes, end: bytes, limit: int, count_only: bool
+    ) -> tuple[list[bytes], int]:
+        """``_range_live`` with uncommitted writes laid over the snapshot: the snapshot's
+        keys in range, each replaced by its pending value (or dropped if deleted), merged
+        in user-key order with the pending keys the snapshot lacks."""
+        pend = self._p.live_in_range(key, end)
+        changed = {u for u, _ in pend}
+        ins = iter([(u, v) for u, v in pend if v is not None])
+        nxt = next(ins, None)
+        raw: list[bytes] = []
+        count = 0
+        want = 0 if count_only else (limit if limit > 0 else -1)
+        cur = self._txn.cursor(db=self._dbs.live)
+        for u, _s, v in scan(cur, key, end, self._user_key):
+            while nxt is not None and nxt[0] < u:
+                count += 1
+                if len(raw) != want:
+                    raw.append(nxt[1])
+                nxt = next(ins, None)
+            if u in changed:
+                continue
+            count += 1
+            if len(raw) != want:
+                raw.append(v)
+        while nxt is not None:
+            count += 1
+            if len(raw) != want:
+                raw.append(nxt[1])
+            nxt = next(ins, None)
+        return raw, count
+
+    def _visible(self, seeker: lmdb.Cursor, sk: bytes, rev: int) -> bytes | None:
+        """The history row of stored key ``sk`` visible at ``rev`` (pending ones first)."""
+        p = self._p
+        if p is not None:
+            found, rb = p.newest_at(sk, rev)
+            if found:
+                return rb
+        return visible_at(seeker, sk, rev)
+
+    def _row(self, rb: bytes) -> bytes:
+        p = self._p
+        if p is not None:
+            v = p.row_of.get(rb)
+            if v is not None:
+                return v
+        return self._txn.get(rb, db=self._dbs.key)
+
     def _range_history(
         self, key: bytes, end: bytes | None, rev: int, limit: int, count_only: bool
     ) -> tuple[list[bytes], int]:
@@ -220,12 +279,14 @@ class _Reader:
         if end is None:
             if not key:
                 return [], 0
-            rb = visible_at(seeker, key if len(key) <= PREFIX else stored(key), rev)
+            rb = self._visible(seeker, key if len(key) <= PREFIX else stored(key), rev)
             if rb is None:
                 return [], 0
-            return ([] if count_only else [txn.get(rb, db=dbs.key)]), 1
+            return ([] if count_only else [self._row(rb)]), 1
         if end and end <= key:
             return [], 0
+        if self._p is not None and rev > self._p.base:
+            return self._range_history_pending(key, end, rev, limit, count_only)
         keys = txn.cursor(db=dbs.key_index)
         raw: list[bytes] = []
         count = 0
@@ -239,6 +300,31 @@ class _Reader:
                 raw.append(txn.get(rb, db=dbs.key))
         return raw, count
 
+    def _range_history_pending(
+        self, key: bytes, end: bytes, rev: int, limit: int, count_only: bool
+    ) -> tuple[list[bytes], int]:
+        """``_range_history`` at a revision some uncommitted writes are at or below:
+        the snapshot's keys and the pending ones, merged in user-key order."""
+        seeker = self._txn.cursor(db=self._dbs.key_index)
+        pend = self._p.index_in_range(key, end)
+        known = {u for u, _ in pend}
+        keys = [(u, k) for u, k, _v in scan(self._txn.cursor(db=self._dbs.key_index), key,
+                                              end, self._user_key, nodup=True)
+                if u not in known]
+        keys.extend(pend)
+        keys.sort()
+        raw: list[bytes] = []
+        count = 0
+        want = 0 if count_only else (limit if limit > 0 else -1)
+        for _u, k in keys:
+            rb = self._visible(seeker, k, rev)
+            if rb is None:
+                continue
+            count += 1
+            if len(raw) != want:
+                raw.append(self._row(rb))
+        return raw, count
+
     def history(self, from_rev: int, to_rev: int):
         """Every change with main revision in [from_rev, to_rev], in revision order, as Events.
 
@@ -250,10 +336,11 @@ class _Reader:
             return
         txn, dbs = self._txn, self._dbs
         cur = txn.cursor(db=dbs.key)
-        if not cur.set_range(rev_to_bytes(max(from_rev, 0))):
-            return
         stop = rev_to_bytes(to_rev + 1)
-        for rb, raw in cur.iternext():
+        rows = cur.iternext() if cur.set_range(rev_to_bytes(max(from_rev, 0))) else ()
+        if self._p is not None:  # the pending rows all come after the snapshot's
+            rows = itertools.chain(rows, self._p.rows_between(from_rev, to_rev))
+        for rb, raw in rows:
             if rb >= stop:
                 return
             kv = _parse_kv(raw)
@@ -280,12 +367,17 @@ class ReadTxn(_Reader):
     LMDB transaction, so the view is consistent in any thread or process.
     """
 
-    def __init__(self, env: lmdb.Environment, dbs: _Dbs, counts: OpCounts | None = None) -> None:
+    def __init__(self, env: lmdb.Environment, dbs: _Dbs, counts: OpCounts | None = None,
+                 pending: Pending = EMPTY) -> None:
+        # `pending` was taken before the snapshot begins (see pending.py)
         self._env = env
         self._dbs = dbs
         self._counts = counts
         self._txn = env.begin(write=False)
         self.current_revision, self.compact_revision = meta.revisions(self._txn, dbs.meta)
+        if pending and pending.base == self.current_revision:
+            self._p = pending
+            self.current_revision = pending.top
 
     def close(self) -> None:
         self._txn.abort()
@@ -316,6 +408,8 @@ class WriteTxn(_Reader):
         # one Event per change, in order: each change's kv and prev kv are built inside
         # its Event, so the watchers get them without a copy
         self._changes: list[Event] = []
+        # the same changes as rows written (pending.Change), for readers until they commit
+        self.rows: list[tuple] = []
         # the encoded size of those Events, what sum(ev.ByteSize()) gives without encoding
         # them again (the watch hub's log budget)
         self.changes_bytes = 0
@@ -358,6 +452,7 @@ class WriteTxn(_Reader):
         txn.put(sk, rb, db=dbs.key_index, dupdata=True)
         txn.put(sk, data, db=dbs.live)
         self._changes.append(ev)
+        self.rows.append((sk, key, rb, data, data, prev_raw is not None))
         self.changes_bytes += _field_size(len(data)) + (
             0 if prev_raw is None else _field_size(len(prev_raw)))
         return prev
@@ -380,7 +475,9 @@ class WriteTxn(_Reader):
         deleted = []
         for k, sk, v in items:
             rb = rev_to_bytes(rev, len(self._changes)) + MARK_TOMBSTONE
-            txn.put(rb, KeyValue(key=k).SerializeToString(), db=dbs.key, append=True)
+            tomb = KeyValue(key=k).SerializeToString()
+            txn.put(rb, tomb, db=dbs.key, append=True)
+            self.rows.append((sk, k, rb, tomb, None, True))
             txn.put(sk, rb, db=dbs.key_index, dupdata=True)
             txn.delete(sk, db=dbs.live)
             ev = Event(type=_DELETE)
@@ -431,6 +528,9 @@ class MVCCStore:
         self.env = env
         self._dbs = _Dbs(env)
         self.counts = OpCounts()
+        # writes the applier applied but did not commit yet (published per apply batch,
+        # EMPTY after each commit): readers lay them over their snapshot (pending.py)
+        self.pending: Pending = EMPTY
 
     def rebind(self, env: lmdb.Environment) -> None:
         """Use another environment holding the same data (after a defragmentation)."""
@@ -444,7 +544,7 @@ class MVCCStore:
 
     def read(self) -> ReadTxn:
         """A read view at the current revision; use as a context manager."""
-        return ReadTxn(self.env, self._dbs, self.counts)
+        return ReadTxn(self.env, self._dbs, self.counts, self.pending)
 
     def write(self, txn: lmdb.Transaction) -> WriteTxn:
         """Wrap a caller-owned LMDB write txn as one etcd write txn (at most one revision)."""
@@ -452,13 +552,25 @@ class MVCCStore:
 
     def key_count(self) -> int:
         """Keys that exist now (etcd's keys_total), from the live table's size."""
+        p = self.pending
         with self.env.begin() as txn:
-            return txn.stat(self._dbs.live)["entries"]
+            n = txn.stat(self._dbs.live)["entries"]
+            if p and p.base == meta.revisions(txn, self._dbs.meta)[0]:
+                n += p.live_delta
+        return n
+
+    def current_revision(self, txn: lmdb.Transaction) -> int:
+        """The current revision as `txn` sees it."""
+        return meta.revisions(txn, self._dbs.meta)[0]
 
     def revisions(self) -> tuple[int, int]:
         """(current revision, compact revision) in a fresh read txn."""
+        p = self.pending
         with self.env.begin() as txn:
-            return meta.revisions(txn, self._dbs.meta)
+            current, compacted = meta.revisions(txn, self._dbs.meta)
+        if p and p.base == current:
+            current = p.top
+        return current, compacted
 
     def compact(self, txn: lmdb.Transaction, rev: int) -> None:
         """etcd's ``Compact``: record ``rev`` as the compact revision and schedule removal.
@@ -494,15 +606,19 @@ class MVCCStore:
         if ``rev`` > current revision.
         """
         d = self._dbs
+        p = self.pending
         with self.env.begin() as txn:
             current, compacted = meta.revisions(txn, d.meta)
+            laid = None
+            if p and p.base == current:
+                current, laid = p.top, p
             if 0 < rev <= compacted:
                 raise CompactedError()
             if rev > 0 and rev > current:
                 raise FutureRevError()
             if rev == 0:
                 rev = current
-            h = hash_history(txn, d.key, d.key_index, rev, compacted)
+            h = hash_history(txn, d.key, d.key_index, rev, compacted, laid)
         return h, compacted, current
 
     def db_size(self) -> int:

@@ -113,6 +113,7 @@ class RaftNode:
         self._executor = ThreadWorker("kubekv-apply")
         self._log_executor = ThreadWorker("kubekv-log")
         self._stopped = False
+        self._commit_task: asyncio.Task | None = None
         # metrics: proposals refused
         self.proposals_failed = 0
 
@@ -230,6 +231,7 @@ class RaftNode:
         self.runner.on_dropped = self._dropped
         self._read_rounds = ReadRounds(self.loop, self.runner.read_index)
         await self.runner.start()
+        self._commit_task = self.loop.create_task(self._commit_clock(), name="backend-commit")
         _, cs = self.storage.initial_state()
         if list(cs.voters) == [self.member_id]:
             self.loop.create_task(self._campaign_alone())
@@ -251,12 +253,30 @@ class RaftNode:
             await asyncio.sleep(0.005)
         return True
 
+    async def _commit_clock(self) -> None:
+        """etcd's backend batch ticker: commit the apply txn once --backend-batch-interval
+        passed since its first write, also when no new batch comes to do it."""
+        interval = self.backend.batch_interval
+        while not self._stopped:
+            await asyncio.sleep(interval)
+            await self._executor.call(self.loop, self.backend.commit_if_due)
+
+    def commit_state(self) -> None:
+        """Commit the apply txn and wait (a thread that is neither the loop nor the apply
+        thread: before reading the state db's whole file, as Maintenance.Hash)."""
+        try:
+            self._executor.submit(self.backend.commit).result()
+        except RuntimeError:  # stopping: stop() commits
+            pass
+
     async def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
         if self._read_rounds is not None:
             self._read_rounds.stopped = True
+        if self._commit_task is not None:
+            self._commit_task.cancel()
         if self.runner is not None:
             await self.runner.stop()
         close = getattr(self.transport, "close", None)
@@ -264,8 +284,15 @@ class RaftNode:
             res = close()
             if asyncio.iscoroutine(res):
                 await res
-        self._executor.shutdown(wait=True)
+        # the log thread first: a write it finishes may still hand entries to the apply
+        # thread; then what was applied is committed (else the log replays it at start),
+        # on the apply thread, whose LMDB write txn it is
         self._log_executor.shutdown(wait=True)
+        try:
+            await self._executor.call(self.loop, self.backend.commit)
+        except Exception:
+            log.exception("event=backend_commit_failed")
+        self._executor.shutdown(wait=True)
         futures, self._futures = self._futures, {}
         for fut in futures.values():
             if not fut.done():
@@ -469,7 +496,7 @@ class _ApplierAdapter:
         self.node = node
 
     def apply(self, entries: list[raft_pb2.Entry]) -> BatchResult:
-        """Apply thread: one batch, one state-db commit; nothing else runs here."""
+        """Apply thread: one batch into the state db's apply txn; nothing else runs here."""
         return self.node.applier.apply(entries)
 
     def on_applied(self, entries: list[raft_pb2.Entry], result: BatchResult) -> None:

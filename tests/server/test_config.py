@@ -87,3 +87,15 @@ def test_durations():
     assert parse_duration("2h") == 7200.0
     assert parse_duration("100ms") == pytest.approx(0.1)
     assert parse_duration("1m30s") == 90.0
+
+
+def test_backend_batch_flags():
+    """etcd's backend batching flags: 0 keeps etcd's defaults (the member uses 100ms and
+    10000); a negative interval is refused (etcd's ticker panics on it)."""
+    cfg = parse_args([])
+    assert (cfg.backend_batch_interval, cfg.backend_batch_limit) == (0.0, 0)
+    cfg = parse_args(["--backend-batch-interval=250ms", "--backend-batch-limit", "500"])
+    assert cfg.backend_batch_interval == pytest.approx(0.25)
+    assert cfg.backend_batch_limit == 500
+    with pytest.raises(FlagError, match="backend-batch-interval"):
+        parse_args(["--backend-batch-interval=-1s"])

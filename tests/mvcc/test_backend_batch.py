@@ -1,0 +1,65 @@
+"""The state db's apply transaction: committed on etcd's batch bounds, not per batch."""
+
+from __future__ import annotations
+
+from kubekv_server.backend.state_db import Backend
+
+
+def _committed(backend: Backend, key: bytes) -> bytes | None:
+    with backend.env.begin() as txn:
+        return txn.get(key, db=backend.meta)
+
+
+def test_the_apply_txn_commits_at_the_batch_limit(tmp_path):
+    b = Backend(str(tmp_path / "state"), batch_interval=3600, batch_limit=3)
+    txn = b.apply_txn()
+    txn.put(b"a", b"1", db=b.meta)
+    assert not b.applied(2, must_commit=False)
+    assert _committed(b, b"a") is None  # readers see the last commit only
+    assert b.apply_txn() is txn  # the next batch goes into the same txn
+    assert b.applied(1, must_commit=False)
+    assert _committed(b, b"a") == b"1"
+    b.close()
+
+
+def test_a_batch_that_must_be_seen_commits_at_once(tmp_path):
+    b = Backend(str(tmp_path / "state"), batch_interval=3600, batch_limit=10000)
+    seen = []
+    b.on_commit.append(lambda: seen.append(True))
+    b.apply_txn().put(b"lease", b"x", db=b.meta)
+    assert b.applied(1, must_commit=True)
+    assert _committed(b, b"lease") == b"x"
+    assert seen == [True]
+    b.close()
+
+
+def test_the_interval_commits_without_a_new_batch(tmp_path):
+    b = Backend(str(tmp_path / "state"), batch_interval=3600, batch_limit=10000)
+    b.apply_txn().put(b"k", b"v", db=b.meta)
+    assert not b.applied(1, must_commit=False)
+    b.commit_if_due()  # not due
+    assert _committed(b, b"k") is None
+    b.batch_interval = 0.0
+    b.commit_if_due()
+    assert _committed(b, b"k") == b"v"
+    b.close()
+
+
+def test_sync_commits_what_was_applied_first(tmp_path):
+    b = Backend(str(tmp_path / "state"), batch_interval=3600, batch_limit=10000)
+    b.apply_txn().put(b"k", b"v", db=b.meta)
+    b.applied(1, must_commit=False)
+    b.sync()  # before a snapshot: every applied change in the file
+    assert _committed(b, b"k") == b"v"
+    b.close()
+
+
+def test_a_large_uncommitted_batch_commits_on_its_size(tmp_path):
+    from kubekv_server.backend.state_db import MAX_UNCOMMITTED_BYTES
+
+    b = Backend(str(tmp_path / "state"), batch_interval=3600, batch_limit=10000)
+    b.apply_txn().put(b"k", b"v", db=b.meta)
+    assert not b.applied(1, must_commit=False, nbytes=MAX_UNCOMMITTED_BYTES - 1)
+    assert b.applied(1, must_commit=False, nbytes=1)
+    assert _committed(b, b"k") == b"v"
+    b.close()
