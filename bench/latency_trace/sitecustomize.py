@@ -145,6 +145,13 @@ def _install() -> None:  # noqa: C901 - one patch per stage
         await orig_write(self, payload)
 
     S.write = write
+    orig_write_now = S.write_now
+
+    def write_now(self, payload):
+        stamp("wire", len(payload))
+        return orig_write_now(self, payload)
+
+    S.write_now = write_now
 
     N = raft_node.RaftNode
     orig_propose = N.propose
