@@ -3,7 +3,9 @@
 through a follower's client port, then N through the leader's, with the client's own
 send/receive stamps in DIR/trace.client. Analyse with analyze.py.
 
-    python bench/latency_trace/run.py DIR [--ops 300] [--op put|txn]
+    python bench/latency_trace/run.py DIR [--ops 300] [--op put|txn] [--code TREE]
+
+--code: the source tree the members run (default: this one), e.g. /work/main for an A/B.
 """
 
 from __future__ import annotations
@@ -16,11 +18,6 @@ import tempfile
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench import cluster_bench  # noqa: E402
-from etcdproto.etcdserverpb import rpc_pb2 as pb  # noqa: E402
 
 
 def main() -> None:
@@ -28,7 +25,13 @@ def main() -> None:
     ap.add_argument("dir")
     ap.add_argument("--ops", type=int, default=300)
     ap.add_argument("--op", default="put", choices=["put", "txn"])
+    ap.add_argument("--code", default=str(HERE.parent.parent))
     a = ap.parse_args()
+    sys.path.insert(0, a.code)  # cluster_bench runs the members from its own tree
+    from bench import cluster_bench
+    from etcdproto.etcdserverpb import rpc_pb2 as pb
+
+    assert pathlib.Path(cluster_bench.__file__).is_relative_to(a.code), cluster_bench.__file__
     out = pathlib.Path(a.dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ["KUBEKV_TRACE"] = str(out)

@@ -145,13 +145,14 @@ def _install() -> None:  # noqa: C901 - one patch per stage
         await orig_write(self, payload)
 
     S.write = write
-    orig_write_now = S.write_now
+    orig_write_now = getattr(S, "write_now", None)  # absent before the direct write
 
     def write_now(self, payload):
         stamp("wire", len(payload))
         return orig_write_now(self, payload)
 
-    S.write_now = write_now
+    if orig_write_now is not None:
+        S.write_now = write_now
 
     N = raft_node.RaftNode
     orig_propose = N.propose
@@ -214,3 +215,7 @@ def _install() -> None:  # noqa: C901 - one patch per stage
 
 if _DIR:
     _install()
+if os.environ.get("KUBEKV_SWITCH_INTERVAL"):  # an experiment: the GIL's switch interval
+    import sys
+
+    sys.setswitchinterval(float(os.environ["KUBEKV_SWITCH_INTERVAL"]))
