@@ -379,8 +379,14 @@ class _Peer:
         also writes as soon as a message arrives). Otherwise the sender task writes it."""
         if not self.queue or self.closed:
             return
-        if self.call is not None and self._write_now(self.call):
-            return
+        call = self.call
+        if call is not None:
+            try:
+                if self._write_now(call):
+                    return
+            except Exception as e:  # noqa: BLE001 - never into the Runner: the task reports it
+                log.debug("raft: direct write to peer %x failed: %s", self.id, _describe(e))
+                call.cancel()  # the task finds the call ended and counts what was unsent
         self.wake.set()
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(

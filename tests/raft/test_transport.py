@@ -149,6 +149,23 @@ def test_an_idle_stream_writes_in_the_senders_turn_and_falls_back_to_its_task():
             peer.call = real
             await eventually(lambda: len(rx.stepped) == 5, what="the task's write")
             assert [m.commit for m in rx.stepped] == [0, 1, 2, 3, 4]
+
+            # a direct write that raises never reaches the caller (the Runner): the call
+            # ends, the task counts the message dropped and reconnects for the next
+            await eventually(lambda: peer.call is not None, what="an idle stream again")
+            broken = peer.call
+
+            def boom(payload: bytes) -> bool:
+                raise RuntimeError("broken")
+
+            broken.write_now = boom
+            dropped = peer.status.messages_dropped
+            t.send([hb(2, k=5)])
+            await eventually(lambda: peer.status.messages_dropped == dropped + 1,
+                             what="the message counted dropped")
+            t.send([hb(2, k=6)])
+            await eventually(lambda: len(rx.stepped) == 6, what="a write after reconnecting")
+            assert rx.stepped[-1].commit == 6
         finally:
             await t.close()
             await server.stop(0)
