@@ -181,6 +181,13 @@ def _install() -> None:  # noqa: C901 - one patch per stage
         return r
 
     A._apply = apply
+    orig_adapter_apply = A.apply
+
+    async def adapter_apply(self, entries):
+        stamp("apply_handoff", f"{entries[0].index}-{entries[-1].index}")
+        await orig_adapter_apply(self, entries)
+
+    A.apply = adapter_apply
 
     from kubekv_server.rpc import connection
 
