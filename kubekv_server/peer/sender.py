@@ -267,9 +267,12 @@ class GrpcTransport:
 
     # -- the Transport protocol ------------------------------------------------------------
     def send(self, messages: list[pb.Message]) -> None:
-        """Queue messages; never blocks. Unknown peers' messages are dropped."""
+        """Queue messages and write each peer's at once if its stream can take them
+        without waiting (else its sender task writes them); never blocks. Unknown peers'
+        messages are dropped."""
         if self._closed:
             return
+        touched: list[_Peer] = []
         for m in messages:
             p = self._peers.get(m.to)
             if p is None:
@@ -280,7 +283,10 @@ class GrpcTransport:
             else:
                 if m.type == pb.MsgHeartbeat and self.heartbeat_late:
                     self._observe_heartbeat(p, m.term)
-                p.enqueue(m)
+                if p.enqueue(m) and p not in touched:
+                    touched.append(p)
+        for p in touched:
+            p.flush()
 
     def _observe_heartbeat(self, p: _Peer, term: int) -> None:
         """etcd's timeoutDetector: a late heartbeat is a heartbeat send failure. The
@@ -338,6 +344,7 @@ class _Peer:
         self.unsent = 0
         self.wake = asyncio.Event()
         self.task: asyncio.Task | None = None
+        self.call: StreamCall | None = None  # the open stream while its sender task idles
         self.snap_task: asyncio.Task | None = None
         self.status = PeerStatus(id=peer_id, urls=list(urls))
         self.closed = False
@@ -345,9 +352,10 @@ class _Peer:
         self.last_heartbeat = 0.0
 
     # -- queueing ------------------------------------------------------------------------------
-    def enqueue(self, m: pb.Message) -> None:
+    def enqueue(self, m: pb.Message) -> bool:
+        """Queue a message for `flush`; False if it was dropped (closed, queue full)."""
         if self.closed:
-            return
+            return False
         size = m.ByteSize()
         if (
             len(self.queue) >= self.t.max_queue_messages
@@ -359,14 +367,59 @@ class _Peer:
                 self.overflow_reported = True
                 log.warning("raft: queue to peer %x full; dropping messages", self.id)
                 self.t._report_unreachable(self.id)
-            return
+            return False
         self.queue.append((m, size))
         self.queued_bytes += size
+        return True
+
+    def flush(self) -> None:
+        """Write what is queued now, on the caller's turn of the loop, if the stream is
+        open, its sender task idle and the stream takes it without waiting: a message
+        leaves in the Ready that made it, not a loop iteration later (etcd's streamWriter
+        also writes as soon as a message arrives). Otherwise the sender task writes it."""
+        if not self.queue or self.closed:
+            return
+        call = self.call
+        if call is not None:
+            try:
+                if self._write_now(call):
+                    return
+            except Exception as e:  # noqa: BLE001 - never into the Runner: the task reports it
+                log.debug("raft: direct write to peer %x failed: %s", self.id, _describe(e))
+                call.cancel()  # the task finds the call ended and counts what was unsent
         self.wake.set()
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"raft-peer-{self.t.local_id:x}-{self.id:x}"
             )
+
+    def _write_now(self, call: StreamCall) -> bool:
+        """The queue as batches written without waiting; False if a batch would have to
+        wait (it and the rest go back to the front of the queue for the sender task)."""
+        msgs = self._take()
+        self.unsent = len(msgs)
+        batches = list(self._batches(msgs))
+        for k, (batch, size) in enumerate(batches):
+            if not call.write_now(batch.SerializeToString()):
+                rest = [(m, m.ByteSize()) for b, _ in batches[k:] for m in b.messages]
+                self.queue[:0] = rest
+                self.queued_bytes += sum(n for _, n in rest)
+                self.unsent = 0
+                return False
+            self._wrote(batch, size)
+        self.unsent = 0
+        return True
+
+    def _wrote(self, batch: peer_pb.MessageBatch, size: int) -> None:
+        st = self.status
+        st.batches_sent += 1
+        st.bytes_sent += size
+        st.messages_sent += len(batch.messages)
+        self.unsent -= len(batch.messages)
+        if not st.active:
+            st.active = True
+            if st.failures:
+                log.info("raft: stream to peer %x re-established", self.id)
 
     def _take(self) -> list[tuple[pb.Message, int]]:
         q, self.queue = self.queue, []
@@ -436,7 +489,11 @@ class _Peer:
                 msgs = self._take()
                 if not msgs:
                     self.wake.clear()
-                    await self.wake.wait()
+                    self.call = call  # idle: `flush` may write on this stream directly
+                    try:
+                        await self.wake.wait()
+                    finally:
+                        self.call = None
                     continue
                 self.unsent = len(msgs)
                 loop = asyncio.get_running_loop()
@@ -455,15 +512,8 @@ class _Peer:
                         raise
                     finally:
                         watchdog.cancel()
-                    self.status.batches_sent += 1
-                    self.status.bytes_sent += size
-                    self.status.messages_sent += len(batch.messages)
-                    self.unsent -= len(batch.messages)
+                    self._wrote(batch, size)
                 self.unsent = 0
-                if not self.status.active:
-                    self.status.active = True
-                    if self.status.failures:
-                        log.info("raft: stream to peer %x re-established", self.id)
         finally:
             self.status.active = False
             call.cancel()

@@ -336,6 +336,30 @@ class StreamCall(asyncio.Protocol):
                 await self._wait()
         self._check()
 
+    def write_now(self, payload: bytes) -> bool:
+        """Send one message at once if that needs no wait: the call is open, the socket
+        takes output and the flow-control window holds the whole message. False (and
+        nothing sent): the caller uses `write`, which waits."""
+        if self._result.done() or self._write_paused or self.transport is None:
+            return False
+        if self.transport.get_write_buffer_size() > OUTPUT_HIGH_WATER:
+            return False
+        data = grpc_message(payload)
+        h = self.h2
+        sid = self.stream_id
+        if h.local_flow_control_window(sid) < len(data):
+            return False
+        frame = h.max_outbound_frame_size
+        try:
+            for start in range(0, len(data), frame):
+                h.send_data(sid, data[start:start + frame])
+        except h2.exceptions.ProtocolError as exc:
+            self._fail_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR,
+                                  f"peer HTTP/2 state: {type(exc).__name__}")
+            return False
+        self._flush()
+        return True
+
     async def _wait(self) -> None:
         waiter = self.loop.create_task(self._window.wait())
         try:

@@ -116,6 +116,63 @@ def test_batches_carry_queued_messages_in_order_and_split_by_size():
     asyncio.run(main())
 
 
+def test_an_idle_stream_writes_in_the_senders_turn_and_falls_back_to_its_task():
+    async def main() -> None:
+        rx = Recorder()
+        server, port = await serve(RaftPeerServicer(2, CID, rx))
+        t = fast_transport(1)
+        t.attach(Recorder())
+        t.add_peer(2, [f"http://127.0.0.1:{port}"])
+        try:
+            t.send([hb(2, k=0)])  # opens the stream (its task writes the first batch)
+            await eventually(lambda: len(rx.stepped) == 1, what="the first message")
+            peer = t._peers[2]
+            await eventually(lambda: peer.call is not None, what="an idle stream")
+            sent = peer.status.batches_sent
+            t.send([hb(2, k=1), hb(2, k=2)])
+            # written before send() returned: no loop iteration in between
+            assert peer.status.batches_sent == sent + 1 and not peer.queue
+            await eventually(lambda: len(rx.stepped) == 3, what="the direct write")
+
+            # a stream that cannot take a batch now: it and the rest go to the task, in order
+            real = peer.call
+            refused: list[bytes] = []
+
+            class Full:
+                def write_now(self, payload: bytes) -> bool:
+                    refused.append(payload)
+                    return False
+
+            peer.call = Full()
+            t.send([hb(2, k=3), hb(2, k=4)])
+            assert len(refused) == 1 and [m.commit for m, _ in peer.queue] == [3, 4]
+            peer.call = real
+            await eventually(lambda: len(rx.stepped) == 5, what="the task's write")
+            assert [m.commit for m in rx.stepped] == [0, 1, 2, 3, 4]
+
+            # a direct write that raises never reaches the caller (the Runner): the call
+            # ends, the task counts the message dropped and reconnects for the next
+            await eventually(lambda: peer.call is not None, what="an idle stream again")
+            broken = peer.call
+
+            def boom(payload: bytes) -> bool:
+                raise RuntimeError("broken")
+
+            broken.write_now = boom
+            dropped = peer.status.messages_dropped
+            t.send([hb(2, k=5)])
+            await eventually(lambda: peer.status.messages_dropped == dropped + 1,
+                             what="the message counted dropped")
+            t.send([hb(2, k=6)])
+            await eventually(lambda: len(rx.stepped) == 6, what="a write after reconnecting")
+            assert rx.stepped[-1].commit == 6
+        finally:
+            await t.close()
+            await server.stop(0)
+
+    asyncio.run(main())
+
+
 def test_another_cluster_is_refused_on_stream_and_snapshot():
     async def main() -> None:
         rx = Recorder()
