@@ -207,8 +207,9 @@ class WALStorage:
             e = pb.Entry.FromString(os.pread(self._rfd, self._sizes[k], self._offs[k]))
         return e
 
-    def _append_records(self, records: list[bytes]) -> int:
-        """Write-lock held: append records, one fdatasync; the file offset they start at."""
+    def _append_records(self, records: list[bytes], sync: bool = True) -> int:
+        """Write-lock held: append records, one fdatasync (unless not `sync`); the file
+        offset they start at."""
         start = time.perf_counter()
         at = self._size
         if self._size == 0:  # an empty file (its content lost to a cut): state first
@@ -222,7 +223,7 @@ class WALStorage:
             done = 0
             while done < len(buf):
                 done += os.write(self._fd, buf[done:])
-            if self.fsync:
+            if self.fsync and sync:
                 os.fdatasync(self._fd)
         except OSError:
             # nothing of this call may stay behind: a later record after a half-written
@@ -251,9 +252,10 @@ class WALStorage:
         self._seq, self._size = seq, len(content)
         os.unlink(old)
 
-    def _commit(self, kind_payloads: list[tuple[int, bytes]]) -> None:
-        """Write-lock held: make the records durable, then change memory to match."""
-        at = self._append_records([_record(k, p) for k, p in kind_payloads])
+    def _commit(self, kind_payloads: list[tuple[int, bytes]], sync: bool = True) -> None:
+        """Write-lock held: make the records durable (written only, unless `sync`), then
+        change memory to match."""
+        at = self._append_records([_record(k, p) for k, p in kind_payloads], sync)
         with self._mem_lock:
             for k, p in kind_payloads:
                 self._execute(k, p, at + _HEAD.size)
@@ -449,6 +451,17 @@ class WALStorage:
         """Record term, vote and commit; one fdatasync."""
         with self._write_lock:
             self._commit([(_HARD, hs.SerializeToString())])
+
+    def note_commit(self, hs: pb.HardState) -> None:
+        """Record a hard state that only moves the commit index, without an fdatasync.
+
+        etcd's WAL saves every HardState and syncs only when MustSync: a process crash
+        keeps it (the page cache), a power cut may lose it, which Raft tolerates (the
+        commit index is learnt again). What it keeps matters where no leader teaches
+        it again: --force-new-cluster keeps the entries up to it, and the state db
+        commits its applies only in batches."""
+        with self._write_lock:
+            self._commit([(_HARD, hs.SerializeToString())], sync=False)
 
     def set_conf_state(self, cs: pb.ConfState) -> None:
         """Record the membership to restart from; one fdatasync."""

@@ -307,6 +307,24 @@ def test_wal_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
     s.close()
 
 
+def test_wal_note_commit_is_written_without_a_sync_and_read_back(tmp_path, monkeypatch):
+    """A commit-only hard state reaches the file (a process crash keeps it) without an
+    fdatasync (etcd syncs a HardState only when MustSync)."""
+    path = str(tmp_path / "w")
+    s = WALStorage(path)
+    s.append(ents((1, 1), (2, 1)), pb.HardState(term=1, vote=1, commit=0))
+    syncs = []
+    monkeypatch.setattr(wal_storage.os, "fdatasync", lambda fd: syncs.append(fd))
+    s.note_commit(pb.HardState(term=1, vote=1, commit=2))
+    assert syncs == []
+    assert s.hard_state().commit == 2
+    monkeypatch.undo()
+    s.close()
+    s = WALStorage(path)  # reopened as after kill -9: the record is in the file
+    assert s.hard_state() == pb.HardState(term=1, vote=1, commit=2)
+    s.close()
+
+
 def test_wal_empty_file_is_an_empty_log_and_gets_its_state_first(tmp_path):
     path = tmp_path / "w"
     path.mkdir()
