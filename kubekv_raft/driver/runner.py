@@ -187,6 +187,7 @@ class Runner:
         self._apply_failed: BaseException | None = None
         # a commit-only hard state not yet written (it rides with the next synced write)
         self._unsaved_hard_state: pb.HardState | None = None
+        self._note_failed_logged = False
         self._ticked = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -429,6 +430,18 @@ class Runner:
                                           hand, None)
         elif hs is not None:
             self._unsaved_hard_state = hs  # commit index only: no fsync needed (MustSync)
+            note = getattr(self.storage, "note_commit", None)
+            # but written, as etcd saves every HardState, before its entries go to the
+            # apply thread, so a member killed -9 comes back knowing the commit of all it
+            # applied (the state db commits in batches; --force-new-cluster keeps up to
+            # it): here if the log is idle (a write(2)), else on the log thread after
+            # the write under way, which then hands the entries over
+            if note is not None and not note(hs, False) and \
+                    isinstance(self.executor, ThreadWorker):
+                handed = ents if ents and rd.snapshot is None and not self._apply_is_async \
+                    else []
+                self.executor.post(self._note_commit, note, hs, handed)
+                hand = handed
         if not lead and rd.messages:
             self.transport.send(rd.messages)
         for rs in rd.read_states:
@@ -506,6 +519,19 @@ class Runner:
             if self._has_input():  # else a `_poke` from now on takes it back
                 self._parked = None
                 self._answer(written, None)
+
+    def _note_commit(self, note: Callable[[pb.HardState], None], hs: pb.HardState,
+                     entries: list[pb.Entry]) -> None:
+        """Log thread: write a commit-only hard state (no fsync), then hand the entries it
+        commits to the apply stage."""
+        try:
+            note(hs)
+        except OSError as exc:  # as before the record existed: the idle tick syncs it
+            if not self._note_failed_logged:
+                self._note_failed_logged = True
+                log.warning("event=commit_record_failed error=%s", exc)
+        if entries:
+            self._hand_to_apply(entries)
 
     def _answer(self, fut: asyncio.Future, exc: BaseException | None) -> None:
         """Any thread but the loop's: resolve a loop future."""

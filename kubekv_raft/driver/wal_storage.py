@@ -452,16 +452,28 @@ class WALStorage:
         with self._write_lock:
             self._commit([(_HARD, hs.SerializeToString())])
 
-    def note_commit(self, hs: pb.HardState) -> None:
+    def note_commit(self, hs: pb.HardState, block: bool = True) -> bool:
         """Record a hard state that only moves the commit index, without an fdatasync.
 
         etcd's WAL saves every HardState and syncs only when MustSync: a process crash
         keeps it (the page cache), a power cut may lose it, which Raft tolerates (the
         commit index is learnt again). What it keeps matters where no leader teaches
         it again: --force-new-cluster keeps the entries up to it, and the state db
-        commits its applies only in batches."""
-        with self._write_lock:
-            self._commit([(_HARD, hs.SerializeToString())], sync=False)
+        commits its applies only in batches.
+
+        With `block` False it gives up (returns False) instead of waiting for a write
+        under way, so the event loop can call it: a record and a write(2), no rewrite.
+        """
+        if not self._write_lock.acquire(blocking=block):
+            return False
+        try:
+            payload = hs.SerializeToString()
+            at = self._append_records([_record(_HARD, payload)], sync=False)
+            with self._mem_lock:
+                self._execute(_HARD, payload, at + _HEAD.size)
+        finally:
+            self._write_lock.release()
+        return True
 
     def set_conf_state(self, cs: pb.ConfState) -> None:
         """Record the membership to restart from; one fdatasync."""
