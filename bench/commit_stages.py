@@ -6,12 +6,13 @@ of different Puts overlap, so this stamps the pipeline itself instead: each log 
 before it), each feed of inputs into Raft, each apply batch, each Ready cycle on the
 loop, and the delay from a write's end to the loop taking its answer.
 
-    python3 bench/commit_stages.py [kv_bench flags, e.g. --ops put --inflight 64]
+    python3 bench/commit_stages.py [--tree DIR] [kv_bench flags: --ops put --inflight 64]
 
-It runs this tree's bench/kv_bench.py (kubekv only) with a `sitecustomize` on the
-server's PYTHONPATH that wraps the Runner's methods before the server starts and
-writes its stamps at exit: nothing in the server's code is stamped, so this costs
-nothing when not run. The first quarter of the stamps (start-up, warm-up) is dropped.
+It runs bench/kv_bench.py of this tree (or of --tree DIR, another checkout; kubekv
+only) with a `sitecustomize` on the server's PYTHONPATH that wraps the Runner's
+methods before the server starts and writes its stamps at exit: nothing in the
+server's code is stamped, so this costs nothing when not run. The first quarter of
+the stamps (start-up, warm-up) is dropped.
 """
 
 from __future__ import annotations
@@ -76,6 +77,15 @@ def _patch(mod):
         return r
     R._persist, R._feed, R._apply_batch, R._handle = _persist, _feed, _apply_batch, _handle
     R._answer, mod._resolve, RN.advance = _answer, _resolve, _advance
+    direct = getattr(mod, "DirectFuture", None)  # the answer resumes the cycle inside it
+    if direct is not None:
+        answer_now = direct.answer_now
+        def _answer_now(fut, exc):
+            t = sent.pop(id(fut), None)
+            if t is not None:
+                EV.append(("answer", t, ns()))
+            return answer_now(fut, exc)
+        direct.answer_now = _answer_now
     def dump():
         with open(os.path.join(os.environ["KUBEKV_STAGES_DIR"], f"ev-{os.getpid()}.json"),
                   "w") as f:
@@ -166,13 +176,17 @@ def report(events: list[list]) -> str:
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    tree = ROOT
+    if args[:1] == ["--tree"]:
+        tree, args = pathlib.Path(args[1]).resolve(), args[2:]
     with tempfile.TemporaryDirectory(prefix="commit-stages-") as hook:
         pathlib.Path(hook, "sitecustomize.py").write_text(_HOOK)
         env = dict(os.environ, KUBEKV_STAGES_DIR=hook,
                    PYTHONPATH=os.pathsep.join(p for p in (hook, os.environ.get("PYTHONPATH"))
                                               if p))
-        argv = [sys.executable, str(ROOT / "bench" / "kv_bench.py"), "--server", "kubekv",
-                *sys.argv[1:]]
+        argv = [sys.executable, str(tree / "bench" / "kv_bench.py"), "--server", "kubekv",
+                *args]
         subprocess.run(argv, env=env, check=True)
         dumps = glob.glob(os.path.join(hook, "ev-*.json"))
         if not dumps:
