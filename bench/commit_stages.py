@@ -77,6 +77,7 @@ def _patch(mod):
         return r
     R._persist, R._feed, R._apply_batch, R._handle = _persist, _feed, _apply_batch, _handle
     R._answer, mod._resolve, RN.advance = _answer, _resolve, _advance
+    # a tree whose Runner answers writes with a DirectFuture (branch tp64, not merged)
     direct = getattr(mod, "DirectFuture", None)  # the answer resumes the cycle inside it
     if direct is not None:
         answer_now = direct.answer_now
