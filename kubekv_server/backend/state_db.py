@@ -30,6 +30,13 @@ DEFAULT_BATCH_LIMIT = 10000
 # dirty pages of the open txn), and 10,000 requests of etcd's largest size would be
 # 15 GiB. 64 MiB is ~40 of the largest requests, and thousands of ordinary ones.
 MAX_UNCOMMITTED_BYTES = 64 << 20
+# Within this many bytes of the quota (--quota-backend-bytes) the apply txn commits
+# every batch again, so the quota check sees the file as it is: LMDB's copy-on-write
+# commits grow the file by more than the data they add, and writes held back past the
+# quota could leave a database that a compaction and a defragmentation no longer bring
+# back under it (etcd's TestCtlV3Alarm, a 52 KiB quota). 16 MiB is more than a batch
+# interval of writes at etcd's rates.
+NEAR_QUOTA_BYTES = 16 << 20
 
 _U64 = struct.Struct(">Q")
 
@@ -102,6 +109,8 @@ class Backend:
         self._held_since = 0.0
         self._held_entries = self._held_bytes = 0
         self.commits = 0  # commits of the apply txn (etcd_disk_backend_commit_duration count)
+        self.quota_bytes = 0  # --quota-backend-bytes (0: none known, batch regardless)
+        self._near_quota = False  # as of the last commit
         # called after each commit of the apply txn (the MVCC store drops its pending view)
         self.on_commit: list = []
 
@@ -171,7 +180,7 @@ class Backend:
         a bound is reached. Returns whether it committed."""
         self._held_entries += entries
         self._held_bytes += nbytes
-        if (must_commit or self._held_entries >= self.batch_limit
+        if (must_commit or self._near_quota or self._held_entries >= self.batch_limit
                 or self._held_bytes >= MAX_UNCOMMITTED_BYTES
                 or time.monotonic() - self._held_since >= self.batch_interval):
             self.commit()
@@ -190,6 +199,8 @@ class Backend:
         if txn is not None:
             txn.commit()
             self.commits += 1
+            self._near_quota = bool(self.quota_bytes) and \
+                self.size_bytes() + NEAR_QUOTA_BYTES >= self.quota_bytes
             for fn in self.on_commit:
                 fn()
 
@@ -216,6 +227,14 @@ class Backend:
         """Bytes the database file occupies (etcd's db_size)."""
         info = self.env.info()
         return (info["last_pgno"] + 1) * self.env.stat()["psize"]
+
+    def quota_size(self) -> int:
+        """What the quota check counts: the file's size, plus what the uncommitted apply
+        txn will add to it (its key changes land twice, in the history and the live
+        table). Without the second part a burst of writes between two commits passes
+        the check on the file's old size and overshoots the quota (etcd's TestCtlV3Alarm
+        then could not get back under it with a compaction and a defragmentation)."""
+        return self.size_bytes() + 2 * self._held_bytes
 
     def in_use_bytes(self) -> int:
         """Bytes of pages holding live data (etcd's db_size_in_use), excluding free pages."""

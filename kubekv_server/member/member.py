@@ -103,6 +103,7 @@ class Member:
         recent = cfg.tuning.watch_recent_revisions or RECENT_REVISIONS
         self.watch_hub = WatchHub(self.mvcc, max_pending=max_pending, recent_revisions=recent)
         self.quota_bytes = cfg.quota_backend_bytes or DEFAULT_QUOTA_BYTES
+        self.backend.quota_bytes = self.quota_bytes  # near it, the state db commits each batch
         self.stopping = threading.Event()  # set when stop() begins: worker loops end on it
         self.request_timeout = REQUEST_TIMEOUT
         self.on_removed = None  # called when this member is removed from the cluster
@@ -212,7 +213,7 @@ class Member:
                                        self.leases, self.auth, self.applier, self.compactor,
                                        members)
         self.proposer = Proposer(self.loop, node, self.member_id, cfg.max_request_bytes,
-                                 self.quota_bytes, self.backend.size_bytes, self.header)
+                                 self.quota_bytes, self.backend.quota_size, self.header)
         self.reads = Reads(self.loop, node, self.mvcc, self.lease_exists, self.header)
         self.lease_leadership = LeaseLeadership(
             self.loop, node, self.lessor, self.proposer, lambda: self.applier.applied_index,

@@ -63,3 +63,23 @@ def test_a_large_uncommitted_batch_commits_on_its_size(tmp_path):
     assert b.applied(1, must_commit=False, nbytes=1)
     assert _committed(b, b"k") == b"v"
     b.close()
+
+
+def test_near_the_quota_every_batch_commits(tmp_path):
+    """Within NEAR_QUOTA_BYTES of --quota-backend-bytes the quota check must see the
+    file as it is, so batching stops; far from it, batches wait for their bounds."""
+    b = Backend(str(tmp_path / "state"), batch_interval=3600, batch_limit=10000)
+    b.quota_bytes = 8 << 30
+    b.apply_txn().put(b"a", b"1", db=b.meta)
+    b.commit()
+    b.apply_txn().put(b"b", b"2", db=b.meta)
+    assert not b.applied(1, must_commit=False, nbytes=100)
+    assert b.quota_size() == b.size_bytes() + 200  # what the commit will add, counted
+    b.commit()
+    b.quota_bytes = b.size_bytes() + 1024  # a small quota, as etcd's TestCtlV3Alarm's
+    b.apply_txn().put(b"c", b"3", db=b.meta)
+    b.commit()
+    b.apply_txn().put(b"d", b"4", db=b.meta)
+    assert b.applied(1, must_commit=False)
+    assert _committed(b, b"d") == b"4"
+    b.close()
