@@ -513,7 +513,9 @@ class Call:
                     self.conn.server.executor, run_in.run, self._drive_thread, arg, ctx
                 )
 
-    async def _request_iter(self):
+    async def _request_iter(self, held: bool = False):
+        """The call's requests as they arrive. `held` (Method.hold_requests): each is a
+        (request, size) pair whose flow-control window is given back as it is taken."""
         q = self._requests
         while True:
             item = await q.get()
@@ -521,26 +523,16 @@ class Call:
                 return
             if item is _CANCELLED:
                 raise CallCancelled()
-            yield item
-
-    async def _held_request_iter(self):
-        """Requests with their sizes; the window each held is given back as it is taken."""
-        q = self._requests
-        while True:
-            item = await q.get()
-            if item is _END:
-                return
-            if item is _CANCELLED:
-                raise CallCancelled()
-            self._held -= item[1]
-            self.conn.release_held(self)
+            if held:
+                self._held -= item[1]
+                self.conn.release_held(self)
             yield item
 
     async def _drive_async(self, req, ctx) -> None:
         m = self.method
         try:
             if m.client_streaming:
-                arg = self._held_request_iter() if m.hold_requests else self._request_iter()
+                arg = self._request_iter(m.hold_requests)
             else:
                 arg = req
             result = m.handler(arg, ctx)
