@@ -171,7 +171,6 @@ def apply(kind: str) -> float:
 
 def api() -> tuple[float, float]:
     from kubekv_server.api import request_checks
-    from kubekv_server.kv.txn import is_read_only
     from kubekv_server.member import quota
     from kubekv_server.member.proposals import encode_internal
 
@@ -180,8 +179,6 @@ def api() -> tuple[float, float]:
 
     def txn_path() -> None:  # KVService.Txn, Member.txn, Proposer._encode
         request_checks.check_txn(txn, 128)
-        if not is_read_only(txn) and not is_read_only(txn):
-            quota.txn_cost(txn)
         encode_internal(ID, "txn", txn.SerializeToString(), ("", 0))
 
     def put_path() -> None:  # KVService.Put, Member.put, Proposer._encode
