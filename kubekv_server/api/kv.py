@@ -5,7 +5,6 @@ from __future__ import annotations
 from etcdproto.etcdserverpb import rpc_pb2_grpc
 from kubekv_server.api import request_checks
 from kubekv_server.api.status import chain, etcd_errors
-from kubekv_server.kv.txn import is_read_only
 from kubekv_server.member.member import Member
 from kubekv_server.rpc.calls import inline
 
@@ -41,10 +40,10 @@ class KVService(rpc_pb2_grpc.KVServicer):
     @inline
     @etcd_errors
     def Txn(self, request, context):
-        request_checks.check_txn(request, self.member.cfg.max_txn_ops)
         member = self.member
-        if not is_read_only(request):
-            return member.txn(request)
+        read_only, cost = request_checks.check_txn(request, member.cfg.max_txn_ops)
+        if not read_only:
+            return member.txn(request, cost)
         barrier = member.read_barrier()
         if barrier is not None:
             return chain(barrier, lambda: member.read_only_txn(request))

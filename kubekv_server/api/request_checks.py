@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server import errors
+from kubekv_server.member import quota
 
 
 def check_range(r: pb.RangeRequest) -> None:
@@ -29,36 +30,7 @@ def check_delete(r: pb.DeleteRangeRequest) -> None:
         raise errors.EMPTY_KEY
 
 
-def _check_op(op: pb.RequestOp, max_txn_ops: int) -> None:
-    kind = op.WhichOneof("request")
-    if kind == "request_range":
-        check_range(op.request_range)
-    elif kind == "request_put":
-        check_put(op.request_put)
-    elif kind == "request_delete_range":
-        check_delete(op.request_delete_range)
-    elif kind == "request_txn":
-        check_txn_ops(op.request_txn, max_txn_ops)
-    else:
-        raise errors.KEY_NOT_FOUND  # etcd's answer to an empty RequestOp
-
-
-def check_txn_ops(r: pb.TxnRequest, max_txn_ops: int) -> None:
-    """etcd's checkTxnRequest: operation count per branch, empty keys, nested txns."""
-    opc = max(len(r.compare), len(r.success), len(r.failure))
-    if opc > max_txn_ops:
-        raise errors.TOO_MANY_OPS
-    for c in r.compare:
-        if not c.key:
-            raise errors.EMPTY_KEY
-    for op in r.success:
-        _check_op(op, max_txn_ops - opc)
-    for op in r.failure:
-        _check_op(op, max_txn_ops - opc)
-
-
-# ----------------------------------------------------- duplicate-key check
-
+# --------------------------------------------------------------------- txn
 
 class _Deletes:
     """Deleted key intervals [begin, end); end b"" means unbounded (etcd's affine intervals)."""
@@ -82,28 +54,73 @@ class _Deletes:
         return False
 
 
-def _check_intervals(ops) -> tuple[set[bytes], _Deletes]:
-    """etcd's checkIntervals for one branch: DUPLICATE_KEY if two ops write one key;
-    the keys it puts and the intervals it deletes. Deletes are gathered first, then
-    nested txns are checked, then this branch's puts, as etcd does; the ops are read
-    in one pass (each read of a repeated message field makes its wrappers again)."""
-    dels = _Deletes()
-    nested: list[pb.TxnRequest] = []
+# One branch's ops as read once: (put keys, deleted intervals, each nested txn's two
+# branches as read, the quota cost of its puts, whether it only reads).
+_Branch = tuple[list[bytes], _Deletes, list[tuple["_Branch", "_Branch"]], int, bool]
+
+
+def _check_branch(ops, max_txn_ops: int) -> _Branch:
+    """etcd's checks of one branch's ops (checkRequestOp), in order, in one read of its
+    ops (each read of a repeated message field makes its wrappers again); gathers what
+    the duplicate-key check needs, the branch's quota cost (`quota.put_cost` of its
+    puts) and whether it only reads (etcd's isTxnReadonly: only Ranges)."""
     put_keys: list[bytes] = []
+    dels = _Deletes()
+    nested: list[tuple[_Branch, _Branch]] = []
+    cost = 0
+    read_only = True
     for op in ops:
         kind = op.WhichOneof("request")
         if kind == "request_put":
-            put_keys.append(op.request_put.key)
+            p = op.request_put
+            check_put(p)
+            key = p.key
+            put_keys.append(key)
+            cost += quota.KV_OVERHEAD + len(key) + len(p.value)  # quota.put_cost(p), inline
+            read_only = False
+        elif kind == "request_range":
+            check_range(op.request_range)
         elif kind == "request_delete_range":
             d = op.request_delete_range
+            check_delete(d)
             dels.add(d.key, d.range_end)
+            read_only = False
         elif kind == "request_txn":
-            nested.append(op.request_txn)
+            nested.append(_check_txn_ops(op.request_txn, max_txn_ops))
+            read_only = False
+        else:
+            raise errors.KEY_NOT_FOUND  # etcd's answer to an empty RequestOp
+    return put_keys, dels, nested, cost, read_only
 
+
+def _check_txn_ops(r: pb.TxnRequest, max_txn_ops: int) -> tuple[_Branch, _Branch]:
+    """etcd's checkTxnRequest: operation count per branch, empty keys, nested txns;
+    returns both branches as read."""
+    compare, success, failure = r.compare, r.success, r.failure
+    opc = max(len(compare), len(success), len(failure))
+    if opc > max_txn_ops:
+        raise errors.TOO_MANY_OPS
+    for c in compare:
+        if not c.key:
+            raise errors.EMPTY_KEY
+    return (_check_branch(success, max_txn_ops - opc),
+            _check_branch(failure, max_txn_ops - opc))
+
+
+def _check_intervals(branch: _Branch) -> tuple[set[bytes], _Deletes]:
+    """etcd's checkIntervals for one branch: DUPLICATE_KEY if two ops write one key;
+    the keys it puts and the intervals it deletes. Deletes are gathered first, then
+    nested txns are checked, then this branch's puts, as etcd does."""
+    put_keys, dels, nested = branch[0], branch[1], branch[2]
+    if not nested and not dels.intervals:  # puts only (kube's Txns): distinct keys
+        distinct = set(put_keys)
+        if len(distinct) != len(put_keys):
+            raise errors.DUPLICATE_KEY
+        return distinct, dels
     puts: set[bytes] = set()
-    for txn in nested:
-        puts_then, dels_then = _check_intervals(txn.success)
-        puts_else, dels_else = _check_intervals(txn.failure)
+    for then, else_ in nested:
+        puts_then, dels_then = _check_intervals(then)
+        puts_else, dels_else = _check_intervals(else_)
         for k in puts_then:
             if k in puts or dels.hits(k):
                 raise errors.DUPLICATE_KEY
@@ -122,8 +139,12 @@ def _check_intervals(ops) -> tuple[set[bytes], _Deletes]:
     return puts, dels
 
 
-def check_txn(r: pb.TxnRequest, max_txn_ops: int) -> None:
-    """Everything etcd checks on a Txn before proposing it."""
-    check_txn_ops(r, max_txn_ops)
-    _check_intervals(r.success)
-    _check_intervals(r.failure)
+def check_txn(r: pb.TxnRequest, max_txn_ops: int) -> tuple[bool, int]:
+    """Everything etcd checks on a Txn before proposing it (checkTxnRequest, then
+    checkIntervals on each branch), its ops read once. Returns whether the Txn only
+    reads (`kv.txn.is_read_only`) and its quota cost: its costlier branch's puts, nested
+    txns' not counted (etcd's quota.go, costTxnReq)."""
+    then, else_ = _check_txn_ops(r, max_txn_ops)
+    _check_intervals(then)
+    _check_intervals(else_)
+    return then[4] and else_[4], max(then[3], else_[3])

@@ -7,6 +7,7 @@ exactly one revision, however many operations it holds.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
@@ -22,56 +23,61 @@ _EMPTY_KV = kv_pb2.KeyValue()
 # ---------------------------------------------------------------- compares
 
 
-def _compare_kv(c: pb.Compare, kv: kv_pb2.KeyValue) -> bool:
-    target = c.target
-    if target == pb.Compare.VALUE:
-        a, b = kv.value, c.value
-    elif target == pb.Compare.CREATE:
-        a, b = kv.create_revision, c.create_revision
-    elif target == pb.Compare.MOD:
-        a, b = kv.mod_revision, c.mod_revision
-    elif target == pb.Compare.VERSION:
-        a, b = kv.version, c.version
-    elif target == pb.Compare.LEASE:
-        a, b = kv.lease, c.lease
-    else:
-        a = b = 0  # etcd's compareKV: an unknown target leaves the comparison "equal"
-    result = c.result
-    if result == pb.Compare.EQUAL:
-        return a == b
-    if result == pb.Compare.NOT_EQUAL:
-        return a != b
-    if result == pb.Compare.GREATER:
-        return a > b
-    if result == pb.Compare.LESS:
-        return a < b
-    return True
+# The operand field of each compare target, named alike in Compare and KeyValue.
+_OPERANDS = {pb.Compare.VALUE: "value", pb.Compare.CREATE: "create_revision",
+             pb.Compare.MOD: "mod_revision", pb.Compare.VERSION: "version",
+             pb.Compare.LEASE: "lease"}
+_RESULTS = {pb.Compare.EQUAL: operator.eq, pb.Compare.NOT_EQUAL: operator.ne,
+            pb.Compare.GREATER: operator.gt, pb.Compare.LESS: operator.lt}
 
 
 def _compare(txn, c: pb.Compare) -> bool:
+    """etcd's applyCompare: the compare holds for every key in its range (for a missing
+    key, against an empty KeyValue, but never on its value)."""
     try:
         kvs = txn.range(c.key, range_end_arg(c.range_end)).kvs
     except Exception:  # etcd treats a failed read as a failed compare
         return False
+    name = _OPERANDS.get(c.target)
     if not kvs:
-        if c.target == pb.Compare.VALUE:
+        if name == "value":
             return False  # a missing key has no value to compare, not an empty one
-        return _compare_kv(c, _EMPTY_KV)
-    return all(_compare_kv(c, kv) for kv in kvs)
+        kvs = (_EMPTY_KV,)
+    holds = _RESULTS.get(c.result)
+    if holds is None:
+        return True  # etcd's compareKV: an unknown result holds
+    if name is None:
+        return holds(0, 0)  # etcd's compareKV: an unknown target compares as equal
+    b = getattr(c, name)  # the default if the operand set is another target's
+    for kv in kvs:
+        if not holds(getattr(kv, name), b):
+            return False
+    return True
 
 
-def compare_path(txn, r: pb.TxnRequest) -> list[bool]:
-    """Evaluate compares of a txn and of the nested txns on its taken branch, depth first."""
+# A Txn's taken branch as read once: (compares held, its ops as (oneof field, request,
+# the nested txn's taken branch or None)). Each read of a repeated message field makes
+# its upb wrappers again: the checks and the execution walk this instead.
+Taken = tuple[bool, list[tuple[str | None, object, "Taken | None"]]]
+
+
+def taken_branch(txn, r: pb.TxnRequest) -> Taken:
+    """Evaluate the compares of a txn and of the nested txns on its taken branch, depth
+    first (all before any write, as etcd); the taken branch, read once."""
     succeeded = True
     for c in r.compare:
         if not _compare(txn, c):
             succeeded = False
             break
-    path = [succeeded]
+    ops: list[tuple[str | None, object, Taken | None]] = []
     for op in r.success if succeeded else r.failure:
-        if op.WhichOneof("request") == "request_txn":
-            path.extend(compare_path(txn, op.request_txn))
-    return path
+        kind = op.WhichOneof("request")
+        if kind == "request_txn":
+            nested = op.request_txn
+            ops.append((kind, nested, taken_branch(txn, nested)))
+        else:
+            ops.append((kind, None if kind is None else getattr(op, kind), None))
+    return succeeded, ops
 
 
 def is_read_only(r: pb.TxnRequest) -> bool:
@@ -92,22 +98,17 @@ def is_read_only(r: pb.TxnRequest) -> bool:
 # ---------------------------------------------------------- pre-write checks
 
 
-def _check_ops(txn, r: pb.TxnRequest, path: list[bool], lease_exists: LeaseExists,
-               ranges: list[pb.RangeRequest]) -> int:
+def _check_ops(txn, taken: Taken, lease_exists: LeaseExists,
+               ranges: list[pb.RangeRequest]) -> None:
     """Check every put on the taken branches, in order, and gather their ranges into
-    `ranges`; returns nested txns consumed."""
-    count = 0
-    for op in r.success if path[0] else r.failure:
-        kind = op.WhichOneof("request")
+    `ranges`."""
+    for kind, req, nested in taken[1]:
         if kind == "request_put":
-            _check_put(txn, op.request_put, lease_exists)
+            _check_put(txn, req, lease_exists)
         elif kind == "request_range":
-            ranges.append(op.request_range)
+            ranges.append(req)
         elif kind == "request_txn":
-            used = _check_ops(txn, op.request_txn, path[1:], lease_exists, ranges)
-            count += used + 1
-            path = path[used + 1 :]
-    return count
+            _check_ops(txn, nested, lease_exists, ranges)
 
 
 def _check_put(txn, put: pb.PutRequest, lease_exists: LeaseExists) -> None:
@@ -168,59 +169,39 @@ def apply_delete_range(txn, d: pb.DeleteRangeRequest) -> pb.DeleteRangeResponse:
     return resp
 
 
-def _new_txn_response(kinds: list[str | None], succeeded: bool, resp: pb.TxnResponse) -> None:
-    """The taken branch's responses, empty, one per op of `kinds` (their oneof fields)."""
+def _apply_txn_ops(txn, taken: Taken, resp: pb.TxnResponse, lease_exists: LeaseExists) -> None:
+    """Run the taken branch's ops into `resp`: one response per op, in order."""
     resp.header.SetInParent()  # etcd sends nested txns an empty header, not none
+    succeeded, ops = taken
     resp.succeeded = succeeded
     add = resp.responses.add
-    for kind in kinds:
+    for kind, req, nested in ops:
         out = add()
         if kind == "request_range":
-            out.response_range.SetInParent()
+            out.response_range.CopyFrom(execute_range(txn, req))
         elif kind == "request_put":
-            out.response_put.SetInParent()
+            apply_put(txn, req, lease_exists, checked=True, resp=out.response_put)
         elif kind == "request_delete_range":
-            out.response_delete_range.SetInParent()
+            out.response_delete_range.CopyFrom(apply_delete_range(txn, req))
         elif kind == "request_txn":
-            out.response_txn.SetInParent()
+            _apply_txn_ops(txn, nested, out.response_txn, lease_exists)
 
 
-def _apply_txn_ops(
-    txn, r: pb.TxnRequest, path: list[bool], resp: pb.TxnResponse, lease_exists: LeaseExists
-) -> int:
-    ops = r.success if path[0] else r.failure
-    kinds = [op.WhichOneof("request") for op in ops]
-    _new_txn_response(kinds, path[0], resp)
-    used_total = 0
-    for op, kind, out in zip(ops, kinds, resp.responses, strict=True):
-        if kind == "request_range":
-            out.response_range.CopyFrom(execute_range(txn, op.request_range))
-        elif kind == "request_put":
-            apply_put(txn, op.request_put, lease_exists, checked=True, resp=out.response_put)
-        elif kind == "request_delete_range":
-            out.response_delete_range.CopyFrom(apply_delete_range(txn, op.request_delete_range))
-        elif kind == "request_txn":
-            used = _apply_txn_ops(txn, op.request_txn, path[1:], out.response_txn, lease_exists)
-            used_total += used + 1
-            path = path[used + 1 :]
-    return used_total
-
-
-def check_txn(txn, r: pb.TxnRequest, path: list[bool], lease_exists: LeaseExists) -> None:
+def check_txn(txn, taken: Taken, lease_exists: LeaseExists) -> None:
     """Refuse, before any write, what etcd's applier refuses: missing keys and leases
     (every put on the taken branches first, in order), then revisions (every range).
     One walk of the branches checks the puts and gathers the ranges."""
     ranges: list[pb.RangeRequest] = []
-    _check_ops(txn, r, path, lease_exists, ranges)
+    _check_ops(txn, taken, lease_exists, ranges)
     for rr in ranges:
         _check_range_revision(txn, rr)
 
 
 def apply_txn(txn, r: pb.TxnRequest, lease_exists: LeaseExists) -> pb.TxnResponse:
     """Run a Txn in an open MVCC transaction (read or write); returns the TxnResponse."""
-    path = compare_path(txn, r)
-    check_txn(txn, r, path, lease_exists)
+    taken = taken_branch(txn, r)
+    check_txn(txn, taken, lease_exists)
     resp = pb.TxnResponse()
-    _apply_txn_ops(txn, r, path, resp, lease_exists)
+    _apply_txn_ops(txn, taken, resp, lease_exists)
     resp.header.revision = txn.current_revision + (1 if getattr(txn, "changed", False) else 0)
     return resp

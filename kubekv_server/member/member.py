@@ -21,7 +21,6 @@ from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server.apply.applier import Applier, BatchResult
 from kubekv_server.auth import AuthStore, password, token_provider
 from kubekv_server.config.flags import Config
-from kubekv_server.kv.txn import is_read_only
 from kubekv_server.lease import LeaseStore, Lessor, min_lease_ttl
 from kubekv_server.lease.lessor import DEFAULT_CHECKPOINT_INTERVAL
 from kubekv_server.member import corruption, quota
@@ -338,11 +337,10 @@ class Member:
     def delete_range(self, r: pb.DeleteRangeRequest) -> asyncio.Future:
         return self.propose_future("delete_range", r)
 
-    def txn(self, r: pb.TxnRequest) -> pb.TxnResponse | asyncio.Future:
-        """Loop thread: a read-only txn is answered at once, a writing one with a future."""
-        if is_read_only(r):
-            return self.read_only_txn(r)
-        return self.propose_future("txn", r, cost=quota.txn_cost(r))
+    def txn(self, r: pb.TxnRequest, cost: int) -> asyncio.Future:
+        """Loop thread: propose a txn that writes (read-only ones are `read_only_txn`'s);
+        `cost` is its quota cost (found by `request_checks.check_txn`)."""
+        return self.propose_future("txn", r, cost=cost)
 
     def compact(self, r: pb.CompactionRequest) -> pb.CompactionResponse:
         resp = self.propose("compaction", r)

@@ -1,4 +1,5 @@
-"""etcd's backend quota: the estimated storage cost of a request, checked before proposing."""
+"""etcd's backend quota: the estimated storage cost of a request, checked before proposing
+(a Txn's, its costlier branch's top-level puts, is found by `api.request_checks.check_txn`)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,6 @@ LEASE_OVERHEAD = 64
 
 def put_cost(r: pb.PutRequest) -> int:
     return KV_OVERHEAD + len(r.key) + len(r.value)
-
-
-def txn_cost(r: pb.TxnRequest) -> int:
-    """The costlier branch's puts (top level only, as etcd counts)."""
-    costs = []
-    for ops in (r.success, r.failure):
-        cost = 0
-        for op in ops:
-            if op.HasField("request_put"):
-                p = op.request_put
-                cost += KV_OVERHEAD + len(p.key) + len(p.value)  # put_cost(p), inline
-        costs.append(cost)
-    return max(costs)
 
 
 def has_put(r: pb.TxnRequest) -> bool:
