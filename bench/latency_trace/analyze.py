@@ -16,15 +16,25 @@ import sys
 
 
 def load(d: pathlib.Path):
+    """Every stamp, in time order, and each member's client port (from its file's start
+    line: `net_rx` on any other port is peer traffic)."""
     ev = []
+    client_ports = {}
     for p in d.glob("trace.*"):
+        port = member = None
         for line in p.read_text().splitlines():
             parts = line.split()
             if len(parts) < 3:
                 continue
+            if parts[2] == "start":
+                port = kv(parts[3:]).get("client")
+            elif member is None and parts[1] not in ("0", "client"):
+                member = parts[1]
             ev.append((int(parts[0]), parts[1], parts[2], parts[3:]))
+        if member is not None and port:
+            client_ports[member] = port
     ev.sort(key=lambda e: e[0])
-    return ev
+    return ev, client_ports
 
 
 def kv(fields):
@@ -43,9 +53,8 @@ def rng(s: str) -> tuple[int, int]:
 
 def main() -> None:  # noqa: C901 - one milestone after another
     d = pathlib.Path(sys.argv[1])
-    ev = load(d)
+    ev, clients = load(d)  # clients: member -> its client port
     times = [e[0] for e in ev]
-    clients = {}  # member -> its client port: where the request arrived before `propose`
     sends = [(e[0], e[3][0]) for e in ev if e[1] == "client" and e[2] == "send"]
     recvs = [e[0] for e in ev if e[1] == "client" and e[2] == "recv"]
     stats: dict[str, dict[str, list[float]]] = {}
@@ -62,15 +71,23 @@ def main() -> None:  # noqa: C901 - one milestone after another
                     return e
             return None
 
+        def peer_rx(member, step, _w=w):
+            """When `member`'s peer port read the bytes it stepped at `step` (the last
+            read on a port other than its client port before it)."""
+            if step is None:
+                return None
+            rx = None
+            for e in _w:
+                if e[0] > step[0]:
+                    break
+                if e[1] == member and e[2] == "net_rx" and e[3][0] != clients.get(member):
+                    rx = e
+            return rx and rx[0]
+
         prop = first(lambda e: e[2] == "propose")
         if prop is None:
             continue
         origin = prop[1]
-        rx = None
-        for e in w:
-            if e[1] == origin and e[2] == "net_rx" and e[0] <= prop[0]:
-                rx = e
-        clients.setdefault(origin, rx[3][0] if rx else "?")
         ms["origin propose"] = prop[0]
         lr = first(lambda e: e[2] == "ready" and kv(e[3])["ents"] != "0-0"
                    and e[3][-1].startswith("msgs=MsgApp"))
@@ -82,6 +99,7 @@ def main() -> None:  # noqa: C901 - one milestone after another
             x = first(lambda e: e[1] == origin and e[2] == "wire", prop[0])
             ms["origin MsgProp written"] = x and x[0]
             x = first(lambda e: e[1] == leader and e[2] == "recv" and e[3][0] == "MsgProp")
+            ms["leader peer port reads MsgProp"] = peer_rx(leader, x)
             ms["leader steps MsgProp"] = x and x[0]
         ms["leader Ready (entry)"] = lr[0]
         x = first(lambda e: e[1] == leader and e[2] == "wire", lr[0])
@@ -94,6 +112,7 @@ def main() -> None:  # noqa: C901 - one milestone after another
         ms["leader Ready done (advance)"] = x and x[0]
         fa = first(lambda e: e[1] != leader and e[2] == "recv" and e[3][0] == "MsgApp"
                    and int(kv(e[3])["last"]) >= idx)
+        ms["1st follower peer port reads MsgApp"] = fa and peer_rx(fa[1], fa)
         ms["1st follower steps MsgApp"] = fa and fa[0]
         x = first(lambda e: e[1] != leader and e[2] == "persist", lr[0])
         ms["1st follower fsync starts"] = x and x[0]
@@ -104,6 +123,7 @@ def main() -> None:  # noqa: C901 - one milestone after another
         ms["1st follower ack queued"] = x and x[0]
         x = first(lambda e: e[1] == leader and e[2] == "recv" and e[3][0] == "MsgAppResp"
                   and int(kv(e[3])["idx"]) >= idx)
+        ms["leader peer port reads 1st ack"] = peer_rx(leader, x)
         ms["leader steps 1st ack"] = x and x[0]
 
         def has_commit(e):
@@ -120,6 +140,7 @@ def main() -> None:  # noqa: C901 - one milestone after another
         if origin != leader:
             x = first(lambda e: e[1] == origin and e[2] == "recv" and e[3][0] == "MsgApp"
                       and int(kv(e[3])["commit"]) >= idx)
+            ms["origin peer port reads commit"] = peer_rx(origin, x)
             ms["origin steps commit"] = x and x[0]
             oc = first(lambda e: e[1] == origin and e[2] == "ready" and has_commit(e))
             ms["origin Ready (commit)"] = oc and oc[0]

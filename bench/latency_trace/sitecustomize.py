@@ -137,6 +137,17 @@ def _install() -> None:  # noqa: C901 - one patch per stage
 
     T.send = send
 
+    P = sender_mod._Peer
+    orig_flush_peer = P.flush
+
+    def flush_peer(self):  # whether the stream was idle (a direct write) or the task writes
+        if self.queue and not self.closed:
+            stamp("peer_flush", f"to={self.id:x}", f"idle={int(self.call is not None)}",
+                  f"n={len(self.queue)}")
+        return orig_flush_peer(self)
+
+    P.flush = flush_peer
+
     S = stream_client.StreamCall
     orig_write = S.write
 
@@ -172,7 +183,7 @@ def _install() -> None:  # noqa: C901 - one patch per stage
     N._applied = applied
 
     A = raft_node._ApplierAdapter
-    orig_apply = A._apply
+    orig_apply = A.apply  # plain: runs on the Runner's apply thread
 
     def apply(self, entries):
         stamp("apply", f"{entries[0].index}-{entries[-1].index}")
@@ -180,14 +191,7 @@ def _install() -> None:  # noqa: C901 - one patch per stage
         stamp("apply_done")
         return r
 
-    A._apply = apply
-    orig_adapter_apply = A.apply
-
-    async def adapter_apply(self, entries):
-        stamp("apply_handoff", f"{entries[0].index}-{entries[-1].index}")
-        await orig_adapter_apply(self, entries)
-
-    A.apply = adapter_apply
+    A.apply = apply
 
     from kubekv_server.rpc import connection
 

@@ -5,7 +5,9 @@ decode ends its call with INVALID_ARGUMENT and one rate-limited log line per pee
 address (`bounds.violations`), not a traceback; a peer whose certificate the member's
 `PeerIdentity` refuses gets UNAUTHENTICATED. On `close()` the guard ends every call in
 flight with UNAVAILABLE and refuses new ones, so a stopping member leaves no handler
-behind for the event loop's teardown to cancel.
+behind for the event loop's teardown to cancel. A call is a task (`wrap`: a servicer's
+async method) or an inline request sink (`wrap_sink`: the Raft message stream, whose
+batches are taken in the loop pass that parsed them).
 """
 
 from __future__ import annotations
@@ -49,13 +51,14 @@ class PeerCallGuard:
 
     def __init__(self) -> None:
         self._active: set[asyncio.Task] = set()
+        self._sinks: set[_GuardedSink] = set()  # inline streams open (no task of their own)
         self._closing = False
         self.on_received: Callable[[int, int], None] | None = None
 
     @property
     def active(self) -> int:
         """Calls in flight."""
-        return len(self._active)
+        return len(self._active) + len(self._sinks)
 
     @property
     def closing(self) -> bool:
@@ -65,6 +68,8 @@ class PeerCallGuard:
     async def close(self, timeout: float = SHUTDOWN_DRAIN_TIMEOUT) -> None:
         """End every call in flight (UNAVAILABLE) and wait, at most `timeout`, for them."""
         self._closing = True
+        for sink in list(self._sinks):  # ended at once: each leaves the set as it ends
+            sink.context.end(grpc.StatusCode.UNAVAILABLE, STOPPING_MESSAGE)
         tasks = set(self._active)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -133,6 +138,58 @@ class PeerCallGuard:
             return await run(method, context, identity, call)
 
         return unary
+
+    def wrap_sink(self, method: str, open_sink: Callable[[Any], Any],
+                  identity: PeerIdentity | None, malformed: object) -> Callable:
+        """`open_sink(context)` (a servicer's inline request sink for a client-streaming
+        method, as `RaftPeerServicer.StreamSink`) run by the guard: refused while closing
+        and for a certificate `identity` refuses, its requests (request, encoded size)
+        counted and checked for `malformed` as `wrap`'s, ended by `close()`. The peer
+        server registers the result as an inline handler (rpc/calls.py)."""
+        method = method[:MAX_LOGGED_CHARS]
+
+        def opened(context: Any) -> _GuardedSink:
+            if self._closing:
+                context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING_MESSAGE)
+            if identity is not None and not identity.allows(context):
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, BAD_CERTIFICATE)
+            sink = _GuardedSink(self, method, context, open_sink(context), malformed)
+            self._sinks.add(sink)
+            context.add_callback(lambda: self._sinks.discard(sink))  # however it ends
+            return sink
+
+        return opened
+
+
+class _GuardedSink:
+    """A servicer's request sink behind the guard (`PeerCallGuard.wrap_sink`)."""
+
+    __slots__ = ("guard", "method", "context", "sink", "malformed", "sender")
+
+    def __init__(self, guard: PeerCallGuard, method: str, context: Any, sink: Any,
+                 malformed: object) -> None:
+        self.guard = guard
+        self.method = method
+        self.context = context
+        self.sink = sink
+        self.malformed = malformed
+        self.sender = 0  # the member the requests come from, once one names it
+
+    def message(self, request: Any, size: int) -> None:
+        if request is self.malformed:
+            bounds.violations.warning(
+                peer_address(self.context), "peer_malformed_request", "method=%s", self.method
+            )
+            self.context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed request")
+        if not self.sender:
+            self.sender = _sender(request)
+        on_received = self.guard.on_received
+        if self.sender and on_received is not None:
+            on_received(self.sender, size)
+        self.sink.message(request, size)
+
+    def end(self) -> Any:
+        return self.sink.end()
 
 
 def _sender(request: Any) -> int:

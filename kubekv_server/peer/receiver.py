@@ -45,7 +45,7 @@ from kubekv_server.tls.peer import peer_address
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RaftPeerServicer", "Stepper", "REMOVED_MESSAGE"]
+__all__ = ["RaftPeerServicer", "BatchReceiver", "Stepper", "REMOVED_MESSAGE"]
 
 # What a peer answers a member that was removed from the cluster; the sender stops.
 REMOVED_MESSAGE = "the member has been permanently removed from the cluster"
@@ -118,64 +118,88 @@ class RaftPeerServicer(peer_grpc.RaftPeerServicer):
         elif r.step(m) is False:  # the runner's inbox is full (etcd drops too)
             self.dropped += 1
 
+    def _refused(self, context: Any, event: str, fmt: str = "", *args: Any) -> None:
+        """Count a refusal; a violation (`event`) is logged once per peer address and
+        event per interval (a removed member's messages are no violation: event "")."""
+        self.refused += 1
+        if event:
+            bounds.violations.warning(peer_address(context), event, fmt, *args)
+
     async def _refuse(self, context: Any, code: grpc.StatusCode, event: str, details: str,
                       fmt: str = "", *args: Any) -> None:
-        """End the call with `code`; one warning per peer address and event per interval."""
-        self.refused += 1
-        bounds.violations.warning(peer_address(context), event, fmt, *args)
+        """End the call with `code` (grpc.aio's abort is a coroutine)."""
+        self._refused(context, event, fmt, *args)
         await context.abort(code, details)
 
-    async def _check(self, cluster_id: int, frm: int, to: int, context: Any) -> None:
+    def _peer_refusal(self, cluster_id: int, frm: int, to: int) -> tuple | None:
+        """Why a sender is refused, as `_refuse`'s arguments after the context: removed
+        from the cluster, another cluster, or meant for another member; None: it is not."""
         if self.is_removed is not None and self.is_removed(frm):
-            self.refused += 1
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"raft: {REMOVED_MESSAGE} ({frm:x})")
+            return grpc.StatusCode.FAILED_PRECONDITION, "", f"raft: {REMOVED_MESSAGE} ({frm:x})"
         if cluster_id != self.cluster_id:
-            await self._refuse(
-                context, grpc.StatusCode.FAILED_PRECONDITION, "peer_cluster_mismatch",
+            return (
+                grpc.StatusCode.FAILED_PRECONDITION, "peer_cluster_mismatch",
                 f"raft: cluster ID mismatch: local {self.cluster_id:x}, remote {cluster_id:x}",
                 "member=%x cluster=%x local_cluster=%x", frm, cluster_id, self.cluster_id,
             )  # fmt: skip
         if to != self.local_id:
-            await self._refuse(
-                context, grpc.StatusCode.FAILED_PRECONDITION, "peer_wrong_member",
+            return (
+                grpc.StatusCode.FAILED_PRECONDITION, "peer_wrong_member",
                 f"raft: message for member {to:x} reached member {self.local_id:x}",
                 "member=%x to=%x", frm, to,
             )  # fmt: skip
+        return None
 
-    async def _check_batch(self, batch: peer_pb.MessageBatch, context: Any) -> None:
-        """A batch as our sender makes it: bounded, every message from and to the batch's
-        members, of a type that travels on a stream."""
+    async def _check(self, cluster_id: int, frm: int, to: int, context: Any) -> None:
+        refusal = self._peer_refusal(cluster_id, frm, to)
+        if refusal is not None:
+            await self._refuse(context, *refusal)
+
+    def _batch_refusal(self, batch: peer_pb.MessageBatch) -> tuple | None:
+        """Why a batch is refused (as `_peer_refusal`); None for a batch as our sender
+        makes it: from a member of this cluster to this one, bounded, every message from
+        and to the batch's members, of a type that travels on a stream."""
+        refusal = self._peer_refusal(batch.cluster_id, batch.from_, batch.to)
+        if refusal is not None:
+            return refusal
         n = len(batch.messages)
         if n > MAX_BATCH_MESSAGES:
-            await self._refuse(
-                context, grpc.StatusCode.INVALID_ARGUMENT, "peer_batch_too_large",
+            return (
+                grpc.StatusCode.INVALID_ARGUMENT, "peer_batch_too_large",
                 f"raft: batch of {n} messages, over {MAX_BATCH_MESSAGES}",
                 "member=%x messages=%d limit=%d", batch.from_, n, MAX_BATCH_MESSAGES,
             )  # fmt: skip
         for m in batch.messages:
             if m.type not in PEER_MESSAGE_TYPES:
-                await self._refuse(
-                    context, grpc.StatusCode.INVALID_ARGUMENT, "peer_bad_message_type",
+                return (
+                    grpc.StatusCode.INVALID_ARGUMENT, "peer_bad_message_type",
                     f"raft: message type {m.type} is not sent on a stream",
                     "member=%x type=%d", batch.from_, m.type,
                 )  # fmt: skip
             if m.from_ != batch.from_ or m.to != batch.to:
-                await self._refuse(
-                    context, grpc.StatusCode.INVALID_ARGUMENT, "peer_message_mismatch",
+                return (
+                    grpc.StatusCode.INVALID_ARGUMENT, "peer_message_mismatch",
                     "raft: a message's members differ from its batch's",
                     "member=%x message_from=%x message_to=%x", batch.from_, m.from_, m.to,
                 )  # fmt: skip
+        return None
 
     async def Stream(self, request_iterator, context):  # noqa: N802 - gRPC method name
         """Step every message of every batch; refuse a batch of another cluster or member,
-        or one our sender would never make."""
+        or one our sender would never make. (kubekv's peer server uses `StreamSink`.)"""
         async for batch in request_iterator:
-            await self._check(batch.cluster_id, batch.from_, batch.to, context)
-            await self._check_batch(batch, context)
+            refusal = self._batch_refusal(batch)
+            if refusal is not None:
+                await self._refuse(context, *refusal)
             for m in batch.messages:
                 self._deliver(m)
         return peer_pb.StreamAck()
+
+    def StreamSink(self, context: Any) -> BatchReceiver:  # noqa: N802 - after `Stream`
+        """`Stream` for kubekv's peer server (rpc/peer_server.py): each batch is checked
+        and its messages stepped in the loop pass that parsed it (an inline request sink,
+        rpc/calls.py), not one task wake-up later."""
+        return BatchReceiver(self, context)
 
     async def SendSnapshot(self, request_iterator, context):  # noqa: N802 - gRPC method name
         """Receive a snapshot file durably, then step its MsgSnap; see snapshot_files."""
@@ -283,6 +307,32 @@ class RaftPeerServicer(peer_grpc.RaftPeerServicer):
         m.snapshot.data = rs.SerializeToString()
         self._deliver(m)
         return peer_pb.SnapshotAck(size=size)
+
+
+class BatchReceiver:
+    """One RaftPeer.Stream call on kubekv's peer server: the same checks and refusals
+    as `RaftPeerServicer.Stream`, run as each batch is parsed."""
+
+    __slots__ = ("servicer", "context")
+
+    def __init__(self, servicer: RaftPeerServicer, context: Any) -> None:
+        self.servicer = servicer
+        self.context = context
+
+    def message(self, batch: peer_pb.MessageBatch, size: int) -> None:
+        """Step every message of the batch, or end the call with the refusal's status."""
+        s = self.servicer
+        refusal = s._batch_refusal(batch)
+        if refusal is not None:
+            code, event, details, *log_args = refusal
+            s._refused(self.context, event, *log_args)
+            self.context.abort(code, details)  # kubekv's RpcContext: raises AbortError
+        deliver = s._deliver
+        for m in batch.messages:
+            deliver(m)
+
+    def end(self) -> peer_pb.StreamAck:
+        return peer_pb.StreamAck()
 
 
 async def _next_or_none(it):  # type: ignore[no-untyped-def]

@@ -3,6 +3,10 @@
 Handlers come in three kinds, chosen once per method when it is registered:
   inline  plain function marked with `@inline`, run on the event loop; it must
           not block. It may return a response or an asyncio.Future of one.
+          Client streaming (not server streaming): called with the context when the
+          call starts, it returns a `RequestSink`, whose `message` takes each request
+          in the loop pass that parsed it (no task, no queue: the peer port's Raft
+          messages) and whose `end` answers.
   async   `async def` (or an async generator for server streaming), a task.
   thread  any other plain function or generator, run on a worker thread with
           blocking request iterators (grpc's thread-pool model, for code that waits).
@@ -23,6 +27,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -64,6 +69,18 @@ def inline(fn):
     return fn
 
 
+class RequestSink(Protocol):
+    """What an inline client-streaming handler returns: it takes the call's requests as
+    they are parsed. Both methods run on the loop and must not block; raising (an
+    `AbortError` from `context.abort`) ends the call with that status."""
+
+    def message(self, request: Any, size: int) -> None:
+        """One request, `size` its encoded bytes."""
+
+    def end(self) -> Any:
+        """The client ended its side: the response, or an asyncio.Future of it."""
+
+
 @dataclass
 class Method:
     path: bytes
@@ -83,7 +100,7 @@ class Method:
     @classmethod
     def of(cls, path: bytes, request_class, client_streaming: bool, server_streaming: bool,
            handler) -> Method:
-        if getattr(handler, "_kubekv_inline", False) and not (client_streaming or server_streaming):
+        if getattr(handler, "_kubekv_inline", False) and not server_streaming:
             kind = "inline"
         elif inspect.iscoroutinefunction(handler) or inspect.isasyncgenfunction(handler):
             kind = "async"
@@ -117,6 +134,7 @@ class Call:
         "conn", "stream_id", "headers", "fields", "counted", "finished", "callbacks", "method",
         "_reader", "_message", "_held", "_requests", "_headers_sent", "_task", "_writable",
         "_ended_requests", "_compress", "_refusal", "_encoding", "_reading", "_started",
+        "_sink", "_sink_context",
     )
 
     def __init__(self, conn, stream_id: int, headers, fields: dict | None = None) -> None:
@@ -141,6 +159,8 @@ class Call:
         self._message = None  # a unary call's parsed request, until END_STREAM
         self._held = 0  # the size of that request's message
         self._requests = None  # queue for streaming requests
+        self._sink: RequestSink | None = None  # an inline client stream's request taker
+        self._sink_context: contextvars.Context | None = None  # the caller it runs as
         self._headers_sent = False
         self._task = None
         self._writable: threading.Event | asyncio.Event | None = None
@@ -176,7 +196,10 @@ class Call:
                 self._started = time.perf_counter()
             observer.started(method)
         if method.client_streaming:
-            self._start_streaming_requests()
+            if method.kind == "inline":
+                self._open_sink()
+            else:
+                self._start_streaming_requests()
 
     def refuse(self, code: int, message: str) -> None:
         """Refuse a call that is not started (bad grpc-encoding, unknown method): the call
@@ -229,7 +252,11 @@ class Call:
             return None
 
     def _on_message(self, msg: bytes) -> None:
-        if self._requests is not None:
+        if self._sink is not None:
+            req = self._parse(msg)
+            if req is not None:
+                self._to_sink(self._sink.message, req, len(msg))
+        elif self._requests is not None:
             req = self._parse(msg)
             if req is not None:
                 if self.method.hold_requests:
@@ -257,6 +284,14 @@ class Call:
                 return
         if self._requests is not None:
             self._push_request(_END)
+            return
+        if self._sink is not None:
+            result = self._to_sink(self._sink.end)
+            if isinstance(result, asyncio.Future):
+                result.add_done_callback(self._future_done)
+                self._task = result
+            elif not self.finished:
+                self.respond(result)
             return
         if self._message is None:
             # etcd 3.5.1 never answers this call (grpc-go v1.38 writes no status for io.EOF):
@@ -475,6 +510,26 @@ class Call:
             w.set()
 
     # ------------------------------------------------------------ streams
+
+    def _open_sink(self) -> None:
+        """An inline client stream: the handler's sink takes each request as it is parsed."""
+        ctx = RpcContext(self)
+        try:
+            run_in = self._sink_context = self._admit(None, ctx)
+            handler = self.method.handler
+            self._sink = handler(ctx) if run_in is None else run_in.run(handler, ctx)
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _to_sink(self, fn, *args):
+        """Run a sink's method as the call's caller; what it raises ends the call (and
+        the reading of its requests)."""
+        try:
+            run_in = self._sink_context
+            return fn(*args) if run_in is None else run_in.run(fn, *args)
+        except BaseException as exc:
+            self._fail(exc)
+            return None
 
     def _start_streaming_requests(self) -> None:
         if self.method.kind == "async":

@@ -91,6 +91,12 @@ class RpcContext:
     def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         raise AbortError(code, details)
 
+    def end(self, code: grpc.StatusCode, details: str = "") -> None:
+        """End the call now with a status, from outside its handler (a stopping server
+        ending an inline stream, which has no task to cancel); what the client sends
+        after is ignored."""
+        self._call.finish(status_number(code), details)
+
     def set_code(self, code: grpc.StatusCode) -> None:
         self._code = code
 

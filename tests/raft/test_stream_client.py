@@ -225,6 +225,48 @@ def test_a_write_waiting_for_window_ends_when_the_call_is_cancelled():
     asyncio.run(main())
 
 
+def test_direct_writes_are_frames_h2_takes_and_keep_its_windows_exact():
+    """write_now builds its DATA frame itself: h2 (the server here) must parse every one,
+    and the client's h2 windows must stay what its own send_data would have left, so a
+    write that does not fit waits and the peer's WINDOW_UPDATE opens it again."""
+    got: list[bytes] = []
+
+    def script(p: Scripted, events) -> None:
+        for e in events:
+            if isinstance(e, h2.events.DataReceived):
+                got.append(e.data)  # window deliberately not given back
+
+    async def main() -> None:
+        settings = {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000}
+        server, call, protos = await scripted(script, settings)
+        try:
+            await protos[0].received
+            await wait_for_async(lambda: call.h2.local_flow_control_window(call.stream_id)
+                                 == 1000, 10, "the server's settings")
+            sizes = [95, 195, 395]  # 100 + 200 + 400 bytes framed
+            for n in sizes:
+                assert call.write_now(b"x" * n)
+            window = call.h2.local_flow_control_window(call.stream_id)
+            assert window == 1000 - 700
+            assert not call.write_now(b"y" * 300)  # 305 framed: over the window, unsent
+            await wait_for_async(lambda: len(got) == 3, 10, "three frames at the server")
+            assert got == [sc.grpc_message(b"x" * n) for n in sizes]
+            p = protos[0]
+            p.conn.increment_flow_control_window(700, stream_id=call.stream_id)
+            p.conn.increment_flow_control_window(700)
+            p.transport.write(p.conn.data_to_send())
+            await wait_for_async(lambda: call.h2.local_flow_control_window(call.stream_id)
+                                 == 1000, 10, "the window given back")
+            assert call.write_now(b"y" * 300) and not call.done()
+            await wait_for_async(lambda: len(got) == 4, 10, "the fourth frame")
+            assert got[-1] == sc.grpc_message(b"y" * 300)
+        finally:
+            call.cancel()
+            server.close()
+
+    asyncio.run(main())
+
+
 # -- kubekv's peer server ------------------------------------------------------------------------
 
 
