@@ -58,6 +58,78 @@ def request_id_of(data: bytes) -> bytes:
     return data[1 : end + 1]
 
 
+class Proposal(asyncio.Future):
+    """A proposal's outcome on the loop. Besides done callbacks (which asyncio runs a loop
+    pass after the future resolves), one caller may `answer_with(fn)`: fn(proposal) runs
+    as the proposal resolves, in that pass, and may return a follow-up that completes the
+    answer (the RPC layer: its connection's write). `resolve_proposals` runs each distinct
+    follow-up once after answering the whole batch, so a batch's answers to one client
+    connection leave in one write, in the pass that learned of the batch."""
+
+    _answer: Callable[[asyncio.Future], Callable[[], None] | None] | None = None
+
+    def answer_with(self, fn: Callable[[asyncio.Future], Callable[[], None] | None]) -> None:
+        """Loop thread: fn(self) once this resolves (not if it is cancelled)."""
+        self._answer = fn
+
+    def set_result(self, result: object) -> None:
+        super().set_result(result)
+        self._answered(None)
+
+    def set_exception(self, exception: type | BaseException) -> None:
+        super().set_exception(exception)
+        self._answered(None)
+
+    def resolve(self, outcome: object, after: dict[Callable[[], None], None]) -> None:
+        """Resolve to the applier's outcome (an exception fails it); the answer's follow-up
+        joins `after`, for the caller to run once it answered the others."""
+        if isinstance(outcome, BaseException):
+            super().set_exception(outcome)
+        else:
+            super().set_result(outcome)
+        self._answered(after)
+
+    def _answered(self, after: dict[Callable[[], None], None] | None) -> None:
+        fn = self._answer
+        if fn is None:
+            return
+        self._answer = None
+        try:
+            then = fn(self)
+            if then is not None:
+                if after is None:
+                    then()
+                else:
+                    after[then] = None
+        except Exception:  # as a done callback's: logged, the resolver goes on
+            log.exception("event=proposal_answer_failed")
+
+
+def resolve_proposals(futures: dict[int, asyncio.Future],
+                      results: list[tuple[int, object]]) -> None:
+    """Loop thread: resolve the proposers of a batch's (request id, outcome) pairs, popped
+    from `futures`; a `Proposal`'s answer is given as it resolves, and the answers'
+    follow-ups (their connections' writes) run once each after all of them."""
+    after: dict[Callable[[], None], None] = {}
+    try:
+        for rid, outcome in results:
+            fut = futures.pop(rid, None)
+            if fut is None or fut.done():
+                continue
+            if type(fut) is Proposal:
+                fut.resolve(outcome, after)
+            elif isinstance(outcome, BaseException):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
+    finally:
+        for then in after:
+            try:
+                then()
+            except Exception:
+                log.exception("event=proposal_answer_failed")
+
+
 class NullTransport:
     """The transport of a one-member cluster: there is nobody to send to."""
 
@@ -316,10 +388,11 @@ class RaftNode:
         self._listeners.append(fn)
 
     def propose(self, request_id: int, data: bytes) -> asyncio.Future:
-        """Loop thread: queue a proposal; the future resolves to the applier's result."""
+        """Loop thread: queue a proposal; the future resolves to the applier's result
+        (a `Proposal`: its caller may be answered in the pass that resolves it)."""
         if self._stopped:
             raise errors.STOPPED
-        fut = self.loop.create_future()
+        fut = Proposal(loop=self.loop)
         self._futures[request_id] = fut
         self.runner.submit([(data, request_id)])  # the Runner batches: one MsgProp per Ready
         return fut
@@ -386,21 +459,14 @@ class RaftNode:
     # -------------------------------------------------------------- apply
 
     def _applied(self, result: BatchResult) -> None:
-        """Loop thread, after a batch is durable in the state db: listeners, then proposers."""
+        """Loop thread, after a batch is durable in the state db: listeners, then proposers
+        (a `Proposal`'s answer is given here, its write once all are given)."""
         for fn in self._listeners:
             try:
                 fn(result)
             except Exception:
                 log.exception("event=listener_failed")
-        futures = self._futures
-        for rid, outcome in result.results:
-            fut = futures.pop(rid, None)
-            if fut is None or fut.done():
-                continue
-            if isinstance(outcome, BaseException):
-                fut.set_exception(outcome)
-            else:
-                fut.set_result(outcome)
+        resolve_proposals(self._futures, result.results)
 
 
     # ----------------------------------------------------------- snapshots
