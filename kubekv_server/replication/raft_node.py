@@ -7,7 +7,7 @@ read-index round. The Runner's two stages overlap: the log thread
 (`kubekv-log`) persists Ready N+1 to the write-ahead log while the apply thread
 (`kubekv-apply`) applies Ready N's committed entries with kubekv's Applier (the
 log thread hands them over itself, right after the write); back on the loop,
-the batch's listeners run and the proposers' futures resolve.
+the proposers' futures resolve and the batch's listeners run.
 Threads (lease expiry, blocking handlers) use the `*_threadsafe` variants.
 
 After apply, one mechanism: `add_listener(fn)`. For every batch the Runner hands
@@ -15,10 +15,16 @@ over (log replay at start and batches with nothing new included), once the
 batch is committed to the state db, `fn(BatchResult)` runs
 - on the event loop thread (never the executor: the applier calls nobody),
 - in log order, listeners in the order they were added,
-- before the batch's proposers' futures resolve, so a client answered sees
-  every listener's effect (lessor, watchers, member list, metrics),
+- in the loop callback that resolves the batch's proposers, so a client answered
+  sees every listener's effect (lessor, watchers, member list, metrics): the
+  proposers' awaiters and done callbacks run in a later pass, and whatever a
+  client sends after an answer the loop reads after this callback,
 - before `applied_index` advances, so read barriers and waits on the applied
   index (lease forwarding's waitAppliedIndex) see them too.
+By default a listener runs right after the proposers are resolved, so the
+answers `Proposal.answer_with` writes leave first (a Put at 1 in flight does
+not wait for the watch hub, the lessor or the metrics); one that prepares the
+answers (the proposer's header fill) is added with `before_answers=True`.
 A listener must not block (the loop and the next batch wait); one that raises
 is logged and the others still run. A snapshot from the leader is the other
 event, `on_snapshot_installed`.
@@ -176,6 +182,7 @@ class RaftNode:
         self._reads: list[asyncio.Future] = []
         self._read_rounds: ReadRounds | None = None
         self._scheduled = False
+        self._preparers: list[Callable[[BatchResult], None]] = []  # before the answers
         self._listeners: list[Callable[[BatchResult], None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.runner: Runner | None = None
@@ -382,10 +389,12 @@ class RaftNode:
         """fn() on the loop after a snapshot from the leader replaced the local state."""
         self._installed.append(fn)
 
-    def add_listener(self, fn: Callable[[BatchResult], None]) -> None:
-        """fn(batch) on the loop after each applied batch, before its proposers are
-        answered and before applied_index advances (the contract: module docstring)."""
-        self._listeners.append(fn)
+    def add_listener(self, fn: Callable[[BatchResult], None], *,
+                     before_answers: bool = False) -> None:
+        """fn(batch) on the loop after each applied batch, in the callback that resolves
+        its proposers (after them, or before with `before_answers`) and before
+        applied_index advances (the contract: module docstring)."""
+        (self._preparers if before_answers else self._listeners).append(fn)
 
     def propose(self, request_id: int, data: bytes) -> asyncio.Future:
         """Loop thread: queue a proposal; the future resolves to the applier's result
@@ -459,14 +468,21 @@ class RaftNode:
     # -------------------------------------------------------------- apply
 
     def _applied(self, result: BatchResult) -> None:
-        """Loop thread, after a batch is durable in the state db: listeners, then proposers
-        (a `Proposal`'s answer is given here, its write once all are given)."""
-        for fn in self._listeners:
+        """Loop thread, after a batch is durable in the state db: what prepares the answers,
+        the proposers (a `Proposal`'s answer is written here), then the listeners."""
+        for fn in self._preparers:
             try:
                 fn(result)
             except Exception:
                 log.exception("event=listener_failed")
-        resolve_proposals(self._futures, result.results)
+        try:
+            resolve_proposals(self._futures, result.results)
+        finally:
+            for fn in self._listeners:
+                try:
+                    fn(result)
+                except Exception:
+                    log.exception("event=listener_failed")
 
 
     # ----------------------------------------------------------- snapshots
