@@ -75,8 +75,11 @@ class Proposal(asyncio.Future):
     _answer: Callable[[asyncio.Future], Callable[[], None] | None] | None = None
 
     def answer_with(self, fn: Callable[[asyncio.Future], Callable[[], None] | None]) -> None:
-        """Loop thread: fn(self) once this resolves (not if it is cancelled)."""
+        """Loop thread: fn(self) once this resolves, at once if it has (not if it is
+        cancelled later)."""
         self._answer = fn
+        if self.done():
+            self._answered(None)
 
     def set_result(self, result: object) -> None:
         super().set_result(result)

@@ -131,3 +131,16 @@ def test_a_cancelled_call_is_not_answered(loop, server, proposals):
     assert fut.cancelled()
     resp = pb.PutResponse()
     resolve_proposals({1: fut}, [(1, resp)])  # a done future is skipped, nothing raised
+
+
+def test_a_proposal_resolved_before_it_is_given_an_answer_answers_at_once(loop):
+    fut = Proposal(loop=loop)
+    fut.set_result(3)
+    seen, written = [], []
+
+    def answer(f):
+        seen.append(f.result())
+        return lambda: written.append(True)
+
+    fut.answer_with(answer)
+    assert seen == [3] and written == [True]  # the answer and its write, both at once
