@@ -164,11 +164,12 @@ class Proposer:
         self.db_size = db_size()  # refreshed once per applied batch, for the quota check
         self.header = header
         self._deadlines = _Deadlines(loop)
-        node.add_listener(self._fill_headers)
+        node.add_listener(self._fill_headers, before_answers=True)
 
     def _fill_headers(self, batch: BatchResult) -> None:
-        """After-apply listener: the header of every response of the batch, filled before
-        the proposers' futures resolve (one pass per batch, no callback per request).
+        """After-apply listener, before the answers: the header of every response of the
+        batch, filled before the proposers' futures resolve (one pass per batch, no
+        callback per request).
         Outcomes without a header (errors, member lists) are left alone."""
         header = self.header
         term = self.node.term  # one batch, one term: read once

@@ -7,7 +7,7 @@ read-index round. The Runner's two stages overlap: the log thread
 (`kubekv-log`) persists Ready N+1 to the write-ahead log while the apply thread
 (`kubekv-apply`) applies Ready N's committed entries with kubekv's Applier (the
 log thread hands them over itself, right after the write); back on the loop,
-the batch's listeners run and the proposers' futures resolve.
+the proposers' futures resolve and the batch's listeners run.
 Threads (lease expiry, blocking handlers) use the `*_threadsafe` variants.
 
 After apply, one mechanism: `add_listener(fn)`. For every batch the Runner hands
@@ -15,10 +15,16 @@ over (log replay at start and batches with nothing new included), once the
 batch is committed to the state db, `fn(BatchResult)` runs
 - on the event loop thread (never the executor: the applier calls nobody),
 - in log order, listeners in the order they were added,
-- before the batch's proposers' futures resolve, so a client answered sees
-  every listener's effect (lessor, watchers, member list, metrics),
+- in the loop callback that resolves the batch's proposers, so a client answered
+  sees every listener's effect (lessor, watchers, member list, metrics): the
+  proposers' awaiters and done callbacks run in a later pass, and whatever a
+  client sends after an answer the loop reads after this callback,
 - before `applied_index` advances, so read barriers and waits on the applied
   index (lease forwarding's waitAppliedIndex) see them too.
+By default a listener runs right after the proposers are resolved, so the
+answers `Proposal.answer_with` writes leave first (a Put at 1 in flight does
+not wait for the watch hub, the lessor or the metrics); one that prepares the
+answers (the proposer's header fill) is added with `before_answers=True`.
 A listener must not block (the loop and the next batch wait); one that raises
 is logged and the others still run. A snapshot from the leader is the other
 event, `on_snapshot_installed`.
@@ -56,6 +62,81 @@ def request_id_of(data: bytes) -> bytes:
     while data[end] & 0x80:
         end += 1
     return data[1 : end + 1]
+
+
+class Proposal(asyncio.Future):
+    """A proposal's outcome on the loop. Besides done callbacks (which asyncio runs a loop
+    pass after the future resolves), one caller may `answer_with(fn)`: fn(proposal) runs
+    as the proposal resolves, in that pass, and may return a follow-up that completes the
+    answer (the RPC layer: its connection's write). `resolve_proposals` runs each distinct
+    follow-up once after answering the whole batch, so a batch's answers to one client
+    connection leave in one write, in the pass that learned of the batch."""
+
+    _answer: Callable[[asyncio.Future], Callable[[], None] | None] | None = None
+
+    def answer_with(self, fn: Callable[[asyncio.Future], Callable[[], None] | None]) -> None:
+        """Loop thread: fn(self) once this resolves, at once if it has (not if it is
+        cancelled later)."""
+        self._answer = fn
+        if self.done():
+            self._answered(None)
+
+    def set_result(self, result: object) -> None:
+        super().set_result(result)
+        self._answered(None)
+
+    def set_exception(self, exception: type | BaseException) -> None:
+        super().set_exception(exception)
+        self._answered(None)
+
+    def resolve(self, outcome: object, after: dict[Callable[[], None], None]) -> None:
+        """Resolve to the applier's outcome (an exception fails it); the answer's follow-up
+        joins `after`, for the caller to run once it answered the others."""
+        if isinstance(outcome, BaseException):
+            super().set_exception(outcome)
+        else:
+            super().set_result(outcome)
+        self._answered(after)
+
+    def _answered(self, after: dict[Callable[[], None], None] | None) -> None:
+        fn = self._answer
+        if fn is None:
+            return
+        self._answer = None
+        try:
+            then = fn(self)
+            if then is not None:
+                if after is None:
+                    then()
+                else:
+                    after[then] = None
+        except Exception:  # as a done callback's: logged, the resolver goes on
+            log.exception("event=proposal_answer_failed")
+
+
+def resolve_proposals(futures: dict[int, asyncio.Future],
+                      results: list[tuple[int, object]]) -> None:
+    """Loop thread: resolve the proposers of a batch's (request id, outcome) pairs, popped
+    from `futures`; a `Proposal`'s answer is given as it resolves, and the answers'
+    follow-ups (their connections' writes) run once each after all of them."""
+    after: dict[Callable[[], None], None] = {}
+    try:
+        for rid, outcome in results:
+            fut = futures.pop(rid, None)
+            if fut is None or fut.done():
+                continue
+            if type(fut) is Proposal:
+                fut.resolve(outcome, after)
+            elif isinstance(outcome, BaseException):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
+    finally:
+        for then in after:
+            try:
+                then()
+            except Exception:
+                log.exception("event=proposal_answer_failed")
 
 
 class NullTransport:
@@ -104,6 +185,7 @@ class RaftNode:
         self._reads: list[asyncio.Future] = []
         self._read_rounds: ReadRounds | None = None
         self._scheduled = False
+        self._preparers: list[Callable[[BatchResult], None]] = []  # before the answers
         self._listeners: list[Callable[[BatchResult], None]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.runner: Runner | None = None
@@ -310,16 +392,19 @@ class RaftNode:
         """fn() on the loop after a snapshot from the leader replaced the local state."""
         self._installed.append(fn)
 
-    def add_listener(self, fn: Callable[[BatchResult], None]) -> None:
-        """fn(batch) on the loop after each applied batch, before its proposers are
-        answered and before applied_index advances (the contract: module docstring)."""
-        self._listeners.append(fn)
+    def add_listener(self, fn: Callable[[BatchResult], None], *,
+                     before_answers: bool = False) -> None:
+        """fn(batch) on the loop after each applied batch, in the callback that resolves
+        its proposers (after them, or before with `before_answers`) and before
+        applied_index advances (the contract: module docstring)."""
+        (self._preparers if before_answers else self._listeners).append(fn)
 
     def propose(self, request_id: int, data: bytes) -> asyncio.Future:
-        """Loop thread: queue a proposal; the future resolves to the applier's result."""
+        """Loop thread: queue a proposal; the future resolves to the applier's result
+        (a `Proposal`: its caller may be answered in the pass that resolves it)."""
         if self._stopped:
             raise errors.STOPPED
-        fut = self.loop.create_future()
+        fut = Proposal(loop=self.loop)
         self._futures[request_id] = fut
         self.runner.submit([(data, request_id)])  # the Runner batches: one MsgProp per Ready
         return fut
@@ -386,21 +471,21 @@ class RaftNode:
     # -------------------------------------------------------------- apply
 
     def _applied(self, result: BatchResult) -> None:
-        """Loop thread, after a batch is durable in the state db: listeners, then proposers."""
-        for fn in self._listeners:
+        """Loop thread, after a batch is durable in the state db: what prepares the answers,
+        the proposers (a `Proposal`'s answer is written here), then the listeners."""
+        for fn in self._preparers:
             try:
                 fn(result)
             except Exception:
                 log.exception("event=listener_failed")
-        futures = self._futures
-        for rid, outcome in result.results:
-            fut = futures.pop(rid, None)
-            if fut is None or fut.done():
-                continue
-            if isinstance(outcome, BaseException):
-                fut.set_exception(outcome)
-            else:
-                fut.set_result(outcome)
+        try:
+            resolve_proposals(self._futures, result.results)
+        finally:
+            for fn in self._listeners:
+                try:
+                    fn(result)
+                except Exception:
+                    log.exception("event=listener_failed")
 
 
     # ----------------------------------------------------------- snapshots

@@ -2,7 +2,11 @@
 
 Handlers come in three kinds, chosen once per method when it is registered:
   inline  plain function marked with `@inline`, run on the event loop; it must
-          not block. It may return a response or an asyncio.Future of one.
+          not block. It may return a response or an asyncio.Future of one; a future
+          with `answer_with(fn)` (a Raft proposal, replication/raft_node.py) answers
+          the call as it resolves and leaves the write to its resolver, which makes
+          one per connection for a batch: the answer leaves in that loop pass, not
+          two passes later (a done callback, then a scheduled flush).
           Client streaming (not server streaming): called with the context when the
           call starts, it returns a `RequestSink`, whose `message` takes each request
           in the loop pass that parsed it (no task, no queue: the peer port's Raft
@@ -26,6 +30,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -351,7 +356,11 @@ class Call:
                 self._fail(exc)
                 return
             if isinstance(result, asyncio.Future):
-                result.add_done_callback(self._future_done)
+                answer_with = getattr(result, "answer_with", None)
+                if answer_with is not None:  # a proposal: answered as it resolves
+                    answer_with(self._answer)
+                else:
+                    result.add_done_callback(self._future_done)
                 self._task = result
             else:
                 self.respond(result)
@@ -370,6 +379,11 @@ class Call:
                                            req, ctx)
             fut.add_done_callback(self._future_done)
             self._task = fut
+
+    def _answer(self, fut: asyncio.Future) -> Callable[[], None]:
+        """A proposal resolved (`answer_with`): answer now; the returned write is the
+        resolver's to run, once per connection for all the answers it gives together."""
+        return self.conn.held_write(self._future_done, fut)
 
     def _future_done(self, fut: asyncio.Future) -> None:
         if fut.cancelled():

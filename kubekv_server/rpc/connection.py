@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from kubekv_server.log_limit import RateLimitedLog, client_key
 from kubekv_server.rpc import frames as f
@@ -298,6 +299,22 @@ class Http2Connection(asyncio.Protocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self.flush)
+
+    def held_write(self, answer: Callable[..., None], *args) -> Callable[[], None]:
+        """answer(*args) (a call's response) without scheduling the write it queues; the
+        returned `flush` writes it, for a caller that answers several calls at once and
+        writes once per connection after (`Call._answer`)."""
+        if self._flush_scheduled:  # a write is due anyway: flushing sooner is no harm
+            answer(*args)
+            return self.flush
+        self._flush_scheduled = True  # what send_* queue meanwhile waits for our flush
+        try:
+            answer(*args)
+        except BaseException:
+            self._flush_scheduled = False
+            self._schedule_flush()
+            raise
+        return self.flush
 
     def flush(self) -> None:
         """Write what the state machine has queued; note whether the socket keeps up."""
