@@ -649,14 +649,15 @@ class Runner:
     def _batch_applied(self, ents: list[pb.Entry], result: Any, exc: BaseException | None,
                        notify: list[asyncio.Future]) -> None:
         """Loop: a plain applier's batch is applied (or failed); then the writes that left
-        their answer to it go on, one loop pass later: the answers the batch's proposers
-        write in the next pass leave before the next Ready cycle runs."""
+        their answer to it go on (their Ready cycles resume in the next pass). The
+        proposers' answers are written in this callback already (`on_applied`), so the
+        next Ready cycle need not wait a pass for them."""
         try:
             if not self._stopped:
                 self._batch_done(ents, result, exc)
         finally:
             if notify:
-                self._loop_ref.call_soon(self._release, notify)
+                self._release(notify)
 
     @staticmethod
     def _release(futs: list[asyncio.Future]) -> None:
