@@ -185,6 +185,12 @@ class Runner:
         self._apply_queue: list[tuple[list[pb.Entry], asyncio.Future]] = []
         self._apply_task: asyncio.Task | None = None
         self._apply_failed: BaseException | None = None
+        self._log_failed: BaseException | None = None
+        # hand-overs the log thread still owes (a commit record's): the loop's own must
+        # wait behind them. Each counter has one writer (the loop posts, the log thread
+        # completes), so no lock.
+        self._log_hands_posted = 0
+        self._log_hands_done = 0
         # a commit-only hard state not yet written (it rides with the next synced write)
         self._unsaved_hard_state: pb.HardState | None = None
         self._note_failed_logged = False
@@ -336,6 +342,8 @@ class Runner:
             try:
                 if self._apply_failed is not None:
                     raise self._apply_failed
+                if self._log_failed is not None:
+                    raise self._log_failed
                 self._feed()
                 while self.node.has_ready():
                     await self._handle(self.node.ready())
@@ -440,6 +448,8 @@ class Runner:
                     isinstance(self.executor, ThreadWorker):
                 handed = ents if ents and rd.snapshot is None and not self._apply_is_async \
                     else []
+                if handed:
+                    self._log_hands_posted += 1
                 self.executor.post(self._note_commit, note, hs, handed)
                 hand = handed
         if not lead and rd.messages:
@@ -464,7 +474,7 @@ class Runner:
                 applied = self._submit_apply(ents)
             else:
                 if not hand:  # nothing written, or a snapshot installed first: hand them now
-                    self._hand_to_apply(ents)
+                    self._hand_in_order(ents)
                 applied = self._applied_through(ents[-1].index)
             if any(e.type in _CONF_CHANGES for e in ents):
                 await applied  # etcd's waitApply: Raft must see the new configuration first
@@ -531,7 +541,40 @@ class Runner:
                 self._note_failed_logged = True
                 log.warning("event=commit_record_failed error=%s", exc)
         if entries:
+            self._hand_from_log_thread(entries)
+
+    def _hand_in_order(self, entries: list[pb.Entry]) -> None:
+        """Loop: hand committed entries to the apply stage behind any hand-over the log
+        thread still owes (through it, in order), else at once. (A commit record posted
+        to a busy log thread owes one; the next commit-only Ready may find the log idle,
+        write its record inline and must still not hand later entries first.)"""
+        if self._log_hands_posted == self._log_hands_done:
             self._hand_to_apply(entries)
+            return
+        self._log_hands_posted += 1
+        self.executor.post(self._hand_from_log_thread, entries)
+
+    def _hand_from_log_thread(self, entries: list[pb.Entry]) -> None:
+        """Log thread: a hand-over the loop queued behind the thread's earlier ones."""
+        try:
+            self._hand_to_apply(entries)
+        except BaseException as exc:  # noqa: BLE001 - the runner stops on it, loudly
+            self._call_loop(self._log_stage_failed, exc)
+        finally:
+            self._log_hands_done += 1
+
+    def _log_stage_failed(self, exc: BaseException) -> None:
+        """Loop: a hand-over failed on the log thread: stop the runner, loudly."""
+        log.error("raft runner %x failed on the log thread", self.id, exc_info=exc)
+        self._log_failed = exc
+        self._wake.set()
+
+    def _call_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Any thread but the loop's: fn(*args) on the loop (nothing if it is closed)."""
+        try:
+            self._loop_ref.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
 
     def _answer(self, fut: asyncio.Future, exc: BaseException | None) -> None:
         """Any thread but the loop's: resolve a loop future."""
@@ -606,14 +649,15 @@ class Runner:
     def _batch_applied(self, ents: list[pb.Entry], result: Any, exc: BaseException | None,
                        notify: list[asyncio.Future]) -> None:
         """Loop: a plain applier's batch is applied (or failed); then the writes that left
-        their answer to it go on, one loop pass later: the answers the batch's proposers
-        write in the next pass leave before the next Ready cycle runs."""
+        their answer to it go on (their Ready cycles resume in the next pass). The
+        proposers' answers are written in this callback already (`on_applied`), so the
+        next Ready cycle need not wait a pass for them."""
         try:
             if not self._stopped:
                 self._batch_done(ents, result, exc)
         finally:
             if notify:
-                self._loop_ref.call_soon(self._release, notify)
+                self._release(notify)
 
     @staticmethod
     def _release(futs: list[asyncio.Future]) -> None:

@@ -15,6 +15,7 @@ from kubekv_raft.core.raft import Config
 from kubekv_raft.core.storage import MemoryStorage
 from kubekv_raft.driver.lmdb_storage import LMDBStorage
 from kubekv_raft.driver.runner import Runner, initial_applied
+from kubekv_raft.driver.worker import ThreadWorker
 from kubekv_testing.polling import wait_for_async
 
 from .test_runner import LocalTransport, wait_leader
@@ -272,5 +273,44 @@ def test_a_lone_voters_write_hands_its_entries_to_the_apply_thread_directly():
         finally:
             st.gate.set()
             await r.stop()
+
+    asyncio.run(main())
+
+
+def test_the_loop_hands_over_behind_what_the_log_thread_still_owes():
+    """A hand-over the log thread owes (a commit record's, an early write's) comes first:
+    the loop's own goes through the log thread while one is owed, not ahead of it. (A
+    3-member leader under load once handed later entries first and stopped.)"""
+    async def main() -> None:
+        st = GatedStorage()
+        st.set_conf_state(pb.ConfState(voters=[1]))
+        applier = CheckingApplier(st)
+        log_thread = ThreadWorker("log")
+        r = Runner(Config(id=1, storage=st, election_tick=10, heartbeat_tick=1), st,
+                   LocalTransport({}, set()), applier, tick_interval=0.005,
+                   executor=log_thread)
+        await r.start()
+        gate = threading.Event()
+        try:
+            r.campaign()
+            await r.propose(b"a")
+            n, term = st.last_index(), st.term(st.last_index())
+            owed = [pb.Entry(index=n + 1, term=term, data=b"b"),
+                    pb.Entry(index=n + 2, term=term, data=b"c")]
+            mine = [pb.Entry(index=n + 3, term=term, data=b"d")]
+            st.append(owed + mine)  # durable: the applier checks nothing runs ahead
+            log_thread.post(gate.wait, GATE_SECONDS)  # the log thread is busy meanwhile
+            r._log_hands_posted += 1
+            log_thread.post(r._hand_from_log_thread, owed)
+            r._hand_in_order(mine)  # the loop's: must not overtake the owed one
+            await asyncio.sleep(0.05)
+            assert applier.applied == [b"a"]
+            gate.set()
+            await wait_for_async(lambda: applier.applied == [b"a", b"b", b"c", b"d"], 4.0,
+                                 "both hand-overs to apply, in order")
+        finally:
+            gate.set()
+            await r.stop()
+            log_thread.shutdown()
 
     asyncio.run(main())
