@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.mvccpb.kv_pb2 import Event, KeyValue
 from kubekv_server import errors
+from kubekv_server.api.request_checks import check_txn
 
 # concurrency.defaultSessionTTL: a session without a lease grants one of 60 s
 DEFAULT_SESSION_TTL = 60
@@ -97,6 +98,12 @@ class Recipes:
         finally:
             hub.close_stream(stream)
 
+    def _txn(self, r: pb.TxnRequest) -> pb.TxnResponse:
+        """A recipe's writing Txn, proposed as a client's would be (its quota cost is
+        counted as etcd's v3lock/v3election servers' clientv3 Txns are)."""
+        _, cost = check_txn(r, self.m.cfg.max_txn_ops)
+        return self.m.blocking(self.m.txn, r, cost)
+
     # ------------------------------------------------------------------ lock
 
     def lock(self, name: bytes, lease: int, alive: Alive) -> tuple[pb.ResponseHeader, bytes]:
@@ -104,7 +111,7 @@ class Recipes:
         lease = self.session_lease(lease)
         pfx = name + b"/"
         my_key = pfx + b"%x" % lease
-        resp = self.m.blocking(self.m.txn, pb.TxnRequest(
+        resp = self._txn(pb.TxnRequest(
             compare=[_create_rev_is(my_key, 0)],
             success=[pb.RequestOp(request_put=pb.PutRequest(key=my_key, lease=lease)),
                      pb.RequestOp(request_range=_top(pfx, pb.RangeRequest.ASCEND))],
@@ -132,7 +139,7 @@ class Recipes:
         lease = self.session_lease(lease)
         pfx = name + b"/"
         key = pfx + b"%x" % lease
-        resp = self.m.blocking(self.m.txn, pb.TxnRequest(
+        resp = self._txn(pb.TxnRequest(
             compare=[_create_rev_is(key, 0)],
             success=[pb.RequestOp(request_put=pb.PutRequest(key=key, value=value, lease=lease))],
             failure=[pb.RequestOp(request_range=pb.RangeRequest(key=key))],
@@ -156,7 +163,7 @@ class Recipes:
         return resp.header, key, rev, lease
 
     def proclaim(self, key: bytes, rev: int, lease: int, value: bytes) -> pb.ResponseHeader:
-        resp = self.m.blocking(self.m.txn, pb.TxnRequest(
+        resp = self._txn(pb.TxnRequest(
             compare=[_create_rev_is(key, rev)],
             success=[pb.RequestOp(request_put=pb.PutRequest(key=key, value=value, lease=lease))],
         ))
@@ -165,7 +172,7 @@ class Recipes:
         return resp.header
 
     def resign(self, key: bytes, rev: int) -> pb.ResponseHeader:
-        resp = self.m.blocking(self.m.txn, pb.TxnRequest(
+        resp = self._txn(pb.TxnRequest(
             compare=[_create_rev_is(key, rev)],
             success=[pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key))],
         ))
