@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import logging
 import os
 import signal
 import sys
 
-from kubekv_server import EXIT_WITH_PARENT_ENV
+from kubekv_server import EXIT_WITH_PARENT_ENV, event_loop
 from kubekv_server.config.flags import USAGE, FlagError, parse_args
 from kubekv_server.member.versions import SERVER_VERSION
 
@@ -60,7 +59,7 @@ def gateway_main(argv: list[str]) -> int:
         print(GATEWAY_USAGE, file=sys.stderr)
         return 2
     setup_logging("info")
-    asyncio.run(serve(cfg))
+    event_loop.run(serve(cfg))
     return 0
 
 
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from kubekv_server.server import ClientServer  # imported late: --help/--version stay fast
 
-        asyncio.run(ClientServer(cfg).serve_until_signalled())
+        event_loop.run(ClientServer(cfg).serve_until_signalled())
     except KeyboardInterrupt:
         pass
     return 0

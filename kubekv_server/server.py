@@ -36,6 +36,7 @@ from kubekv_server.log_limit import RateLimitedLog
 from kubekv_server.member.member import REQUEST_TIMEOUT, Member
 from kubekv_server.member.versions import CLUSTER_VERSION, SERVER_VERSION
 from kubekv_server.metrics.member_metrics import MemberMetrics
+from kubekv_server.rpc import tls_alerts
 from kubekv_server.rpc.context import request_tls
 from kubekv_server.rpc.http1 import Http1Protocol
 from kubekv_server.rpc.peer_server import PeerServer
@@ -143,11 +144,12 @@ class ClientServer:
         self.metrics.attach(rpc)
         for url in cfg.metrics_urls:
             host, port, secure = listen_address(url)
+            factory = lambda: Http1Protocol(self.metrics_http)  # noqa: E731
             try:
-                server = await loop.create_server(
-                    lambda: Http1Protocol(self.metrics_http), host, port,
-                    ssl=(tls or client_ssl_context(cfg, m.data_dir)) if secure else None,
-                    reuse_address=True)
+                if secure:
+                    factory = tls_alerts.server_protocol(
+                        loop, factory, tls or client_ssl_context(cfg, m.data_dir))
+                server = await loop.create_server(factory, host, port, reuse_address=True)
             except OSError as exc:
                 raise SystemExit(f"kubekv: listen tcp {host}:{port}: {exc.strerror}") from None
             self._metrics_servers.append(server)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
+import socket
 import ssl
 from collections.abc import Callable
 
@@ -68,7 +70,7 @@ class RpcServer:
         self.executor = concurrent.futures.ThreadPoolExecutor(
             WORKER_THREADS, thread_name_prefix="kubekv-rpc"
         )
-        self._servers: list[asyncio.base_events.Server] = []
+        self._servers: list[asyncio.AbstractServer] = []
 
     def accept_peer_cert(self, der: bytes, cert: dict) -> bool:
         """Whether a verified client certificate (DER, and ssl's decoded dict) may connect."""
@@ -90,13 +92,13 @@ class RpcServer:
                      start_serving: bool = True):
         """Bind and listen; with start_serving=False connections wait in the kernel's
         backlog until `server.start_serving()` (etcd listens before it serves)."""
+        factory = lambda: Http2Connection(self)  # noqa: E731
         if ssl_context is not None:
-            tls_alerts.install()
+            factory = tls_alerts.server_protocol(self.loop, factory, ssl_context)
         server = await self.loop.create_server(
-            lambda: Http2Connection(self),
+            factory,
             host,
             port,
-            ssl=ssl_context,
             reuse_address=True,
             backlog=LISTEN_BACKLOG,
             start_serving=start_serving,
@@ -104,8 +106,10 @@ class RpcServer:
         if not start_serving:
             # asyncio calls listen() only when it starts serving; etcd's listeners accept
             # connections (into the backlog) from the start
-            for sock in server._sockets:  # noqa: SLF001 - the raw sockets asyncio keeps
-                sock.listen(LISTEN_BACKLOG)
+            # (uvloop's server sockets are stand-ins without listen(): use a duplicate fd)
+            for s in server.sockets:
+                with socket.socket(s.family, s.type, s.proto, fileno=os.dup(s.fileno())) as sock:
+                    sock.listen(LISTEN_BACKLOG)
         self._servers.append(server)
         return server
 

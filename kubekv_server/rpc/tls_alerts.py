@@ -5,12 +5,19 @@ flushing what OpenSSL wrote for the peer, so a client offered no common cipher (
 refused for its certificate) sees a bare EOF where etcd's clients and curl expect
 "alert handshake failure" / "bad certificate". ``install`` wraps the private
 ``_do_handshake`` once to flush first; on other Pythons it does nothing.
+
+uvloop's own TLS (compiled, so it cannot be patched) drops the alert the same way, so
+TLS listeners do not hand their SSLContext to the loop: ``server_protocol`` puts
+asyncio's SSLProtocol in front of each connection's protocol on whichever loop runs,
+which is what asyncio's ``create_server(ssl=...)`` does inside.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from asyncio import sslproto
+from collections.abc import Callable
 
 _installed = False
 
@@ -35,3 +42,12 @@ def install() -> None:
 
     proto._do_handshake = _do_handshake
     _installed = True
+
+
+def server_protocol(loop: asyncio.AbstractEventLoop,
+                    factory: Callable[[], asyncio.BaseProtocol],
+                    ssl_context: ssl.SSLContext) -> Callable[[], asyncio.BaseProtocol]:
+    """A protocol factory for `loop.create_server(..., ssl=None)` that serves TLS with
+    `ssl_context` in front of `factory`'s protocols, alerts included."""
+    install()
+    return lambda: sslproto.SSLProtocol(loop, factory(), ssl_context, None, server_side=True)
