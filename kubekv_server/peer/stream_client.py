@@ -29,6 +29,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from kubekv_server.rpc import tls_alerts
+
 __all__ = [
     "PeerCallError",
     "PeerProtocolError",
@@ -471,13 +473,16 @@ async def open_stream(target: str, path: str, ssl_context: ssl.SSLContext | None
         host, _, port = target.rpartition(":")
         host = host.strip("[]")
         call = StreamCall(path, target, ssl_context is not None, keepalive)
-        connect = loop.create_connection(
-            lambda: call, host, int(port), ssl=ssl_context,
-            server_hostname=host if ssl_context is not None else None)
-    transport, _ = await asyncio.wait_for(connect, CONNECT_TIMEOUT)
-    if transport.get_extra_info("ssl_object") is not None:
-        proto = transport.get_extra_info("ssl_object").selected_alpn_protocol()
-        if proto != "h2":
-            transport.close()
-            raise ConnectionError(f"peer did not negotiate h2 (ALPN {proto!r})")
+        if ssl_context is None:
+            connect = loop.create_connection(lambda: call, host, int(port))
+        else:  # asyncio's TLS on either loop: a refused certificate gets its alert
+            connect = tls_alerts.connect(loop, call, host, int(port), ssl_context, host)
+    if ssl_context is None or target.startswith("unix:"):
+        await asyncio.wait_for(connect, CONNECT_TIMEOUT)
+        return call
+    transport = await asyncio.wait_for(connect, CONNECT_TIMEOUT)
+    proto = transport.get_extra_info("ssl_object").selected_alpn_protocol()
+    if proto != "h2":
+        transport.close()
+        raise ConnectionError(f"peer did not negotiate h2 (ALPN {proto!r})")
     return call

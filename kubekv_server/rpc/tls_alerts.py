@@ -9,7 +9,9 @@ refused for its certificate) sees a bare EOF where etcd's clients and curl expec
 uvloop's own TLS (compiled, so it cannot be patched) drops the alert the same way, so
 TLS listeners do not hand their SSLContext to the loop: ``server_protocol`` puts
 asyncio's SSLProtocol in front of each connection's protocol on whichever loop runs,
-which is what asyncio's ``create_server(ssl=...)`` does inside.
+which is what asyncio's ``create_server(ssl=...)`` does inside; ``connect`` does the
+same for a client (the peer port's streams), so a certificate it refuses is answered
+with "bad certificate" on either loop.
 """
 
 from __future__ import annotations
@@ -51,3 +53,22 @@ def server_protocol(loop: asyncio.AbstractEventLoop,
     `ssl_context` in front of `factory`'s protocols, alerts included."""
     install()
     return lambda: sslproto.SSLProtocol(loop, factory(), ssl_context, None, server_side=True)
+
+
+async def connect(loop: asyncio.AbstractEventLoop, protocol: asyncio.BaseProtocol,
+                  host: str, port: int, ssl_context: ssl.SSLContext,
+                  server_hostname: str) -> asyncio.BaseTransport:
+    """`loop.create_connection(..., ssl=ssl_context)` through asyncio's SSLProtocol on
+    whichever loop runs (alerts included); returns `protocol`'s TLS transport once the
+    handshake is done. The caller bounds the time."""
+    install()
+    handshake = loop.create_future()
+    tls = sslproto.SSLProtocol(loop, protocol, ssl_context, handshake, server_side=False,
+                               server_hostname=server_hostname)
+    raw, _ = await loop.create_connection(lambda: tls, host, port)
+    try:
+        await handshake
+    except BaseException:
+        raw.close()
+        raise
+    return tls._app_transport

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
 import struct
+import threading
 
 import grpc
 import h2.config
@@ -21,10 +24,12 @@ import pytest
 
 from etcdproto.raftpb import peer_pb2 as peer_pb
 from etcdproto.raftpb import raft_pb2 as pb
+from kubekv_server.event_loop import run as run_loop
 from kubekv_server.peer import stream_client as sc
 from kubekv_server.peer.call_guard import PeerCallGuard
 from kubekv_server.peer.receiver import RaftPeerServicer
 from kubekv_server.rpc.peer_server import PeerServer
+from kubekv_testing.pki import CA
 from kubekv_testing.polling import wait_for_async
 
 CID = 0xC1C1
@@ -352,3 +357,43 @@ def test_a_sender_facing_a_hostile_server_reports_it_and_logs_it_once(caplog, mo
     lines = [r.getMessage() for r in caplog.records if "peer_protocol_violation" in
              r.getMessage()]
     assert len(lines) == 1, lines
+
+
+def test_a_refused_server_certificate_is_answered_with_an_alert(tmp_path):
+    """The peer client refuses a certificate its CA did not sign with a TLS alert (Go's
+    client sends "unknown certificate authority"), not a bare close, on whichever loop
+    runs (uvloop's own TLS would drop the alert: `tls_alerts.connect`)."""
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "theirs").mkdir()
+    CA(tmp_path / "ours")
+    theirs = CA(tmp_path / "theirs")
+    theirs.issue("peer", sans=["127.0.0.1"])
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(tmp_path / "theirs" / "peer.pem", tmp_path / "theirs" / "peer.key")
+    server_ctx.set_alpn_protocols(["h2"])
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    seen: list[str] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            try:
+                server_ctx.wrap_socket(conn, server_side=True).do_handshake()
+                seen.append("handshake completed")
+            except (ssl.SSLError, OSError) as exc:
+                seen.append(str(exc))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    client_ctx = ssl.create_default_context(cafile=str(tmp_path / "ours" / "ca.pem"))
+    client_ctx.set_alpn_protocols(["h2"])
+
+    async def main() -> None:
+        with pytest.raises(ssl.SSLError):
+            await sc.open_stream(f"127.0.0.1:{port}", "/etcdserverpb.Raft/Stream", client_ctx)
+
+    run_loop(main())
+    t.join(10)
+    listener.close()
+    assert seen and "ALERT" in seen[0].upper(), seen
