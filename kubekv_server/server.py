@@ -36,11 +36,11 @@ from kubekv_server.log_limit import RateLimitedLog
 from kubekv_server.member.member import REQUEST_TIMEOUT, Member
 from kubekv_server.member.versions import CLUSTER_VERSION, SERVER_VERSION
 from kubekv_server.metrics.member_metrics import MemberMetrics
-from kubekv_server.rpc import tls_alerts
 from kubekv_server.rpc.context import request_tls
 from kubekv_server.rpc.http1 import Http1Protocol
 from kubekv_server.rpc.peer_server import PeerServer
 from kubekv_server.rpc.server import RpcServer
+from kubekv_server.tls import alerts as tls_alerts
 from kubekv_server.tls.client import client_cert_check, client_ssl_context, load_crl
 
 log = logging.getLogger("kubekv.server")

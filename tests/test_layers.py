@@ -29,7 +29,7 @@ ABOVE = {
     # the shared folders serve the layers: they know none of them
     **{f: LAYERS for f in SHARED},
 }
-ASSEMBLY = {"server", "cli", "__main__", "tcp_gateway", "deploy_entrypoint"}
+ASSEMBLY = {"server", "cli", "__main__", "tcp_gateway", "deploy_entrypoint", "event_loop"}
 SHARED_MODULES = {"errors", "log_limit"}
 
 

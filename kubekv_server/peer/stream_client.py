@@ -29,7 +29,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from kubekv_server.rpc import tls_alerts
+from kubekv_server.tls import alerts as tls_alerts
 
 __all__ = [
     "PeerCallError",

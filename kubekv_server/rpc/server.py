@@ -20,9 +20,10 @@ from collections.abc import Callable
 
 from google.protobuf import descriptor as _descriptor
 
-from kubekv_server.rpc import limits, tls_alerts
+from kubekv_server.rpc import limits
 from kubekv_server.rpc.calls import Method
 from kubekv_server.rpc.connection import Http2Connection
+from kubekv_server.tls import alerts as tls_alerts
 
 log = logging.getLogger("kubekv.rpc")
 

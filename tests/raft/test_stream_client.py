@@ -362,7 +362,7 @@ def test_a_sender_facing_a_hostile_server_reports_it_and_logs_it_once(caplog, mo
 def test_a_refused_server_certificate_is_answered_with_an_alert(tmp_path):
     """The peer client refuses a certificate its CA did not sign with a TLS alert (Go's
     client sends "unknown certificate authority"), not a bare close, on whichever loop
-    runs (uvloop's own TLS would drop the alert: `tls_alerts.connect`)."""
+    runs (uvloop's own TLS would drop the alert: `tls/alerts.connect`)."""
     (tmp_path / "ours").mkdir()
     (tmp_path / "theirs").mkdir()
     CA(tmp_path / "ours")
