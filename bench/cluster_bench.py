@@ -188,6 +188,24 @@ class Cluster:
             time.sleep(0.1)
         raise RuntimeError(f"{self.system}: no stable leader after {timeout}s")
 
+    def lead_from(self, name: str, timeout: float = 30.0) -> str:
+        """Make member `name` the leader (Maintenance.MoveLeader, asked of the leader) and
+        return it: a 1-in-flight cell's client uses the first endpoint only, so it talks
+        to the leader on every system alike, not to a follower on one and the leader on
+        the other (a follower forwards: one more round trip)."""
+        deadline = time.monotonic() + timeout
+        leader = self.wait_stable(timeout)
+        target = self.member_id(name)
+        while leader != name:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.system}: {name} did not take the lead")
+            with contextlib.suppress(grpc.RpcError):
+                self.members[leader].maintenance.MoveLeader(
+                    pb.MoveLeaderRequest(targetID=target), timeout=10)
+            time.sleep(0.2)
+            leader = self.wait_stable(max(1.0, deadline - time.monotonic()))
+        return leader
+
     def member_id(self, name: str) -> int:
         st = self.status(name, timeout=5)
         if st is None:
@@ -415,7 +433,7 @@ def bench_system(system: str, tmp: pathlib.Path, args, results: dict) -> None:
             seed = 1
             for op in args.ops:
                 for inflight in args.inflight:
-                    lead = cluster.wait_stable()
+                    lead = cluster.lead_from(MEMBERS[0])
                     cell = run_cell(cluster.pids(), cluster.check_alive, clients, op, inflight,
                                     args.warmup, args.duration, seed, profiler)
                     cell["leader"] = lead
