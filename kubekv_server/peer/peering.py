@@ -139,38 +139,22 @@ class Peering:
         raise SystemExit("kubekv: https peer URLs need --peer-cert-file/--peer-key-file "
                          "or --peer-auto-tls")
 
-    def _channel_credentials(self):
+    def _client_tls(self, make: Callable[..., Any]) -> Any:
+        """How outgoing peer connections authenticate, built by `make` (gRPC credentials
+        for the grpc.aio calls, an ssl.SSLContext for the message streams): the trusted
+        CA, or with --peer-auto-tls a function of the target trusting exactly the peer's
+        own certificate (trust on first use); None without TLS."""
         cfg = self.cfg
         if cfg.peer_trusted_ca_file:
-            return peer_tls.channel_credentials(
-                cfg.peer_trusted_ca_file, cfg.peer_cert_file or None, cfg.peer_key_file or None,
-            )
+            return make(cfg.peer_trusted_ca_file, cfg.peer_cert_file or None,
+                        cfg.peer_key_file or None)
         if cfg.peer_auto_tls:
             cert, key = self._auto_tls_cert()
 
-            def trust_on_first_use(target: str):
+            def trust_on_first_use(target: str) -> Any:
                 host, _, port = target.rpartition(":")
                 pem = peer_tls.fetch_peer_certificate(host, int(port))
-                return peer_tls.channel_credentials(None, cert, key, root_pem=pem)
-
-            return trust_on_first_use
-        return None
-
-    def _stream_ssl_context(self):
-        """`_channel_credentials`' equivalent for the message streams (an ssl.SSLContext,
-        or a function of the target making one, trusting the peer's auto-TLS cert)."""
-        cfg = self.cfg
-        if cfg.peer_trusted_ca_file:
-            return peer_tls.stream_ssl_context(
-                cfg.peer_trusted_ca_file, cfg.peer_cert_file or None, cfg.peer_key_file or None,
-            )
-        if cfg.peer_auto_tls:
-            cert, key = self._auto_tls_cert()
-
-            def trust_on_first_use(target: str) -> ssl.SSLContext:
-                host, _, port = target.rpartition(":")
-                pem = peer_tls.fetch_peer_certificate(host, int(port))
-                return peer_tls.stream_ssl_context(None, cert, key, root_pem=pem)
+                return make(None, cert, key, root_pem=pem)
 
             return trust_on_first_use
         return None
@@ -179,8 +163,9 @@ class Peering:
 
     def make_transport(self, node) -> GrpcTransport:
         self.transport = GrpcTransport(
-            self.member_id, self.cluster_id, credentials=self._channel_credentials(),
-            ssl_context=self._stream_ssl_context(),
+            self.member_id, self.cluster_id,
+            credentials=self._client_tls(peer_tls.channel_credentials),
+            ssl_context=self._client_tls(peer_tls.stream_ssl_context),
             snapshot_source=_SnapshotSource(node),
             backoff_initial=PEER_REDIAL_SECONDS, backoff_max=PEER_REDIAL_SECONDS,
         )
