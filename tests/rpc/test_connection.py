@@ -31,13 +31,6 @@ def range_handler(req, ctx):
 
 
 @pytest.fixture
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture
 def server(loop):
     srv = RpcServer(loop, max_receive_bytes=2 << 20)
     srv.methods[RANGE] = Method.of(RANGE, pb.RangeRequest, False, False, range_handler)

@@ -25,13 +25,6 @@ CHUNK = 256 << 10  # one request message's data
 CHUNKS = 24  # 6 MiB: more than a quarter of the connection window (when it is given back)
 
 
-@pytest.fixture
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
 def run(loop) -> None:
     """Let the loop run what is ready until nothing is left."""
     for _ in range(10_000):

@@ -4,8 +4,6 @@ in one socket write; a proposal failed outside a batch (timeout) answers at once
 
 from __future__ import annotations
 
-import asyncio
-
 import h2.events
 import pytest
 
@@ -18,13 +16,6 @@ from kubekv_server.rpc.server import RpcServer
 from .test_connection import client, connect, grpc_message, run
 
 PUT = b"/etcdserverpb.KV/Put"
-
-
-@pytest.fixture
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.fixture
