@@ -467,7 +467,9 @@ class _Peer:
             if items and size + n > t.max_batch_bytes:
                 out.append((b"".join(parts), items, size))
                 parts, items, size = [header], [], 0
-            parts.append(_SHORT_ENTRY[n] if n < 0x80 else _entry_key(n))
+            parts.append(_SHORT_ENTRY[n] if n < 0x80 else
+                         bytes((_MESSAGES_KEY, n & 0x7F | 0x80, n >> 7)) if n < 0x4000 else
+                         _entry_key(n))
             parts.append(data)
             items.append(item)
             size += n + 8
