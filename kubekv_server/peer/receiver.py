@@ -173,9 +173,10 @@ class RaftPeerServicer(peer_grpc.RaftPeerServicer):
         on a stream. The messages are walked once (each walk of a repeated field makes
         its upb wrappers again) and that list is what the caller delivers."""
         frm, to = batch.from_, batch.to
-        refusal = self._peer_refusal(batch.cluster_id, frm, to)
-        if refusal is not None:
-            return refusal, []
+        cluster_id = batch.cluster_id
+        if cluster_id != self.cluster_id or to != self.local_id or (
+                self.is_removed is not None and self.is_removed(frm)):
+            return self._peer_refusal(cluster_id, frm, to), []
         n = len(batch.messages)
         if n > MAX_BATCH_MESSAGES:
             return (

@@ -405,6 +405,18 @@ class _Peer:
     def _write_now(self, call: StreamCall) -> bool:
         """The queue as batches written without waiting; False if a batch would have to
         wait (it and the rest go back to the front of the queue for the sender task)."""
+        t = self.t
+        count = len(self.queue)
+        size = self.queued_bytes + 8 * count
+        if size <= t.max_batch_bytes and self.queued_bytes + _BATCH_OVERHEAD <= t.max_message_bytes:
+            # the queue is one batch, none of its messages over the limit (what `_batches`
+            # makes of it): written or left queued as a whole
+            if not call.write_now(_batch_bytes(self.batch_header, self.queue)):
+                return False
+            self._take()
+            self.unsent = count  # `_wrote` counts them sent
+            self._wrote(count, size)
+            return True
         msgs = self._take()
         self.unsent = len(msgs)
         batches = self._batches(msgs)
@@ -431,7 +443,7 @@ class _Peer:
             if st.failures:
                 log.info("raft: stream to peer %x re-established", self.id)
 
-    def _take(self) -> list[tuple[pb.Message, int]]:
+    def _take(self) -> list[tuple[pb.Message, bytes]]:
         q, self.queue = self.queue, []
         self.queued_bytes = 0
         self.overflow_reported = False
@@ -445,14 +457,11 @@ class _Peer:
         of the batch, without copying every message into one and encoding it again),
         its (message, encoding) pairs and its messages' size as counted for the limits."""
         t = self.t
-        header = self.batch_header
         out = []
-        parts: list[bytes] = [header]
         items: list[tuple[pb.Message, bytes]] = []
         size = 0
         for item in msgs:
-            data = item[1]
-            n = len(data)
+            n = len(item[1])
             if n + _BATCH_OVERHEAD > t.max_message_bytes:
                 m = item[0]
                 self.status.messages_dropped += 1
@@ -465,16 +474,12 @@ class _Peer:
                 t._report_unreachable(self.id)
                 continue
             if items and size + n > t.max_batch_bytes:
-                out.append((b"".join(parts), items, size))
-                parts, items, size = [header], [], 0
-            parts.append(_SHORT_ENTRY[n] if n < 0x80 else
-                         bytes((_MESSAGES_KEY, n & 0x7F | 0x80, n >> 7)) if n < 0x4000 else
-                         _entry_key(n))
-            parts.append(data)
+                out.append((_batch_bytes(self.batch_header, items), items, size))
+                items, size = [], 0
             items.append(item)
             size += n + 8
         if items:
-            out.append((b"".join(parts), items, size))
+            out.append((_batch_bytes(self.batch_header, items), items, size))
         return out
 
     # -- the stream ---------------------------------------------------------------------------
@@ -660,14 +665,25 @@ class _Peer:
                 await x
 
 
-def _entry_key(n: int) -> bytes:
-    """The key and varint length of a `messages` entry of `n` bytes."""
-    out = bytearray((_MESSAGES_KEY,))
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+def _batch_bytes(header: bytes, items: list[tuple[pb.Message, bytes]]) -> bytes:
+    """A MessageBatch: `header` (its other fields, encoded) and each (message, encoding)
+    as a `messages` entry, the bytes protobuf makes of it."""
+    parts = [header]
+    for _, data in items:
+        n = len(data)
+        if n < 0x80:  # a heartbeat, a response
+            parts.append(_SHORT_ENTRY[n])
+        elif n < 0x4000:  # an append of a few small entries
+            parts.append(bytes((_MESSAGES_KEY, n & 0x7F | 0x80, n >> 7)))
+        else:
+            key = bytearray((_MESSAGES_KEY,))
+            while n >= 0x80:
+                key.append(n & 0x7F | 0x80)
+                n >>= 7
+            key.append(n)
+            parts.append(key)
+        parts.append(data)
+    return b"".join(parts)
 
 
 def _expire_write(fired: list[bool], call) -> None:
