@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import grpc
@@ -110,13 +110,24 @@ class RaftPeerServicer(peer_grpc.RaftPeerServicer):
         self._loop = loop
 
     def _deliver(self, m: pb.Message) -> None:
+        """Step one message (a received snapshot's MsgSnap)."""
+        self._deliver_all((m,), asyncio.get_running_loop())
+
+    def _deliver_all(self, messages: Sequence[pb.Message],
+                     loop: asyncio.AbstractEventLoop | None) -> None:
+        """Step `messages` in order; `loop` is the one this runs on (None only while the
+        servicer has no loop of its own), asked once per batch or stream by the caller."""
         r = self._runner
         if r is None:
             return
-        if self._loop is not None and self._loop is not asyncio.get_running_loop():
-            self._loop.call_soon_threadsafe(r.step, m)
-        elif r.step(m) is False:  # the runner's inbox is full (etcd drops too)
-            self.dropped += 1
+        step = r.step
+        if self._loop is not None and self._loop is not loop:
+            for m in messages:
+                self._loop.call_soon_threadsafe(step, m)
+            return
+        for m in messages:
+            if step(m) is False:  # the runner's inbox is full (etcd drops too)
+                self.dropped += 1
 
     def _refused(self, context: Any, event: str, fmt: str = "", *args: Any) -> None:
         """Count a refusal; a violation (`event`) is logged once per peer address and
@@ -155,44 +166,49 @@ class RaftPeerServicer(peer_grpc.RaftPeerServicer):
         if refusal is not None:
             await self._refuse(context, *refusal)
 
-    def _batch_refusal(self, batch: peer_pb.MessageBatch) -> tuple | None:
-        """Why a batch is refused (as `_peer_refusal`); None for a batch as our sender
-        makes it: from a member of this cluster to this one, bounded, every message from
-        and to the batch's members, of a type that travels on a stream."""
-        refusal = self._peer_refusal(batch.cluster_id, batch.from_, batch.to)
-        if refusal is not None:
-            return refusal
+    def _batch_refusal(self, batch: peer_pb.MessageBatch) -> tuple[tuple | None, list]:
+        """(why a batch is refused, as `_peer_refusal`, or None; its messages): refused
+        unless it is as our sender makes it: from a member of this cluster to this one,
+        bounded, every message from and to the batch's members, of a type that travels
+        on a stream. The messages are walked once (each walk of a repeated field makes
+        its upb wrappers again) and that list is what the caller delivers."""
+        frm, to = batch.from_, batch.to
+        cluster_id = batch.cluster_id
+        if cluster_id != self.cluster_id or to != self.local_id or (
+                self.is_removed is not None and self.is_removed(frm)):
+            return self._peer_refusal(cluster_id, frm, to), []
         n = len(batch.messages)
         if n > MAX_BATCH_MESSAGES:
             return (
                 grpc.StatusCode.INVALID_ARGUMENT, "peer_batch_too_large",
                 f"raft: batch of {n} messages, over {MAX_BATCH_MESSAGES}",
-                "member=%x messages=%d limit=%d", batch.from_, n, MAX_BATCH_MESSAGES,
-            )  # fmt: skip
-        for m in batch.messages:
+                "member=%x messages=%d limit=%d", frm, n, MAX_BATCH_MESSAGES,
+            ), []  # fmt: skip
+        messages = list(batch.messages)
+        for m in messages:
             if m.type not in PEER_MESSAGE_TYPES:
                 return (
                     grpc.StatusCode.INVALID_ARGUMENT, "peer_bad_message_type",
                     f"raft: message type {m.type} is not sent on a stream",
-                    "member=%x type=%d", batch.from_, m.type,
-                )  # fmt: skip
-            if m.from_ != batch.from_ or m.to != batch.to:
+                    "member=%x type=%d", frm, m.type,
+                ), []  # fmt: skip
+            if m.from_ != frm or m.to != to:
                 return (
                     grpc.StatusCode.INVALID_ARGUMENT, "peer_message_mismatch",
                     "raft: a message's members differ from its batch's",
-                    "member=%x message_from=%x message_to=%x", batch.from_, m.from_, m.to,
-                )  # fmt: skip
-        return None
+                    "member=%x message_from=%x message_to=%x", frm, m.from_, m.to,
+                ), []  # fmt: skip
+        return None, messages
 
     async def Stream(self, request_iterator, context):  # noqa: N802 - gRPC method name
         """Step every message of every batch; refuse a batch of another cluster or member,
         or one our sender would never make. (kubekv's peer server uses `StreamSink`.)"""
+        loop = asyncio.get_running_loop()
         async for batch in request_iterator:
-            refusal = self._batch_refusal(batch)
+            refusal, messages = self._batch_refusal(batch)
             if refusal is not None:
                 await self._refuse(context, *refusal)
-            for m in batch.messages:
-                self._deliver(m)
+            self._deliver_all(messages, loop)
         return peer_pb.StreamAck()
 
     def StreamSink(self, context: Any) -> BatchReceiver:  # noqa: N802 - after `Stream`
@@ -313,23 +329,28 @@ class BatchReceiver:
     """One RaftPeer.Stream call on kubekv's peer server: the same checks and refusals
     as `RaftPeerServicer.Stream`, run as each batch is parsed."""
 
-    __slots__ = ("servicer", "context")
+    __slots__ = ("servicer", "context", "loop")
 
     def __init__(self, servicer: RaftPeerServicer, context: Any) -> None:
         self.servicer = servicer
         self.context = context
+        # the loop every `message` of the call runs on (its connection's), asked once per
+        # stream when the servicer steps on a given loop, not once per message:
+        # `get_running_loop` is a getpid() syscall in CPython 3.11
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def message(self, batch: peer_pb.MessageBatch, size: int) -> None:
         """Step every message of the batch, or end the call with the refusal's status."""
         s = self.servicer
-        refusal = s._batch_refusal(batch)
+        refusal, messages = s._batch_refusal(batch)
         if refusal is not None:
             code, event, details, *log_args = refusal
             s._refused(self.context, event, *log_args)
             self.context.abort(code, details)  # kubekv's RpcContext: raises AbortError
-        deliver = s._deliver
-        for m in batch.messages:
-            deliver(m)
+        loop = self.loop
+        if loop is None and s._loop is not None:
+            loop = self.loop = asyncio.get_running_loop()
+        s._deliver_all(messages, loop)
 
     def end(self) -> peer_pb.StreamAck:
         return peer_pb.StreamAck()

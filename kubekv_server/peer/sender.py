@@ -27,7 +27,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,6 +62,9 @@ __all__ = [
 DEFAULT_MAX_BATCH_BYTES = 1 << 20  # a write carries at most this much (one bigger message alone)
 DEFAULT_SNAPSHOT_CHUNK = 1 << 20
 _BATCH_OVERHEAD = 64  # MessageBatch header and per-message framing, generously
+_MESSAGES_KEY = 0x22  # MessageBatch.messages: field 4, length-delimited
+# the key and length of a `messages` entry shorter than 128 bytes (a heartbeat, a response)
+_SHORT_ENTRY = [bytes((_MESSAGES_KEY, n)) for n in range(0x80)]
 
 
 Credentials = grpc.ChannelCredentials | Callable[[str], grpc.ChannelCredentials]
@@ -338,8 +341,13 @@ class _Peer:
         self.id = peer_id
         self.urls = urls
         self.url_index = 0
-        self.queue: list[tuple[pb.Message, int]] = []
+        # each message with its encoding, made once when it is queued: its size for the
+        # queue's bounds and its bytes in the batch (`_batches`)
+        self.queue: list[tuple[pb.Message, bytes]] = []
         self.queued_bytes = 0
+        # a MessageBatch's fields before its messages, the same for every batch to this peer
+        self.batch_header = peer_pb.MessageBatch(
+            cluster_id=t.cluster_id, from_=t.local_id, to=peer_id).SerializeToString()
         self.overflow_reported = False
         self.unsent = 0
         self.wake = asyncio.Event()
@@ -356,7 +364,8 @@ class _Peer:
         """Queue a message for `flush`; False if it was dropped (closed, queue full)."""
         if self.closed:
             return False
-        size = m.ByteSize()
+        data = m.SerializeToString()
+        size = len(data)
         if (
             len(self.queue) >= self.t.max_queue_messages
             or self.queued_bytes + size > self.t.max_queue_bytes
@@ -368,7 +377,7 @@ class _Peer:
                 log.warning("raft: queue to peer %x full; dropping messages", self.id)
                 self.t._report_unreachable(self.id)
             return False
-        self.queue.append((m, size))
+        self.queue.append((m, data))
         self.queued_bytes += size
         return True
 
@@ -396,45 +405,65 @@ class _Peer:
     def _write_now(self, call: StreamCall) -> bool:
         """The queue as batches written without waiting; False if a batch would have to
         wait (it and the rest go back to the front of the queue for the sender task)."""
+        t = self.t
+        count = len(self.queue)
+        size = self.queued_bytes + 8 * count
+        if size <= t.max_batch_bytes and self.queued_bytes + _BATCH_OVERHEAD <= t.max_message_bytes:
+            # the queue is one batch, none of its messages over the limit (what `_batches`
+            # makes of it): written or left queued as a whole
+            if not call.write_now(_batch_bytes(self.batch_header, self.queue)):
+                return False
+            self._take()
+            self.unsent = count  # `_wrote` counts them sent
+            self._wrote(count, size)
+            return True
         msgs = self._take()
         self.unsent = len(msgs)
-        batches = list(self._batches(msgs))
-        for k, (batch, size) in enumerate(batches):
-            if not call.write_now(batch.SerializeToString()):
-                rest = [(m, m.ByteSize()) for b, _ in batches[k:] for m in b.messages]
+        batches = self._batches(msgs)
+        for k, (payload, items, size) in enumerate(batches):
+            if not call.write_now(payload):
+                rest = [x for b in batches[k:] for x in b[1]]
                 self.queue[:0] = rest
-                self.queued_bytes += sum(n for _, n in rest)
+                self.queued_bytes += sum(len(data) for _, data in rest)
                 self.unsent = 0
                 return False
-            self._wrote(batch, size)
+            self._wrote(len(items), size)
         self.unsent = 0
         return True
 
-    def _wrote(self, batch: peer_pb.MessageBatch, size: int) -> None:
+    def _wrote(self, count: int, size: int) -> None:
+        """A batch of `count` messages (`size` bytes counted) was written."""
         st = self.status
         st.batches_sent += 1
         st.bytes_sent += size
-        st.messages_sent += len(batch.messages)
-        self.unsent -= len(batch.messages)
+        st.messages_sent += count
+        self.unsent -= count
         if not st.active:
             st.active = True
             if st.failures:
                 log.info("raft: stream to peer %x re-established", self.id)
 
-    def _take(self) -> list[tuple[pb.Message, int]]:
+    def _take(self) -> list[tuple[pb.Message, bytes]]:
         q, self.queue = self.queue, []
         self.queued_bytes = 0
         self.overflow_reported = False
         return q
 
     def _batches(
-        self, msgs: list[tuple[pb.Message, int]]
-    ) -> Iterator[tuple[peer_pb.MessageBatch, int]]:
-        """The queued messages in batches, each with its messages' encoded size."""
+        self, msgs: list[tuple[pb.Message, bytes]]
+    ) -> list[tuple[bytes, list[tuple[pb.Message, bytes]], int]]:
+        """The queued messages in batches: each an encoded MessageBatch (the peer's header
+        and each message's encoding as a `messages` entry: the bytes protobuf would make
+        of the batch, without copying every message into one and encoding it again),
+        its (message, encoding) pairs and its messages' size as counted for the limits."""
         t = self.t
-        batch, size = None, 0
-        for m, n in msgs:
+        out = []
+        items: list[tuple[pb.Message, bytes]] = []
+        size = 0
+        for item in msgs:
+            n = len(item[1])
             if n + _BATCH_OVERHEAD > t.max_message_bytes:
+                m = item[0]
                 self.status.messages_dropped += 1
                 self.status.send_failures += 1
                 self.unsent -= 1
@@ -444,16 +473,14 @@ class _Peer:
                 )  # fmt: skip
                 t._report_unreachable(self.id)
                 continue
-            if batch is not None and size + n > t.max_batch_bytes:
-                yield batch, size
-                batch = None
-            if batch is None:
-                batch = peer_pb.MessageBatch(cluster_id=t.cluster_id, from_=t.local_id, to=self.id)
-                size = 0
-            batch.messages.append(m)
+            if items and size + n > t.max_batch_bytes:
+                out.append((_batch_bytes(self.batch_header, items), items, size))
+                items, size = [], 0
+            items.append(item)
             size += n + 8
-        if batch is not None:
-            yield batch, size
+        if items:
+            out.append((_batch_bytes(self.batch_header, items), items, size))
+        return out
 
     # -- the stream ---------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -497,7 +524,7 @@ class _Peer:
                     continue
                 self.unsent = len(msgs)
                 loop = asyncio.get_running_loop()
-                for batch, size in self._batches(msgs):
+                for payload, items, size in self._batches(msgs):
                     # a write stuck past write_timeout cancels the call (no task per write,
                     # as asyncio.wait_for would create: this is the leader's hottest path)
                     fired: list[bool] = []
@@ -505,14 +532,14 @@ class _Peer:
                         self.t.write_timeout, _expire_write, fired, call
                     )
                     try:
-                        await call.write(batch.SerializeToString())
+                        await call.write(payload)
                     except ConnectionError:
                         if fired:
                             raise ConnectionError("peer write timed out") from None
                         raise
                     finally:
                         watchdog.cancel()
-                    self._wrote(batch, size)
+                    self._wrote(len(items), size)
                 self.unsent = 0
         finally:
             self.status.active = False
@@ -636,6 +663,27 @@ class _Peer:
         for x in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await x
+
+
+def _batch_bytes(header: bytes, items: list[tuple[pb.Message, bytes]]) -> bytes:
+    """A MessageBatch: `header` (its other fields, encoded) and each (message, encoding)
+    as a `messages` entry, the bytes protobuf makes of it."""
+    parts = [header]
+    for _, data in items:
+        n = len(data)
+        if n < 0x80:  # a heartbeat, a response
+            parts.append(_SHORT_ENTRY[n])
+        elif n < 0x4000:  # an append of a few small entries
+            parts.append(bytes((_MESSAGES_KEY, n & 0x7F | 0x80, n >> 7)))
+        else:
+            key = bytearray((_MESSAGES_KEY,))
+            while n >= 0x80:
+                key.append(n & 0x7F | 0x80)
+                n >>= 7
+            key.append(n)
+            parts.append(key)
+        parts.append(data)
+    return b"".join(parts)
 
 
 def _expire_write(fired: list[bool], call) -> None:

@@ -62,8 +62,10 @@ OUTPUT_HIGH_WATER = 1 << 20
 # is one frame; h2 would keep every fragment of an endless block.
 MAX_HEADER_BLOCK_FRAMES = 16
 _HEADERS, _CONTINUATION, _END_HEADERS = 0x1, 0x9, 0x4
-# a DATA frame's header after its 3-byte length: type DATA, no flags
-_DATA_TYPE_FLAGS = b"\x00\x00"
+# a DATA frame of one gRPC message, up to its payload: the frame's 24-bit length (a byte
+# and 16 bits), type DATA, no flags, the stream id; then the message's prefix
+# (uncompressed, its 32-bit length)
+_DATA_HEAD = struct.Struct(">BHxxIxI")
 # Shortest wait for a keepalive PING's ACK (grpc's keepalive_timeout default floor here).
 KEEPALIVE_MIN_TIMEOUT = 5.0
 # Seconds to wait for TCP connect plus the TLS handshake and the server's SETTINGS.
@@ -344,22 +346,33 @@ class StreamCall(asyncio.Protocol):
         """Send one message at once if that needs no wait: the call is open, the socket
         takes output and the flow-control window holds the whole message. False (and
         nothing sent): the caller uses `write`, which waits."""
-        if self._result.done() or self._write_paused or self.transport is None:
+        t = self.transport
+        if self._result.done() or self._write_paused or t is None:
             return False
-        if self.transport.get_write_buffer_size() > OUTPUT_HIGH_WATER:
+        if t.get_write_buffer_size() > OUTPUT_HIGH_WATER:
             return False
-        data = grpc_message(payload)
         h = self.h2
         sid = self.stream_id
-        n = len(data)
-        if h.local_flow_control_window(sid) < n:
+        stream = h.streams.get(sid)
+        n = len(payload) + 5
+        # h2's local_flow_control_window, read as it computes it: the call is open (an
+        # ended stream has ended it, `_end`), so the stream is h2's
+        if stream is None or min(h.outbound_flow_control_window,
+                                 stream.outbound_flow_control_window) < n:
             return False
-        frame = h.max_outbound_frame_size
-        if n <= frame:
-            self._write_data_frame(data)
+        if n <= h.max_outbound_frame_size:
+            # one DATA frame, built here rather than by h2's send_data, whose frame
+            # objects and state machines were ~10 µs a call, most of a Raft batch's send;
+            # h2's windows are charged as its send_data charges them, so its flow
+            # control, and its check of the peer's WINDOW_UPDATEs, stay exact
+            h.outbound_flow_control_window -= n
+            stream.outbound_flow_control_window -= n
+            self._flush(_DATA_HEAD.pack(n >> 16, n & 0xFFFF, sid, len(payload)) + payload)
             return True
+        data = grpc_message(payload)
+        frame = h.max_outbound_frame_size
         try:
-            for start in range(0, len(data), frame):
+            for start in range(0, n, frame):
                 h.send_data(sid, data[start:start + frame])
         except h2.exceptions.ProtocolError as exc:
             self._fail_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR,
@@ -367,20 +380,6 @@ class StreamCall(asyncio.Protocol):
             return False
         self._flush()
         return True
-
-    def _write_data_frame(self, data: bytes) -> None:
-        """`data` as one DATA frame, built here rather than by h2's send_data, whose frame
-        objects and state machines were ~10 µs a call, most of a Raft batch's send. Only
-        for what h2 would send as is: the call open (an ended stream or connection has
-        ended the call, `_end`), `data` within the frame size and both windows (checked
-        by the caller); h2's windows are charged as its send_data charges them, so its
-        flow control, and its check of the peer's WINDOW_UPDATEs, stay exact."""
-        h = self.h2
-        n = len(data)
-        h.outbound_flow_control_window -= n
-        h.streams[self.stream_id].outbound_flow_control_window -= n
-        self._flush(n.to_bytes(3, "big") + _DATA_TYPE_FLAGS
-                    + self.stream_id.to_bytes(4, "big") + data)
 
     async def _wait(self) -> None:
         waiter = self.loop.create_task(self._window.wait())

@@ -116,6 +116,30 @@ def test_batches_carry_queued_messages_in_order_and_split_by_size():
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("cluster_id", [CID, 0, (1 << 64) - 1])
+def test_a_batch_is_the_bytes_protobuf_makes_of_it(cluster_id: int):
+    """The sender joins a peer's header and each queued message's encoding instead of
+    building a MessageBatch: the bytes must be protobuf's, for entries around every
+    varint length boundary, and split into batches as the size limits say."""
+    t = GrpcTransport(0x8E9E05C52164694D, cluster_id, max_batch_bytes=40000)
+    t.add_peer(0x91BC3C398FB3C146, ["http://127.0.0.1:1"])
+    peer = t._peers[0x91BC3C398FB3C146]  # noqa: SLF001
+    sizes = [0, 1, 100, 127, 128, 129, 16383, 16384, 16385, 30000, 5]
+    msgs = [pb.Message(type=pb.MsgApp, to=0x91BC3C398FB3C146, from_=0x8E9E05C52164694D,
+                       term=3, index=k, entries=[pb.Entry(term=3, index=k + 1, data=b"d" * n)])
+            for k, n in enumerate(sizes)]
+    for m in msgs:
+        assert peer.enqueue(m)
+    batches = peer._batches(peer._take())  # noqa: SLF001
+    assert [m for _, items, _ in batches for m, _ in items] == msgs
+    assert len(batches) > 1
+    for payload, items, size in batches:
+        made = peer_pb.MessageBatch(cluster_id=cluster_id, from_=0x8E9E05C52164694D,
+                                    to=0x91BC3C398FB3C146, messages=[m for m, _ in items])
+        assert payload == made.SerializeToString()
+        assert size == sum(m.ByteSize() + 8 for m, _ in items) <= 40000
+
+
 def test_an_idle_stream_writes_in_the_senders_turn_and_falls_back_to_its_task():
     async def main() -> None:
         rx = Recorder()
