@@ -26,6 +26,7 @@ from kubekv_server.kv.txn import apply_delete_range, apply_put, apply_txn
 from kubekv_server.lease import LeaseStore
 from kubekv_server.member.membership import set_attributes
 from kubekv_server.mvcc import MVCCStore
+from kubekv_server.mvcc.store import WriteTxn
 
 # (response, the MVCC events it made, in revision order)
 Outcome = tuple[object, list]
@@ -33,7 +34,7 @@ Outcome = tuple[object, list]
 
 @dataclass
 class Step:
-    """One request being applied, in its own nested write transaction."""
+    """One request being applied, in a nested write transaction (applier.py)."""
 
     txn: lmdb.Transaction
     req: internal_pb2.InternalRequest
@@ -45,6 +46,7 @@ class Step:
     event_bytes: int = 0  # the encoded size of the events it made (WriteTxn.changes_bytes)
     rows: list | tuple = ()  # its key changes as written (WriteTxn.rows), for the pending view
     touched_leases: bool = False  # it attached or detached a key to or from a lease
+    write_txn: WriteTxn | None = None  # a key request's MVCC write txn, once begun
 
 
 Handler = Callable[[Step], Outcome]
@@ -94,7 +96,7 @@ class Handlers:
 
     def _write(self, step: Step, op: Callable) -> Outcome:
         """Run one KV write request as one MVCC write txn: (response, its events)."""
-        w = self.mvcc.write(step.txn)
+        w = step.write_txn = self.mvcc.write(step.txn)
         return self._ended(step, w, op(w))
 
     def _ended(self, step: Step, w, resp) -> Outcome:
@@ -120,7 +122,7 @@ class Handlers:
         return lambda lease_id: leases.exists(step.txn, lease_id)
 
     def put(self, step: Step) -> Outcome:
-        w = self.mvcc.write(step.txn)
+        w = step.write_txn = self.mvcc.write(step.txn)
         resp = apply_put(w, step.req.put, self._lease_exists(step))
         return self._ended(step, w, resp)
 
@@ -128,7 +130,7 @@ class Handlers:
         return self._write(step, lambda w: apply_delete_range(w, step.req.delete_range))
 
     def txn(self, step: Step) -> Outcome:
-        w = self.mvcc.write(step.txn)
+        w = step.write_txn = self.mvcc.write(step.txn)
         resp = apply_txn(w, step.req.txn, self._lease_exists(step))
         return self._ended(step, w, resp)
 

@@ -414,6 +414,9 @@ class WriteTxn(_Reader):
         # them again (the watch hub's log budget)
         self.changes_bytes = 0
         self._ended = False
+        # whether it wrote anything yet (set before its first LMDB write): a request that
+        # fails before then needs nothing undone
+        self.dirty = False
 
     def _range_rev(self) -> int:
         return self.current_revision + 1 if self._changes else self.current_revision
@@ -425,6 +428,7 @@ class WriteTxn(_Reader):
         if not key:
             raise InvalidKeyError("empty key")
         rev = self.current_revision + 1
+        self.dirty = True
         if len(key) <= PREFIX:
             sk = key
         else:
@@ -473,6 +477,7 @@ class WriteTxn(_Reader):
             items = list(scan(txn.cursor(db=dbs.live), key, end, self._user_key))
         rev = self.current_revision + 1
         deleted = []
+        self.dirty = True
         for k, sk, v in items:
             rb = rev_to_bytes(rev, len(self._changes)) + MARK_TOMBSTONE
             tomb = KeyValue(key=k).SerializeToString()
