@@ -105,9 +105,13 @@ class Applier:
         self._members = MembersDB(backend)
         self.handlers = Handlers(mvcc, self._members, self.alarms, backend, leases, auth)
         self._base: int | None = None  # current revision as of the last commit
-        # the nested txn the batch's key requests run in, and the steps applied in it
+        # the nested txn the batch's key requests run in, the steps applied in it, and
+        # the (current, compact revision) it holds before them and after them: its key
+        # requests get them instead of reading meta, and the current revision is
+        # stored once, when it commits
         self._kv: lmdb.Transaction | None = None
         self._kv_steps: list[Step] = []
+        self._kv_start = self._kv_revs = (0, 0)
         backend.on_commit.append(self._committed)
         self._chain = wrap(self.handlers, self.alarms, auth, leases)
         # etcd_server_slow_apply_total: requests whose apply took longer than
@@ -221,7 +225,8 @@ class Applier:
         if kv is None:
             kv = self._kv = self.backend.env.begin(write=True, parent=txn)
             self._kv_steps = []
-        step = Step(kv, req, kind, index)
+            self._kv_start = self._kv_revs = self.mvcc.revisions_in(kv)
+        step = Step(kv, req, kind, index, revisions=self._kv_revs)
         try:
             result, events = self._chain.apply(step)
         except Exception as exc:
@@ -230,7 +235,15 @@ class Applier:
             out.results.append((req.id, self._failed(exc, req.id, kind)))
             return
         self._kv_steps.append(step)
+        self._kv_revs = self._after(step)
         self._applied(step, result, events, out)
+
+    def _after(self, step: Step) -> tuple[int, int]:
+        """The (current, compact revision) after a key request applied in the nested txn."""
+        w = step.write_txn
+        if w.changed:
+            return w.current_revision + 1, w.compact_revision
+        return self._kv_revs
 
     def _redo_kv(self, txn: lmdb.Transaction) -> None:
         """Drop the key requests' nested txn (a request failed half-way) and apply the
@@ -239,13 +252,18 @@ class Applier:
         kv = self._kv = self.backend.env.begin(write=True, parent=txn)
         counts = self.mvcc.counts  # counted once already
         saved = counts.range, counts.put, counts.delete, counts.txn
+        self._kv_revs = self._kv_start
         for done in self._kv_steps:
-            self._chain.apply(Step(kv, done.req, done.kind, done.index))
+            step = Step(kv, done.req, done.kind, done.index, revisions=self._kv_revs)
+            self._chain.apply(step)
+            self._kv_revs = self._after(step)
         counts.range, counts.put, counts.delete, counts.txn = saved
 
     def _commit_kv(self) -> None:
         """Commit the key requests' nested txn into the apply txn, if one is open."""
         if self._kv is not None:
+            if self._kv_revs[0] != self._kv_start[0]:
+                self.mvcc.store_revision(self._kv, self._kv_revs[0])
             self._kv.commit()
             self._kv = None
             self._kv_steps = []

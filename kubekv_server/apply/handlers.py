@@ -47,6 +47,9 @@ class Step:
     rows: list | tuple = ()  # its key changes as written (WriteTxn.rows), for the pending view
     touched_leases: bool = False  # it attached or detached a key to or from a lease
     write_txn: WriteTxn | None = None  # a key request's MVCC write txn, once begun
+    # (current, compact revision) as `txn` holds them, if the applier keeps them (then it
+    # stores the current revision: MVCCStore.write)
+    revisions: tuple[int, int] | None = None
 
 
 Handler = Callable[[Step], Outcome]
@@ -96,7 +99,7 @@ class Handlers:
 
     def _write(self, step: Step, op: Callable) -> Outcome:
         """Run one KV write request as one MVCC write txn: (response, its events)."""
-        w = step.write_txn = self.mvcc.write(step.txn)
+        w = step.write_txn = self.mvcc.write(step.txn, step.revisions)
         return self._ended(step, w, op(w))
 
     def _ended(self, step: Step, w, resp) -> Outcome:
@@ -122,7 +125,7 @@ class Handlers:
         return lambda lease_id: leases.exists(step.txn, lease_id)
 
     def put(self, step: Step) -> Outcome:
-        w = step.write_txn = self.mvcc.write(step.txn)
+        w = step.write_txn = self.mvcc.write(step.txn, step.revisions)
         resp = apply_put(w, step.req.put, self._lease_exists(step))
         return self._ended(step, w, resp)
 
@@ -130,7 +133,7 @@ class Handlers:
         return self._write(step, lambda w: apply_delete_range(w, step.req.delete_range))
 
     def txn(self, step: Step) -> Outcome:
-        w = step.write_txn = self.mvcc.write(step.txn)
+        w = step.write_txn = self.mvcc.write(step.txn, step.revisions)
         resp = apply_txn(w, step.req.txn, self._lease_exists(step))
         return self._ended(step, w, resp)
 
