@@ -8,7 +8,7 @@ across kinds (alarms, auth) are the layers of `layers.py`, around `Handlers.appl
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import lmdb
 
@@ -32,7 +32,7 @@ from kubekv_server.mvcc.store import WriteTxn
 Outcome = tuple[object, list]
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
     """One request being applied, in a nested write transaction (applier.py)."""
 
@@ -42,7 +42,7 @@ class Step:
     index: int  # its log index
     auth_info: AuthInfo | None = None  # set by the auth layer; None = the member's own
     # ("grant", id, ttl) / ("revoke", id) / ("checkpoint", id, remaining), for the lessor
-    lease_changes: list = field(default_factory=list)
+    lease_changes: list | tuple = ()
     event_bytes: int = 0  # the encoded size of the events it made (WriteTxn.changes_bytes)
     rows: list | tuple = ()  # its key changes as written (WriteTxn.rows), for the pending view
     touched_leases: bool = False  # it attached or detached a key to or from a lease
@@ -73,6 +73,9 @@ class Handlers:
         self.backend = backend
         self.leases = leases
         self.auth = auth
+        # the lease check of the txn last asked about (_lease_exists)
+        self._exists_txn: lmdb.Transaction | None = None
+        self._exists: Callable[[int], bool] = bool
         self.table: dict[str, Handler] = {
             "put": self.put,
             "delete_range": self.delete_range,
@@ -118,11 +121,18 @@ class Handlers:
             self.leases.track(txn, changes)
 
     def _lease_exists(self, step: Step) -> Callable[[int], bool]:
-        """Whether a lease exists as of this request (earlier entries of its batch included)."""
-        leases = self.leases
-        if leases is None:
-            return lambda lease_id: False
-        return lambda lease_id: leases.exists(step.txn, lease_id)
+        """Whether a lease exists as of this request (earlier entries of its batch included).
+        The batch's key requests share one txn (applier.py): one function per txn, not
+        per request (each object made per request adds to the garbage collector's work)."""
+        txn = step.txn
+        if txn is not self._exists_txn:
+            leases = self.leases
+            if leases is None:
+                self._exists = lambda lease_id: False
+            else:
+                self._exists = lambda lease_id: leases.exists(txn, lease_id)
+            self._exists_txn = txn
+        return self._exists
 
     def put(self, step: Step) -> Outcome:
         w = step.write_txn = self.mvcc.write(step.txn, step.revisions)
@@ -149,7 +159,7 @@ class Handlers:
     def lease_grant(self, step: Step) -> Outcome:
         r = step.req.lease_grant
         ttl = self.leases.grant(step.txn, r)
-        step.lease_changes.append(("grant", r.ID, ttl))
+        step.lease_changes = [("grant", r.ID, ttl)]
         resp = pb.LeaseGrantResponse(ID=r.ID, TTL=ttl)
         resp.header.revision = self.mvcc.write(step.txn).current_revision
         return resp, []
@@ -163,14 +173,14 @@ class Handlers:
         resp.header.revision = w.end()
         self._track(step.txn, w.changes)
         step.event_bytes = w.changes_bytes
-        step.lease_changes.append(("revoke", lease_id))
+        step.lease_changes = [("revoke", lease_id)]
         return resp, w.changes
 
     def lease_checkpoint(self, step: Step) -> Outcome:
         """Remaining TTLs for the lessor only: nothing durable changes (etcd keeps them
         in memory too)."""
-        for cp in step.req.lease_checkpoint.checkpoints:
-            step.lease_changes.append(("checkpoint", cp.ID, cp.remaining_TTL))
+        step.lease_changes = [("checkpoint", cp.ID, cp.remaining_TTL)
+                              for cp in step.req.lease_checkpoint.checkpoints]
         return pb.LeaseCheckpointResponse(), []
 
     # ------------------------------------------------------ cluster, auth
