@@ -15,8 +15,9 @@ applied again into a new one (the same writes: applying is deterministic); one t
 fails before writing, as every refused request does (kv/txn.py), needs nothing undone.
 Any other request runs in a nested transaction of its own, after the key requests
 before it are committed into the apply transaction. A nested transaction per key
-request cost ~7 µs in the server (LMDB copies the pages it touches that the apply
-transaction already holds dirty, and merges its dirty list into the parent's).
+request cost ~7 µs (`bench/hot_path_cpu.py apply put --server-like`: LMDB copies
+the pages it touches that the apply transaction already holds dirty, and merges
+its dirty list into the parent's).
 
 A request goes through the layers of `layers.py` (alarms, auth) to its kind's
 handler in `handlers.py`, as etcd's applierV3 wrappers around applierV3backend.
