@@ -55,6 +55,11 @@ class Step:
 Handler = Callable[[Step], Outcome]
 
 
+def _no_lease(lease_id: int) -> bool:
+    """The lease check of a member without a lease store: no lease exists."""
+    return False
+
+
 class Handlers:
     """The base applier: each kind's state change, with no cross-cutting checks."""
 
@@ -75,7 +80,7 @@ class Handlers:
         self.auth = auth
         # the lease check of the txn last asked about (_lease_exists)
         self._exists_txn: lmdb.Transaction | None = None
-        self._exists: Callable[[int], bool] = bool
+        self._exists: Callable[[int], bool] = _no_lease
         self.table: dict[str, Handler] = {
             "put": self.put,
             "delete_range": self.delete_range,
@@ -128,7 +133,7 @@ class Handlers:
         if txn is not self._exists_txn:
             leases = self.leases
             if leases is None:
-                self._exists = lambda lease_id: False
+                self._exists = _no_lease
             else:
                 self._exists = lambda lease_id: leases.exists(txn, lease_id)
             self._exists_txn = txn
