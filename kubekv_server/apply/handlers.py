@@ -8,7 +8,7 @@ across kinds (alarms, auth) are the layers of `layers.py`, around `Handlers.appl
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import lmdb
 
@@ -26,14 +26,15 @@ from kubekv_server.kv.txn import apply_delete_range, apply_put, apply_txn
 from kubekv_server.lease import LeaseStore
 from kubekv_server.member.membership import set_attributes
 from kubekv_server.mvcc import MVCCStore
+from kubekv_server.mvcc.store import WriteTxn
 
 # (response, the MVCC events it made, in revision order)
 Outcome = tuple[object, list]
 
 
-@dataclass
+@dataclass(slots=True)
 class Step:
-    """One request being applied, in its own nested write transaction."""
+    """One request being applied, in a nested write transaction (applier.py)."""
 
     txn: lmdb.Transaction
     req: internal_pb2.InternalRequest
@@ -41,13 +42,22 @@ class Step:
     index: int  # its log index
     auth_info: AuthInfo | None = None  # set by the auth layer; None = the member's own
     # ("grant", id, ttl) / ("revoke", id) / ("checkpoint", id, remaining), for the lessor
-    lease_changes: list = field(default_factory=list)
+    lease_changes: list | tuple = ()
     event_bytes: int = 0  # the encoded size of the events it made (WriteTxn.changes_bytes)
     rows: list | tuple = ()  # its key changes as written (WriteTxn.rows), for the pending view
     touched_leases: bool = False  # it attached or detached a key to or from a lease
+    write_txn: WriteTxn | None = None  # a key request's MVCC write txn, once begun
+    # (current, compact revision) as `txn` holds them, if the applier keeps them (then it
+    # stores the current revision: MVCCStore.write)
+    revisions: tuple[int, int] | None = None
 
 
 Handler = Callable[[Step], Outcome]
+
+
+def _no_lease(lease_id: int) -> bool:
+    """The lease check of a member without a lease store: no lease exists."""
+    return False
 
 
 class Handlers:
@@ -68,6 +78,9 @@ class Handlers:
         self.backend = backend
         self.leases = leases
         self.auth = auth
+        # the lease check of the txn last asked about (_lease_exists)
+        self._exists_txn: lmdb.Transaction | None = None
+        self._exists: Callable[[int], bool] = _no_lease
         self.table: dict[str, Handler] = {
             "put": self.put,
             "delete_range": self.delete_range,
@@ -94,7 +107,7 @@ class Handlers:
 
     def _write(self, step: Step, op: Callable) -> Outcome:
         """Run one KV write request as one MVCC write txn: (response, its events)."""
-        w = self.mvcc.write(step.txn)
+        w = step.write_txn = self.mvcc.write(step.txn, step.revisions)
         return self._ended(step, w, op(w))
 
     def _ended(self, step: Step, w, resp) -> Outcome:
@@ -113,14 +126,21 @@ class Handlers:
             self.leases.track(txn, changes)
 
     def _lease_exists(self, step: Step) -> Callable[[int], bool]:
-        """Whether a lease exists as of this request (earlier entries of its batch included)."""
-        leases = self.leases
-        if leases is None:
-            return lambda lease_id: False
-        return lambda lease_id: leases.exists(step.txn, lease_id)
+        """Whether a lease exists as of this request (earlier entries of its batch included).
+        The batch's key requests share one txn (applier.py): one function per txn, not
+        per request (each object made per request adds to the garbage collector's work)."""
+        txn = step.txn
+        if txn is not self._exists_txn:
+            leases = self.leases
+            if leases is None:
+                self._exists = _no_lease
+            else:
+                self._exists = lambda lease_id: leases.exists(txn, lease_id)
+            self._exists_txn = txn
+        return self._exists
 
     def put(self, step: Step) -> Outcome:
-        w = self.mvcc.write(step.txn)
+        w = step.write_txn = self.mvcc.write(step.txn, step.revisions)
         resp = apply_put(w, step.req.put, self._lease_exists(step))
         return self._ended(step, w, resp)
 
@@ -128,7 +148,7 @@ class Handlers:
         return self._write(step, lambda w: apply_delete_range(w, step.req.delete_range))
 
     def txn(self, step: Step) -> Outcome:
-        w = self.mvcc.write(step.txn)
+        w = step.write_txn = self.mvcc.write(step.txn, step.revisions)
         resp = apply_txn(w, step.req.txn, self._lease_exists(step))
         return self._ended(step, w, resp)
 
@@ -144,7 +164,7 @@ class Handlers:
     def lease_grant(self, step: Step) -> Outcome:
         r = step.req.lease_grant
         ttl = self.leases.grant(step.txn, r)
-        step.lease_changes.append(("grant", r.ID, ttl))
+        step.lease_changes = [("grant", r.ID, ttl)]
         resp = pb.LeaseGrantResponse(ID=r.ID, TTL=ttl)
         resp.header.revision = self.mvcc.write(step.txn).current_revision
         return resp, []
@@ -158,14 +178,14 @@ class Handlers:
         resp.header.revision = w.end()
         self._track(step.txn, w.changes)
         step.event_bytes = w.changes_bytes
-        step.lease_changes.append(("revoke", lease_id))
+        step.lease_changes = [("revoke", lease_id)]
         return resp, w.changes
 
     def lease_checkpoint(self, step: Step) -> Outcome:
         """Remaining TTLs for the lessor only: nothing durable changes (etcd keeps them
         in memory too)."""
-        for cp in step.req.lease_checkpoint.checkpoints:
-            step.lease_changes.append(("checkpoint", cp.ID, cp.remaining_TTL))
+        step.lease_changes = [("checkpoint", cp.ID, cp.remaining_TTL)
+                              for cp in step.req.lease_checkpoint.checkpoints]
         return pb.LeaseCheckpointResponse(), []
 
     # ------------------------------------------------------ cluster, auth

@@ -4,18 +4,26 @@ The state db commits every `--backend-batch-interval` or `--backend-batch-limit`
 writes, not every apply batch (etcd's batchTx; the fsynced log is the durability
 point). A reader must still see every write whose response was sent, so after each
 apply batch the applier publishes a `Pending`: the changes since the last commit, as
-etcd's txReadBuffer. A `Pending` is immutable once published (a batch makes a new
-one), so readers on any thread use it without a lock.
+etcd's txReadBuffer. What a `Pending` holds is fixed once published (a batch makes a
+new one), so readers on any thread use it without a lock.
 
 A reader takes the published `Pending` *before* it begins its LMDB read txn, and
 uses it only if the snapshot's current revision is the `Pending`'s `base` (the
 revision of the commit it extends). A commit takes everything published so far, so
 a snapshot newer than `base` already holds all of it, and a snapshot cannot be
 older than `base` (commits only move forward).
+
+Publishing costs the apply thread only its batch's changes: the Pendings of one
+commit window share one append-only list of changes, each seeing its first `n`, and
+the lookup tables readers need (`View`) are built on a reader's first question, from
+the nearest older Pending that has built them (a copy plus the changes since), so
+an apply batch no longer copies the whole window and a window nobody reads builds
+nothing.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 from kubekv_server.mvcc.revision import is_tombstone, main_of
@@ -26,36 +34,26 @@ from kubekv_server.mvcc.revision import is_tombstone, main_of
 Change = tuple[bytes, bytes, bytes, bytes, "bytes | None", bool]
 
 
-class Pending:
-    """The changes since the commit at revision `base`, up to revision `top`."""
+class View:
+    """The lookup tables of a Pending, built once by its first reader."""
 
-    __slots__ = ("base", "top", "live", "rows", "row_of", "index", "live_delta")
+    __slots__ = ("live", "row_of", "index", "live_delta")
 
-    def __init__(self, base: int, top: int, live: dict, rows: list, row_of: dict,
-                 index: dict, live_delta: int) -> None:
-        self.base = base
-        self.top = top
+    def __init__(self, live: dict, row_of: dict, index: dict, live_delta: int) -> None:
         # stored key -> (user key, live value or None if deleted, live in the commit)
         self.live = live
-        # (history row key, value) in revision order, and the same as a dict
-        self.rows = rows
+        # history row key -> value
         self.row_of = row_of
         # stored key -> (user key, its new history row keys in order)
         self.index = index
         # live keys added minus removed since the commit (keys_total)
         self.live_delta = live_delta
 
-    def __bool__(self) -> bool:
-        return bool(self.rows)
-
-    def extended(self, base: int, changes: Iterable[Change], top: int) -> Pending:
-        """A new Pending: this one (if it extends the same commit) plus `changes`."""
-        if self.base != base or not self.rows:
-            live, rows, row_of, index, delta = {}, [], {}, {}, 0
-        else:
-            live, rows, row_of = dict(self.live), list(self.rows), dict(self.row_of)
-            index, delta = dict(self.index), self.live_delta
-        fresh: set[bytes] = set()  # index lists already copied for this version
+    def extended(self, changes: Iterable[Change]) -> View:
+        """A new View: this one plus `changes` (this one is left as it is)."""
+        live, row_of, index = dict(self.live), dict(self.row_of), dict(self.index)
+        delta = self.live_delta
+        fresh: set[bytes] = set()  # index lists already copied for the new View
         for sk, user_key, rb, data, value, existed in changes:
             old = live.get(sk)
             if old is None:
@@ -64,7 +62,6 @@ class Pending:
                 committed, before = old[2], old[1] is not None
             live[sk] = (user_key, value, committed)
             delta += (value is not None) - before
-            rows.append((rb, data))
             row_of[rb] = data
             entry = index.get(sk)
             if sk in fresh:
@@ -72,9 +69,83 @@ class Pending:
             else:
                 fresh.add(sk)
                 index[sk] = (user_key, ([] if entry is None else list(entry[1])) + [rb])
-        return Pending(base, top, live, rows, row_of, index, delta)
+        return View(live, row_of, index, delta)
+
+
+_NO_VIEW = View({}, {}, {}, 0)
+
+
+class Pending:
+    """The changes since the commit at revision `base`, up to revision `top`: the first
+    `n` of the window's shared list of changes (only ever appended to)."""
+
+    __slots__ = ("base", "top", "_changes", "_n", "_src")
+
+    def __init__(self, base: int, top: int, changes: list, n: int,
+                 src: Pending | View) -> None:
+        self.base = base
+        self.top = top
+        self._changes = changes
+        self._n = n
+        # this Pending's View once built, else the Pending it extends (whose View, or
+        # whose own source's, it is built from): one attribute, read and set atomically,
+        # so readers on several threads may build at once (each the same View)
+        self._src = src
+
+    def __bool__(self) -> bool:
+        return self._n > 0
+
+    def extended(self, base: int, changes: Iterable[Change], top: int) -> Pending:
+        """A new Pending: this one (if it extends the same commit) plus `changes`."""
+        if self.base != base or not self._n:
+            window = list(changes)
+            return Pending(base, top, window, len(window), EMPTY)  # EMPTY: no changes
+        window = self._changes
+        if len(window) != self._n:  # extended before: the next ones are another's
+            window = window[:self._n]
+        window.extend(changes)  # past this Pending's `n`: nobody else sees them yet
+        return Pending(base, top, window, len(window), self)
+
+    def _view(self) -> View:
+        src = self._src
+        if isinstance(src, View):
+            return src
+        older = src  # the nearest older Pending with a View (the first has one)
+        while True:
+            s = older._src
+            if isinstance(s, View):
+                break
+            older = s
+        view = s.extended(itertools.islice(self._changes, older._n, self._n))
+        self._src = view
+        return view
 
     # -- what readers ask ------------------------------------------------------------------
+    @property
+    def live(self) -> dict:
+        """stored key -> (user key, live value or None if deleted, live in the commit)"""
+        return self._view().live
+
+    @property
+    def row_of(self) -> dict:
+        """history row key -> value"""
+        return self._view().row_of
+
+    @property
+    def index(self) -> dict:
+        """stored key -> (user key, its new history row keys in order)"""
+        return self._view().index
+
+    @property
+    def live_delta(self) -> int:
+        """Live keys added minus removed since the commit (keys_total)."""
+        return self._view().live_delta
+
+    @property
+    def rows(self) -> list[tuple[bytes, bytes]]:
+        """(history row key, value) in revision order."""
+        return [(c[2], c[3]) for c in itertools.islice(self._changes, self._n)]
+
     def live_in_range(self, key: bytes, end: bytes) -> list[tuple[bytes, bytes | None]]:
         """(user key, live value or None if deleted) of changed keys in [key, end),
         sorted by user key; `end` b"" means no upper bound."""
@@ -106,7 +177,8 @@ class Pending:
 
     def rows_between(self, from_rev: int, to_rev: int) -> list[tuple[bytes, bytes]]:
         """History rows with main revision in [from_rev, to_rev], in revision order."""
-        return [(rb, v) for rb, v in self.rows if from_rev <= main_of(rb) <= to_rev]
+        return [(c[2], c[3]) for c in itertools.islice(self._changes, self._n)
+                if from_rev <= main_of(c[2]) <= to_rev]
 
 
-EMPTY = Pending(0, 0, {}, [], {}, {}, 0)
+EMPTY = Pending(0, 0, [], 0, _NO_VIEW)

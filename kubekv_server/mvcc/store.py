@@ -399,12 +399,17 @@ class WriteTxn(_Reader):
     0, 1, ...; ``end()`` stores the new current revision. The caller commits.
     """
 
-    def __init__(self, txn: lmdb.Transaction, dbs: _Dbs, counts: OpCounts | None = None) -> None:
+    def __init__(self, txn: lmdb.Transaction, dbs: _Dbs, counts: OpCounts | None = None,
+                 revisions: tuple[int, int] | None = None) -> None:
         self._txn = txn
         self._dbs = dbs
         self._counts = counts
         self._puts = self._deletes = 0
-        self.current_revision, self.compact_revision = meta.revisions(txn, dbs.meta)
+        # (current, compact revision) as `txn` holds them, if the caller knows them: then
+        # the caller also stores the new current revision (MVCCStore.write)
+        self._own_meta = revisions is None
+        self.current_revision, self.compact_revision = \
+            meta.revisions(txn, dbs.meta) if revisions is None else revisions
         # one Event per change, in order: each change's kv and prev kv are built inside
         # its Event, so the watchers get them without a copy
         self._changes: list[Event] = []
@@ -414,6 +419,9 @@ class WriteTxn(_Reader):
         # them again (the watch hub's log budget)
         self.changes_bytes = 0
         self._ended = False
+        # whether it wrote anything yet (set before its first LMDB write): a request that
+        # fails before then needs nothing undone
+        self.dirty = False
 
     def _range_rev(self) -> int:
         return self.current_revision + 1 if self._changes else self.current_revision
@@ -425,6 +433,7 @@ class WriteTxn(_Reader):
         if not key:
             raise InvalidKeyError("empty key")
         rev = self.current_revision + 1
+        self.dirty = True
         if len(key) <= PREFIX:
             sk = key
         else:
@@ -473,6 +482,7 @@ class WriteTxn(_Reader):
             items = list(scan(txn.cursor(db=dbs.live), key, end, self._user_key))
         rev = self.current_revision + 1
         deleted = []
+        self.dirty = True
         for k, sk, v in items:
             rb = rev_to_bytes(rev, len(self._changes)) + MARK_TOMBSTONE
             tomb = KeyValue(key=k).SerializeToString()
@@ -505,7 +515,7 @@ class WriteTxn(_Reader):
             self._ended = True
             if self._counts is not None:
                 self._counts.add(self._ranges, self._puts, self._deletes)
-            if self._changes:
+            if self._changes and self._own_meta:
                 meta.put_current_revision(self._txn, self._dbs.meta, self.current_revision + 1)
         return self._range_rev()
 
@@ -546,9 +556,19 @@ class MVCCStore:
         """A read view at the current revision; use as a context manager."""
         return ReadTxn(self.env, self._dbs, self.counts, self.pending)
 
-    def write(self, txn: lmdb.Transaction) -> WriteTxn:
-        """Wrap a caller-owned LMDB write txn as one etcd write txn (at most one revision)."""
-        return WriteTxn(txn, self._dbs, self.counts)
+    def write(self, txn: lmdb.Transaction,
+              revisions: tuple[int, int] | None = None) -> WriteTxn:
+        """Wrap a caller-owned LMDB write txn as one etcd write txn (at most one revision).
+
+        A caller running many in one LMDB txn may pass the (current, compact revision)
+        `txn` holds (after the previous ones), saving their reads from ``meta``; it then
+        stores the current revision itself (``store_revision``) before anything else
+        reads it from `txn`."""
+        return WriteTxn(txn, self._dbs, self.counts, revisions)
+
+    def store_revision(self, txn: lmdb.Transaction, rev: int) -> None:
+        """Record `rev` as the current revision in `txn` (see ``write``)."""
+        meta.put_current_revision(txn, self._dbs.meta, rev)
 
     def key_count(self) -> int:
         """Keys that exist now (etcd's keys_total), from the live table's size."""
@@ -562,6 +582,10 @@ class MVCCStore:
     def current_revision(self, txn: lmdb.Transaction) -> int:
         """The current revision as `txn` sees it."""
         return meta.revisions(txn, self._dbs.meta)[0]
+
+    def revisions_in(self, txn: lmdb.Transaction) -> tuple[int, int]:
+        """(current revision, compact revision) as `txn` sees them."""
+        return meta.revisions(txn, self._dbs.meta)
 
     def revisions(self) -> tuple[int, int]:
         """(current revision, compact revision) in a fresh read txn."""

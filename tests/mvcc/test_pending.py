@@ -11,7 +11,8 @@ import pytest
 
 from kubekv_server.mvcc import MVCCStore
 from kubekv_server.mvcc.errors import CompactedError, FutureRevError
-from kubekv_server.mvcc.pending import EMPTY
+from kubekv_server.mvcc.pending import EMPTY, Pending
+from kubekv_server.mvcc.revision import rev_to_bytes
 from kubekv_server.mvcc.stored_key import PREFIX
 
 
@@ -130,11 +131,51 @@ def test_reads_through_the_pending_view_match_committed_reads(tmp_path, seed):
                     while s.store.compact_step(txn):
                         pass
         read_seed = rng.random()
+        if seed % 2 and rng.random() < 0.6:
+            continue  # unread Pendings: a later one builds its view past them
         assert _read(batched.store, random.Random(read_seed), keys) == \
             _read(ref.store, random.Random(read_seed), keys), f"step {step}"
     batched.commit()
     batched.env.close()
     ref.env.close()
+
+
+def _tables(p: Pending) -> tuple:
+    return p.live, p.row_of, p.index, p.live_delta, p.rows, bool(p)
+
+
+def test_published_pendings_keep_what_they_saw_whatever_is_read_first():
+    """The Pendings of a window share one list of changes: each still sees its own
+    first n, whichever of them builds its view first, and one extended twice forks."""
+    rng = random.Random(7)
+    keys = [b"a", b"b", b"c"]
+    batches, live = [], {}
+    for rev in range(2, 12):
+        batch = []
+        for sub in range(rng.randint(0, 2)):
+            k = rng.choice(keys)
+            value = None if rng.random() < 0.3 else b"v%d" % rev
+            rb = rev_to_bytes(rev, sub) + (b"t" if value is None else b"")
+            batch.append((k, k, rb, b"row%d" % rev, value, live.get(k) is not None))
+            live[k] = value
+        batches.append(batch)
+
+    def publish() -> list[Pending]:
+        out, p = [], EMPTY
+        for top, batch in enumerate(batches, start=2):
+            p = p.extended(1, batch, top)
+            out.append(p)
+        return out
+
+    one_by_one = [_tables(p) for p in publish()]  # each read as soon as published
+    for order in (list(range(len(batches)))[::-1], rng.sample(range(len(batches)),
+                                                             len(batches))):
+        published = publish()
+        assert [_tables(published[i]) for i in order] == [one_by_one[i] for i in order]
+    published = publish()
+    fork = published[3].extended(1, batches[5], 99)
+    assert _tables(published[4]) == one_by_one[4]
+    assert fork.rows == published[3].rows + [(c[2], c[3]) for c in batches[5]]
 
 
 def test_a_view_of_an_older_commit_is_not_laid_over_a_newer_snapshot(tmp_path):
