@@ -68,7 +68,7 @@ class WALCorruptError(Exception):
 
 
 def _pack_list(items: list[bytes]) -> bytes:
-    return b"".join(_U32.pack(len(b)) + b for b in items)
+    return b"".join([_U32.pack(len(b)) + b for b in items])
 
 
 def _unpack_list(payload: bytes) -> Iterator[bytes]:
@@ -121,6 +121,7 @@ class WALStorage:
         self._offs: list[int] = []
         self._sizes: list[int] = []
         self._ents: list[pb.Entry | None] = []
+        self._last = 0  # _ci + len(_terms), kept so the loop reads it without the lock
         self._live = 0  # bytes of the entries kept
         self._cached = 0  # bytes of the entries kept as objects
         self._evict = 0  # position of the oldest entry that may still be cached
@@ -302,6 +303,7 @@ class WALStorage:
                             _offsets(items, base)[4:])
         else:
             raise WALCorruptError(f"unknown record type {kind}")
+        self._last = self._ci + len(self._terms)
 
     def _clear(self) -> None:
         self._terms, self._offs, self._sizes, self._ents = [], [], [], []
@@ -322,7 +324,7 @@ class WALStorage:
             raise WALCorruptError(
                 f"gap: appending {entries[0].index} after last {self._ci + len(self._terms)}")
         self._drop(keep, len(self._terms))
-        self._terms.extend(e.term for e in entries)
+        self._terms.extend([e.term for e in entries])
         self._offs.extend(offs)
         self._sizes.extend(sizes)
         self._ents.extend(entries)
@@ -380,9 +382,9 @@ class WALStorage:
         return self._ci + 1
 
     def last_index(self) -> int:
-        """Index of the last entry held."""
-        with self._mem_lock:
-            return self._ci + len(self._terms)
+        """Index of the last entry held (no lock: one attribute, set with every change of
+        the log under the lock; a compaction leaves it as it is)."""
+        return self._last
 
     def term(self, i: int) -> int:
         """Term of entry i (the compaction point's term for i == first_index() - 1)."""
@@ -416,6 +418,8 @@ class WALStorage:
                         break
                     k += 1
                 b = k
+            if a >= self._evict:  # every entry from _evict on is cached
+                return self._ents[a:b]
             return [self._entry(k) for k in range(a, b)]
 
     def snapshot(self) -> pb.Snapshot:
@@ -443,6 +447,7 @@ class WALStorage:
             with self._mem_lock:  # the entries themselves, not a parse of what was written
                 self._do_append(entries, [len(b) for b in blobs],
                                 _offsets(blobs, at + _HEAD.size) if entries else [])
+                self._last = self._ci + len(self._terms)
                 if hard_state is not None:
                     self._hard = hard
             self._maybe_rewrite()
