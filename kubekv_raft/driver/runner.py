@@ -507,7 +507,8 @@ class Runner:
                 # etcd's waitApply: Raft must see the new configuration first
                 await (applied if self._apply_is_async
                        else self._applied_through(ents[-1].index))
-        self._release_read_waits()
+        if self._apply_waiters:
+            self._release_read_waits()
 
     def _unhanded(self, committed: list[pb.Entry]) -> list[pb.Entry]:
         """The part of a Ready's committed entries not handed to the apply stage yet."""
@@ -782,17 +783,19 @@ class Runner:
                 if fut is not None and not fut.done():
                     fut.set_result(e.index)
         self.applied = max(self.applied, ents[-1].index)
-        self._release_read_waits()
+        if self._apply_waiters:
+            self._release_read_waits()
         if changed:
             self._wake_loop()  # the new configuration may have work for Raft
 
     def _release_read_waits(self) -> None:
-        if self._apply_waiters:
-            keep = []
-            for index, fut in self._apply_waiters:
-                if index <= self.applied:
-                    if not fut.done():
-                        fut.set_result(index)
-                else:
-                    keep.append((index, fut))
-            self._apply_waiters = keep
+        """Resolve the waits (reads, membership changes) on what is applied now. Callers
+        skip the call when none waits."""
+        keep = []
+        for index, fut in self._apply_waiters:
+            if index <= self.applied:
+                if not fut.done():
+                    fut.set_result(index)
+            else:
+                keep.append((index, fut))
+        self._apply_waiters = keep
