@@ -275,6 +275,8 @@ class RaftLog:
         if hi > u.offset:
             more = u.slice(max(lo, u.offset), hi)
             ents = ents + more if ents else more
+        if max_size is None or len(ents) <= 1:  # what limit_size keeps whole
+            return ents
         return limit_size(ents, max_size)
 
     def restore(self, s: pb.Snapshot) -> None:

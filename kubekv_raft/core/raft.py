@@ -335,7 +335,8 @@ class Raft:
         committed: list[pb.Entry],
     ) -> None:
         """The application handled a Ready: record applied/stable, maybe leave joint config."""
-        self.reduce_uncommitted_size(committed)
+        if self.uncommitted_size:  # 0 on a follower: nothing to reduce
+            self.reduce_uncommitted_size(committed)
         if applied > 0:
             old = self.raft_log.applied
             self.raft_log.applied_to(applied)
@@ -414,7 +415,8 @@ class Raft:
             return
         pr = self.prs.progress.get(self.id)
         if pr is not None and pr.maybe_update(index) and self.maybe_commit():
-            self._release_pending_read_index_messages()
+            if self.pending_read_index_messages:
+                self._release_pending_read_index_messages()
             self.bcast_append()
 
     def increase_uncommitted_size(self, ents: list[pb.Entry]) -> bool:
@@ -786,7 +788,8 @@ class Raft:
         elif pr.state == ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
         if self.maybe_commit():
-            self._release_pending_read_index_messages()
+            if self.pending_read_index_messages:
+                self._release_pending_read_index_messages()
             self.bcast_append()
         elif old_paused:
             self.send_append(m.from_)
@@ -1007,8 +1010,8 @@ class Raft:
             self._respond_read_index(m, self.raft_log.committed)
 
     def _release_pending_read_index_messages(self) -> None:
-        if not self.pending_read_index_messages:
-            return
+        """Answer the reads that waited for an entry of our term to commit (callers call
+        this only when some wait)."""
         if not self.committed_entry_in_current_term():  # pragma: no cover - caller ensures
             return
         msgs, self.pending_read_index_messages = self.pending_read_index_messages, []
