@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 _CONF_CHANGES = frozenset((pb.EntryConfChange, pb.EntryConfChangeV2))
 _TYPE = operator.attrgetter("type")
+# what the transport reports about a peer: local messages, stepped past RawNode's check
+_TRANSPORT_REPORTS = frozenset((pb.MsgSnapStatus, pb.MsgUnreachable))
 
 
 def _has_conf_change(entries: list[pb.Entry]) -> bool:
@@ -391,7 +393,7 @@ class Runner:
         self._inbox_full_logged = False
         for m in inbox:
             try:
-                if m.type in (pb.MsgSnapStatus, pb.MsgUnreachable):
+                if m.type in _TRANSPORT_REPORTS:
                     node.raft.step(m)
                 else:
                     node.step(m)
