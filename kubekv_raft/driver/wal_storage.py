@@ -27,7 +27,8 @@ the older file goes, so a crash leaves either file whole.
 Safe for writer threads (the log stage appends, the apply thread compacts and
 snapshots: `_write_lock` orders them, file and memory alike) and reader threads (the
 Raft core on the event loop: `_mem_lock` is held only for memory, never across I/O,
-and memory changes only after the write is durable).
+and memory changes only after the write is durable; `first_index` and `last_index`,
+asked per message, read one attribute each without it).
 """
 
 from __future__ import annotations
