@@ -773,7 +773,9 @@ class Runner:
     def _applied(self, ents: list[pb.Entry]) -> None:
         """Entries are applied: membership changes reach Raft, proposers and reads learn."""
         changed = False
-        for e in ents:
+        # per entry only if there is something to find: a proposer's future (propose())
+        # or a membership change (submit()'s proposers learn from their applier)
+        for e in ents if self._waiting or _has_conf_change(ents) else ():
             if e.type == pb.EntryConfChange:
                 self.node.apply_conf_change(pb.ConfChange.FromString(e.data))
                 changed = True
