@@ -48,27 +48,47 @@ class RaftLog:
     # -- indexes and terms --------------------------------------------------
     def first_index(self) -> int:
         """First index held (after the compaction point or pending snapshot)."""
-        i = self.unstable.maybe_first_index()
-        return i if i is not None else self.storage.first_index()
+        snap = self.unstable.snapshot
+        if snap is not None:
+            return snap.metadata.index + 1
+        return self.storage.first_index()
 
     def last_index(self) -> int:
         """Index of the last entry, durable or not."""
         u = self.unstable
         if u.entries:
             return u.offset + len(u.entries) - 1
-        i = u.maybe_last_index()
-        return i if i is not None else self.storage.last_index()
+        if u.snapshot is not None:
+            return u.snapshot.metadata.index
+        return self.storage.last_index()
 
     def term(self, i: int) -> int:
         """Term of entry i; 0 outside [first-1, last]; CompactedError if storage discarded it."""
         u = self.unstable
+        ents = u.entries
         k = i - u.offset
-        if 0 <= k < len(u.entries):
-            return u.entries[k].term
+        if 0 <= k < len(ents):
+            return ents[k].term
+        if u.snapshot is not None:
+            return self._term_slow(i)
+        # No pending snapshot: what is not an unstable entry is storage's (the checks and
+        # look-ups of `_term_slow`, without re-asking unstable what it was just asked).
+        if k >= 0 and ents:
+            return 0  # past the last unstable entry, so past the last index
+        st = self.storage
+        if i < st.first_index() - 1 or (not ents and i > st.last_index()):
+            return 0
+        try:
+            return st.term(i)
+        except UnavailableError:
+            return 0
+
+    def _term_slow(self, i: int) -> int:
+        """`term` in general (a snapshot pending)."""
         dummy = self.first_index() - 1
         if i < dummy or i > self.last_index():
             return 0
-        t = u.maybe_term(i)
+        t = self.unstable.maybe_term(i)
         if t is not None:
             return t
         try:
@@ -156,10 +176,16 @@ class RaftLog:
 
     def maybe_commit(self, max_index: int, term: int) -> bool:
         """Commit up to max_index only if that entry is of `term` (§5.4.2)."""
-        if max_index > self.committed and self.zero_term(max_index) == term:
-            self.commit_to(max_index)
-            return True
-        return False
+        if max_index <= self.committed:
+            return False
+        try:  # zero_term, inline: this runs on every acknowledgement
+            t = self.term(max_index)
+        except CompactedError:
+            t = 0
+        if t != term:
+            return False
+        self.commit_to(max_index)
+        return True
 
     def applied_to(self, i: int) -> None:
         """The application has applied through i."""
@@ -187,6 +213,8 @@ class RaftLog:
 
     def next_ents(self) -> list[pb.Entry]:
         """Committed entries not yet applied."""
+        if self.committed <= self.applied:
+            return []
         off = max(self.applied + 1, self.first_index())
         if self.committed + 1 > off:
             return self.slice(off, self.committed + 1, self.max_next_ents_size)
@@ -194,7 +222,8 @@ class RaftLog:
 
     def has_next_ents(self) -> bool:
         """Whether there are committed entries to apply."""
-        return self.committed + 1 > max(self.applied + 1, self.first_index())
+        c = self.committed
+        return c > self.applied and c >= self.first_index()
 
     def has_pending_snapshot(self) -> bool:
         """Whether a received snapshot awaits persisting."""
@@ -208,9 +237,10 @@ class RaftLog:
 
     def entries(self, i: int, max_size: int | None = None) -> list[pb.Entry]:
         """Entries from i to the end, size-limited."""
-        if i > self.last_index():
+        last = self.last_index()
+        if i > last:
             return []
-        return self.slice(i, self.last_index() + 1, max_size)
+        return self.slice(i, last + 1, max_size, last)
 
     def all_entries(self) -> list[pb.Entry]:
         """Every entry still held (tests)."""
@@ -220,13 +250,18 @@ class RaftLog:
             except CompactedError:  # pragma: no cover - raced with compaction
                 continue
 
-    def slice(self, lo: int, hi: int, max_size: int | None = None) -> list[pb.Entry]:
-        """Entries [lo, hi), size-limited; CompactedError if lo was discarded."""
+    def slice(
+        self, lo: int, hi: int, max_size: int | None = None, last: int | None = None
+    ) -> list[pb.Entry]:
+        """Entries [lo, hi), size-limited; CompactedError if lo was discarded. `last`:
+        the last index, if the caller has it at hand."""
         fi = self.first_index()
         if lo < fi:
             raise CompactedError(f"slice from {lo} but first index is {fi}")
-        if lo > hi or hi > self.last_index() + 1:
-            raise AssertionError(f"slice[{lo},{hi}) out of bound [{fi},{self.last_index()}]")
+        if last is None:
+            last = self.last_index()
+        if lo > hi or hi > last + 1:
+            raise AssertionError(f"slice[{lo},{hi}) out of bound [{fi},{last}]")
         if lo == hi:
             return []
         u = self.unstable
@@ -240,6 +275,8 @@ class RaftLog:
         if hi > u.offset:
             more = u.slice(max(lo, u.offset), hi)
             ents = ents + more if ents else more
+        if max_size is None or len(ents) <= 1:  # what limit_size keeps whole
+            return ents
         return limit_size(ents, max_size)
 
     def restore(self, s: pb.Snapshot) -> None:

@@ -5,10 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from enum import IntEnum
 
-__all__ = ["VoteResult", "MajorityConfig", "JointConfig", "NO_LIMIT"]
+__all__ = ["VoteResult", "MajorityConfig", "JointConfig", "NO_LIMIT", "quorum_index"]
 
 #: Committed index of an empty configuration: it never holds anything back.
 NO_LIMIT = (1 << 64) - 1
+
+
+def quorum_index(acked: list[int]) -> int:
+    """Largest index a majority of one config's voters acknowledged, given each voter's
+    acknowledged index (NO_LIMIT when there are none). Reorders `acked`."""
+    n = len(acked)
+    if n == 0:
+        return NO_LIMIT
+    if n == 1:
+        return acked[0]
+    acked.sort(reverse=True)
+    return acked[n // 2]
 
 
 class VoteResult(IntEnum):
@@ -24,13 +36,7 @@ class MajorityConfig(frozenset):
 
     def committed_index(self, acked: Callable[[int], int]) -> int:
         """Largest index acknowledged by a majority (NO_LIMIT when empty)."""
-        n = len(self)
-        if n == 0:
-            return NO_LIMIT
-        if n == 1:
-            return acked(next(iter(self)))
-        srt = sorted((acked(i) for i in self), reverse=True)
-        return srt[n // 2]
+        return quorum_index([acked(i) for i in self])
 
     def vote_result(self, votes: Mapping[int, bool]) -> VoteResult:
         """WON with a majority of yes, LOST once a majority is out of reach."""

@@ -8,6 +8,7 @@ given in Config. RawNode (raw_node.py) is the application-facing wrapper.
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -41,7 +42,8 @@ CAMPAIGN_PRE_ELECTION = b"CampaignPreElection"
 CAMPAIGN_ELECTION = b"CampaignElection"
 CAMPAIGN_TRANSFER = b"CampaignTransfer"
 
-_LOCAL_MSGS = frozenset(
+# Message types only the local application may step.
+LOCAL_MSGS = frozenset(
     {
         pb.MsgHup,
         pb.MsgBeat,
@@ -50,7 +52,8 @@ _LOCAL_MSGS = frozenset(
         pb.MsgCheckQuorum,
     }
 )
-_RESPONSE_MSGS = frozenset(
+# Message types that answer a request from a peer.
+RESPONSE_MSGS = frozenset(
     {
         pb.MsgAppResp,
         pb.MsgVoteResp,
@@ -61,24 +64,14 @@ _RESPONSE_MSGS = frozenset(
 )
 
 
-def is_local_msg(t: int) -> bool:
-    """Message types that only the local application may step."""
-    return t in _LOCAL_MSGS
-
-
-def is_response_msg(t: int) -> bool:
-    """Message types that answer a request from a peer."""
-    return t in _RESPONSE_MSGS
+# An entry's payload: its length is what counts against the uncommitted-entries bound
+# (summed with map, in C, rather than a generator resumed per entry).
+_DATA = operator.attrgetter("data")
 
 
 def vote_resp_type(t: int) -> int:
     """The response type for a (pre-)vote request."""
     return pb.MsgVoteResp if t == pb.MsgVote else pb.MsgPreVoteResp
-
-
-def payload_size(e: pb.Entry) -> int:
-    """Bytes counted against the uncommitted-entries bound."""
-    return len(e.data)
 
 
 class StateType(IntEnum):
@@ -246,11 +239,18 @@ class Raft:
         pr = self.prs.progress[to]
         if pr.is_paused():
             return False
-        m = pb.Message(to=to)
         rl = self.raft_log
+        last = rl.last_index()
+        nxt = pr.next
+        if nxt > last and not send_if_empty:
+            # Nothing new for `to`: what the look-ups below would conclude (the term of
+            # pr.next - 1 >= the compaction point is held, and no entries follow it).
+            return False
+        m = pb.Message(to=to)
         try:
-            term = rl.term(pr.next - 1)
-            ents = rl.entries(pr.next, self.max_msg_size)
+            term = rl.term(nxt - 1)
+            # rl.entries(nxt, max_msg_size), with the last index at hand
+            ents = rl.slice(nxt, last + 1, self.max_msg_size, last) if nxt <= last else []
             compacted = False
         except CompactedError:
             compacted = True
@@ -335,7 +335,8 @@ class Raft:
         committed: list[pb.Entry],
     ) -> None:
         """The application handled a Ready: record applied/stable, maybe leave joint config."""
-        self.reduce_uncommitted_size(committed)
+        if self.uncommitted_size:  # 0 on a follower: nothing to reduce
+            self.reduce_uncommitted_size(committed)
         if applied > 0:
             old = self.raft_log.applied
             self.raft_log.applied_to(applied)
@@ -404,17 +405,23 @@ class Raft:
         leader its own acknowledgement of them (which may commit them)."""
         if not index:
             return
-        self.raft_log.stable_to(index, term)
-        if self.state != StateType.LEADER or not self.raft_log.match_term(index, term):
+        rl = self.raft_log
+        # Whether the log holds (index, term): asked before stable_to, which changes where
+        # the entry is read from (unstable, or storage that now holds the same), not the
+        # answer; while still unstable it is a list look-up.
+        ours = self.state == StateType.LEADER and rl.match_term(index, term)
+        rl.stable_to(index, term)
+        if not ours:
             return
         pr = self.prs.progress.get(self.id)
         if pr is not None and pr.maybe_update(index) and self.maybe_commit():
-            self._release_pending_read_index_messages()
+            if self.pending_read_index_messages:
+                self._release_pending_read_index_messages()
             self.bcast_append()
 
     def increase_uncommitted_size(self, ents: list[pb.Entry]) -> bool:
         """Count proposals against the bound; always admit one batch into an empty log."""
-        s = sum(len(e.data) for e in ents)
+        s = sum(map(len, map(_DATA, ents)))
         if self.max_uncommitted_size and self.uncommitted_size > 0 and s > 0:
             if self.uncommitted_size + s > self.max_uncommitted_size:
                 return False
@@ -425,7 +432,7 @@ class Raft:
         """Committed entries no longer count against the bound."""
         if self.uncommitted_size == 0:
             return
-        s = sum(len(e.data) for e in ents)
+        s = sum(map(len, map(_DATA, ents)))
         self.uncommitted_size = max(0, self.uncommitted_size - s)
 
     # -- timers -----------------------------------------------------------------------
@@ -768,6 +775,8 @@ class Raft:
                     pr.become_probe()
                 self.send_append(m.from_)
             return
+        if pr.match >= m.index and pr.next > m.index:
+            return  # a stale or repeated ack (one per MsgApp): maybe_update changes nothing
         old_paused = pr.is_paused()
         if not pr.maybe_update(m.index):
             return
@@ -779,7 +788,8 @@ class Raft:
         elif pr.state == ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
         if self.maybe_commit():
-            self._release_pending_read_index_messages()
+            if self.pending_read_index_messages:
+                self._release_pending_read_index_messages()
             self.bcast_append()
         elif old_paused:
             self.send_append(m.from_)
@@ -1000,8 +1010,8 @@ class Raft:
             self._respond_read_index(m, self.raft_log.committed)
 
     def _release_pending_read_index_messages(self) -> None:
-        if not self.pending_read_index_messages:
-            return
+        """Answer the reads that waited for an entry of our term to commit (callers call
+        this only when some wait)."""
         if not self.committed_entry_in_current_term():  # pragma: no cover - caller ensures
             return
         msgs, self.pending_read_index_messages = self.pending_read_index_messages, []

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.core import conf_change
 from kubekv_raft.core.errors import ProposalDroppedError, StepLocalMsgError, StepPeerNotFoundError
-from kubekv_raft.core.raft import NONE, Config, Raft, StateType, is_local_msg, is_response_msg
+from kubekv_raft.core.raft import LOCAL_MSGS, NONE, RESPONSE_MSGS, Config, Raft, StateType
 from kubekv_raft.core.read_only import ReadState
 
 __all__ = ["RawNode", "Ready", "SoftState", "Status"]
@@ -98,11 +98,13 @@ class RawNode:
 
     def step(self, m: pb.Message) -> None:
         """Feed a message received from a peer."""
-        if is_local_msg(m.type):
-            raise StepLocalMsgError(f"cannot step local message {pb.MessageType.Name(m.type)}")
-        if m.from_ not in self.raft.prs.progress and is_response_msg(m.type):
+        t = m.type
+        if t in LOCAL_MSGS:
+            raise StepLocalMsgError(f"cannot step local message {pb.MessageType.Name(t)}")
+        r = self.raft
+        if t in RESPONSE_MSGS and m.from_ not in r.prs.progress:
             raise StepPeerNotFoundError(f"no progress for peer {m.from_}")
-        self.raft.step(m)
+        r.step(m)
 
     def read_index(self, context: bytes) -> None:
         """Ask for a read index; answered as a ReadState with this context in a later Ready."""
@@ -144,18 +146,18 @@ class RawNode:
         if self._pending is not None:
             raise AssertionError("ready() called again before advance()")
         r = self.raft
-        r.flush_read_heartbeat()
+        if r._read_heartbeat_due:
+            r.flush_read_heartbeat()
         rl = r.raft_log
         rd = Ready(
-            entries=rl.unstable_entries(),
+            entries=list(rl.unstable.entries),
             committed_entries=rl.next_ents(),
             messages=r.msgs,
         )
         r.msgs = []
-        soft = self._soft_state()
-        if soft != self._prev_soft:
-            rd.soft_state = soft
-            self._prev_soft = soft
+        prev = self._prev_soft
+        if r.lead != prev.lead or r.state != prev.raft_state:
+            rd.soft_state = self._prev_soft = self._soft_state()
         p = self._prev_hard
         if r.term != p.term or r.vote != p.vote or rl.committed != p.commit:
             rd.hard_state = r.hard_state()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.core.progress import Progress
-from kubekv_raft.core.quorum import JointConfig, VoteResult
+from kubekv_raft.core.quorum import JointConfig, VoteResult, quorum_index
 
 __all__ = ["TrackerConfig", "ProgressTracker"]
 
@@ -68,19 +68,32 @@ class ProgressTracker:
         v = self.config.voters
         return len(v.incoming) == 1 and not v.outgoing
 
-    def _acked(self, i: int) -> int:
-        pr = self.progress.get(i)
-        return pr.match if pr is not None else 0
-
     def committed(self) -> int:
         """Largest index replicated on a quorum of every voter config."""
-        return self.config.voters.committed_index(self._acked)
+        incoming, outgoing = self.config.voters
+        prs = self.progress
+        c = quorum_index([pr.match if (pr := prs.get(i)) is not None else 0 for i in incoming])
+        if outgoing:
+            c = min(c, quorum_index(
+                [pr.match if (pr := prs.get(i)) is not None else 0 for i in outgoing]))
+        return c
 
     def committed_if(self, peer: int, match: int) -> int:
         """`committed()` as it would be once `peer` acknowledged through `match`."""
-        acked = self._acked
-        return self.config.voters.committed_index(
-            lambda i: max(acked(i), match) if i == peer else acked(i))
+        incoming, outgoing = self.config.voters
+        c = quorum_index(self._acked_if(incoming, peer, match))
+        if outgoing:
+            c = min(c, quorum_index(self._acked_if(outgoing, peer, match)))
+        return c
+
+    def _acked_if(self, ids: frozenset[int], peer: int, match: int) -> list[int]:
+        prs = self.progress
+        out = []
+        for i in ids:
+            pr = prs.get(i)
+            m = pr.match if pr is not None else 0
+            out.append(max(m, match) if i == peer else m)
+        return out
 
     def visit(self, f: Callable[[int, Progress], None]) -> None:
         """Call f on every peer, in id order (deterministic)."""

@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import operator
 import struct
 import threading
 from collections.abc import Callable, Hashable
@@ -58,7 +59,16 @@ from kubekv_raft.driver.worker import ThreadWorker
 
 log = logging.getLogger(__name__)
 
-_CONF_CHANGES = (pb.EntryConfChange, pb.EntryConfChangeV2)
+_CONF_CHANGES = frozenset((pb.EntryConfChange, pb.EntryConfChangeV2))
+_TYPE = operator.attrgetter("type")
+# what the transport reports about a peer: local messages, stepped past RawNode's check
+_TRANSPORT_REPORTS = frozenset((pb.MsgSnapStatus, pb.MsgUnreachable))
+
+
+def _has_conf_change(entries: list[pb.Entry]) -> bool:
+    """Whether a membership change is among `entries` (a C loop, not a generator)."""
+    return not _CONF_CHANGES.isdisjoint(map(_TYPE, entries))
+
 
 __all__ = ["Transport", "Applier", "Runner", "WritableStorage", "MAX_PEER_INBOX",
            "initial_applied"]
@@ -195,7 +205,11 @@ class Runner:
         self._unsaved_hard_state: pb.HardState | None = None
         self._note_failed_logged = False
         self._ticked = False
-        self._wake = asyncio.Event()
+        # the loop's wake-up: a flag, and the future the loop sleeps on while it is clear
+        # (an asyncio.Event without its Python-level set/wait/clear calls: a poke per
+        # input and a wake per cycle)
+        self._woken = False
+        self._waiter: asyncio.Future | None = None
         self._tasks: list[asyncio.Task] = []
         self._stopped = False
         # Called with (request ids, error) when proposals made through submit() are refused.
@@ -316,12 +330,26 @@ class Runner:
     def _poke(self) -> None:
         """Input arrived: wake the loop, and take back a write's answer left to the apply
         stage (the write is done; the loop need not wait for the apply to go on)."""
-        self._wake.set()
+        self._woken = True  # _wake_loop, inline: once per input
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
         parked = self._parked
         if parked is not None:
             self._parked = None
             if not parked.done():
                 parked.set_result(None)
+
+    def _wake_loop(self) -> None:
+        """Make the loop run a cycle (now, or once it finishes the one under way)."""
+        self._woken = True
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
 
     def _has_input(self) -> bool:
         """Whether input waits for the loop (read from the log thread: a hint)."""
@@ -336,9 +364,12 @@ class Runner:
             self._poke()
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stopped:
-            await self._wake.wait()
-            self._wake.clear()
+            if not self._woken:
+                w = self._waiter = loop.create_future()
+                await w
+            self._woken = False
             try:
                 if self._apply_failed is not None:
                     raise self._apply_failed
@@ -362,7 +393,7 @@ class Runner:
         self._inbox_full_logged = False
         for m in inbox:
             try:
-                if m.type in (pb.MsgSnapStatus, pb.MsgUnreachable):
+                if m.type in _TRANSPORT_REPORTS:
                     node.raft.step(m)
                 else:
                     node.step(m)
@@ -472,13 +503,14 @@ class Runner:
             self._handed = max(self._handed, ents[-1].index)
             if self._apply_is_async:
                 applied = self._submit_apply(ents)
-            else:
-                if not hand:  # nothing written, or a snapshot installed first: hand them now
-                    self._hand_in_order(ents)
-                applied = self._applied_through(ents[-1].index)
-            if any(e.type in _CONF_CHANGES for e in ents):
-                await applied  # etcd's waitApply: Raft must see the new configuration first
-        self._release_read_waits()
+            elif not hand:  # nothing written, or a snapshot installed first: hand them now
+                self._hand_in_order(ents)
+            if _has_conf_change(ents):
+                # etcd's waitApply: Raft must see the new configuration first
+                await (applied if self._apply_is_async
+                       else self._applied_through(ents[-1].index))
+        if self._apply_waiters:
+            self._release_read_waits()
 
     def _unhanded(self, committed: list[pb.Entry]) -> list[pb.Entry]:
         """The part of a Ready's committed entries not handed to the apply stage yet."""
@@ -496,7 +528,7 @@ class Runner:
             return []  # nothing written, or committed entries already in the log come first
         first = rd.entries[0].index
         commit = self.node.commit_on_persist(rd)
-        if commit <= self._handed or any(e.type in _CONF_CHANGES for e in rd.entries):
+        if commit <= self._handed or _has_conf_change(rd.entries):
             return []
         return rd.entries[self._handed + 1 - first:commit - first + 1]
 
@@ -567,7 +599,7 @@ class Runner:
         """Loop: a hand-over failed on the log thread: stop the runner, loudly."""
         log.error("raft runner %x failed on the log thread", self.id, exc_info=exc)
         self._log_failed = exc
-        self._wake.set()
+        self._wake_loop()
 
     def _call_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         """Any thread but the loop's: fn(*args) on the loop (nothing if it is closed)."""
@@ -676,7 +708,7 @@ class Runner:
             log.error("raft runner %x failed applying entries %d..%d", self.id,
                       ents[0].index, ents[-1].index, exc_info=exc)
             self._apply_failed = exc
-            self._wake.set()
+            self._wake_loop()
             waiters, self._apply_waiters = self._apply_waiters, []
             for _, f in waiters:
                 if not f.done():
@@ -728,7 +760,7 @@ class Runner:
                 log.exception("raft runner %x failed applying entries %d..%d",
                               self.id, ents[0].index, ents[-1].index)
                 self._apply_failed = exc
-                self._wake.set()
+                self._wake_loop()
                 for _, f in batch:
                     if not f.done():
                         f.set_exception(exc)
@@ -741,7 +773,9 @@ class Runner:
     def _applied(self, ents: list[pb.Entry]) -> None:
         """Entries are applied: membership changes reach Raft, proposers and reads learn."""
         changed = False
-        for e in ents:
+        # per entry only if there is something to find: a proposer's future (propose())
+        # or a membership change (submit()'s proposers learn from their applier)
+        for e in ents if self._waiting or _has_conf_change(ents) else ():
             if e.type == pb.EntryConfChange:
                 self.node.apply_conf_change(pb.ConfChange.FromString(e.data))
                 changed = True
@@ -753,17 +787,19 @@ class Runner:
                 if fut is not None and not fut.done():
                     fut.set_result(e.index)
         self.applied = max(self.applied, ents[-1].index)
-        self._release_read_waits()
+        if self._apply_waiters:
+            self._release_read_waits()
         if changed:
-            self._wake.set()  # the new configuration may have work for Raft
+            self._wake_loop()  # the new configuration may have work for Raft
 
     def _release_read_waits(self) -> None:
-        if self._apply_waiters:
-            keep = []
-            for index, fut in self._apply_waiters:
-                if index <= self.applied:
-                    if not fut.done():
-                        fut.set_result(index)
-                else:
-                    keep.append((index, fut))
-            self._apply_waiters = keep
+        """Resolve the waits (reads, membership changes) on what is applied now. Callers
+        skip the call when none waits."""
+        keep = []
+        for index, fut in self._apply_waiters:
+            if index <= self.applied:
+                if not fut.done():
+                    fut.set_result(index)
+            else:
+                keep.append((index, fut))
+        self._apply_waiters = keep

@@ -365,4 +365,10 @@ def test_wal_reads_entries_back_from_the_file_beyond_its_cache(tmp_path, monkeyp
         assert [(e.term, e.data) for e in got] == [expect(i) for i in range(53, 201)]
         assert [store.term(i) for i in range(53, 201)] == [expect(i)[0] for i in range(53, 201)]
         assert 1 <= len(store.entries(53, 201, max_size=100)) < 10
+        # entries() slices the cache from _evict on: all objects there, the same entries
+        assert all(e is not None for e in store._ents[store._evict:])
+        assert store._evict < len(store._ents) - 6
+        assert [(e.term, e.data) for e in store.entries(195, 201)] == \
+            [expect(i) for i in range(195, 201)]
+        assert store.last_index() == store._ci + len(store._terms) == 200
         store.close()
