@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 
-import h2.config
-import h2.connection
 import h2.events
 
 from etcdproto.raftpb import peer_pb2 as peer_pb
@@ -20,7 +18,7 @@ from kubekv_server.peer.call_guard import PeerCallGuard
 from kubekv_server.peer.receiver import RaftPeerServicer
 from kubekv_server.rpc.connection import Http2Connection
 from kubekv_server.rpc.peer_server import PeerServer
-from tests.rpc.fake_transport import FakeTransport
+from tests.rpc.h2_client import open_grpc_call
 
 CID = 0xC1C1
 
@@ -54,16 +52,7 @@ def open_stream(loop: asyncio.AbstractEventLoop):
 
     server = loop.run_until_complete(setup())
     conn = Http2Connection(server.rpc)
-    transport = FakeTransport()
-    conn.connection_made(transport)
-    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
-                                                                  header_encoding=None))
-    client.initiate_connection()
-    sid = client.get_next_available_stream_id()
-    client.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
-                              (":path", "/raftpb.RaftPeer/Stream"), (":authority", "x"),
-                              ("content-type", "application/grpc")])
-    conn.data_received(client.data_to_send())
+    transport, client, sid = open_grpc_call(conn, "/raftpb.RaftPeer/Stream")
     loop.run_until_complete(asyncio.sleep(0))
     client.receive_data(transport.take())
     return server, conn, transport, client, sid, rx

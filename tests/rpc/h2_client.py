@@ -16,6 +16,8 @@ import hpack
 from kubekv_server.rpc import frames as f
 from kubekv_server.rpc.http2 import ServerConnection
 
+from .fake_transport import FakeTransport
+
 REQUEST = [(":method", "POST"), (":scheme", "http"), (":path", "/etcdserverpb.KV/Range"),
            (":authority", "localhost"), ("content-type", "application/grpc"),
            ("te", "trailers")]
@@ -69,6 +71,22 @@ class Pair:
         sid = self.client.get_next_available_stream_id()
         self.client.send_headers(sid, headers, end_stream=end_stream)
         return sid
+
+
+def open_grpc_call(conn, path: str) -> tuple[FakeTransport, h2.connection.H2Connection, int]:
+    """An h2 client over a fake socket to `conn` (an `Http2Connection`), with a gRPC call
+    on `path` opened and its headers handed to `conn`: (transport, client, stream id).
+    The caller runs the loop's passes and feeds the client what the server wrote."""
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    client = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    sid = client.get_next_available_stream_id()
+    client.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", path),
+                              (":authority", "x"), ("content-type", "application/grpc")])
+    conn.data_received(client.data_to_send())
+    return transport, client, sid
 
 
 def parse_frames(data: bytes) -> list[tuple[int, int, int, bytes]]:

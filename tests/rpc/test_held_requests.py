@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 
-import h2.config
-import h2.connection
 import pytest
 
 from etcdproto.raftpb import peer_pb2 as peer_pb
@@ -17,8 +15,7 @@ from kubekv_server.rpc.calls import Method
 from kubekv_server.rpc.connection import Http2Connection
 from kubekv_server.rpc.server import RpcServer
 
-from .fake_transport import FakeTransport
-from .h2_client import parse_frames
+from .h2_client import open_grpc_call, parse_frames
 
 PATH = b"/raftpb.RaftPeer/SendSnapshot"
 CHUNK = 256 << 10  # one request message's data
@@ -85,15 +82,7 @@ def test_held_requests_keep_their_window_until_the_handler_reads_them(loop, hold
     method.hold_requests = hold
     server.methods[PATH] = method
     conn = Http2Connection(server)
-    transport = FakeTransport()
-    conn.connection_made(transport)
-    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
-                                                             header_encoding=None))
-    c.initiate_connection()
-    sid = c.get_next_available_stream_id()
-    c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", PATH),
-                         (":authority", "x"), ("content-type", "application/grpc")])
-    conn.data_received(c.data_to_send())
+    transport, c, sid = open_grpc_call(conn, PATH)
     run(loop)
     preface = transport.take()
     c.receive_data(preface)
