@@ -220,8 +220,8 @@ def test_commit_only_hard_state_is_written_lazily_and_restart_copes(tmp_path):
             # "b" applied straight from the write that committed it (a lone voter); the
             # Ready cycle that takes that commit into Raft (and its commit-only hard state,
             # left for stop to write) may still be under way: let it end
-            while r.node.raft.raft_log.committed < index_b:
-                await asyncio.sleep(0.001)
+            await wait_for_async(lambda: r.node.raft.raft_log.committed >= index_b, 4.0,
+                                 "the Ready cycle that records b's commit", interval=0.001)
         finally:
             await r.stop()
         assert st.hard_state().commit == st.last_index()  # written at stop
