@@ -332,15 +332,15 @@ class Member:
         return call_on_loop(self.loop, fn, *args, timeout=timeout)
 
     def put(self, r: pb.PutRequest) -> asyncio.Future:
-        return self.propose_future("put", r, cost=quota.put_cost(r))
+        return self.proposer.propose_future("put", r, quota.put_cost(r))
 
     def delete_range(self, r: pb.DeleteRangeRequest) -> asyncio.Future:
-        return self.propose_future("delete_range", r)
+        return self.proposer.propose_future("delete_range", r)
 
     def txn(self, r: pb.TxnRequest, cost: int) -> asyncio.Future:
         """Loop thread: propose a txn that writes (read-only ones are `read_only_txn`'s);
         `cost` is its quota cost (found by `request_checks.check_txn`)."""
-        return self.propose_future("txn", r, cost=cost)
+        return self.proposer.propose_future("txn", r, cost)
 
     def compact(self, r: pb.CompactionRequest) -> pb.CompactionResponse:
         resp = self.propose("compaction", r)

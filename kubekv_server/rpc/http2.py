@@ -163,8 +163,9 @@ class Stream:
         self.send_window = send_window
         self.recv_window = recv_window
         self.recv_unacked = 0
-        # DATA (bytes) and a final trailers block (tuple) waiting for window
-        self.pending: collections.deque = collections.deque()
+        # DATA (bytes) and a final trailers block (tuple) waiting for window: a deque once
+        # something waited (most streams' answers never do, and make none)
+        self.pending: collections.deque | tuple = ()
         self.pending_bytes = 0
         self.content_length = -1  # from the request's content-length, if any
         self.received = 0
@@ -781,6 +782,8 @@ class ServerConnection:
                 self._out.append(b"".join([f.frame(f.DATA, 0, sid, data[i:i + size])
                                            for i in range(0, n, size)]))
             return
+        if not stream.pending:
+            stream.pending = collections.deque()
         stream.pending.append(data)
         stream.pending_bytes += n
         self.queued_bytes += n
