@@ -334,16 +334,20 @@ class ServerConnection:
                     self._reset(exc.stream_id, exc.code, events)
         finally:
             self._buf = buf[pos:] if pos < n else b""
-        self._refill()
+        if self.recv_unacked >= self.connection_window >> 2:
+            self._refill()
 
     def acknowledge(self, consumed: int) -> None:
         """The application consumed `consumed` bytes of DATA it was given: they may be
         given back to the client's connection window."""
         self.recv_unacked += consumed
-        self._refill()
+        if self.recv_unacked >= self.connection_window >> 2:
+            self._refill()
 
     def _refill(self) -> None:
-        if self.recv_unacked >= self.connection_window >> 2 and not self.closed:
+        """Give the consumed bytes back once they are a quarter of the window (which the
+        callers test first: most frames leave them short of it)."""
+        if not self.closed:
             self._out.append(f.window_update(0, self.recv_unacked))
             self.recv_window += self.recv_unacked
             self.recv_unacked = 0
@@ -545,7 +549,8 @@ class ServerConnection:
             self.send_window += increment
             if self.send_window > _WINDOW_MAX:
                 raise _ConnectionError(f.FLOW_CONTROL_ERROR, "connection window overflow")
-            self._unblock(events)
+            if self._blocked:
+                self._unblock(events)
             return
         if sid > self.last_stream_id:
             raise _ConnectionError(f.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
