@@ -4,6 +4,7 @@ numbers a shared machine's load moves far less than kv_bench.py's CPU per 1k req
     PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py rpc [--observer]
     PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py apply put|txn [--server-like]
     PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py api
+    PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py propose
 
 rpc    unary Puts over `Http2Connection` and a fake socket, 64 requests per read from an
        `h2` client (whose own work is not timed); an inline handler answers at once.
@@ -223,9 +224,59 @@ def api() -> tuple[float, float]:
             best(put_path, puts, pb.PutRequest.FromString))
 
 
+def propose() -> float:
+    from types import MethodType, SimpleNamespace
+
+    from kubekv_server.apply.applier import BatchResult
+    from kubekv_server.member.member import Member
+    from kubekv_server.member.proposals import Proposer
+    from kubekv_server.replication.raft_node import Proposal, resolve_proposals
+
+    loop = asyncio.new_event_loop()
+    futures: dict[int, asyncio.Future] = {}
+    listeners: list = []
+    ids = iter(range(ID, ID + 10**9))
+
+    def node_propose(rid: int, data: bytes) -> asyncio.Future:  # RaftNode.propose's part
+        fut = futures[rid] = Proposal(loop=loop)
+        return fut
+
+    node = SimpleNamespace(next_id=ids.__next__, propose=node_propose, term=2,
+                           add_listener=lambda fn, before_answers=False: listeners.append(fn))
+    member = SimpleNamespace(cluster_id=123456789, member_id=987654321, node=node)
+    proposer = Proposer(loop, node, 987654321, 1536 * 1024, 2 << 30, lambda: 1 << 20,
+                        lambda h, revision=None, term=None: Member.header(member, h, revision,
+                                                                            term))
+    member.proposer = proposer
+    member.propose_future = MethodType(Member.propose_future, member)  # as bound on a Member
+    puts = [pb.PutRequest(key=b"bench/key/%05d" % i, value=VALUE).SerializeToString()
+            for i in range(64)]
+
+    def one_batch() -> float:
+        reqs = [pb.PutRequest.FromString(d) for d in puts]
+        responses = []
+        for _ in reqs:
+            resp = pb.PutResponse()
+            resp.header.revision = 5
+            responses.append(resp)
+        t = time.thread_time()
+        made = [Member.put(member, r) for r in reqs]
+        batch = BatchResult(results=list(zip(futures, responses, strict=True)))
+        for fn in listeners:
+            fn(batch)
+        resolve_proposals(futures, batch.results)
+        spent = time.thread_time() - t
+        assert all(f.done() for f in made)
+        return spent
+
+    for _ in range(50):
+        one_batch()
+    return min(sum(one_batch() for _ in range(100)) / (100 * 64) for _ in range(7))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=("rpc", "apply", "api"))
+    p.add_argument("part", choices=("rpc", "apply", "api", "propose"))
     p.add_argument("kind", nargs="?", choices=("put", "txn"), default="put",
                    help="apply: Put or kube Txn entries")
     p.add_argument("--observer", action="store_true", help="rpc: count calls in metrics")
@@ -237,6 +288,8 @@ def main() -> None:
     elif args.part == "apply":
         us = apply(args.kind, args.server_like) * 1e6
         print(f"apply {args.kind}: {us:.2f} us thread CPU per request")
+    elif args.part == "propose":
+        print(f"propose: {propose() * 1e6:.2f} us thread CPU per Put")
     else:
         t, u = api()
         print(f"api: txn {t * 1e6:.2f} us, put {u * 1e6:.2f} us thread CPU per request")
