@@ -1,4 +1,4 @@
-"""Thread CPU per request of three parts of the write path, in-process, without a server:
+"""Thread CPU per request of four parts of the write path, in-process, without a server:
 numbers a shared machine's load moves far less than kv_bench.py's CPU per 1k requests.
 
     PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py rpc [--observer]
@@ -17,6 +17,11 @@ apply  `Applier.apply` on batches of 64 Put or kube-style update Txn entries (If
        batch interval), so the uncommitted view and LMDB's dirty pages grow as there.
 api    what the loop thread does to a kube Txn (and a Put) before proposing it: the
        request checks, is_read_only, the quota cost, serialization, the log entry.
+propose  a Put's handler and the member's side of it on the loop thread, RaftNode
+       stubbed: `KVService.Put` (checks, quota cost, id, log entry, proposal, request
+       timeout) for 64 requests, then their applied batch answered (headers filled,
+       proposals resolved) as `RaftNode._applied` does; the responses are made before
+       the clock starts.
 
 Each prints the best of 7 rounds of thread CPU (`time.thread_time`) per request.
 Alternate trees (A, B, A, B...) to compare them.
@@ -190,7 +195,6 @@ def apply(kind: str, server_like: bool = False) -> float:
 
 def api() -> tuple[float, float]:
     from kubekv_server.api import request_checks
-    from kubekv_server.member import quota
     from kubekv_server.member.proposals import encode_internal
 
     # requests parsed afresh, as the server parses each one: reading the same message
@@ -207,8 +211,7 @@ def api() -> tuple[float, float]:
 
     def put_path(reqs: list) -> None:  # KVService.Put, Member.put, Proposer._encode
         for put in reqs:
-            request_checks.check_put(put)
-            quota.put_cost(put)
+            request_checks.check_put(put)  # and the quota cost
             encode_internal(ID, "put", put.SerializeToString(), ("", 0))
 
     def best(path, data: list, parse) -> float:
@@ -227,6 +230,7 @@ def api() -> tuple[float, float]:
 def propose() -> float:
     from types import MethodType, SimpleNamespace
 
+    from kubekv_server.api.kv import KVService
     from kubekv_server.apply.applier import BatchResult
     from kubekv_server.member.member import Member
     from kubekv_server.member.proposals import Proposer
@@ -248,7 +252,9 @@ def propose() -> float:
                         lambda h, revision=None, term=None: Member.header(member, h, revision,
                                                                             term))
     member.proposer = proposer
-    member.propose_future = MethodType(Member.propose_future, member)  # as bound on a Member
+    for name in ("put", "propose_future"):  # bound as on a Member
+        setattr(member, name, MethodType(getattr(Member, name), member))
+    service = KVService(member)
     puts = [pb.PutRequest(key=b"bench/key/%05d" % i, value=VALUE).SerializeToString()
             for i in range(64)]
 
@@ -260,7 +266,7 @@ def propose() -> float:
             resp.header.revision = 5
             responses.append(resp)
         t = time.thread_time()
-        made = [Member.put(member, r) for r in reqs]
+        made = [service.Put(r, None) for r in reqs]
         batch = BatchResult(results=list(zip(futures, responses, strict=True)))
         for fn in listeners:
             fn(batch)
