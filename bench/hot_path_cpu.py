@@ -1,9 +1,10 @@
-"""Thread CPU per request of three parts of the write path, in-process, without a server:
+"""Thread CPU per request of four parts of the write path, in-process, without a server:
 numbers a shared machine's load moves far less than kv_bench.py's CPU per 1k requests.
 
     PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py rpc [--observer]
     PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py apply put|txn [--server-like]
     PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py api
+    PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py propose
 
 rpc    unary Puts over `Http2Connection` and a fake socket, 64 requests per read from an
        `h2` client (whose own work is not timed); an inline handler answers at once.
@@ -16,6 +17,11 @@ apply  `Applier.apply` on batches of 64 Put or kube-style update Txn entries (If
        batch interval), so the uncommitted view and LMDB's dirty pages grow as there.
 api    what the loop thread does to a kube Txn (and a Put) before proposing it: the
        request checks, is_read_only, the quota cost, serialization, the log entry.
+propose  a Put's handler and the member's side of it on the loop thread, RaftNode
+       stubbed: `KVService.Put` (checks, quota cost, id, log entry, proposal, request
+       timeout) for 64 requests, then their applied batch answered (headers filled,
+       proposals resolved) as `RaftNode._applied` does; the responses are made before
+       the clock starts.
 
 Each prints the best of 7 rounds of thread CPU (`time.thread_time`) per request.
 Alternate trees (A, B, A, B...) to compare them.
@@ -189,7 +195,6 @@ def apply(kind: str, server_like: bool = False) -> float:
 
 def api() -> tuple[float, float]:
     from kubekv_server.api import request_checks
-    from kubekv_server.member import quota
     from kubekv_server.member.proposals import encode_internal
 
     # requests parsed afresh, as the server parses each one: reading the same message
@@ -206,8 +211,7 @@ def api() -> tuple[float, float]:
 
     def put_path(reqs: list) -> None:  # KVService.Put, Member.put, Proposer._encode
         for put in reqs:
-            request_checks.check_put(put)
-            quota.put_cost(put)
+            request_checks.check_put(put)  # and the quota cost
             encode_internal(ID, "put", put.SerializeToString(), ("", 0))
 
     def best(path, data: list, parse) -> float:
@@ -223,9 +227,62 @@ def api() -> tuple[float, float]:
             best(put_path, puts, pb.PutRequest.FromString))
 
 
+def propose() -> float:
+    from types import MethodType, SimpleNamespace
+
+    from kubekv_server.api.kv import KVService
+    from kubekv_server.apply.applier import BatchResult
+    from kubekv_server.member.member import Member
+    from kubekv_server.member.proposals import Proposer
+    from kubekv_server.replication.raft_node import Proposal, resolve_proposals
+
+    loop = asyncio.new_event_loop()
+    futures: dict[int, asyncio.Future] = {}
+    listeners: list = []
+    ids = iter(range(ID, ID + 10**9))
+
+    def node_propose(rid: int, data: bytes) -> asyncio.Future:  # RaftNode.propose's part
+        fut = futures[rid] = Proposal(loop=loop)
+        return fut
+
+    node = SimpleNamespace(next_id=ids.__next__, propose=node_propose, term=2,
+                           add_listener=lambda fn, before_answers=False: listeners.append(fn))
+    member = SimpleNamespace(cluster_id=123456789, member_id=987654321, node=node)
+    proposer = Proposer(loop, node, 987654321, 1536 * 1024, 2 << 30, lambda: 1 << 20,
+                        lambda h, revision=None, term=None: Member.header(member, h, revision,
+                                                                            term))
+    member.proposer = proposer
+    for name in ("put", "propose_future"):  # bound as on a Member
+        setattr(member, name, MethodType(getattr(Member, name), member))
+    service = KVService(member)
+    puts = [pb.PutRequest(key=b"bench/key/%05d" % i, value=VALUE).SerializeToString()
+            for i in range(64)]
+
+    def one_batch() -> float:
+        reqs = [pb.PutRequest.FromString(d) for d in puts]
+        responses = []
+        for _ in reqs:
+            resp = pb.PutResponse()
+            resp.header.revision = 5
+            responses.append(resp)
+        t = time.thread_time()
+        made = [service.Put(r, None) for r in reqs]
+        batch = BatchResult(results=list(zip(futures, responses, strict=True)))
+        for fn in listeners:
+            fn(batch)
+        resolve_proposals(futures, batch.results)
+        spent = time.thread_time() - t
+        assert all(f.done() for f in made)
+        return spent
+
+    for _ in range(50):
+        one_batch()
+    return min(sum(one_batch() for _ in range(100)) / (100 * 64) for _ in range(7))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=("rpc", "apply", "api"))
+    p.add_argument("part", choices=("rpc", "apply", "api", "propose"))
     p.add_argument("kind", nargs="?", choices=("put", "txn"), default="put",
                    help="apply: Put or kube Txn entries")
     p.add_argument("--observer", action="store_true", help="rpc: count calls in metrics")
@@ -237,6 +294,8 @@ def main() -> None:
     elif args.part == "apply":
         us = apply(args.kind, args.server_like) * 1e6
         print(f"apply {args.kind}: {us:.2f} us thread CPU per request")
+    elif args.part == "propose":
+        print(f"propose: {propose() * 1e6:.2f} us thread CPU per Put")
     else:
         t, u = api()
         print(f"api: txn {t * 1e6:.2f} us, put {u * 1e6:.2f} us thread CPU per request")

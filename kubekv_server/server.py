@@ -171,8 +171,10 @@ class ClientServer:
 
     def _require_leader(self, headers) -> tuple[int, str] | None:
         """etcd's `hasleader` metadata: such a call fails at once while there is no leader."""
+        if self.member.node.leader_id != 0:  # a leader: no call is refused, no scan
+            return None
         for k, v in headers:
-            if k == b"hasleader" and v == b"true" and self.member.node.leader_id == 0:
+            if k == b"hasleader" and v == b"true":
                 return 14, "etcdserver: no leader"  # Unavailable
         return None
 

@@ -28,8 +28,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
     @inline
     @etcd_errors
     def Put(self, request, context):
-        request_checks.check_put(request)
-        return self.member.put(request)
+        return self.member.put(request, request_checks.check_put(request))
 
     @inline
     @etcd_errors

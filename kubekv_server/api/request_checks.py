@@ -16,13 +16,18 @@ def check_range(r: pb.RangeRequest) -> None:
         raise errors.EMPTY_KEY
 
 
-def check_put(r: pb.PutRequest) -> None:
-    if not r.key:
+def check_put(r: pb.PutRequest) -> int:
+    """etcd's checkPutRequest; returns the Put's quota cost (etcd's estimate: its key,
+    its value and KV_OVERHEAD), from the one read of each field the check makes."""
+    key = r.key
+    if not key:
         raise errors.EMPTY_KEY
-    if r.ignore_value and r.value:
+    value = r.value
+    if r.ignore_value and value:
         raise errors.VALUE_PROVIDED
     if r.ignore_lease and r.lease:
         raise errors.LEASE_PROVIDED
+    return quota.KV_OVERHEAD + len(key) + len(value)
 
 
 def check_delete(r: pb.DeleteRangeRequest) -> None:
@@ -62,8 +67,8 @@ _Branch = tuple[list[bytes], _Deletes, list[tuple["_Branch", "_Branch"]], int, b
 def _check_branch(ops, max_txn_ops: int) -> _Branch:
     """etcd's checks of one branch's ops (checkRequestOp), in order, in one read of its
     ops (each read of a repeated message field makes its wrappers again); gathers what
-    the duplicate-key check needs, the branch's quota cost (`quota.put_cost` of its
-    puts) and whether it only reads (etcd's isTxnReadonly: only Ranges)."""
+    the duplicate-key check needs, the branch's quota cost (its puts', from
+    `check_put`) and whether it only reads (etcd's isTxnReadonly: only Ranges)."""
     put_keys: list[bytes] = []
     dels = _Deletes()
     nested: list[tuple[_Branch, _Branch]] = []
@@ -73,10 +78,8 @@ def _check_branch(ops, max_txn_ops: int) -> _Branch:
         kind = op.WhichOneof("request")
         if kind == "request_put":
             p = op.request_put
-            check_put(p)
-            key = p.key
-            put_keys.append(key)
-            cost += quota.KV_OVERHEAD + len(key) + len(p.value)  # quota.put_cost(p), inline
+            cost += check_put(p)
+            put_keys.append(p.key)
             read_only = False
         elif kind == "request_range":
             check_range(op.request_range)

@@ -23,7 +23,7 @@ from kubekv_server.auth import AuthStore, password, token_provider
 from kubekv_server.config.flags import Config
 from kubekv_server.lease import LeaseStore, Lessor, min_lease_ttl
 from kubekv_server.lease.lessor import DEFAULT_CHECKPOINT_INTERVAL
-from kubekv_server.member import corruption, quota
+from kubekv_server.member import corruption
 from kubekv_server.member.auto_compaction import REVISION_INTERVAL, AutoCompactor
 from kubekv_server.member.bootstrap import (
     import_etcd_backend,
@@ -331,16 +331,18 @@ class Member:
         """Worker threads only: run fn(*args) on the loop; its result, or its future's."""
         return call_on_loop(self.loop, fn, *args, timeout=timeout)
 
-    def put(self, r: pb.PutRequest) -> asyncio.Future:
-        return self.propose_future("put", r, cost=quota.put_cost(r))
+    def put(self, r: pb.PutRequest, cost: int) -> asyncio.Future:
+        """Loop thread: propose a Put; `cost` is its quota cost (from
+        `request_checks.check_put`)."""
+        return self.proposer.propose_future("put", r, cost)
 
     def delete_range(self, r: pb.DeleteRangeRequest) -> asyncio.Future:
-        return self.propose_future("delete_range", r)
+        return self.proposer.propose_future("delete_range", r)
 
     def txn(self, r: pb.TxnRequest, cost: int) -> asyncio.Future:
         """Loop thread: propose a txn that writes (read-only ones are `read_only_txn`'s);
         `cost` is its quota cost (found by `request_checks.check_txn`)."""
-        return self.propose_future("txn", r, cost=cost)
+        return self.proposer.propose_future("txn", r, cost)
 
     def compact(self, r: pb.CompactionRequest) -> pb.CompactionResponse:
         resp = self.propose("compaction", r)

@@ -36,8 +36,9 @@ def _varint_loop(n: int) -> bytes:
     return bytes(out)
 
 
-# The varint of the last `n >> 28` seen: request ids (`RaftNode.next_id`) share their
-# high bits, so a proposal's 9-byte id is four computed bytes and this tail.
+# The varint of the last `n >> 7` seen: request ids (`RaftNode.next_id`) count up, so
+# consecutive ids share all but their lowest 7 bits, and an id's 9-byte varint is one
+# computed byte and this tail.
 _last_high: tuple[int, bytes] = (0, b"")
 
 
@@ -48,15 +49,12 @@ def _varint(n: int) -> bytes:
         return bytes((n,))
     if n < 0x4000:
         return bytes(((n & 0x7F) | 0x80, n >> 7))
-    high = n >> 28
-    if not high:
-        return _varint_loop(n)
+    high = n >> 7
     known, tail = _last_high
     if known != high:
         tail = _varint_loop(high)
         _last_high = (high, tail)
-    return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, ((n >> 14) & 0x7F) | 0x80,
-                  ((n >> 21) & 0x7F) | 0x80)) + tail
+    return bytes(((n & 0x7F) | 0x80,)) + tail
 
 
 # The tag of each InternalRequest.request field (length-delimited), by field name.
@@ -73,21 +71,24 @@ def encode_internal(request_id: int, field: str, body: bytes,
     """InternalRequest(id=request_id, <field>=request, auth=caller) serialized, from the
     request's own serialization: byte for byte what protobuf makes, without copying the
     request (its value) into an InternalRequest message first."""
-    parts = [_ID_TAG, _varint(request_id)] if request_id else []
-    parts += (_TAGS[field], _varint(len(body)), body)
-    if caller is not None:  # AuthHeader: username (1), revision (2); proto3 omits defaults
-        username, revision = caller
-        if not username and not revision:  # the empty caller (auth off): an empty AuthHeader
-            parts.append(_EMPTY_AUTH)
-        else:
-            auth = b""
-            if username:
-                name = username.encode()
-                auth = b"\x0a" + _varint(len(name)) + name
-            if revision:
-                auth += b"\x10" + _varint(revision)
-            parts += (_AUTH_TAG, _varint(len(auth)), auth)
-    return b"".join(parts)
+    n = len(body)
+    head = _TAGS[field] + (bytes(((n & 0x7F) | 0x80, n >> 7)) if 0x80 <= n < 0x4000
+                           else _varint(n))
+    if request_id:
+        head = _ID_TAG + _varint(request_id) + head
+    if caller is None:
+        return head + body
+    # AuthHeader: username (1), revision (2); proto3 omits defaults
+    username, revision = caller
+    if not username and not revision:  # the empty caller (auth off): an empty AuthHeader
+        return b"".join((head, body, _EMPTY_AUTH))
+    auth = b""
+    if username:
+        name = username.encode()
+        auth = b"\x0a" + _varint(len(name)) + name
+    if revision:
+        auth += b"\x10" + _varint(revision)
+    return b"".join((head, body, _AUTH_TAG, _varint(len(auth)), auth))
 
 
 # Entries a deadline queue may hold before the answered ones behind an unanswered
@@ -198,24 +199,21 @@ class Proposer:
         self.propose_future("alarm", alarm).add_done_callback(raised)
         return out
 
-    def _encode(self, field: str, request) -> tuple[int, bytes]:
-        rid = self.node.next_id()
-        # a client's request carries its caller: the applier checks its permissions
-        data = encode_internal(rid, field, request.SerializeToString(), call_principal.get())
-        limit = self.max_request_bytes
-        if len(data) + _MAX_ETCD_GROWTH > limit and \
-                etcd_entry_size(self.member_id, rid, len(data)) > limit:
-            raise errors.REQUEST_TOO_LARGE
-        return rid, data
-
     def propose_future(self, field: str, request, cost: int = 0,
                        timeout: float = REQUEST_TIMEOUT) -> asyncio.Future:
         """Loop thread: log a request; the future resolves to its response, header filled
         (by `_fill_headers`), or fails with etcd's TIMEOUT after `timeout` seconds."""
         if cost and self.db_size + cost >= self.quota_bytes:  # _quota_exceeded's test
             return self._quota_exceeded(cost)
-        rid, data = self._encode(field, request)
-        fut = self.node.propose(rid, data)
+        node = self.node
+        rid = node.next_id()
+        # a client's request carries its caller: the applier checks its permissions
+        data = encode_internal(rid, field, request.SerializeToString(), call_principal.get())
+        limit = self.max_request_bytes
+        if len(data) + _MAX_ETCD_GROWTH > limit and \
+                etcd_entry_size(self.member_id, rid, len(data)) > limit:
+            raise errors.REQUEST_TOO_LARGE
+        fut = node.propose(rid, data)
         self._deadlines.add(fut, timeout)
         return fut
 

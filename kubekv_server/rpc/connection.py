@@ -183,22 +183,26 @@ class Http2Connection(asyncio.Protocol):
             violations.error(self._client, "connection_failed", exc_info=True)
             h2.terminate(f.INTERNAL_ERROR, "internal error")
             self._terminated = True
-        if self.h2.established and self._preface_timer is not None:
+        if self._preface_timer is not None and h2.established:
             self._preface_timer.cancel()
             self._preface_timer = None
         self.flush()
         if self._terminated:
             self.transport.close()
             return
-        if h2.has_complete_frame() and not self._write_paused:
+        waiting = h2.has_complete_frame()
+        if waiting and not self._write_paused:
             self._schedule_process()
-        self._update_reading()
+        self._update_reading(waiting)
 
-    def _update_reading(self) -> None:
-        """Read only while the client takes our answers and no frames wait to be parsed."""
+    def _update_reading(self, waiting: bool | None = None) -> None:
+        """Read only while the client takes our answers and no frames wait to be parsed
+        (`waiting`: whether frames wait, if the caller just asked)."""
         if self.closed or self.transport is None or self._protocol is not _HTTP2:
             return
-        pause = self._write_paused or self.h2.has_complete_frame()
+        if waiting is None:
+            waiting = self.h2.has_complete_frame()
+        pause = self._write_paused or waiting
         if pause and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()
@@ -321,11 +325,13 @@ class Http2Connection(asyncio.Protocol):
         self._flush_scheduled = False
         if self.closed or self.h2 is None:
             return
-        data = self.h2.data_to_send()
+        h2 = self.h2
+        data = h2.data_to_send()
         if data:
             self.transport.write(data)
-        if not self._write_paused and self.transport.get_write_buffer_size() == 0:
-            self.h2.socket_drained()
+        if h2.control_frames_queued and not self._write_paused \
+                and self.transport.get_write_buffer_size() == 0:
+            h2.socket_drained()
 
     def send_headers(self, call: Call, block: bytes, end_stream: bool) -> None:
         self.h2.send_headers(call.stream_id, block, end_stream)
@@ -342,7 +348,8 @@ class Http2Connection(asyncio.Protocol):
         """A unary answer: headers, one DATA, trailers."""
         self.h2.send_response(call.stream_id, block, data, trailers)
         self._forget(call)
-        self._schedule_flush()
+        if not self._flush_scheduled:  # (a held write's owner flushes: `held_write`)
+            self._schedule_flush()
 
     def send_trailers(self, call: Call, block: bytes) -> None:
         """End a call's stream with trailers, after any DATA still waiting for window."""

@@ -163,8 +163,9 @@ class Stream:
         self.send_window = send_window
         self.recv_window = recv_window
         self.recv_unacked = 0
-        # DATA (bytes) and a final trailers block (tuple) waiting for window
-        self.pending: collections.deque = collections.deque()
+        # DATA (bytes) and a final trailers block (tuple) waiting for window: a deque once
+        # something waited (most streams' answers never do, and make none)
+        self.pending: collections.deque | tuple = ()
         self.pending_bytes = 0
         self.content_length = -1  # from the request's content-length, if any
         self.received = 0
@@ -333,16 +334,20 @@ class ServerConnection:
                     self._reset(exc.stream_id, exc.code, events)
         finally:
             self._buf = buf[pos:] if pos < n else b""
-        self._refill()
+        if self.recv_unacked >= self.connection_window >> 2:
+            self._refill()
 
     def acknowledge(self, consumed: int) -> None:
         """The application consumed `consumed` bytes of DATA it was given: they may be
         given back to the client's connection window."""
         self.recv_unacked += consumed
-        self._refill()
+        if self.recv_unacked >= self.connection_window >> 2:
+            self._refill()
 
     def _refill(self) -> None:
-        if self.recv_unacked >= self.connection_window >> 2 and not self.closed:
+        """Give the consumed bytes back once they are a quarter of the window (which the
+        callers test first: most frames leave them short of it)."""
+        if not self.closed:
             self._out.append(f.window_update(0, self.recv_unacked))
             self.recv_window += self.recv_unacked
             self.recv_unacked = 0
@@ -544,7 +549,8 @@ class ServerConnection:
             self.send_window += increment
             if self.send_window > _WINDOW_MAX:
                 raise _ConnectionError(f.FLOW_CONTROL_ERROR, "connection window overflow")
-            self._unblock(events)
+            if self._blocked:
+                self._unblock(events)
             return
         if sid > self.last_stream_id:
             raise _ConnectionError(f.PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
@@ -781,6 +787,8 @@ class ServerConnection:
                 self._out.append(b"".join([f.frame(f.DATA, 0, sid, data[i:i + size])
                                            for i in range(0, n, size)]))
             return
+        if not stream.pending:
+            stream.pending = collections.deque()
         stream.pending.append(data)
         stream.pending_bytes += n
         self.queued_bytes += n

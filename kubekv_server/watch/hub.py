@@ -29,6 +29,8 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import islice
+from operator import itemgetter
 
 from etcdproto.mvccpb.kv_pb2 import Event
 from kubekv_server.mvcc import CompactedError, MVCCStore
@@ -42,6 +44,8 @@ MAX_WATCHERS_PER_SYNC = 512
 # watchers catch up from MVCC history instead.
 RECENT_REVISIONS = 4096
 RECENT_BYTES = 32 << 20
+# The encoded size of a revision logged for the streams: (revision, events, size).
+_SIZE = itemgetter(2)
 # Responses (created, canceled, progress, catch-up) queued on one stream before its
 # unsynced watchers wait for it to drain.
 DEFAULT_MAX_PENDING = 1024
@@ -461,7 +465,7 @@ class WatchHub:
         the newest revision stays)."""
         log = self._log
         drop = max(len(log) - self.recent_revisions, 0)
-        size = self._log_bytes - sum(e[2] for e in log[:drop])
+        size = self._log_bytes - sum(map(_SIZE, islice(log, drop)))
         while drop < len(log) - 1 and size > self.recent_bytes:
             size -= log[drop][2]
             drop += 1

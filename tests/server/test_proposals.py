@@ -42,10 +42,11 @@ def test_encoding_is_protobufs(rid, caller):
 
 
 def test_varint_is_protobufs_across_cached_high_bits():
-    """_varint keeps the last id's high bits: ids crossing a 2^28 boundary, and others
-    between them, still encode as protobuf does."""
+    """_varint keeps the last id's bits above the lowest 7: ids counting across 2^7 and
+    2^28 boundaries, and others between them, still encode as protobuf does."""
     base = (0x1234 << 48) | ((1 << 28) - 3)
     values = [base + i for i in range(6)] + [5, 300, 2**28 - 1, 2**28, base, 2**64 - 1, base + 9]
+    values += [base + i for i in range(120, 400)] + [127, 128, 16383, 16384, 2**63, base + 3]
     for n in values:
         assert _varint(n) == internal_pb2.InternalRequest(id=n).SerializeToString()[1:], n
 
