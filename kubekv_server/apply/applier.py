@@ -281,7 +281,16 @@ class Applier:
             return
         (self._window if self._direct else self._kv_steps).append((index, data))
         self._revs = self._after(step)
-        self._applied(step, result, events, out)
+        # what _applied records, for a key request: its changes for the pending view
+        # (or the commit, if a key moved between leases), its events at the revision
+        # it made (their size is never 0), its response
+        if step.touched_leases:
+            out.must_commit = True
+        else:
+            out.rows.extend(step.rows)
+        if events:
+            out.revisions.append((self._revs[0], events, step.event_bytes))
+        out.results.append((req.id, result))
 
     def _after(self, step: Step) -> tuple[int, int]:
         """The (current, compact revision) after a key request applied with `_revs`."""

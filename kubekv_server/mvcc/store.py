@@ -422,6 +422,9 @@ class WriteTxn(_Reader):
         # whether it wrote anything yet (set before its first LMDB write): a request that
         # fails before then needs nothing undone
         self.dirty = False
+        # whether a change attached a key to a lease or detached one (its lease differs
+        # from the one it had): only then have the lease records anything to follow
+        self.leases_moved = False
 
     def _range_rev(self) -> int:
         return self.current_revision + 1 if self._changes else self.current_revision
@@ -450,11 +453,15 @@ class WriteTxn(_Reader):
             prev = None
             kv.create_revision = rev
             kv.version = 1
+            if lease:
+                self.leases_moved = True
         else:
             prev = ev.prev_kv
             prev.ParseFromString(prev_raw)
             kv.create_revision = prev.create_revision
             kv.version = prev.version + 1
+            if prev.lease != lease:
+                self.leases_moved = True
         data = kv.SerializeToString()
         rb = rev_to_bytes(rev, len(self._changes))
         txn.put(rb, data, db=dbs.key, append=True)
@@ -495,6 +502,8 @@ class WriteTxn(_Reader):
             ev.kv.mod_revision = rev
             prev = ev.prev_kv
             prev.ParseFromString(v)
+            if prev.lease:
+                self.leases_moved = True
             deleted.append(prev)
             self._changes.append(ev)
             self.changes_bytes += 2 + _field_size(ev.kv.ByteSize()) + _field_size(len(v))

@@ -15,6 +15,7 @@ from kubekv_server.backend.state_db import Backend
 from kubekv_server.lease import LeaseStore
 from kubekv_server.member.proposals import encode_internal
 from kubekv_server.mvcc import MVCCStore
+from kubekv_server.mvcc.store import WriteTxn
 
 
 class Member:
@@ -55,19 +56,21 @@ def txn(key: bytes, value: bytes) -> tuple[str, object]:
 
 
 @pytest.fixture
-def failing_track(monkeypatch):
-    """LeaseStore.track raises for the key `bad`: after the request's MVCC writes."""
-    track = LeaseStore.track
+def failing_end(monkeypatch):
+    """An MVCC write txn that changed the key `bad` raises as it ends: after its writes
+    (and its op counts), as a failing LMDB call or a bug there would."""
+    end = WriteTxn.end
 
-    def maybe_fail(self, txn, changes):
-        if any(ev.kv.key == b"bad" for ev in changes):
+    def maybe_fail(self):
+        rev = end(self)
+        if any(ev.kv.key == b"bad" for ev in self.changes):
             raise RuntimeError("disk on fire")
-        return track(self, txn, changes)
+        return rev
 
-    monkeypatch.setattr(LeaseStore, "track", maybe_fail)
+    monkeypatch.setattr(WriteTxn, "end", maybe_fail)
 
 
-def test_a_request_failing_after_its_writes_leaves_nothing(tmp_path, failing_track):
+def test_a_request_failing_after_its_writes_leaves_nothing(tmp_path, failing_end):
     m, ref = Member(tmp_path / "m"), Member(tmp_path / "ref")
     m.apply(put(b"a"), ("delete_range", pb.DeleteRangeRequest(key=b"nothing")))
     ref.apply(put(b"a"), ("delete_range", pb.DeleteRangeRequest(key=b"nothing")))
@@ -105,7 +108,7 @@ def test_refused_and_other_requests_between_key_requests(tmp_path):
         assert m.leases.keys(t, 7) == [b"b"]
 
 
-def test_a_failure_after_another_kind_of_request_in_the_window(tmp_path, failing_track):
+def test_a_failure_after_another_kind_of_request_in_the_window(tmp_path, failing_end):
     """After a lease grant the window's key requests run in a nested txn: a failure there
     applies again only that txn's requests (the grant is not applied twice)."""
     m, ref = Member(tmp_path / "m"), Member(tmp_path / "ref")
