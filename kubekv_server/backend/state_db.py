@@ -26,8 +26,9 @@ DEFAULT_MAP_SIZE = 64 << 30
 DEFAULT_BATCH_INTERVAL = 0.1
 DEFAULT_BATCH_LIMIT = 10000
 # ... or once the key changes it holds reach this many bytes, whatever the flags say:
-# until the commit they sit twice in memory (the MVCC store's pending view, and LMDB's
-# dirty pages of the open txn), and 10,000 requests of etcd's largest size would be
+# until the commit they sit in memory two or three times (the MVCC store's pending view,
+# LMDB's dirty pages of the open txn, and the requests' data the applier keeps to apply
+# them again if one fails half-way), and 10,000 requests of etcd's largest size would be
 # 15 GiB. 64 MiB is ~40 of the largest requests, and thousands of ordinary ones.
 MAX_UNCOMMITTED_BYTES = 64 << 20
 # Within this many bytes of the quota (--quota-backend-bytes) the apply txn commits
