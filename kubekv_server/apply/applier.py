@@ -158,7 +158,7 @@ class Applier:
                 self._revs = self._window_revs = self.mvcc.revisions_in(txn)
                 self._stored = self._base = self._revs[0]
             try:
-                done = started_batch  # when the previous entry was done
+                done = time.perf_counter()  # when the previous entry was done
                 for entry in todo:
                     if entry.type == raft_pb2.EntryNormal and entry.data:
                         self._apply_request(entry.index, entry.data, out)
