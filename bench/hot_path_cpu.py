@@ -3,6 +3,7 @@ numbers a shared machine's load moves far less than kv_bench.py's CPU per 1k req
 
     PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py rpc [--observer]
     PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py apply put|txn [--server-like]
+    PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py apply put --server-like --batch 1
     PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py api
     PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py propose
 
@@ -15,6 +16,8 @@ apply  `Applier.apply` on batches of 64 Put or kube-style update Txn entries (If
        keys drawn at random from 10,000 preloaded ones, the state db on disk (TMPDIR) and
        its apply txn committed every 900 entries (~0.1 s of Puts at 9k/s, the backend's
        batch interval), so the uncommitted view and LMDB's dirty pages grow as there.
+       `--batch 1`: as at 1 in flight instead, one entry per batch, committed every 150
+       (~0.1 s of Puts at 1 in flight): the per-batch cost, commits included.
 api    what the loop thread does to a kube Txn (and a Put) before proposing it: the
        request checks, is_read_only, the quota cost, serialization, the log entry.
 propose  a Put's handler and the member's side of it on the loop thread, RaftNode
@@ -124,7 +127,7 @@ def rpc(observer: bool) -> float:
     return min(sum(one_read() for _ in range(40)) / (40 * 64) for _ in range(7))
 
 
-def apply(kind: str, server_like: bool = False) -> float:
+def apply(kind: str, server_like: bool = False, per_batch: int = 20) -> float:
     import random
 
     from etcdproto.raftpb import raft_pb2
@@ -138,10 +141,11 @@ def apply(kind: str, server_like: bool = False) -> float:
 
     shm = pathlib.Path("/dev/shm")
     tmp = tempfile.mkdtemp(dir=None if server_like or not shm.is_dir() else shm)
-    nkeys, size = (10000, 20) if server_like else (64, 64)
+    nkeys, size = (10000, per_batch) if server_like else (64, 64)
     rng = random.Random(1)
     try:
-        backend = Backend(tmp + "/db", batch_interval=1e9, batch_limit=900) \
+        backend = Backend(tmp + "/db", batch_interval=1e9,
+                          batch_limit=900 if per_batch > 1 else 150) \
             if server_like else Backend(tmp + "/db")
         auth = AuthStore(backend, provider_from_flags("simple", 300), False,
                          applied_index=lambda: 0)
@@ -184,7 +188,7 @@ def apply(kind: str, server_like: bool = False) -> float:
         def rounds(n: int = 30) -> float:
             if not server_like:
                 return sum(run(all_keys) for _ in range(n)) / (n * size)
-            n *= 3
+            n *= 3 if size > 1 else 60
             return sum(run(rng.sample(all_keys, size)) for _ in range(n)) / (n * size)
 
         rounds()
@@ -288,11 +292,13 @@ def main() -> None:
     p.add_argument("--observer", action="store_true", help="rpc: count calls in metrics")
     p.add_argument("--server-like", action="store_true",
                    help="apply: random keys over 10,000, batches of 20, on disk (see above)")
+    p.add_argument("--batch", type=int, default=20, choices=(1, 20),
+                   help="apply --server-like: entries per batch")
     args = p.parse_args()
     if args.part == "rpc":
         print(f"rpc: {rpc(args.observer) * 1e6:.2f} us thread CPU per unary call")
     elif args.part == "apply":
-        us = apply(args.kind, args.server_like) * 1e6
+        us = apply(args.kind, args.server_like, args.batch) * 1e6
         print(f"apply {args.kind}: {us:.2f} us thread CPU per request")
     elif args.part == "propose":
         print(f"propose: {propose() * 1e6:.2f} us thread CPU per Put")

@@ -8,16 +8,22 @@ at once after a batch that changed anything but keys (membership, leases, auth,
 alarms, compaction, a key's lease): those are read from committed state. The key
 changes applied but not committed are published after each batch as the MVCC
 store's `pending` view, which readers lay over their snapshot (mvcc/pending.py).
-A request that fails leaves no partial change. Key requests (put, delete_range,
-txn) of a batch run together in one nested transaction, as they change nothing but
-LMDB: one that fails after writing drops it, and the batch's earlier key requests are
-applied again into a new one (the same writes: applying is deterministic); one that
-fails before writing, as every refused request does (kv/txn.py), needs nothing undone.
-Any other request runs in a nested transaction of its own, after the key requests
-before it are committed into the apply transaction. A nested transaction per key
-request cost ~7 µs (`bench/hot_path_cpu.py apply put --server-like`: LMDB copies
-the pages it touches that the apply transaction already holds dirty, and merges
-its dirty list into the parent's).
+The applied index and the current revision are stored once, just before the
+transaction commits (`Backend.before_commit`): nothing reads them from it meanwhile.
+
+A request that fails leaves no partial change. Key requests (put, delete_range, txn)
+change nothing but LMDB, so they write straight into the apply transaction: one that
+fails after writing makes the transaction begin anew (`Backend.restart_txn`) and the
+key requests it held since its last commit are applied again, from their entries'
+data (the same writes: applying is deterministic); one that fails before writing, as
+every refused request does (kv/txn.py), needs nothing undone. Any other request runs
+in a nested transaction of its own (its in-memory effects, auth, alarms, must never
+run twice), and from then to the next commit the key requests of each batch share a
+nested transaction, dropped and filled again on such a failure. A nested transaction
+per batch cost ~3.5 µs at one entry per batch, and one per request ~7 µs
+(`bench/hot_path_cpu.py apply put --server-like`: LMDB copies the pages it touches
+that the apply transaction already holds dirty, and merges its dirty list into the
+parent's).
 
 A request goes through the layers of `layers.py` (alarms, auth) to its kind's
 handler in `handlers.py`, as etcd's applierV3 wrappers around applierV3backend.
@@ -106,13 +112,27 @@ class Applier:
         self._members = MembersDB(backend)
         self.handlers = Handlers(mvcc, self._members, self.alarms, backend, leases, auth)
         self._base: int | None = None  # current revision as of the last commit
-        # the nested txn the batch's key requests run in, the steps applied in it, and
-        # the (current, compact revision) it holds before them and after them: its key
-        # requests get them instead of reading meta, and the current revision is
-        # stored once, when it commits
+        # The apply txn's window: what it holds since its last commit. Key requests write
+        # straight into it (`_direct`) until a request of another kind or a conf change
+        # is applied in the window; the key requests after that, to the commit, run in a
+        # nested txn per batch (`_kv`), as before. `_window` is what a redo applies again:
+        # (index, entry data) of the key requests applied straight into it, data rather
+        # than parsed requests so that nothing it holds is tracked by the collector.
+        self._txn: lmdb.Transaction | None = None  # the apply txn, during a batch
+        self._direct = True
+        self._window: list[tuple[int, bytes]] = []
+        self._window_revs = (0, 0)  # the (current, compact revision) it began with
+        # (current, compact revision) as the txn the key requests write into holds them
+        # after those applied (None: read them from it), and the current revision stored
+        # in it: key requests get them instead of reading meta, and the current revision
+        # is stored once, before the txn commits or another kind of request reads it
+        self._revs: tuple[int, int] | None = None
+        self._stored = 0
+        self._txn_index = 0  # the applied index the apply txn records when it commits
         self._kv: lmdb.Transaction | None = None
-        self._kv_steps: list[Step] = []
-        self._kv_start = self._kv_revs = (0, 0)
+        self._kv_steps: list[tuple[int, bytes]] = []
+        self._kv_start = (0, 0)
+        backend.before_commit.append(self._before_commit)
         backend.on_commit.append(self._committed)
         self._chain = wrap(self.handlers, self.alarms, auth, leases)
         # etcd_server_slow_apply_total: requests whose apply took longer than
@@ -133,40 +153,58 @@ class Applier:
         todo = [e for e in entries if e.index > self.applied_index]
         if todo:
             backend = self.backend
-            txn = backend.apply_txn()
-            if self._base is None:  # the revision the pending view extends
-                self._base = self.mvcc.current_revision(txn)
+            txn = self._txn = backend.apply_txn()
+            if self._base is None:  # the window's first batch: the revisions it extends
+                self._revs = self._window_revs = self.mvcc.revisions_in(txn)
+                self._stored = self._base = self._revs[0]
             try:
+                done = time.perf_counter()  # when the previous entry was done
                 for entry in todo:
                     if entry.type == raft_pb2.EntryNormal and entry.data:
-                        started = time.perf_counter()
-                        self._apply_request(txn, entry.index, entry.data, out)
-                        if time.perf_counter() - started > self.slow_apply_seconds:
+                        self._apply_request(entry.index, entry.data, out)
+                        now = time.perf_counter()
+                        if now - done > self.slow_apply_seconds:
                             self.slow_applies += 1
+                        done = now
                     elif entry.type == raft_pb2.EntryConfChange:
-                        self._commit_kv()
-                        self._apply_conf_change(txn, entry.data, out)
+                        self._before_other()
+                        self._apply_conf_change(self._txn, entry.data, out)
+                        done = time.perf_counter()
                 self._commit_kv()
-                backend.set_applied_index(txn, todo[-1].index)
+                self._txn_index = todo[-1].index
             except BaseException:
                 if self._kv is not None:
                     self._kv.abort()
                     self._kv = None
                 backend.abort()  # applied but uncommitted batches go too: the log has them
                 raise
+            finally:
+                self._txn = None
             nbytes = sum(len(row[3]) for row in out.rows)
             if not backend.applied(len(todo), out.must_commit, nbytes):
                 mvcc = self.mvcc
-                mvcc.pending = mvcc.pending.extended(
-                    self._base, out.rows, mvcc.current_revision(txn))
+                top = self._revs[0] if self._revs is not None else \
+                    mvcc.current_revision(backend.apply_txn())
+                mvcc.pending = mvcc.pending.extended(self._base, out.rows, top)
             self.applied_index = out.applied_index = todo[-1].index
         out.apply_seconds = time.perf_counter() - started_batch
         return out
 
+    def _before_commit(self, txn: lmdb.Transaction) -> None:
+        """The apply txn commits: it records the applied index and the current revision
+        of what it holds (once per commit, not per batch: nothing reads them meanwhile)."""
+        if self._txn_index:
+            self._store_revision(txn)
+            self.backend.set_applied_index(txn, self._txn_index)
+
     def _committed(self) -> None:
-        """The apply txn committed (or was dropped): readers need no pending view."""
+        """The apply txn committed (or was dropped): readers need no pending view, and
+        a new window begins."""
         self.mvcc.pending = EMPTY
-        self._base = None
+        self._base = self._revs = None
+        self._direct = True
+        self._window = []
+        self._txn_index = 0
 
     # ------------------------------------------------------------ membership
 
@@ -199,16 +237,15 @@ class Applier:
 
     # -------------------------------------------------------------- requests
 
-    def _apply_request(self, txn: lmdb.Transaction, index: int, data: bytes,
-                       out: BatchResult) -> None:
+    def _apply_request(self, index: int, data: bytes, out: BatchResult) -> None:
         """One request: its changes, or its error and no change."""
         req = internal_pb2.InternalRequest.FromString(data)
         kind = req.WhichOneof("request")
         if kind in _KEY_ONLY:
-            self._apply_key_request(txn, req, kind, index, out)
+            self._apply_key_request(req, kind, index, data, out)
             return
-        self._commit_kv()
-        child = self.backend.env.begin(write=True, parent=txn)
+        self._before_other()
+        child = self.backend.env.begin(write=True, parent=self._txn)
         step = Step(child, req, kind, index)
         try:
             result, events = self._chain.apply(step)
@@ -219,52 +256,93 @@ class Applier:
         child.commit()
         self._applied(step, result, events, out)
 
-    def _apply_key_request(self, txn: lmdb.Transaction, req: internal_pb2.InternalRequest,
-                           kind: str, index: int, out: BatchResult) -> None:
-        """A put, delete_range or txn, in the batch's nested txn for key requests."""
-        kv = self._kv
-        if kv is None:
-            kv = self._kv = self.backend.env.begin(write=True, parent=txn)
-            self._kv_steps = []
-            self._kv_start = self._kv_revs = self.mvcc.revisions_in(kv)
-        step = Step(kv, req, kind, index, revisions=self._kv_revs)
+    def _apply_key_request(self, req: internal_pb2.InternalRequest, kind: str, index: int,
+                           data: bytes, out: BatchResult) -> None:
+        """A put, delete_range or txn: straight into the apply txn, or into the batch's
+        nested txn for key requests once the window holds another kind of request."""
+        if self._direct:
+            txn = self._txn
+        else:
+            txn = self._kv
+            if txn is None:
+                txn = self._kv = self.backend.env.begin(write=True, parent=self._txn)
+                self._kv_steps = []
+                if self._revs is None:
+                    self._revs = self.mvcc.revisions_in(txn)
+                    self._stored = self._revs[0]
+                self._kv_start = self._revs
+        step = Step(txn, req, kind, index, revisions=self._revs)
         try:
             result, events = self._chain.apply(step)
         except Exception as exc:
             if step.write_txn is not None and step.write_txn.dirty:
-                self._redo_kv(txn)
+                self._redo()
             out.results.append((req.id, self._failed(exc, req.id, kind)))
             return
-        self._kv_steps.append(step)
-        self._kv_revs = self._after(step)
-        self._applied(step, result, events, out)
+        (self._window if self._direct else self._kv_steps).append((index, data))
+        self._revs = self._after(step)
+        # what _applied records, for a key request: its changes for the pending view
+        # (or the commit, if a key moved between leases), its events at the revision
+        # it made (their size is never 0), its response
+        if step.touched_leases:
+            out.must_commit = True
+        else:
+            out.rows.extend(step.rows)
+        if events:
+            out.revisions.append((self._revs[0], events, step.event_bytes))
+        out.results.append((req.id, result))
 
     def _after(self, step: Step) -> tuple[int, int]:
-        """The (current, compact revision) after a key request applied in the nested txn."""
+        """The (current, compact revision) after a key request applied with `_revs`."""
         w = step.write_txn
         if w.changed:
             return w.current_revision + 1, w.compact_revision
-        return self._kv_revs
+        return self._revs
 
-    def _redo_kv(self, txn: lmdb.Transaction) -> None:
-        """Drop the key requests' nested txn (a request failed half-way) and apply the
-        ones that succeeded in it again into a new one; their results stand."""
-        self._kv.abort()
-        kv = self._kv = self.backend.env.begin(write=True, parent=txn)
+    def _redo(self) -> None:
+        """A key request failed half-way: drop the txn it wrote into (the apply txn, or
+        the batch's nested one) and apply the key requests that succeeded in it again
+        into a new one (the same writes: applying is deterministic); their results stand."""
+        if self._direct:
+            txn = self._txn = self.backend.restart_txn()
+            done, self._revs = self._window, self._window_revs
+        else:
+            self._kv.abort()
+            txn = self._kv = self.backend.env.begin(write=True, parent=self._txn)
+            done, self._revs = self._kv_steps, self._kv_start
+        self._stored = self._revs[0]
         counts = self.mvcc.counts  # counted once already
         saved = counts.range, counts.put, counts.delete, counts.txn
-        self._kv_revs = self._kv_start
-        for done in self._kv_steps:
-            step = Step(kv, done.req, done.kind, done.index, revisions=self._kv_revs)
+        for index, data in done:
+            req = internal_pb2.InternalRequest.FromString(data)
+            step = Step(txn, req, req.WhichOneof("request"), index, revisions=self._revs)
             self._chain.apply(step)
-            self._kv_revs = self._after(step)
+            self._revs = self._after(step)
         counts.range, counts.put, counts.delete, counts.txn = saved
+
+    def _store_revision(self, txn: lmdb.Transaction) -> None:
+        """Store the current revision the key requests reached in `txn`, if not yet."""
+        revs = self._revs
+        if revs is not None and revs[0] != self._stored:
+            self.mvcc.store_revision(txn, revs[0])
+            self._stored = revs[0]
+
+    def _before_other(self) -> None:
+        """Before a request of another kind or a conf change: the key requests' changes
+        and current revision go into the apply txn, which it may read (and change: its
+        revisions are read again after it), and the window's key requests go into
+        nested txns from now on (a redo could not apply this one again)."""
+        if self._kv is not None:
+            self._commit_kv()
+        else:
+            self._store_revision(self._txn)
+        self._revs = None
+        self._direct = False
 
     def _commit_kv(self) -> None:
         """Commit the key requests' nested txn into the apply txn, if one is open."""
         if self._kv is not None:
-            if self._kv_revs[0] != self._kv_start[0]:
-                self.mvcc.store_revision(self._kv, self._kv_revs[0])
+            self._store_revision(self._kv)
             self._kv.commit()
             self._kv = None
             self._kv_steps = []

@@ -114,7 +114,7 @@ class Handlers:
         """End a KV write request's MVCC write txn `w`: (its response, its events)."""
         w.end()
         changes = w.changes
-        if changes and self.leases is not None:  # _track, inline
+        if w.leases_moved and self.leases is not None:  # _track, inline
             step.touched_leases = self.leases.track(step.txn, changes)
         step.event_bytes = w.changes_bytes
         step.rows = w.rows

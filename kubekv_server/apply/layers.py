@@ -20,6 +20,7 @@ from kubekv_server import errors
 from kubekv_server.apply.alarm_state import AlarmState
 from kubekv_server.apply.handlers import Outcome, Step
 from kubekv_server.auth import AuthInfo, AuthStore
+from kubekv_server.auth.store import KINDS as AUTH_KINDS
 from kubekv_server.lease import LeaseStore
 from kubekv_server.member.quota import has_put
 
@@ -69,7 +70,8 @@ class AuthLayer:
     """etcd's authApplierV3: a client's write is checked against the auth store as of
     its place in the log. Entries without `auth` are the member's own, trusted
     (step.auth_info stays None); the auth requests get the caller's AuthInfo for the
-    auth store's own admin check."""
+    auth store's own admin check (nothing else reads it: with auth off, no other
+    request gets one)."""
 
     def __init__(self, inner: Layer, auth: AuthStore, leases: LeaseStore | None) -> None:
         self.inner = inner
@@ -85,7 +87,7 @@ class AuthLayer:
 
     def apply(self, step: Step) -> Outcome:
         req = step.req
-        if req.HasField("auth"):
+        if req.HasField("auth") and (self.auth.enabled or step.kind in AUTH_KINDS):
             ai = AuthInfo(req.auth.username, req.auth.revision)
             if self.auth.enabled:
                 check = self.checks.get(step.kind)

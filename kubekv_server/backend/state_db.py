@@ -26,8 +26,9 @@ DEFAULT_MAP_SIZE = 64 << 30
 DEFAULT_BATCH_INTERVAL = 0.1
 DEFAULT_BATCH_LIMIT = 10000
 # ... or once the key changes it holds reach this many bytes, whatever the flags say:
-# until the commit they sit twice in memory (the MVCC store's pending view, and LMDB's
-# dirty pages of the open txn), and 10,000 requests of etcd's largest size would be
+# until the commit they sit in memory two or three times (the MVCC store's pending view,
+# LMDB's dirty pages of the open txn, and the requests' data the applier keeps to apply
+# them again if one fails half-way), and 10,000 requests of etcd's largest size would be
 # 15 GiB. 64 MiB is ~40 of the largest requests, and thousands of ordinary ones.
 MAX_UNCOMMITTED_BYTES = 64 << 20
 # Within this many bytes of the quota (--quota-backend-bytes) the apply txn commits
@@ -111,8 +112,12 @@ class Backend:
         self.commits = 0  # commits of the apply txn (etcd_disk_backend_commit_duration count)
         self.quota_bytes = 0  # --quota-backend-bytes (0: none known, batch regardless)
         self._near_quota = False  # as of the last commit
+        # called with the apply txn just before it commits (the applier stores the applied
+        # index and the current revision once per commit, not once per batch)
+        self.before_commit: list = []
         # called after each commit of the apply txn (the MVCC store drops its pending view)
         self.on_commit: list = []
+        self._psize = self.env.stat()["psize"]  # the page size, fixed for the file
 
     def _open(self, path: str) -> lmdb.Environment:
         # metasync=False: each commit flushes its data pages but not the meta page,
@@ -162,6 +167,7 @@ class Backend:
         _write_pointer(self.base, new_dir)
         old_env, old_dir = self.env, self.path
         self.env, self._dbs, self.path = env, dbs, new_dir
+        self._psize = env.stat()["psize"]
         self.meta = dbs[b"meta"]
         return old_env, old_dir
 
@@ -172,6 +178,14 @@ class Backend:
             self._held = self.env.begin(write=True)
             self._held_since = time.monotonic()
             self._held_entries = self._held_bytes = 0
+        return self._held
+
+    def restart_txn(self) -> lmdb.Transaction:
+        """Drop what the apply txn holds and begin it anew, as if it had just been begun
+        at its first batch (its commit bounds still count from then), telling nobody:
+        the applier applies again what it held (a request failed half-way)."""
+        self._held.abort()
+        self._held = self.env.begin(write=True)
         return self._held
 
     def applied(self, entries: int, must_commit: bool, nbytes: int = 0) -> bool:
@@ -195,8 +209,13 @@ class Backend:
     def commit(self) -> None:
         """Commit the apply txn now, if one is open (before anything that needs every
         applied change in the file: snapshots, defragmentation, hashes, stop)."""
-        txn, self._held = self._held, None
+        txn = self._held
         if txn is not None:
+            try:
+                for fn in self.before_commit:
+                    fn(txn)
+            finally:
+                self._held = None
             txn.commit()
             self.commits += 1
             self._near_quota = bool(self.quota_bytes) and \
@@ -225,8 +244,7 @@ class Backend:
 
     def size_bytes(self) -> int:
         """Bytes the database file occupies (etcd's db_size)."""
-        info = self.env.info()
-        return (info["last_pgno"] + 1) * self.env.stat()["psize"]
+        return (self.env.info()["last_pgno"] + 1) * self._psize
 
     def quota_size(self) -> int:
         """What the quota check counts: the file's size, plus what the uncommitted apply

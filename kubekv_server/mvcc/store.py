@@ -422,9 +422,28 @@ class WriteTxn(_Reader):
         # whether it wrote anything yet (set before its first LMDB write): a request that
         # fails before then needs nothing undone
         self.dirty = False
+        # whether a change attached a key to a lease or detached one (its lease differs
+        # from the one it had): only then have the lease records anything to follow
+        self.leases_moved = False
+
+    # (stored key, its live value or None) as this txn last read or wrote it: a put
+    # after a read of its key (a Txn's compare, a put's prev_kv) reads it no second time
+    _seen: tuple[bytes, bytes | None] | None = None
 
     def _range_rev(self) -> int:
         return self.current_revision + 1 if self._changes else self.current_revision
+
+    def _range_live(
+        self, key: bytes, end: bytes | None, limit: int, count_only: bool
+    ) -> tuple[list[bytes], int]:
+        if end is None and key:  # one key, remembered (a write txn has no pending view)
+            sk = key if len(key) <= PREFIX else stored(key)
+            v = self._txn.get(sk, db=self._dbs.live)
+            self._seen = sk, v
+            if v is None:
+                return [], 0
+            return ([] if count_only else [v]), 1
+        return super()._range_live(key, end, limit, count_only)
 
     def put(self, key: bytes, value: bytes, lease: int = 0) -> KeyValue | None:
         """Put ``key``; returns the previous KeyValue (None if absent)."""
@@ -439,7 +458,8 @@ class WriteTxn(_Reader):
         else:
             sk = stored(key)
             txn.put(sk, key, db=dbs.long_keys)
-        prev_raw = txn.get(sk, db=dbs.live)
+        seen = self._seen
+        prev_raw = seen[1] if seen is not None and seen[0] == sk else txn.get(sk, db=dbs.live)
         ev = Event()  # type PUT, the default
         kv = ev.kv
         kv.key = key
@@ -450,16 +470,21 @@ class WriteTxn(_Reader):
             prev = None
             kv.create_revision = rev
             kv.version = 1
+            if lease:
+                self.leases_moved = True
         else:
             prev = ev.prev_kv
             prev.ParseFromString(prev_raw)
             kv.create_revision = prev.create_revision
             kv.version = prev.version + 1
+            if prev.lease != lease:
+                self.leases_moved = True
         data = kv.SerializeToString()
         rb = rev_to_bytes(rev, len(self._changes))
         txn.put(rb, data, db=dbs.key, append=True)
         txn.put(sk, rb, db=dbs.key_index, dupdata=True)
         txn.put(sk, data, db=dbs.live)
+        self._seen = sk, data
         self._changes.append(ev)
         self.rows.append((sk, key, rb, data, data, prev_raw is not None))
         self.changes_bytes += _field_size(len(data)) + (
@@ -483,6 +508,7 @@ class WriteTxn(_Reader):
         rev = self.current_revision + 1
         deleted = []
         self.dirty = True
+        self._seen = None
         for k, sk, v in items:
             rb = rev_to_bytes(rev, len(self._changes)) + MARK_TOMBSTONE
             tomb = KeyValue(key=k).SerializeToString()
@@ -495,6 +521,8 @@ class WriteTxn(_Reader):
             ev.kv.mod_revision = rev
             prev = ev.prev_kv
             prev.ParseFromString(v)
+            if prev.lease:
+                self.leases_moved = True
             deleted.append(prev)
             self._changes.append(ev)
             self.changes_bytes += 2 + _field_size(ev.kv.ByteSize()) + _field_size(len(v))

@@ -142,6 +142,20 @@ def test_grant_rules_and_attachments(db):
         leases.track(txn, w.changes)
         assert leases.keys(txn, 5) == [b"a"]
         assert leases.keys(txn, 6) == [b"b"]
+        # the write txn says whether a change moved a key between leases (the applier
+        # follows its changes only then): exactly when track finds one to follow
+        for ops in ([(b"a", 5)], [(b"a", 0)], [(b"new", 0)], [(b"new", 0), (b"x", 5)],
+                    [(b"b", None)], [(b"new", None)]):
+            w = mvcc.write(txn)
+            for key, lease in ops:
+                w.put(key, b"3", lease) if lease is not None else w.delete_range(key, None)
+            w.end()
+            assert w.leases_moved == leases.track(txn, w.changes), ops
+        assert leases.keys(txn, 5) == [b"x"]
+        w = mvcc.write(txn)
+        w.put(b"b", b"4", 6)
+        w.end()
+        leases.track(txn, w.changes)
         w = mvcc.write(txn)
         leases.revoke(txn, w, 6)
         rev = w.end()

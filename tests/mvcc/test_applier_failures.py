@@ -1,6 +1,7 @@
 """A request that fails in the applier leaves no change, whatever else its batch held:
-key requests share one nested transaction per batch (apply/applier.py), so one that
-fails half-way makes the batch's earlier ones be applied again."""
+key requests write straight into the apply transaction (or, after another kind of
+request, share a nested one per batch: apply/applier.py), so one that fails half-way
+makes the earlier ones it held since its last commit be applied again."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from kubekv_server.backend.state_db import Backend
 from kubekv_server.lease import LeaseStore
 from kubekv_server.member.proposals import encode_internal
 from kubekv_server.mvcc import MVCCStore
+from kubekv_server.mvcc.store import WriteTxn
 
 
 class Member:
@@ -54,19 +56,21 @@ def txn(key: bytes, value: bytes) -> tuple[str, object]:
 
 
 @pytest.fixture
-def failing_track(monkeypatch):
-    """LeaseStore.track raises for the key `bad`: after the request's MVCC writes."""
-    track = LeaseStore.track
+def failing_end(monkeypatch):
+    """An MVCC write txn that changed the key `bad` raises as it ends: after its writes
+    (and its op counts), as a failing LMDB call or a bug there would."""
+    end = WriteTxn.end
 
-    def maybe_fail(self, txn, changes):
-        if any(ev.kv.key == b"bad" for ev in changes):
+    def maybe_fail(self):
+        rev = end(self)
+        if any(ev.kv.key == b"bad" for ev in self.changes):
             raise RuntimeError("disk on fire")
-        return track(self, txn, changes)
+        return rev
 
-    monkeypatch.setattr(LeaseStore, "track", maybe_fail)
+    monkeypatch.setattr(WriteTxn, "end", maybe_fail)
 
 
-def test_a_request_failing_after_its_writes_leaves_nothing(tmp_path, failing_track):
+def test_a_request_failing_after_its_writes_leaves_nothing(tmp_path, failing_end):
     m, ref = Member(tmp_path / "m"), Member(tmp_path / "ref")
     m.apply(put(b"a"), ("delete_range", pb.DeleteRangeRequest(key=b"nothing")))
     ref.apply(put(b"a"), ("delete_range", pb.DeleteRangeRequest(key=b"nothing")))
@@ -102,3 +106,45 @@ def test_refused_and_other_requests_between_key_requests(tmp_path):
     assert count == 3
     with m.backend.env.begin() as t:
         assert m.leases.keys(t, 7) == [b"b"]
+
+
+def test_a_failure_after_another_kind_of_request_in_the_window(tmp_path, failing_end):
+    """After a lease grant the window's key requests run in a nested txn: a failure there
+    applies again only that txn's requests (the grant is not applied twice)."""
+    m, ref = Member(tmp_path / "m"), Member(tmp_path / "ref")
+    grant = ("lease_grant", pb.LeaseGrantRequest(ID=7, TTL=60))
+    for member in (m, ref):
+        member.apply(put(b"a"), txn(b"c", b"0"))
+    out = m.apply(put(b"b"), grant, put(b"c"), put(b"bad"), put(b"d", lease=7))
+    expected = ref.apply(put(b"b"), grant, put(b"c"), put(b"d", lease=7))
+    assert isinstance(out[3], errors.EtcdError)
+    del out[3]
+    assert out == expected
+    assert m.state() == ref.state()
+    skip = (Backend.APPLIED_INDEX,)
+    assert m.backend.hash(skip) == ref.backend.hash(skip)
+    m.apply(put(b"e"))  # a window after the commit writes straight into the txn again
+    ref.apply(put(b"e"))
+    m.backend.commit()
+    ref.backend.commit()
+    assert m.state() == ref.state()
+    assert m.backend.hash(skip) == ref.backend.hash(skip)
+
+
+def test_the_applied_index_and_revision_are_committed_with_the_changes(tmp_path):
+    """Both are stored when the apply txn commits, not per batch: the file holds them
+    exactly as of the changes it holds, for replay after a restart."""
+    m = Member(tmp_path / "m")
+    m.apply(put(b"a"), put(b"b"))
+    m.apply(txn(b"c", b"1"))
+    assert m.backend.applied_index() == 0  # nothing committed yet
+    m.backend.commit()
+    assert m.backend.applied_index() == 3
+    with m.backend.env.begin() as t:
+        assert m.mvcc.current_revision(t) == 4
+    m.backend.close()
+    again = Member(tmp_path / "m")
+    assert again.applier.applied_index == 3
+    assert again.mvcc.revisions() == (4, -1)
+    again.index = 3
+    assert [r.header.revision for r in again.apply(put(b"d"))] == [5]

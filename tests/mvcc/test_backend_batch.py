@@ -83,3 +83,36 @@ def test_near_the_quota_every_batch_commits(tmp_path):
     assert b.applied(1, must_commit=False)
     assert _committed(b, b"d") == b"4"
     b.close()
+
+
+def test_before_commit_writes_land_in_that_commit(tmp_path):
+    """The applier stores the applied index and current revision from a before_commit
+    hook: whatever commits the apply txn (a bound, the interval, sync) takes them."""
+    b = Backend(str(tmp_path / "state"), batch_interval=3600, batch_limit=10000)
+    order = []
+    b.before_commit.append(lambda txn: (order.append("before"),
+                                        txn.put(b"index", b"7", db=b.meta)))
+    b.on_commit.append(lambda: order.append("after"))
+    b.apply_txn().put(b"k", b"v", db=b.meta)
+    assert not b.applied(1, must_commit=False)
+    b.sync()
+    assert (_committed(b, b"k"), _committed(b, b"index")) == (b"v", b"7")
+    assert order == ["before", "after"]
+    b.commit()  # nothing held: no hook
+    assert order == ["before", "after"]
+    b.close()
+
+
+def test_restart_txn_drops_what_it_held_and_tells_nobody(tmp_path):
+    b = Backend(str(tmp_path / "state"), batch_interval=3600, batch_limit=3)
+    seen = []
+    b.on_commit.append(lambda: seen.append(True))
+    b.apply_txn().put(b"a", b"1", db=b.meta)
+    assert not b.applied(2, must_commit=False)
+    txn = b.restart_txn()
+    assert b.apply_txn() is txn and txn.get(b"a", db=b.meta) is None
+    assert seen == []
+    txn.put(b"b", b"2", db=b.meta)
+    assert b.applied(1, must_commit=False)  # the entries before the restart still count
+    assert (_committed(b, b"a"), _committed(b, b"b")) == (None, b"2")
+    b.close()

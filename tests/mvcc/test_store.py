@@ -80,6 +80,44 @@ def test_write_txn_reads_own_writes_and_is_one_revision(store, env):
                     rev_to_bytes(3, 2, tombstone=True)]  # fmt: skip
 
 
+class _CountingTxn:
+    """An LMDB write txn that counts reads of the live table (the rest passes through)."""
+
+    def __init__(self, txn, live) -> None:
+        self._txn, self._live, self.live_gets = txn, live, 0
+
+    def get(self, key, db=None):
+        self.live_gets += db is self._live
+        return self._txn.get(key, db=db)
+
+    def __getattr__(self, name):
+        return getattr(self._txn, name)
+
+
+def test_a_put_after_a_read_of_its_key_reads_it_no_second_time(store, env):
+    """A Txn's compare reads the key its put then writes: the put takes that read's
+    value as its previous one; any write of the key in between replaces what was read."""
+    put(store, env, (b"a", b"0"), (b"a", b"1"), (b"b", b"0"))
+    with env.begin(write=True) as raw:
+        t = _CountingTxn(raw, store._dbs.live)
+        w = store.write(t)
+        assert [kv.version for kv in w.range(b"a", None).kvs] == [2]
+        assert t.live_gets == 1
+        assert w.put(b"a", b"2", 0).version == 2  # the read's value, no second read
+        assert t.live_gets == 1
+        assert w.put(b"a", b"3", 0).version == 3  # after its own write: what it wrote
+        w.range(b"b", None)
+        w.delete_range(b"b", None)
+        assert w.put(b"b", b"1", 0) is None  # the delete forgot the read
+        w.range(b"c", None)
+        assert w.put(b"a", b"4", 0).version == 4  # another key's read: a read of its own
+        assert t.live_gets == 6  # a, b, the delete of b, put b, c, put a
+        w.end()
+    with store.read() as r:
+        assert [(kv.key, kv.version, kv.create_revision) for kv in r.range(b"a", b"c").kvs] \
+            == [(b"a", 5, 2), (b"b", 1, 3)]
+
+
 def test_noop_write_txn_keeps_revision(store, env):
     with env.begin(write=True) as t:
         w = store.write(t)
