@@ -389,24 +389,31 @@ class Runner:
                 raise
 
     def _feed(self) -> None:
+        """The inputs that arrived since the last call, into the core. Each kind is looked
+        at only when there is some: the call after each Ready cycle mostly finds none
+        (no lists swapped, no counters reset: ~4 calls per Put on every member)."""
         node = self.node
-        inbox, self._inbox = self._inbox, []
-        self._peer_inbox = 0
-        self._inbox_full_logged = False
-        for m in inbox:
-            try:
-                if m.type in _TRANSPORT_REPORTS:
-                    node.raft.step(m)
-                else:
-                    node.step(m)
-            except RaftError as e:
-                log.debug("dropped %s from %x: %s", pb.MessageType.Name(m.type), m.from_, e)
-        ticks, self._ticks = self._ticks, 0
+        inbox = self._inbox
+        if inbox:
+            self._inbox = []
+            self._peer_inbox = 0  # (both stay as they are while the inbox is empty)
+            self._inbox_full_logged = False
+            for m in inbox:
+                try:
+                    if m.type in _TRANSPORT_REPORTS:
+                        node.raft.step(m)
+                    else:
+                        node.step(m)
+                except RaftError as e:
+                    log.debug("dropped %s from %x: %s", pb.MessageType.Name(m.type), m.from_, e)
+        ticks = self._ticks
         self._ticked = ticks > 0
-        for _ in range(ticks):
-            node.tick()
-        props, self._proposals = self._proposals, []
-        if props:
+        if ticks:
+            self._ticks = 0
+            for _ in range(ticks):
+                node.tick()
+        if self._proposals:
+            props, self._proposals = self._proposals, []
             try:
                 node.propose_batch([d for d, _ in props])
             except ProposalDroppedError as e:
@@ -419,15 +426,16 @@ class Runner:
                         fut.set_exception(ProposalDroppedError(str(e)))
                 if unclaimed and self.on_dropped is not None:
                     self.on_dropped(unclaimed, e)
-        ccs, self._conf_changes = self._conf_changes, []
-        for cc, fut in ccs:
-            try:
-                node.propose_conf_change(cc)
-                fut.set_result(None)
-            except RaftError as e:
-                fut.set_exception(e)
-        reads, self._reads = self._reads, []
-        if reads:
+        if self._conf_changes:
+            ccs, self._conf_changes = self._conf_changes, []
+            for cc, fut in ccs:
+                try:
+                    node.propose_conf_change(cc)
+                    fut.set_result(None)
+                except RaftError as e:
+                    fut.set_exception(e)
+        if self._reads:
+            reads, self._reads = self._reads, []
             self._read_ctx += 1
             ctx = struct.pack(">QQ", self.id, self._read_ctx)
             self._read_waiters[ctx] = reads
