@@ -319,3 +319,51 @@ def test_the_loop_hands_over_behind_what_the_log_thread_still_owes():
             log_thread.shutdown()
 
     asyncio.run(main())
+
+
+def test_a_leaders_write_answer_is_left_to_the_first_ack_which_carries_the_cycle_on():
+    """A leader's write that commits nothing by itself leaves its answer to the next input
+    (an ack), so the loop wakes once for both. With no ticks (an hour apart) the ack alone
+    must carry the Ready cycle on: the entry commits and applies everywhere."""
+    async def main() -> None:
+        hub: dict[int, Runner] = {}
+        workers = {i: ThreadWorker(f"log-{i}") for i in (1, 2, 3)}
+        appliers = {}
+        for i in (1, 2, 3):
+            st = GatedStorage()
+            st.set_conf_state(pb.ConfState(voters=[1, 2, 3]))
+            t = LocalTransport(hub, set())
+            t.owner = i
+            appliers[i] = CheckingApplier(st)
+            hub[i] = Runner(Config(id=i, storage=st, election_tick=10, heartbeat_tick=1), st,
+                            t, appliers[i], tick_interval=3600, executor=workers[i])
+        for r in hub.values():
+            await r.start()
+        try:
+            hub[1].campaign()
+            assert await wait_leader(hub) == 1
+            await asyncio.wait_for(hub[1].propose(b"warm"), 4.0)
+            for i in (2, 3):
+                hub[i].storage.gate.clear()  # the followers' writes hang: no ack yet
+            fut = hub[1].propose(b"x")
+            await wait_thread_event(hub[2].storage.waiting, "f2's write to start")
+            index = hub[2].storage.last_index() + 1
+            await wait_for_async(lambda: hub[1]._parked is not None, 4.0,
+                                 "the leader's write answer left for the first ack")
+            assert hub[1].storage.last_index() == index and not fut.done()
+            hub[2].storage.gate.set()
+            assert await asyncio.wait_for(fut, 4.0) == index
+            hub[3].storage.gate.set()
+            await wait_for_async(lambda: all(a.applied[-1:] == [b"x"]
+                                             for a in appliers.values()), 4.0,
+                                 "x applied on every member")
+            for a in appliers.values():
+                assert not a.ahead_of_log
+        finally:
+            for r in hub.values():
+                r.storage.gate.set()
+                await r.stop()
+            for w in workers.values():
+                w.shutdown()
+
+    asyncio.run(main())
