@@ -477,8 +477,7 @@ class Runner:
             # so the answer is not left then). Nothing else waits on the cycle: no read
             # states, no snapshot, no committed entries (else `hand`).
             if (hand or (lead and rd.entries and not rd.read_states and rd.snapshot is None
-                         and not self.node.raft.prs.is_singleton())) \
-                    and isinstance(self.executor, ThreadWorker):
+                         and self._needs_acks())) and isinstance(self.executor, ThreadWorker):
                 written = loop.create_future()
                 self.executor.post(self._write_ready, rd.snapshot, rd.entries, hs, hand,
                                    written)
@@ -530,6 +529,12 @@ class Runner:
                        else self._applied_through(ents[-1].index))
         if self._apply_waiters:
             self._release_read_waits()
+
+    def _needs_acks(self) -> bool:
+        """Whether nothing commits without another voter's ack: a config (incoming or,
+        while joint, outgoing) of more than one voter needs at least two copies."""
+        incoming, outgoing = self.node.raft.prs.config.voters
+        return len(incoming) > 1 or len(outgoing) > 1
 
     def _unhanded(self, committed: list[pb.Entry]) -> list[pb.Entry]:
         """The part of a Ready's committed entries not handed to the apply stage yet."""
