@@ -18,11 +18,7 @@ flight), the log thread leaves the write's answer to the apply stage, so the loo
 once per Ready (after the apply, answering proposers first, then advancing) instead of
 twice, and its Ready cycle does not compete with the apply for the GIL; any input
 arriving meanwhile takes the answer back at once (`_poke`), so the log stage never
-waits for an apply while there is work for it. A leader's write that commits nothing
-by itself (other voters must ack) leaves its answer to that input alone: the loop wakes
-for the first ack (advancing, then stepping it, the order it had) instead of once for
-the write and once more for the ack; an ack that arrived during the write waits in the
-inbox, so the answer is given at once then. Raft's rules hold: an entry is applied only
+waits for an apply while there is work for it. Raft's rules hold: an entry is applied only
 after the Ready that committed it is persisted (so the state never runs ahead of the
 local log and hard state); a follower's messages (acks, votes) leave only after its
 write; the leader sends its appends before its own fsync, and counts its own copy only
@@ -349,9 +345,13 @@ class Runner:
                 parked.set_result(None)
 
     def _wake_loop(self) -> None:
-        """Make the loop run a cycle (now, or once it finishes the one under way: a
-        write's answer left for input is taken back, as `_poke` does)."""
-        self._poke()
+        """Make the loop run a cycle (now, or once it finishes the one under way)."""
+        self._woken = True
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_result(None)
 
     def _has_input(self) -> bool:
         """Whether input waits for the loop (read from the log thread: a hint)."""
@@ -469,15 +469,7 @@ class Runner:
             if hs is None:
                 hs = self._unsaved_hard_state
             self._unsaved_hard_state = None
-            # the write's answer may wait for input (`_write_ready`): when it hands entries
-            # to the apply stage (which answers it too), or when it is a leader's write
-            # that commits nothing by itself (other voters must ack, and an ack is an
-            # input: the loop wakes once for the ack instead of once for the write and
-            # once for the ack; an ack stepped before the write ends waits in the inbox,
-            # so the answer is not left then). Nothing else waits on the cycle: no read
-            # states, no snapshot, no committed entries (else `hand`).
-            if (hand or (lead and rd.entries and not rd.read_states and rd.snapshot is None
-                         and self._needs_acks())) and isinstance(self.executor, ThreadWorker):
+            if hand and isinstance(self.executor, ThreadWorker):
                 written = loop.create_future()
                 self.executor.post(self._write_ready, rd.snapshot, rd.entries, hs, hand,
                                    written)
@@ -530,12 +522,6 @@ class Runner:
         if self._apply_waiters:
             self._release_read_waits()
 
-    def _needs_acks(self) -> bool:
-        """Whether nothing commits without another voter's ack: a config (incoming or,
-        while joint, outgoing) of more than one voter needs at least two copies."""
-        incoming, outgoing = self.node.raft.prs.config.voters
-        return len(incoming) > 1 or len(outgoing) > 1
-
     def _unhanded(self, committed: list[pb.Entry]) -> list[pb.Entry]:
         """The part of a Ready's committed entries not handed to the apply stage yet."""
         if not committed or committed[-1].index <= self._handed:
@@ -563,11 +549,10 @@ class Runner:
         straight to the apply thread (no round trip through the loop).
 
         `written` (None: the caller awaits this call) is the loop's answer. If no input
-        waits for the loop, it is left: the apply stage answers it together with the
-        batch (`hand`), and any input arriving takes it back at once (`_poke`; a
-        leader's write that needs others' acks has only that): one wake-up of the loop
-        instead of two, and the loop's next Ready cycle does not compete with the apply
-        for the GIL and the CPU (a Put at 1 in flight)."""
+        waits for the loop, the apply stage answers it together with the batch: one
+        wake-up of the loop instead of two, and the loop's next Ready cycle does not
+        compete with the apply for the GIL and the CPU (a Put at 1 in flight). Input
+        arriving meanwhile takes it back at once (`_poke`)."""
         try:
             self._persist(snapshot, entries, hard_state)
             # the entries join the apply stage's queue before the loop can have the answer
@@ -579,7 +564,9 @@ class Runner:
                 raise
             self._answer(written, exc)
             return
-        if written is not None:
+        if written is not None and not hand:
+            self._answer(written, None)
+        elif written is not None:
             self._parked = written
             if self._has_input():  # else a `_poke` from now on takes it back
                 self._parked = None
