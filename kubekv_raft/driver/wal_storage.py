@@ -18,6 +18,14 @@ that is cut short or fails its CRC ends the log there: it was written after the 
 durable write call returned (a write call returns only after its fdatasync), so
 nothing acknowledged is behind it; the file is truncated to the good prefix.
 
+The file is preallocated ahead of its records in `PREALLOC_BYTES` steps (etcd's WAL
+preallocates each 64 MB segment, `fileutil.Preallocate`): records are written into
+space the file already has, so an fdatasync need not also commit a new file size and
+new blocks (on the ext4 of the 2-core machines, a 350-byte write and fdatasync took
+~85 µs and ~32 µs of CPU there against ~120 µs and ~48 µs when appending). The
+preallocated tail reads as zeros, a header no record has (type 0): replay ends there
+as at a torn tail. Not under --unsafe-no-fsync, which has no fdatasync to spare.
+
 The file is rewritten when it grows past `SEGMENT_BYTES` and twice the live state
 (etcd cuts a new segment and deletes old ones after a snapshot): the new file starts
 with one STATE record (hard state, ConfState, snapshot, compaction point and every
@@ -43,7 +51,7 @@ from collections.abc import Callable, Iterator
 from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.core.errors import CompactedError, SnapshotOutOfDateError, UnavailableError
 
-__all__ = ["WALStorage", "WALCorruptError", "SEGMENT_BYTES", "CACHE_BYTES"]
+__all__ = ["WALStorage", "WALCorruptError", "SEGMENT_BYTES", "CACHE_BYTES", "PREALLOC_BYTES"]
 
 # Rewrite the file once it is this large (etcd's wal.SegmentSizeBytes) and more than
 # twice the bytes still live: bounds the disk a long-running member's log takes.
@@ -55,6 +63,8 @@ CACHE_BYTES = 8 << 20
 # A record larger than this is not one we wrote: a length field from a torn write.
 # Bounds what replay allocates (etcd's WAL refuses frames over its max too).
 MAX_RECORD_BYTES = 1 << 30
+# How far the file is allocated ahead of its records (see the module docstring).
+PREALLOC_BYTES = 4 << 20
 
 _HEAD = struct.Struct(">IIB")
 _U32 = struct.Struct(">I")
@@ -127,11 +137,13 @@ class WALStorage:
         self._cached = 0  # bytes of the entries kept as objects
         self._evict = 0  # position of the oldest entry that may still be cached
         self._rfd = -1  # the current file, for reading entries back
+        self._alloc = 0  # the current file's length: _size plus its preallocated tail
         # called with the seconds each synced write took (metrics)
         self.on_sync: Callable[[float], None] | None = None
         os.makedirs(path, exist_ok=True)
         self._seq, self._size = self._recover()
-        self._fd = os.open(self._file(self._seq), os.O_WRONLY | os.O_APPEND)
+        self._alloc = self._size
+        self._fd = os.open(self._file(self._seq), os.O_WRONLY)
         self._rfd = os.open(self._file(self._seq), os.O_RDONLY)
 
     # -- files ---------------------------------------------------------------------------
@@ -152,9 +164,10 @@ class WALStorage:
         with open(self._file(seq), "rb") as f:
             data = f.read()
         good = self._replay(data)
-        if good == 0 and data:
+        if good == 0 and data.count(0) != len(data):  # all zeros: a preallocated empty log
             raise WALCorruptError(f"{self._file(seq)}: no valid state record at its start")
-        if good < len(data):  # a torn tail: written after the last durable write returned
+        if good < len(data):  # a torn tail (written after the last durable write returned)
+            # or the preallocated one: the next write preallocates again
             with open(self._file(seq), "r+b") as f:
                 f.truncate(good)
                 if self.fsync:
@@ -168,6 +181,8 @@ class WALStorage:
         pos, end = 0, len(data)
         while pos + _HEAD.size <= end:
             n, crc, kind = _HEAD.unpack_from(data, pos)
+            if kind == 0:  # the preallocated tail: no record has type 0
+                break
             if n > MAX_RECORD_BYTES or pos + _HEAD.size + n > end:
                 break
             payload = data[pos + _HEAD.size : pos + _HEAD.size + n]
@@ -224,21 +239,36 @@ class WALStorage:
             with self._mem_lock:
                 self._offs = offs
         buf = memoryview(b"".join(records))
+        if self._size + len(buf) > self._alloc and self.fsync:
+            self._preallocate(self._size + len(buf) + PREALLOC_BYTES)
         try:
-            done = 0
+            done, pos = 0, self._size
             while done < len(buf):
-                done += os.write(self._fd, buf[done:])
+                done += os.pwrite(self._fd, buf[done:], pos + done)
             if synced:
                 os.fdatasync(self._fd)
         except OSError:
             # nothing of this call may stay behind: a later record after a half-written
-            # one would be cut off at replay (a full disk must not cost acknowledged writes)
+            # one would be cut off at replay (a full disk must not cost acknowledged
+            # writes); the preallocated tail goes too, the next write makes it again
             os.ftruncate(self._fd, self._size)
+            self._alloc = self._size
             raise
         self._size += len(buf)
+        self._alloc = max(self._alloc, self._size)
         if synced and self.on_sync is not None:
             self.on_sync(time.perf_counter() - start)
         return at
+
+    def _preallocate(self, length: int) -> None:
+        """Write-lock held: make the file `length` bytes long, zeros beyond its records
+        (best effort: a file system without fallocate, or a full disk, leaves it as it
+        is and the write extends the file, as before)."""
+        try:
+            os.posix_fallocate(self._fd, self._alloc, length - self._alloc)
+        except OSError:
+            return
+        self._alloc = length
 
     def _maybe_rewrite(self) -> None:
         """Write-lock held, memory current: start a new file from the live state."""
@@ -249,12 +279,13 @@ class WALStorage:
         self._write_file(seq, content)
         os.close(self._fd)
         old = self._file(self._seq)
-        self._fd = os.open(self._file(seq), os.O_WRONLY | os.O_APPEND)
+        self._fd = os.open(self._file(seq), os.O_WRONLY)
         rfd = os.open(self._file(seq), os.O_RDONLY)
         with self._mem_lock:  # readers switch files with the offsets
             old_rfd, self._rfd, self._offs = self._rfd, rfd, offs
         os.close(old_rfd)
         self._seq, self._size = seq, len(content)
+        self._alloc = self._size
         os.unlink(old)
 
     def _commit(self, kind_payloads: list[tuple[int, bytes]], sync: bool = True) -> None:

@@ -3,6 +3,7 @@ then what only the write-ahead log has (torn tails, rewrites, a failed write).""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -205,9 +206,10 @@ def test_wal_torn_tail_is_cut_and_the_acknowledged_prefix_kept(tmp_path):
     s = WALStorage(path)
     s.append(ents((1, 1), (2, 1)), pb.HardState(term=1, commit=1))
     s.append(ents((3, 1)), pb.HardState(term=1, commit=2))
+    size = s._size
     s.close()
     f = _wal_file(path)
-    good = open(f, "rb").read()
+    good = open(f, "rb").read()[:size]  # the records, without the preallocated tail
     for cut in (1, 5, 9, 20):  # a later write torn at several points
         with open(f, "wb") as out:
             out.write(good + wal_storage._record(2, b"\x00" * 40)[:cut])
@@ -285,21 +287,23 @@ def test_wal_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
     path = str(tmp_path / "w")
     s = WALStorage(path)
     s.append(ents((1, 1)))
-    real_write = wal_storage.os.write
+    real_write = wal_storage.os.pwrite
     calls = []
 
-    def half_then_full(fd, data):
+    def half_then_full(fd, data, offset):
         calls.append(1)
         if len(calls) == 1:
-            real_write(fd, bytes(data[: len(data) // 2]))
+            real_write(fd, bytes(data[: len(data) // 2]), offset)
             raise OSError(28, "No space left on device")
-        return real_write(fd, data)
+        return real_write(fd, data, offset)
 
-    monkeypatch.setattr(wal_storage.os, "write", half_then_full)
+    monkeypatch.setattr(wal_storage.os, "pwrite", half_then_full)
     with pytest.raises(OSError):
         s.append(ents((2, 1)))
     assert s.last_index() == 1  # memory follows only durable writes
+    assert os.path.getsize(_wal_file(path)) == s._size  # the half record and the tail
     s.append(ents((2, 2)))
+    assert os.path.getsize(_wal_file(path)) == s._size + wal_storage.PREALLOC_BYTES
     monkeypatch.undo()
     s.close()
     s = WALStorage(path)
@@ -332,6 +336,68 @@ def test_wal_empty_file_is_an_empty_log_and_gets_its_state_first(tmp_path):
     s = WALStorage(str(path))
     assert (s.first_index(), s.last_index()) == (1, 0)
     assert (path / "0000000000000003.wal").stat().st_size == 0  # nothing written yet
+    s.append(ents((1, 1)), pb.HardState(term=1, commit=1))
+    s.close()
+    s = WALStorage(str(path))
+    assert s.last_index() == 1 and s.hard_state().commit == 1
+    s.close()
+
+
+def test_wal_is_preallocated_and_its_zero_tail_ends_the_log(tmp_path):
+    """Records go into space the file already has (an fdatasync then commits no new size):
+    the file runs PREALLOC_BYTES past them, zeros, and replay ends at those zeros."""
+    path = str(tmp_path / "w")
+    s = WALStorage(path)
+    s.append(ents((1, 1), (2, 1)), pb.HardState(term=1, commit=1))
+    f = _wal_file(path)
+    size = s._size
+    assert os.path.getsize(f) == size + wal_storage.PREALLOC_BYTES
+    s.note_commit(pb.HardState(term=1, commit=2))
+    assert os.path.getsize(f) == size + wal_storage.PREALLOC_BYTES  # within the tail
+    s.close()
+    data = open(f, "rb").read()
+    assert data[s._size:].count(0) == len(data) - s._size
+    s = WALStorage(path)
+    assert s.last_index() == 2 and s.hard_state() == pb.HardState(term=1, commit=2)
+    s.append(ents((3, 1)))  # after the records, not after the tail
+    s.close()
+    s = WALStorage(path)
+    assert [e.index for e in s.entries(1, 4)] == [1, 2, 3]
+    s.close()
+
+
+def test_wal_grows_its_preallocation_and_keeps_it_through_a_rewrite(tmp_path, monkeypatch):
+    monkeypatch.setattr(wal_storage, "PREALLOC_BYTES", 1000)
+    monkeypatch.setattr(wal_storage, "SEGMENT_BYTES", 4000)
+    path = str(tmp_path / "w")
+    s = WALStorage(path)
+    for i in range(1, 101):
+        s.append([pb.Entry(index=i, term=1, data=b"x" * 50)], pb.HardState(term=1, commit=i))
+        assert s._size <= s._alloc == os.path.getsize(_wal_file(path)) <= s._size + 1100
+        if i % 40 == 0:
+            s.compact(i - 5)
+    assert s._seq > 1  # rewritten
+    s.close()
+    s = WALStorage(path)
+    assert (s.first_index(), s.last_index()) == (76, 100)
+    s.close()
+
+
+def test_wal_without_fsync_is_not_preallocated(tmp_path):
+    path = str(tmp_path / "w")
+    s = WALStorage(path, fsync=False)
+    s.append(ents((1, 1)))
+    assert os.path.getsize(_wal_file(path)) == s._size
+    s.close()
+
+
+def test_wal_all_zero_file_is_an_empty_log(tmp_path):
+    """A preallocated file whose records a cut lost (only --unsafe-no-fsync can)."""
+    path = tmp_path / "w"
+    path.mkdir()
+    (path / "0000000000000002.wal").write_bytes(bytes(4096))
+    s = WALStorage(str(path))
+    assert (s.first_index(), s.last_index()) == (1, 0)
     s.append(ents((1, 1)), pb.HardState(term=1, commit=1))
     s.close()
     s = WALStorage(str(path))
