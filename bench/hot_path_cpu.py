@@ -5,7 +5,7 @@ numbers a shared machine's load moves far less than kv_bench.py's CPU per 1k req
     PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py apply put|txn [--server-like]
     PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py apply put --server-like --batch 1
     PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py api
-    PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py propose
+    PYTHONPATH=$TREE python3 $TREE/bench/hot_path_cpu.py propose [txn]
 
 rpc    unary Puts over `Http2Connection` and a fake socket, 64 requests per read from an
        `h2` client (whose own work is not timed); an inline handler answers at once.
@@ -24,7 +24,7 @@ propose  a Put's handler and the member's side of it on the loop thread, RaftNod
        stubbed: `KVService.Put` (checks, quota cost, id, log entry, proposal, request
        timeout) for 64 requests, then their applied batch answered (headers filled,
        proposals resolved) as `RaftNode._applied` does; the responses are made before
-       the clock starts.
+       the clock starts. `propose txn`: kube update Txns through `KVService.Txn`.
 
 Each prints the best of 7 rounds of thread CPU (`time.thread_time`) per request.
 Alternate trees (A, B, A, B...) to compare them.
@@ -231,7 +231,7 @@ def api() -> tuple[float, float]:
             best(put_path, puts, pb.PutRequest.FromString))
 
 
-def propose() -> float:
+def propose(kind: str = "put") -> float:
     from types import MethodType, SimpleNamespace
 
     from kubekv_server.api.kv import KVService
@@ -251,26 +251,35 @@ def propose() -> float:
 
     node = SimpleNamespace(next_id=ids.__next__, propose=node_propose, term=2,
                            add_listener=lambda fn, before_answers=False: listeners.append(fn))
-    member = SimpleNamespace(cluster_id=123456789, member_id=987654321, node=node)
+    member = SimpleNamespace(cluster_id=123456789, member_id=987654321, node=node,
+                             cfg=SimpleNamespace(max_txn_ops=128))
     proposer = Proposer(loop, node, 987654321, 1536 * 1024, 2 << 30, lambda: 1 << 20,
                         lambda h, revision=None, term=None: Member.header(member, h, revision,
                                                                             term))
     member.proposer = proposer
-    for name in ("put", "propose_future"):  # bound as on a Member
+    for name in ("put", "txn", "propose_future"):  # bound as on a Member
         setattr(member, name, MethodType(getattr(Member, name), member))
     service = KVService(member)
-    puts = [pb.PutRequest(key=b"bench/key/%05d" % i, value=VALUE).SerializeToString()
-            for i in range(64)]
+    keys = [b"bench/key/%05d" % i for i in range(64)]
+    if kind == "put":
+        request_class, response_class, handler = pb.PutRequest, pb.PutResponse, service.Put
+        data = [pb.PutRequest(key=k, value=VALUE).SerializeToString() for k in keys]
+    else:
+        request_class, response_class, handler = pb.TxnRequest, pb.TxnResponse, service.Txn
+        data = [update_request(k, VALUE, 5).SerializeToString() for k in keys]
 
     def one_batch() -> float:
-        reqs = [pb.PutRequest.FromString(d) for d in puts]
+        reqs = [request_class.FromString(d) for d in data]
         responses = []
         for _ in reqs:
-            resp = pb.PutResponse()
+            resp = response_class()
             resp.header.revision = 5
+            if kind == "txn":  # as apply_txn answers a kube update whose compare holds
+                resp.succeeded = True
+                resp.responses.add().response_put.header.revision = 5
             responses.append(resp)
         t = time.thread_time()
-        made = [service.Put(r, None) for r in reqs]
+        made = [handler(r, None) for r in reqs]
         batch = BatchResult(results=list(zip(futures, responses, strict=True)))
         for fn in listeners:
             fn(batch)
@@ -288,7 +297,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("part", choices=("rpc", "apply", "api", "propose"))
     p.add_argument("kind", nargs="?", choices=("put", "txn"), default="put",
-                   help="apply: Put or kube Txn entries")
+                   help="apply, propose: Put or kube Txn requests")
     p.add_argument("--observer", action="store_true", help="rpc: count calls in metrics")
     p.add_argument("--server-like", action="store_true",
                    help="apply: random keys over 10,000, batches of 20, on disk (see above)")
@@ -301,7 +310,8 @@ def main() -> None:
         us = apply(args.kind, args.server_like, args.batch) * 1e6
         print(f"apply {args.kind}: {us:.2f} us thread CPU per request")
     elif args.part == "propose":
-        print(f"propose: {propose() * 1e6:.2f} us thread CPU per Put")
+        what = "Txn" if args.kind == "txn" else "Put"
+        print(f"propose: {propose(args.kind) * 1e6:.2f} us thread CPU per {what}")
     else:
         t, u = api()
         print(f"api: txn {t * 1e6:.2f} us, put {u * 1e6:.2f} us thread CPU per request")

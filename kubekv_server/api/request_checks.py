@@ -59,36 +59,55 @@ class _Deletes:
         return False
 
 
-# One branch's ops as read once: (put keys, deleted intervals, each nested txn's two
-# branches as read, the quota cost of its puts, whether it only reads).
-_Branch = tuple[list[bytes], _Deletes, list[tuple["_Branch", "_Branch"]], int, bool]
+# One branch's ops as read once: (put keys, deleted intervals or None if it deletes
+# nothing, each nested txn's two branches as read (None if none), the quota cost of its
+# puts, whether it only reads). A kube Txn's branches (one Put, one Range) make no
+# _Deletes or nested list: each object made here is CPU on the loop thread.
+_Branch = tuple[list[bytes], "_Deletes | None", "list[tuple[_Branch, _Branch]] | None",
+                int, bool]
+
+_PUT, _RANGE, _DELETE, _TXN = "request_put", "request_range", "request_delete_range", \
+    "request_txn"
 
 
 def _check_branch(ops, max_txn_ops: int) -> _Branch:
     """etcd's checks of one branch's ops (checkRequestOp), in order, in one read of its
     ops (each read of a repeated message field makes its wrappers again); gathers what
-    the duplicate-key check needs, the branch's quota cost (its puts', from
-    `check_put`) and whether it only reads (etcd's isTxnReadonly: only Ranges)."""
+    the duplicate-key check needs, the branch's quota cost (its puts', as `check_put`
+    counts them) and whether it only reads (etcd's isTxnReadonly: only Ranges)."""
     put_keys: list[bytes] = []
-    dels = _Deletes()
-    nested: list[tuple[_Branch, _Branch]] = []
+    dels: _Deletes | None = None
+    nested: list[tuple[_Branch, _Branch]] | None = None
     cost = 0
     read_only = True
-    for op in ops:
+    for op in ops[:]:  # a slice: iterating upb's container itself costs more
         kind = op.WhichOneof("request")
-        if kind == "request_put":
+        if kind == _PUT:
             p = op.request_put
-            cost += check_put(p)
-            put_keys.append(p.key)
+            key = p.key  # check_put, inline: its key read once for the duplicate check
+            if not key:
+                raise errors.EMPTY_KEY
+            value = p.value
+            if p.ignore_value and value:
+                raise errors.VALUE_PROVIDED
+            if p.ignore_lease and p.lease:
+                raise errors.LEASE_PROVIDED
+            cost += quota.KV_OVERHEAD + len(key) + len(value)
+            put_keys.append(key)
             read_only = False
-        elif kind == "request_range":
-            check_range(op.request_range)
-        elif kind == "request_delete_range":
+        elif kind == _RANGE:
+            if not op.request_range.key:  # check_range
+                raise errors.EMPTY_KEY
+        elif kind == _DELETE:
             d = op.request_delete_range
             check_delete(d)
+            if dels is None:
+                dels = _Deletes()
             dels.add(d.key, d.range_end)
             read_only = False
-        elif kind == "request_txn":
+        elif kind == _TXN:
+            if nested is None:
+                nested = []
             nested.append(_check_txn_ops(op.request_txn, max_txn_ops))
             read_only = False
         else:
@@ -103,25 +122,29 @@ def _check_txn_ops(r: pb.TxnRequest, max_txn_ops: int) -> tuple[_Branch, _Branch
     opc = max(len(compare), len(success), len(failure))
     if opc > max_txn_ops:
         raise errors.TOO_MANY_OPS
-    for c in compare:
+    for c in compare[:]:
         if not c.key:
             raise errors.EMPTY_KEY
     return (_check_branch(success, max_txn_ops - opc),
             _check_branch(failure, max_txn_ops - opc))
 
 
-def _check_intervals(branch: _Branch) -> tuple[set[bytes], _Deletes]:
+def _check_intervals(branch: _Branch) -> tuple[set[bytes] | list[bytes], _Deletes | None]:
     """etcd's checkIntervals for one branch: DUPLICATE_KEY if two ops write one key;
-    the keys it puts and the intervals it deletes. Deletes are gathered first, then
-    nested txns are checked, then this branch's puts, as etcd does."""
+    the keys it puts (distinct) and the intervals it deletes. Deletes are gathered
+    first, then nested txns are checked, then this branch's puts, as etcd does."""
     put_keys, dels, nested = branch[0], branch[1], branch[2]
-    if not nested and not dels.intervals:  # puts only (kube's Txns): distinct keys
+    if nested is None and dels is None:  # puts only (kube's Txns): distinct keys
+        if len(put_keys) < 2:
+            return put_keys, None
         distinct = set(put_keys)
         if len(distinct) != len(put_keys):
             raise errors.DUPLICATE_KEY
-        return distinct, dels
+        return distinct, None
+    if dels is None:
+        dels = _Deletes()
     puts: set[bytes] = set()
-    for then, else_ in nested:
+    for then, else_ in nested or ():
         puts_then, dels_then = _check_intervals(then)
         puts_else, dels_else = _check_intervals(else_)
         for k in puts_then:
@@ -132,8 +155,10 @@ def _check_intervals(branch: _Branch) -> tuple[set[bytes], _Deletes]:
             if (k in puts and k not in puts_then) or dels.hits(k):
                 raise errors.DUPLICATE_KEY
             puts.add(k)
-        dels.union(dels_then)
-        dels.union(dels_else)
+        if dels_then is not None:
+            dels.union(dels_then)
+        if dels_else is not None:
+            dels.union(dels_else)
 
     for k in put_keys:
         if k in puts or dels.hits(k):

@@ -18,6 +18,7 @@ from kubekv_server.kv.range import execute_range, range_end_arg
 LeaseExists = Callable[[int], bool]
 
 _EMPTY_KV = kv_pb2.KeyValue()
+_parse_kv = kv_pb2.KeyValue.FromString
 
 
 # ---------------------------------------------------------------- compares
@@ -34,8 +35,13 @@ _RESULTS = {pb.Compare.EQUAL: operator.eq, pb.Compare.NOT_EQUAL: operator.ne,
 def _compare(txn, c: pb.Compare) -> bool:
     """etcd's applyCompare: the compare holds for every key in its range (for a missing
     key, against an empty KeyValue, but never on its value)."""
+    range_end = c.range_end
     try:
-        kvs = txn.range(c.key, range_end_arg(c.range_end)).kvs
+        if range_end:
+            kvs = txn.range(c.key, range_end_arg(range_end)).kvs
+        else:  # one key (kube's compares): its live row, no RangeResult
+            raw = txn.live_kv(c.key)
+            kvs = () if raw is None else (_parse_kv(raw),)
     except Exception:  # etcd treats a failed read as a failed compare
         return False
     name = _OPERANDS.get(c.target)
@@ -65,12 +71,12 @@ def taken_branch(txn, r: pb.TxnRequest) -> Taken:
     """Evaluate the compares of a txn and of the nested txns on its taken branch, depth
     first (all before any write, as etcd); the taken branch, read once."""
     succeeded = True
-    for c in r.compare:
+    for c in r.compare[:]:  # slices: iterating upb's container itself costs more
         if not _compare(txn, c):
             succeeded = False
             break
     ops: list[tuple[str | None, object, Taken | None]] = []
-    for op in r.success if succeeded else r.failure:
+    for op in (r.success if succeeded else r.failure)[:]:
         kind = op.WhichOneof("request")
         if kind == "request_txn":
             nested = op.request_txn
@@ -86,10 +92,10 @@ def is_read_only(r: pb.TxnRequest) -> bool:
     As etcd's isTxnReadonly, a nested txn makes a txn a write even if it only
     reads: it is proposed, so --max-request-bytes applies to it.
     """
-    for op in r.success:
+    for op in r.success[:]:
         if op.WhichOneof("request") != "request_range":
             return False
-    for op in r.failure:
+    for op in r.failure[:]:
         if op.WhichOneof("request") != "request_range":
             return False
     return True

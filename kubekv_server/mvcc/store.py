@@ -151,6 +151,13 @@ class _Reader:
             raw, count = self._range_history(key, end, rev, limit, count_only)
         return RangeResult(raw, count, cur_rev)
 
+    def live_kv(self, key: bytes) -> bytes | None:
+        """The serialized live KeyValue of one key, None if absent: what ``range(key,
+        None)`` reads, without its RangeResult (a Txn's compare on one key)."""
+        self._ranges += 1
+        raw = self._range_live(key, None, 0, False)[0]
+        return raw[0] if raw else None
+
     def _user_key(self, stored_key: bytes) -> bytes:
         """The user key of a long stored key."""
         return self._txn.get(stored_key, db=self._dbs.long_keys)

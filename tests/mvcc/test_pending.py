@@ -93,6 +93,7 @@ def _read(store: MVCCStore, rng: random.Random, keys: list[bytes]):
                             res.rev))
             except (CompactedError, FutureRevError) as exc:
                 out.append(("range", key, end, rev, type(exc).__name__))
+            out.append(("live", key, r.live_kv(key)))  # a Txn's one-key compare
         lo = rng.randint(max(compacted + 1, 1), cur)
         out.append(("history", lo, [(e.type, e.kv.SerializeToString())
                                     for e in r.history(lo, cur)]))

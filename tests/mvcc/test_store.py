@@ -118,6 +118,30 @@ def test_a_put_after_a_read_of_its_key_reads_it_no_second_time(store, env):
             == [(b"a", 5, 2), (b"b", 1, 3)]
 
 
+def test_live_kv_reads_what_a_range_of_one_key_reads(store, env):
+    """A Txn's compare on one key reads its live row through live_kv: the row
+    range(key, None) gives (None if absent), in a write txn and a read view alike."""
+    long_key = b"k" * (PREFIX + 5)
+    put(store, env, (b"a", b"0"), (b"a", b"1"), (long_key, b"L"), (b"b", b"0"))
+    keys = (b"a", long_key, b"b", b"zz", b"")
+
+    def same(txn) -> None:
+        for key in keys:
+            raw = txn.range(key, None).raw_kvs
+            assert txn.live_kv(key) == (raw[0] if raw else None)
+
+    with env.begin(write=True) as t:
+        w = store.write(t)
+        w.delete_range(b"b", None)
+        same(w)
+        assert w.live_kv(b"b") is None
+        assert KeyValue.FromString(w.live_kv(b"a")).version == 2
+        w.end()
+    with store.read() as r:
+        same(r)
+        assert KeyValue.FromString(r.live_kv(long_key)).value == b"L"
+
+
 def test_noop_write_txn_keeps_revision(store, env):
     with env.begin(write=True) as t:
         w = store.write(t)
