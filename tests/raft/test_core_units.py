@@ -451,6 +451,7 @@ def test_leader_counts_its_own_entry_only_once_persisted():
     r.msgs = []
     r.step(pb.Message(from_=1, to=1, type=pb.MsgProp, entries=[pb.Entry(data=b"x")]))
     li = r.raft_log.last_index()
+    r.flush_appends()  # what RawNode does before a Ready
     assert 2 in {m.to for m in r.msgs if m.type == pb.MsgApp}  # sent before the write
     r.step(pb.Message(from_=2, to=1, type=pb.MsgAppResp, term=r.term, index=li))
     assert r.raft_log.committed == li - 1
