@@ -330,9 +330,12 @@ class Raft:
         if self.state != StateType.LEADER:
             return
         prs = self.prs.progress
+        last = self.raft_log.last_index()
         for i in sorted(due):
-            if i in prs and self.maybe_send_append(i, due[i]):
-                while self.maybe_send_append(i, False):
+            pr = prs.get(i)
+            if pr is not None and self.maybe_send_append(i, due[i]):
+                # more only if a size limit left entries behind (else the call is a no-op)
+                while pr.next <= last and self.maybe_send_append(i, False):
                     pass
 
     def bcast_heartbeat(self) -> None:
