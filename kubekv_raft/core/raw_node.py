@@ -129,7 +129,8 @@ class RawNode:
         return SoftState(self.raft.lead, self.raft.state)
 
     def has_ready(self) -> bool:
-        """Whether ready() would return anything."""
+        """Whether ready() would return anything (the appends the inputs stepped since
+        the last Ready made due are built first: `Raft.flush_appends`)."""
         r = self.raft
         if r._appends_due:
             r.flush_appends()
