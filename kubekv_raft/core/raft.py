@@ -163,6 +163,9 @@ class Raft:
         self.read_only = ReadOnly(c.read_only_option)
         self.pending_read_index_messages: list[pb.Message] = []
         self._read_heartbeat_due = False
+        # leader: peers owed an append by the inputs stepped since the last flush (id ->
+        # whether an empty one is due, to carry a new commit index); see `flush_appends`
+        self._appends_due: dict[int, bool] = {}
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.check_quorum = c.check_quorum
@@ -305,6 +308,36 @@ class Raft:
             if i != self.id:
                 self.send_append(i)
 
+    def bcast_append_later(self) -> None:
+        """`bcast_append`, built when the inputs stepped so far are all in (`flush_appends`)."""
+        due = self._appends_due
+        me = self.id
+        for i in self.prs.progress:
+            if i != me:
+                due[i] = True
+
+    def flush_appends(self) -> None:
+        """Send the appends the inputs stepped since the last flush made due: per peer one
+        MsgApp with every entry it lacks and the commit index as it is now (and more while
+        flow control allows, if the entries exceed a message), where each proposal, ack
+        and commit step would have sent one of its own. RawNode flushes before a Ready
+        is built, so nothing leaves later than before; the merged message is the one a
+        leader sends when those proposals and acks arrive at once. etcd-io/raft builds an
+        append per step; tikv/raft-rs merges them the same way (`batch_append`, its
+        issue 18), and etcd-io/raft's DisableEagerAppends (PR 161) proposed it too."""
+        due = self._appends_due
+        self._appends_due = {}
+        if self.state != StateType.LEADER:
+            return
+        prs = self.prs.progress
+        last = self.raft_log.last_index()
+        for i in sorted(due):
+            pr = prs.get(i)
+            if pr is not None and self.maybe_send_append(i, due[i]):
+                # more only if a size limit left entries behind (else the call is a no-op)
+                while pr.next <= last and self.maybe_send_append(i, False):
+                    pass
+
     def bcast_heartbeat(self) -> None:
         """Heartbeat everyone, carrying the newest pending read's context."""
         self._read_heartbeat_due = False
@@ -382,6 +415,7 @@ class Raft:
         self.read_only = ReadOnly(self.read_only.option)
         self.pending_read_index_messages = []
         self._read_heartbeat_due = False
+        self._appends_due = {}
 
     def append_entry(self, es: list[pb.Entry]) -> bool:
         """Leader: stamp term/index on new entries and append them; False if over the bound."""
@@ -417,7 +451,7 @@ class Raft:
         if pr is not None and pr.maybe_update(index) and self.maybe_commit():
             if self.pending_read_index_messages:
                 self._release_pending_read_index_messages()
-            self.bcast_append()
+            self.bcast_append_later()
 
     def increase_uncommitted_size(self, ents: list[pb.Entry]) -> bool:
         """Count proposals against the bound; always admit one batch into an empty log."""
@@ -761,7 +795,7 @@ class Raft:
                 self.pending_conf_index = self.raft_log.last_index() + k + 1
         if not self.append_entry(ents):
             raise ProposalDroppedError("too many uncommitted entries")
-        self.bcast_append()
+        self.bcast_append_later()
 
     def _handle_app_resp(self, m: pb.Message, pr: Progress) -> None:
         pr.recent_active = True
@@ -790,12 +824,13 @@ class Raft:
         if self.maybe_commit():
             if self.pending_read_index_messages:
                 self._release_pending_read_index_messages()
-            self.bcast_append()
+            self.bcast_append_later()
         elif old_paused:
-            self.send_append(m.from_)
-        # Flow control may now allow several (size-limited) messages at once.
-        while self.maybe_send_append(m.from_, False):
-            pass
+            self._appends_due[m.from_] = True
+        else:
+            # Flow control may now allow more (size-limited) messages: sent at the flush,
+            # which goes on while the window allows.
+            self._appends_due.setdefault(m.from_, False)
         if m.from_ == self.lead_transferee and pr.match == self.raft_log.last_index():
             log.info("%x sent MsgTimeoutNow to %x after it caught up", self.id, m.from_)
             self.send_timeout_now(m.from_)
@@ -989,6 +1024,7 @@ class Raft:
     # -- leadership transfer and reads -----------------------------------------------------
     def send_timeout_now(self, to: int) -> None:
         """Tell `to` to campaign at once (leadership transfer)."""
+        self.flush_appends()  # what the appends owed to `to` carry goes before it
         self.send(pb.Message(to=to, type=pb.MsgTimeoutNow))
 
     def abort_leader_transfer(self) -> None:

@@ -129,8 +129,11 @@ class RawNode:
         return SoftState(self.raft.lead, self.raft.state)
 
     def has_ready(self) -> bool:
-        """Whether ready() would return anything."""
+        """Whether ready() would return anything (the appends the inputs stepped since
+        the last Ready made due are built first: `Raft.flush_appends`)."""
         r = self.raft
+        if r._appends_due:
+            r.flush_appends()
         if r._read_heartbeat_due or r.msgs or r.read_states:
             return True
         rl = r.raft_log
@@ -146,6 +149,8 @@ class RawNode:
         if self._pending is not None:
             raise AssertionError("ready() called again before advance()")
         r = self.raft
+        if r._appends_due:
+            r.flush_appends()
         if r._read_heartbeat_due:
             r.flush_read_heartbeat()
         rl = r.raft_log

@@ -30,6 +30,7 @@ def persist(r: Raft) -> None:
 
 def read_messages(r: Raft) -> list[pb.Message]:
     persist(r)
+    r.flush_appends()
     r.flush_read_heartbeat()
     msgs, r.msgs = r.msgs, []
     return msgs

@@ -437,6 +437,37 @@ def test_restore_snapshot_paths():
     assert r.raft_log.committed == 6
 
 
+def test_leader_sends_one_append_per_follower_per_flush():
+    """Proposals and a commit stepped between two Readys leave as one MsgApp per
+    follower, with every entry it lacks and the commit index as it is at the flush."""
+    r = new_raft(1, [1, 2, 3])
+    r.become_candidate()
+    r.become_leader()
+    persist(r)
+    empty = r.raft_log.last_index()
+    for f in (2, 3):  # both followers hold the leader's empty entry: replicating
+        r.step(pb.Message(from_=f, to=1, type=pb.MsgAppResp, term=r.term, index=empty))
+    read_messages(r)
+    r.step(pb.Message(from_=1, to=1, type=pb.MsgProp, entries=[pb.Entry(data=b"x")]))
+    x = r.raft_log.last_index()
+    persist(r)  # the leader's copy of x is durable
+    r.step(pb.Message(from_=2, to=1, type=pb.MsgAppResp, term=r.term, index=x))
+    assert r.raft_log.committed == x
+    r.step(pb.Message(from_=1, to=1, type=pb.MsgProp, entries=[pb.Entry(data=b"y")]))
+    assert not [m for m in r.msgs if m.type == pb.MsgApp]  # nothing built per step
+    r.flush_appends()
+    apps = {}
+    for m in r.msgs:
+        assert m.type == pb.MsgApp and m.to not in apps
+        apps[m.to] = m
+    assert [e.data for e in apps[3].entries] == [b"x", b"y"]
+    assert [e.data for e in apps[2].entries] == [b"y"]  # it acked x already
+    assert apps[2].commit == apps[3].commit == x
+    r.msgs = []
+    r.flush_appends()
+    assert r.msgs == []
+
+
 def test_leader_counts_its_own_entry_only_once_persisted():
     """etcd-io/raft's self-ack: a follower's ack plus the leader's unwritten copy is not a
     quorum of durable copies, so it must not commit (the leader sends before its fsync)."""
@@ -451,6 +482,7 @@ def test_leader_counts_its_own_entry_only_once_persisted():
     r.msgs = []
     r.step(pb.Message(from_=1, to=1, type=pb.MsgProp, entries=[pb.Entry(data=b"x")]))
     li = r.raft_log.last_index()
+    r.flush_appends()  # what RawNode does before a Ready
     assert 2 in {m.to for m in r.msgs if m.type == pb.MsgApp}  # sent before the write
     r.step(pb.Message(from_=2, to=1, type=pb.MsgAppResp, term=r.term, index=li))
     assert r.raft_log.committed == li - 1
