@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from etcdproto.raftpb import raft_pb2 as pb
+from kubekv_raft.core.errors import CompactedError, UnavailableError
 from kubekv_raft.core.raft import StateType
 
 if TYPE_CHECKING:
@@ -41,12 +42,21 @@ class SafetyChecker:
         raise SafetyViolation(what)
 
     def before_persist(self, node: SimNode, entries: list[pb.Entry]) -> None:
-        """Log matching: an (index, term) names one entry, with one predecessor term."""
-        rl = node.raw.raft.raft_log
+        """Log matching: an (index, term) names one entry, with one predecessor term.
+
+        The predecessor is the entry the write extends on the node's disk, not the one
+        in its memory: a node steps messages while a Ready's write is under way, and a
+        newer leader's append may already have replaced that entry in memory (the disk
+        gets the replacement in a later write; `stable_to` keeps it unstable)."""
         prev_term = None
         for e in entries:
             if prev_term is None:
-                prev_term = rl.zero_term(e.index - 1) if e.index > 1 else 0
+                prev_term = 0
+                if e.index > 1:
+                    try:
+                        prev_term = node.storage.term(e.index - 1)
+                    except (CompactedError, UnavailableError):
+                        pass  # nothing on the disk to compare with
             key = (e.index, e.term)
             got = self.entries.get(key)
             if got is None:
