@@ -84,20 +84,11 @@ def _check_branch(ops, max_txn_ops: int) -> _Branch:
         kind = op.WhichOneof("request")
         if kind == _PUT:
             p = op.request_put
-            key = p.key  # check_put, inline: its key read once for the duplicate check
-            if not key:
-                raise errors.EMPTY_KEY
-            value = p.value
-            if p.ignore_value and value:
-                raise errors.VALUE_PROVIDED
-            if p.ignore_lease and p.lease:
-                raise errors.LEASE_PROVIDED
-            cost += quota.KV_OVERHEAD + len(key) + len(value)
-            put_keys.append(key)
+            cost += check_put(p)
+            put_keys.append(p.key)
             read_only = False
         elif kind == _RANGE:
-            if not op.request_range.key:  # check_range
-                raise errors.EMPTY_KEY
+            check_range(op.request_range)
         elif kind == _DELETE:
             d = op.request_delete_range
             check_delete(d)
