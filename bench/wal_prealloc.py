@@ -1,4 +1,4 @@
-"""Time and CPU of one small write + fdatasync, appending against into preallocated space.
+"""Time and CPU of one small write + fdatasync: appending, against writing into preallocated space.
 
     python3 bench/wal_prealloc.py [--dir D] [--writes 2000] [--size 350] [--rounds 3]
 
