@@ -164,7 +164,7 @@ class WALStorage:
         with open(self._file(seq), "rb") as f:
             data = f.read()
         good = self._replay(data)
-        if good == 0 and data.count(0) != len(data):  # all zeros: a preallocated empty log
+        if good == 0 and data:  # every file is created with a STATE record before its tail
             raise WALCorruptError(f"{self._file(seq)}: no valid state record at its start")
         if good < len(data):  # a torn tail (written after the last durable write returned)
             # or the preallocated one: the next write preallocates again

@@ -391,18 +391,15 @@ def test_wal_without_fsync_is_not_preallocated(tmp_path):
     s.close()
 
 
-def test_wal_all_zero_file_is_an_empty_log(tmp_path):
-    """A preallocated file whose records a cut lost (only --unsafe-no-fsync can)."""
+def test_wal_file_of_zeros_is_refused(tmp_path):
+    """Every file is created whole with a synced STATE record before its tail is
+    preallocated, so zeros from the start are not a log this wrote: refused, not read
+    as an empty log (a member would come back empty)."""
     path = tmp_path / "w"
     path.mkdir()
     (path / "0000000000000002.wal").write_bytes(bytes(4096))
-    s = WALStorage(str(path))
-    assert (s.first_index(), s.last_index()) == (1, 0)
-    s.append(ents((1, 1)), pb.HardState(term=1, commit=1))
-    s.close()
-    s = WALStorage(str(path))
-    assert s.last_index() == 1 and s.hard_state().commit == 1
-    s.close()
+    with pytest.raises(WALCorruptError, match="no valid state record"):
+        WALStorage(str(path))
 
 
 def test_wal_reads_entries_back_from_the_file_beyond_its_cache(tmp_path, monkeypatch):
