@@ -4,12 +4,15 @@ request of each member and of each of its threads, from /proc (not product code)
     python3 bench/thread_cpu/load.py --dir D --base 2479 --members 3 --inflight 64 \
         --duration 6 [--procs 2] [--targets K] [--op put|txn] [--tree T]
 
---targets K sends to the first K members only (default all: requests go round-robin
-over the members). Requests per second come from the revision moved during the run.
-Threads are listed by thread id in start order: the first is the loop; kubekv-apply
-and kubekv-log follow (Python names threads only in Python). Thread CPU moves far less
-with the machine's other load than requests per second: on a shared machine it is the
-evidence, requests per second the sanity check.
+--targets K sends to the first K members only (default all: closed loop i sends to
+member i mod N, so at 1 in flight all requests go to n1: `members.py start --n1-leader`
+makes that the leader, as cluster_bench.py does). Requests per second come from the
+revision moved during the run. Threads are listed by thread id in start order: the first
+is the loop; kubekv-apply and kubekv-log follow (Python names threads only in Python).
+Thread CPU moves far less with the machine's other load than requests per second: on a
+shared machine it is the evidence, requests per second the sanity check. Each thread's
+context switches per request (/proc/PID/task/TID/status, voluntary + involuntary) follow
+its CPU: at 1 in flight a member's wake-ups cost it about as much as its Python does.
 """
 
 from __future__ import annotations
@@ -85,6 +88,20 @@ def thread_ticks(pid: int) -> dict[int, int]:
     return out
 
 
+def thread_switches(pid: int) -> dict[int, int]:
+    """Context switches (voluntary + involuntary) of each thread of pid so far: each is a
+    wake-up or a preemption, which cost a member at 1 in flight more than its Python."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            status = pathlib.Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:
+            continue
+        out[int(tid)] = sum(int(line.split()[1]) for line in status.splitlines()
+                            if "ctxt_switches:" in line)
+    return out
+
+
 def main() -> int:
     a = parse()
     sys.path.insert(0, a.tree)
@@ -103,20 +120,25 @@ def main() -> int:
     d = pathlib.Path(a.dir)
     pids = [int((d / f"n{i}.pid").read_text()) for i in range(1, a.members + 1)]
     rev0, before, t0 = revision(), [thread_ticks(p) for p in pids], time.monotonic()
+    sw_before = [thread_switches(p) for p in pids]
     workers = [subprocess.Popen([sys.executable, __file__, "--worker", *sys.argv[1:]])
                for _ in range(a.procs)]
     for w in workers:
         w.wait()
     took, after = time.monotonic() - t0, [thread_ticks(p) for p in pids]
+    sw_after = [thread_switches(p) for p in pids]
     n = max(revision() - rev0, 1)
     hz = os.sysconf("SC_CLK_TCK")
     print(f"{n / took:.0f} {a.op}s/s over {took:.1f} s ({n} revisions)")
     for i, (b, c) in enumerate(zip(before, after, strict=True), 1):
         used = {t: c[t] - b.get(t, 0) for t in c if c[t] > b.get(t, 0)}
         total = sum(used.values())
-        per = ", ".join(f"{t}:{ticks / hz / n * 1e6:.1f}us" for t, ticks in used.items())
+        sb, sa = sw_before[i - 1], sw_after[i - 1]
+        per = ", ".join(f"{t}:{ticks / hz / n * 1e6:.1f}us/"
+                        f"{(sa.get(t, 0) - sb.get(t, 0)) / n:.2f}sw"
+                        for t, ticks in used.items())
         print(f"  n{i}: {total / hz / took:.2f} cores, {total / hz / n * 1e6:.1f} us CPU per "
-              f"{a.op}; threads {per}")
+              f"{a.op}; threads (CPU/context switches per {a.op}) {per}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Start and stop kubekv members of any source tree for measuring (not product code).
 
     python3 bench/thread_cpu/members.py start --tree T --dir D --base 2479 --members 3 \
-        [--cprof] [--flags "..."]
+        [--cprof] [--flags="..."] [--n1-leader]
     python3 bench/thread_cpu/members.py stop --dir D
 
 Member i (1-based) serves clients on base+10*(i-1) and peers on base+10*(i-1)+1, all on
@@ -69,6 +69,8 @@ def start(a: argparse.Namespace, d: pathlib.Path) -> int:
             if status.leader:
                 rpc_pb2_grpc.KVStub(channel).Put(rpc_pb2.PutRequest(key=b"ready", value=b"1"),
                                                  timeout=5)
+                if a.n1_leader and status.leader != status.header.member_id:
+                    status = n1_made_leader(a, status.header.member_id, status.leader)
                 print(f"ready; leader {status.leader:x}, n1 is {status.header.member_id:x}")
                 return 0
         except grpc.RpcError:
@@ -76,6 +78,28 @@ def start(a: argparse.Namespace, d: pathlib.Path) -> int:
         time.sleep(0.3)
     print(f"not ready in 30 s; logs in {d}")
     return 1
+
+
+def n1_made_leader(a: argparse.Namespace, n1: int, leader: int):
+    """Move leadership to n1 (Maintenance.MoveLeader on the leader), as cluster_bench.py
+    does before each cell; returns n1's Status once it leads."""
+    import grpc
+
+    from etcdproto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+    for i in range(a.members):
+        ch = grpc.insecure_channel(f"127.0.0.1:{a.base + 10 * i}")
+        m = rpc_pb2_grpc.MaintenanceStub(ch)
+        if m.Status(rpc_pb2.StatusRequest(), timeout=2).header.member_id == leader:
+            m.MoveLeader(rpc_pb2.MoveLeaderRequest(targetID=n1), timeout=10)
+            break
+    n1_status = rpc_pb2_grpc.MaintenanceStub(grpc.insecure_channel(f"127.0.0.1:{a.base}"))
+    deadline = time.monotonic() + 10
+    while True:
+        status = n1_status.Status(rpc_pb2.StatusRequest(), timeout=2)
+        if status.leader == n1 or time.monotonic() > deadline:
+            return status
+        time.sleep(0.1)
 
 
 def stop(d: pathlib.Path) -> int:
@@ -96,6 +120,8 @@ def main() -> int:
     ap.add_argument("--members", type=int, default=3)
     ap.add_argument("--cprof", action="store_true", help="cProfile each loop thread")
     ap.add_argument("--flags", default="", help="extra server flags, one string")
+    ap.add_argument("--n1-leader", action="store_true",
+                    help="move leadership to n1 once ready (where load.py sends at 1 in flight)")
     a = ap.parse_args()
     d = pathlib.Path(a.dir).resolve()
     return start(a, d) if a.cmd == "start" else stop(d)
