@@ -90,7 +90,8 @@ def thread_ticks(pid: int) -> dict[int, int]:
 
 def thread_switches(pid: int) -> dict[int, int]:
     """Context switches (voluntary + involuntary) of each thread of pid so far: each is a
-    wake-up or a preemption, which cost a member at 1 in flight more than its Python."""
+    wake-up or a preemption, which at 1 in flight cost a member about as much as its
+    Python does."""
     out = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:

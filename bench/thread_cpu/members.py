@@ -80,7 +80,7 @@ def start(a: argparse.Namespace, d: pathlib.Path) -> int:
     return 1
 
 
-def n1_made_leader(a: argparse.Namespace, n1: int, leader: int):
+def n1_made_leader(a: argparse.Namespace, n1: int, leader: int) -> object:
     """Move leadership to n1 (Maintenance.MoveLeader on the leader), as cluster_bench.py
     does before each cell; returns n1's Status once it leads."""
     import grpc
