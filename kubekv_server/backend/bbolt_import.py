@@ -120,7 +120,7 @@ def load(path: str, env: lmdb.Environment, mvcc, leases, backend) -> int:
             if is_tombstone(rev):
                 live.pop(sk, None)
             else:
-                live[sk] = (value, kv)
+                live[sk] = (rev, kv)
             current = max(current, main_of(rev))
         for sk in sorted(live):
             txn.put(sk, live[sk][0], db=dbs.live)

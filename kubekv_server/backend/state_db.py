@@ -1,6 +1,6 @@
 """The member's state database: one LMDB environment holding everything the log is applied to.
 
-MVCC history, key index, current values, membership and the applied index live
+MVCC history, key index, live keys, membership and the applied index live
 here, written by the apply transaction (committed in batches, see `apply_txn`), so a
 restart replays exactly the log entries this database has not seen. Other processes
 may open it read-only to read what is committed (LMDB readers never block the writer).
@@ -117,6 +117,9 @@ class Backend:
         self.before_commit: list = []
         # called after each commit of the apply txn (the MVCC store drops its pending view)
         self.on_commit: list = []
+        # called with the write txn that installs a snapshot's state, before it commits
+        # (the MVCC store upgrades a snapshot written in an older layout)
+        self.on_install: list = []
         self._psize = self.env.stat()["psize"]  # the page size, fixed for the file
 
     def _open(self, path: str) -> lmdb.Environment:
@@ -248,10 +251,11 @@ class Backend:
 
     def quota_size(self) -> int:
         """What the quota check counts: the file's size, plus what the uncommitted apply
-        txn will add to it (its key changes land twice, in the history and the live
-        table). Without the second part a burst of writes between two commits passes
-        the check on the file's old size and overshoots the quota (etcd's TestCtlV3Alarm
-        then could not get back under it with a compaction and a defragmentation)."""
+        txn will add to it, counted twice (its key changes land in the history, and each
+        page of the index and live tables they touch is copied on write). Without the
+        second part a burst of writes between two commits passes the check on the file's
+        old size and overshoots the quota (etcd's TestCtlV3Alarm then could not get back
+        under it with a compaction and a defragmentation)."""
         return self.size_bytes() + 2 * self._held_bytes
 
     def in_use_bytes(self) -> int:

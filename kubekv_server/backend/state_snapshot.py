@@ -106,6 +106,8 @@ def install(backend: Backend, path: str) -> None:
             for k, v in local.items():
                 if v is not None:
                     txn.put(k, v, db=backend.meta)
+            for fn in backend.on_install:
+                fn(txn)
     finally:
         snap.close()
     log.info("event=snapshot_installed file=%s", path)

@@ -31,6 +31,7 @@ from kubekv_server.member.bootstrap import (
     load_identity,
     open_stores,
     publish,
+    refuse,
 )
 from kubekv_server.member.force_new_cluster import force_standalone
 from kubekv_server.member.leadership import Leadership
@@ -40,7 +41,7 @@ from kubekv_server.member.maintenance import Maintenance
 from kubekv_server.member.proposals import DEFAULT_QUOTA_BYTES, REQUEST_TIMEOUT, Proposer
 from kubekv_server.member.reads import Reads
 from kubekv_server.member.reconfiguration import Reconfiguration
-from kubekv_server.mvcc import MVCCStore
+from kubekv_server.mvcc import CorruptStoreError, MVCCStore
 from kubekv_server.mvcc.compactor import Compactor
 from kubekv_server.peer import lease_forward
 from kubekv_server.peer.peering import Peering, PeerServing
@@ -74,7 +75,11 @@ class Member:
             self.backend.batch_interval = cfg.backend_batch_interval
         if cfg.backend_batch_limit:
             self.backend.batch_limit = max(cfg.backend_batch_limit, 1)
-        self.mvcc = MVCCStore(self.backend.env)
+        try:
+            self.mvcc = MVCCStore(self.backend.env)  # upgrades an older layout
+        except CorruptStoreError as e:
+            refuse(f"state db: {e}")
+        self.backend.on_install.append(self.mvcc.upgrade_layout)
         self.password_iterations = password.iterations_for_flag(cfg.bcrypt_cost)
         identity = load_identity(cfg, self.backend, self.storage)
         self.member_id, self.cluster_id = identity.member_id, identity.cluster_id

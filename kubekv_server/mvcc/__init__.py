@@ -3,6 +3,7 @@ revision, compaction and hashes. See ``store.py`` for the layout."""
 
 from kubekv_server.mvcc.errors import (
     CompactedError,
+    CorruptStoreError,
     FutureRevError,
     InvalidKeyError,
     MVCCError,
@@ -14,6 +15,7 @@ from kubekv_server.mvcc.store import MVCCStore, RangeResult, ReadTxn, WriteTxn
 __all__ = [
     "NEVER_COMPACTED",
     "CompactedError",
+    "CorruptStoreError",
     "FutureRevError",
     "InvalidKeyError",
     "MVCCError",

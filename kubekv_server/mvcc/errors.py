@@ -27,3 +27,7 @@ class FutureRevError(MVCCError):
 
 class InvalidKeyError(MVCCError, ValueError):
     """The key cannot be stored: it is empty (etcd's API refuses that before)."""
+
+
+class CorruptStoreError(MVCCError):
+    """The store's tables contradict each other (found while upgrading its layout)."""

@@ -6,8 +6,9 @@ Sub-databases of the member's LMDB environment (see ``docs/mvcc.md``):
   (``revision.py``) -> serialized ``mvccpb.KeyValue``; tombstones have an 18-byte
   key and a KeyValue with only ``key`` set.
 - ``key_index``: dupsort ``user key -> revision bytes`` (``key_index.py``).
-- ``live``: ``user key -> serialized current KeyValue``; reads at the current
-  revision use only this database.
+- ``live``: ``user key -> revision bytes`` of its current ``key`` row; reads at the
+  current revision find their keys here and their values with one ``get`` each
+  (``live_layout.py``: why not the KeyValue itself, and the upgrade from that).
 - ``long_keys``: stored key -> user key, for keys longer than ``stored_key.PREFIX``
   (``key_index`` and ``live`` are keyed by ``stored_key.stored(user key)``).
 - ``meta``: current revision, compaction state (``meta.py``).
@@ -20,12 +21,13 @@ revisions, and a write txn reads its own writes.
 from __future__ import annotations
 
 import itertools
+import logging
 
 import lmdb
 
 from etcdproto.mvccpb.kv_pb2 import Event, KeyValue
-from kubekv_server.mvcc import compaction, meta
-from kubekv_server.mvcc.errors import CompactedError, FutureRevError, InvalidKeyError
+from kubekv_server.mvcc import compaction, live_layout, meta
+from kubekv_server.mvcc.errors import CompactedError, FutureRevError, InvalidKeyError, MVCCError
 from kubekv_server.mvcc.hash import hash_history
 from kubekv_server.mvcc.key_index import visible_at
 from kubekv_server.mvcc.pending import EMPTY, Pending
@@ -37,6 +39,8 @@ DB_KEY_INDEX = b"key_index"
 DB_LIVE = b"live"
 DB_META = b"meta"
 DB_LONG_KEYS = b"long_keys"
+
+log = logging.getLogger(__name__)
 
 _PUT = Event.PUT
 _DELETE = Event.DELETE
@@ -172,7 +176,11 @@ class _Reader:
             sk = key if len(key) <= PREFIX else stored(key)
             p = self._p
             e = None if p is None else p.live.get(sk)
-            v = txn.get(sk, db=dbs.live) if e is None else e[1]
+            if e is None:
+                rb = txn.get(sk, db=dbs.live)
+                v = None if rb is None else txn.get(rb, db=dbs.key)
+            else:
+                v = e[1]
             if v is None:
                 return [], 0
             return ([] if count_only else [v]), 1
@@ -190,12 +198,13 @@ class _Reader:
         raw: list[bytes] = []
         if not count_only:
             want = limit if limit > 0 else -1
+            row = txn.cursor(db=dbs.key).get  # one cursor: half a txn.get's cost per row
             for k, v in cur.iternext():
                 if end and k >= end:
                     return raw, len(raw)
                 if len(k) > PREFIX:
                     return self._range_live_ordered(key, end, limit, count_only)
-                raw.append(v)
+                raw.append(row(v))
                 if len(raw) == want:
                     break
             else:
@@ -220,13 +229,14 @@ class _Reader:
     ) -> tuple[list[bytes], int]:
         """``_range_live`` for any bounds and any keys, in user-key order."""
         cur = self._txn.cursor(db=self._dbs.live)
+        row = self._txn.cursor(db=self._dbs.key).get
         raw: list[bytes] = []
         count = 0
         want = 0 if count_only else (limit if limit > 0 else -1)
         for _u, _s, v in scan(cur, key, end, self._user_key):
             count += 1
             if len(raw) != want:
-                raw.append(v)
+                raw.append(row(v))
         return raw, count
 
     def _range_live_pending(
@@ -243,6 +253,7 @@ class _Reader:
         count = 0
         want = 0 if count_only else (limit if limit > 0 else -1)
         cur = self._txn.cursor(db=self._dbs.live)
+        row = self._txn.cursor(db=self._dbs.key).get
         for u, _s, v in scan(cur, key, end, self._user_key):
             while nxt is not None and nxt[0] < u:
                 count += 1
@@ -253,7 +264,7 @@ class _Reader:
                 continue
             count += 1
             if len(raw) != want:
-                raw.append(v)
+                raw.append(row(v))
         while nxt is not None:
             count += 1
             if len(raw) != want:
@@ -445,7 +456,8 @@ class WriteTxn(_Reader):
     ) -> tuple[list[bytes], int]:
         if end is None and key:  # one key, remembered (a write txn has no pending view)
             sk = key if len(key) <= PREFIX else stored(key)
-            v = self._txn.get(sk, db=self._dbs.live)
+            rb = self._txn.get(sk, db=self._dbs.live)
+            v = None if rb is None else self._txn.get(rb, db=self._dbs.key)
             self._seen = sk, v
             if v is None:
                 return [], 0
@@ -466,7 +478,11 @@ class WriteTxn(_Reader):
             sk = stored(key)
             txn.put(sk, key, db=dbs.long_keys)
         seen = self._seen
-        prev_raw = seen[1] if seen is not None and seen[0] == sk else txn.get(sk, db=dbs.live)
+        if seen is not None and seen[0] == sk:
+            prev_raw = seen[1]
+        else:
+            prb = txn.get(sk, db=dbs.live)
+            prev_raw = None if prb is None else txn.get(prb, db=dbs.key)
         ev = Event()  # type PUT, the default
         kv = ev.kv
         kv.key = key
@@ -490,7 +506,7 @@ class WriteTxn(_Reader):
         rb = rev_to_bytes(rev, len(self._changes))
         txn.put(rb, data, db=dbs.key, append=True)
         txn.put(sk, rb, db=dbs.key_index, dupdata=True)
-        txn.put(sk, data, db=dbs.live)
+        txn.put(sk, rb, db=dbs.live)
         self._seen = sk, data
         self._changes.append(ev)
         self.rows.append((sk, key, rb, data, data, prev_raw is not None))
@@ -506,12 +522,14 @@ class WriteTxn(_Reader):
             if not key:
                 return []
             sk = key if len(key) <= PREFIX else stored(key)
-            v = txn.get(sk, db=dbs.live)
-            items = [] if v is None else [(key, sk, v)]
+            rb = txn.get(sk, db=dbs.live)
+            items = [] if rb is None else [(key, sk, txn.get(rb, db=dbs.key))]
         elif end and end <= key:
             return []
         else:
-            items = list(scan(txn.cursor(db=dbs.live), key, end, self._user_key))
+            row = txn.cursor(db=dbs.key).get
+            items = [(k, sk, row(rb))
+                     for k, sk, rb in scan(txn.cursor(db=dbs.live), key, end, self._user_key)]
         rev = self.current_revision + 1
         deleted = []
         self.dirty = True
@@ -572,10 +590,27 @@ class MVCCStore:
     def __init__(self, env: lmdb.Environment) -> None:
         self.env = env
         self._dbs = _Dbs(env)
+        if env.flags()["readonly"]:
+            with env.begin() as txn:
+                if not live_layout.is_current(txn, self._dbs.meta) and \
+                        txn.stat(self._dbs.live)["entries"]:
+                    raise MVCCError("the state db has an older layout: start a member "
+                                    "on it once to upgrade it")
+        else:
+            with env.begin(write=True) as txn:
+                self.upgrade_layout(txn)
         self.counts = OpCounts()
         # writes the applier applied but did not commit yet (published per apply batch,
         # EMPTY after each commit): readers lay them over their snapshot (pending.py)
         self.pending: Pending = EMPTY
+
+    def upgrade_layout(self, txn: lmdb.Transaction) -> None:
+        """Bring the tables `txn` sees to this layout (a store opened for writing, a
+        snapshot just installed); CorruptStoreError if they contradict each other."""
+        d = self._dbs
+        n = live_layout.upgrade(txn, d.live, d.key_index, d.key, d.meta)
+        if n:
+            log.info("event=mvcc_layout_upgraded live_rows=%d", n)
 
     def rebind(self, env: lmdb.Environment) -> None:
         """Use another environment holding the same data (after a defragmentation)."""

@@ -340,11 +340,12 @@ class MVCCMachine(RuleBasedStateMachine):
 
     @invariant()
     def physical_state_matches(self):
-        """live == current values; key index == history keys; history == model rows."""
+        """live -> the rows of the current values; key index == history keys; history ==
+        model rows."""
         m = self.model
         s = self.store._dbs
         with self.env.begin() as t:
-            live = sorted(t.cursor(db=s.live).iternext())
+            live = sorted((k, t.get(rb, db=s.key)) for k, rb in t.cursor(db=s.live))
             current = m.range(b"\x00", b"", m.current)
             assert live == sorted((stored(KeyValue.FromString(d).key), d) for d in current)
             # long_keys holds exactly the long keys the index still has entries for
