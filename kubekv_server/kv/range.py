@@ -41,6 +41,35 @@ def needs_full_scan(r: pb.RangeRequest) -> bool:
     )
 
 
+def _in_store_order(r: pb.RangeRequest) -> bool:
+    """Whether the answer is the stored KeyValues as they are, in key order: no filter,
+    no other order, values kept."""
+    return (r.sort_target == pb.RangeRequest.KEY and r.sort_order in (_NONE, _ASCEND)
+            and not (r.keys_only or r.min_mod_revision or r.max_mod_revision
+                     or r.min_create_revision or r.max_create_revision))
+
+
+def _as_kvs_field(raw_kvs: list[bytes]) -> bytes:
+    """The stored KeyValues as RangeResponse field 2 (``kvs``), each tag + length + bytes."""
+    parts: list[bytes] = []
+    add = parts.append
+    for b in raw_kvs:
+        n = len(b)
+        if n < 0x80:
+            add(bytes((0x12, n)))
+        elif n < 0x4000:
+            add(bytes((0x12, n & 0x7F | 0x80, n >> 7)))
+        else:
+            head = bytearray(b"\x12")
+            while n >= 0x80:
+                head.append(n & 0x7F | 0x80)
+                n >>= 7
+            head.append(n)
+            add(bytes(head))
+        add(b)
+    return b"".join(parts)
+
+
 def execute_range(txn, r: pb.RangeRequest) -> pb.RangeResponse:
     """Answer a RangeRequest from an MVCC read or write transaction, as etcd's applier does.
 
@@ -52,6 +81,20 @@ def execute_range(txn, r: pb.RangeRequest) -> pb.RangeResponse:
     result = txn.range(
         r.key, range_end_arg(r.range_end), rev=r.revision, limit=limit, count_only=r.count_only
     )
+    if _in_store_order(r):
+        # The stored bytes go into the response in one parse (protobuf's C code) instead
+        # of a KeyValue object each, copied again into the response: a 10,000-key LIST
+        # built 2-3x faster (bench/profile_server.md, session 12).
+        resp = pb.RangeResponse()
+        raw = result.raw_kvs
+        if r.limit > 0 and len(raw) > r.limit:
+            raw = raw[: r.limit]
+            resp.more = True
+        resp.header.revision = result.rev
+        resp.count = result.count
+        if raw:
+            resp.MergeFromString(_as_kvs_field(raw))
+        return resp
     kvs = result.kvs
     if r.max_mod_revision:
         kvs = [kv for kv in kvs if kv.mod_revision <= r.max_mod_revision]
