@@ -1,19 +1,21 @@
 #!/usr/bin/env python
-"""What one state-db commit writes, for the MVCC tables' layout and a cheaper one (a
-measuring aid for the one-member p99, bench/profile_server.md, session 11).
+"""What one state-db commit writes, for the MVCC tables' layouts (a measuring aid for the
+one-member p99, bench/profile_server.md, sessions 11 and 12).
 
 Replays the benchmark's write pattern on a bare LMDB environment opened as the state db
 is (sync, no metasync): Puts of `--value` bytes to random keys of `--keys`, `--per-commit`
-per transaction, into three tables shaped as `kubekv_server/mvcc/store.py`'s: `key`
-(revision -> KeyValue, appended), `key_index` (dupsort user key -> revision) and `live`
-(user key -> the current KeyValue): layout `current`. Two cheaper ones: `revision-live`
-stores only the revision in `live` (values read from `key`), and `history-only` writes
-only `key`, as etcd's bbolt does (its key index lives in memory, `treeIndex`). Prints
-the median time of the commit alone and the bytes and write calls per commit (all of
-them the data file's: nothing else writes).
+per transaction, into tables shaped as `kubekv_server/mvcc/store.py`'s: `key` (revision
+-> KeyValue, appended), `key_index` (dupsort user key -> revision) and `live`. Layouts:
+`values-live`, `live` holding the current KeyValue (the layout until session 12);
+`revision-live`, `live` holding the revision of the current row (today's,
+`mvcc/live_layout.py`); `history-only` writes only `key`, as etcd's bbolt does (its key
+index lives in memory, `treeIndex`, which docs/architecture.md rules out for kubekv:
+other processes must be able to read the index). Prints the median time of the commit
+alone and the bytes and write calls per commit (all of them the data file's: nothing
+else writes).
 
     python3 bench/commit_cost.py [--keys 10000] [--per-commit 1000] [--commits 40]
-                                 [--value 256] [--layout current|revision-live|history-only]
+                                 [--value 256] [--layout values-live|revision-live|history-only]
                                  [--dir D]
 """
 
@@ -30,7 +32,7 @@ import time
 
 import lmdb
 
-LAYOUTS = ["current", "revision-live", "history-only"]
+LAYOUTS = ["values-live", "revision-live", "history-only"]
 
 
 def run(a: argparse.Namespace) -> dict:
