@@ -23,6 +23,7 @@ nothing.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Iterable
 
@@ -37,11 +38,15 @@ Change = tuple[bytes, bytes, bytes, bytes, "bytes | None", bool]
 class View:
     """The lookup tables of a Pending, built once by its first reader."""
 
-    __slots__ = ("live", "row_of", "index", "live_delta")
+    __slots__ = ("live", "order", "row_of", "index", "live_delta")
 
-    def __init__(self, live: dict, row_of: dict, index: dict, live_delta: int) -> None:
+    def __init__(self, live: dict, order: list, row_of: dict, index: dict,
+                 live_delta: int) -> None:
         # stored key -> (user key, live value or None if deleted, live in the commit)
         self.live = live
+        # (user key, stored key) of `live`'s keys, sorted: a range finds its keys by
+        # bisection instead of sorting the window's keys on every read
+        self.order = order
         # history row key -> value
         self.row_of = row_of
         # stored key -> (user key, its new history row keys in order)
@@ -52,11 +57,16 @@ class View:
     def extended(self, changes: Iterable[Change]) -> View:
         """A new View: this one plus `changes` (this one is left as it is)."""
         live, row_of, index = dict(self.live), dict(self.row_of), dict(self.index)
+        order = self.order
+        copied = False
         delta = self.live_delta
         fresh: set[bytes] = set()  # index lists already copied for the new View
         for sk, user_key, rb, data, value, existed in changes:
             old = live.get(sk)
             if old is None:
+                if not copied:
+                    order, copied = list(order), True
+                bisect.insort(order, (user_key, sk))
                 committed = before = existed
             else:
                 committed, before = old[2], old[1] is not None
@@ -69,10 +79,10 @@ class View:
             else:
                 fresh.add(sk)
                 index[sk] = (user_key, ([] if entry is None else list(entry[1])) + [rb])
-        return View(live, row_of, index, delta)
+        return View(live, order, row_of, index, delta)
 
 
-_NO_VIEW = View({}, {}, {}, 0)
+_NO_VIEW = View({}, [], {}, {}, 0)
 
 
 class Pending:
@@ -146,11 +156,18 @@ class Pending:
         """(history row key, value) in revision order."""
         return [(c[2], c[3]) for c in itertools.islice(self._changes, self._n)]
 
-    def live_in_range(self, key: bytes, end: bytes) -> list[tuple[bytes, bytes | None]]:
-        """(user key, live value or None if deleted) of changed keys in [key, end),
-        sorted by user key; `end` b"" means no upper bound."""
-        return sorted((u, v) for u, v, _ in self.live.values()
-                      if u >= key and (not end or u < end))
+    def live_in_range(self, key: bytes, end: bytes) -> list[tuple[bytes, bytes | None, bool]]:
+        """(user key, live value or None if deleted, whether it was live in the commit)
+        of changed keys in [key, end), sorted by user key; `end` b"" means no upper bound."""
+        view = self._view()
+        order, live = view.order, view.live
+        lo = bisect.bisect_left(order, (key,))
+        hi = bisect.bisect_left(order, (end,)) if end else len(order)
+        out = []
+        for _u, sk in order[lo:hi]:
+            u, v, was = live[sk]
+            out.append((u, v, was))
+        return out
 
     def newest_row(self, stored_key: bytes, rev: int) -> bytes | None:
         """The key's newest history row key here with main revision <= `rev` (maybe a

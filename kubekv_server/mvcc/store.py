@@ -188,6 +188,13 @@ class _Reader:
             return [], 0
         if self._p is not None:
             return self._range_live_pending(key, end, limit, count_only)
+        return self._range_live_snapshot(key, end, limit, count_only)
+
+    def _range_live_snapshot(
+        self, key: bytes, end: bytes, limit: int, count_only: bool
+    ) -> tuple[list[bytes], int]:
+        """``_range_live`` of a key range in the LMDB snapshot alone."""
+        txn, dbs = self._txn, self._dbs
         if len(key) > PREFIX or len(end) > PREFIX:
             return self._range_live_ordered(key, end, limit, count_only)
         # Both bounds are exact on stored keys: only a long key's position in the output
@@ -244,31 +251,33 @@ class _Reader:
     ) -> tuple[list[bytes], int]:
         """``_range_live`` with uncommitted writes laid over the snapshot: the snapshot's
         keys in range, each replaced by its pending value (or dropped if deleted), merged
-        in user-key order with the pending keys the snapshot lacks."""
+        in user-key order with the pending keys the snapshot lacks, read only as far as
+        the limit needs. The count is the snapshot's, plus the pending keys that became
+        live, minus those that stopped being live."""
         pend = self._p.live_in_range(key, end)
-        changed = {u for u, _ in pend}
-        ins = iter([(u, v) for u, v in pend if v is not None])
-        nxt = next(ins, None)
-        raw: list[bytes] = []
-        count = 0
+        count = self._range_live_snapshot(key, end, 0, True)[1]
+        for _u, v, was in pend:
+            count += (v is not None) - was
         want = 0 if count_only else (limit if limit > 0 else -1)
-        cur = self._txn.cursor(db=self._dbs.live)
+        raw: list[bytes] = []
+        if want == 0:
+            return raw, count
+        changed = {u for u, _, _ in pend}
+        ins = iter([(u, v) for u, v, _ in pend if v is not None])
+        nxt = next(ins, None)
         row = self._txn.cursor(db=self._dbs.key).get
-        for u, _s, v in scan(cur, key, end, self._user_key):
-            while nxt is not None and nxt[0] < u:
-                count += 1
-                if len(raw) != want:
-                    raw.append(nxt[1])
-                nxt = next(ins, None)
-            if u in changed:
-                continue
-            count += 1
-            if len(raw) != want:
-                raw.append(row(v))
-        while nxt is not None:
-            count += 1
-            if len(raw) != want:
+        for u, _s, rb in scan(self._txn.cursor(db=self._dbs.live), key, end, self._user_key):
+            while nxt is not None and nxt[0] < u and len(raw) != want:
                 raw.append(nxt[1])
+                nxt = next(ins, None)
+            if len(raw) == want:
+                return raw, count
+            if u not in changed:
+                raw.append(row(rb))
+                if len(raw) == want:
+                    return raw, count
+        while nxt is not None and len(raw) != want:
+            raw.append(nxt[1])
             nxt = next(ins, None)
         return raw, count
 

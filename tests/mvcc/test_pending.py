@@ -94,7 +94,7 @@ def _read(store: MVCCStore, rng: random.Random, keys: list[bytes]):
             except (CompactedError, FutureRevError) as exc:
                 out.append(("range", key, end, rev, type(exc).__name__))
             out.append(("live", key, r.live_kv(key)))  # a Txn's one-key compare
-        lo = rng.randint(max(compacted + 1, 1), cur)
+        lo = rng.randint(max(compacted + 1, 1), max(compacted + 1, cur))  # compacted == cur: none
         out.append(("history", lo, [(e.type, e.kv.SerializeToString())
                                     for e in r.history(lo, cur)]))
     for rev in (0, cur, max(compacted + 1, cur - 3)):
