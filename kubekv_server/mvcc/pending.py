@@ -188,9 +188,12 @@ class Pending:
         return True, None if is_tombstone(rb) else rb
 
     def index_in_range(self, key: bytes, end: bytes) -> list[tuple[bytes, bytes]]:
-        """(user key, stored key) of keys with changes here, in [key, end), sorted."""
-        return sorted((u, sk) for sk, (u, _) in self.index.items()
-                      if u >= key and (not end or u < end))
+        """(user key, stored key) of keys with changes here, in [key, end), sorted (the
+        keys of `index` are those of `live`)."""
+        order = self._view().order
+        lo = bisect.bisect_left(order, (key,))
+        hi = bisect.bisect_left(order, (end,)) if end else len(order)
+        return order[lo:hi]
 
     def rows_between(self, from_rev: int, to_rev: int) -> list[tuple[bytes, bytes]]:
         """History rows with main revision in [from_rev, to_rev], in revision order."""
