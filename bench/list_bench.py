@@ -18,32 +18,22 @@ import argparse
 import json
 import os
 import pathlib
-import shutil
 import sys
-import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import one_member, proc_cpu_seconds  # noqa: E402
 from etcdproto.etcdserverpb import rpc_pb2 as pb  # noqa: E402
-from tests.harness import etcd_process, kubekv_process  # noqa: E402
 
 PREFIX = b"/registry/pods/"
 PREFIX_END = b"/registry/pods0"
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run(system: str, args: argparse.Namespace) -> dict:
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"list-bench-{system}-"))
-    proc = (kubekv_process if system == "kubekv" else etcd_process)(tmp)
-    proc.start()
-    try:
+    with one_member(system) as proc:
         kv = proc.kv
         value = os.urandom(args.value)
         futs = [kv.Put.future(pb.PutRequest(key=PREFIX + b"ns/pod-%06d" % i, value=value))
@@ -60,16 +50,13 @@ def run(system: str, args: argparse.Namespace) -> dict:
             n = args.requests if name == "list_all" else args.requests * 10
             for _ in range(5):
                 kv.Range(req)
-            c0, t0 = _cpu_seconds(proc.proc.pid), time.perf_counter()
+            c0, t0 = proc_cpu_seconds(proc.proc.pid), time.perf_counter()
             for _ in range(n):
                 resp = kv.Range(req)
-            wall, cpu = time.perf_counter() - t0, _cpu_seconds(proc.proc.pid) - c0
+            wall, cpu = time.perf_counter() - t0, proc_cpu_seconds(proc.proc.pid) - c0
             out[name] = {"requests": n, "kvs": len(resp.kvs),
                          "wall_ms": wall / n * 1e3, "server_cpu_ms": cpu / n * 1e3}
         return out
-    finally:
-        proc.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> int:

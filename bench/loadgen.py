@@ -1,6 +1,6 @@
 """Shared by bench/kv_bench.py and bench/cluster_bench.py: the closed-loop KV load
 generator (client processes on grpc.aio), /proc CPU readings, server start in its own
-session, and one measured cell.
+session, and one measured cell (and `one_member` for the smaller one-member tools).
 
 A cell: N requests in flight in total, split over the client processes; each
 closed loop sends to the endpoints round-robin by its global loop number, so the
@@ -20,8 +20,10 @@ import multiprocessing
 import os
 import pathlib
 import random
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 
@@ -30,6 +32,7 @@ import grpc
 from bench.kube_txn import KEY_PREFIX, CreateLoop, UpdateLoop, owned_keys, revisions_from_range
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.etcdserverpb import rpc_pb2_grpc
+from tests import harness
 
 NUM_KEYS = 10_000
 VALUE_SIZE = 256
@@ -51,6 +54,20 @@ CALL_TIMEOUT = 10.0
 PRELOAD_INFLIGHT = 64
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def one_member(system: str):
+    """A started one-member kubekv or etcd on a fresh temp data dir, stopped and its dir
+    removed afterwards."""
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"bench-{system}-"))
+    proc = (harness.kubekv_process if system == "kubekv" else harness.etcd_process)(tmp)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------- /proc readings

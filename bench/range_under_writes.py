@@ -19,9 +19,7 @@ import asyncio
 import os
 import pathlib
 import random
-import shutil
 import sys
-import tempfile
 import time
 
 import grpc
@@ -30,18 +28,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import one_member, proc_cpu_seconds  # noqa: E402
 from etcdproto.etcdserverpb import rpc_pb2 as pb  # noqa: E402
 from etcdproto.etcdserverpb import rpc_pb2_grpc  # noqa: E402
-from tests.harness import etcd_process, kubekv_process  # noqa: E402
 
 KEYS = 10_000
 WARMUP = 2.0
 RANGE = pb.RangeRequest(key=b"bench/key/01000", range_end=b"bench/key/02100", limit=50)
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _load(endpoint: str, pid: int, args: argparse.Namespace) -> dict:
@@ -76,9 +69,9 @@ async def _load(endpoint: str, pid: int, args: argparse.Namespace) -> dict:
 
         async def clock() -> None:
             await asyncio.sleep(begin - time.monotonic())
-            cpu.append(_cpu_seconds(pid))
+            cpu.append(proc_cpu_seconds(pid))
             await asyncio.sleep(stop - time.monotonic())
-            cpu.append(_cpu_seconds(pid))
+            cpu.append(proc_cpu_seconds(pid))
 
         await asyncio.gather(clock(), *(putter(i) for i in range(args.puts)),
                              *(ranger() for _ in range(args.ranges)))
@@ -88,14 +81,8 @@ async def _load(endpoint: str, pid: int, args: argparse.Namespace) -> dict:
 
 
 def run(system: str, args: argparse.Namespace) -> dict:
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"range-writes-{system}-"))
-    proc = (kubekv_process if system == "kubekv" else etcd_process)(tmp)
-    proc.start()
-    try:
+    with one_member(system) as proc:
         return asyncio.run(_load(proc.endpoint, proc.proc.pid, args))
-    finally:
-        proc.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> int:
