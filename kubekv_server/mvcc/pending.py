@@ -159,15 +159,8 @@ class Pending:
     def live_in_range(self, key: bytes, end: bytes) -> list[tuple[bytes, bytes | None, bool]]:
         """(user key, live value or None if deleted, whether it was live in the commit)
         of changed keys in [key, end), sorted by user key; `end` b"" means no upper bound."""
-        view = self._view()
-        order, live = view.order, view.live
-        lo = bisect.bisect_left(order, (key,))
-        hi = bisect.bisect_left(order, (end,)) if end else len(order)
-        out = []
-        for _u, sk in order[lo:hi]:
-            u, v, was = live[sk]
-            out.append((u, v, was))
-        return out
+        live = self._view().live
+        return [live[sk] for _u, sk in self.index_in_range(key, end)]
 
     def newest_row(self, stored_key: bytes, rev: int) -> bytes | None:
         """The key's newest history row key here with main revision <= `rev` (maybe a
