@@ -22,8 +22,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
         if not request.serializable:
             barrier = self.member.read_barrier()
             if barrier is not None:
-                return chain(barrier, lambda: self.member.range(request))
-        return self.member.range(request)
+                return chain(barrier, lambda: self.member.range_for_client(request))
+        return self.member.range_for_client(request)
 
     @inline
     @etcd_errors

@@ -6,6 +6,8 @@ Range operations must answer exactly as a standalone Range would.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 
 _ASCEND = pb.RangeRequest.ASCEND
@@ -49,6 +51,18 @@ def _in_store_order(r: pb.RangeRequest) -> bool:
                      or r.min_create_revision or r.max_create_revision))
 
 
+def _varint(n: int) -> bytes:
+    """n (>= 0) as a protobuf varint."""
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def _as_kvs_field(raw_kvs: list[bytes]) -> bytes:
     """The stored KeyValues as RangeResponse field 2 (``kvs``), each tag + length + bytes."""
     parts: list[bytes] = []
@@ -60,14 +74,22 @@ def _as_kvs_field(raw_kvs: list[bytes]) -> bytes:
         elif n < 0x4000:
             add(bytes((0x12, n & 0x7F | 0x80, n >> 7)))
         else:
-            head = bytearray(b"\x12")
-            while n >= 0x80:
-                head.append(n & 0x7F | 0x80)
-                n >>= 7
-            head.append(n)
-            add(bytes(head))
+            add(b"\x12" + _varint(n))
         add(b)
     return b"".join(parts)
+
+
+class EncodedRange:
+    """A RangeResponse already serialized: the gRPC layer sends it as it is
+    (``SerializeToString`` is all it asks of a response)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - protobuf's name
+        return self._data
 
 
 def _response(r: pb.RangeRequest, result, items: list) -> tuple[pb.RangeResponse, list]:
@@ -82,17 +104,49 @@ def _response(r: pb.RangeRequest, result, items: list) -> tuple[pb.RangeResponse
     return resp, items
 
 
+def _read(txn, r: pb.RangeRequest):
+    """The MVCC read a Range needs (one row past its limit, when it can stop early)."""
+    limit = 0 if needs_full_scan(r) else r.limit
+    if limit > 0:
+        limit += 1  # one extra row tells whether there is more
+    return txn.range(
+        r.key, range_end_arg(r.range_end), rev=r.revision, limit=limit, count_only=r.count_only
+    )
+
+
+def encoded_range(txn, r: pb.RangeRequest,
+                  fill_header: Callable[[pb.ResponseHeader], None]) -> EncodedRange | None:
+    """The serialized RangeResponse for a client, built from the stored bytes with no
+    parse at all (the header filled by `fill_header`), or None if `r` needs its
+    KeyValues parsed (a filter, another order, keys only): then `execute_range`.
+
+    The bytes are those ``execute_range``'s response serializes to: fields in number
+    order, defaults left out (tests/kv/test_range.py).
+    """
+    if not _in_store_order(r):
+        return None
+    result = _read(txn, r)
+    header = pb.ResponseHeader(revision=result.rev)
+    fill_header(header)
+    encoded = header.SerializeToString()
+    raw = result.raw_kvs
+    more = r.limit > 0 and len(raw) > r.limit
+    if more:
+        raw = raw[: r.limit]
+    parts = [b"\x0a", _varint(len(encoded)), encoded, _as_kvs_field(raw)]
+    if more:
+        parts.append(b"\x18\x01")
+    if result.count:
+        parts.append(b"\x20" + _varint(result.count))
+    return EncodedRange(b"".join(parts))
+
+
 def execute_range(txn, r: pb.RangeRequest) -> pb.RangeResponse:
     """Answer a RangeRequest from an MVCC read or write transaction, as etcd's applier does.
 
     Raises the MVCC store's CompactedError/FutureRevError for out-of-bounds revisions.
     """
-    limit = 0 if needs_full_scan(r) else r.limit
-    if limit > 0:
-        limit += 1  # one extra row tells whether there is more
-    result = txn.range(
-        r.key, range_end_arg(r.range_end), rev=r.revision, limit=limit, count_only=r.count_only
-    )
+    result = _read(txn, r)
     if _in_store_order(r):
         # The stored bytes go into the response in one parse (protobuf's C code) instead
         # of a KeyValue object each, copied again into the response: a 10,000-key LIST

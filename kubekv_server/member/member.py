@@ -21,6 +21,7 @@ from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server.apply.applier import Applier, BatchResult
 from kubekv_server.auth import AuthStore, password, token_provider
 from kubekv_server.config.flags import Config
+from kubekv_server.kv.range import EncodedRange
 from kubekv_server.lease import LeaseStore, Lessor, min_lease_ttl
 from kubekv_server.lease.lessor import DEFAULT_CHECKPOINT_INTERVAL
 from kubekv_server.member import corruption
@@ -314,6 +315,9 @@ class Member:
 
     def range(self, r: pb.RangeRequest) -> pb.RangeResponse:
         return self.reads.range(r)
+
+    def range_for_client(self, r: pb.RangeRequest) -> pb.RangeResponse | EncodedRange:
+        return self.reads.range_for_client(r)
 
     def read_only_txn(self, r: pb.TxnRequest) -> pb.TxnResponse:
         return self.reads.read_only_txn(r)

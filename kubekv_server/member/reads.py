@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server.apply.applier import mvcc_error
-from kubekv_server.kv.range import execute_range
+from kubekv_server.kv.range import EncodedRange, encoded_range, execute_range
 from kubekv_server.kv.txn import apply_txn
 from kubekv_server.member.loop_bridge import call_on_loop
 from kubekv_server.member.proposals import REQUEST_TIMEOUT
@@ -49,6 +49,20 @@ class Reads:
                 resp = execute_range(txn, r)
         except (CompactedError, FutureRevError) as exc:
             raise mvcc_error(exc) from None
+        self.header(resp.header)
+        return resp
+
+    def range_for_client(self, r: pb.RangeRequest) -> pb.RangeResponse | EncodedRange:
+        """``range``, already serialized when no KeyValue needs parsing (what the KV
+        service sends; in-process callers take ``range``'s message)."""
+        try:
+            with self.mvcc.read() as txn:
+                encoded = encoded_range(txn, r, self.header)
+                resp = execute_range(txn, r) if encoded is None else None
+        except (CompactedError, FutureRevError) as exc:
+            raise mvcc_error(exc) from None
+        if encoded is not None:
+            return encoded
         self.header(resp.header)
         return resp
 

@@ -7,7 +7,7 @@ import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from etcdproto.mvccpb.kv_pb2 import KeyValue
-from kubekv_server.kv.range import execute_range
+from kubekv_server.kv.range import encoded_range, execute_range
 from kubekv_server.mvcc import MVCCStore
 from tests.mvcc.conftest import open_env
 
@@ -42,7 +42,7 @@ def _parsed(store: MVCCStore, r: pb.RangeRequest) -> pb.RangeResponse:
     return resp
 
 
-@pytest.mark.parametrize("req", [
+REQUESTS = [
     pb.RangeRequest(key=b"k", range_end=b"l"),
     pb.RangeRequest(key=b"k", range_end=b"l", limit=4),
     pb.RangeRequest(key=b"k", range_end=b"l", limit=len(SIZES)),
@@ -52,13 +52,31 @@ def _parsed(store: MVCCStore, r: pb.RangeRequest) -> pb.RangeResponse:
     pb.RangeRequest(key=b"k", range_end=b"l", revision=5, limit=2),
     pb.RangeRequest(key=b"k", range_end=b"l", sort_order=pb.RangeRequest.ASCEND),
     pb.RangeRequest(key=b"nothing", range_end=b"nothinh"),
-], ids=lambda r: str(r).replace("\n", " "))
+]
+
+
+@pytest.mark.parametrize("req", REQUESTS, ids=lambda r: str(r).replace("\n", " "))
 def test_answer_from_stored_bytes_equals_the_parsed_one(store, req):
     with store.read() as txn:
         got = execute_range(txn, req)
     want = _parsed(store, req)
     assert got == want
     assert got.SerializeToString() == want.SerializeToString()
+
+
+def _fill(h: pb.ResponseHeader) -> None:
+    h.cluster_id, h.member_id, h.raft_term = 0x1234567890ABCDEF, 42, 3
+
+
+@pytest.mark.parametrize("req", REQUESTS, ids=lambda r: str(r).replace("\n", " "))
+def test_the_encoded_answer_is_the_message_serialized(store, req):
+    """What the KV service sends without building a message: the same bytes."""
+    with store.read() as txn:
+        encoded = encoded_range(txn, req, _fill)
+        want = execute_range(txn, req)
+    _fill(want.header)
+    assert encoded is not None
+    assert encoded.SerializeToString() == want.SerializeToString()
 
 
 def test_requests_that_need_the_values_parsed_still_get_them(store):
@@ -68,3 +86,8 @@ def test_requests_that_need_the_values_parsed_still_get_them(store):
         keys = execute_range(txn, pb.RangeRequest(key=b"k", range_end=b"l", keys_only=True))
     assert [kv.key for kv in desc.kvs] == [b"k08", b"k07"] and desc.more
     assert [kv.value for kv in keys.kvs] == [b""] * len(SIZES)
+    with store.read() as txn:
+        for r in (pb.RangeRequest(key=b"k", range_end=b"l", keys_only=True),
+                  pb.RangeRequest(key=b"k", range_end=b"l", min_mod_revision=3),
+                  pb.RangeRequest(key=b"k", range_end=b"l", sort_target=pb.RangeRequest.MOD)):
+            assert encoded_range(txn, r, _fill) is None
