@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server.apply.applier import mvcc_error
@@ -12,7 +13,7 @@ from kubekv_server.kv.range import EncodedRange, encoded_range, execute_range
 from kubekv_server.kv.txn import apply_txn
 from kubekv_server.member.loop_bridge import call_on_loop
 from kubekv_server.member.proposals import REQUEST_TIMEOUT
-from kubekv_server.mvcc import CompactedError, FutureRevError, MVCCStore
+from kubekv_server.mvcc import CompactedError, FutureRevError, MVCCStore, ReadTxn
 from kubekv_server.replication.raft_node import RaftNode
 
 
@@ -43,34 +44,30 @@ class Reads:
         """Worker threads: block until a local read is linearizable (see read_barrier)."""
         call_on_loop(self.loop, self.read_barrier, timeout=REQUEST_TIMEOUT + 1.0)
 
-    def range(self, r: pb.RangeRequest) -> pb.RangeResponse:
+    def _in_view(self, answer: Callable[[ReadTxn], Any]) -> Any:
+        """answer(txn) in a read view of the current state, the MVCC store's revision
+        errors turned into etcd's."""
         try:
             with self.mvcc.read() as txn:
-                resp = execute_range(txn, r)
+                return answer(txn)
         except (CompactedError, FutureRevError) as exc:
             raise mvcc_error(exc) from None
+
+    def range(self, r: pb.RangeRequest) -> pb.RangeResponse:
+        resp = self._in_view(lambda txn: execute_range(txn, r))
         self.header(resp.header)
         return resp
 
     def range_for_client(self, r: pb.RangeRequest) -> pb.RangeResponse | EncodedRange:
         """``range``, already serialized when no KeyValue needs parsing (what the KV
         service sends; in-process callers take ``range``'s message)."""
-        try:
-            with self.mvcc.read() as txn:
-                encoded = encoded_range(txn, r, self.header)
-                resp = execute_range(txn, r) if encoded is None else None
-        except (CompactedError, FutureRevError) as exc:
-            raise mvcc_error(exc) from None
-        if encoded is not None:
-            return encoded
-        self.header(resp.header)
+        resp = self._in_view(
+            lambda txn: encoded_range(txn, r, self.header) or execute_range(txn, r))
+        if not isinstance(resp, EncodedRange):
+            self.header(resp.header)
         return resp
 
     def read_only_txn(self, r: pb.TxnRequest) -> pb.TxnResponse:
-        try:
-            with self.mvcc.read() as txn:
-                resp = apply_txn(txn, r, self.lease_exists)
-        except (CompactedError, FutureRevError) as exc:
-            raise mvcc_error(exc) from None
+        resp = self._in_view(lambda txn: apply_txn(txn, r, self.lease_exists))
         self.header(resp.header)
         return resp

@@ -162,6 +162,12 @@ class _Reader:
         raw = self._range_live(key, None, 0, False)[0]
         return raw[0] if raw else None
 
+    def _live_row(self, sk: bytes) -> bytes | None:
+        """The current row (serialized KeyValue) of stored key ``sk`` in the snapshot or
+        txn, None if it is not live: ``live`` holds its revision, ``key`` the row."""
+        rb = self._txn.get(sk, db=self._dbs.live)
+        return None if rb is None else self._txn.get(rb, db=self._dbs.key)
+
     def _user_key(self, stored_key: bytes) -> bytes:
         """The user key of a long stored key."""
         return self._txn.get(stored_key, db=self._dbs.long_keys)
@@ -169,18 +175,13 @@ class _Reader:
     def _range_live(
         self, key: bytes, end: bytes | None, limit: int, count_only: bool
     ) -> tuple[list[bytes], int]:
-        txn, dbs = self._txn, self._dbs
         if end is None:
             if not key:
                 return [], 0
             sk = key if len(key) <= PREFIX else stored(key)
             p = self._p
             e = None if p is None else p.live.get(sk)
-            if e is None:
-                rb = txn.get(sk, db=dbs.live)
-                v = None if rb is None else txn.get(rb, db=dbs.key)
-            else:
-                v = e[1]
+            v = self._live_row(sk) if e is None else e[1]
             if v is None:
                 return [], 0
             return ([] if count_only else [v]), 1
@@ -465,8 +466,7 @@ class WriteTxn(_Reader):
     ) -> tuple[list[bytes], int]:
         if end is None and key:  # one key, remembered (a write txn has no pending view)
             sk = key if len(key) <= PREFIX else stored(key)
-            rb = self._txn.get(sk, db=self._dbs.live)
-            v = None if rb is None else self._txn.get(rb, db=self._dbs.key)
+            v = self._live_row(sk)
             self._seen = sk, v
             if v is None:
                 return [], 0
@@ -487,11 +487,7 @@ class WriteTxn(_Reader):
             sk = stored(key)
             txn.put(sk, key, db=dbs.long_keys)
         seen = self._seen
-        if seen is not None and seen[0] == sk:
-            prev_raw = seen[1]
-        else:
-            prb = txn.get(sk, db=dbs.live)
-            prev_raw = None if prb is None else txn.get(prb, db=dbs.key)
+        prev_raw = seen[1] if seen is not None and seen[0] == sk else self._live_row(sk)
         ev = Event()  # type PUT, the default
         kv = ev.kv
         kv.key = key
@@ -531,8 +527,8 @@ class WriteTxn(_Reader):
             if not key:
                 return []
             sk = key if len(key) <= PREFIX else stored(key)
-            rb = txn.get(sk, db=dbs.live)
-            items = [] if rb is None else [(key, sk, txn.get(rb, db=dbs.key))]
+            v = self._live_row(sk)
+            items = [] if v is None else [(key, sk, v)]
         elif end and end <= key:
             return []
         else:
