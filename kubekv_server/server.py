@@ -19,6 +19,7 @@ import urllib.parse
 from etcdproto.etcdserverpb import rpc_pb2
 from etcdproto.v3electionpb import v3election_pb2
 from etcdproto.v3lockpb import v3lock_pb2
+from kubekv_server import collector
 from kubekv_server.api.auth import AuthService
 from kubekv_server.api.auth_gate import AuthGate
 from kubekv_server.api.cluster import ClusterService
@@ -164,6 +165,7 @@ class ClientServer:
         name = f"kubekv-gateway-{os.getpid()}-{id(self):x}"
         await rpc.listen_unix("\0" + name)
         self.gateway = Gateway("unix-abstract:" + name)
+        collector.freeze_startup_objects()
         for server, host, port, secure in listeners:
             await server.start_serving()
             log.info("event=serving_client_requests address=%s:%d secure=%s", host, port, secure)

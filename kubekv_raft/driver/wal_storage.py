@@ -2,13 +2,13 @@
 
 The shape of etcd's WAL (etcd-io/etcd server/storage/wal): CRC-checked records appended
 to a file, replayed at start. Raft reads entries from memory: each entry's term and its
-place in the file, and the newest `CACHE_BYTES` of entries as objects (what Raft reads to
-apply and replicate); an older one is read back from the file (page cache). etcd keeps
-every entry since the last snapshot on its heap (MemoryStorage); this keeps ~100 bytes
-per entry there. A write call (a Ready's entries and hard state, a compaction, a snapshot) is
-one record batch and one `fdatasync`; LMDBStorage pays two device flushes per commit
-(data pages, then the meta page), which on the 2-core machines measured 0.42 ms against
-0.19 ms for an append and fdatasync.
+place in the file, and the newest `CACHE_BYTES` (at most `CACHE_ENTRIES`) of entries as
+objects (what Raft reads to apply and replicate); an older one is read back from the
+file (page cache). etcd keeps every entry since the last snapshot on its heap
+(MemoryStorage); this keeps ~100 bytes per entry there. A write call (a Ready's entries
+and hard state, a compaction, a snapshot) is one record batch and one `fdatasync`;
+LMDBStorage pays two device flushes per commit (data pages, then the meta page), which
+on the 2-core machines measured 0.42 ms against 0.19 ms for an append and fdatasync.
 
 Records: `>IIB` (payload length, CRC-32 of type and payload, type) then the payload.
 Replay executes the records in order, the same mutations the writer made. An empty
@@ -60,6 +60,12 @@ SEGMENT_BYTES = 64 << 20
 # ones are read back from the file. Bounds the heap the log takes to this plus ~100
 # bytes per entry since the last snapshot (etcd: every entry, --snapshot-count of them).
 CACHE_BYTES = 8 << 20
+# ... and at most this many entries: each cached entry is an object that every full
+# pass of Python's garbage collector visits with the GIL held. 8 MiB of 300-byte Puts
+# was ~28,000 entries, and full passes stopped the member for 30-57 ms at 64 Puts in
+# flight (bench/profile_server.md, "Full collections"). 4,096 entries is a few hundred
+# ms of writes at the rates measured, which is what applying and replicating read.
+CACHE_ENTRIES = 4096
 # A record larger than this is not one we wrote: a length field from a torn write.
 # Bounds what replay allocates (etcd's WAL refuses frames over its max too).
 MAX_RECORD_BYTES = 1 << 30
@@ -367,7 +373,8 @@ class WALStorage:
         self._live += n
         self._cached += n
         ents, sz = self._ents, self._sizes
-        while self._cached > CACHE_BYTES and self._evict < len(ents):
+        while (self._cached > CACHE_BYTES or len(ents) - self._evict > CACHE_ENTRIES) \
+                and self._evict < len(ents):
             if ents[self._evict] is not None:
                 ents[self._evict] = None
                 self._cached -= sz[self._evict]

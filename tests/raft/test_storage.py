@@ -402,8 +402,10 @@ def test_wal_file_of_zeros_is_refused(tmp_path):
         WALStorage(str(path))
 
 
-def test_wal_reads_entries_back_from_the_file_beyond_its_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(wal_storage, "CACHE_BYTES", 500)
+@pytest.mark.parametrize("bound", [("CACHE_BYTES", 500), ("CACHE_ENTRIES", 10)])
+def test_wal_reads_entries_back_from_the_file_beyond_its_cache(tmp_path, monkeypatch, bound):
+    """Either bound of the cache (bytes, or entries: the collector's work) evicts."""
+    monkeypatch.setattr(wal_storage, *bound)
     monkeypatch.setattr(wal_storage, "SEGMENT_BYTES", 2000)
     path = str(tmp_path / "w")
     s = WALStorage(path)
@@ -417,6 +419,7 @@ def test_wal_reads_entries_back_from_the_file_beyond_its_cache(tmp_path, monkeyp
             s.compact(52)
     assert s._seq > 1  # the file was rewritten meanwhile: offsets moved with it
     assert sum(e is not None for e in s._ents) < 20  # most entries only in the file
+    assert len(s._ents) - s._evict <= wal_storage.CACHE_ENTRIES
 
     def expect(i: int) -> tuple[int, bytes]:
         if i == 55:
