@@ -1,12 +1,12 @@
 """Raft snapshots of the state database: a consistent copy out, an atomic swap in.
 
-A snapshot is one file: a compacted copy of the state LMDB environment taken in
-the thread that applies entries, so it holds exactly the state as of its applied
-index (its `meta` db says which). Installing one on a lagging member replaces the
-contents of every sub-database in one write transaction of the live
-environment: readers see the old state or the new, never a mix, the same
-environment and database handles stay valid for every component, and a crash
-mid-install leaves the old state with its old applied index.
+A snapshot is one file: a compacted copy of the state LMDB environment, made from a read
+view the apply thread pinned right after committing, so it holds exactly the state as of
+its applied index (its `meta` db says which) while applying goes on. Installing one on a
+lagging member replaces the contents of every sub-database in one write transaction of
+the live environment: readers see the old state or the new, never a mix, the same
+environment and database handles stay valid for every component, and a crash mid-install
+leaves the old state with its old applied index.
 """
 
 from __future__ import annotations
@@ -34,13 +34,17 @@ def snapshot_file(directory: str, term: int, index: int) -> str:
     return os.path.join(directory, f"{PREFIX}{term:016x}-{index:016x}{SUFFIX}")
 
 
-def create(backend: Backend, directory: str, term: int, index: int) -> str:
-    """Copy the state database (compacted) to a snapshot file; fsynced, renamed into place."""
+def create(backend: Backend, directory: str, term: int, index: int,
+           txn: lmdb.Transaction | None = None) -> str:
+    """Copy the state database (compacted) to a snapshot file; fsynced, renamed into place.
+
+    `txn`: a read txn of `backend.env` whose view is copied (one pinned as of `index`
+    while applying goes on); None copies what is committed now."""
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".tmp-{index:016x}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    backend.env.copy(tmp, compact=True)
+    backend.env.copy(tmp, compact=True, txn=txn)
     final = snapshot_file(directory, term, index)
     with open(os.path.join(tmp, "data.mdb"), "rb") as f:
         os.fsync(f.fileno())

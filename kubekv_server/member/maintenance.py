@@ -65,10 +65,15 @@ class Maintenance:
     async def defragment(self) -> None:
         """Maintenance.Defragment: rewrite the state db compacted, giving space back.
 
-        Runs in the apply thread, so no entry is applied meanwhile.
+        Runs in the apply thread, so no entry is applied meanwhile, once no snapshot of
+        the state db is being copied (the copy reads the file defragmenting replaces).
         """
-        await self.node.run_in_apply_thread(
-            defragment, self.backend, self.mvcc, self.leases, self.auth, self.compactor)
+        await self.node.run_in_apply_thread(self._defragment)
+
+    def _defragment(self) -> int:
+        with self.node.snapshot_lock:
+            return defragment(self.backend, self.mvcc, self.leases, self.auth,
+                              self.compactor)
 
     def export_snapshot(self) -> bytes:
         """The state as an etcd backend file (bbolt), for Maintenance.Snapshot. Any thread."""

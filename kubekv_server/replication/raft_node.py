@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -174,6 +176,11 @@ class RaftNode:
         self.snapshot_count = snapshot_count
         self._snap_index = storage.snapshot().metadata.index
         self._snapshotting = False
+        # held from the pinning of a snapshot's read view to the end of its copy: what
+        # replaces the state db's contents or its file (a received snapshot's install, a
+        # defragmentation) waits for it, and so does stopping
+        self.snapshot_lock = threading.Lock()
+        self._snapshot_task: asyncio.Future | None = None
         self._installed: list[Callable[[], None]] = []
         # etcd's idutil shape: 16 bits of the member id, a 40-bit millisecond clock, then
         # a counter, so ids proposed by different members never collide.
@@ -194,6 +201,8 @@ class RaftNode:
         # stage's (log appends): two, so that persisting and applying overlap
         self._executor = ThreadWorker("kubekv-apply")
         self._log_executor = ThreadWorker("kubekv-log")
+        # copies the state db to a snapshot file beside the apply stage (`_snapshot`)
+        self._snapshot_executor = ThreadWorker("kubekv-snapshot")
         self._stopped = False
         self._commit_task: asyncio.Task | None = None
         # metrics: proposals refused
@@ -370,6 +379,10 @@ class RaftNode:
         # thread; then what was applied is committed (else the log replays it at start),
         # on the apply thread, whose LMDB write txn it is
         self._log_executor.shutdown(wait=True)
+        if self._snapshot_task is not None:  # its copy reads the state db
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._snapshot_task)
+        self._snapshot_executor.shutdown(wait=True)
         try:
             await self._executor.call(self.loop, self.backend.commit)
         except Exception:
@@ -506,8 +519,7 @@ class RaftNode:
             return
         self._snapshotting = True
         try:
-            # the index is read in the apply thread: batches handed over meanwhile apply first
-            await self.loop.run_in_executor(self._executor, self._create_snapshot, None)
+            await self._snapshot(compact_all=False)
         except Exception:
             log.exception("event=snapshot_failed")
         finally:
@@ -516,32 +528,78 @@ class RaftNode:
     async def force_snapshot(self) -> None:
         """Snapshot now and compact the whole log (state that no log entry holds, such
         as an imported etcd backend, must reach new members through a snapshot)."""
-        applied = self.applier.applied_index
-        if applied > self._snap_index:
-            await self.loop.run_in_executor(self._executor, self._create_snapshot, None, True)
+        if self.applier.applied_index > self._snap_index:
+            await self._snapshot(compact_all=True)
 
-    def _create_snapshot(self, index: int | None, compact_all: bool = False) -> None:
-        """Executor thread (no apply runs meanwhile): the state as of `index` (None: as
-        applied now), durable first."""
+    async def _snapshot(self, compact_all: bool) -> None:
+        """Snapshot the state as applied now. Only the commit and the pinning of a read
+        view stop the apply stage; the copy, which takes as long as the database is
+        large (37 MB: ~40 ms), is made from that view on the snapshot thread while
+        entries go on being applied (etcd's snapshot does not stop its apply loop
+        either)."""
+        job = await self.loop.run_in_executor(self._executor, self._pin_snapshot, compact_all)
+        try:
+            task = self.loop.run_in_executor(self._snapshot_executor, self._write_snapshot, *job)
+        except BaseException:  # stopping: the snapshot thread is gone
+            job[0].abort()
+            self.snapshot_lock.release()
+            raise
+        self._snapshot_task = task
+        await task
+
+    def _pin_snapshot(self, compact_all: bool) -> tuple:
+        """Apply thread: commit what is applied, durably, and pin a read view of it."""
+        self.snapshot_lock.acquire()  # released by _write_snapshot, which follows
+        try:
+            index = self.applier.applied_index
+            term = self.storage.term(index)
+            conf = self.applier.conf_state()
+            began = time.monotonic()
+            self.backend.sync()
+            view = self.backend.env.begin()  # exactly the state as of `index`
+        except BaseException:
+            self.snapshot_lock.release()
+            raise
+        return view, index, term, conf, compact_all, time.monotonic() - began
+
+    def _write_snapshot(self, view, index: int, term: int, conf, compact_all: bool,
+                        paused: float) -> None:
+        """Snapshot thread: copy the pinned view to a snapshot file, durable first, then
+        record it in the log and compact the log behind it."""
         from kubekv_server.backend import state_snapshot
         from kubekv_server.peer.snapshot_files import remove_older_snapshots
 
-        if index is None:
-            index = self.applier.applied_index
-        term = self.storage.term(index)
-        self.backend.sync()
-        path = state_snapshot.create(self.backend, self.snapshot_dir, term, index)
-        self.storage.create_snapshot(index, self.applier.conf_state(), state_snapshot.handle(path))
-        compact_to = index if compact_all else index - self.catch_up_entries()
-        if compact_to > self.storage.first_index():
-            self.storage.compact(compact_to)
-        state_snapshot.prune(self.snapshot_dir, keep=path)
-        # received snapshots below our own are stale (Raft refuses them now); a newer one
-        # may be waiting for install and must stay (a power-loss run found it deleted)
-        remove_older_snapshots(self.snapshot_dir, index)
-        self._snap_index = index
-        log.info("event=snapshot_created index=%d term=%d compacted_to=%d file=%s",
-                 index, term, max(compact_to, 0), path)
+        began = time.monotonic()
+        try:
+            path = state_snapshot.create(self.backend, self.snapshot_dir, term, index,
+                                         txn=view)
+            copied = time.monotonic() - began
+            view.abort()
+            view = None
+            self.storage.create_snapshot(index, conf, state_snapshot.handle(path))
+            compact_to = index if compact_all else index - self.catch_up_entries()
+            if compact_to > self.storage.first_index():
+                self.storage.compact(compact_to)
+            state_snapshot.prune(self.snapshot_dir, keep=path)
+            # received snapshots below our own are stale (Raft refuses them now); a newer
+            # one may be waiting for install and must stay (a power-loss run found it
+            # deleted)
+            remove_older_snapshots(self.snapshot_dir, index)
+            self._snap_index = index
+        finally:
+            if view is not None:
+                view.abort()
+            self.snapshot_lock.release()
+        log.info("event=snapshot_created index=%d term=%d compacted_to=%d file=%s "
+                 "apply_paused_ms=%.1f copy_ms=%.1f", index, term, max(compact_to, 0), path,
+                 paused * 1e3, copied * 1e3)
+
+    def _install_alone(self, path: str) -> None:
+        """Apply thread: install a received snapshot once no snapshot of ours copies."""
+        from kubekv_server.backend import state_snapshot
+
+        with self.snapshot_lock:
+            state_snapshot.install(self.backend, path)
 
     def snapshot_reader(self, snapshot: raft_pb2.Snapshot):
         """The transport's SnapshotSource: our snapshot file, or one received and kept."""
@@ -558,11 +616,10 @@ class RaftNode:
 
     async def install_snapshot(self, snapshot: raft_pb2.Snapshot) -> None:
         """A snapshot from the leader: swap its state in, then let the member reload."""
-        from kubekv_server.backend import state_snapshot
         from kubekv_server.peer.snapshot_files import received_snapshot, remove_older_snapshots
 
         path = received_snapshot(snapshot).path
-        await self.loop.run_in_executor(self._executor, state_snapshot.install, self.backend, path)
+        await self.loop.run_in_executor(self._executor, self._install_alone, path)
         self.applier.reload()
         self._snap_index = snapshot.metadata.index
         if self.snapshot_dir is not None:
