@@ -57,11 +57,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 @contextlib.contextmanager
-def one_member(system: str):
-    """A started one-member kubekv or etcd on a fresh temp data dir, stopped and its dir
-    removed afterwards."""
+def one_member(system: str, *flags: str):
+    """A started one-member kubekv or etcd (with `flags`, which both must know) on a
+    fresh temp data dir, stopped and its dir removed afterwards."""
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"bench-{system}-"))
-    proc = (harness.kubekv_process if system == "kubekv" else harness.etcd_process)(tmp)
+    proc = (harness.kubekv_process if system == "kubekv" else harness.etcd_process)(tmp, *flags)
     proc.start()
     try:
         yield proc
