@@ -539,8 +539,10 @@ class RaftNode:
         either)."""
         job = await self.loop.run_in_executor(self._executor, self._pin_snapshot, compact_all)
         try:
+            if self._stopped:  # stop() may have let the snapshot thread go already
+                raise asyncio.CancelledError
             task = self.loop.run_in_executor(self._snapshot_executor, self._write_snapshot, *job)
-        except BaseException:  # stopping: the snapshot thread is gone
+        except BaseException:
             job[0].abort()
             self.snapshot_lock.release()
             raise
