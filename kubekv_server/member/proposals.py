@@ -162,7 +162,11 @@ class Proposer:
         self.max_request_bytes = max_request_bytes
         self.quota_bytes = quota_bytes
         self._size_of_db = db_size
-        self.db_size = db_size()  # refreshed once per applied batch, for the quota check
+        # the state db's size for the quota check: read again after an applied batch, but
+        # only once a check needs it (a follower whose clients write nothing read it per
+        # batch for nothing: an LMDB call per write at 1 in flight)
+        self.db_size = db_size()
+        self._db_size_stale = False
         self.header = header
         self._deadlines = _Deadlines(loop)
         node.add_listener(self._fill_headers, before_answers=True)
@@ -180,12 +184,19 @@ class Proposer:
                 header(h, None, term)
 
     def refresh_db_size(self) -> None:
-        self.db_size = self._size_of_db()
+        """A batch was applied: the state db may have grown (read at the next check)."""
+        self._db_size_stale = True
+
+    def _current_db_size(self) -> int:
+        if self._db_size_stale:
+            self._db_size_stale = False
+            self.db_size = self._size_of_db()
+        return self.db_size
 
     def _quota_exceeded(self, cost: int) -> asyncio.Future | None:
         """etcd's quota check. Within quota: None. Over it: raise the NOSPACE alarm and
         return a future that fails with NO_SPACE once the alarm is applied (as etcd does)."""
-        if cost == 0 or self.db_size + cost < self.quota_bytes:
+        if cost == 0 or self._current_db_size() + cost < self.quota_bytes:
             return None
         alarm = pb.AlarmRequest(
             action=pb.AlarmRequest.ACTIVATE, memberID=self.member_id, alarm=pb.NOSPACE
@@ -203,7 +214,7 @@ class Proposer:
                        timeout: float = REQUEST_TIMEOUT) -> asyncio.Future:
         """Loop thread: log a request; the future resolves to its response, header filled
         (by `_fill_headers`), or fails with etcd's TIMEOUT after `timeout` seconds."""
-        if cost and self.db_size + cost >= self.quota_bytes:  # _quota_exceeded's test
+        if cost and self._current_db_size() + cost >= self.quota_bytes:  # as _quota_exceeded
             return self._quota_exceeded(cost)
         node = self.node
         rid = node.next_id()
