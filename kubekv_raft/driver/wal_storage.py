@@ -156,7 +156,7 @@ class WALStorage:
         self._evict = 0  # position of the oldest entry that may still be cached
         self._rfd = -1  # the current file, for reading entries back
         self._alloc = 0  # the current file's length: _size plus its preallocated tail
-        self._unlinking: threading.Thread | None = None  # the last rewrite's old file going
+        self._unlinking: list[threading.Thread] = []  # rewrites' old files going
         # called with the seconds each synced write took (metrics)
         self.on_sync: Callable[[float], None] | None = None
         os.makedirs(path, exist_ok=True)
@@ -328,7 +328,7 @@ class WALStorage:
         unlink = threading.Thread(target=os.unlink, args=(old,), name="kubekv-wal-unlink",
                                   daemon=True)
         unlink.start()
-        self._unlinking = unlink
+        self._unlinking = [t for t in self._unlinking if t.is_alive()] + [unlink]
 
     def _commit(self, kind_payloads: list[tuple[int, bytes]], sync: bool = True) -> None:
         """Write-lock held: make the records durable (written only, unless `sync`), then
@@ -605,8 +605,8 @@ class WALStorage:
     def close(self) -> None:
         """Close the file; the object is unusable afterwards."""
         with self._write_lock:
-            if self._unlinking is not None:
-                self._unlinking.join()
+            for unlink in self._unlinking:
+                unlink.join()
             if self._fd >= 0:
                 os.close(self._fd)
                 os.close(self._rfd)

@@ -196,9 +196,10 @@ def test_writer_and_readers_in_threads(tmp_path, kind):
 
 
 def _wal_file(path) -> str:
+    """The log's current file: the newest (a rewrite's old one may still be going, on a
+    thread of its own; `close` waits for it)."""
     import os
-    (name,) = [n for n in os.listdir(path) if n.endswith(".wal")]
-    return os.path.join(path, name)
+    return os.path.join(path, max(n for n in os.listdir(path) if n.endswith(".wal")))
 
 
 def test_wal_torn_tail_is_cut_and_the_acknowledged_prefix_kept(tmp_path):
