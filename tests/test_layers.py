@@ -29,7 +29,8 @@ ABOVE = {
     # the shared folders serve the layers: they know none of them
     **{f: LAYERS for f in SHARED},
 }
-ASSEMBLY = {"server", "cli", "__main__", "tcp_gateway", "deploy_entrypoint", "event_loop"}
+ASSEMBLY = {"server", "cli", "__main__", "tcp_gateway", "deploy_entrypoint", "event_loop",
+            "collector"}
 SHARED_MODULES = {"errors", "log_limit"}
 
 
