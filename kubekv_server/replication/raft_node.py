@@ -41,7 +41,9 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
+
+import lmdb
 
 from etcdproto.raftpb import raft_pb2
 from kubekv_raft.core.errors import ProposalDroppedError
@@ -147,6 +149,17 @@ class NullTransport:
     def send(self, messages: list[raft_pb2.Message]) -> None:
         if messages:
             log.debug("event=dropped_messages count=%d", len(messages))
+
+
+class _PinnedSnapshot(NamedTuple):
+    """A snapshot's state as the apply thread pinned it, for the snapshot thread to copy."""
+
+    view: lmdb.Transaction  # a read txn: the state db exactly as of `index`
+    index: int
+    term: int
+    conf: raft_pb2.ConfState
+    compact_all: bool  # compact the whole log behind it (force_snapshot)
+    paused: float  # seconds the apply stage waited for the pin
 
 
 class RaftNode:
@@ -537,19 +550,19 @@ class RaftNode:
         large (37 MB: ~40 ms), is made from that view on the snapshot thread while
         entries go on being applied (etcd's snapshot does not stop its apply loop
         either)."""
-        job = await self.loop.run_in_executor(self._executor, self._pin_snapshot, compact_all)
+        pin = await self.loop.run_in_executor(self._executor, self._pin_snapshot, compact_all)
         try:
             if self._stopped:  # stop() may have let the snapshot thread go already
                 raise asyncio.CancelledError
-            task = self.loop.run_in_executor(self._snapshot_executor, self._write_snapshot, *job)
+            task = self.loop.run_in_executor(self._snapshot_executor, self._write_snapshot, pin)
         except BaseException:
-            job[0].abort()
+            pin.view.abort()
             self.snapshot_lock.release()
             raise
         self._snapshot_task = task
         await task
 
-    def _pin_snapshot(self, compact_all: bool) -> tuple:
+    def _pin_snapshot(self, compact_all: bool) -> _PinnedSnapshot:
         """Apply thread: commit what is applied, durably, and pin a read view of it."""
         self.snapshot_lock.acquire()  # released by _write_snapshot, which follows
         try:
@@ -562,12 +575,12 @@ class RaftNode:
         except BaseException:
             self.snapshot_lock.release()
             raise
-        return view, index, term, conf, compact_all, time.monotonic() - began
+        return _PinnedSnapshot(view, index, term, conf, compact_all, time.monotonic() - began)
 
-    def _write_snapshot(self, view, index: int, term: int, conf, compact_all: bool,
-                        paused: float) -> None:
+    def _write_snapshot(self, pin: _PinnedSnapshot) -> None:
         """Snapshot thread: copy the pinned view to a snapshot file, durable first, then
         record it in the log and compact the log behind it."""
+        view, index, term = pin.view, pin.index, pin.term
         from kubekv_server.backend import state_snapshot
         from kubekv_server.peer.snapshot_files import remove_older_snapshots
 
@@ -578,8 +591,8 @@ class RaftNode:
             copied = time.monotonic() - began
             view.abort()
             view = None
-            self.storage.create_snapshot(index, conf, state_snapshot.handle(path))
-            compact_to = index if compact_all else index - self.catch_up_entries()
+            self.storage.create_snapshot(index, pin.conf, state_snapshot.handle(path))
+            compact_to = index if pin.compact_all else index - self.catch_up_entries()
             if compact_to > self.storage.first_index():
                 self.storage.compact(compact_to)
             state_snapshot.prune(self.snapshot_dir, keep=path)
@@ -594,7 +607,7 @@ class RaftNode:
             self.snapshot_lock.release()
         log.info("event=snapshot_created index=%d term=%d compacted_to=%d file=%s "
                  "apply_paused_ms=%.1f copy_ms=%.1f", index, term, max(compact_to, 0), path,
-                 paused * 1e3, copied * 1e3)
+                 pin.paused * 1e3, copied * 1e3)
 
     def _install_alone(self, path: str) -> None:
         """Apply thread: install a received snapshot once no snapshot of ours copies."""
