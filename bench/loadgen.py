@@ -70,6 +70,27 @@ def one_member(system: str, *flags: str):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+async def preload_keys(kv: rpc_pb2_grpc.KVStub, keys, value: bytes,
+                       in_flight: int = 256) -> None:
+    """Put `value` under every key of `keys`, `in_flight` at a time (one asyncio client)."""
+    gate = asyncio.Semaphore(in_flight)
+
+    async def put(key: bytes) -> None:
+        async with gate:
+            await kv.Put(pb.PutRequest(key=key, value=value))
+
+    await asyncio.gather(*(put(k) for k in keys))
+
+
+async def cpu_between(pid: int, begin: float, stop: float) -> float:
+    """CPU seconds process `pid` uses between two `time.monotonic()` instants (awaits
+    until `stop`): a window's server CPU, with the load running beside it."""
+    await asyncio.sleep(max(0.0, begin - time.monotonic()))
+    c0 = proc_cpu_seconds(pid)
+    await asyncio.sleep(max(0.0, stop - time.monotonic()))
+    return proc_cpu_seconds(pid) - c0
+
+
 # ----------------------------------------------------------------- /proc readings
 
 

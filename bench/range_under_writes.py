@@ -28,7 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.loadgen import one_member, proc_cpu_seconds  # noqa: E402
+from bench.loadgen import cpu_between, one_member, preload_keys  # noqa: E402
 from etcdproto.etcdserverpb import rpc_pb2 as pb  # noqa: E402
 from etcdproto.etcdserverpb import rpc_pb2_grpc  # noqa: E402
 
@@ -41,17 +41,10 @@ async def _load(endpoint: str, pid: int, args: argparse.Namespace) -> dict:
     async with grpc.aio.insecure_channel(endpoint) as ch:
         kv = rpc_pb2_grpc.KVStub(ch)
         value = os.urandom(256)
-        gate = asyncio.Semaphore(256)
-
-        async def preload(i: int) -> None:
-            async with gate:
-                await kv.Put(pb.PutRequest(key=b"bench/key/%05d" % i, value=value))
-
-        await asyncio.gather(*(preload(i) for i in range(KEYS)))
+        await preload_keys(kv, (b"bench/key/%05d" % i for i in range(KEYS)), value)
         begin = time.monotonic() + WARMUP
         stop = begin + args.duration
         done = {"put": 0, "range": 0}
-        cpu: list[float] = []
 
         async def putter(seed: int) -> None:
             rnd = random.Random(seed)
@@ -67,17 +60,12 @@ async def _load(endpoint: str, pid: int, args: argparse.Namespace) -> dict:
                 if time.monotonic() > begin:
                     done["range"] += 1
 
-        async def clock() -> None:
-            await asyncio.sleep(begin - time.monotonic())
-            cpu.append(proc_cpu_seconds(pid))
-            await asyncio.sleep(stop - time.monotonic())
-            cpu.append(proc_cpu_seconds(pid))
-
-        await asyncio.gather(clock(), *(putter(i) for i in range(args.puts)),
-                             *(ranger() for _ in range(args.ranges)))
+        cpu, *_ = await asyncio.gather(cpu_between(pid, begin, stop),
+                                       *(putter(i) for i in range(args.puts)),
+                                       *(ranger() for _ in range(args.ranges)))
         return {"puts_per_s": done["put"] / args.duration,
                 "ranges_per_s": done["range"] / args.duration,
-                "server_cores": (cpu[1] - cpu[0]) / args.duration}
+                "server_cores": cpu / args.duration}
 
 
 def run(system: str, args: argparse.Namespace) -> dict:

@@ -30,7 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.loadgen import one_member, proc_cpu_seconds  # noqa: E402
+from bench.loadgen import cpu_between, one_member, preload_keys  # noqa: E402
 from etcdproto.etcdserverpb import rpc_pb2 as pb  # noqa: E402
 from etcdproto.etcdserverpb import rpc_pb2_grpc  # noqa: E402
 
@@ -45,18 +45,11 @@ async def _load(endpoint: str, pid: int, args: argparse.Namespace) -> dict:
     async with grpc.aio.insecure_channel(endpoint) as ch:
         kv = rpc_pb2_grpc.KVStub(ch)
         big, value = os.urandom(1024), os.urandom(256)
-        gate = asyncio.Semaphore(256)
-
-        async def preload(i: int) -> None:
-            async with gate:
-                await kv.Put(pb.PutRequest(key=b"bench/key/%06d" % i, value=big))
-
-        await asyncio.gather(*(preload(i) for i in range(args.keys)))
+        await preload_keys(kv, (b"bench/key/%06d" % i for i in range(args.keys)), big)
         begin = time.monotonic() + WARMUP
         stop = begin + args.duration
         lat: list[float] = []
         answered: list[float] = []
-        cpu: list[float] = []
 
         async def putter(seed: int) -> None:
             rnd = random.Random(seed)
@@ -69,19 +62,14 @@ async def _load(endpoint: str, pid: int, args: argparse.Namespace) -> dict:
                     lat.append((now - t) * 1e3)
                     answered.append(now)
 
-        async def clock() -> None:
-            await asyncio.sleep(begin - time.monotonic())
-            cpu.append(proc_cpu_seconds(pid))
-            await asyncio.sleep(stop - time.monotonic())
-            cpu.append(proc_cpu_seconds(pid))
-
-        await asyncio.gather(clock(), *(putter(i) for i in range(args.inflight)))
+        cpu, *_ = await asyncio.gather(cpu_between(pid, begin, stop),
+                                       *(putter(i) for i in range(args.inflight)))
         lat.sort()
         answered.sort()
         gap = max((b - a for a, b in zip(answered, answered[1:], strict=False)), default=0.0)
         return {"puts_per_s": len(lat) / args.duration, "p50_ms": _pct(lat, 0.5),
                 "p99_ms": _pct(lat, 0.99), "max_ms": lat[-1], "gap_ms": gap * 1e3,
-                "server_cores": (cpu[1] - cpu[0]) / args.duration}
+                "server_cores": cpu / args.duration}
 
 
 def run(system: str, args: argparse.Namespace) -> dict:
