@@ -91,9 +91,9 @@ class Leadership:
             except KeyError:
                 return False
 
-        progress = {v: p for v in voters if (p := node.progress_of(v)) is not None}
-        active = [v for v in voters if v in progress and progress[v].recent_active
-                  and connected(v)]
+        recent = node.recently_active()
+        progress = {v: p for v in voters if (p := node.progress(v)) is not None}
+        active = [v for v in voters if v in progress and v in recent and connected(v)]
         if not active:
             log.warning('msg="leadership transfer failed" local-member-id=%x '
                         'error="etcdserver: unhealthy cluster"', self.member_id)

@@ -64,7 +64,7 @@ class LeaseLeadership:
             if self._term == term:
                 return
             applied = result.applied_index if result is not None else self.applied_index()
-            if node.term_at(applied) != term:
+            if node.log_term(applied) != term:
                 return
             self._term = term
             self.lessor.promote(self.election_timeout)

@@ -41,10 +41,7 @@ class Reconfiguration:
         """
         voters = {m["id"] for m in self.members() if not m["isLearner"]}
         if self.node.is_leader():
-            return {self.member_id} | {
-                v for v in voters
-                if (p := self.node.progress_of(v)) is not None and p.recent_active
-            }
+            return {self.member_id} | (voters & self.node.recently_active())
         started = {self.member_id, self.node.leader_id}
         t = self.peering.transport
         for v in voters - started:
@@ -129,7 +126,7 @@ class Reconfiguration:
             raise errors.MEMBER_NOT_LEARNER
         if not self.node.is_leader():
             raise errors.NOT_LEADER
-        progress = self.node.progress_of(mid)
+        progress = self.node.progress(mid)
         committed = self.node.commit_index
         # etcd: a learner is ready once its match index is within 90% of the leader's.
         if progress is None or progress.match < committed * 0.9:

@@ -276,15 +276,24 @@ class RaftNode:
         """Proposals waiting for their outcome (etcd_server_proposals_pending)."""
         return len(self._futures)
 
-    def term_at(self, index: int) -> int:
+    def log_term(self, index: int) -> int:
         """The term of the log entry at `index`, as Raft's log answers it (0 outside the
         log; CompactedError for an entry compacted away)."""
         return self.runner.node.raft.raft_log.term(index)
 
-    def progress_of(self, peer: int) -> Progress | None:
+    def progress(self, peer: int) -> Progress | None:
         """The leader's view of `peer`'s replication (match index, recent activity), or
         None for a peer Raft does not track."""
         return self.runner.node.raft.prs.progress.get(peer)
+
+    def recently_active(self) -> set[int]:
+        """On the leader, the members it heard from within the last election timeout,
+        itself included (Raft's RecentActive, what etcd's strict reconfiguration and
+        leadership transfer look at); elsewhere an empty set: only a leader knows."""
+        r = self.runner.node.raft
+        if not self.runner.node.is_leader:
+            return set()
+        return {i for i, p in r.prs.progress.items() if p.recent_active or i == r.id}
 
     @property
     def message_handler(self) -> Runner:
