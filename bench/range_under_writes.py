@@ -9,7 +9,7 @@ keys of 256 bytes; then one asyncio client keeps `--puts` Puts to random keys an
 (after a 2 s warm-up) and prints Puts/s, Ranges/s and the server's cores.
 
     python3 bench/range_under_writes.py [--systems kubekv,etcd] [--puts 32] [--ranges 16]
-                                        [--duration 5]
+                                        [--duration 5] [--kubekv-flags="..."]
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ async def _load(endpoint: str, pid: int, args: argparse.Namespace) -> dict:
 
 
 def run(system: str, args: argparse.Namespace) -> dict:
-    with one_member(system) as proc:
+    flags = args.kubekv_flags.split() if system == "kubekv" else []
+    with one_member(system, *flags) as proc:
         return asyncio.run(_load(proc.endpoint, proc.proc.pid, args))
 
 
@@ -79,6 +80,8 @@ def main() -> int:
     ap.add_argument("--puts", type=int, default=32, help="Puts in flight")
     ap.add_argument("--ranges", type=int, default=16, help="Ranges in flight")
     ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--kubekv-flags", default="",
+                    help='extra kubekv flags, one string: --kubekv-flags="--flag value"')
     args = ap.parse_args()
     print("| system | Puts/s | Ranges/s (~1,100 keys, limit 50) | server cores |")
     print("|---|---:|---:|---:|")
