@@ -25,6 +25,13 @@ per batch cost ~3.5 µs at one entry per batch, and one per request ~7 µs
 that the apply transaction already holds dirty, and merges its dirty list into the
 parent's).
 
+The transaction's commits a bound asks for run on the state db's commit thread
+(`Backend.commit_async`); until one has landed there is no write txn, and the key
+requests of the batches meanwhile go into an overlay (mvcc/overlay.py): their changes
+and results are made as usual and published in the pending view, and written into the
+next transaction once the commit has landed (`_landed`). A request the overlay cannot
+serve, or any other kind, waits for the commit first, as every request did before.
+
 A request goes through the layers of `layers.py` (alarms, auth) to its kind's
 handler in `handlers.py`, as etcd's applierV3 wrappers around applierV3backend.
 The applier calls out to nobody: what a batch did (results, events, lease and
@@ -49,10 +56,11 @@ from kubekv_server.apply.handlers import Handlers, Step
 from kubekv_server.apply.layers import wrap
 from kubekv_server.apply.members_db import MembersDB
 from kubekv_server.auth import AuthStore
-from kubekv_server.backend.state_db import Backend
+from kubekv_server.backend.state_db import MAX_UNCOMMITTED_BYTES, Backend
 from kubekv_server.errors import EtcdError
 from kubekv_server.lease import LeaseStore
 from kubekv_server.mvcc import CompactedError, FutureRevError, MVCCStore
+from kubekv_server.mvcc.overlay import NeedsCommittedState, Overlay
 from kubekv_server.mvcc.pending import EMPTY
 
 log = logging.getLogger("kubekv.applier")
@@ -132,8 +140,11 @@ class Applier:
         self._kv: lmdb.Transaction | None = None
         self._kv_steps: list[tuple[int, bytes]] = []
         self._kv_start = (0, 0)
+        # key requests applied while a background commit lands (None: none is)
+        self._overlay: Overlay | None = None
         backend.before_commit.append(self._before_commit)
         backend.on_commit.append(self._committed)
+        backend.on_landed.append(self._landed)
         self._chain = wrap(self.handlers, self.alarms, auth, leases)
         # etcd_server_slow_apply_total: requests whose apply took longer than
         # --experimental-warning-apply-duration (etcd's warnOfExpensiveRequest)
@@ -151,9 +162,15 @@ class Applier:
         started_batch = time.perf_counter()
         out = BatchResult(applied_index=self.applied_index)
         todo = [e for e in entries if e.index > self.applied_index]
+        if todo and not self.backend.poll_landing():
+            todo = self._apply_overlaid(todo, out)
+            if not todo:
+                out.apply_seconds = time.perf_counter() - started_batch
+                return out
         if todo:
             backend = self.backend
-            txn = self._txn = backend.apply_txn()
+            first = len(out.rows)  # (an overlay's rows are published already)
+            txn = self._txn = backend.apply_txn()  # (after a commit under way has landed)
             if self._base is None:  # the window's first batch: the revisions it extends
                 self._revs = self._window_revs = self.mvcc.revisions_in(txn)
                 self._stored = self._base = self._revs[0]
@@ -180,12 +197,13 @@ class Applier:
                 raise
             finally:
                 self._txn = None
-            nbytes = sum(len(row[3]) for row in out.rows)
-            if not backend.applied(len(todo), out.must_commit, nbytes):
+            rows = out.rows[first:] if first else out.rows
+            if not backend.applied(len(todo), out.must_commit,
+                                   sum(len(row[3]) for row in rows)):
                 mvcc = self.mvcc
                 top = self._revs[0] if self._revs is not None else \
                     mvcc.current_revision(backend.apply_txn())
-                mvcc.pending = mvcc.pending.extended(self._base, out.rows, top)
+                mvcc.pending = mvcc.pending.extended(self._base, rows, top)
             self.applied_index = out.applied_index = todo[-1].index
         out.apply_seconds = time.perf_counter() - started_batch
         return out
@@ -198,13 +216,94 @@ class Applier:
             self.backend.set_applied_index(txn, self._txn_index)
 
     def _committed(self) -> None:
-        """The apply txn committed (or was dropped): readers need no pending view, and
-        a new window begins."""
+        """The apply txn committed (or was dropped, with any overlay): readers need no
+        pending view, and a new window begins."""
         self.mvcc.pending = EMPTY
         self._base = self._revs = None
         self._direct = True
         self._window = []
         self._txn_index = 0
+        self._overlay = None
+        self.backend.overlay_bytes = 0
+
+    # ------------------------------------------------------------ the overlay
+
+    def _apply_overlaid(self, todo: list[raft_pb2.Entry], out: BatchResult) -> list:
+        """While a commit lands: apply the batch's entries into the overlay, up to the
+        first the overlay cannot take; returns the entries left for the apply txn."""
+        ov = self._overlay
+        if ov is None:
+            # what commits in the background is a window of key requests applied straight
+            # into the txn (anything else commits at once: `must_commit`)
+            if self._revs is None or not self._direct:
+                return todo
+            ov = self._overlay = Overlay(self.mvcc, self.mvcc.pending, self._revs)
+        n = 0
+        try:
+            for entry in todo:
+                if entry.type != raft_pb2.EntryNormal:
+                    break
+                if entry.data:
+                    if ov.nbytes >= MAX_UNCOMMITTED_BYTES or \
+                            not self._overlay_request(ov, entry.index, entry.data, out):
+                        break
+                ov.last_index = entry.index
+                n += 1
+        except BaseException:
+            ov.release()
+            self.backend.abort()  # as an apply txn's failure: the log has it all
+            raise
+        ov.release()
+        if n:
+            self.backend.overlay_bytes = ov.nbytes
+            top = self._revs[0]
+            self.mvcc.pending = self.mvcc.pending.extended(self._base, out.rows, top)
+            self.applied_index = out.applied_index = ov.last_index
+        return todo[n:]
+
+    def _overlay_request(self, ov: Overlay, index: int, data: bytes, out: BatchResult) -> bool:
+        """One request into the overlay: False (and nothing done) if it needs the apply
+        txn (not a key request, or one the overlay cannot serve)."""
+        req = internal_pb2.InternalRequest.FromString(data)
+        kind = req.WhichOneof("request")
+        if kind not in _KEY_ONLY:
+            return False
+        step = Step(ov.read_txn, req, kind, index, revisions=self._revs, overlay=ov)
+        try:
+            result, events = self._chain.apply(step)
+        except NeedsCommittedState:
+            return False
+        except Exception as exc:  # refused before any change, as in the apply txn
+            out.results.append((req.id, self._failed(exc, req.id, kind)))
+            return True
+        ov.add(step.write_txn, index, data)
+        self._revs = self._after(step)
+        out.rows.extend(step.rows)
+        if events:
+            out.revisions.append((self._revs[0], events, step.event_bytes))
+        out.results.append((req.id, result))
+        return True
+
+    def _landed(self) -> None:
+        """The background commit landed (apply thread): the overlay's changes go into a
+        new apply txn, whose window they begin (a redo applies them again from the
+        entries), and readers lay them over the new commit."""
+        ov, self._overlay = self._overlay, None
+        if ov is None or not ov.last_index:
+            self._committed()
+            return
+        backend = self.backend
+        backend.overlay_bytes = 0
+        txn = backend.apply_txn()
+        self.mvcc.write_rows(txn, ov.rows)
+        backend.note_applied(len(ov.entries), ov.nbytes)
+        landed = ov.start[0]
+        self._base = self._stored = landed
+        self._window_revs = ov.start
+        self._window = ov.entries
+        self._direct = True
+        self._txn_index = ov.last_index
+        self.mvcc.pending = EMPTY.extended(landed, ov.rows, self._revs[0])
 
     # ------------------------------------------------------------ membership
 

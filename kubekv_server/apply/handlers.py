@@ -26,6 +26,7 @@ from kubekv_server.kv.txn import apply_delete_range, apply_put, apply_txn
 from kubekv_server.lease import LeaseStore
 from kubekv_server.member.membership import set_attributes
 from kubekv_server.mvcc import MVCCStore
+from kubekv_server.mvcc.overlay import Overlay
 from kubekv_server.mvcc.store import WriteTxn
 
 # (response, the MVCC events it made, in revision order)
@@ -50,6 +51,9 @@ class Step:
     # (current, compact revision) as `txn` holds them, if the applier keeps them (then it
     # stores the current revision: MVCCStore.write)
     revisions: tuple[int, int] | None = None
+    # while a commit lands: the overlay a key request goes into (`txn` is then a read
+    # txn of the committed state: mvcc/overlay.py)
+    overlay: Overlay | None = None
 
 
 Handler = Callable[[Step], Outcome]
@@ -105,9 +109,16 @@ class Handlers:
 
     # ------------------------------------------------------------------ kv
 
+    def _begin(self, step: Step) -> WriteTxn:
+        """A key request's MVCC write txn: in the apply txn, or in the overlay."""
+        ov = step.overlay
+        w = step.write_txn = self.mvcc.write(step.txn, step.revisions) if ov is None \
+            else ov.write(step.revisions)
+        return w
+
     def _write(self, step: Step, op: Callable) -> Outcome:
         """Run one KV write request as one MVCC write txn: (response, its events)."""
-        w = step.write_txn = self.mvcc.write(step.txn, step.revisions)
+        w = self._begin(step)
         return self._ended(step, w, op(w))
 
     def _ended(self, step: Step, w, resp) -> Outcome:
@@ -140,7 +151,7 @@ class Handlers:
         return self._exists
 
     def put(self, step: Step) -> Outcome:
-        w = step.write_txn = self.mvcc.write(step.txn, step.revisions)
+        w = self._begin(step)
         resp = apply_put(w, step.req.put, self._lease_exists(step))
         return self._ended(step, w, resp)
 
@@ -148,7 +159,7 @@ class Handlers:
         return self._write(step, lambda w: apply_delete_range(w, step.req.delete_range))
 
     def txn(self, step: Step) -> Outcome:
-        w = step.write_txn = self.mvcc.write(step.txn, step.revisions)
+        w = self._begin(step)
         resp = apply_txn(w, step.req.txn, self._lease_exists(step))
         return self._ended(step, w, resp)
 

@@ -13,6 +13,9 @@ import shutil
 import struct
 import time
 import zlib
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import lmdb
 
@@ -87,7 +90,7 @@ class Backend:
 
     def __init__(self, path: str, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False,
                  fsync: bool = True, batch_interval: float = DEFAULT_BATCH_INTERVAL,
-                 batch_limit: int = DEFAULT_BATCH_LIMIT):
+                 batch_limit: int = DEFAULT_BATCH_LIMIT, commit_in_background: bool = True):
         # `path` names the state database; after a defragmentation it lives in a sibling
         # directory named by the file `<path>.current` (see `defragment`).
         self.base = path
@@ -102,21 +105,33 @@ class Backend:
         self.meta = self.open_db(b"meta")
         # The apply thread's write transaction, kept open across apply batches and
         # committed every `batch_interval` seconds or `batch_limit` entries (etcd's
-        # batchTx). Only the apply thread touches it (an LMDB write txn belongs to the
-        # thread that began it); a limit <= 1 commits every batch.
+        # batchTx); a limit <= 1 commits every batch. The apply thread writes into it;
+        # the commit thread begins, commits and aborts it (`_on_commit_thread`).
         self.batch_interval = batch_interval
         self.batch_limit = batch_limit
         self._held: lmdb.Transaction | None = None
         self._held_since = 0.0
         self._held_entries = self._held_bytes = 0
+        # A commit a bound asked for runs on the commit thread while the apply thread
+        # applies key requests into an overlay (mvcc/overlay.py): `_landing` until it is
+        # done and the apply thread has taken note (`poll_landing`, `wait_landing`).
+        self.commit_in_background = commit_in_background
+        self._commit_thread: ThreadPoolExecutor | None = None
+        self._landing: Future | None = None
+        self._landing_bytes = 0  # what the landing txn holds, for the quota check
+        self.overlay_bytes = 0  # what the overlay holds meanwhile (its applier counts)
         self.commits = 0  # commits of the apply txn (etcd_disk_backend_commit_duration count)
         self.quota_bytes = 0  # --quota-backend-bytes (0: none known, batch regardless)
         self._near_quota = False  # as of the last commit
         # called with the apply txn just before it commits (the applier stores the applied
         # index and the current revision once per commit, not once per batch)
         self.before_commit: list = []
-        # called after each commit of the apply txn (the MVCC store drops its pending view)
+        # called after each commit of the apply txn, and after it was dropped (the MVCC
+        # store drops its pending view)
         self.on_commit: list = []
+        # called on the apply thread once a background commit has landed, instead of
+        # on_commit (the applier writes its overlay into the next apply txn)
+        self.on_landed: list = []
         # called with the write txn that installs a snapshot's state, before it commits
         # (the MVCC store upgrades a snapshot written in an older layout)
         self.on_install: list = []
@@ -175,10 +190,33 @@ class Backend:
         return old_env, old_dir
 
     # -- the apply transaction (apply thread only) ------------------------------------------
+    # LMDB's writer lock is a mutex the thread that begins a write txn takes and must
+    # release itself (lmdb.h, MDB_NOTLS: "serialize the write transactions in an OS
+    # thread"), so the apply txn begins, commits and aborts on one commit thread, and
+    # the apply thread writes into it in between: a write txn holds no other state of
+    # the thread that began it, and only one thread at a time touches it (the apply
+    # thread, except while the commit thread begins, commits or aborts it, which the
+    # apply thread waits for or, for a background commit, no longer touches it).
+
+    def _on_commit_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) on the commit thread, waited for."""
+        return self._commit_executor().submit(fn, *args).result()
+
+    def _commit_executor(self) -> ThreadPoolExecutor:
+        if self._commit_thread is None:
+            self._commit_thread = ThreadPoolExecutor(1, thread_name_prefix="kubekv-state-commit")
+        return self._commit_thread
+
+    def _begin(self) -> lmdb.Transaction:
+        return self._on_commit_thread(lambda: self.env.begin(write=True))
+
     def apply_txn(self) -> lmdb.Transaction:
-        """The write transaction the next apply batch goes into (begun if none is open)."""
+        """The write transaction the next apply batch goes into (begun if none is open,
+        after a background commit under way has landed)."""
+        if self._landing is not None:
+            self.wait_landing()
         if self._held is None:
-            self._held = self.env.begin(write=True)
+            self._held = self._begin()
             self._held_since = time.monotonic()
             self._held_entries = self._held_bytes = 0
         return self._held
@@ -187,31 +225,111 @@ class Backend:
         """Drop what the apply txn holds and begin it anew, as if it had just been begun
         at its first batch (its commit bounds still count from then), telling nobody:
         the applier applies again what it held (a request failed half-way)."""
-        self._held.abort()
-        self._held = self.env.begin(write=True)
+        self._on_commit_thread(self._held.abort)
+        self._held = self._begin()
         return self._held
+
+    def note_applied(self, entries: int, nbytes: int) -> None:
+        """Entries written into the apply txn outside a batch (an overlay's, once its
+        commit landed): they count toward its bounds."""
+        self._held_entries += entries
+        self._held_bytes += nbytes
 
     def applied(self, entries: int, must_commit: bool, nbytes: int = 0) -> bool:
         """A batch of `entries` (`nbytes` of key changes) went into the apply txn: commit
         it if `must_commit` (the batch changed something only committed state shows) or
-        a bound is reached. Returns whether it committed."""
+        a bound is reached, on the commit thread while the apply thread goes on if
+        `commit_in_background` and only a bound asks (see `commit_async`). Returns
+        whether it committed here (the changes are in the file)."""
         self._held_entries += entries
         self._held_bytes += nbytes
-        if (must_commit or self._near_quota or self._held_entries >= self.batch_limit
+        if must_commit or self._near_quota:
+            self.commit()
+            return True
+        if (self._held_entries >= self.batch_limit
                 or self._held_bytes >= MAX_UNCOMMITTED_BYTES
                 or time.monotonic() - self._held_since >= self.batch_interval):
+            if self.commit_in_background:
+                self.commit_async()
+                return False
             self.commit()
             return True
         return False
 
     def commit_if_due(self) -> None:
         """Commit the apply txn if its interval has passed (the batch-interval clock)."""
+        if self._landing is not None:
+            self.poll_landing()
         if self._held is not None and time.monotonic() - self._held_since >= self.batch_interval:
-            self.commit()
+            if self.commit_in_background and self._landing is None:
+                self.commit_async()
+            else:
+                self.commit()
+
+    def commit_async(self) -> None:
+        """Commit the apply txn on the commit thread and return: until it has landed
+        (`landing`) the apply thread may not write, and applies key requests into an
+        overlay instead; the before_commit hooks run now, the on_landed ones once the
+        apply thread learns that it landed."""
+        if self._landing is not None:
+            self.wait_landing()
+        txn = self._held
+        if txn is None:
+            return
+        try:
+            for fn in self.before_commit:
+                fn(txn)
+        finally:
+            self._held = None
+        self._landing_bytes, self._held_bytes = self._held_bytes, 0
+        self._landing = self._commit_executor().submit(self._land, txn)
+
+    def _land(self, txn: lmdb.Transaction) -> None:
+        """Commit thread: a background commit."""
+        txn.commit()
+
+    @property
+    def landing(self) -> bool:
+        """Whether a background commit is under way or landed unnoticed."""
+        return self._landing is not None
+
+    def poll_landing(self) -> bool:
+        """Whether no background commit is under way any more (taking note of one that
+        landed: `wait_landing`)."""
+        f = self._landing
+        if f is None:
+            return True
+        if not f.done():
+            return False
+        self.wait_landing()
+        return True
+
+    def wait_landing(self) -> None:
+        """Until the background commit under way has landed; then its on_landed hooks.
+        A failed commit raises here, as a commit on the apply thread did."""
+        f = self._landing
+        if f is None:
+            return
+        try:
+            f.result()
+        finally:
+            self._landing = None
+            self._landing_bytes = 0
+        self._committed()
+        for fn in self.on_landed:
+            fn()
+
+    def _committed(self) -> None:
+        self.commits += 1
+        self._near_quota = bool(self.quota_bytes) and \
+            self.size_bytes() + NEAR_QUOTA_BYTES >= self.quota_bytes
 
     def commit(self) -> None:
-        """Commit the apply txn now, if one is open (before anything that needs every
-        applied change in the file: snapshots, defragmentation, hashes, stop)."""
+        """Commit the apply txn now, if one is open, after a background commit under way
+        (before anything that needs every applied change in the file: snapshots,
+        defragmentation, hashes, stop)."""
+        if self._landing is not None:
+            self.wait_landing()  # (its overlay goes into a new apply txn, committed below)
         txn = self._held
         if txn is not None:
             try:
@@ -219,18 +337,26 @@ class Backend:
                     fn(txn)
             finally:
                 self._held = None
-            txn.commit()
-            self.commits += 1
-            self._near_quota = bool(self.quota_bytes) and \
-                self.size_bytes() + NEAR_QUOTA_BYTES >= self.quota_bytes
+            self._on_commit_thread(txn.commit)
+            self._committed()
             for fn in self.on_commit:
                 fn()
 
     def abort(self) -> None:
-        """Drop the apply txn (an apply failed; the log replays it after a restart)."""
+        """Drop the apply txn (an apply failed; the log replays it after a restart), and
+        what an overlay holds; a background commit under way lands first."""
+        landing, self._landing = self._landing, None
+        if landing is not None:
+            self._landing_bytes = 0
+            try:
+                landing.result()
+                self._committed()
+            except Exception:  # noqa: BLE001 - dropped as well: the log replays it
+                pass
         txn, self._held = self._held, None
         if txn is not None:
-            txn.abort()
+            self._on_commit_thread(txn.abort)
+        if txn is not None or landing is not None:
             for fn in self.on_commit:
                 fn()
 
@@ -251,12 +377,14 @@ class Backend:
 
     def quota_size(self) -> int:
         """What the quota check counts: the file's size, plus what the uncommitted apply
-        txn will add to it, counted twice (its key changes land in the history, and each
-        page of the index and live tables they touch is copied on write). Without the
-        second part a burst of writes between two commits passes the check on the file's
-        old size and overshoots the quota (etcd's TestCtlV3Alarm then could not get back
-        under it with a compaction and a defragmentation)."""
-        return self.size_bytes() + 2 * self._held_bytes
+        txn (and a background commit under way, and its overlay) will add to it, counted
+        twice (its key changes land in the history, and each page of the index and live
+        tables they touch is copied on write). Without the second part a burst of writes
+        between two commits passes the check on the file's old size and overshoots the
+        quota (etcd's TestCtlV3Alarm then could not get back under it with a compaction
+        and a defragmentation)."""
+        return self.size_bytes() + 2 * (self._held_bytes + self._landing_bytes
+                                        + self.overlay_bytes)
 
     def in_use_bytes(self) -> int:
         """Bytes of pages holding live data (etcd's db_size_in_use), excluding free pages."""
@@ -296,4 +424,7 @@ class Backend:
 
     def close(self) -> None:
         self.abort()
+        if self._commit_thread is not None:
+            self._commit_thread.shutdown(wait=True)
+            self._commit_thread = None
         self.env.close()

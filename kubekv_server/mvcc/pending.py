@@ -7,11 +7,14 @@ apply batch the applier publishes a `Pending`: the changes since the last commit
 etcd's txReadBuffer. What a `Pending` holds is fixed once published (a batch makes a
 new one), so readers on any thread use it without a lock.
 
-A reader takes the published `Pending` *before* it begins its LMDB read txn, and
-uses it only if the snapshot's current revision is the `Pending`'s `base` (the
-revision of the commit it extends). A commit takes everything published so far, so
-a snapshot newer than `base` already holds all of it, and a snapshot cannot be
-older than `base` (commits only move forward).
+A reader takes the published `Pending` *before* it begins its LMDB read txn and lays
+over its snapshot what `for_snapshot` gives: all of it if the snapshot's current
+revision is the `Pending`'s `base` (the revision of the commit it extends), nothing if
+the snapshot is at or past its `top`. A snapshot cannot be older than `base` (commits
+only move forward). Between the two, a snapshot sees a commit the `Pending` was not
+yet told of: one that landed on the state db's commit thread while key requests were
+applied into an overlay (mvcc/overlay.py), which holds the changes up to its revision;
+the reader lays the changes above it.
 
 Publishing costs the apply thread only its batch's changes: the Pendings of one
 commit window share one append-only list of changes, each seeing its first `n`, and
@@ -89,7 +92,7 @@ class Pending:
     """The changes since the commit at revision `base`, up to revision `top`: the first
     `n` of the window's shared list of changes (only ever appended to)."""
 
-    __slots__ = ("base", "top", "_changes", "_n", "_src")
+    __slots__ = ("base", "top", "_changes", "_n", "_src", "_above")
 
     def __init__(self, base: int, top: int, changes: list, n: int,
                  src: Pending | View) -> None:
@@ -101,6 +104,10 @@ class Pending:
         # whose own source's, it is built from): one attribute, read and set atomically,
         # so readers on several threads may build at once (each the same View)
         self._src = src
+        # (revision, the Pending of the changes above it): `for_snapshot`'s last answer
+        # for a snapshot newer than `base`, kept since every reader until the next
+        # publication asks the same
+        self._above: tuple[int, Pending] | None = None
 
     def __bool__(self) -> bool:
         return self._n > 0
@@ -115,6 +122,19 @@ class Pending:
             window = window[:self._n]
         window.extend(changes)  # past this Pending's `n`: nobody else sees them yet
         return Pending(base, top, window, len(window), self)
+
+    def for_snapshot(self, rev: int) -> Pending | None:
+        """What a snapshot whose current revision is `rev` lays over itself (None:
+        nothing): this Pending at its base, the changes above `rev` past it."""
+        if not self._n or rev >= self.top or rev < self.base:
+            return None
+        if rev == self.base:
+            return self
+        above = self._above
+        if above is None or above[0] != rev:
+            rest = [c for c in itertools.islice(self._changes, self._n) if main_of(c[2]) > rev]
+            above = self._above = (rev, Pending(rev, self.top, rest, len(rest), EMPTY))
+        return above[1]
 
     def _view(self) -> View:
         src = self._src

@@ -403,9 +403,10 @@ class ReadTxn(_Reader):
         self._counts = counts
         self._txn = env.begin(write=False)
         self.current_revision, self.compact_revision = meta.revisions(self._txn, dbs.meta)
-        if pending and pending.base == self.current_revision:
-            self._p = pending
-            self.current_revision = pending.top
+        p = pending.for_snapshot(self.current_revision)
+        if p:
+            self._p = p
+            self.current_revision = p.top
 
     def close(self) -> None:
         self._txn.abort()
@@ -430,6 +431,8 @@ class WriteTxn(_Reader):
     def __init__(self, txn: lmdb.Transaction, dbs: _Dbs, counts: OpCounts | None = None,
                  revisions: tuple[int, int] | None = None) -> None:
         self._txn = txn
+        # what the changes are written into (None: nowhere yet, overlay.py)
+        self._writes: lmdb.Transaction | None = txn
         self._dbs = dbs
         self._counts = counts
         self._puts = self._deletes = 0
@@ -475,7 +478,7 @@ class WriteTxn(_Reader):
 
     def put(self, key: bytes, value: bytes, lease: int = 0) -> KeyValue | None:
         """Put ``key``; returns the previous KeyValue (None if absent)."""
-        dbs, txn = self._dbs, self._txn
+        dbs, txn = self._dbs, self._writes
         self._puts += 1
         if not key:
             raise InvalidKeyError("empty key")
@@ -485,7 +488,8 @@ class WriteTxn(_Reader):
             sk = key
         else:
             sk = stored(key)
-            txn.put(sk, key, db=dbs.long_keys)
+            if txn is not None:
+                txn.put(sk, key, db=dbs.long_keys)
         seen = self._seen
         prev_raw = seen[1] if seen is not None and seen[0] == sk else self._live_row(sk)
         ev = Event()  # type PUT, the default
@@ -509,9 +513,12 @@ class WriteTxn(_Reader):
                 self.leases_moved = True
         data = kv.SerializeToString()
         rb = rev_to_bytes(rev, len(self._changes))
-        txn.put(rb, data, db=dbs.key, append=True)
-        txn.put(sk, rb, db=dbs.key_index, dupdata=True)
-        txn.put(sk, rb, db=dbs.live)
+        if txn is not None:  # (an OverlayWriteTxn writes its rows later: write_rows)
+            txn.put(rb, data, db=dbs.key, append=True)
+            txn.put(sk, rb, db=dbs.key_index, dupdata=True)
+            txn.put(sk, rb, db=dbs.live)
+        else:
+            self._wrote(sk, data)
         self._seen = sk, data
         self._changes.append(ev)
         self.rows.append((sk, key, rb, data, data, prev_raw is not None))
@@ -521,7 +528,7 @@ class WriteTxn(_Reader):
 
     def delete_range(self, key: bytes, end: bytes | None) -> list[KeyValue]:
         """Delete the live keys in [key, end) (see ``range``); returns their previous kvs."""
-        dbs, txn = self._dbs, self._txn
+        dbs, txn = self._dbs, self._writes
         self._deletes += 1
         if end is None:
             if not key:
@@ -532,9 +539,7 @@ class WriteTxn(_Reader):
         elif end and end <= key:
             return []
         else:
-            row = txn.cursor(db=dbs.key).get
-            items = [(k, sk, row(rb))
-                     for k, sk, rb in scan(txn.cursor(db=dbs.live), key, end, self._user_key)]
+            items = self._live_items(key, end)
         rev = self.current_revision + 1
         deleted = []
         self.dirty = True
@@ -542,10 +547,13 @@ class WriteTxn(_Reader):
         for k, sk, v in items:
             rb = rev_to_bytes(rev, len(self._changes)) + MARK_TOMBSTONE
             tomb = KeyValue(key=k).SerializeToString()
-            txn.put(rb, tomb, db=dbs.key, append=True)
             self.rows.append((sk, k, rb, tomb, None, True))
-            txn.put(sk, rb, db=dbs.key_index, dupdata=True)
-            txn.delete(sk, db=dbs.live)
+            if txn is not None:
+                txn.put(rb, tomb, db=dbs.key, append=True)
+                txn.put(sk, rb, db=dbs.key_index, dupdata=True)
+                txn.delete(sk, db=dbs.live)
+            else:
+                self._wrote(sk, None)
             ev = Event(type=_DELETE)
             ev.kv.key = k
             ev.kv.mod_revision = rev
@@ -557,6 +565,18 @@ class WriteTxn(_Reader):
             self._changes.append(ev)
             self.changes_bytes += 2 + _field_size(ev.kv.ByteSize()) + _field_size(len(v))
         return deleted
+
+    def _live_items(self, key: bytes, end: bytes) -> list[tuple[bytes, bytes, bytes]]:
+        """(user key, stored key, current row) of the live keys in [key, end)."""
+        txn, dbs = self._txn, self._dbs
+        row = txn.cursor(db=dbs.key).get
+        return [(k, sk, row(rb))
+                for k, sk, rb in scan(txn.cursor(db=dbs.live), key, end, self._user_key)]
+
+    def _wrote(self, sk: bytes, row: bytes | None) -> None:
+        """A change made with nothing written (an OverlayWriteTxn's): `row` is the key's
+        current row now, None once deleted."""
+        raise NotImplementedError
 
     @property
     def changes(self) -> list[Event]:
@@ -641,6 +661,20 @@ class MVCCStore:
         reads it from `txn`."""
         return WriteTxn(txn, self._dbs, self.counts, revisions)
 
+    def write_rows(self, txn: lmdb.Transaction, rows: list[tuple]) -> None:
+        """Write changes an OverlayWriteTxn made (pending.Change rows, in revision order,
+        after everything `txn` holds) as WriteTxn.put and delete_range write theirs."""
+        dbs = self._dbs
+        for sk, key, rb, data, value, _existed in rows:
+            if value is not None and len(key) > PREFIX:
+                txn.put(sk, key, db=dbs.long_keys)
+            txn.put(rb, data, db=dbs.key, append=True)
+            txn.put(sk, rb, db=dbs.key_index, dupdata=True)
+            if value is None:
+                txn.delete(sk, db=dbs.live)
+            else:
+                txn.put(sk, rb, db=dbs.live)
+
     def store_revision(self, txn: lmdb.Transaction, rev: int) -> None:
         """Record `rev` as the current revision in `txn` (see ``write``)."""
         meta.put_current_revision(txn, self._dbs.meta, rev)
@@ -650,7 +684,8 @@ class MVCCStore:
         p = self.pending
         with self.env.begin() as txn:
             n = txn.stat(self._dbs.live)["entries"]
-            if p and p.base == meta.revisions(txn, self._dbs.meta)[0]:
+            p = p.for_snapshot(meta.revisions(txn, self._dbs.meta)[0])
+            if p:
                 n += p.live_delta
         return n
 
@@ -667,7 +702,8 @@ class MVCCStore:
         p = self.pending
         with self.env.begin() as txn:
             current, compacted = meta.revisions(txn, self._dbs.meta)
-        if p and p.base == current:
+        p = p.for_snapshot(current)
+        if p:
             current = p.top
         return current, compacted
 
@@ -708,9 +744,9 @@ class MVCCStore:
         p = self.pending
         with self.env.begin() as txn:
             current, compacted = meta.revisions(txn, d.meta)
-            laid = None
-            if p and p.base == current:
-                current, laid = p.top, p
+            laid = p.for_snapshot(current) or None
+            if laid is not None:
+                current = laid.top
             if 0 < rev <= compacted:
                 raise CompactedError()
             if rev > 0 and rev > current:
