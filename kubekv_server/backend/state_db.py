@@ -288,6 +288,32 @@ class Backend:
         """Commit thread: a background commit."""
         txn.commit()
 
+    def pin_durable(self) -> Future:
+        """Apply thread: everything applied, committed in the background (`commit_async`)
+        and synced with the meta page (which commits leave unsynced, `_open`); the
+        future's result is a read txn of exactly that state, begun on the commit thread
+        before anything else is written (a Raft snapshot copies it)."""
+        if self._landing is not None:
+            self.wait_landing()
+        txn = self._held
+        if txn is None:
+            return self._commit_executor().submit(self._land_and_pin, None)
+        try:
+            for fn in self.before_commit:
+                fn(txn)
+        finally:
+            self._held = None
+        self._landing_bytes, self._held_bytes = self._held_bytes, 0
+        self._landing = self._commit_executor().submit(self._land_and_pin, txn)
+        return self._landing
+
+    def _land_and_pin(self, txn: lmdb.Transaction | None) -> lmdb.Transaction:
+        """Commit thread: `pin_durable`'s commit, sync and read txn."""
+        if txn is not None:
+            self._land(txn)
+        self.env.sync(True)
+        return self.env.begin()
+
     @property
     def landing(self) -> bool:
         """Whether a background commit is under way or landed unnoticed."""

@@ -43,8 +43,6 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
-import lmdb
-
 from etcdproto.raftpb import raft_pb2
 from kubekv_raft.core.errors import ProposalDroppedError
 from kubekv_raft.core.progress import Progress
@@ -151,10 +149,17 @@ class NullTransport:
             log.debug("event=dropped_messages count=%d", len(messages))
 
 
+def _abort_view(f: concurrent.futures.Future) -> None:
+    """A pinned view nobody copies: end its read txn once it is begun."""
+    if not f.cancelled() and f.exception() is None:
+        f.result().abort()
+
+
 class _PinnedSnapshot(NamedTuple):
     """A snapshot's state as the apply thread pinned it, for the snapshot thread to copy."""
 
-    view: lmdb.Transaction  # a read txn: the state db exactly as of `index`
+    # a read txn, once the commit has landed: the state db exactly as of `index`
+    view: concurrent.futures.Future
     index: int
     term: int
     conf: raft_pb2.ConfState
@@ -565,22 +570,22 @@ class RaftNode:
                 raise asyncio.CancelledError
             task = self.loop.run_in_executor(self._snapshot_executor, self._write_snapshot, pin)
         except BaseException:
-            pin.view.abort()
+            pin.view.add_done_callback(_abort_view)
             self.snapshot_lock.release()
             raise
         self._snapshot_task = task
         await task
 
     def _pin_snapshot(self, compact_all: bool) -> _PinnedSnapshot:
-        """Apply thread: commit what is applied, durably, and pin a read view of it."""
+        """Apply thread: commit what is applied, durably, and pin a read view of it, on
+        the state db's commit thread while applying goes on (Backend.pin_durable)."""
         self.snapshot_lock.acquire()  # released by _write_snapshot, which follows
         try:
             index = self.applier.applied_index
             term = self.storage.term(index)
             conf = self.applier.conf_state()
             began = time.monotonic()
-            self.backend.sync()
-            view = self.backend.env.begin()  # exactly the state as of `index`
+            view = self.backend.pin_durable()  # exactly the state as of `index`
         except BaseException:
             self.snapshot_lock.release()
             raise
@@ -589,12 +594,15 @@ class RaftNode:
     def _write_snapshot(self, pin: _PinnedSnapshot) -> None:
         """Snapshot thread: copy the pinned view to a snapshot file, durable first, then
         record it in the log and compact the log behind it."""
-        view, index, term = pin.view, pin.index, pin.term
+        index, term = pin.index, pin.term
         from kubekv_server.backend import state_snapshot
         from kubekv_server.peer.snapshot_files import remove_older_snapshots
 
         began = time.monotonic()
+        view = None
         try:
+            view = pin.view.result()
+            landed = time.monotonic() - began
             path = state_snapshot.create(self.backend, self.snapshot_dir, term, index,
                                          txn=view)
             copied = time.monotonic() - began
@@ -615,8 +623,9 @@ class RaftNode:
                 view.abort()
             self.snapshot_lock.release()
         log.info("event=snapshot_created index=%d term=%d compacted_to=%d file=%s "
-                 "apply_paused_ms=%.1f copy_ms=%.1f", index, term, max(compact_to, 0), path,
-                 pin.paused * 1e3, copied * 1e3)
+                 "apply_paused_ms=%.1f commit_ms=%.1f copy_ms=%.1f", index, term,
+                 max(compact_to, 0), path, pin.paused * 1e3, landed * 1e3,
+                 (copied - landed) * 1e3)
 
     def _install_alone(self, path: str) -> None:
         """Apply thread: install a received snapshot once no snapshot of ours copies."""

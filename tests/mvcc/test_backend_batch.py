@@ -218,3 +218,25 @@ def test_restart_txn_drops_what_it_held_and_tells_nobody(tmp_path):
     b.wait_landing()
     assert (_committed(b, b"a"), _committed(b, b"b")) == (None, b"2")
     b.close()
+
+
+def test_a_pinned_view_is_what_was_applied_and_applying_goes_on(tmp_path):
+    """A Raft snapshot's pin: the commit, the sync and the read txn run on the commit
+    thread; the apply thread goes on meanwhile (into an overlay, while `landing`)."""
+    b = _HeldBackend(str(tmp_path / "state"), batch_interval=3600, batch_limit=10000)
+    b.apply_txn().put(b"a", b"1", db=b.meta)
+    b.applied(1, must_commit=False)
+    pinned = b.pin_durable()
+    assert b.landing and not pinned.done()
+    b.release.set()
+    view = pinned.result()
+    b.apply_txn().put(b"a", b"2", db=b.meta)  # after the landing, into the next txn
+    b.commit()
+    assert view.get(b"a", db=b.meta) == b"1" and _committed(b, b"a") == b"2"
+    view.abort()
+    again = b.pin_durable()  # nothing uncommitted: a view of the last commit
+    assert not b.landing
+    view = again.result()
+    assert view.get(b"a", db=b.meta) == b"2"
+    view.abort()
+    b.close()
