@@ -271,18 +271,24 @@ class Backend:
         (`landing`) the apply thread may not write, and applies key requests into an
         overlay instead; the before_commit hooks run now, the on_landed ones once the
         apply thread learns that it landed."""
+        self._hand_to_commit_thread(self._land)
+
+    def _hand_to_commit_thread(self, work: Callable[[lmdb.Transaction], Any]) -> Future | None:
+        """`work(apply txn)` on the commit thread as a background commit (`_landing`),
+        after the before_commit hooks; None if no apply txn is open."""
         if self._landing is not None:
             self.wait_landing()
         txn = self._held
         if txn is None:
-            return
+            return None
         try:
             for fn in self.before_commit:
                 fn(txn)
         finally:
             self._held = None
         self._landing_bytes, self._held_bytes = self._held_bytes, 0
-        self._landing = self._commit_executor().submit(self._land, txn)
+        self._landing = self._commit_executor().submit(work, txn)
+        return self._landing
 
     def _land(self, txn: lmdb.Transaction) -> None:
         """Commit thread: a background commit."""
@@ -293,19 +299,10 @@ class Backend:
         and synced with the meta page (which commits leave unsynced, `_open`); the
         future's result is a read txn of exactly that state, begun on the commit thread
         before anything else is written (a Raft snapshot copies it)."""
-        if self._landing is not None:
-            self.wait_landing()
-        txn = self._held
-        if txn is None:
+        landing = self._hand_to_commit_thread(self._land_and_pin)
+        if landing is None:  # nothing uncommitted: a view of the last commit, synced
             return self._commit_executor().submit(self._land_and_pin, None)
-        try:
-            for fn in self.before_commit:
-                fn(txn)
-        finally:
-            self._held = None
-        self._landing_bytes, self._held_bytes = self._held_bytes, 0
-        self._landing = self._commit_executor().submit(self._land_and_pin, txn)
-        return self._landing
+        return landing
 
     def _land_and_pin(self, txn: lmdb.Transaction | None) -> lmdb.Transaction:
         """Commit thread: `pin_durable`'s commit, sync and read txn."""
