@@ -105,7 +105,8 @@ class Backend:
         self.meta = self.open_db(b"meta")
         # The apply thread's write transaction, kept open across apply batches and
         # committed every `batch_interval` seconds or `batch_limit` entries (etcd's
-        # batchTx); a limit <= 1 commits every batch. The apply thread writes into it;
+        # batchTx); a limit <= 1 commits every batch before its results go out, as etcd's
+        # batchTx does in the applying goroutine. The apply thread writes into it;
         # the commit thread begins, commits and aborts it (`_on_commit_thread`).
         self.batch_interval = batch_interval
         self.batch_limit = batch_limit
@@ -239,11 +240,12 @@ class Backend:
         """A batch of `entries` (`nbytes` of key changes) went into the apply txn: commit
         it if `must_commit` (the batch changed something only committed state shows) or
         a bound is reached, on the commit thread while the apply thread goes on if
-        `commit_in_background` and only a bound asks (see `commit_async`). Returns
+        `commit_in_background` and only a bound asks (see `commit_async`; a limit <= 1
+        asks for every batch to be in the file before its results go out). Returns
         whether it committed here (the changes are in the file)."""
         self._held_entries += entries
         self._held_bytes += nbytes
-        if must_commit or self._near_quota:
+        if must_commit or self._near_quota or self.batch_limit <= 1:
             self.commit()
             return True
         if (self._held_entries >= self.batch_limit

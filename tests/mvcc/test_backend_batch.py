@@ -54,12 +54,12 @@ class _HeldBackend(Backend):
 
 
 def test_a_background_commit_lands_when_the_apply_thread_takes_note(tmp_path):
-    b = _HeldBackend(str(tmp_path / "state"), batch_interval=3600, batch_limit=1)
+    b = _HeldBackend(str(tmp_path / "state"), batch_interval=3600, batch_limit=2)
     landed, committed = [], []
     b.on_landed.append(lambda: landed.append(_committed(b, b"a")))
     b.on_commit.append(lambda: committed.append(True))
     b.apply_txn().put(b"a", b"1", db=b.meta)
-    assert not b.applied(1, must_commit=False, nbytes=1000)
+    assert not b.applied(2, must_commit=False, nbytes=1000)
     assert b.landing and not b.poll_landing()  # under way
     assert b.quota_size() == b.size_bytes() + 2000  # what it will add, still counted
     b.release.set()
@@ -71,17 +71,17 @@ def test_a_background_commit_lands_when_the_apply_thread_takes_note(tmp_path):
 
 
 def test_the_next_apply_txn_and_a_commit_wait_for_a_landing(tmp_path):
-    b = _HeldBackend(str(tmp_path / "state"), batch_interval=3600, batch_limit=1)
+    b = _HeldBackend(str(tmp_path / "state"), batch_interval=3600, batch_limit=2)
     order = []
     b.on_landed.append(lambda: order.append("landed"))
     b.on_commit.append(lambda: order.append("committed"))
     b.apply_txn().put(b"a", b"1", db=b.meta)
-    b.applied(1, must_commit=False)
+    b.applied(2, must_commit=False)
     threading.Timer(0.05, b.release.set).start()
     txn = b.apply_txn()  # waits for the landing, then begins the next txn
     assert order == ["landed"] and _committed(b, b"a") == b"1"
     txn.put(b"b", b"2", db=b.meta)
-    b.applied(1, must_commit=False)  # lands in the background (released already)
+    b.applied(2, must_commit=False)  # lands in the background (released already)
     b.apply_txn().put(b"c", b"3", db=b.meta)
     b.commit()  # lands the one under way, then commits the held txn
     assert order == ["landed", "landed", "committed"]
@@ -90,12 +90,12 @@ def test_the_next_apply_txn_and_a_commit_wait_for_a_landing(tmp_path):
 
 
 def test_abort_lets_a_landing_land_and_drops_the_held_txn(tmp_path):
-    b = _HeldBackend(str(tmp_path / "state"), batch_interval=3600, batch_limit=1)
+    b = _HeldBackend(str(tmp_path / "state"), batch_interval=3600, batch_limit=2)
     order = []
     b.on_landed.append(lambda: order.append("landed"))
     b.on_commit.append(lambda: order.append("dropped"))
     b.apply_txn().put(b"a", b"1", db=b.meta)
-    b.applied(1, must_commit=False)
+    b.applied(2, must_commit=False)
     b.release.set()
     b.abort()
     assert order == ["dropped"] and not b.landing  # the overlay's owner drops it too
@@ -109,9 +109,9 @@ def test_a_failed_background_commit_raises_where_the_apply_thread_waits(tmp_path
             txn.abort()
             raise OSError("disk gone")
 
-    b = Failing(str(tmp_path / "state"), batch_interval=3600, batch_limit=1)
+    b = Failing(str(tmp_path / "state"), batch_interval=3600, batch_limit=2)
     b.apply_txn().put(b"a", b"1", db=b.meta)
-    b.applied(1, must_commit=False)
+    b.applied(2, must_commit=False)
     with pytest.raises(OSError, match="disk gone"):
         b.wait_landing()
     assert not b.landing and _committed(b, b"a") is None
@@ -239,4 +239,14 @@ def test_a_pinned_view_is_what_was_applied_and_applying_goes_on(tmp_path):
     view = again.result()
     assert view.get(b"a", db=b.meta) == b"2"
     view.abort()
+    b.close()
+
+
+def test_a_limit_of_one_commits_every_batch_at_once(tmp_path):
+    """--backend-batch-limit=1 (or less): each batch is in the file before its results
+    go out, as etcd's batchTx commits in the applying goroutine."""
+    b = Backend(str(tmp_path / "state"), batch_interval=3600, batch_limit=1)
+    b.apply_txn().put(b"a", b"1", db=b.meta)
+    assert b.applied(1, must_commit=False)
+    assert not b.landing and _committed(b, b"a") == b"1"
     b.close()
