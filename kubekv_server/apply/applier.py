@@ -277,11 +277,7 @@ class Applier:
             out.results.append((req.id, self._failed(exc, req.id, kind)))
             return True
         ov.add(step.write_txn, index, data)
-        self._revs = self._after(step)
-        out.rows.extend(step.rows)
-        if events:
-            out.revisions.append((self._revs[0], events, step.event_bytes))
-        out.results.append((req.id, result))
+        self._key_request_done(step, result, events, out)  # (no lease moved: end() says)
         return True
 
     def _landed(self) -> None:
@@ -379,17 +375,22 @@ class Applier:
             out.results.append((req.id, self._failed(exc, req.id, kind)))
             return
         (self._window if self._direct else self._kv_steps).append((index, data))
+        self._key_request_done(step, result, events, out)
+
+    def _key_request_done(self, step: Step, result: object, events: list,
+                          out: BatchResult) -> None:
+        """What _applied records, for a key request that succeeded: the revisions it
+        leaves, its changes for the pending view (or the commit, if a key moved between
+        leases), its events at the revision it made (their size is never 0), its
+        response."""
         self._revs = self._after(step)
-        # what _applied records, for a key request: its changes for the pending view
-        # (or the commit, if a key moved between leases), its events at the revision
-        # it made (their size is never 0), its response
         if step.touched_leases:
             out.must_commit = True
         else:
             out.rows.extend(step.rows)
         if events:
             out.revisions.append((self._revs[0], events, step.event_bytes))
-        out.results.append((req.id, result))
+        out.results.append((step.req.id, result))
 
     def _after(self, step: Step) -> tuple[int, int]:
         """The (current, compact revision) after a key request applied with `_revs`."""

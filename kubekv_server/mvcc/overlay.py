@@ -106,10 +106,8 @@ class Overlay:
     def write(self, revisions: tuple[int, int]) -> OverlayWriteTxn:
         """One request's write txn, at `revisions` (current, compact) as the overlay's
         earlier requests left them."""
-        if self._read is None:
-            self._read = self._store.env.begin()
         store = self._store
-        return OverlayWriteTxn(self._read, store._dbs, store.counts, revisions,  # noqa: SLF001
+        return OverlayWriteTxn(self.read_txn, store._dbs, store.counts, revisions,  # noqa: SLF001
                                self.window, self.live)
 
     @property

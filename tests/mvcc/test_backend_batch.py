@@ -70,13 +70,19 @@ def test_a_background_commit_lands_when_the_apply_thread_takes_note(tmp_path):
     b.close()
 
 
-def test_the_next_apply_txn_and_a_commit_wait_for_a_landing(tmp_path):
+def _landing(tmp_path) -> tuple[_HeldBackend, list[str]]:
+    """A held background commit of key `a` under way, and the hooks' calls in order."""
     b = _HeldBackend(str(tmp_path / "state"), batch_interval=3600, batch_limit=2)
-    order = []
+    order: list[str] = []
     b.on_landed.append(lambda: order.append("landed"))
     b.on_commit.append(lambda: order.append("committed"))
     b.apply_txn().put(b"a", b"1", db=b.meta)
-    b.applied(2, must_commit=False)
+    assert not b.applied(2, must_commit=False) and b.landing
+    return b, order
+
+
+def test_the_next_apply_txn_and_a_commit_wait_for_a_landing(tmp_path):
+    b, order = _landing(tmp_path)
     threading.Timer(0.05, b.release.set).start()
     txn = b.apply_txn()  # waits for the landing, then begins the next txn
     assert order == ["landed"] and _committed(b, b"a") == b"1"
@@ -90,15 +96,11 @@ def test_the_next_apply_txn_and_a_commit_wait_for_a_landing(tmp_path):
 
 
 def test_abort_lets_a_landing_land_and_drops_the_held_txn(tmp_path):
-    b = _HeldBackend(str(tmp_path / "state"), batch_interval=3600, batch_limit=2)
-    order = []
-    b.on_landed.append(lambda: order.append("landed"))
-    b.on_commit.append(lambda: order.append("dropped"))
-    b.apply_txn().put(b"a", b"1", db=b.meta)
-    b.applied(2, must_commit=False)
+    b, order = _landing(tmp_path)
     b.release.set()
     b.abort()
-    assert order == ["dropped"] and not b.landing  # the overlay's owner drops it too
+    assert order == ["committed"] and not b.landing  # on_commit: the overlay's owner
+    # drops it too
     assert _committed(b, b"a") == b"1"  # what was landing is committed all the same
     b.close()
 
