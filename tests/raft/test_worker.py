@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from kubekv_raft.driver.worker import ThreadWorker
+from kubekv_raft.driver.worker import NOT_RUN, ThreadWorker
 
 
 def test_calls_run_in_order_on_one_thread_and_answer_on_the_loop():
@@ -40,3 +40,40 @@ def test_calls_run_in_order_on_one_thread_and_answer_on_the_loop():
             w.submit(job, 1)
 
     asyncio.run(main())
+
+
+def test_run_if_idle_runs_in_the_callers_thread_only_when_nothing_is_queued_or_running():
+    w = ThreadWorker("t-idle")
+    try:
+        me = threading.current_thread().name
+        assert w.run_if_idle(lambda x: (x, threading.current_thread().name), 3) == (3, me)
+        gate, running = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            running.set()
+            gate.wait(5)
+
+        w.post(hold)
+        assert running.wait(5)
+        assert w.run_if_idle(lambda: "ran") is NOT_RUN  # a call is running
+        queued = w.submit(lambda: "queued")
+        gate.set()
+        assert queued.result(5) == "queued"
+        # a call posted while the caller runs one waits for it, then runs on the worker
+        order: list[str] = []
+
+        def inline() -> str:
+            posted = w.submit(lambda: order.append(threading.current_thread().name))
+            assert not posted.done()
+            threading.Event().wait(0.05)
+            assert not posted.done()  # held behind the caller's call
+            order.append("caller")
+            return "done"
+
+        assert w.run_if_idle(inline) == "done"
+        w.submit(lambda: None).result(5)
+        assert order == ["caller", "t-idle"]
+        w.shutdown(wait=True)
+        assert w.run_if_idle(lambda: "late") is NOT_RUN
+    finally:
+        w.shutdown(wait=True)
