@@ -208,6 +208,56 @@ class Applier:
         out.apply_seconds = time.perf_counter() - started_batch
         return out
 
+    def apply_inline(self, entries: Sequence[raft_pb2.Entry]) -> BatchResult | None:
+        """Apply a batch without waiting for any other thread (the Runner's loop does it
+        while the apply thread is idle, `INLINE_APPLY_ENTRIES`), or None and nothing done.
+
+        Only key requests that read single live keys, through an overlay as while a
+        commit lands (their reads and changes bounded by the request, none of them moves
+        a key between leases, which would commit the batch at once), reading the open
+        apply txn; their rows then go into it. Anything else declines, as does a commit
+        landing or a window that holds another kind of request."""
+        started_batch = time.perf_counter()
+        backend = self.backend
+        if not self._direct or self._overlay is not None or not backend.waits_for_nothing:
+            return None
+        todo = [e for e in entries if e.index > self.applied_index]
+        out = BatchResult(applied_index=self.applied_index)
+        if not todo:
+            return out
+        txn = backend.apply_txn()  # (open: it waits for nothing)
+        revs = self._revs if self._revs is not None else self.mvcc.revisions_in(txn)
+        ov = Overlay(self.mvcc, EMPTY, revs, txn=txn)  # (the txn holds the whole window)
+        counts = self.mvcc.counts
+        saved_counts = counts.range, counts.put, counts.delete, counts.txn
+        saved_revs, self._revs = self._revs, revs
+        try:
+            for entry in todo:
+                if entry.type != raft_pb2.EntryNormal or (
+                        entry.data and not self._overlay_request(ov, entry.index, entry.data,
+                                                                 out)):
+                    self._revs = saved_revs
+                    counts.range, counts.put, counts.delete, counts.txn = saved_counts
+                    return None
+        finally:
+            ov.release()
+        if self._base is None:  # the window's first batch
+            self._window_revs = revs
+            self._stored = self._base = revs[0]
+        try:
+            self.mvcc.write_rows(txn, ov.rows)
+            self._window.extend(ov.entries)
+            self._txn_index = todo[-1].index
+            committed = backend.applied(len(todo), False, ov.nbytes)
+        except BaseException:
+            backend.abort()  # as an apply txn's failure: the log has it all
+            raise
+        if not committed:
+            self.mvcc.pending = self.mvcc.pending.extended(self._base, out.rows, self._revs[0])
+        self.applied_index = out.applied_index = todo[-1].index
+        out.apply_seconds = time.perf_counter() - started_batch
+        return out
+
     def _before_commit(self, txn: lmdb.Transaction) -> None:
         """The apply txn commits: it records the applied index and the current revision
         of what it holds (once per commit, not per batch: nothing reads them meanwhile)."""

@@ -314,6 +314,16 @@ class Backend:
         return self.env.begin()
 
     @property
+    def waits_for_nothing(self) -> bool:
+        """Whether a batch of key requests can go into the apply txn without waiting for
+        another thread: the txn is open, no commit is landing, and a bound it reaches
+        commits in the background (any thread; the apply stage's threads only ask it
+        between batches)."""
+        return (self._held is not None and self._landing is None
+                and self.commit_in_background and self.batch_limit > 1
+                and not self._near_quota)
+
+    @property
     def landing(self) -> bool:
         """Whether a background commit is under way or landed unnoticed."""
         return self._landing is not None

@@ -92,7 +92,11 @@ class Overlay:
     """What was applied while one commit landed: the requests' changes as rows, in
     revision order, with each changed key's row now, and the entries they came from."""
 
-    def __init__(self, store: MVCCStore, window: Pending, revisions: tuple[int, int]) -> None:
+    def __init__(self, store: MVCCStore, window: Pending, revisions: tuple[int, int],
+                 txn: lmdb.Transaction | None = None) -> None:
+        """`txn`: the txn to read through instead of a read txn of the committed state
+        (the open apply txn itself, with an empty `window`, when the apply thread is idle
+        and nothing is landing: `Applier.apply_inline`); it is not ended here."""
         self._store = store
         self.window = window  # the pending view of the commit under way, as published
         self.start = revisions  # (current, compact revision) the commit under way holds
@@ -101,7 +105,8 @@ class Overlay:
         self.rows: list[Change] = []
         self.entries: list[tuple[int, bytes]] = []  # (index, entry data), as the window's
         self.nbytes = 0  # the rows' history values, as Backend counts a window's
-        self._read: lmdb.Transaction | None = None
+        self._read: lmdb.Transaction | None = txn
+        self._owns_read = txn is None
 
     def write(self, revisions: tuple[int, int]) -> OverlayWriteTxn:
         """One request's write txn, at `revisions` (current, compact) as the overlay's
@@ -128,6 +133,6 @@ class Overlay:
 
     def release(self) -> None:
         """Between batches: end the read txn (the next batch reads a newer snapshot)."""
-        if self._read is not None:
+        if self._read is not None and self._owns_read:
             self._read.abort()
             self._read = None

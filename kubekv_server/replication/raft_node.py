@@ -674,6 +674,11 @@ class _ApplierAdapter:
         """Apply thread: one batch into the state db's apply txn; nothing else runs here."""
         return self.node.applier.apply(entries)
 
+    def apply_inline(self, entries: list[raft_pb2.Entry]) -> BatchResult | None:
+        """Loop, the apply thread idle: the batch applied here if nothing in it waits for
+        another thread, else None (`Applier.apply_inline`)."""
+        return self.node.applier.apply_inline(entries)
+
     def on_applied(self, entries: list[raft_pb2.Entry], result: BatchResult) -> None:
         """Loop: listeners and proposers learn of the batch; maybe time for a snapshot."""
         node = self.node

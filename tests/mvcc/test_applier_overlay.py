@@ -7,6 +7,10 @@ puts, deletes, Kubernetes-shaped txns, and requests the overlay hands back to th
 txn (range deletes, txns with ranges, keys moving between leases, refused requests):
 every response, every watch event and everything a reader sees after each batch must
 be the same, and so must the state after a crash and a replay of the log.
+
+The same comparison covers `Applier.apply_inline` (the Runner's loop applying a small
+batch itself while the apply thread is idle): it must take the same batches, or decline
+them leaving no trace for `apply` to take.
 """
 
 from __future__ import annotations
@@ -51,8 +55,14 @@ class Member:
         self.leases = LeaseStore(self.backend, 5)
         self.applier = Applier(self.backend, self.mvcc, self.leases)
 
+    inline = False  # apply_inline first, as the Runner's loop does (`inlined` records it)
+
     def apply(self, entries: list[raft_pb2.Entry]) -> tuple[list, list]:
-        out = self.applier.apply(entries)
+        out = self.applier.apply_inline(entries) if self.inline else None
+        if self.inline:
+            self.inlined.append(out is not None)
+        if out is None:
+            out = self.applier.apply(entries)
         results = [r.SerializeToString() if not isinstance(r, EtcdError)
                    else (r.code, r.message) for _, r in out.results]
         events = [(rev, [e.SerializeToString() for e in evs], size)
@@ -67,6 +77,11 @@ class Member:
             one = r.live_kv(b"k03")
         return (self.mvcc.revisions(), kvs, history, one, self.mvcc.key_count(),
                 self.mvcc.hash_kv()[0])
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """etcd_mvcc_{range,put,delete,txn}_total: each applied request counted once."""
+        c = self.mvcc.counts
+        return c.range, c.put, c.delete, c.txn
 
     def close(self) -> None:
         self.backend.close()
@@ -211,3 +226,62 @@ def test_a_reader_sees_the_overlay_over_a_commit_it_was_not_told_of(tmp_path):
         assert m.state() == before
     finally:
         m.close()
+
+
+@pytest.mark.parametrize(("seed", "held"), [(0, True), (1, True), (2, False), (3, False)])
+def test_apply_inline_answers_reads_and_replays_as_the_apply_thread(tmp_path, seed, held):
+    """Batches tried with `apply_inline` first (declined while a commit lands, for a
+    window holding another kind of request, for anything that reads more than single
+    live keys or moves a key between leases) against a member that only uses `apply`."""
+    rnd = random.Random(seed)
+    m = Member(tmp_path / "m", background=True, held=held)
+    m.inline, m.inlined = True, []
+    ref = Member(tmp_path / "ref", background=True)
+    log: list[raft_pb2.Entry] = []
+    index = 0
+    revisions: dict[bytes, int] = {}
+    try:
+        for batch_no in range(80):
+            if batch_no == 0:
+                reqs = [("lease_grant", pb.LeaseGrantRequest(ID=LEASE, TTL=100))]
+            else:
+                reqs = [_random_request(rnd, revisions) for _ in range(rnd.randrange(1, 4))]
+            entries = []
+            for field, req in reqs:
+                index += 1
+                entries.append(_entry(index, field, req))
+            if rnd.random() < 0.1:  # a leader's empty entry
+                index += 1
+                entries.append(raft_pb2.Entry(index=index, term=1, type=raft_pb2.EntryNormal))
+            log.extend(entries)
+            if held and rnd.random() < 0.5:
+                m.backend.release.set()
+            elif held:
+                m.backend.release.clear()
+            if m.backend.landing and rnd.random() < 0.7:
+                m.backend.wait_landing()  # (the server's commits mostly land between writes)
+            got, expected = m.apply(entries), ref.apply(entries)
+            assert got == expected, f"batch {batch_no}"
+            assert m.counts() == ref.counts(), f"batch {batch_no}"
+            assert m.state() == ref.state(), f"batch {batch_no}"
+            for member in (m, ref):  # (read on both: reads count too)
+                with member.mvcc.read() as r:
+                    for kv in r.range(b"\x00", b"").kvs:
+                        revisions[kv.key] = kv.mod_revision
+        assert any(m.inlined) and not all(m.inlined)  # both paths were taken
+        if held:
+            m.backend.release.set()
+        m.backend.abort()  # a crash: the log replays what was not committed
+        m.close()
+        m = Member(tmp_path / "m", background=True)
+        m.apply(log)
+        assert m.state() == ref.state()
+        m.backend.commit()
+        ref.backend.commit()
+        assert m.state() == ref.state()
+        assert m.backend.applied_index() == ref.backend.applied_index() == index
+    finally:
+        if isinstance(m.backend, HeldBackend):
+            m.backend.release.set()
+        m.close()
+        ref.close()

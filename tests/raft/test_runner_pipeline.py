@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 
 from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.core.raft import Config
@@ -317,5 +318,117 @@ def test_the_loop_hands_over_behind_what_the_log_thread_still_owes():
             gate.set()
             await r.stop()
             log_thread.shutdown()
+
+    asyncio.run(main())
+
+
+class InlineApplier(CheckingApplier):
+    """A CheckingApplier that also applies on the loop when the Runner offers it
+    (`apply_inline`), recording which thread applied each batch; `decline` refuses."""
+
+    def __init__(self, storage) -> None:
+        super().__init__(storage)
+        self.decline = False
+        self.threads: list[tuple[str, list[bytes]]] = []
+
+    def apply(self, entries: list[pb.Entry]) -> None:
+        super().apply(entries)
+        self.threads.append((threading.current_thread().name, self.batches[-1]))
+
+    def apply_inline(self, entries: list[pb.Entry]) -> str | None:
+        if self.decline:
+            return None
+        self.apply(entries)
+        return "inline"
+
+
+def test_small_batches_apply_on_the_loop_while_the_apply_thread_is_idle():
+    """Entries committed by a Ready with nothing to write (the leader's quorum of acks,
+    a follower's commit notice) are applied on the loop when the apply thread is idle,
+    in log order and never ahead of the log; while it is busy, or when the applier
+    declines, they go to the apply thread as before."""
+    async def main() -> None:
+        hub: dict[int, Runner] = {}
+        down: set[int] = set()
+        appliers: dict[int, InlineApplier] = {}
+        for i in (1, 2, 3):
+            st = GatedStorage()
+            st.set_conf_state(pb.ConfState(voters=[1, 2, 3]))
+            t = LocalTransport(hub, down)
+            t.owner = i
+            appliers[i] = InlineApplier(st)
+            cfg = Config(id=i, storage=st, election_tick=10, heartbeat_tick=1,
+                         pre_vote=True, check_quorum=True)
+            hub[i] = Runner(cfg, st, t, appliers[i], tick_interval=0.005)
+        for r in hub.values():
+            await r.start()
+        loop_thread = threading.current_thread().name
+        gate = threading.Event()
+        try:
+            lead = await wait_leader(hub)
+            r, a = hub[lead], appliers[lead]
+            for n in range(10):
+                await r.propose(b"p%d" % n)
+            on_loop = [d for name, b in a.threads if name == loop_thread for d in b]
+            assert on_loop, "no batch was applied on the leader's loop"
+            # the apply thread busy: the loop hands the entries over, applied after it
+            r.apply_executor.post(gate.wait, GATE_SECONDS)
+            busy = r.propose(b"busy")
+            await asyncio.sleep(0.1)
+            assert b"busy" not in a.applied and not busy.done()
+            gate.set()
+            await asyncio.wait_for(busy, 4.0)
+            assert (r.apply_executor._thread.name, [b"busy"]) in a.threads
+            a.decline = True
+            await r.propose(b"declined")
+            assert a.threads[-1][0] != loop_thread
+            expected = [b"p%d" % n for n in range(10)] + [b"busy", b"declined"]
+            for ap in appliers.values():
+                await wait_for_async(lambda ap=ap: ap.applied[-len(expected):] == expected, 4.0,
+                                     "every member to apply everything, in order")
+                assert not ap.ahead_of_log
+                assert len(ap.applied) == len(set(ap.applied))  # each entry once
+        finally:
+            gate.set()
+            for r in hub.values():
+                await r.stop()
+
+    asyncio.run(main())
+
+
+def test_the_loop_applies_nothing_ahead_of_a_batch_whose_result_is_on_its_way():
+    """The apply thread applied a batch and posted its result to the loop, and is idle:
+    the loop must not apply the next entries itself before that result is delivered,
+    or the listeners (the watch hub) would learn of the later batch first."""
+    async def main() -> None:
+        st = GatedStorage()
+        st.set_conf_state(pb.ConfState(voters=[1]))
+        applier = InlineApplier(st)
+        delivered: list[int] = []
+        applier.on_applied = lambda ents, result: delivered.extend(e.index for e in ents)
+        r = Runner(Config(id=1, storage=st, election_tick=10, heartbeat_tick=1), st,
+                   LocalTransport({}, set()), applier, tick_interval=0.005)
+        await r.start()
+        try:
+            r.campaign()
+            await r.propose(b"a")
+            n, term = st.last_index(), st.term(st.last_index())
+            b = pb.Entry(index=n + 1, term=term, data=b"b")
+            c = pb.Entry(index=n + 2, term=term, data=b"c")
+            st.append([b, c])  # durable: the applier checks nothing runs ahead
+            r._hand_to_apply([b])
+            # the loop held still (a blocking wait, deliberately) until the apply thread
+            # is done with b and idle: b's result waits in the loop's queue
+            deadline = time.monotonic() + GATE_SECONDS
+            while r.apply_executor._unfinished and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert applier.applied[-1] == b"b" and n + 1 not in delivered
+            assert not r._apply_inline([c])
+            r._hand_to_apply([c])
+            await wait_for_async(lambda: delivered[-2:] == [n + 1, n + 2], 4.0,
+                                 "b's and c's results, in order")
+            assert delivered == sorted(delivered)
+        finally:
+            await r.stop()
 
     asyncio.run(main())
