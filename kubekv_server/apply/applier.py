@@ -69,6 +69,12 @@ log = logging.getLogger("kubekv.applier")
 # through the pending view); any other request commits the apply txn with its batch.
 _KEY_ONLY = frozenset(("put", "delete_range", "txn"))
 
+# How long `apply_inline` may work on a batch before it gives up (the Runner's loop runs
+# it, and serves no client meanwhile): past it the batch declines, nothing done, and goes
+# to the apply thread. Kubernetes-sized writes take ~20-40 us each; a batch of txns with
+# etcd's 128 ops each can take milliseconds.
+INLINE_APPLY_SECONDS = 0.002
+
 # etcd's --experimental-warning-apply-duration default (embed.DefaultWarningApplyDuration)
 DEFAULT_WARNING_APPLY_SECONDS = 0.1
 
@@ -216,7 +222,8 @@ class Applier:
         commit lands (their reads and changes bounded by the request, none of them moves
         a key between leases, which would commit the batch at once), reading the open
         apply txn; their rows then go into it. Anything else declines, as does a commit
-        landing or a window that holds another kind of request."""
+        landing, a window that holds another kind of request, or a batch still
+        unfinished after `INLINE_APPLY_SECONDS`."""
         started_batch = time.perf_counter()
         backend = self.backend
         if not self._direct or self._overlay is not None or not backend.waits_for_nothing:
@@ -232,8 +239,9 @@ class Applier:
         saved_counts = counts.range, counts.put, counts.delete, counts.txn
         saved_revs, self._revs = self._revs, revs
         try:
+            give_up = started_batch + INLINE_APPLY_SECONDS
             for entry in todo:
-                if entry.type != raft_pb2.EntryNormal or (
+                if entry.type != raft_pb2.EntryNormal or time.perf_counter() > give_up or (
                         entry.data and not self._overlay_request(ov, entry.index, entry.data,
                                                                  out)):
                     self._revs = saved_revs

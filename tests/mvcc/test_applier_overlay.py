@@ -285,3 +285,30 @@ def test_apply_inline_answers_reads_and_replays_as_the_apply_thread(tmp_path, se
             m.backend.release.set()
         m.close()
         ref.close()
+
+
+def test_apply_inline_gives_up_past_its_time_budget_leaving_nothing_done(tmp_path, monkeypatch):
+    """The loop serves no client while it applies: a batch unfinished after
+    INLINE_APPLY_SECONDS declines, nothing applied, for the apply thread to take."""
+    from kubekv_server.apply import applier as applier_module
+
+    m = Member(tmp_path / "m", background=True)
+    try:
+        m.apply([_entry(1, "put", pb.PutRequest(key=b"a", value=b"1"))])  # opens the txn
+        before = m.state()
+        counts = m.counts()  # (reads count too: taken after the state's)
+        monkeypatch.setattr(applier_module, "INLINE_APPLY_SECONDS", -1.0)
+        batch = [_entry(2, "put", pb.PutRequest(key=b"b", value=b"2")),
+                 _entry(3, "put", pb.PutRequest(key=b"a", value=b"3"))]
+        assert m.applier.apply_inline(batch) is None
+        assert m.counts() == counts
+        assert m.state() == before
+        assert m.applier.applied_index == 1
+        monkeypatch.undo()
+        out = m.applier.apply_inline(batch)
+        assert out is not None and out.applied_index == 3
+        with m.mvcc.read() as r:
+            assert [(kv.key, kv.value) for kv in r.range(b"a", b"z").kvs] == \
+                [(b"a", b"3"), (b"b", b"2")]
+    finally:
+        m.close()
