@@ -30,8 +30,9 @@ def _install() -> None:  # noqa: C901 - one patch per stage
     me = [0]
     name = pb.MessageType.Name
 
-    def stamp(event: str, *fields) -> None:
-        line = f"{now()} {me[0]:x} {event} " + " ".join(str(f) for f in fields)
+    def stamp(event: str, *fields, at: object = None) -> None:
+        line = f"{now() if at is None else at} {me[0]:x} {event} " + \
+            " ".join(str(f) for f in fields)
         with lock:
             buf.append(line)
             if len(buf) >= 256:
@@ -192,6 +193,17 @@ def _install() -> None:  # noqa: C901 - one patch per stage
         return r
 
     A.apply = apply
+    orig_inline = A.apply_inline  # the loop's, while the apply thread is idle
+
+    def apply_inline(self, entries):
+        t = now()
+        r = orig_inline(self, entries)
+        if r is not None:  # (declined: the apply thread stamps its own)
+            stamp("apply", f"{entries[0].index}-{entries[-1].index}", "inline", at=t)
+            stamp("apply_done")
+        return r
+
+    A.apply_inline = apply_inline
 
     from kubekv_server.rpc import connection
 
