@@ -48,6 +48,7 @@ class HeldBackend(Backend):
 
 class Member:
     def __init__(self, path, background: bool, held: bool = False) -> None:
+        self.path = path
         cls = HeldBackend if held else Backend
         self.backend = cls(str(path), batch_interval=3600, batch_limit=3,
                            commit_in_background=background)
@@ -136,6 +137,41 @@ def _random_request(rnd: random.Random, revisions: dict[bytes, int]):
         success=[pb.RequestOp(request_range=pb.RangeRequest(key=key, revision=2))])
 
 
+def _random_batch(rnd: random.Random, batch_no: int, index: int, revisions: dict[bytes, int],
+                  most: int) -> list[raft_pb2.Entry]:
+    """Batch `batch_no` of a random run, its entries after `index`: the lease the keys
+    move onto first, then 1 to `most` random requests and, now and then, a leader's
+    empty entry."""
+    if batch_no == 0:
+        reqs = [("lease_grant", pb.LeaseGrantRequest(ID=LEASE, TTL=100))]
+    else:
+        reqs = [_random_request(rnd, revisions) for _ in range(rnd.randrange(1, most + 1))]
+    entries = []
+    for field, req in reqs:
+        index += 1
+        entries.append(_entry(index, field, req))
+    if rnd.random() < 0.1:  # a leader's empty entry
+        index += 1
+        entries.append(raft_pb2.Entry(index=index, term=1, type=raft_pb2.EntryNormal))
+    return entries
+
+
+def _crash_and_replay(m: Member, ref: Member, log: list[raft_pb2.Entry]) -> Member:
+    """Crash `m` (what it has not committed is lost), reopen it and replay the whole log
+    from the applied index its state db recorded: it must end as `ref`. Returns the new
+    member (to close)."""
+    m.backend.abort()
+    m.close()
+    m = Member(m.path, background=True)
+    m.apply(log)
+    assert m.state() == ref.state()
+    m.backend.commit()
+    ref.backend.commit()
+    assert m.state() == ref.state()
+    assert m.backend.applied_index() == ref.backend.applied_index() == log[-1].index
+    return m
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_the_overlay_answers_reads_and_replays_as_the_apply_txn(tmp_path, seed):
     rnd = random.Random(seed)
@@ -152,21 +188,11 @@ def test_the_overlay_answers_reads_and_replays_as_the_apply_txn(tmp_path, seed):
     m.applier._overlay_request = spy
     log: list[raft_pb2.Entry] = []
     index = 0
-    grant = pb.LeaseGrantRequest(ID=LEASE, TTL=100)
     revisions: dict[bytes, int] = {}
     try:
         for batch_no in range(80):
-            if batch_no == 0:
-                reqs = [("lease_grant", grant)]
-            else:
-                reqs = [_random_request(rnd, revisions) for _ in range(rnd.randrange(1, 6))]
-            entries = []
-            for field, req in reqs:
-                index += 1
-                entries.append(_entry(index, field, req))
-            if rnd.random() < 0.1:  # a leader's empty entry
-                index += 1
-                entries.append(raft_pb2.Entry(index=index, term=1, type=raft_pb2.EntryNormal))
+            entries = _random_batch(rnd, batch_no, index, revisions, 5)
+            index = entries[-1].index
             log.extend(entries)
             if rnd.random() < 0.3:
                 m.backend.release.set()  # the commit under way may land now
@@ -182,18 +208,10 @@ def test_the_overlay_answers_reads_and_replays_as_the_apply_txn(tmp_path, seed):
         # a crash with a commit landing and an overlay held: replaying the log from
         # the applied index the state db recorded gives the same state
         m.backend.release.set()
-        m.backend.abort()
-        m.close()
-        m = Member(tmp_path / "m", background=True, held=True)
-        m.backend.release.set()
-        m.apply(log)
-        assert m.state() == ref.state()
-        m.backend.commit()
-        ref.backend.commit()
-        assert m.state() == ref.state()
-        assert m.backend.applied_index() == ref.backend.applied_index() == index
+        m = _crash_and_replay(m, ref, log)
     finally:
-        m.backend.release.set()
+        if isinstance(m.backend, HeldBackend):
+            m.backend.release.set()
         m.close()
         ref.close()
 
@@ -242,17 +260,8 @@ def test_apply_inline_answers_reads_and_replays_as_the_apply_thread(tmp_path, se
     revisions: dict[bytes, int] = {}
     try:
         for batch_no in range(80):
-            if batch_no == 0:
-                reqs = [("lease_grant", pb.LeaseGrantRequest(ID=LEASE, TTL=100))]
-            else:
-                reqs = [_random_request(rnd, revisions) for _ in range(rnd.randrange(1, 4))]
-            entries = []
-            for field, req in reqs:
-                index += 1
-                entries.append(_entry(index, field, req))
-            if rnd.random() < 0.1:  # a leader's empty entry
-                index += 1
-                entries.append(raft_pb2.Entry(index=index, term=1, type=raft_pb2.EntryNormal))
+            entries = _random_batch(rnd, batch_no, index, revisions, 3)
+            index = entries[-1].index
             log.extend(entries)
             if held and rnd.random() < 0.5:
                 m.backend.release.set()
@@ -271,15 +280,7 @@ def test_apply_inline_answers_reads_and_replays_as_the_apply_thread(tmp_path, se
         assert any(m.inlined) and not all(m.inlined)  # both paths were taken
         if held:
             m.backend.release.set()
-        m.backend.abort()  # a crash: the log replays what was not committed
-        m.close()
-        m = Member(tmp_path / "m", background=True)
-        m.apply(log)
-        assert m.state() == ref.state()
-        m.backend.commit()
-        ref.backend.commit()
-        assert m.state() == ref.state()
-        assert m.backend.applied_index() == ref.backend.applied_index() == index
+        m = _crash_and_replay(m, ref, log)
     finally:
         if isinstance(m.backend, HeldBackend):
             m.backend.release.set()

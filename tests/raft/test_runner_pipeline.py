@@ -66,7 +66,10 @@ class CheckingApplier:
         return [d for b in self.batches for d in b]
 
 
-def gated_cluster() -> tuple[dict[int, Runner], dict[int, CheckingApplier], set[int]]:
+def gated_cluster(applier=None) -> tuple[dict[int, Runner], dict[int, CheckingApplier],
+                                         set[int]]:
+    """Three runners on GatedStorage, each with an `applier(storage)` (a CheckingApplier
+    unless given)."""
     hub: dict[int, Runner] = {}
     down: set[int] = set()
     appliers = {}
@@ -75,7 +78,7 @@ def gated_cluster() -> tuple[dict[int, Runner], dict[int, CheckingApplier], set[
         st.set_conf_state(pb.ConfState(voters=[1, 2, 3]))
         t = LocalTransport(hub, down)
         t.owner = i
-        appliers[i] = CheckingApplier(st)
+        appliers[i] = (applier or CheckingApplier)(st)
         cfg = Config(id=i, storage=st, election_tick=10, heartbeat_tick=1, pre_vote=True,
                      check_quorum=True)
         hub[i] = Runner(cfg, st, t, appliers[i], tick_interval=0.005)
@@ -150,17 +153,23 @@ def test_follower_applies_nothing_it_has_not_written():
     asyncio.run(main())
 
 
+async def lone_voter(st, applier) -> Runner:
+    """A started one-member Runner on `st`, leader, with b"a" applied."""
+    r = Runner(Config(id=1, storage=st, election_tick=10, heartbeat_tick=1), st,
+               LocalTransport({}, set()), applier, tick_interval=0.005)
+    await r.start()
+    r.campaign()
+    await r.propose(b"a")
+    return r
+
+
 def test_persisting_goes_on_while_applying_and_applies_several_readys_at_once(tmp_path):
     async def main() -> None:
         st = LMDBStorage(str(tmp_path / "log"), map_size=1 << 26)
         st.set_conf_state(pb.ConfState(voters=[1]))
         applier = CheckingApplier(st)
-        r = Runner(Config(id=1, storage=st, election_tick=10, heartbeat_tick=1), st,
-                   LocalTransport({}, set()), applier, tick_interval=0.005)
-        await r.start()
+        r = await lone_voter(st, applier)
         try:
-            r.campaign()
-            await r.propose(b"a")
             applier.gate.clear()  # the apply stage hangs on "b"
             fb = r.propose(b"b")
             await wait_thread_event(applier.waiting, "b's apply to start")
@@ -348,18 +357,7 @@ def test_small_batches_apply_on_the_loop_while_the_apply_thread_is_idle():
     in log order and never ahead of the log; while it is busy, or when the applier
     declines, they go to the apply thread as before."""
     async def main() -> None:
-        hub: dict[int, Runner] = {}
-        down: set[int] = set()
-        appliers: dict[int, InlineApplier] = {}
-        for i in (1, 2, 3):
-            st = GatedStorage()
-            st.set_conf_state(pb.ConfState(voters=[1, 2, 3]))
-            t = LocalTransport(hub, down)
-            t.owner = i
-            appliers[i] = InlineApplier(st)
-            cfg = Config(id=i, storage=st, election_tick=10, heartbeat_tick=1,
-                         pre_vote=True, check_quorum=True)
-            hub[i] = Runner(cfg, st, t, appliers[i], tick_interval=0.005)
+        hub, appliers, _down = gated_cluster(InlineApplier)
         for r in hub.values():
             await r.start()
         loop_thread = threading.current_thread().name
@@ -406,12 +404,8 @@ def test_the_loop_applies_nothing_ahead_of_a_batch_whose_result_is_on_its_way():
         applier = InlineApplier(st)
         delivered: list[int] = []
         applier.on_applied = lambda ents, result: delivered.extend(e.index for e in ents)
-        r = Runner(Config(id=1, storage=st, election_tick=10, heartbeat_tick=1), st,
-                   LocalTransport({}, set()), applier, tick_interval=0.005)
-        await r.start()
+        r = await lone_voter(st, applier)
         try:
-            r.campaign()
-            await r.propose(b"a")
             n, term = st.last_index(), st.term(st.last_index())
             b = pb.Entry(index=n + 1, term=term, data=b"b")
             c = pb.Entry(index=n + 2, term=term, data=b"c")
