@@ -249,6 +249,16 @@ def test_wal_without_a_state_record_is_refused(tmp_path):
         WALStorage(str(path))
 
 
+def _settle(s: WALStorage) -> None:
+    """Until no rewrite is due or being written (rewrites run beside the writes)."""
+    for _ in range(20):
+        s.wait_rewrite()
+        if s._size < wal_storage.SEGMENT_BYTES or s._size < 2 * s._live:
+            return
+        s.set_hard_state(s.hard_state())  # a write: starts the rewrite that is due
+    raise AssertionError("the log never settled")
+
+
 def test_wal_rewrites_its_file_from_the_live_state(tmp_path, monkeypatch):
     monkeypatch.setattr(wal_storage, "SEGMENT_BYTES", 2000)
     path = str(tmp_path / "w")
@@ -259,6 +269,7 @@ def test_wal_rewrites_its_file_from_the_live_state(tmp_path, monkeypatch):
         if i % 20 == 0:
             s.create_snapshot(i - 5, pb.ConfState(voters=[1, 2, 3]), b"snap")
             s.compact(i - 10)
+    _settle(s)
     first_file = s._seq
     assert first_file > 1  # rewritten more than once
     assert s._size < 2 * 2000 + 2000
@@ -418,6 +429,7 @@ def test_wal_reads_entries_back_from_the_file_beyond_its_cache(tmp_path, monkeyp
                       for i in range(56, 61)])
         if i == 100:
             s.compact(52)
+    _settle(s)
     assert s._seq > 1  # the file was rewritten meanwhile: offsets moved with it
     assert sum(e is not None for e in s._ents) < 20  # most entries only in the file
     assert len(s._ents) - s._evict <= wal_storage.CACHE_ENTRIES
@@ -439,3 +451,98 @@ def test_wal_reads_entries_back_from_the_file_beyond_its_cache(tmp_path, monkeyp
             [expect(i) for i in range(195, 201)]
         assert store.last_index() == store._ci + len(store._terms) == 200
         store.close()
+
+
+def test_wal_writes_go_on_during_a_rewrite_and_land_in_the_new_file(tmp_path, monkeypatch):
+    """A rewrite writes its file beside the log's writes (held here at its first sync):
+    appends, a conflict's replacement, a compaction and hard states made meanwhile are
+    copied after its STATE record, read back from the new file, and replayed."""
+    import threading
+    monkeypatch.setattr(wal_storage, "SEGMENT_BYTES", 3000)
+    monkeypatch.setattr(wal_storage, "CACHE_ENTRIES", 4)  # reads come from the file
+    gate, held = threading.Event(), threading.Event()
+    real_sync = wal_storage.os.fdatasync
+
+    def sync(fd):
+        if threading.current_thread().name == "kubekv-wal-rewrite" and not held.is_set():
+            held.set()
+            assert gate.wait(10)
+        real_sync(fd)
+
+    monkeypatch.setattr(wal_storage.os, "fdatasync", sync)
+    path = str(tmp_path / "w")
+    s = WALStorage(path)
+    data = {}
+
+    def put(i: int, term: int, tag: bytes = b"") -> None:
+        data[i] = (term, b"%d-%d%s" % (i, term, tag) * 8)
+        s.append([pb.Entry(index=i, term=term, data=data[i][1])],
+                 pb.HardState(term=term, commit=i - 1))
+
+    i = 0
+    while not held.is_set():  # until a rewrite is writing its file
+        i += 1
+        put(i, 1)
+        if i % 25 == 0:
+            s.compact(i - 20)
+        assert i < 500
+    seq, at_start = s._seq, i
+    for j in range(i + 1, i + 11):  # appends meanwhile
+        put(j, 1)
+    s.append([pb.Entry(index=i + 6, term=2, data=b"conflict")])  # replaces i+6..i+10
+    data[i + 6] = (2, b"conflict")
+    for j in range(i + 7, i + 12):
+        data.pop(j, None)
+        put(j, 2, b"new")
+    s.compact(at_start - 5)  # drops entries the STATE record holds
+    s.set_hard_state(pb.HardState(term=2, vote=3, commit=i + 8))
+    assert s._seq == seq  # still the old file
+    gate.set()
+    s.wait_rewrite()
+    assert s._seq == seq + 1
+    first, last = at_start - 4, i + 11
+    want = [(data[j][0], data[j][1]) for j in range(first, last + 1)]
+    for store in (s, None):
+        if store is None:
+            s.close()
+            store = WALStorage(path)
+        assert (store.first_index(), store.last_index()) == (first, last)
+        assert [(e.term, e.data) for e in store.entries(first, last + 1)] == want
+        assert store.hard_state() == pb.HardState(term=2, vote=3, commit=i + 8)
+    store.close()
+    assert sorted(n for n in os.listdir(path) if n.endswith(".wal")) == \
+        [f"{seq + 1:016x}.wal"]
+
+
+def test_wal_rewrite_whose_rename_may_not_last_stops_the_log(tmp_path, monkeypatch):
+    """The directory's fsync after a rewrite's rename fails: the new file is the log, but
+    a power cut could bring the old one back, so no write is taken after it (the member
+    stops, as on any failed fsync); what was written is all in the new file."""
+    import threading
+    monkeypatch.setattr(wal_storage, "SEGMENT_BYTES", 2000)
+    real = wal_storage._fsync_dir
+
+    def fsync_dir(path):
+        if threading.current_thread().name == "kubekv-wal-rewrite":
+            raise OSError(5, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(wal_storage, "_fsync_dir", fsync_dir)
+    path = str(tmp_path / "w")
+    s = WALStorage(path)
+    i = compacted = 0
+    with pytest.raises(OSError, match="Input/output"):
+        while True:
+            i += 1
+            s.append([pb.Entry(index=i, term=1, data=b"y" * 60)])
+            if i % 10 == 0:
+                compacted = i - 3
+                s.compact(compacted)
+            if s._rewriting is not None:
+                s.wait_rewrite()
+            assert i < 500
+    assert s._seq == 2  # it did switch, and refused the next write
+    s.close()
+    s = WALStorage(path)
+    assert (s.first_index(), s.last_index()) == (compacted + 1, i - 1)
+    s.close()
