@@ -156,6 +156,25 @@ def _random_batch(rnd: random.Random, batch_no: int, index: int, revisions: dict
     return entries
 
 
+def _batches(rnd: random.Random, revisions: dict[bytes, int], log: list[raft_pb2.Entry],
+             most: int):
+    """80 random batches of at most `most` requests (`_random_batch`), numbered, each
+    added to `log` before it is yielded."""
+    index = 0
+    for batch_no in range(80):
+        entries = _random_batch(rnd, batch_no, index, revisions, most)
+        index = entries[-1].index
+        log.extend(entries)
+        yield batch_no, entries
+
+
+def _close(*members: Member) -> None:
+    for m in members:
+        if isinstance(m.backend, HeldBackend):
+            m.backend.release.set()  # (a commit held at its gate would wait for it)
+        m.close()
+
+
 def _crash_and_replay(m: Member, ref: Member, log: list[raft_pb2.Entry]) -> Member:
     """Crash `m` (what it has not committed is lost), reopen it and replay the whole log
     from the applied index its state db recorded: it must end as `ref`. Returns the new
@@ -187,13 +206,9 @@ def test_the_overlay_answers_reads_and_replays_as_the_apply_txn(tmp_path, seed):
 
     m.applier._overlay_request = spy
     log: list[raft_pb2.Entry] = []
-    index = 0
     revisions: dict[bytes, int] = {}
     try:
-        for batch_no in range(80):
-            entries = _random_batch(rnd, batch_no, index, revisions, 5)
-            index = entries[-1].index
-            log.extend(entries)
+        for batch_no, entries in _batches(rnd, revisions, log, 5):
             if rnd.random() < 0.3:
                 m.backend.release.set()  # the commit under way may land now
             else:
@@ -210,10 +225,7 @@ def test_the_overlay_answers_reads_and_replays_as_the_apply_txn(tmp_path, seed):
         m.backend.release.set()
         m = _crash_and_replay(m, ref, log)
     finally:
-        if isinstance(m.backend, HeldBackend):
-            m.backend.release.set()
-        m.close()
-        ref.close()
+        _close(m, ref)
 
 
 def test_a_reader_sees_the_overlay_over_a_commit_it_was_not_told_of(tmp_path):
@@ -256,13 +268,9 @@ def test_apply_inline_answers_reads_and_replays_as_the_apply_thread(tmp_path, se
     m.inline, m.inlined = True, []
     ref = Member(tmp_path / "ref", background=True)
     log: list[raft_pb2.Entry] = []
-    index = 0
     revisions: dict[bytes, int] = {}
     try:
-        for batch_no in range(80):
-            entries = _random_batch(rnd, batch_no, index, revisions, 3)
-            index = entries[-1].index
-            log.extend(entries)
+        for batch_no, entries in _batches(rnd, revisions, log, 3):
             if held and rnd.random() < 0.5:
                 m.backend.release.set()
             elif held:
@@ -282,10 +290,7 @@ def test_apply_inline_answers_reads_and_replays_as_the_apply_thread(tmp_path, se
             m.backend.release.set()
         m = _crash_and_replay(m, ref, log)
     finally:
-        if isinstance(m.backend, HeldBackend):
-            m.backend.release.set()
-        m.close()
-        ref.close()
+        _close(m, ref)
 
 
 def test_apply_inline_gives_up_past_its_time_budget_leaving_nothing_done(tmp_path, monkeypatch):
