@@ -16,6 +16,11 @@ compares and ops name single keys at the current revision, which is what Kuberne
 creates, updates and deletes are. Anything else, or a key moving between leases (the
 lease records change in the same LMDB txn), raises `NeedsCommittedState`, and the
 applier waits for the commit and applies that request in the apply txn as usual.
+
+The Runner's event loop uses the same overlay to apply a few entries in the idle apply
+thread's stead (`Applier.apply_inline`), reading the open apply txn itself instead of a
+read txn and a pending view: a request it cannot serve makes the whole batch decline,
+nothing written, for the apply thread to apply.
 """
 
 from __future__ import annotations
