@@ -318,3 +318,42 @@ def test_apply_inline_gives_up_past_its_time_budget_leaving_nothing_done(tmp_pat
                 [(b"a", b"3"), (b"b", b"2")]
     finally:
         m.close()
+
+
+def test_a_redo_after_an_inline_batch_applies_its_requests_again(tmp_path, monkeypatch):
+    """A key request that fails after it wrote makes the apply txn begin anew and the
+    window's key requests apply again (`Applier._redo`): those the loop applied inline
+    are in that window too, so nothing they reported applied is lost from the txn."""
+    from kubekv_server.apply import handlers
+
+    real_put = handlers.apply_put
+
+    def put_then_fail(w, req, lease_exists):
+        resp = real_put(w, req, lease_exists)
+        if req.key == b"boom":
+            raise RuntimeError("failed after its write")  # (no request does this today)
+        return resp
+
+    monkeypatch.setattr(handlers, "apply_put", put_then_fail)
+    m = Member(tmp_path / "m", background=True)
+    ref = Member(tmp_path / "ref", background=True)
+    log = [_entry(1, "put", pb.PutRequest(key=b"a", value=b"1")),
+           _entry(2, "put", pb.PutRequest(key=b"b", value=b"2")),
+           _entry(3, "put", pb.PutRequest(key=b"boom", value=b"3"))]
+    try:
+        for member in (m, ref):
+            member.apply(log[:1])  # opens the apply txn
+        assert m.applier.apply_inline(log[1:2]) is not None
+        ref.apply(log[1:2])
+        got, expected = m.apply(log[2:]), ref.apply(log[2:])
+        assert got == expected
+        assert m.backend.landing  # the window's bound (3 entries) commits it
+        for member in (m, ref):
+            member.backend.wait_landing()
+        assert m.state() == ref.state()
+        with m.mvcc.read() as r:
+            assert [(kv.key, kv.value) for kv in r.range(b"a", b"z").kvs] == \
+                [(b"a", b"1"), (b"b", b"2")]
+        assert m.backend.applied_index() == 3
+    finally:
+        _close(m, ref)
