@@ -151,6 +151,13 @@ def _record(kind: int, payload: bytes) -> bytes:
     return _HEAD.pack(len(payload), zlib.crc32(payload, kind), kind) + payload
 
 
+def _state(head: list[bytes], blobs: list[bytes], at: int) -> tuple[bytes, list[int]]:
+    """A STATE record of `head` (`WALStorage._state_head`) and the entries' `blobs`, to
+    be written at file offset `at`, and where each entry's bytes will be in that file."""
+    parts = head + blobs
+    return _record(_STATE, _pack_list(parts)), _offsets(parts, at + _HEAD.size)[len(head):]
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -256,10 +263,13 @@ class WALStorage:
     def _state_record(self, at: int) -> tuple[bytes, list[int]]:
         """Mem-current: a STATE record to be written at file offset `at`, and where each
         kept entry's bytes will be in that file."""
-        parts = [self._hard.SerializeToString(), self._conf.SerializeToString(),
-                 self._snap.SerializeToString(), _U64x2.pack(self._ci, self._ct)]
-        parts += self._blobs()
-        return _record(_STATE, _pack_list(parts)), _offsets(parts, at + _HEAD.size)[4:]
+        return _state(self._state_head(), self._blobs(), at)
+
+    def _state_head(self) -> list[bytes]:
+        """Mem-current: what a STATE record holds besides the entries (hard state,
+        ConfState, snapshot, compaction point), serialized."""
+        return [self._hard.SerializeToString(), self._conf.SerializeToString(),
+                self._snap.SerializeToString(), _U64x2.pack(self._ci, self._ct)]
 
     def _blobs(self) -> list[bytes]:
         """Every kept entry's encoded bytes, in order (`_read_blobs`)."""
@@ -338,8 +348,7 @@ class WALStorage:
         # what the STATE record holds besides the entries, and where the entries are; their
         # bytes are read on the rewrite's thread (the file's first `_size` bytes stay as
         # they are: records are only ever appended after them)
-        head = [self._hard.SerializeToString(), self._conf.SerializeToString(),
-                self._snap.SerializeToString(), _U64x2.pack(self._ci, self._ct)]
+        head = self._state_head()
         t = threading.Thread(target=self._rewrite,
                              args=(self._seq + 1, self._size, head, list(self._offs),
                                    list(self._sizes), self._live),
@@ -358,14 +367,12 @@ class WALStorage:
             try:
                 rfd = os.open(self._file(seq - 1), os.O_RDONLY)
                 try:
-                    parts = head + _read_blobs(
-                        rfd, old_offs, sizes, base, live,
-                        lambda k: os.pread(rfd, sizes[k], old_offs[k]))
+                    blobs = _read_blobs(rfd, old_offs, sizes, base, live,
+                                        lambda k: os.pread(rfd, sizes[k], old_offs[k]))
                 finally:
                     os.close(rfd)
-                content = _record(_STATE, _pack_list(parts))
-                new_offs = _offsets(parts, _HEAD.size)[4:]
-                del parts
+                content, new_offs = _state(head, blobs, 0)
+                del blobs
                 with open(tmp, "wb") as f:
                     f.write(content)
                     if self.fsync:
