@@ -206,13 +206,18 @@ class Applier:
             rows = out.rows[first:] if first else out.rows
             if not backend.applied(len(todo), out.must_commit,
                                    sum(len(row[3]) for row in rows)):
-                mvcc = self.mvcc
-                top = self._revs[0] if self._revs is not None else \
-                    mvcc.current_revision(backend.apply_txn())
-                mvcc.pending = mvcc.pending.extended(self._base, rows, top)
+                self._publish(rows)
             self.applied_index = out.applied_index = todo[-1].index
         out.apply_seconds = time.perf_counter() - started_batch
         return out
+
+    def _publish(self, rows: list) -> None:
+        """Readers lay `rows` (a batch's key changes, not committed yet) over the last
+        commit, up to the current revision the key requests reached."""
+        mvcc = self.mvcc
+        top = self._revs[0] if self._revs is not None else \
+            mvcc.current_revision(self.backend.apply_txn())
+        mvcc.pending = mvcc.pending.extended(self._base, rows, top)
 
     def apply_inline(self, entries: Sequence[raft_pb2.Entry]) -> BatchResult | None:
         """Apply a batch without waiting for any other thread (the Runner's loop does it
@@ -261,7 +266,7 @@ class Applier:
             backend.abort()  # as an apply txn's failure: the log has it all
             raise
         if not committed:
-            self.mvcc.pending = self.mvcc.pending.extended(self._base, out.rows, self._revs[0])
+            self._publish(out.rows)
         self.applied_index = out.applied_index = todo[-1].index
         out.apply_seconds = time.perf_counter() - started_batch
         return out
@@ -314,8 +319,7 @@ class Applier:
         ov.release()
         if n:
             self.backend.overlay_bytes = ov.nbytes
-            top = self._revs[0]
-            self.mvcc.pending = self.mvcc.pending.extended(self._base, out.rows, top)
+            self._publish(out.rows)
             self.applied_index = out.applied_index = ov.last_index
         return todo[n:]
 
