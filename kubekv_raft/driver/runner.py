@@ -462,20 +462,27 @@ class Runner:
         loop = self._loop_ref
         if rd.snapshot is not None:
             await self._applies_done()  # the snapshot replaces the state: nothing may apply
-        # etcd's raft loop: a leader's appends leave before its own write (it counts its own
-        # copy only once persisted); anyone else's messages (acks, votes) only after it.
+        # etcd's raft loop: a leader's appends leave with its own write, not after it (it
+        # counts its own copy only once persisted): here just after the write is posted, so
+        # the log thread is running before the followers the appends wake take the cores.
+        # Anyone else's messages (acks, votes) leave only after the write.
         lead = self.node.is_leader
-        if lead and rd.messages:
-            self.transport.send(rd.messages)
+        msgs = rd.messages
         hs = rd.hard_state
         write = rd.snapshot is not None or bool(rd.entries) or (hs is not None and rd.must_sync)
+        early = lead and bool(msgs)  # a leader's messages, to leave with its write
+        if early and not write:
+            early = False
+            self.transport.send(msgs)
         # committed entries not handed over yet (a lone voter's went right after their write)
         ents = self._unhanded(rd.committed_entries)
-        # what the log thread hands to the apply thread right after this Ready's write: the
-        # committed entries, and the entries the write itself commits (a lone voter's own
-        # copy is its quorum), so neither waits for a loop cycle (a plain applier only)
+        # what a leader's log thread hands to the apply thread right after this Ready's
+        # write: the committed entries, and the entries the write itself commits (a lone
+        # voter's own copy is its quorum), so neither waits for a loop cycle (a plain
+        # applier only). A follower's wait for the loop instead: its ack leaves first,
+        # since the leader waits for that, not for the follower's apply.
         hand: list[pb.Entry] = []
-        if write and rd.snapshot is None and not self._apply_is_async:
+        if lead and write and rd.snapshot is None and not self._apply_is_async:
             if ents:
                 self._handed = ents[-1].index
             hand = ents + self._committed_by_write(rd)
@@ -489,10 +496,13 @@ class Runner:
                 written = loop.create_future()
                 self.executor.post(self._write_ready, rd.snapshot, rd.entries, hs, hand,
                                    written)
-                await written
             else:
-                await self._in_log_thread(self._write_ready, rd.snapshot, rd.entries, hs,
-                                          hand, None)
+                written = self._in_log_thread(self._write_ready, rd.snapshot, rd.entries, hs,
+                                              hand, None)
+            if early:
+                early = False
+                self.transport.send(msgs)
+            await written
         elif hs is not None:
             self._unsaved_hard_state = hs  # commit index only: no fsync needed (MustSync)
             note = getattr(self.storage, "note_commit", None)
@@ -509,8 +519,8 @@ class Runner:
                     self._log_hands_posted += 1
                 self.executor.post(self._note_commit, note, hs, handed)
                 hand = handed
-        if not lead and rd.messages:
-            self.transport.send(rd.messages)
+        if not lead and msgs:
+            self.transport.send(msgs)
         for rs in rd.read_states:
             for fut in self._read_waiters.pop(rs.request_ctx, []):
                 self._apply_waiters.append((rs.index, fut))
