@@ -57,6 +57,7 @@ from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.core.errors import ProposalDroppedError, RaftError
 from kubekv_raft.core.raft import Config
 from kubekv_raft.core.raw_node import RawNode, Ready
+from kubekv_raft.driver.commit_notices import NOTICE_DELAY, CommitNotices
 from kubekv_raft.driver.worker import NOT_RUN, ThreadWorker
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ _CONF_CHANGES = frozenset((pb.EntryConfChange, pb.EntryConfChangeV2))
 _TYPE = operator.attrgetter("type")
 # what the transport reports about a peer: local messages, stepped past RawNode's check
 _TRANSPORT_REPORTS = frozenset((pb.MsgSnapStatus, pb.MsgUnreachable))
+_MSGPROP = pb.MsgProp
 
 
 def _has_conf_change(entries: list[pb.Entry]) -> bool:
@@ -162,6 +164,7 @@ class Runner:
         request_id_of: Callable[[bytes], bytes] = default_request_id,
         executor: Executor | None = None,
         apply_executor: Executor | None = None,
+        notice_delay: float = NOTICE_DELAY,
     ) -> None:
         self.node = RawNode(config)
         self.id = config.id
@@ -230,6 +233,11 @@ class Runner:
         self._waiter: asyncio.Future | None = None
         self._tasks: list[asyncio.Task] = []
         self._stopped = False
+        # a leader's commit notices held back (commit_notices), the term they belong to,
+        # and the timer that sends those held for their whole delay
+        self._notices = CommitNotices(notice_delay)
+        self._notices_term = 0
+        self._notice_timer: asyncio.TimerHandle | None = None
         # Called with (request ids, error) when proposals made through submit() are refused.
         self.on_dropped: Callable[[list[Hashable], Exception], None] | None = None
 
@@ -246,6 +254,9 @@ class Runner:
         """Stop the tasks, write a commit index not yet written; pending futures fail
         with ProposalDroppedError."""
         self._stopped = True
+        if self._notice_timer is not None:
+            self._notice_timer.cancel()
+            self._notice_timer = None
         tasks = [*self._tasks, *([self._apply_task] if self._apply_task is not None else [])]
         for t in tasks:
             t.cancel()
@@ -420,6 +431,10 @@ class Runner:
                         node.raft.step(m)
                     else:
                         node.step(m)
+                        if m.type == _MSGPROP and node.is_leader:
+                            # its client waits for the commit: no notice to it held back
+                            self._leader_notices().proposed(
+                                m.from_, node.raft.raft_log.last_index())
                 except RaftError as e:
                     log.debug("dropped %s from %x: %s", pb.MessageType.Name(m.type), m.from_, e)
         ticks = self._ticks
@@ -468,6 +483,12 @@ class Runner:
         # Anyone else's messages (acks, votes) leave only after the write.
         lead = self.node.is_leader
         msgs = rd.messages
+        if lead and msgs:
+            msgs = self._leader_notices().filter(
+                msgs, self.node.raft.prs.progress, loop.time(),
+                not (rd.committed_entries and _has_conf_change(rd.committed_entries)))
+            if self._notices and self._notice_timer is None:
+                self._arm_notice_timer()
         hs = rd.hard_state
         write = rd.snapshot is not None or bool(rd.entries) or (hs is not None and rd.must_sync)
         early = lead and bool(msgs)  # a leader's messages, to leave with its write
@@ -548,6 +569,32 @@ class Runner:
                        else self._applied_through(ents[-1].index))
         if self._apply_waiters:
             self._release_read_waits()
+
+    def _leader_notices(self) -> CommitNotices:
+        """Loop, on the leader: its held commit notices, sent and forgotten when its term
+        changes."""
+        term = self.node.raft.term
+        if term != self._notices_term:
+            stale = self._notices.take_all()
+            if stale:
+                self.transport.send(stale)
+            self._notices_term = term
+        return self._notices
+
+    def _arm_notice_timer(self) -> None:
+        when = self._notices.next_due()
+        if when is not None:
+            self._notice_timer = self._loop_ref.call_at(when, self._send_due_notices)
+
+    def _send_due_notices(self) -> None:
+        """Loop timer: send the commit notices held for their whole delay."""
+        self._notice_timer = None
+        if self._stopped:
+            return
+        due = self._notices.due(self._loop_ref.time())  # (a deposed leader's too)
+        if due:
+            self.transport.send(due)
+        self._arm_notice_timer()
 
     def _unhanded(self, committed: list[pb.Entry]) -> list[pb.Entry]:
         """The part of a Ready's committed entries not handed to the apply stage yet."""

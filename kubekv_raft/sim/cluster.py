@@ -4,7 +4,8 @@ Each node is a RawNode over a MemoryStorage that stands for its disk: a crash th
 away the RawNode and the applied state, keeping only what Ready handling persisted.
 Writes take virtual time (`disk_ms`), as the Runner's log stage does: a leader sends a
 Ready's messages when its write starts, anyone else when it ends; the node keeps
-stepping messages and ticks meanwhile; a crash during a write loses it.
+stepping messages and ticks meanwhile; a crash during a write loses it. A leader holds
+commit notices back as the Runner does (`commit_notices`, `notice_ms`).
 The tester API (one, n_committed, check_one_leader, ...) mirrors MIT 6.5840's harness.
 """
 
@@ -23,6 +24,7 @@ from kubekv_raft.core.raft import Config, StateType
 from kubekv_raft.core.raw_node import RawNode
 from kubekv_raft.core.read_only import ReadOnlyOption
 from kubekv_raft.core.storage import MemoryStorage
+from kubekv_raft.driver.commit_notices import CommitNotices
 from kubekv_raft.sim.checker import SafetyChecker, SafetyViolation
 from kubekv_raft.sim.network import SimNetwork
 
@@ -54,6 +56,9 @@ class SimNode:
         self.last_snapshot = 0
         self.writing: object = None  # the Ready whose write is under way
         self.sent_early = False  # its messages left when the write began (a leader's)
+        self.notices = CommitNotices(cluster.notice_ms)  # a leader's held commit notices
+        self.notices_term = 0
+        self.notice_timer = False  # a call to send the due ones is scheduled
 
     def start(self) -> None:
         """Boot from durable state: the snapshot, then the log replays from there."""
@@ -83,6 +88,9 @@ class SimNode:
         )
         self.raw = RawNode(cfg)
         self.writing = None
+        self.notices.take_all()  # what it held died with the process
+        self.notices_term = 0
+        self.notice_timer = False  # one scheduled before the crash ends as a no-op
         self.up = True
 
     def _load_snapshot(self, snap: pb.Snapshot) -> None:
@@ -152,6 +160,7 @@ class SimCluster:
         read_only_option: ReadOnlyOption = ReadOnlyOption.SAFE,
         replay_hint: str = "",
         disk_ms: int = 2,
+        notice_ms: int = 5,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -174,6 +183,7 @@ class SimCluster:
         self.disk_ms = disk_ms  # a write takes 0..disk_ms virtual ms (0: instant)
         self._disk_rng = random.Random(seed ^ 0xD15C)
         self.disk_ms_of: dict[int, int] = {}  # node id -> a fixed write time (a slow disk)
+        self.notice_ms = notice_ms  # how long a leader may hold a commit notice
         self.now = 0
         self.events = 0
         self.msgs_sent = 0
@@ -311,6 +321,8 @@ class SimCluster:
         self.trace = zlib.crc32(b"%d %d %d %d" % (self.now, m.type, m.from_, to), self.trace)
         try:
             node.raw.step(m)
+            if m.type == pb.MsgProp and node.raw.is_leader:
+                self._notices(node).proposed(m.from_, node.raw.raft.raft_log.last_index())
         except RaftError:
             pass  # dropped proposal (no leader) or a response from a removed peer
         self._drain(node)
@@ -322,8 +334,14 @@ class SimCluster:
             rd = raw.ready()
             lead = raw.is_leader
             if lead:
-                for m in rd.messages:  # the leader replicates while it writes
+                hold = not any(e.type in (pb.EntryConfChange, pb.EntryConfChangeV2)
+                               for e in rd.committed_entries)
+                msgs = self._notices(node).filter(rd.messages, raw.raft.prs.progress,
+                                                  self.now, hold)
+                for m in msgs:  # the leader replicates while it writes
                     self._send(m)
+                if node.notices and not node.notice_timer:
+                    self._arm_notices(node)
             node.writing = rd
             node.sent_early = lead
             delay = self.disk_ms_of.get(node.id)
@@ -362,6 +380,35 @@ class SimCluster:
         node.maybe_snapshot()
         if drain:
             self._drain(node)
+
+    def _notices(self, node: SimNode) -> CommitNotices:
+        """A leader's held commit notices, sent and forgotten when its term changes (as the
+        Runner)."""
+        term = node.raw.raft.term
+        if term != node.notices_term:
+            for m in node.notices.take_all():
+                self._send(m)
+            node.notices_term = term
+        return node.notices
+
+    def _arm_notices(self, node: SimNode) -> None:
+        when = node.notices.next_due()
+        if when is None:
+            return
+        node.notice_timer = True
+        inc = node.incarnation
+        self._schedule(max(0, when - self.now), _CALL, 0, lambda: self._notices_due(node, inc))
+
+    def _notices_due(self, node: SimNode, incarnation: int) -> None:
+        """Send the commit notices a leader held for their whole delay."""
+        if node.incarnation != incarnation:
+            return  # crashed since: its restart reset them (and any new timer is its own)
+        node.notice_timer = False
+        if not node.up:
+            return
+        for m in node.notices.due(self.now):  # (a deposed leader's too)
+            self._send(m)
+        self._arm_notices(node)
 
     def _send(self, m: pb.Message) -> None:
         self.msgs_sent += 1

@@ -13,13 +13,20 @@ def cc(t: int, node: int) -> pb.ConfChange:
 
 
 def change(c: SimCluster, change_msg, timeout_ms: int = 10_000) -> None:
-    """Propose a conf change at the leader until the leader's config reflects it."""
+    """Propose a conf change at the leader until the leader's config reflects it (a leader
+    elected after the change applied, as when the old one removed itself and its hand-off
+    was refused, already does: the change is not proposed again)."""
     deadline = c.now + timeout_ms
+    before = None
     while c.now < deadline:
         lead = c.leader()
         if lead is not None:
             node = c.nodes[lead]
-            before = node.raw.raft.prs.conf_state()
+            now = node.raw.raft.prs.conf_state()
+            if before is None:
+                before = now
+            elif now != before and not now.voters_outgoing:
+                return
             try:
                 node.raw.propose_conf_change(change_msg)
             except ProposalDroppedError:
