@@ -9,8 +9,9 @@ wakes, on the same two cores. So a leader holds a notice instead: the next messa
 follower carries the commit index anyway (every MsgApp does; a heartbeat does up to the
 follower's match; any other message goes right behind the notice, so none overtakes it),
 and a notice still held after `delay` is sent, so a follower learns every commit within
-`delay` even when writes stop. A follower that forwarded a proposal
-not yet known to it as committed gets its notices at once: its client waits for them.
+`delay` even when writes stop. Sent at once: the notices to a follower that forwarded a
+proposal not yet known to it as committed (its client waits for them), to a follower
+being probed, and those of a membership change (`filter`'s `hold`).
 
 Holding, dropping or delaying a message is what a network may do to any Raft message, so
 safety does not rest on this; it moves only when followers apply (and answer

@@ -584,7 +584,11 @@ class Runner:
     def _arm_notice_timer(self) -> None:
         when = self._notices.next_due()
         if when is not None:
-            self._notice_timer = self._loop_ref.call_at(when, self._send_due_notices)
+            # not before the clock's next millisecond (uvloop's time is in milliseconds): a
+            # timer that fires early and finds nothing due must not spin until it is
+            loop = self._loop_ref
+            self._notice_timer = loop.call_at(max(when, loop.time() + 0.001),
+                                              self._send_due_notices)
 
     def _send_due_notices(self) -> None:
         """Loop timer: send the commit notices held for their whole delay."""
