@@ -491,9 +491,7 @@ class Runner:
                 self._arm_notice_timer()
         hs = rd.hard_state
         write = rd.snapshot is not None or bool(rd.entries) or (hs is not None and rd.must_sync)
-        early = lead and bool(msgs)  # a leader's messages, to leave with its write
-        if early and not write:
-            early = False
+        if lead and msgs and not write:
             self.transport.send(msgs)
         # committed entries not handed over yet (a lone voter's went right after their write)
         ents = self._unhanded(rd.committed_entries)
@@ -520,8 +518,7 @@ class Runner:
             else:
                 written = self._in_log_thread(self._write_ready, rd.snapshot, rd.entries, hs,
                                               hand, None)
-            if early:
-                early = False
+            if lead and msgs:  # with its write, not after it
                 self.transport.send(msgs)
             await written
         elif hs is not None:
