@@ -107,7 +107,7 @@ class Watcher:
 
     __slots__ = (
         "id", "key", "end", "min_rev", "no_put", "no_delete", "prev_kv", "progress_notify",
-        "fragment", "stream", "state", "progress_due",
+        "fragment", "stream", "state", "progress_due", "known",
     )
 
     def __init__(self, stream: Stream, watch_id: int, key: bytes, end: bytes | None,
@@ -127,6 +127,12 @@ class Watcher:
         self.state = UNSYNCED
         # etcd's per-watch progress flag: no events sent since the last tick
         self.progress_due = True
+        # the revision the client already has (its start revision - 1; 0 for a watch
+        # from now): no progress notification reports less. A client resuming a watch
+        # on a member that has not applied that far yet would see its revision go back
+        # (etcd-io/etcd#20221; etcd's fix waits for the start revision itself, this
+        # waits only for what the client has, so a quiet watch from R+1 still hears R)
+        self.known = 0
 
     def matches(self, key: bytes) -> bool:
         end = self.end
@@ -296,6 +302,9 @@ class WatchHub:
         self._log_first = self.rev + 1
         self._log_bytes = 0
         self._demoted = False  # a pull demoted watchers: the catch-up thread has work
+        # streams whose requested progress waits for this member to reach a revision
+        # its watchers' clients already have (`Watcher.known`)
+        self._progress_waiting: set[Stream] = set()
         # called (without the lock) when unsynced watchers may make progress
         self.wakeup: Callable[[], None] = lambda: None
 
@@ -395,6 +404,7 @@ class WatchHub:
             stream.push(Response(watch_id, self.rev, created=True, watcher=None))
             if start_rev == 0 or start_rev > self.rev:
                 w = Watcher(stream, watch_id, key, end, max(start_rev, self.rev + 1), **opts)
+                w.known = start_rev - 1 if start_rev else 0
                 self._add_synced(w)
             else:
                 w = Watcher(stream, watch_id, key, end, start_rev, **opts)
@@ -462,6 +472,10 @@ class WatchHub:
                             woken.append(s)
             if len(log) > self._trim_revisions or self._log_bytes > self._trim_bytes:
                 self._trim_log()
+            if self._progress_waiting:
+                waiting, self._progress_waiting = self._progress_waiting, set()
+                for s in waiting:
+                    self._retry_deferred_progress(s)
         for s in woken:
             s.wake()
 
@@ -619,7 +633,7 @@ class WatchHub:
     def progress(self, w: Watcher) -> None:
         """etcd's RequestProgress: an empty response at the current revision, if synced."""
         with self._lock:
-            if w.state == SYNCED and not w.stream.full:
+            if w.state == SYNCED and not w.stream.full and self.rev >= w.known:
                 w.stream.push(Response(w.id, self.rev, watcher=w, flush=True,
                                        epoch=w.stream.unsyncs))
 
@@ -638,6 +652,9 @@ class WatchHub:
         if not stream.deferred_progress:
             return
         if any(w.state != SYNCED for w in stream.watchers.values()):
+            return
+        if any(self.rev < w.known for w in stream.watchers.values()):
+            self._progress_waiting.add(stream)  # retried as revisions are applied
             return
         stream.deferred_progress = False
         if stream.watchers:

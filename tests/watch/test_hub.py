@@ -295,6 +295,32 @@ def test_progress_only_for_synced_watchers(world):
     assert [(r.watch_id, r.revision, r.events) for r in drain(s)] == [(0, 2, [])]
 
 
+def test_progress_never_reports_less_than_the_client_already_has(world):
+    """A watch resumed on a member that has not applied as far as its client has seen
+    (etcd-io/etcd#20221): no progress notification reports a revision below its start
+    revision - 1, and a requested one waits until the member gets there."""
+    hub = world.hub
+    world.put(b"a")  # revision 2
+    s = hub.new_stream()
+    w = hub.watch(s, 0, b"k", None, 5, progress_notify=True)  # the client has seen 4
+    drain(s)
+    hub.progress(w)
+    hub.progress_all(s)
+    world.put(b"a")  # 3
+    hub.progress(w)
+    assert drain(s) == []  # the member is at 2, then 3: below what the client has
+    world.put(b"a")  # 4: the requested progress goes out now, at 4
+    hub.progress(w)
+    out = [(r.watch_id, r.revision, r.events) for r in drain(s)]
+    assert out == [(-1, 4, []), (0, 4, [])]
+    world.put(b"k")  # 5: the watch's first event
+    assert [evs(r) for r in drain(s)] == [[("PUT", b"k", 5)]]
+    quiet = hub.watch(s, 0, b"q", None, 6, progress_notify=True)  # from R+1 at R
+    drain(s)
+    hub.progress(quiet)
+    assert [(r.watch_id, r.revision) for r in drain(s)] == [(1, 5)]  # as etcd 3.5.1
+
+
 def test_close_stream_removes_watchers(world):
     hub = world.hub
     s = hub.new_stream()
