@@ -449,6 +449,17 @@ class WatchHub:
         woken: list[Stream] = []
         with self._lock:
             log = self._log
+            if not self.synced.size and not self.unsynced:
+                # no watcher to pull from the log (etcd's watchableStore keeps no log at
+                # all): only the revision moves; a watcher created later starts from now
+                # or catches up from MVCC history, and the log starts with it
+                last = revisions[-1][0]
+                if last > self.rev:
+                    self.rev = last
+                    log.clear()
+                    self._log_first = last + 1
+                    self._log_bytes = 0
+                revisions = []
             for entry in revisions:
                 rev, evs, size = entry
                 if rev <= self.rev:

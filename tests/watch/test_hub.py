@@ -412,6 +412,36 @@ def test_log_is_bounded_in_revisions_and_bytes(tmp_path):
     assert [e.kv.mod_revision for r in got for e in r.events] == list(range(2, 28))
 
 
+def test_no_log_without_watchers_and_a_late_watcher_misses_nothing(world):
+    hub = world.hub
+    for i in range(5):
+        world.put(b"k", str(i).encode())  # revisions 2..6, nobody watching
+    assert hub._log == [] and hub._log_first == hub.rev + 1 == 7
+    s = hub.new_stream()
+    w = hub.watch(s, 0, b"k", None, 4)  # from the past: catches up from history
+    assert w.state == "unsynced"
+    world.put(b"k", b"while unsynced")  # rev 7: logged, a watcher exists now
+    assert [e[0] for e in hub._log] == [7]
+    real_read = world.store.read
+
+    def read_then_commit():
+        r = real_read()
+        world.put(b"k", b"after the read")  # rev 8, after the history snapshot
+        world.store.read = real_read
+        return r
+
+    world.store.read = read_then_commit
+    while hub.sync_once() or w.state != "synced":
+        pass
+    world.put(b"k", b"synced")  # rev 9
+    got = [e.kv.mod_revision for r in drain(s) for e in r.events]
+    assert got == [4, 5, 6, 7, 8, 9]
+    hub.cancel(s, w.id)
+    drain(s)
+    world.put(b"k", b"alone again")  # no watcher left: the log is dropped
+    assert hub._log == [] and hub._log_first == hub.rev + 1
+
+
 def test_a_quiet_stream_is_not_demoted_by_a_busy_store(tmp_path):
     """Revisions nobody on a stream wants are skipped, not scanned: a watcher of a quiet
     key stays synced however much else was written since its stream last pulled."""
