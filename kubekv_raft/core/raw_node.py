@@ -17,6 +17,9 @@ from kubekv_raft.core.read_only import ReadState
 __all__ = ["RawNode", "Ready", "SoftState", "Status"]
 
 
+# membership changes apply through a Ready only (Raft must see them committed first)
+_CONF_CHANGES = frozenset((pb.EntryConfChange, pb.EntryConfChangeV2))
+
 @dataclass(frozen=True)
 class SoftState:
     """Volatile state worth reporting: who leads and our role. Never persisted."""
@@ -196,6 +199,25 @@ class RawNode:
             rd.snapshot.metadata.index if rd.snapshot is not None else 0,
             rd.committed_entries,
         )
+
+    def accept_handed(self, hard_state: pb.HardState, entries: list[pb.Entry]) -> None:
+        """After `advance()`: the driver wrote `hard_state` (this term and vote, the commit
+        its write reached, `commit_on_persist`) together with the last Ready's entries,
+        and handed `entries`, which that write committed, to the application itself. The
+        next Ready repeats neither, so a lone voter's write is not followed by a Ready
+        cycle that only moves the commit index (etcd-io/raft's lone voter likewise keeps
+        entries being applied out of the next Ready: `applying`). What moved since (a
+        newer term or vote, a commit further on) still comes in a Ready."""
+        r = self.raft
+        rl = r.raft_log
+        if entries and entries[0].index == rl.applied + 1 and entries[-1].index <= rl.committed \
+                and not any(e.type in _CONF_CHANGES for e in entries):
+            if r.uncommitted_size:
+                r.reduce_uncommitted_size(entries)
+            rl.applied_to(entries[-1].index)
+        if hard_state.term == r.term and hard_state.vote == r.vote \
+                and hard_state.commit == rl.committed:
+            self._prev_hard = hard_state
 
     def commit_on_persist(self, rd: Ready) -> int:
         """The commit index Raft reaches by itself once `rd` is durably written: a leader

@@ -27,10 +27,12 @@ write; the leader sends its appends before its own fsync, and counts its own cop
 once `advance` reports it durable (`Raft.persisted`, as etcd-io/raft's self-ack). On a
 lone voter that copy is the quorum, so the write of Ready N commits N's entries: the
 core says so beforehand (`RawNode.commit_on_persist`, what `advance` will commit) and
-the log thread hands them over after the write; the next Ready lists them as committed
-and they are not handed twice. A batch holding a membership change is handed over only
-once Raft committed it, and applied before the next Ready (etcd's waitApply), so Raft
-never runs with a stale configuration. A hard state whose only change is the commit
+the log thread hands them over after the write, whose hard state carries the commit
+they reach; after the advance the core is told both were done
+(`RawNode.accept_handed`), so no Ready follows only to list them again and record
+it. A batch holding a membership change is handed over only once Raft committed it,
+and applied before the next Ready (etcd's waitApply), so Raft never runs with a stale
+configuration. A hard state whose only change is the commit
 index needs no fsync (etcd's MustSync): it is written with the next synced write, after
 a tick without work, or at stop; a restart that finds the state applied past it
 re-learns the commit from the log (`initial_applied`).
@@ -224,6 +226,9 @@ class Runner:
         self._log_hands_done = 0
         # a commit-only hard state not yet written (it rides with the next synced write)
         self._unsaved_hard_state: pb.HardState | None = None
+        # the hard state a write carried with the entries it committed, and those entries
+        # (handed over after it): the core is told after its advance (`accept_handed`)
+        self._accepted: tuple[pb.HardState, list[pb.Entry]] | None = None
         self._note_failed_logged = False
         self._ticked = False
         # the loop's wake-up: a flag, and the future the loop sleeps on while it is clear
@@ -408,6 +413,10 @@ class Runner:
                 while self.node.has_ready():
                     await self._handle(self.node.ready())
                     self.node.advance()
+                    if self._accepted is not None:
+                        hs, handed = self._accepted
+                        self._accepted = None
+                        self.node.accept_handed(hs, handed)
                     self._feed()  # inputs that arrived meanwhile join the next Ready
                 if self._ticked and self._unsaved_hard_state is not None:
                     await self._save_hard_state()  # idle for a tick: write the commit index
@@ -501,16 +510,24 @@ class Runner:
         # applier only). A follower's wait for the loop instead: its ack leaves first,
         # since the leader waits for that, not for the follower's apply.
         hand: list[pb.Entry] = []
+        by_write: list[pb.Entry] = []
         if lead and write and rd.snapshot is None and not self._apply_is_async:
             if ents:
                 self._handed = ents[-1].index
-            hand = ents + self._committed_by_write(rd)
+            by_write = self._committed_by_write(rd)
+            hand = ents + by_write
             if hand:
                 self._handed = hand[-1].index
         if write:
             if hs is None:
                 hs = self._unsaved_hard_state
             self._unsaved_hard_state = None
+            if by_write:
+                # the commit this write reaches is written with it (after its entries, in
+                # one fsync), so no Ready cycle follows only to record it (`accept_handed`)
+                raft = self.node.raft
+                hs = pb.HardState(term=raft.term, vote=raft.vote, commit=by_write[-1].index)
+                self._accepted = (hs, by_write)
             if hand and isinstance(self.executor, ThreadWorker):
                 written = loop.create_future()
                 self.executor.post(self._write_ready, rd.snapshot, rd.entries, hs, hand,

@@ -490,6 +490,69 @@ def test_leader_counts_its_own_entry_only_once_persisted():
     assert r.raft_log.committed == li
 
 
+def test_accept_handed_spares_the_commit_only_ready_and_nothing_else():
+    """A lone voter's driver writes the commit its write reaches with the entries and
+    hands them over itself: after accept_handed the next Ready repeats neither, and what
+    moves later (a commit further on, a new term) still comes in a Ready."""
+    st = MemoryStorage()
+    st.set_conf_state(pb.ConfState(voters=[1]))
+    rn = RawNode(Config(id=1, storage=st))
+    rn.campaign()
+    rd = rn.ready()
+    st.append(rd.entries, rd.hard_state)
+    rn.advance()
+    while rn.has_ready():  # the election's empty entry, committed and applied
+        rd = rn.ready()
+        st.append(rd.entries, rd.hard_state)
+        rn.advance()
+    r = rn.raft
+    for _ in range(3):
+        rn.propose_batch([b"a", b"b"])
+        rd = rn.ready()
+        commit = rn.commit_on_persist(rd)
+        hs = pb.HardState(term=r.term, vote=r.vote, commit=commit)
+        st.append(rd.entries, hs)
+        rn.advance()
+        rn.accept_handed(hs, rd.entries)
+        assert r.raft_log.committed == r.raft_log.applied == commit
+        assert r.uncommitted_size == 0
+        assert not rn.has_ready()  # no commit-only Ready, no committed entries again
+
+    # without accept_handed the same write is followed by that Ready
+    rn.propose(b"c")
+    rd = rn.ready()
+    st.append(rd.entries, rd.hard_state)
+    rn.advance()
+    again = rn.ready()
+    assert not again.entries and again.hard_state.commit == rd.entries[-1].index
+    assert [e.index for e in again.committed_entries] == [rd.entries[-1].index]
+    rn.advance()
+
+    # a hard state that no longer matches (a newer term since) is not taken as written
+    rn.propose(b"d")
+    rd = rn.ready()
+    hs = pb.HardState(term=r.term, vote=r.vote, commit=rn.commit_on_persist(rd))
+    st.append(rd.entries, hs)
+    rn.advance()
+    r.term += 1
+    rn.accept_handed(hs, rd.entries)
+    assert r.raft_log.applied == rd.entries[-1].index  # the entries were handed over
+    rd2 = rn.ready()
+    assert rd2.hard_state is not None and rd2.hard_state.term == r.term
+    assert not rd2.committed_entries
+    rn.advance()
+
+    # entries not following what was applied, or a membership change, come in a Ready
+    rn.propose_conf_change(pb.ConfChange(type=pb.ConfChangeAddLearnerNode, node_id=2))
+    rd = rn.ready()
+    hs = pb.HardState(term=r.term, vote=r.vote, commit=rn.commit_on_persist(rd))
+    st.append(rd.entries, hs)
+    rn.advance()
+    rn.accept_handed(hs, rd.entries)
+    assert r.raft_log.applied < rd.entries[-1].index
+    assert rn.ready().committed_entries[-1].index == rd.entries[-1].index
+
+
 def test_commit_on_persist_is_what_advance_commits_and_changes_nothing():
     """A lone voter's write commits its own entries (its copy is the quorum); with peers,
     or for a follower, the write alone commits nothing new. Asking changes no state."""

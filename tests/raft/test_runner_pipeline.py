@@ -195,7 +195,7 @@ def test_persisting_goes_on_while_applying_and_applies_several_readys_at_once(tm
     asyncio.run(main())
 
 
-def test_commit_only_hard_state_is_written_lazily_and_restart_copes(tmp_path):
+def test_a_lone_voters_write_carries_its_commit_and_restart_copes_with_a_lagging_one(tmp_path):
     async def main() -> None:
         st = LMDBStorage(str(tmp_path / "log"), map_size=1 << 26)
         st.set_conf_state(pb.ConfState(voters=[1]))
@@ -205,11 +205,17 @@ def test_commit_only_hard_state_is_written_lazily_and_restart_copes(tmp_path):
         await r.start()
         r.campaign()
         index = await r.propose(b"a")
-        # "a" committed in the Ready after its own durable write; that commit index needs
-        # no fsync of its own and is not written yet
-        assert st.hard_state().commit < index
-        r._unsaved_hard_state = None  # a crash: the pending commit index never gets written
+        # the write of "a" commits it (a lone voter) and carries that commit in its hard
+        # state: no later Ready has to record it, and Raft took it as written
+        assert st.hard_state().commit == index
+        assert r._unsaved_hard_state is None and not r.node.has_ready()
+        assert r.node.raft.raft_log.applied == index
         await r.stop()
+        # a crash before a commit-only hard state was written (a follower's, or a
+        # leader's whose commit came from acks: not fsynced, etcd's MustSync) leaves the
+        # log's commit behind what the state applied
+        hs = st.hard_state()
+        st.set_hard_state(pb.HardState(term=hs.term, vote=hs.vote, commit=index - 1))
         st.close()
 
         st = LMDBStorage(str(tmp_path / "log"), map_size=1 << 26)
@@ -228,13 +234,12 @@ def test_commit_only_hard_state_is_written_lazily_and_restart_copes(tmp_path):
             # by its own applied index (as kubekv's Applier does)
             assert applier.applied == [b"a", b"b"]
             # "b" applied straight from the write that committed it (a lone voter); the
-            # Ready cycle that takes that commit into Raft (and its commit-only hard state,
-            # left for stop to write) may still be under way: let it end
+            # advance that takes that commit into Raft may still be under way: let it end
             await wait_for_async(lambda: r.node.raft.raft_log.committed >= index_b, 4.0,
-                                 "the Ready cycle that records b's commit", interval=0.001)
+                                 "the advance that records b's commit", interval=0.001)
         finally:
             await r.stop()
-        assert st.hard_state().commit == st.last_index()  # written at stop
+        assert st.hard_state().commit == st.last_index()  # written with b's write
         st.close()
 
     asyncio.run(main())
