@@ -20,6 +20,7 @@ __all__ = ["RawNode", "Ready", "SoftState", "Status"]
 # membership changes apply through a Ready only (Raft must see them committed first)
 _CONF_CHANGES = frozenset((pb.EntryConfChange, pb.EntryConfChangeV2))
 
+
 @dataclass(frozen=True)
 class SoftState:
     """Volatile state worth reporting: who leads and our role. Never persisted."""
