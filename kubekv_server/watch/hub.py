@@ -10,8 +10,9 @@ own whenever ``wakeup`` is called.
 Delivery to synced watchers is pulled, not pushed: ``notify`` (called on the event
 loop after each applied batch) only appends the revision to the log and wakes the
 streams that have a matching watcher, so its cost does not grow with the number of
-watchers. A stream's sender, whenever its client can take more, turns everything
-it has not yet seen into one response per watcher (`Stream.pop_many`). A fast
+watchers (with no watcher at all it keeps no log, only the revision). A stream's
+sender, whenever its client can take more, turns everything it has not yet seen into
+one response per watcher (`Stream.pop_many`). A fast
 client gets one revision per response; a slow one gets every revision it missed in
 one response, as etcd's slow watchers do through catch-up. No method blocks on a
 client, so a stalled consumer never slows applying.
@@ -332,10 +333,7 @@ class WatchHub:
         current = self.store.revisions()[0]
         with self._lock:
             if current > self.rev:
-                self.rev = current
-                self._log = []
-                self._log_first = current + 1
-                self._log_bytes = 0
+                self._restart_log(current)
 
     def restored(self) -> None:
         """The store was replaced by a snapshot: every watcher catches up from its history."""
@@ -345,11 +343,16 @@ class WatchHub:
                     for w in list(ws):
                         w.min_rev = max(w.min_rev, s.pos + 1)
                         self._unsync(w)
-            self.rev = self.store.revisions()[0]
-            self._log = []
-            self._log_first = self.rev + 1
-            self._log_bytes = 0
+            self._restart_log(self.store.revisions()[0])
         self.wakeup()
+
+    def _restart_log(self, rev: int) -> None:
+        """Lock held: the member is at `rev` and the log holds nothing (the next revision
+        logged is rev + 1)."""
+        self.rev = rev
+        self._log.clear()
+        self._log_first = rev + 1
+        self._log_bytes = 0
 
     def _add_synced(self, w: Watcher) -> None:
         s = w.stream
@@ -453,12 +456,8 @@ class WatchHub:
                 # no watcher to pull from the log (etcd's watchableStore keeps no log at
                 # all): only the revision moves; a watcher created later starts from now
                 # or catches up from MVCC history, and the log starts with it
-                last = revisions[-1][0]
-                if last > self.rev:
-                    self.rev = last
-                    log.clear()
-                    self._log_first = last + 1
-                    self._log_bytes = 0
+                if revisions[-1][0] > self.rev:
+                    self._restart_log(revisions[-1][0])
                 revisions = []
             for entry in revisions:
                 rev, evs, size = entry
