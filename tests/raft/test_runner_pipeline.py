@@ -255,9 +255,9 @@ def test_compaction_raises_a_lagging_commit_index(tmp_path):
     st.close()
 
 
-def test_a_lone_voters_write_hands_its_entries_to_the_apply_thread_directly():
+def test_a_lone_voters_write_hands_its_entries_to_the_apply_stage_directly():
     """One member: the write of "x" commits it (the lone voter's copy is the quorum), and
-    the log thread hands it to the apply thread itself. The loop is held still from
+    the log thread hands it to the apply stage itself. The loop is held still from
     before the write completes until "x" is applied: had the hand-over needed a loop
     cycle (advance, the next Ready), "x" could not apply meanwhile."""
     async def main() -> None:
@@ -293,6 +293,56 @@ def test_a_lone_voters_write_hands_its_entries_to_the_apply_thread_directly():
         finally:
             st.gate.set()
             await r.stop()
+
+    asyncio.run(main())
+
+
+def test_the_log_thread_applies_a_write_it_committed_when_nothing_else_waits():
+    """One member, a plain applier, the log stage on a ThreadWorker (as the server runs
+    it): a write with no input waiting for the loop is applied on the log thread, in the
+    idle apply thread's stead. A write with input waiting, or with the apply thread
+    busy, goes to the apply thread. Every entry applies once, in order, never ahead of
+    the log."""
+    async def main() -> None:
+        st = GatedStorage()
+        st.set_conf_state(pb.ConfState(voters=[1]))
+        applier = InlineApplier(st)
+        applier.decline = True  # the loop's own inline apply stays out of the way
+        log_thread = ThreadWorker("log")
+        r = Runner(Config(id=1, storage=st, election_tick=10, heartbeat_tick=1), st,
+                   LocalTransport({}, set()), applier, tick_interval=60.0,
+                   executor=log_thread)
+        apply_thread = r.apply_executor._thread.name
+        await r.start()
+        gate = threading.Event()
+        try:
+            r.campaign()
+            await r.propose(b"a")
+            await r.propose(b"alone")
+            assert applier.threads[-1] == ("log", [b"alone"])
+            # input waits while x is written (y's proposal): x goes to the apply thread
+            st.gate.clear()
+            fx = r.propose(b"x")
+            await wait_thread_event(st.waiting, "x's write to start")
+            fy = r.propose(b"y")
+            st.gate.set()
+            await asyncio.wait_for(asyncio.gather(fx, fy), 4.0)
+            assert (apply_thread, [b"x"]) in applier.threads
+            # the apply thread busy: the log thread hands the batch to it, applied after
+            r.apply_executor.post(gate.wait, GATE_SECONDS)
+            busy = r.propose(b"busy")
+            await asyncio.sleep(0.1)
+            assert b"busy" not in applier.applied and not busy.done()
+            gate.set()
+            await asyncio.wait_for(busy, 4.0)
+            assert applier.threads[-1] == (apply_thread, [b"busy"])
+            assert applier.applied == [b"a", b"alone", b"x", b"y", b"busy"]
+            assert not applier.ahead_of_log
+        finally:
+            gate.set()
+            st.gate.set()
+            await r.stop()
+            log_thread.shutdown()
 
     asyncio.run(main())
 
