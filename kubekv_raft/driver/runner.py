@@ -86,7 +86,9 @@ __all__ = ["Transport", "Applier", "Runner", "WritableStorage", "MAX_PEER_INBOX"
 # the apply thread is idle and the applier can (`apply_inline`): at 1 write in flight
 # on three members the hand-off to the apply thread and its answer took ~0.45 ms of a
 # 1.7 ms Txn (a woken thread waits for a core the other members hold). Larger batches
-# keep the apply stage beside the loop's network work.
+# keep the apply stage beside the loop's network work. The same bound holds for a batch
+# the log thread applies itself after its write (`_apply_here`): a write that arrives
+# meanwhile waits for it.
 INLINE_APPLY_ENTRIES = 8
 
 # Peer messages waiting for the next Ready cycle; beyond this they are dropped (Raft
