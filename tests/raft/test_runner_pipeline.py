@@ -347,6 +347,38 @@ def test_the_log_thread_applies_a_write_it_committed_when_nothing_else_waits():
     asyncio.run(main())
 
 
+def test_a_failure_of_the_log_threads_own_apply_stops_the_runner_loudly():
+    """A failure while the log thread starts its own apply reaches the loop, which
+    awaits the write's answer: the Ready loop ends with it instead of waiting forever."""
+    async def main() -> None:
+        st = GatedStorage()
+        st.set_conf_state(pb.ConfState(voters=[1]))
+        applier = CheckingApplier(st)
+        log_thread = ThreadWorker("log")
+        r = Runner(Config(id=1, storage=st, election_tick=10, heartbeat_tick=1), st,
+                   LocalTransport({}, set()), applier, tick_interval=60.0,
+                   executor=log_thread)
+        await r.start()
+        try:
+            r.campaign()
+            await r.propose(b"a")
+            boom = RuntimeError("the apply could not start")
+
+            def fail() -> None:
+                raise boom
+
+            r._apply_batch = fail  # type: ignore[method-assign]
+            r.propose(b"x")
+            loop_task = r._tasks[1]
+            await asyncio.wait_for(asyncio.wait([loop_task]), 4.0)
+            assert loop_task.exception() is boom
+        finally:
+            await r.stop()
+            log_thread.shutdown()
+
+    asyncio.run(main())
+
+
 def test_the_loop_hands_over_behind_what_the_log_thread_still_owes():
     """A hand-over the log thread owes (a commit record's, an early write's) comes first:
     the loop's own goes through the log thread while one is owed, not ahead of it. (A
