@@ -30,6 +30,27 @@ LOCAL_META_KEYS = (b"member_id", b"cluster_id")
 SUFFIX = ".mdb"
 
 
+# The directory a snapshot's copy is made in before its file is renamed into place.
+TMP_PREFIX = ".tmp-"
+
+
+def remove_interrupted_copies(directory: str) -> int:
+    """Delete the copy directories a crash left mid-snapshot (each a whole copy of the
+    state db: a member killed while copying would otherwise keep one per crash, as
+    etcd's snapshotter removes its orphaned db.tmp files at start); how many. Call
+    before any snapshot of this member is taken."""
+    n = 0
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if name.startswith(TMP_PREFIX):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+            n += 1
+    return n
+
+
 def snapshot_file(directory: str, term: int, index: int) -> str:
     return os.path.join(directory, f"{PREFIX}{term:016x}-{index:016x}{SUFFIX}")
 
@@ -41,7 +62,7 @@ def create(backend: Backend, directory: str, term: int, index: int,
     `txn`: a read txn of `backend.env` whose view is copied (one pinned as of `index`
     while applying goes on); None copies what is committed now."""
     os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".tmp-{index:016x}")
+    tmp = os.path.join(directory, f"{TMP_PREFIX}{index:016x}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     backend.env.copy(tmp, compact=True, txn=txn)

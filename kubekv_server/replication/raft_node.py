@@ -44,7 +44,7 @@ from collections.abc import Callable
 from typing import NamedTuple, TypeVar
 
 from etcdproto.raftpb import raft_pb2
-from kubekv_raft.core.errors import ProposalDroppedError
+from kubekv_raft.core.errors import ProposalDroppedError, SnapshotOutOfDateError
 from kubekv_raft.core.progress import Progress
 from kubekv_raft.core.raft import Config as RaftConfig
 from kubekv_raft.driver.runner import Runner, initial_applied
@@ -191,6 +191,11 @@ class RaftNode:
         self._transport_factory = transport_factory
         self.backend = backend
         self.snapshot_dir = snapshot_dir
+        if snapshot_dir is not None:
+            from kubekv_server.backend import state_snapshot
+            if n := state_snapshot.remove_interrupted_copies(snapshot_dir):
+                log.info("event=snapshot_copies_removed count=%d dir=%s "
+                         "(interrupted by a crash)", n, snapshot_dir)
         self.snapshot_count = snapshot_count
         self._snap_index = storage.snapshot().metadata.index
         self._snapshotting = False
@@ -547,6 +552,11 @@ class RaftNode:
         self._snapshotting = True
         try:
             await self._snapshot(compact_all=False)
+        except SnapshotOutOfDateError as exc:
+            # a snapshot from the leader was installed while ours was copied: nothing
+            # lost (etcd returns quietly on raft.ErrSnapOutOfDate); the next prune takes
+            # the file
+            log.info("event=snapshot_skipped reason=%s", exc)
         except Exception:
             log.exception("event=snapshot_failed")
         finally:
