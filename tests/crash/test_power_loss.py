@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import pathlib
 import random
+import shutil
 import threading
 import time
 
@@ -253,6 +254,15 @@ def test_power_loss_right_after_defragment(tmp_path, lazy_mounts):
 # ------------------------------------------------------------ three members
 
 
+def keep_log_as_cut(data_dir: pathlib.Path, dest: pathlib.Path) -> None:
+    """Copy a member's raft log directory as a power cut left it, before its restart
+    replays (and truncates) it: if the restart then finds less than the member had
+    acknowledged, this copy tells a write lost by the disk from one the replay dropped.
+    Only the last cut's copy is kept."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(data_dir / "member" / "log", dest)
+
+
 def cluster_power_loss_rounds(tmp_path: pathlib.Path, lazy_mounts, rounds: int, seed: int,
                               flags: tuple[str, ...] = (), writers: int = 4,
                               max_run: float = 0.8, budget: float = 40.0
@@ -269,6 +279,7 @@ def cluster_power_loss_rounds(tmp_path: pathlib.Path, lazy_mounts, rounds: int, 
     deadline = time.monotonic() + budget
     hashes = 0
     rnd = 0
+    cut_log = tmp_path / "raft-log-as-the-last-cut-left-it"
     try:
         cluster.start()
         for rnd in range(rounds):
@@ -283,6 +294,7 @@ def cluster_power_loss_rounds(tmp_path: pathlib.Path, lazy_mounts, rounds: int, 
             victim.kill()
             disks[victim.name].power_cut(writeback=rng.choice([0.0, rng.random()]),
                                          seed=rng.randrange(1 << 30))
+            keep_log_as_cut(victim.data_dir, cut_log)
             if target is not victim:  # writes go on while the member is down; long enough,
                 time.sleep(rng.uniform(0.0, 1.5))  # it may need a snapshot to catch up
             stop.set()
@@ -304,7 +316,9 @@ def cluster_power_loss_rounds(tmp_path: pathlib.Path, lazy_mounts, rounds: int, 
             hashes += 1
     except Exception as exc:
         tails = "\n".join(f"--- {m.name} log tail ---\n{m.log_tail(15)}" for m in cluster.members)
-        raise AssertionError(f"seed={seed} round={rnd}: {exc}\n{tails}") from exc
+        raise AssertionError(f"seed={seed} round={rnd}: {exc}\n{tails}\nthe victim's raft log "
+                             f"as the cut left it (before its restart replayed it): {cut_log} "
+                             f"(pytest keeps its last 3 runs' directories)") from exc
     finally:
         cluster.close()
     return history, hashes, sum(d.lost_bytes for d in disks.values())
