@@ -158,6 +158,23 @@ def _state(head: list[bytes], blobs: list[bytes], at: int) -> tuple[bytes, list[
     return _record(_STATE, _pack_list(parts)), _offsets(parts, at + _HEAD.size)[len(head):]
 
 
+def _write_out(path: str, data: bytes, append: bool, sync: bool) -> None:
+    """Write all of `data` to `path` (created anew, or appended to), then fdatasync it if
+    `sync`, through the descriptor itself: a buffered file object keeps a write shorter
+    than its buffer (8 KiB) in memory until it is closed, after an fdatasync called
+    before that, so the bytes would reach the file unsynced."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o666)
+    try:
+        view, done = memoryview(data), 0
+        while done < len(view):
+            done += os.write(fd, view[done:])
+        if sync:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -252,10 +269,7 @@ class WALStorage:
     def _write_file(self, seq: int, content: bytes) -> None:
         """Create file `seq` whole and durable (tmp, fsync, rename, fsync the directory)."""
         tmp = self._file(seq) + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(content)
-            if self.fsync:
-                os.fdatasync(f.fileno())
+        _write_out(tmp, content, append=False, sync=self.fsync)
         os.replace(tmp, self._file(seq))
         if self.fsync:
             _fsync_dir(self.path)
@@ -373,10 +387,7 @@ class WALStorage:
                     os.close(rfd)
                 content, new_offs = _state(head, blobs, 0)
                 del blobs
-                with open(tmp, "wb") as f:
-                    f.write(content)
-                    if self.fsync:
-                        os.fdatasync(f.fileno())
+                _write_out(tmp, content, append=False, sync=self.fsync)
             except OSError as exc:
                 log.warning("event=wal_rewrite_failed error=%s", exc)
                 self._remove(tmp)
@@ -409,10 +420,7 @@ class WALStorage:
         tail = os.pread(self._rfd, self._size - base, base)
         if len(tail) != self._size - base:
             raise OSError(f"read {len(tail)} of {self._size - base} bytes of the log's tail")
-        with open(tmp, "ab") as f:
-            f.write(tail)
-            if self.fsync:
-                os.fdatasync(f.fileno())
+        _write_out(tmp, tail, append=True, sync=self.fsync)
         fd = os.open(tmp, os.O_WRONLY)
         rfd = os.open(tmp, os.O_RDONLY)
         try:
