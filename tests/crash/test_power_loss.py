@@ -41,32 +41,6 @@ from tests.harness import kubekv_process
 from .rounds import join_writers, kill_rounds, seed_from_env
 from .workload import PREFIX, RPC_TIMEOUT, History
 
-# What libfuse says when the kernel or the container refuses a mount.
-MOUNT_REFUSED = ("Operation not permitted", "Permission denied", "failed to open /dev/fuse")
-
-
-@pytest.fixture
-def lazy_mounts(tmp_path):
-    """lazy_mounts(name) -> a mounted LazyFS at tmp_path/name; all unmounted after the test."""
-    made: list[LazyFS] = []
-
-    def mount(name: str) -> LazyFS:
-        fs = LazyFS(tmp_path / f"{name}.disk", tmp_path / name, tmp_path / f"{name}.fuse.log")
-        try:
-            made.append(fs.mount())
-        except RuntimeError as exc:
-            # a machine with /dev/fuse may still refuse the mount (a container without
-            # CAP_SYS_ADMIN): the tool is absent there, say so; any other failure is ours
-            if any(why in str(exc) for why in MOUNT_REFUSED):
-                pytest.skip(f"FUSE mounts are refused here: {str(exc).splitlines()[-1][:200]}")
-            raise
-        return fs
-
-    yield mount
-    for fs in made:
-        fs.unmount()
-
-
 # ------------------------------------------------------------ the filesystem itself
 
 
