@@ -30,6 +30,9 @@ The model:
   filesystems can also lose the name; this one does not test that. Truncating (also by
   open with O_TRUNC) applies at once to the synced size too (LMDB does not truncate its
   files while running).
+- Crash points without a cut: `durable_copy(dest)` copies what a cut would leave now
+  (the backing tree) while the writer goes on, so a test can recover from a copy after
+  every operation and compare it with what the writer had been promised.
 - Partial loss: by default a cut drops every unsynced write. `power_cut(writeback=f)`
   first writes a random fraction f of the dirty pages to `backing`, as the kernel's
   write-back may have done before the power went (in any order, whole pages). Torn pages
@@ -52,6 +55,7 @@ import time
 PAGE = 4096
 PENDING_XATTR = "user.lazyfs.pending"
 WRITEBACK_XATTR = "user.lazyfs.writeback"
+COPY_XATTR = "user.lazyfs.copy"
 _SYNC_FLAGS = os.O_SYNC | os.O_DSYNC
 
 
@@ -311,7 +315,13 @@ def _operations(backing: str):  # type: ignore[no-untyped-def]
         def setxattr(self, path: str, name: str, value: bytes, options: int,
                      position: int = 0) -> int:
             """`user.lazyfs.writeback` = b"<seed> <fraction>" on the root: persist that
-            fraction of the dirty pages, chosen at random, without syncing anything."""
+            fraction of the dirty pages, chosen at random, without syncing anything.
+            `user.lazyfs.copy` = b"<directory>": copy what is durable now (the backing
+            tree) there, between two operations of the mount."""
+            if path == "/" and name == COPY_XATTR:
+                with self.mutex:
+                    shutil.copytree(self.root, os.fsdecode(value), symlinks=True)
+                return 0
             if path != "/" or name != WRITEBACK_XATTR:
                 raise FuseOSError(errno.ENOTSUP)
             seed, fraction = value.split()
@@ -386,6 +396,13 @@ class LazyFS:
         """(files, bytes in dirty pages) written and not yet synced: what a cut would lose."""
         files, dirty = os.getxattr(self.mountpoint, PENDING_XATTR).split()
         return int(files), int(dirty)
+
+    def durable_copy(self, dest: pathlib.Path) -> None:
+        """Copy to `dest` (a new directory, outside the mount) the tree a power cut would
+        leave at this moment, without cutting: a crash point to recover from while the
+        writer goes on. Taken between two operations of the mount, so no sync is half
+        done in it (a sync is atomic here)."""
+        os.setxattr(self.mountpoint, COPY_XATTR, os.fsencode(os.path.abspath(dest)))
 
     def power_cut(self, writeback: float = 0.0, seed: int = 0) -> None:
         """Lose the unsynced writes (SIGKILL the daemon, drop the mount) and mount again.

@@ -76,8 +76,16 @@ def test_lazyfs_drops_unsynced_data_and_keeps_synced_data(lazy_mounts):
     assert (mnt / "synced").read_bytes()[:12] == b"keptLOSTkept"  # unsynced data is readable
     assert (mnt / "dir" / "unsynced").read_bytes() == b"gone"
     assert fs.pending() == (3, 4 * 4096)  # "unsynced", "truncated", two pages of "synced"
+    copy = fs.backing.with_name("durable-copy")
+    fs.durable_copy(copy)  # what the cut below will leave, taken without cutting
 
     fs.power_cut()
+
+    for p in sorted(mnt.rglob("*")):
+        q = copy / p.relative_to(mnt)
+        assert q.is_dir() if p.is_dir() else q.read_bytes() == p.read_bytes(), p
+    assert sorted(q.relative_to(copy) for q in copy.rglob("*")) == \
+        sorted(p.relative_to(mnt) for p in mnt.rglob("*"))
 
     assert (mnt / "dir" / "unsynced").read_bytes() == b"", "unsynced data survived a cut"
     assert (mnt / "synced").read_bytes() == b"kept" * 2000, "synced data changed at a cut"
