@@ -31,8 +31,9 @@ The model:
   open with O_TRUNC) applies at once to the synced size too (LMDB does not truncate its
   files while running).
 - Crash points without a cut: `durable_copy(dest)` copies what a cut would leave now
-  (the backing tree) while the writer goes on, so a test can recover from a copy after
-  every operation and compare it with what the writer had been promised.
+  (the backing tree, and with `writeback` a random part of the dirty pages as at a cut)
+  while the writer goes on, so a test can recover from a copy after every operation and
+  compare it with what the writer had been promised.
 - Partial loss: by default a cut drops every unsynced write. `power_cut(writeback=f)`
   first writes a random fraction f of the dirty pages to `backing`, as the kernel's
   write-back may have done before the power went (in any order, whole pages). Torn pages
@@ -319,20 +320,45 @@ def _operations(backing: str):  # type: ignore[no-untyped-def]
             `user.lazyfs.copy` = b"<directory>": copy what is durable now (the backing
             tree) there, between two operations of the mount."""
             if path == "/" and name == COPY_XATTR:
+                dest, seed, fraction = value.rsplit(b" ", 2)
                 with self.mutex:
-                    shutil.copytree(self.root, os.fsdecode(value), symlinks=True)
+                    shutil.copytree(self.root, os.fsdecode(dest), symlinks=True)
+                    self._write_back(random.Random(int(seed)), float(fraction),
+                                     os.fsdecode(dest))
                 return 0
             if path != "/" or name != WRITEBACK_XATTR:
                 raise FuseOSError(errno.ENOTSUP)
             seed, fraction = value.split()
-            rng = random.Random(int(seed))
             with self.mutex:
-                for p in self.pending.values():
-                    for index in sorted(p.pages):
-                        start = index * PAGE
-                        if start < p.size and rng.random() < float(fraction):
-                            os.pwrite(p.fd, p.pages[index][:p.size - start], start)
+                self._write_back(random.Random(int(seed)), float(fraction), None)
             return 0
+
+        def _write_back(self, rng: random.Random, fraction: float, copy: str | None) -> None:
+            """Mutex held: write a random `fraction` of the dirty pages, to the backing
+            files, or to the same files in `copy` of the backing tree."""
+            where: dict[int, str] = {}
+            if copy is not None:
+                for top, _, names in os.walk(self.root):
+                    for n in names:
+                        full = os.path.join(top, n)
+                        where[os.lstat(full).st_ino] = os.path.join(
+                            copy, os.path.relpath(full, self.root))
+            for ino, p in self.pending.items():
+                chosen = [i for i in sorted(p.pages)
+                          if i * PAGE < p.size and rng.random() < fraction]
+                if copy is None:
+                    fd = p.fd
+                elif chosen and ino in where:  # (a file no name reaches any more: gone)
+                    fd = os.open(where[ino], os.O_WRONLY)
+                else:
+                    continue
+                try:
+                    for index in chosen:
+                        start = index * PAGE
+                        os.pwrite(fd, p.pages[index][:p.size - start], start)
+                finally:
+                    if fd != p.fd:
+                        os.close(fd)
 
         def statfs(self, path: str) -> dict:
             sv = os.statvfs(self._path(path))
@@ -397,12 +423,15 @@ class LazyFS:
         files, dirty = os.getxattr(self.mountpoint, PENDING_XATTR).split()
         return int(files), int(dirty)
 
-    def durable_copy(self, dest: pathlib.Path) -> None:
+    def durable_copy(self, dest: pathlib.Path, writeback: float = 0.0, seed: int = 0) -> None:
         """Copy to `dest` (a new directory, outside the mount) the tree a power cut would
         leave at this moment, without cutting: a crash point to recover from while the
         writer goes on. Taken between two operations of the mount, so no sync is half
-        done in it (a sync is atomic here)."""
-        os.setxattr(self.mountpoint, COPY_XATTR, os.fsencode(os.path.abspath(dest)))
+        done in it (a sync is atomic here). With `writeback`, that fraction of the dirty
+        pages (chosen by `seed`) is in the copy too, as at `power_cut`; the mount keeps
+        them dirty."""
+        os.setxattr(self.mountpoint, COPY_XATTR,
+                    os.fsencode(os.path.abspath(dest)) + f" {seed} {writeback}".encode())
 
     def power_cut(self, writeback: float = 0.0, seed: int = 0) -> None:
         """Lose the unsynced writes (SIGKILL the daemon, drop the mount) and mount again.

@@ -107,8 +107,13 @@ def test_lazyfs_writeback_before_a_cut(lazy_mounts):
     assert (fs.mountpoint / "all").read_bytes() == b"".join(pages)
     with open(fs.mountpoint / "some", "r+b") as f:
         f.write(b"\xff" * 4096 * 64)
+    dirty = fs.pending()
+    copy = fs.backing.with_name("durable-copy")
+    fs.durable_copy(copy, writeback=0.5, seed=7)  # the same pages as the cut below
+    assert fs.pending() == dirty  # the mount keeps them dirty
     fs.power_cut(writeback=0.5, seed=7)
     got = (fs.mountpoint / "some").read_bytes()
+    assert (copy / "some").read_bytes() == got
     kept = [got[i * 4096:(i + 1) * 4096] for i in range(64)]
     assert all(page in (b"\xff" * 4096, old) for page, old in zip(kept, pages, strict=True))
     assert 8 < sum(page == b"\xff" * 4096 for page in kept) < 56
