@@ -45,6 +45,10 @@ from kubekv_server.tls import alerts as tls_alerts
 from kubekv_server.tls.client import client_cert_check, client_ssl_context, load_crl
 
 log = logging.getLogger("kubekv.server")
+# The exit status of a member whose Raft stopped (os._exit: nothing more may be written
+# or answered, and a clean stop could wait for the stage that failed): 1, as etcd's
+# lg.Fatal after a failed WAL save ("failed to save Raft hard state and entries").
+FATAL_EXIT_STATUS = 1
 # requests refused by --host-whitelist: one line a minute, however many arrive
 _rejections = RateLimitedLog(log)
 
@@ -233,6 +237,7 @@ class ClientServer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stopping.set)
         self.member.on_removed = self._stopping.set
+        self.member.on_fatal = exit_on_fatal
         # A member may wait long for a leader while starting: a signal must still stop it.
         starting = asyncio.ensure_future(self.start())
         stopping = asyncio.ensure_future(self._stopping.wait())
@@ -271,3 +276,18 @@ class ClientServer:
             await self.rpc.close(grace=1.0)
         await self.member.stop()
         log.info("event=stopped")
+
+
+def exit_on_fatal(exc: BaseException) -> None:
+    """The member's Raft stopped (a failed log write or state db commit, a broken Raft
+    invariant such as a log that lost entries it had acknowledged): log it and exit at
+    once, as etcd does (lg.Fatal, or a panic), so that a supervisor restarts the member or
+    an operator sees it down. Serving on would answer reads and hang every write until
+    its timeout."""
+    error = f"{type(exc).__name__}: {exc}".replace('"', "'")[:500]
+    log.critical('msg="raft stopped: the member exits" error="%s" exit_status=%d', error,
+                 FATAL_EXIT_STATUS)
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(FATAL_EXIT_STATUS)

@@ -170,7 +170,8 @@ class RaftLog:
         if self.committed < tocommit:
             if self.last_index() < tocommit:
                 raise AssertionError(
-                    f"tocommit({tocommit}) is out of range [last index({self.last_index()})]"
+                    f"tocommit({tocommit}) is out of range [lastIndex({self.last_index()})]. "
+                    "Was the raft log corrupted, truncated, or lost?"  # etcd's words
                 )
             self.committed = tocommit
 

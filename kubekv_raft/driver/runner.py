@@ -249,6 +249,11 @@ class Runner:
         self._notice_timer: asyncio.TimerHandle | None = None
         # Called with (request ids, error) when proposals made through submit() are refused.
         self.on_dropped: Callable[[list[Hashable], Exception], None] | None = None
+        # Called on the loop with the error that stopped the runner (a failed log write,
+        # apply or hand-over, a broken Raft invariant): nothing is persisted, applied or
+        # answered after it, so its owner must stop too (etcd's raft loop exits the
+        # process: lg.Fatal on a failed WAL save, a panic on a broken invariant).
+        self.on_failure: Callable[[BaseException], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -424,8 +429,10 @@ class Runner:
                     self._feed()  # inputs that arrived meanwhile join the next Ready
                 if self._ticked and self._unsaved_hard_state is not None:
                     await self._save_hard_state()  # idle for a tick: write the commit index
-            except Exception:  # pragma: no cover - a bug; make it loud and stop
+            except Exception as exc:  # a failed disk, or a bug: make it loud and stop
                 log.exception("raft runner %x failed", self.id)
+                if self.on_failure is not None:
+                    self.on_failure(exc)
                 raise
 
     def _feed(self) -> None:

@@ -112,6 +112,9 @@ class Member:
         self.stopping = threading.Event()  # set when stop() begins: worker loops end on it
         self.request_timeout = REQUEST_TIMEOUT
         self.on_removed = None  # called when this member is removed from the cluster
+        # called with the error that stopped Raft here (a failed log write or state db
+        # commit, a broken Raft invariant): the process must not go on serving (server.py)
+        self.on_fatal = None
         # set once Raft runs (before a leader is known): etcd serves its metrics listener
         # from then on, while its client listeners wait for the member to be ready
         self.raft_started = asyncio.Event()
@@ -152,6 +155,7 @@ class Member:
             snapshot_count=cfg.snapshot_count,
         )
         self._compose()
+        self.node.on_fatal = self._fatal
         self.node.on_snapshot_installed(self._snapshot_installed)
         # after apply, on the loop (contract: replication/raft_node.py); the lessor first,
         # as the listeners after it (lease leadership) read it
@@ -276,6 +280,11 @@ class Member:
                     "permanently removed from the cluster\"", self.member_id)
         if self.on_removed is not None:
             self.on_removed()
+
+    def _fatal(self, exc: BaseException) -> None:
+        """Raft stopped here for good: hand it to whoever runs the member."""
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
 
     def _snapshot_installed(self) -> None:
         """The leader's snapshot replaced our state: reload what is cached from it."""

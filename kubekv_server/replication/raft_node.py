@@ -228,6 +228,9 @@ class RaftNode:
         self._snapshot_executor = ThreadWorker("kubekv-snapshot")
         self._stopped = False
         self._commit_task: asyncio.Task | None = None
+        # called on the loop with the error that stopped Raft here (the runner's, or the
+        # state db's batch commit's): the member can neither persist nor apply any more
+        self.on_fatal: Callable[[BaseException], None] | None = None
         # metrics: proposals refused
         self.proposals_failed = 0
 
@@ -352,6 +355,7 @@ class RaftNode:
             apply_executor=self._executor,
         )
         self.runner.on_dropped = self._dropped
+        self.runner.on_failure = self._fatal
         self._read_rounds = ReadRounds(self.loop, self.runner.read_index)
         await self.runner.start()
         self._commit_task = self.loop.create_task(self._commit_clock(), name="backend-commit")
@@ -382,7 +386,19 @@ class RaftNode:
         interval = self.backend.batch_interval
         while not self._stopped:
             await asyncio.sleep(interval)
-            await self._executor.call(self.loop, self.backend.commit_if_due)
+            try:
+                await self._executor.call(self.loop, self.backend.commit_if_due)
+            except Exception as exc:  # the state db cannot commit: etcd's "failed to commit tx"
+                if self._stopped:
+                    return
+                log.exception("event=backend_commit_failed")
+                self._fatal(exc)
+                return
+
+    def _fatal(self, exc: BaseException) -> None:
+        """Raft cannot go on here (see `on_fatal`)."""
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
 
     def commit_state(self) -> None:
         """Commit the apply txn and wait (a thread that is neither the loop nor the apply

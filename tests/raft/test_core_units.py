@@ -194,7 +194,9 @@ def test_log_edges():
     assert len(rl.slice(4, 8, max_size=1)) == 1
     with pytest.raises(AssertionError):
         rl.append([pb.Entry(index=2, term=3)])  # below commit
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError,  # etcd's words
+                       match=r"^tocommit\(99\) is out of range \[lastIndex\(7\)\]\. "
+                             r"Was the raft log corrupted, truncated, or lost\?$"):
         rl.commit_to(99)
     with pytest.raises(AssertionError):
         rl.applied_to(99)

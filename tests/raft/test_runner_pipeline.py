@@ -389,6 +389,38 @@ def test_a_failure_of_the_log_threads_own_apply_stops_the_runner_loudly():
     asyncio.run(main())
 
 
+def test_a_failed_log_write_stops_the_runner_and_tells_its_owner():
+    """A write the log cannot make durable (EIO from the fsync) ends the Ready loop, and
+    `on_failure` hands the error to the runner's owner once, which must stop too (the
+    server exits, as etcd's lg.Fatal): nothing is answered or applied after it."""
+    async def main() -> None:
+        st, applier, log_thread, r = lone_voter_on_a_log_thread(CheckingApplier, 60.0)
+        failures: list[BaseException] = []
+        r.on_failure = failures.append
+        await r.start()
+        try:
+            r.campaign()
+            await r.propose(b"a")
+            applied = len(applier.applied)
+            eio = OSError(5, "Input/output error")
+
+            def append(entries, hard_state=None) -> None:
+                raise eio
+
+            st.append = append  # type: ignore[method-assign]
+            proposal = r.propose(b"x")
+            loop_task = r._tasks[1]
+            await asyncio.wait_for(asyncio.wait([loop_task]), 4.0)
+            assert loop_task.exception() is eio
+            assert failures == [eio]
+            assert not proposal.done() and len(applier.applied) == applied
+        finally:
+            await r.stop()
+            log_thread.shutdown()
+
+    asyncio.run(main())
+
+
 def test_the_loop_hands_over_behind_what_the_log_thread_still_owes():
     """A hand-over the log thread owes (a commit record's, an early write's) comes first:
     the loop's own goes through the log thread while one is owed, not ahead of it. (A

@@ -1,0 +1,71 @@
+"""A member whose disk fails stops, as etcd does, instead of serving on without Raft.
+
+etcd exits when its WAL cannot save a Ready (`lg.Fatal("failed to save Raft hard state
+and entries")`) and panics on a broken Raft invariant ("tocommit(N) is out of range
+[lastIndex(M)]. Was the raft log corrupted, truncated, or lost?"). Before, kubekv's Raft
+loop ended there while the process went on: reads were answered, writes hung until
+their timeout, and nothing told a supervisor. Here the log's fdatasync fails with EIO
+(a `sitecustomize` on the server's path, switched on by a file): the member logs one
+critical line and exits with status 1; what it acknowledged before is there after a
+restart on a good disk.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import grpc
+import pytest
+
+from etcdproto.etcdserverpb import rpc_pb2 as pb
+from tests.harness import kubekv_process
+
+FAILING_FSYNC = '''
+import os
+
+_real = os.fdatasync
+_marker = os.environ["KUBEKV_TEST_DISK_FAILED"]
+
+
+def fdatasync(fd):
+    if os.path.exists(_marker):
+        raise OSError(5, "Input/output error")
+    return _real(fd)
+
+
+os.fdatasync = fdatasync
+'''
+
+
+def test_a_member_whose_log_cannot_sync_exits_and_keeps_what_it_acknowledged(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FAILING_FSYNC)
+    failed = tmp_path / "disk-failed"
+    proc = kubekv_process(tmp_path)
+    good_env = dict(proc.env)
+    proc.env = {**good_env, "KUBEKV_TEST_DISK_FAILED": str(failed),
+                "PYTHONPATH": os.pathsep.join(p for p in (str(site), good_env.get("PYTHONPATH"))
+                                              if p)}
+    proc.start()
+    try:
+        for i in range(20):
+            proc.kv.Put(pb.PutRequest(key=b"kept%d" % i, value=b"v"), timeout=10)
+        failed.touch()
+        with pytest.raises(grpc.RpcError):
+            proc.kv.Put(pb.PutRequest(key=b"never", value=b"v"), timeout=10)
+        deadline = time.monotonic() + 10
+        while proc.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.proc.returncode == 1, proc.log_tail()
+        fatal = [line for line in proc.log_tail(200).splitlines() if "level=CRITICAL" in line]
+        assert len(fatal) == 1 and 'msg="raft stopped: the member exits"' in fatal[0] \
+            and "Input/output error" in fatal[0] and "exit_status=1" in fatal[0], fatal
+
+        proc.env = good_env  # a good disk again
+        proc.start()
+        got = proc.kv.Range(pb.RangeRequest(key=b"kept", range_end=b"kepu"), timeout=10)
+        assert sorted(kv.key for kv in got.kvs) == sorted(b"kept%d" % i for i in range(20))
+    finally:
+        proc.stop()
