@@ -431,7 +431,7 @@ class Runner:
                     await self._save_hard_state()  # idle for a tick: write the commit index
             except Exception as exc:  # a failed disk, or a bug: make it loud and stop
                 log.exception("raft runner %x failed", self.id)
-                if self.on_failure is not None:
+                if self.on_failure is not None and not self._stopped:  # (not a stop's)
                     self.on_failure(exc)
                 raise
 

@@ -396,8 +396,8 @@ class RaftNode:
                 return
 
     def _fatal(self, exc: BaseException) -> None:
-        """Raft cannot go on here (see `on_fatal`)."""
-        if self.on_fatal is not None:
+        """Raft cannot go on here (see `on_fatal`); nothing while stopping."""
+        if self.on_fatal is not None and not self._stopped:
             self.on_fatal(exc)
 
     def commit_state(self) -> None:
