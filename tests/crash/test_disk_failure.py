@@ -69,3 +69,48 @@ def test_a_member_whose_log_cannot_sync_exits_and_keeps_what_it_acknowledged(tmp
         assert sorted(kv.key for kv in got.kvs) == sorted(b"kept%d" % i for i in range(20))
     finally:
         proc.stop()
+
+
+def test_a_follower_whose_log_lost_acknowledged_entries_exits_with_etcds_words(tmp_path):
+    """A follower comes back with a log shorter than what it acknowledged (a disk that
+    lost synced data: its state db, committed rarely here, is behind the cut, so start-up
+    has nothing to refuse). The leader's first heartbeat tells it to commit past its last
+    index: etcd panics there, and this member exits with status 1 and etcd's words
+    instead of staying up with its Raft stopped."""
+    from kubekv_raft.driver.wal_storage import WALStorage
+    from kubekv_testing.cluster import Cluster
+
+    with Cluster(tmp_path, 3) as c:
+        c.start()
+        f = c.followers()[0]
+        f.stop()
+        f.flags += ["--backend-batch-interval=1h", "--backend-batch-limit=1000000"]
+        f.start()
+        leader = c.wait_leader()
+        for i in range(60):
+            leader.kv.Put(pb.PutRequest(key=b"k%d" % i, value=b"v" * 100), timeout=10)
+        rev = leader.kv.Range(pb.RangeRequest(key=b"k0"), timeout=10).header.revision
+        f.kv.Range(pb.RangeRequest(key=b"k0", serializable=True), timeout=10)
+        deadline = time.monotonic() + 10  # until the follower has applied (and acked) all
+        while f.kv.Range(pb.RangeRequest(key=b"k0", serializable=True),
+                         timeout=10).header.revision < rev:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        f.kill()  # its state db keeps what it committed at start
+        log_dir = f.data_dir / "member" / "log"
+        s = WALStorage(str(log_dir))
+        last, cut_at = s.last_index(), s._offs[-20] - 1  # inside the record of a late entry
+        s.close()
+        wal = sorted(log_dir.glob("*.wal"))[-1]
+        os.truncate(wal, cut_at)
+        s = WALStorage(str(log_dir))
+        assert s.last_index() <= last - 20
+        s.close()
+        f.launch()
+        deadline = time.monotonic() + 20
+        while f.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f.proc.returncode == 1, f.log_tail()
+        fatal = [line for line in f.log_tail(400).splitlines() if "level=CRITICAL" in line]
+        assert len(fatal) == 1 and "is out of range [lastIndex(" in fatal[0] and \
+            "Was the raft log corrupted, truncated, or lost?" in fatal[0], fatal
