@@ -18,4 +18,6 @@
 - `grpc_stubs`: KV/Maintenance/Cluster stubs over one cached channel, for any server.
 - `raw_socket`: send bytes, read until the server closes (wire-level comparisons).
 - `hostile`: hostile-input attacks on a client port, and what they measure.
+- `wal_rewrite_gate`: holds the raft log's rewrite at its first sync, so a test writes
+  beside it.
 """

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import random
 import shutil
-import threading
 
 import pytest
+
+from kubekv_testing.wal_rewrite_gate import hold_rewrite_at_first_sync
 
 
 def test_wal_rewrite_then_a_power_cut(lazy_mounts, monkeypatch):
@@ -26,16 +27,7 @@ def test_wal_rewrite_then_a_power_cut(lazy_mounts, monkeypatch):
 
     fs = lazy_mounts("disk")
     monkeypatch.setattr(wal_storage, "SEGMENT_BYTES", 3000)
-    gate, held = threading.Event(), threading.Event()
-    real_sync = wal_storage.os.fdatasync
-
-    def sync(fd):
-        if threading.current_thread().name == "kubekv-wal-rewrite" and not held.is_set():
-            held.set()
-            assert gate.wait(10)
-        real_sync(fd)
-
-    monkeypatch.setattr(wal_storage.os, "fdatasync", sync)
+    gate, held = hold_rewrite_at_first_sync(monkeypatch)
     path = str(fs.mountpoint / "log")
     s = WALStorage(path)
     i = 0

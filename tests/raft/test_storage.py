@@ -14,6 +14,7 @@ from kubekv_raft.core.storage import MemoryStorage
 from kubekv_raft.driver import wal_storage
 from kubekv_raft.driver.lmdb_storage import LMDBStorage
 from kubekv_raft.driver.wal_storage import WALCorruptError, WALStorage
+from kubekv_testing.wal_rewrite_gate import hold_rewrite_at_first_sync
 
 
 def ents(*pairs: tuple[int, int]) -> list[pb.Entry]:
@@ -457,19 +458,9 @@ def test_wal_writes_go_on_during_a_rewrite_and_land_in_the_new_file(tmp_path, mo
     """A rewrite writes its file beside the log's writes (held here at its first sync):
     appends, a conflict's replacement, a compaction and hard states made meanwhile are
     copied after its STATE record, read back from the new file, and replayed."""
-    import threading
     monkeypatch.setattr(wal_storage, "SEGMENT_BYTES", 3000)
     monkeypatch.setattr(wal_storage, "CACHE_ENTRIES", 4)  # reads come from the file
-    gate, held = threading.Event(), threading.Event()
-    real_sync = wal_storage.os.fdatasync
-
-    def sync(fd):
-        if threading.current_thread().name == "kubekv-wal-rewrite" and not held.is_set():
-            held.set()
-            assert gate.wait(10)
-        real_sync(fd)
-
-    monkeypatch.setattr(wal_storage.os, "fdatasync", sync)
+    gate, held = hold_rewrite_at_first_sync(monkeypatch)
     path = str(tmp_path / "w")
     s = WALStorage(path)
     data = {}
@@ -554,20 +545,13 @@ def test_wal_files_are_synced_whole_before_they_become_the_log(tmp_path, monkeyp
     Written through a buffered file object, a part shorter than its buffer reached the
     file only at close, after the fdatasync: a power cut before the log's next write lost
     the records appended during the rewrite, acknowledged ones among them."""
-    import threading
     monkeypatch.setattr(wal_storage, "SEGMENT_BYTES", 3000)
-    gate, held = threading.Event(), threading.Event()
-    real_sync = wal_storage.os.fdatasync
     synced: dict[str, int] = {}  # file name -> its size at its last fdatasync
 
-    def sync(fd):
-        if threading.current_thread().name == "kubekv-wal-rewrite" and not held.is_set():
-            held.set()
-            assert gate.wait(10)
-        real_sync(fd)
+    def note(fd: int) -> None:
         synced[os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))] = os.fstat(fd).st_size
 
-    monkeypatch.setattr(wal_storage.os, "fdatasync", sync)
+    gate, held = hold_rewrite_at_first_sync(monkeypatch, note)
     path = str(tmp_path / "w")
     s = WALStorage(path)
     first = f"{1:016x}.wal"
