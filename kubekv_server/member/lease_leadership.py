@@ -18,11 +18,14 @@ from etcdproto.etcdserverpb import rpc_pb2 as pb
 from kubekv_server import errors
 from kubekv_server.apply.applier import BatchResult
 from kubekv_server.lease import MAX_LEASE_TTL, Lessor
+from kubekv_server.log_limit import RateLimitedLog, short_error
 from kubekv_server.member import quota
 from kubekv_server.member.proposals import Proposer
 from kubekv_server.replication.raft_node import RaftNode
 
 log = logging.getLogger("kubekv.member")
+# a failing expiry round: one line a minute, however often it fails
+_failures = RateLimitedLog(log)
 
 
 def mirror_lease_changes(lessor: Lessor, changes: list) -> None:
@@ -80,22 +83,34 @@ class LeaseLeadership:
 
     def _expire_leases(self) -> None:
         """Leader only: propose the revocation of expired leases (etcd's revokeExpiredLeases,
-        every 500 ms at most 500 leases)."""
+        every 500 ms at most 500 leases). A round that fails is logged (once a minute) and
+        the next one goes on: a dead thread would leave every lease unexpired for good."""
         while not self.stopping.is_set():
-            # leadership may be lost without any apply: let the loop look (demotion)
-            self.loop.call_soon_threadsafe(self.on_applied)
-            if self.node.is_leader():
-                for lease_id in self.lessor.expired():
-                    try:
-                        self.proposer.propose_nowait("lease_revoke",
-                                                     pb.LeaseRevokeRequest(ID=lease_id))
-                    except errors.EtcdError:
-                        break
-                due = self.lessor.due_checkpoints()
-                if due:
-                    self.checkpoint(due)
-            wait = min(max(self.lessor.next_deadline() - time.monotonic(), 0.05), 0.5)
+            try:
+                self._expiry_round()
+                wait = min(max(self.lessor.next_deadline() - time.monotonic(), 0.05), 0.5)
+            except Exception as exc:  # noqa: BLE001 - see above
+                if self.stopping.is_set():
+                    return
+                _failures.log(logging.ERROR, "lessor", "lease_expiry_failed", "error=%s",
+                              short_error(exc), exc_info=exc)
+                wait = 0.5
             self.lessor.wait_changed(wait)
+
+    def _expiry_round(self) -> None:
+        """One look at leadership, expired leases and due checkpoints."""
+        # leadership may be lost without any apply: let the loop look (demotion)
+        self.loop.call_soon_threadsafe(self.on_applied)
+        if self.node.is_leader():
+            for lease_id in self.lessor.expired():
+                try:
+                    self.proposer.propose_nowait("lease_revoke",
+                                                 pb.LeaseRevokeRequest(ID=lease_id))
+                except errors.EtcdError:
+                    break
+            due = self.lessor.due_checkpoints()
+            if due:
+                self.checkpoint(due)
 
     def checkpoint(self, checkpoints: list[tuple[int, int]]) -> None:
         """Any thread: record leases' remaining TTLs through the log (etcd's lessor cp)."""
