@@ -13,12 +13,12 @@ restart on a good disk.
 from __future__ import annotations
 
 import os
-import time
 
 import grpc
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
+from kubekv_testing.polling import wait_for
 from tests.harness import kubekv_process
 
 FAILING_FSYNC = '''
@@ -55,10 +55,7 @@ def test_a_member_whose_log_cannot_sync_exits_and_keeps_what_it_acknowledged(tmp
         failed.touch()
         with pytest.raises(grpc.RpcError):
             proc.kv.Put(pb.PutRequest(key=b"never", value=b"v"), timeout=10)
-        deadline = time.monotonic() + 10
-        while proc.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.proc.returncode == 1, proc.log_tail()
+        assert proc.proc.wait(10) == 1, proc.log_tail()
         fatal = [line for line in proc.log_tail(200).splitlines() if "level=CRITICAL" in line]
         assert len(fatal) == 1 and 'msg="raft stopped: the member exits"' in fatal[0] \
             and "Input/output error" in fatal[0] and "exit_status=1" in fatal[0], fatal
@@ -90,12 +87,9 @@ def test_a_follower_whose_log_lost_acknowledged_entries_exits_with_etcds_words(t
         for i in range(60):
             leader.kv.Put(pb.PutRequest(key=b"k%d" % i, value=b"v" * 100), timeout=10)
         rev = leader.kv.Range(pb.RangeRequest(key=b"k0"), timeout=10).header.revision
-        f.kv.Range(pb.RangeRequest(key=b"k0", serializable=True), timeout=10)
-        deadline = time.monotonic() + 10  # until the follower has applied (and acked) all
-        while f.kv.Range(pb.RangeRequest(key=b"k0", serializable=True),
-                         timeout=10).header.revision < rev:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: f.kv.Range(pb.RangeRequest(key=b"k0", serializable=True),
+                                    timeout=10).header.revision >= rev,
+                 10, "the follower applying (and acknowledging) every put")
         f.kill()  # its state db keeps what it committed at start
         log_dir = f.data_dir / "member" / "log"
         s = WALStorage(str(log_dir))
@@ -107,10 +101,7 @@ def test_a_follower_whose_log_lost_acknowledged_entries_exits_with_etcds_words(t
         assert s.last_index() <= last - 20
         s.close()
         f.launch()
-        deadline = time.monotonic() + 20
-        while f.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert f.proc.returncode == 1, f.log_tail()
+        assert f.proc.wait(20) == 1, f.log_tail()
         fatal = [line for line in f.log_tail(400).splitlines() if "level=CRITICAL" in line]
         assert len(fatal) == 1 and "is out of range [lastIndex(" in fatal[0] and \
             "Was the raft log corrupted, truncated, or lost?" in fatal[0], fatal
