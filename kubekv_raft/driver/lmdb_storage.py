@@ -9,12 +9,14 @@ compaction point as MemoryStorage.
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 import time
 from collections.abc import Callable
 
 from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.core.errors import CompactedError, SnapshotOutOfDateError, UnavailableError
+from kubekv_raft.driver.durable_dirs import fsync_dir, make_dirs
 
 __all__ = ["LMDBStorage"]
 
@@ -39,6 +41,8 @@ class LMDBStorage:
         import lmdb  # storage is I/O; the pure core never imports this module
 
         self.path = path
+        make_dirs(path, sync=fsync)
+        created = not os.path.exists(os.path.join(path, "data.mdb"))
         self._env = lmdb.open(
             path,
             map_size=map_size,
@@ -49,6 +53,8 @@ class LMDBStorage:
             writemap=False,
             subdir=True,
         )
+        if created and fsync:  # the new files' names (LMDB syncs their data, not these)
+            fsync_dir(path)
         self._entries = self._env.open_db(b"entries")
         self._meta = self._env.open_db(b"meta")
         # called with the seconds each fsynced write took (metrics)

@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterator
 
 from etcdproto.raftpb import raft_pb2 as pb
 from kubekv_raft.core.errors import CompactedError, SnapshotOutOfDateError, UnavailableError
+from kubekv_raft.driver.durable_dirs import fsync_dir, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -175,14 +176,6 @@ def _write_out(path: str, data: bytes, append: bool, sync: bool) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class WALStorage:
     """The Raft log, hard state, ConfState and snapshot in `<path>/<seq>.wal`."""
 
@@ -214,7 +207,7 @@ class WALStorage:
         self._broken: OSError | None = None
         # called with the seconds each synced write took (metrics)
         self.on_sync: Callable[[float], None] | None = None
-        os.makedirs(path, exist_ok=True)
+        make_dirs(path, sync=fsync)  # the log's directory, durable before its first file
         self._seq, self._size = self._recover()
         self._alloc = self._size
         self._fd = os.open(self._file(self._seq), os.O_WRONLY)
@@ -272,7 +265,7 @@ class WALStorage:
         _write_out(tmp, content, append=False, sync=self.fsync)
         os.replace(tmp, self._file(seq))
         if self.fsync:
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
 
     def _state_record(self, at: int) -> tuple[bytes, list[int]]:
         """Mem-current: a STATE record to be written at file offset `at`, and where each
@@ -432,7 +425,7 @@ class WALStorage:
         # from here on the new file is the log (start-up takes the newest): switch to it
         if self.fsync:
             try:
-                _fsync_dir(self.path)
+                fsync_dir(self.path)
             except OSError as exc:  # the rename may not survive a power cut: write no more
                 self._broken = exc
                 log.error("event=wal_rewrite_failed error=%s", exc)

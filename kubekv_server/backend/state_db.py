@@ -19,6 +19,8 @@ from typing import Any
 
 import lmdb
 
+from kubekv_raft.driver.durable_dirs import fsync_dir, make_dirs
+
 # Address space reserved for the map; pages are only allocated as data grows.
 DEFAULT_MAP_SIZE = 64 << 30
 
@@ -63,15 +65,6 @@ def _current_dir(base: str) -> str:
     return os.path.join(os.path.dirname(base), name)
 
 
-def _fsync_dir(directory: str) -> None:
-    """Make a directory's entries (files created or renamed in it) durable."""
-    fd = os.open(directory or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_pointer(base: str, directory: str) -> None:
     """Durably point `base.current` at `directory` (write, fsync, rename, fsync dir)."""
     tmp = base + ".current.tmp"
@@ -80,7 +73,7 @@ def _write_pointer(base: str, directory: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, base + ".current")
-    _fsync_dir(os.path.dirname(base))
+    fsync_dir(os.path.dirname(base))
 
 
 class Backend:
@@ -98,8 +91,12 @@ class Backend:
         self.readonly = readonly
         self.fsync = fsync  # False only for --unsafe-no-fsync
         self.path = _current_dir(path)
-        os.makedirs(self.path, exist_ok=True)
+        sync = fsync and not readonly
+        make_dirs(self.path, sync=sync)
+        created = not os.path.exists(os.path.join(self.path, "data.mdb"))
         self.env = self._open(self.path)
+        if created and sync:  # the new files' names (LMDB syncs their data, not these)
+            fsync_dir(self.path)
         self._dbs: dict[bytes, object] = {}
         self._db_flags: dict[bytes, dict] = {}
         self.meta = self.open_db(b"meta")
@@ -182,7 +179,7 @@ class Backend:
             # leaves the pointer naming a file whose pages never reached the disk (found
             # by tests/crash/test_power_loss.py)
             env.sync(True)
-            _fsync_dir(new_dir)
+            fsync_dir(new_dir)
         _write_pointer(self.base, new_dir)
         old_env, old_dir = self.env, self.path
         self.env, self._dbs, self.path = env, dbs, new_dir

@@ -19,6 +19,7 @@ import shutil
 
 import lmdb
 
+from kubekv_raft.driver.durable_dirs import fsync_dir, make_dirs
 from kubekv_server.backend.state_db import Backend
 
 log = logging.getLogger("kubekv.snapshot")
@@ -61,7 +62,7 @@ def create(backend: Backend, directory: str, term: int, index: int,
 
     `txn`: a read txn of `backend.env` whose view is copied (one pinned as of `index`
     while applying goes on); None copies what is committed now."""
-    os.makedirs(directory, exist_ok=True)
+    make_dirs(directory)
     tmp = os.path.join(directory, f"{TMP_PREFIX}{index:016x}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -71,11 +72,7 @@ def create(backend: Backend, directory: str, term: int, index: int,
         os.fsync(f.fileno())
     os.replace(os.path.join(tmp, "data.mdb"), final)
     shutil.rmtree(tmp, ignore_errors=True)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(directory)
     return final
 
 

@@ -22,6 +22,7 @@ import lmdb
 
 from etcdproto.kubekvpb import internal_pb2
 from etcdproto.raftpb import raft_pb2
+from kubekv_raft.driver.durable_dirs import fsync_dir
 from kubekv_raft.driver.lmdb_storage import LMDBStorage
 from kubekv_raft.driver.wal_storage import WALCorruptError, WALStorage
 from kubekv_server import errors
@@ -157,11 +158,7 @@ def mark_identity_committed(data_dir: str, backend: Backend, mid: int, cid: int)
             f.flush()
             os.fsync(f.fileno())
     if backend.fsync:
-        fd = os.open(os.path.dirname(path), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(os.path.dirname(path))
 
 
 def load_identity(cfg: Config, backend: Backend, storage: LogStorage) -> Identity:

@@ -24,6 +24,7 @@ import grpc
 from etcdproto.raftpb import peer_pb2 as peer_pb
 from etcdproto.raftpb import peer_pb2_grpc as peer_grpc
 from etcdproto.raftpb import raft_pb2 as pb
+from kubekv_raft.driver.durable_dirs import make_dirs
 from kubekv_server.peer import bounds
 from kubekv_server.peer.bounds import (
     MAX_BATCH_MESSAGES,
@@ -100,7 +101,7 @@ class RaftPeerServicer(peer_grpc.RaftPeerServicer):
         self.snapshots_received = 0
         self._receiving = 0  # snapshot receives in flight
         if snapshot_dir is not None:
-            os.makedirs(snapshot_dir, exist_ok=True)
+            make_dirs(snapshot_dir)
             if n := remove_partial_snapshots(snapshot_dir):
                 log.info("raft: removed %d interrupted snapshot receive(s) in %s", n, snapshot_dir)
 

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from etcdproto.raftpb import peer_pb2 as peer_pb
 from etcdproto.raftpb import raft_pb2 as pb
+from kubekv_raft.driver.durable_dirs import fsync_dir
 
 __all__ = [
     "received_snapshot",
@@ -98,8 +99,4 @@ def make_durable(f: IO[bytes], tmp: str, final: str) -> None:
     os.fsync(f.fileno())
     f.close()
     os.replace(tmp, final)
-    dfd = os.open(os.path.dirname(final) or ".", os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(os.path.dirname(final))

@@ -511,14 +511,14 @@ def test_wal_rewrite_whose_rename_may_not_last_stops_the_log(tmp_path, monkeypat
     stops, as on any failed fsync); what was written is all in the new file."""
     import threading
     monkeypatch.setattr(wal_storage, "SEGMENT_BYTES", 2000)
-    real = wal_storage._fsync_dir
+    real = wal_storage.fsync_dir
 
     def fsync_dir(path):
         if threading.current_thread().name == "kubekv-wal-rewrite":
             raise OSError(5, "Input/output error")
         real(path)
 
-    monkeypatch.setattr(wal_storage, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(wal_storage, "fsync_dir", fsync_dir)
     path = str(tmp_path / "w")
     s = WALStorage(path)
     i = compacted = 0
