@@ -21,15 +21,16 @@ The model:
   its environments) writes with pwrite and syncs with fdatasync, so this covers it;
   msync(MS_SYNC) of a shared mapping reaches FUSE as page write-back then an fsync, so
   it is covered too. Dirty mmap pages the kernel has not yet written back are lost.
-- Metadata (not modelled, durable at once): creating, renaming, unlinking and linking files,
-  making and removing directories, truncate, chmod/chown/utimes go straight to `backing`
-  and survive a cut, as if every directory were fsynced after each change (fsync on a
-  directory is accepted and does nothing). A cut therefore never loses a file's name, only
-  its unsynced contents: a file created and written but never fsynced comes back empty, and
-  a rename of a never-synced file comes back as the renamed, empty (or older) file. Real
-  filesystems can also lose the name; this one does not test that. Truncating (also by
-  open with O_TRUNC) applies at once to the synced size too (LMDB does not truncate its
-  files while running).
+- Names (kubekv_testing/lazyfs_names.py): creating, removing and renaming a file,
+  making and removing a directory, are undone by a cut unless the directory holding the
+  name was fsynced since (fsync(2): a new name needs its directory's fsync; ext4 and xfs
+  usually commit it with the journal within seconds, this model only when a test asks
+  for it with `commit_names()`). A file
+  created, written and fsynced, in a directory never fsynced, is gone after a cut; one
+  renamed over another comes back as the other. A rename counts as a change of the new
+  name's directory. Other metadata (truncate, chmod/chown/utimes) goes straight to
+  `backing` and survives a cut. Truncating (also by open with O_TRUNC) applies at once
+  to the synced size too (LMDB does not truncate its files while running).
 - Crash points without a cut: `durable_copy(dest)` copies what a cut would leave now
   (the backing tree, and with `writeback` a random part of the dirty pages as at a cut)
   while the writer goes on, so a test can recover from a copy after every operation and
@@ -53,11 +54,19 @@ import sys
 import threading
 import time
 
+from kubekv_testing.lazyfs_names import NameJournal
+
 PAGE = 4096
 PENDING_XATTR = "user.lazyfs.pending"
 WRITEBACK_XATTR = "user.lazyfs.writeback"
 COPY_XATTR = "user.lazyfs.copy"
+NAMES_XATTR = "user.lazyfs.names"
 _SYNC_FLAGS = os.O_SYNC | os.O_DSYNC
+
+
+def names_dir(backing: str | os.PathLike) -> str:
+    """Where the daemon journals the unsynced name changes of `backing` (beside it)."""
+    return os.fspath(backing).rstrip("/") + ".names"
 
 
 def unavailable() -> str | None:
@@ -104,6 +113,10 @@ def _operations(backing: str):  # type: ignore[no-untyped-def]
             self.mutex = threading.RLock()
             self.pending: dict[int, _Pending] = {}  # backing inode -> unsynced state
             self.handles: dict[int, tuple[int, bool]] = {}  # fd -> (inode, writes are synced)
+            # names created, removed or renamed since their directory's last fsync; the
+            # changes a cut left are undone here, before this mount serves
+            self.names = NameJournal(backing, names_dir(backing))
+            self.names.recover()
 
         def _path(self, path: str) -> str:
             return os.path.join(self.root, path.lstrip("/"))
@@ -128,7 +141,12 @@ def _operations(backing: str):  # type: ignore[no-untyped-def]
             return self._open_fd(path, flags, None)
 
         def create(self, path: str, mode: int, flags: int) -> int:
-            return self._open_fd(path, flags | os.O_CREAT, mode)
+            with self.mutex:
+                new = not os.path.lexists(self._path(path))
+                fd = self._open_fd(path, flags | os.O_CREAT, mode)
+                if new:
+                    self.names.created(path)
+            return fd
 
         def _page(self, fd: int, p: _Pending, index: int) -> bytearray:
             page = p.pages.get(index)
@@ -194,7 +212,9 @@ def _operations(backing: str):  # type: ignore[no-untyped-def]
             return 0
 
         def fsyncdir(self, path: str, datasync: int, fh: int) -> int:
-            return 0  # metadata is durable at once in this model
+            with self.mutex:
+                self.names.synced(path)
+            return 0
 
         def flush(self, path: str, fh: int) -> int:
             return 0  # close(2) is not a sync
@@ -250,17 +270,27 @@ def _operations(backing: str):  # type: ignore[no-untyped-def]
             return [".", "..", *os.listdir(self._path(path))]
 
         def mkdir(self, path: str, mode: int) -> int:
-            os.mkdir(self._path(path), mode)
+            with self.mutex:
+                os.mkdir(self._path(path), mode)
+                self.names.created(path)
             return 0
 
         def rmdir(self, path: str) -> int:
-            os.rmdir(self._path(path))
+            with self.mutex:
+                os.rmdir(self._path(path))
+                self.names.removed(path, None)
             return 0
 
         def unlink(self, path: str) -> int:
             with self.mutex:
                 st = os.lstat(self._path(path))
-                os.unlink(self._path(path))
+                stash = self.names.stash(path)  # a cut before the directory's sync restores it
+                try:
+                    os.unlink(self._path(path))
+                except OSError:
+                    self.names.drop_stash(stash)
+                    raise
+                self.names.removed(path, stash)
                 if st.st_nlink <= 1:
                     self._forget(st.st_ino)
             return 0
@@ -271,17 +301,27 @@ def _operations(backing: str):  # type: ignore[no-untyped-def]
                     replaced = os.lstat(self._path(new))
                 except FileNotFoundError:
                     replaced = None
-                os.rename(self._path(old), self._path(new))
+                stash = self.names.stash(new) if replaced is not None else None
+                try:
+                    os.rename(self._path(old), self._path(new))
+                except OSError:
+                    self.names.drop_stash(stash)
+                    raise
+                self.names.renamed(old, new, stash, replaced is not None)
                 if replaced is not None and replaced.st_nlink <= 1:
                     self._forget(replaced.st_ino)
             return 0
 
         def link(self, target: str, source: str) -> int:
-            os.link(self._path(source), self._path(target))
+            with self.mutex:
+                os.link(self._path(source), self._path(target))
+                self.names.created(target)
             return 0
 
         def symlink(self, target: str, source: str) -> int:
-            os.symlink(source, self._path(target))
+            with self.mutex:
+                os.symlink(source, self._path(target))
+                self.names.created(target)
             return 0
 
         def readlink(self, path: str) -> str:
@@ -318,13 +358,25 @@ def _operations(backing: str):  # type: ignore[no-untyped-def]
             """`user.lazyfs.writeback` = b"<seed> <fraction>" on the root: persist that
             fraction of the dirty pages, chosen at random, without syncing anything.
             `user.lazyfs.copy` = b"<directory>": copy what is durable now (the backing
-            tree) there, between two operations of the mount."""
+            tree) there, between two operations of the mount. `user.lazyfs.names`: make
+            every name change durable (a journal commit)."""
             if path == "/" and name == COPY_XATTR:
                 dest, seed, fraction = value.rsplit(b" ", 2)
+                dest_dir = os.fsdecode(dest)
+                stash_copy = dest_dir + ".lazyfs-stash"
                 with self.mutex:
-                    shutil.copytree(self.root, os.fsdecode(dest), symlinks=True)
-                    self._write_back(random.Random(int(seed)), float(fraction),
-                                     os.fsdecode(dest))
+                    shutil.copytree(self.root, dest_dir, symlinks=True)
+                    shutil.copytree(self.names.stash_dir, stash_copy, symlinks=True)
+                    try:
+                        self._write_back(random.Random(int(seed)), float(fraction),
+                                         (dest_dir, stash_copy))
+                        self.names.undo_into(dest_dir, stash_copy)
+                    finally:
+                        shutil.rmtree(stash_copy, ignore_errors=True)
+                return 0
+            if path == "/" and name == NAMES_XATTR:
+                with self.mutex:
+                    self.names.synced_all()
                 return 0
             if path != "/" or name != WRITEBACK_XATTR:
                 raise FuseOSError(errno.ENOTSUP)
@@ -333,16 +385,19 @@ def _operations(backing: str):  # type: ignore[no-untyped-def]
                 self._write_back(random.Random(int(seed)), float(fraction), None)
             return 0
 
-        def _write_back(self, rng: random.Random, fraction: float, copy: str | None) -> None:
+        def _write_back(self, rng: random.Random, fraction: float,
+                        copy: tuple[str, str] | None) -> None:
             """Mutex held: write a random `fraction` of the dirty pages, to the backing
-            files, or to the same files in `copy` of the backing tree."""
+            files, or to the same files in `copy`: (a copy of the backing tree, a copy of
+            the names' stash)."""
             where: dict[int, str] = {}
             if copy is not None:
-                for top, _, names in os.walk(self.root):
-                    for n in names:
-                        full = os.path.join(top, n)
-                        where[os.lstat(full).st_ino] = os.path.join(
-                            copy, os.path.relpath(full, self.root))
+                for src, dst in ((self.root, copy[0]), (self.names.stash_dir, copy[1])):
+                    for top, _, names in os.walk(src):
+                        for n in names:
+                            full = os.path.join(top, n)
+                            where[os.lstat(full).st_ino] = os.path.join(
+                                dst, os.path.relpath(full, src))
             for ino, p in self.pending.items():
                 chosen = [i for i in sorted(p.pages)
                           if i * PAGE < p.size and rng.random() < fraction]
@@ -432,6 +487,11 @@ class LazyFS:
         them dirty."""
         os.setxattr(self.mountpoint, COPY_XATTR,
                     os.fsencode(os.path.abspath(dest)) + f" {seed} {writeback}".encode())
+
+    def commit_names(self) -> None:
+        """Make every name created, removed or renamed so far durable, as ext4's and xfs's
+        journal commits do within seconds (the data written stays as unsynced as it was)."""
+        os.setxattr(self.mountpoint, NAMES_XATTR, b"1")
 
     def power_cut(self, writeback: float = 0.0, seed: int = 0) -> None:
         """Lose the unsynced writes (SIGKILL the daemon, drop the mount) and mount again.

@@ -16,7 +16,10 @@ Defragment lost the state db (fixed: the copy is synced before the pointer moves
 --unsafe-no-fsync came back as a fresh cluster (fixed: the member refuses to start on a
 data dir whose log and state cannot be reconciled, member/reconcile.py), and a cut right
 after the log's file was rewritten lost the records appended meanwhile (fixed: the file
-is written through its descriptor, so the fdatasync covers every byte).
+is written through its descriptor, so the fdatasync covers every byte). Since LazyFS
+also undoes names whose directory was not synced, a cut took a fresh member's whole data
+dir (fixed: kubekv_raft/driver/durable_dirs.py syncs each new directory into its parent).
+Half of the cuts first commit the names, as ext4's journal does within seconds.
 
 A failure names its seed; rerun it with KUBEKV_CRASH_SEED=<seed>.
 """
@@ -33,8 +36,9 @@ import time
 import pytest
 
 from etcdproto.etcdserverpb import rpc_pb2 as pb
+from kubekv_raft.driver.durable_dirs import fsync_dir
 from kubekv_testing.cluster import Cluster, ClusterMember
-from kubekv_testing.lazyfs import LazyFS
+from kubekv_testing.lazyfs import LazyFS, names_dir
 from kubekv_testing.polling import wait_for
 from tests.harness import kubekv_process
 
@@ -73,6 +77,16 @@ def test_lazyfs_drops_unsynced_data_and_keeps_synced_data(lazy_mounts):
         os.fsync(f.fileno())
     with open(mnt / "truncated", "wb") as f:  # O_TRUNC is durable at once, "new" is not
         f.write(b"new")
+    fsync_dir(str(mnt))  # the names so far are durable
+    fsync_dir(str(mnt / "dir"))
+    # name changes after the directories' last sync, each with its data synced
+    write_synced(mnt / "new-name", b"gone with its name")
+    (mnt / "dir" / "new-dir").mkdir()
+    write_synced(mnt / "dir" / "new-dir" / "f", b"gone with its directory")
+    fsync_dir(str(mnt / "dir" / "new-dir"))  # its entry in "dir" is still unsynced
+    write_synced(mnt / "over.tmp", b"new content")
+    os.rename(mnt / "over.tmp", mnt / "renamed")  # over a durable name: the old comes back
+    os.unlink(mnt / "dsync")  # a durable name removed: comes back
     assert (mnt / "synced").read_bytes()[:12] == b"keptLOSTkept"  # unsynced data is readable
     assert (mnt / "dir" / "unsynced").read_bytes() == b"gone"
     assert fs.pending() == (3, 4 * 4096)  # "unsynced", "truncated", two pages of "synced"
@@ -93,7 +107,47 @@ def test_lazyfs_drops_unsynced_data_and_keeps_synced_data(lazy_mounts):
     assert (mnt / "renamed").read_bytes() == b"moved"
     assert not (mnt / "renamed.tmp").exists()
     assert (mnt / "truncated").read_bytes() == b""
+    assert not (mnt / "new-name").exists(), "a name survived without its directory's sync"
+    assert not (mnt / "dir" / "new-dir").exists()
+    assert not (mnt / "over.tmp").exists()
     assert (fs.lost_files, fs.lost_bytes) == (3, 4 * 4096)
+
+
+def write_synced(path: pathlib.Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def test_lazyfs_names_need_their_directory_synced(lazy_mounts):
+    """A name created, removed or renamed is undone by a cut until its directory is
+    synced; once it is, the name survives, and the copy a cut would leave agrees."""
+    fs = lazy_mounts("disk")
+    mnt = fs.mountpoint
+    (mnt / "d").mkdir()
+    write_synced(mnt / "d" / "a", b"a")
+    write_synced(mnt / "d" / "b", b"b")
+    fsync_dir(str(mnt))
+    fsync_dir(str(mnt / "d"))
+    write_synced(mnt / "d" / "c.tmp", b"c")
+    os.rename(mnt / "d" / "c.tmp", mnt / "d" / "c")
+    os.rename(mnt / "d" / "a", mnt / "d" / "a2")
+    os.unlink(mnt / "d" / "b")
+    copy = fs.backing.with_name("copy-unsynced")
+    fs.durable_copy(copy)
+    assert sorted(p.name for p in (copy / "d").iterdir()) == ["a", "b"]
+    fs.power_cut()
+    assert sorted(p.name for p in (mnt / "d").iterdir()) == ["a", "b"]
+    assert (mnt / "d" / "b").read_bytes() == b"b"
+    write_synced(mnt / "d" / "c.tmp", b"c")
+    os.rename(mnt / "d" / "c.tmp", mnt / "d" / "c")
+    os.unlink(mnt / "d" / "b")
+    fsync_dir(str(mnt / "d"))
+    fs.power_cut()
+    assert sorted(p.name for p in (mnt / "d").iterdir()) == ["a", "c"]
+    assert (mnt / "d" / "c").read_bytes() == b"c"
+    assert not list(pathlib.Path(names_dir(fs.backing), "stash").iterdir())
 
 
 def test_lazyfs_writeback_before_a_cut(lazy_mounts):
@@ -103,6 +157,7 @@ def test_lazyfs_writeback_before_a_cut(lazy_mounts):
     for name in ("all", "some"):
         with open(fs.mountpoint / name, "wb") as f:
             f.write(b"".join(pages))
+    fsync_dir(str(fs.mountpoint))  # their names
     fs.power_cut(writeback=1.0)
     assert (fs.mountpoint / "all").read_bytes() == b"".join(pages)
     with open(fs.mountpoint / "some", "r+b") as f:
@@ -129,6 +184,8 @@ def test_lazyfs_under_lmdb(lazy_mounts):
             "nosync": dict(sync=False, metasync=False)}
     for name, flags in envs.items():
         env = lmdb.open(str(fs.mountpoint / name), map_size=1 << 30, writemap=False, **flags)
+        fsync_dir(str(fs.mountpoint))  # the names LMDB created (kubekv: durable_dirs.py)
+        fsync_dir(str(fs.mountpoint / name))
         for i in range(100):
             with env.begin(write=True) as txn:
                 txn.put(b"k%03d" % i, b"v" * (i * 100))
@@ -158,7 +215,10 @@ def power_loss_rounds(tmp_path: pathlib.Path, fs: LazyFS, rounds: int, seed: int
     proc.log_path = tmp_path / "kubekv.log"  # not on the mount: a cut would eat it
 
     def cut(rng: random.Random) -> None:
-        # mostly lose everything unsynced; sometimes part of it reached the disk already
+        # mostly lose everything unsynced; sometimes part of it reached the disk already,
+        # and the names created meanwhile, half of the time (a journal commit)
+        if rng.random() < 0.5:
+            fs.commit_names()
         fs.power_cut(writeback=rng.choice([0.0, 0.0, rng.random()]),
                      seed=rng.randrange(1 << 30))
 
@@ -201,6 +261,7 @@ def test_power_loss_with_unsafe_no_fsync_is_detected(tmp_path, lazy_mounts):
             proc.kv.Put(pb.PutRequest(key=PREFIX + b"%d" % i, value=b"acked"),
                         timeout=RPC_TIMEOUT)
         proc.kill()
+        disk.commit_names()  # ext4's journal commits names within seconds, not the data
         disk.power_cut()
         assert (proc.data_dir / "member" / "identity").exists()  # a member's data dir
         with pytest.raises(RuntimeError, match="server exited with 1"):
@@ -281,6 +342,8 @@ def cluster_power_loss_rounds(tmp_path: pathlib.Path, lazy_mounts, rounds: int, 
             ws = history.start_writers(target.endpoint, rng.randrange(1 << 30), stop)
             time.sleep(rng.uniform(0.1, max_run))
             victim.kill()
+            if rng.random() < 0.5:  # the names created meanwhile reached the disk
+                disks[victim.name].commit_names()
             disks[victim.name].power_cut(writeback=rng.choice([0.0, rng.random()]),
                                          seed=rng.randrange(1 << 30))
             keep_log_as_cut(victim.data_dir, cut_log)

@@ -1,7 +1,8 @@
 """A store created in a fresh directory makes every new name durable: the parent of each
 directory it creates is synced, and so is the directory of each file it creates
 (fsync(2): a new name reaches the disk only with its directory). Recorded by wrapping
-os.fsync, as the power-loss filesystem (kubekv_testing/lazyfs.py) keeps names at once."""
+os.fsync; tests/crash/test_power_loss.py checks the same on LazyFS, which undoes at a
+cut the names whose directory was not synced."""
 
 from __future__ import annotations
 
