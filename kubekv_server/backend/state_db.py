@@ -8,6 +8,7 @@ may open it read-only to read what is committed (LMDB readers never block the wr
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import struct
@@ -20,6 +21,8 @@ from typing import Any
 import lmdb
 
 from kubekv_raft.driver.durable_dirs import fsync_dir, make_dirs
+
+log = logging.getLogger("kubekv.backend")
 
 # Address space reserved for the map; pages are only allocated as data grows.
 DEFAULT_MAP_SIZE = 64 << 30
@@ -65,6 +68,20 @@ def _current_dir(base: str) -> str:
     return os.path.join(os.path.dirname(base), name)
 
 
+def _remove_stale_generations(base: str, current: str) -> None:
+    """Remove the state databases a defragmentation replaced (`base`, `base.<n>`) but
+    did not get to remove: the member stopped within the minute the old one stays open
+    for readers, or a cut brought it back, or the copy itself was cut short. Each is a
+    whole state db; only the one the pointer names is the member's."""
+    parent, name = os.path.split(base)
+    for entry in os.listdir(parent or "."):
+        stale = entry == name or (entry.startswith(name + ".") and entry[len(name) + 1:].isdigit())
+        full = os.path.join(parent, entry)
+        if stale and full != current and os.path.isdir(full):
+            log.info("event=removed_replaced_state_db dir=%s current=%s", full, current)
+            shutil.rmtree(full, ignore_errors=True)
+
+
 def _write_pointer(base: str, directory: str) -> None:
     """Durably point `base.current` at `directory` (write, fsync, rename, fsync dir)."""
     tmp = base + ".current.tmp"
@@ -93,6 +110,8 @@ class Backend:
         self.path = _current_dir(path)
         sync = fsync and not readonly
         make_dirs(self.path, sync=sync)
+        if not readonly:
+            _remove_stale_generations(path, self.path)
         created = not os.path.exists(os.path.join(self.path, "data.mdb"))
         self.env = self._open(self.path)
         if created and sync:  # the new files' names (LMDB syncs their data, not these)

@@ -13,6 +13,12 @@ def _db_size(proc) -> int:
     return proc.maintenance.Status(pb.StatusRequest()).dbSize
 
 
+def _state_dbs(member) -> list[str]:
+    """The state database directories in a member dir (`state`, `state.<n>`)."""
+    return sorted(p.name for p in member.iterdir()
+                  if p.is_dir() and (p.name == "state" or p.name.startswith("state.")))
+
+
 def test_defragment_gives_space_back_and_keeps_everything(kubekv):
     kv = kubekv.kv
     for i in range(300):
@@ -37,13 +43,17 @@ def test_defragment_gives_space_back_and_keeps_everything(kubekv):
     snapshot = state()
     assert [k for k, *_ in snapshot[1]] == [b"keep", b"leased"]
     kv.Put(pb.PutRequest(key=b"after", value=b"defrag"))  # writes go to the new db
+    member = kubekv.data_dir / "member"
+    assert _state_dbs(member) == ["state", "state.1"]  # the old one kept a minute for readers
     kubekv.restart()
     kv = kubekv.kv
+    assert _state_dbs(member) == ["state.1"]  # the replaced one, removed at start-up
     assert kv.Range(pb.RangeRequest(key=b"after")).kvs[0].value == b"defrag"
     etcdctl(kubekv.endpoint, "defrag")  # a second generation, after a restart
     kubekv.restart()
     kv = kubekv.kv
     r = kv.Range(pb.RangeRequest(key=b"\0", range_end=b"\0", keys_only=True))
     assert [x.key for x in r.kvs] == [b"after", b"keep", b"leased"]
+    assert _state_dbs(member) == ["state.2"]
     ttl = etcdctl(kubekv.endpoint, "lease", "timetolive", f"{lease['ID']:x}", "--keys").stdout
     assert "leased" in ttl
