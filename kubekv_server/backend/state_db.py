@@ -110,9 +110,9 @@ class Backend:
         self.path = _current_dir(path)
         sync = fsync and not readonly
         make_dirs(self.path, sync=sync)
-        if not readonly:
-            _remove_stale_generations(path, self.path)
         created = not os.path.exists(os.path.join(self.path, "data.mdb"))
+        if not readonly and not created:  # (a pointer naming no db: keep what is there)
+            _remove_stale_generations(path, self.path)
         self.env = self._open(self.path)
         if created and sync:  # the new files' names (LMDB syncs their data, not these)
             fsync_dir(self.path)

@@ -44,3 +44,17 @@ def test_replaced_generations_go_and_read_only_opens_remove_nothing(tmp_path):
         assert _dirs(member) == ["state.1"]
     finally:
         b.close()
+
+
+def test_a_pointer_naming_no_db_removes_nothing(tmp_path):
+    """A data dir whose pointer names a missing db (restored in part): the other
+    generations stay for the operator, as start-up cannot tell which one is right."""
+    member = tmp_path / "member"
+    Backend(str(member / "state")).close()
+    (member / "state.current").write_text("state.3")
+    b = Backend(str(member / "state"))
+    try:
+        assert b.path == str(member / "state.3")
+        assert _dirs(member) == ["state", "state.3"]
+    finally:
+        b.close()
