@@ -244,7 +244,11 @@ def import_etcd_backend(data_dir: str, backend: Backend, mvcc: MVCCStore,
     if not os.path.exists(path) or mvcc.revisions()[0] > 1:
         return False
     rev = bbolt_import.load(path, backend.env, mvcc, leases, backend)
+    if backend.fsync:  # the import durable (meta page too) before its file is renamed:
+        backend.sync()  # a cut must not leave the file renamed and the import undone
     os.replace(path, path + ".imported")
+    if backend.fsync:
+        fsync_dir(os.path.dirname(path))
     log.info("event=imported_etcd_backend file=%s revision=%d", path, rev)
     return True
 
