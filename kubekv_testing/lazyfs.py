@@ -25,12 +25,12 @@ The model:
   making and removing a directory, are undone by a cut unless the directory holding the
   name was fsynced since (fsync(2): a new name needs its directory's fsync; ext4 and xfs
   usually commit it with the journal within seconds, this model only when a test asks
-  for it with `commit_names()`). A file
-  created, written and fsynced, in a directory never fsynced, is gone after a cut; one
-  renamed over another comes back as the other. A rename counts as a change of the new
-  name's directory. Other metadata (truncate, chmod/chown/utimes) goes straight to
-  `backing` and survives a cut. Truncating (also by open with O_TRUNC) applies at once
-  to the synced size too (LMDB does not truncate its files while running).
+  for it with `commit_names()`). A file created, written and fsynced, in a directory
+  never fsynced, is gone after a cut; one renamed over another comes back as the other.
+  A rename counts as a change of the new name's directory. Other metadata (truncate,
+  chmod/chown/utimes) goes straight to `backing` and survives a cut. Truncating (also by
+  open with O_TRUNC) applies at once to the synced size too (LMDB does not truncate its
+  files while running).
 - Crash points without a cut: `durable_copy(dest)` copies what a cut would leave now
   (the backing tree, and with `writeback` a random part of the dirty pages as at a cut)
   while the writer goes on, so a test can recover from a copy after every operation and
