@@ -274,6 +274,34 @@ def test_power_loss_with_unsafe_no_fsync_is_detected(tmp_path, lazy_mounts):
     assert "etcdctl member remove" in tail, tail
 
 
+def test_power_loss_with_the_log_on_its_own_disk(tmp_path, lazy_mounts):
+    """--wal-dir on a second disk, in directories the member creates: a cut of both disks
+    (no journal commit of names) keeps every acknowledged write. Before the member synced
+    each new directory into its parent, the cut took the log's directories and the data
+    dir's, and the member came back as a new cluster at revision 1."""
+    disk, log_disk = lazy_mounts("disk"), lazy_mounts("logdisk")
+    proc = kubekv_process(disk.mountpoint, "--wal-dir", str(log_disk.mountpoint / "a" / "wal"))
+    proc.log_path = tmp_path / "kubekv.log"
+    history = History(writers=4)
+    try:
+        proc.start()
+        stop = threading.Event()
+        ws = history.start_writers(proc.endpoint, 1, stop)
+        time.sleep(1.0)
+        stop.set()
+        join_writers(ws)
+        proc.kill()
+        disk.power_cut()
+        log_disk.power_cut()
+        proc.start()
+        history.verify(proc.kv, ws, proc.maintenance)
+        assert history.revision > 1
+    except Exception as exc:
+        raise AssertionError(f"{exc}\n--- server log tail ---\n{proc.log_tail(5)}") from exc
+    finally:
+        proc.stop()
+
+
 def test_power_loss_right_after_defragment(tmp_path, lazy_mounts):
     """Defragment, then a power cut before the next commit. Before the fix the new state
     db's pages were never synced while the pointer to it was, and the log no longer held
