@@ -32,6 +32,7 @@ import random
 import shutil
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -274,6 +275,33 @@ def test_power_loss_with_unsafe_no_fsync_is_detected(tmp_path, lazy_mounts):
     assert "etcdctl member remove" in tail, tail
 
 
+def write_then_cut(tmp_path: pathlib.Path, proc, disks: list[LazyFS],
+                   before_kill: Callable[[], object] | None = None) -> History:
+    """Four writers for a second, `before_kill()`, SIGKILL, cut every disk, restart, and
+    check the store against what the writers were told."""
+    proc.log_path = tmp_path / "kubekv.log"  # not on a mount: a cut would eat it
+    history = History(writers=4)
+    try:
+        proc.start()
+        stop = threading.Event()
+        ws = history.start_writers(proc.endpoint, 1, stop)
+        time.sleep(1.0)  # (how long they write, not a wait for something)
+        stop.set()
+        join_writers(ws)
+        if before_kill is not None:
+            before_kill()
+        proc.kill()
+        for disk in disks:
+            disk.power_cut()
+        proc.start()
+        history.verify(proc.kv, ws, proc.maintenance)
+    except Exception as exc:
+        raise AssertionError(f"{exc}\n--- server log tail ---\n{proc.log_tail(5)}") from exc
+    finally:
+        proc.stop()
+    return history
+
+
 def test_power_loss_with_the_log_on_its_own_disk(tmp_path, lazy_mounts):
     """--wal-dir on a second disk, in directories the member creates: a cut of both disks
     (no journal commit of names) keeps every acknowledged write. Before the member synced
@@ -281,25 +309,8 @@ def test_power_loss_with_the_log_on_its_own_disk(tmp_path, lazy_mounts):
     dir's, and the member came back as a new cluster at revision 1."""
     disk, log_disk = lazy_mounts("disk"), lazy_mounts("logdisk")
     proc = kubekv_process(disk.mountpoint, "--wal-dir", str(log_disk.mountpoint / "a" / "wal"))
-    proc.log_path = tmp_path / "kubekv.log"
-    history = History(writers=4)
-    try:
-        proc.start()
-        stop = threading.Event()
-        ws = history.start_writers(proc.endpoint, 1, stop)
-        time.sleep(1.0)
-        stop.set()
-        join_writers(ws)
-        proc.kill()
-        disk.power_cut()
-        log_disk.power_cut()
-        proc.start()
-        history.verify(proc.kv, ws, proc.maintenance)
-        assert history.revision > 1
-    except Exception as exc:
-        raise AssertionError(f"{exc}\n--- server log tail ---\n{proc.log_tail(5)}") from exc
-    finally:
-        proc.stop()
+    history = write_then_cut(tmp_path, proc, [disk, log_disk])
+    assert history.revision > 1
 
 
 def test_power_loss_right_after_defragment(tmp_path, lazy_mounts):
@@ -309,24 +320,8 @@ def test_power_loss_right_after_defragment(tmp_path, lazy_mounts):
     of range")."""
     disk = lazy_mounts("disk")
     proc = kubekv_process(disk.mountpoint, "--snapshot-count", "20")  # the log is compacted
-    proc.log_path = tmp_path / "kubekv.log"
-    history = History(writers=4)
-    try:
-        proc.start()
-        stop = threading.Event()
-        ws = history.start_writers(proc.endpoint, 1, stop)
-        time.sleep(1.0)
-        stop.set()
-        join_writers(ws)
-        proc.maintenance.Defragment(pb.DefragmentRequest(), timeout=RPC_TIMEOUT)
-        proc.kill()
-        disk.power_cut()
-        proc.start()
-        history.verify(proc.kv, ws, proc.maintenance)
-    except Exception as exc:
-        raise AssertionError(f"{exc}\n--- server log tail ---\n{proc.log_tail(5)}") from exc
-    finally:
-        proc.stop()
+    write_then_cut(tmp_path, proc, [disk], before_kill=lambda: proc.maintenance.Defragment(
+        pb.DefragmentRequest(), timeout=RPC_TIMEOUT))
 
 
 # ------------------------------------------------------------ three members
