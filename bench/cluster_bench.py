@@ -44,11 +44,11 @@ if str(ROOT) not in sys.path:
 import grpc  # noqa: E402
 
 from bench.loadgen import (  # noqa: E402
+    LOAD_CLIENTS,
     NUM_KEYS,
     OPS,
     PRELOAD_INFLIGHT,
     VALUE_SIZE,
-    Clients,
     Interrupted,
     PySpy,
     cell_cpu,
@@ -59,6 +59,7 @@ from bench.loadgen import (  # noqa: E402
     describe,
     fmt_ratio,
     install_signal_handlers,
+    make_clients,
     median,
     run_cell,
     start_process,
@@ -416,7 +417,7 @@ def bench_system(system: str, tmp: pathlib.Path, args, results: dict) -> None:
         print(f"  ready in {time.monotonic() - t0:.1f}s; leader {leader}", flush=True)
         out["leader_at_start"] = leader
         if args.ops:
-            clients = Clients(cluster.endpoints, args.clients, args.channels)
+            clients = make_clients(args.load_client, cluster.endpoints, args.clients, args.channels)
             t0 = time.monotonic()
             n = clients.preload(NUM_KEYS, PRELOAD_INFLIGHT)
             have = count_keys(cluster.members["n1"].kv)
@@ -586,6 +587,10 @@ def parse_args(argv=None):
                    help=f"client processes (default {default_clients})")
     p.add_argument("--channels", type=int, default=1,
                    help="gRPC channels per client process and member")
+    p.add_argument("--load-client", choices=LOAD_CLIENTS, default="python",
+                   help="python: grpc.aio client processes; go: etcd's Go clientv3 "
+                        "(bench/goload, needs golang-go and golang-etcd-server-dev), whose "
+                        "CPU per request leaves the servers more of the machine")
     p.add_argument("--systems", default="kubekv,etcd", help="kubekv,etcd (in this order)")
     p.add_argument("--heartbeat-interval", type=int, default=100, help="ms, both systems")
     p.add_argument("--election-timeout", type=int, default=1000, help="ms, both systems")
@@ -645,6 +650,7 @@ def main(argv=None) -> int:
         "ops": args.ops,
         "inflight": args.inflight,
         "clients": args.clients,
+        "load_client": args.load_client,
         "channels_per_client_and_member": args.channels,
         "keys": NUM_KEYS,
         "value_bytes": VALUE_SIZE,
@@ -664,7 +670,8 @@ def main(argv=None) -> int:
             [harness.etcd_binary(), "--version"], capture_output=True, text=True,
             timeout=10).stdout.splitlines()[0]
     print(f"cluster_bench {meta['date']}  {meta['uptime_before']}")
-    print(f"  {args.clients} client processes x {args.channels} channel(s) per member; "
+    print(f"  {args.clients} {args.load_client} client processes x {args.channels} "
+          "channel(s) per member; "
           f"{args.warmup:g}s warm-up + {args.duration:g}s per cell; heartbeat "
           f"{args.heartbeat_interval} ms, election {args.election_timeout} ms; data under {tmp}")
     results: dict = {}

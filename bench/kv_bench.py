@@ -40,11 +40,11 @@ if str(ROOT) not in sys.path:
 import grpc  # noqa: E402
 
 from bench.loadgen import (  # noqa: E402
+    LOAD_CLIENTS,
     NUM_KEYS,
     OPS,
     PRELOAD_INFLIGHT,
     VALUE_SIZE,
-    Clients,
     Interrupted,
     PySpy,
     cell_cpu,
@@ -55,6 +55,7 @@ from bench.loadgen import (  # noqa: E402
     describe,
     fmt_ratio,
     install_signal_handlers,
+    make_clients,
     run_cell,
     start_server,
     summarize_collapsed,
@@ -146,6 +147,10 @@ def parse_args(argv=None):
     p.add_argument("--clients", type=int, default=default_clients,
                    help=f"client processes (default {default_clients})")
     p.add_argument("--channels", type=int, default=1, help="gRPC channels per client process")
+    p.add_argument("--load-client", choices=LOAD_CLIENTS, default="python",
+                   help="python: grpc.aio client processes; go: etcd's Go clientv3 "
+                        "(bench/goload, needs golang-go and golang-etcd-server-dev), whose "
+                        "CPU per request leaves the servers more of the machine")
     p.add_argument("--server", choices=["kubekv", "etcd", "both"], default="both")
     p.add_argument("--kubekv-flags", default="",
                    help='extra kubekv flags, one string: --kubekv-flags="--flag value"')
@@ -194,7 +199,7 @@ def bench_server(name: str, tmp: pathlib.Path, args, results: dict, profiler_dir
     print(f"\n== {name}: starting ({' '.join(sp.argv[:3])} ...)", flush=True)
     try:
         start_server(sp)
-        clients = Clients(sp.endpoint, args.clients, args.channels)
+        clients = make_clients(args.load_client, sp.endpoint, args.clients, args.channels)
         t0 = time.monotonic()
         n = clients.preload(NUM_KEYS, PRELOAD_INFLIGHT)
         have = count_keys(sp.kv)
@@ -266,6 +271,7 @@ def main(argv=None) -> int:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "clients": args.clients,
+        "load_client": args.load_client,
         "channels_per_client": args.channels,
         "keys": NUM_KEYS,
         "value_bytes": VALUE_SIZE,
@@ -283,7 +289,7 @@ def main(argv=None) -> int:
             text=True,
             timeout=10).stdout.splitlines()[0]
     print(f"kv_bench {meta['date']}  {meta['uptime_before']}")
-    print(f"  {args.clients} client processes x {args.channels} channel(s); "
+    print(f"  {args.clients} {args.load_client} client processes x {args.channels} channel(s); "
           f"{args.warmup:g}s warm-up + {args.duration:g}s per cell; data under {tmp}")
     results: dict = {}
     profiler_dir = pathlib.Path(args.profile).resolve() if args.profile else None

@@ -346,6 +346,19 @@ class Clients:
             c.close()
 
 
+LOAD_CLIENTS = ("python", "go")
+
+
+def make_clients(kind: str, endpoints: str | Sequence[str], n: int, channels: int):
+    """The client processes of a run: `python` (grpc.aio, `Clients`) or `go` (etcd's Go
+    clientv3, bench/goload.py's `GoClients`, the same loops at a fraction of the CPU)."""
+    if kind == "go":
+        from bench.goload import GoClients
+
+        return GoClients(endpoints, n, channels)
+    return Clients(endpoints, n, channels)
+
+
 def split(total: int, parts: int) -> list[int]:
     """Spread `total` in-flight requests as evenly as possible over `parts` processes."""
     base, extra = divmod(total, parts)
