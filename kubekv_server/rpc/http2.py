@@ -28,6 +28,7 @@ import struct
 import time
 
 import hpack
+from hpack.huffman_table import decode_huffman
 from hpack.table import table_entry_size
 
 from kubekv_server.rpc import frames as f
@@ -217,6 +218,9 @@ class ServerConnection:
         # decoded, validated request: (headers, content-length or -1, header_lookups), or
         # None if malformed
         self._indexed_blocks: dict[bytes, tuple[list, int, tuple] | None] = {}
+        # request header lists already validated, each with its grpc-timeout value blanked
+        # (grpc-go sends a new one per call): (well-formed, content-length or -1)
+        self._checked_lists: dict[tuple, tuple[bool, int]] = {}
         self._decoder.max_allowed_table_size = f.DEFAULT_HEADER_TABLE_SIZE
         self._out: list[bytes] = []
 
@@ -462,14 +466,34 @@ class ServerConnection:
         indexed = 0 < len(block) <= limits.MAX_INDEXED_FAST_PATH and all(
             b & 0x80 and b != 0xFF and b != 0x80 for b in block)
         headers = self._decode(block, indexed)
-        stream = Stream(0, 0, 0)
-        result = (headers, stream.content_length, header_lookups(headers)) \
-            if _valid_request(headers, stream) else None
+        result = self._checked_request(headers)
         if indexed:
             if len(self._indexed_blocks) >= limits.MAX_REMEMBERED_HEADER_BLOCKS:
                 self._indexed_blocks.clear()
             self._indexed_blocks[block] = result
         return result
+
+    def _checked_request(self, headers: list) -> tuple[list, int, tuple] | None:
+        """`_valid_request` of a decoded header list, remembered per list with its
+        grpc-timeout value blanked: a grpc-go client's calls differ only there, and
+        its table references shift with each new timeout, so neither the block nor
+        the list repeats. A remembered list's timeout values are checked on their own."""
+        key = tuple([h if h[0] != b"grpc-timeout" else _TIMEOUT_BLANK for h in headers])
+        checked = self._checked_lists.get(key)
+        if checked is None:
+            stream = Stream(0, 0, 0)
+            checked = (_valid_request(list(key), stream), stream.content_length)
+            if sum(len(n) + len(v) for n, v in key) <= limits.MAX_REMEMBERED_LIST_BYTES:
+                if len(self._checked_lists) >= limits.MAX_REMEMBERED_HEADER_LISTS:
+                    self._checked_lists.clear()
+                self._checked_lists[key] = checked
+        if not checked[0]:
+            return None
+        if _TIMEOUT_BLANK in key:
+            for name, value in headers:
+                if name == b"grpc-timeout" and not _field_value_ok(value):
+                    return None
+        return headers, checked[1], header_lookups(headers)
 
     def _decode(self, block: bytes, indexed: bool = False) -> list[tuple[bytes, bytes]]:
         """HPACK-decode a header block, within MAX_HEADER_LIST_SIZE. A block of one-byte
@@ -488,12 +512,57 @@ class ServerConnection:
                     raise _ConnectionError(f.ENHANCE_YOUR_CALM, "header list too large")
                 return headers
         self._indexed_blocks.clear()  # the dynamic table may change
+        if len(block) <= limits.MAX_INDEXED_FAST_PATH and _references_and_short_literals(block):
+            return self._decode_short_literals(block)
         try:
             return self._decoder.decode(block, raw=True)
         except hpack.OversizedHeaderListError:
             raise _ConnectionError(f.ENHANCE_YOUR_CALM, "header list too large") from None
         except Exception:  # noqa: BLE001 - any HPACK failure is the same connection error
             raise _ConnectionError(f.COMPRESSION_ERROR, "invalid header block") from None
+
+    def _decode_short_literals(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """Decode a block `_references_and_short_literals` accepted, as the HPACK decoder
+        would (RFC 7541 §6.1, §6.2.1): each literal's value is added to the dynamic
+        table under its referenced name. Any failure is the connection's
+        COMPRESSION_ERROR, as from the decoder."""
+        table = self._decoder.header_table
+        get = table.get_by_index
+        headers = []
+        size = 0
+        i = 0
+        n = len(block)
+        try:
+            while i < n:
+                b = block[i]
+                if b & 0x80:
+                    if b == 0xFF:
+                        i += 1
+                        header = get(0x7F + block[i])
+                    else:
+                        header = get(b & 0x7F)
+                    i += 1
+                else:
+                    if b == 0x7F:
+                        i += 1
+                        name = get(0x3F + block[i])[0]
+                    else:
+                        name = get(b & 0x3F)[0]
+                    first = block[i + 1]
+                    end = i + 2 + (first & 0x7F)
+                    value = block[i + 2:end]
+                    if first & 0x80:
+                        value = decode_huffman(value)
+                    table.add(name, value)
+                    header = (name, value)
+                    i = end
+                headers.append(header)
+                size += table_entry_size(header[0], header[1])
+        except Exception:  # noqa: BLE001 - a bad index or Huffman code, as the decoder says
+            raise _ConnectionError(f.COMPRESSION_ERROR, "invalid header block") from None
+        if size > limits.MAX_HEADER_LIST_SIZE:
+            raise _ConnectionError(f.ENHANCE_YOUR_CALM, "header list too large")
+        return headers
 
     def _header_block_complete(self, sid: int, flags: int, block: bytes, events: list) -> None:
         # decoded first, whatever happens to the stream: the HPACK context is shared
@@ -876,6 +945,45 @@ class ServerConnection:
         return True
 
 
+_TIMEOUT_BLANK = (b"grpc-timeout", b"")
+
+
+def _references_and_short_literals(block: bytes) -> bool:
+    """Whether a header block is only table references and literals with incremental
+    indexing of a referenced name and a value under 127 bytes, each index in at most
+    two bytes: what grpc-go sends for each call (its grpc-timeout is such a literal).
+    Nothing is decoded here, so a block that is not may still go to the decoder."""
+    i = 0
+    n = len(block)
+    while i < n:
+        b = block[i]
+        if b & 0x80:  # indexed field (RFC 7541 §6.1)
+            if b == 0x80:
+                return False
+            if b == 0xFF:  # index 127 and up: one more byte
+                if i + 1 >= n or block[i + 1] & 0x80:
+                    return False
+                i += 1
+            i += 1
+        elif b & 0x40 and b != 0x40:  # literal, incremental indexing, indexed name (§6.2.1)
+            if b == 0x7F:  # name index 63 and up: one more byte
+                if i + 1 >= n or block[i + 1] & 0x80:
+                    return False
+                i += 1
+            if i + 1 >= n or block[i + 1] & 0x7F == 0x7F:
+                return False
+            i += 2 + (block[i + 1] & 0x7F)
+        else:
+            return False
+    return i == n
+
+
+def _field_value_ok(value: bytes) -> bool:
+    """A field value without CR, LF or NUL, nor whitespace at either end (§8.2.1)."""
+    return not (b"\r" in value or b"\n" in value or b"\x00" in value
+                or value[:1] in (b" ", b"\t") or value[-1:] in (b" ", b"\t"))
+
+
 def _valid_request(headers: list, stream: Stream) -> bool:
     """Whether a request header list is well-formed (RFC 9113 §8.2–8.3): lowercase
     names of token characters, pseudo-headers first, once each, the required ones
@@ -884,11 +992,7 @@ def _valid_request(headers: list, stream: Stream) -> bool:
     pseudo: set[bytes] = set()
     method = path = scheme = None
     for name, value in headers:
-        if not name:
-            return False
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
-            return False
-        if value[:1] in (b" ", b"\t") or value[-1:] in (b" ", b"\t"):
+        if not name or not _field_value_ok(value):
             return False
         if name[0] == 0x3A:  # ":"
             if seen_regular or name in pseudo or name not in _REQUEST_PSEUDO:

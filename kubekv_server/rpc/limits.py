@@ -44,6 +44,12 @@ MAX_INDEXED_FAST_PATH = 256
 # until the HPACK table changes (a client repeats a handful of blocks).
 MAX_REMEMBERED_HEADER_BLOCKS = 64
 
+# Validated request header lists remembered per connection (their grpc-timeout value
+# blanked): a client sends a handful of shapes. Lists longer than the byte bound are
+# validated each time rather than kept, so the memo holds at most ~64 KiB.
+MAX_REMEMBERED_HEADER_LISTS = 32
+MAX_REMEMBERED_LIST_BYTES = 2048
+
 # ------------------------------------------------------------------ streams
 
 # Streams one connection may have open at once, whatever --max-concurrent-streams says
