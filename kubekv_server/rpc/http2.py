@@ -489,11 +489,17 @@ class ServerConnection:
                 self._checked_lists[key] = checked
         if not checked[0]:
             return None
-        if _TIMEOUT_BLANK in key:
+        lookups = header_lookups(headers)
+        blanked = key.count(_TIMEOUT_BLANK)
+        if blanked == 1:  # the usual single timeout: its value is the lookup's
+            value = lookups[0][b"grpc-timeout"]
+            if not value.isalnum() and not _field_value_ok(value):
+                return None
+        elif blanked:
             for name, value in headers:
                 if name == b"grpc-timeout" and not _field_value_ok(value):
                     return None
-        return headers, checked[1], header_lookups(headers)
+        return headers, checked[1], lookups
 
     def _decode(self, block: bytes, indexed: bool = False) -> list[tuple[bytes, bytes]]:
         """HPACK-decode a header block, within MAX_HEADER_LIST_SIZE. A block of one-byte
