@@ -36,8 +36,9 @@ class GoClientUnavailable(RuntimeError):
     pass
 
 
-def build() -> pathlib.Path:
-    """The goload binary, built into the cache when its source changed."""
+def build(cache: pathlib.Path | None = None) -> pathlib.Path:
+    """The goload binary, built into `cache` (default CACHE) when its source changed."""
+    cache = cache or CACHE
     if shutil.which("go") is None:
         raise GoClientUnavailable("no `go` on PATH: apt install golang-go")
     if not CLIENT_PKG.is_dir():
@@ -45,15 +46,15 @@ def build() -> pathlib.Path:
                                   "apt install golang-etcd-server-dev")
     src = SOURCE.read_bytes()
     tag = f"{len(src):x}-{hash_bytes(src)}"
-    out = CACHE / f"goload-{tag}"
+    out = cache / f"goload-{tag}"
     if out.exists():
         return out
-    gopath = CACHE / "gopath"
+    gopath = cache / "gopath"
     pkg = gopath / "src" / "goload"
     pkg.mkdir(parents=True, exist_ok=True)
     (pkg / "main.go").write_bytes(src)
     env = dict(os.environ, GO111MODULE="off", GOPATH=f"{gopath}:{GOCODE}",
-               GOCACHE=str(CACHE / "gocache"), GOFLAGS="", CGO_ENABLED="0")
+               GOCACHE=str(cache / "gocache"), GOFLAGS="", CGO_ENABLED="0")
     tmp = out.with_suffix(".tmp")
     proc = subprocess.run(["go", "build", "-o", str(tmp), "."], cwd=pkg, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -71,10 +72,11 @@ class GoClients:
     """`n` goload processes, each with `channels` connections to every endpoint; the
     interface of loadgen.Clients (preload, start_cell, finish_cell, pids, close)."""
 
-    def __init__(self, endpoints: str | Sequence[str], n: int, channels: int) -> None:
+    def __init__(self, endpoints: str | Sequence[str], n: int, channels: int,
+                 cache: pathlib.Path | None = None) -> None:
         if isinstance(endpoints, str):
             endpoints = [endpoints]
-        binary = build()
+        binary = build(cache)
         self.procs: list[subprocess.Popen] = []
         for i in range(n):
             self.procs.append(subprocess.Popen(
