@@ -9,9 +9,13 @@ import random
 
 import hpack
 import pytest
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kubekv_server.rpc import frames as f
-from kubekv_server.rpc import http2
+from kubekv_server.rpc import http2, limits
 
 from .h2_client import REQUEST, goaway_code, parse_frames, raw_server, rst_codes
 
@@ -126,3 +130,66 @@ def test_hpack_bomb_behind_a_short_literal_is_stopped():
 ])
 def test_other_shapes_go_to_the_library(block):
     assert not http2._references_and_short_literals(block)
+
+
+# ------------------------------------------------------------------ against the library
+
+_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+# mostly indices the table has (61 static entries, the primed request's 7), some not
+_index = st.one_of(*[st.integers(1, 68)] * 19, st.integers(0, 200))
+_value = st.one_of(
+    *[st.tuples(st.binary(max_size=40), st.just(False))] * 6,                      # raw
+    *[st.tuples(st.binary(max_size=60).map(_HUFFMAN.encode), st.just(True))] * 6,  # Huffman
+    st.tuples(st.binary(max_size=20), st.just(True)),  # mostly not a valid code
+).filter(lambda v: len(v[0]) < 127)
+_field = st.one_of(
+    st.tuples(st.just("ref"), _index),
+    st.builds(lambda i, v: ("literal", i, *v), _index, _value),
+)
+
+
+def _block(fields) -> bytes:
+    """Raw HPACK bytes from (kind, ...) fields: references with any index (one byte,
+    or 0xFF plus one more) and literals with incremental indexing of a referenced name
+    (any index) whose value may or may not be a valid Huffman code."""
+    out = bytearray()
+    for field in fields:
+        if field[0] == "ref":
+            index = field[1]
+            out += bytes((0x80 | index,)) if index < 127 else bytes((0xFF, index - 127))
+        else:
+            _, index, value, huffman = field
+            out += bytes((0x40 | index,)) if index < 63 else bytes((0x7F, index - 63))
+            out += bytes(((0x80 if huffman else 0) | len(value),)) + value
+    return bytes(out)
+
+
+def _outcome(decode):
+    try:
+        return [(bytes(k), bytes(v)) for k, v in decode()]
+    except http2._ConnectionError as exc:
+        return exc.code
+    except (hpack.HPACKError, IndexError):
+        return f.COMPRESSION_ERROR
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(_field, min_size=1, max_size=12), min_size=1, max_size=6))
+def test_short_literal_decoding_matches_the_library(blocks):
+    """Any sequence of such blocks decodes to the same headers, fails alike, and leaves
+    the same dynamic table as hpack's own decoder (primed with a real request)."""
+    server, _ = raw_server()
+    enc = hpack.Encoder()
+    reference = hpack.Decoder(max_header_list_size=limits.MAX_HEADER_LIST_SIZE)
+    first = enc.encode(go_calls(1)[0])
+    received(server, 1, first)
+    reference.decode(first, raw=True)
+    for fields in blocks:
+        block = _block(fields)
+        ours = _outcome(lambda b=block: server._decode(b))
+        theirs = _outcome(lambda b=block: reference.decode(b, raw=True))
+        assert ours == theirs, block.hex()
+        if not isinstance(ours, list):
+            return  # a connection error: the connection (and its table) is gone
+        assert list(server._decoder.header_table.dynamic_entries) == \
+            list(reference.header_table.dynamic_entries)
