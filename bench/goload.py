@@ -22,6 +22,8 @@ import subprocess
 import time
 from collections.abc import Sequence
 
+from bench.loadgen import cell_commands, preload_commands
+
 SOURCE = pathlib.Path(__file__).resolve().parent / "goload" / "main.go"
 GOCODE = pathlib.Path("/usr/share/gocode")
 CLIENT_PKG = GOCODE / "src" / "go.etcd.io" / "etcd" / "clientv3"
@@ -45,8 +47,7 @@ def build(cache: pathlib.Path | None = None) -> pathlib.Path:
         raise GoClientUnavailable(f"no etcd Go client sources at {CLIENT_PKG}: "
                                   "apt install golang-etcd-server-dev")
     src = SOURCE.read_bytes()
-    tag = f"{len(src):x}-{hash_bytes(src)}"
-    out = cache / f"goload-{tag}"
+    out = cache / f"goload-{hashlib.sha256(src).hexdigest()[:16]}"
     if out.exists():
         return out
     gopath = cache / "gopath"
@@ -62,10 +63,6 @@ def build(cache: pathlib.Path | None = None) -> pathlib.Path:
         raise GoClientUnavailable(f"go build failed:\n{proc.stderr[-4000:]}")
     tmp.replace(out)
     return out
-
-
-def hash_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
 
 
 class GoClients:
@@ -111,26 +108,21 @@ class GoClients:
         return out
 
     def preload(self, num_keys: int, inflight: int) -> int:
-        n = len(self.procs)
-        for i, p in enumerate(self.procs):
-            self._send(p, {"cmd": "preload", "keys": list(range(i, num_keys, n)),
-                           "inflight": max(1, inflight // n)})
+        for p, cmd in zip(self.procs, preload_commands(num_keys, inflight, len(self.procs)),
+                          strict=True):
+            self._send(p, cmd)
         return sum(r["done"] for r in self._collect(self.procs, 300))
 
     def start_cell(self, op: str, inflight: int, t_start: float, t_end: float, seed: int):
-        from bench.loadgen import split
-
         active = []
-        first = 0
-        for p, s in zip(self.procs, split(inflight, len(self.procs)), strict=True):
-            if s > 0:
-                now = time.monotonic()
-                self._send(p, {"cmd": "cell", "op": op, "inflight": s,
-                               "total_inflight": inflight, "first_loop": first,
-                               "start_in": t_start - now, "duration": t_end - t_start,
-                               "seed": seed})
+        for p, cmd in zip(self.procs, cell_commands(op, inflight, t_start, t_end, seed,
+                                                    len(self.procs)), strict=True):
+            if cmd is not None:
+                # a Go process cannot read this process's monotonic clock: relative times
+                cmd["start_in"] = cmd.pop("t_start") - time.monotonic()
+                cmd["duration"] = cmd.pop("t_end") - t_start
+                self._send(p, cmd)
                 active.append(p)
-            first += s
         return active
 
     def finish_cell(self, active, t_end: float) -> list[dict]:

@@ -311,23 +311,18 @@ class Clients:
         return out
 
     def preload(self, num_keys: int, inflight: int) -> int:
-        n = len(self.conns)
-        for i, c in enumerate(self.conns):
-            c.send({"cmd": "preload", "keys": list(range(i, num_keys, n)),
-                    "inflight": max(1, inflight // n)})
+        for c, cmd in zip(self.conns, preload_commands(num_keys, inflight, len(self.conns)),
+                          strict=True):
+            c.send(cmd)
         return sum(r["done"] for r in self._collect(self.conns, 300))
 
     def start_cell(self, op: str, inflight: int, t_start: float, t_end: float, seed: int):
-        shares = split(inflight, len(self.conns))
         active = []
-        first = 0
-        for c, s in zip(self.conns, shares, strict=True):
-            if s > 0:
-                c.send({"cmd": "cell", "op": op, "inflight": s, "total_inflight": inflight,
-                        "first_loop": first, "t_start": t_start, "t_end": t_end,
-                        "seed": seed})
+        for c, cmd in zip(self.conns, cell_commands(op, inflight, t_start, t_end, seed,
+                                                    len(self.conns)), strict=True):
+            if cmd is not None:
+                c.send(cmd)
                 active.append(c)
-            first += s
         return active
 
     def finish_cell(self, active, t_end: float) -> list[dict]:
@@ -357,6 +352,27 @@ def make_clients(kind: str, endpoints: str | Sequence[str], n: int, channels: in
 
         return GoClients(endpoints, n, channels)
     return Clients(endpoints, n, channels)
+
+
+def preload_commands(num_keys: int, inflight: int, n: int) -> list[dict]:
+    """Each of `n` client processes' preload command: every n-th key, its share of the
+    in-flight requests."""
+    return [{"cmd": "preload", "keys": list(range(i, num_keys, n)),
+             "inflight": max(1, inflight // n)} for i in range(n)]
+
+
+def cell_commands(op: str, inflight: int, t_start: float, t_end: float, seed: int,
+                  n: int) -> list[dict | None]:
+    """Each of `n` client processes' command for one cell (None: no loop of its own):
+    its share of the loops, numbered globally from `first_loop`."""
+    out: list[dict | None] = []
+    first = 0
+    for share in split(inflight, n):
+        out.append({"cmd": "cell", "op": op, "inflight": share, "total_inflight": inflight,
+                    "first_loop": first, "t_start": t_start, "t_end": t_end, "seed": seed}
+                   if share > 0 else None)
+        first += share
+    return out
 
 
 def split(total: int, parts: int) -> list[int]:
