@@ -55,6 +55,7 @@ class Http2Connection(asyncio.Protocol):
         self._reading_paused = False
         self._process_scheduled = False
         self._flush_scheduled = False
+        self._ack_timer: asyncio.TimerHandle | None = None  # a held PING ACK's deadline
         self._terminated = False
         # bytes calls hold of requests not complete yet (what the connection window bounds)
         self._buffered_requests = 0
@@ -90,6 +91,9 @@ class Http2Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         if self._preface_timer is not None:
             self._preface_timer.cancel()
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         for call in list(self.calls.values()):
             call.cancel()
         self.calls.clear()
@@ -186,7 +190,12 @@ class Http2Connection(asyncio.Protocol):
         if self._preface_timer is not None and h2.established:
             self._preface_timer.cancel()
             self._preface_timer = None
-        self.flush()
+        if self.calls and not self._terminated and h2.only_a_ping_ack_queued():
+            # an answer is on its way (a call is open): the ACK leaves with it
+            if self._ack_timer is None:
+                self._ack_timer = self.loop.call_later(limits.PING_ACK_DELAY, self.flush)
+        else:
+            self.flush()
         if self._terminated:
             self.transport.close()
             return
@@ -323,6 +332,9 @@ class Http2Connection(asyncio.Protocol):
     def flush(self) -> None:
         """Write what the state machine has queued; note whether the socket keeps up."""
         self._flush_scheduled = False
+        if self._ack_timer is not None:  # a held PING ACK leaves with this write
+            self._ack_timer.cancel()
+            self._ack_timer = None
         if self.closed or self.h2 is None:
             return
         h2 = self.h2

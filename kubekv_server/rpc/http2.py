@@ -35,6 +35,7 @@ from kubekv_server.rpc import frames as f
 from kubekv_server.rpc import limits
 
 _U32 = struct.Struct(">I")
+_PING_FRAME_BYTES = 9 + 8  # frame header and the 8-byte payload
 _SETTING = struct.Struct(">HI")
 _WINDOW_MAX = f.MAX_WINDOW
 _HEADERS_END_STREAM = f.END_HEADERS | f.END_STREAM
@@ -793,6 +794,12 @@ class ServerConnection:
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         return data
+
+    def only_a_ping_ack_queued(self) -> bool:
+        """Whether the output queued is a lone PING ACK (what grpc-go's BDP ping, sent
+        with its next request after each answer, leaves to write)."""
+        out = self._out
+        return len(out) == 1 and len(out[0]) == _PING_FRAME_BYTES and out[0][3] == f.PING
 
     def socket_drained(self) -> None:
         """The socket took everything written so far: the client is reading."""

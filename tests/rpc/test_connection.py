@@ -115,6 +115,91 @@ def test_control_frames_to_a_client_that_does_not_read_end_the_connection(loop, 
     assert transport.closed
 
 
+class WritesCounted(FakeTransport):
+    """A FakeTransport that keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data) -> None:
+        super().write(data)
+        self.writes.append(bytes(data))
+
+
+def held_call(loop, server) -> tuple[Http2Connection, WritesCounted, asyncio.Future, bytes]:
+    """A connection whose client opened a call the server answers only when the returned
+    future is resolved; returns the bytes of the call (its HEADERS and DATA) unsent."""
+    answer = loop.create_future()
+    slow = b"/etcdserverpb.KV/Put"
+
+    async def put_handler(req, ctx):
+        await answer
+        return pb.PutResponse()
+
+    server.methods[slow] = Method.of(slow, pb.PutRequest, False, False, put_handler)
+    conn = Http2Connection(server)
+    transport = WritesCounted()
+    conn.connection_made(transport)
+    conn.data_received(f.PREFACE + f.settings({}))
+    run(loop)
+    transport.writes.clear()
+    c = client()
+    c.data_to_send()
+    sid = c.get_next_available_stream_id()
+    c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", slow),
+                         (":authority", "x"), ("content-type", "application/grpc")])
+    c.send_data(sid, grpc_message(pb.PutRequest(key=b"k")), end_stream=True)
+    return conn, transport, answer, c.data_to_send()
+
+
+def ping_acks(data: bytes) -> int:
+    return sum(1 for t, fl, _, _ in parse_frames(data) if t == f.PING and fl & f.ACK)
+
+
+def test_a_ping_with_a_request_is_acked_in_the_answers_write(loop, server):
+    # grpc-go sends a BDP PING with its next request after each answer: the ACK waits
+    # for that request's answer and leaves in the same socket write
+    conn, transport, answer, request = held_call(loop, server)
+    conn.data_received(request + f.frame(f.PING, 0, 0, b"bdp-ping"))
+    run(loop)
+    assert transport.writes == []
+    answer.set_result(None)
+    run(loop)
+    assert len(transport.writes) == 1
+    frames = parse_frames(transport.writes[0])
+    assert ping_acks(transport.writes[0]) == 1
+    assert any(t == f.HEADERS for t, _, _, _ in frames)  # the answer
+
+
+def test_a_held_ping_ack_is_written_once_its_delay_is_over(loop, server):
+    conn, transport, answer, request = held_call(loop, server)
+    conn.data_received(request + f.frame(f.PING, 0, 0, b"bdp-ping"))
+    run(loop)
+    assert transport.writes == []
+    loop.run_until_complete(asyncio.sleep(limits.PING_ACK_DELAY * 3))
+    assert [ping_acks(w) for w in transport.writes] == [1]
+    answer.set_result(None)
+    run(loop)
+
+
+def test_a_ping_without_an_open_call_is_acked_at_once(loop, server):
+    conn, transport = connect(server)
+    conn.data_received(f.PREFACE + f.settings({}))
+    transport.take()
+    conn.data_received(f.frame(f.PING, 0, 0, b"keepaliv"))
+    assert ping_acks(transport.take()) == 1
+
+
+def test_pings_beyond_one_are_acked_at_once_even_with_a_call_open(loop, server):
+    conn, transport, answer, request = held_call(loop, server)
+    conn.data_received(request + f.frame(f.PING, 0, 0, b"ping-one") +
+                       f.frame(f.PING, 0, 0, b"ping-two"))
+    assert sum(ping_acks(w) for w in transport.writes) == 2
+    answer.set_result(None)
+    run(loop)
+
+
 def test_unknown_method_message_is_bounded(loop, server):
     conn, transport = connect(server)
     c = client()
