@@ -799,7 +799,10 @@ class ServerConnection:
         """Whether the output queued is a lone PING ACK (what grpc-go's BDP ping, sent
         with its next request after each answer, leaves to write)."""
         out = self._out
-        return len(out) == 1 and len(out[0]) == _PING_FRAME_BYTES and out[0][3] == f.PING
+        if len(out) != 1:
+            return False
+        frame = out[0]
+        return len(frame) == _PING_FRAME_BYTES and frame[3] == f.PING and bool(frame[4] & f.ACK)
 
     def socket_drained(self) -> None:
         """The socket took everything written so far: the client is reading."""
