@@ -38,11 +38,18 @@ def server(loop):
     srv.executor.shutdown(wait=False)
 
 
-def connect(server) -> tuple[Http2Connection, FakeTransport]:
+def connect(server, transport: FakeTransport | None = None
+            ) -> tuple[Http2Connection, FakeTransport]:
     conn = Http2Connection(server)
-    transport = FakeTransport()
+    transport = transport or FakeTransport()
     conn.connection_made(transport)
     return conn, transport
+
+
+def grpc_headers(path) -> list[tuple]:
+    """A gRPC call's request headers for `path`."""
+    return [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "x"),
+            ("content-type", "application/grpc")]
 
 
 def run(loop) -> None:
@@ -69,8 +76,7 @@ def test_unary_call_is_answered(loop, server):
     conn, transport = connect(server)
     c = client()
     sid = c.get_next_available_stream_id()
-    c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", RANGE),
-                         (":authority", "x"), ("content-type", "application/grpc")])
+    c.send_headers(sid, grpc_headers(RANGE))
     c.send_data(sid, grpc_message(pb.RangeRequest(key=b"abc")), end_stream=True)
     conn.data_received(c.data_to_send())
     run(loop)
@@ -138,17 +144,14 @@ def held_call(loop, server) -> tuple[Http2Connection, WritesCounted, asyncio.Fut
         return pb.PutResponse()
 
     server.methods[slow] = Method.of(slow, pb.PutRequest, False, False, put_handler)
-    conn = Http2Connection(server)
-    transport = WritesCounted()
-    conn.connection_made(transport)
+    conn, transport = connect(server, WritesCounted())
     conn.data_received(f.PREFACE + f.settings({}))
     run(loop)
     transport.writes.clear()
     c = client()
     c.data_to_send()
     sid = c.get_next_available_stream_id()
-    c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", slow),
-                         (":authority", "x"), ("content-type", "application/grpc")])
+    c.send_headers(sid, grpc_headers(slow))
     c.send_data(sid, grpc_message(pb.PutRequest(key=b"k")), end_stream=True)
     return conn, transport, answer, c.data_to_send()
 
@@ -205,9 +208,7 @@ def test_unknown_method_message_is_bounded(loop, server):
     c = client()
     sid = c.get_next_available_stream_id()
     path = "/etcdserverpb.KV/" + "X" * 20_000
-    c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", path),
-                         (":authority", "x"), ("content-type", "application/grpc")],
-                   end_stream=True)
+    c.send_headers(sid, grpc_headers(path), end_stream=True)
     conn.data_received(c.data_to_send())
     run(loop)
     events = c.receive_data(transport.take())
@@ -230,8 +231,7 @@ def test_partial_bodies_run_out_of_connection_window(loop, server):
     while c.outbound_flow_control_window > 0:
         sid = c.get_next_available_stream_id()
         streams.append(sid)
-        c.send_headers(sid, [(":method", "POST"), (":scheme", "http"), (":path", RANGE),
-                             (":authority", "x"), ("content-type", "application/grpc")])
+        c.send_headers(sid, grpc_headers(RANGE))
         body = b"\x00" + announced.to_bytes(4, "big") + b"p" * (announced - 1)  # one short
         pos = 0
         while pos < len(body) and c.local_flow_control_window(sid) > 0:
