@@ -440,10 +440,21 @@ class WALStorage:
         # Freeing the old file's blocks (64 MiB and its preallocated tail) took 25 ms of
         # a rewrite, with the log's writes waiting for the lock: it goes on beside them.
         # A crash before it ends leaves the old file, which start-up removes.
-        unlink = threading.Thread(target=os.unlink, args=(old,), name="kubekv-wal-unlink",
-                                  daemon=True)
+        unlink = threading.Thread(target=self._unlink_old, args=(old,),
+                                  name="kubekv-wal-unlink", daemon=True)
         unlink.start()
         self._unlinking = [t for t in self._unlinking if t.is_alive()] + [unlink]
+
+    @staticmethod
+    def _unlink_old(path: str) -> None:
+        """Remove a rewrite's old file. Its content is in the new one, so a failure
+        costs only disk, which start-up takes back (it removes every older file)."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("event=wal_unlink_failed file=%s error=%s", path, exc)
 
     @staticmethod
     def _remove(path: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -260,6 +261,14 @@ def _settle(s: WALStorage) -> None:
     raise AssertionError("the log never settled")
 
 
+def _then_reopened(s: WALStorage, path: str) -> Iterator[WALStorage]:
+    """`s`, then (once the caller has closed it) the log opened again from its files:
+    one process at a time, as a member has it, so start-up's removal of older files
+    never meets a rewrite's unlink of the same file."""
+    yield s
+    yield WALStorage(path)
+
+
 def test_wal_rewrites_its_file_from_the_live_state(tmp_path, monkeypatch):
     monkeypatch.setattr(wal_storage, "SEGMENT_BYTES", 2000)
     path = str(tmp_path / "w")
@@ -389,6 +398,7 @@ def test_wal_grows_its_preallocation_and_keeps_it_through_a_rewrite(tmp_path, mo
         assert s._size <= s._alloc == os.path.getsize(_wal_file(path)) <= s._size + 1100
         if i % 40 == 0:
             s.compact(i - 5)
+    _settle(s)  # the rewrite writes its file on a thread of its own
     assert s._seq > 1  # rewritten
     s.close()
     s = WALStorage(path)
@@ -440,7 +450,7 @@ def test_wal_reads_entries_back_from_the_file_beyond_its_cache(tmp_path, monkeyp
             return 9, b"conflict"
         return (9 if 55 < i <= 60 else 1 + i // 50), b"%d" % i * 20
 
-    for store in (s, WALStorage(path)):
+    for store in _then_reopened(s, path):
         got = store.entries(53, 201)
         assert [(e.term, e.data) for e in got] == [expect(i) for i in range(53, 201)]
         assert [store.term(i) for i in range(53, 201)] == [expect(i)[0] for i in range(53, 201)]
