@@ -406,6 +406,18 @@ def test_wal_grows_its_preallocation_and_keeps_it_through_a_rewrite(tmp_path, mo
     s.close()
 
 
+def test_wal_old_file_already_gone_or_not_removable_is_no_error(tmp_path, caplog):
+    """A rewrite's old file, removed on a thread of its own: gone already is done; any
+    other failure is one log line (the content is in the new file; start-up removes it)."""
+    WALStorage._unlink_old(str(tmp_path / "0000000000000001.wal"))  # never there
+    stuck = tmp_path / "0000000000000002.wal"
+    stuck.mkdir()  # unlink(2) refuses a directory
+    with caplog.at_level("WARNING", logger=wal_storage.__name__):
+        WALStorage._unlink_old(str(stuck))
+    assert [r.getMessage().split()[0] for r in caplog.records] == ["event=wal_unlink_failed"]
+    assert stuck.exists()
+
+
 def test_wal_without_fsync_is_not_preallocated(tmp_path):
     path = str(tmp_path / "w")
     s = WALStorage(path, fsync=False)
