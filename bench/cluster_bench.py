@@ -659,6 +659,9 @@ def main(argv=None) -> int:
         "failover_reps": args.failover_reps,
         "probe_interval_ms": args.probe_interval,
         "kubekv_flags": args.kubekv_flags,
+        # a measuring aid the servers load (bench/stage_bound, bench/latency_trace) is
+        # switched on by KUBEKV_* variables: a saved run says which were set
+        "kubekv_env": {k: v for k, v in os.environ.items() if k.startswith("KUBEKV_")},
         "etcd_flags": args.etcd_flags,
     }
     with contextlib.suppress(Exception):

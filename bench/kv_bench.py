@@ -276,6 +276,9 @@ def main(argv=None) -> int:
         "keys": NUM_KEYS,
         "value_bytes": VALUE_SIZE,
         "kubekv_flags": args.kubekv_flags,
+        # a measuring aid the servers load (bench/stage_bound, bench/latency_trace) is
+        # switched on by KUBEKV_* variables: a saved run says which were set
+        "kubekv_env": {k: v for k, v in os.environ.items() if k.startswith("KUBEKV_")},
         "etcd_flags": args.etcd_flags,
         "data_dir_parent": str(tmp),
     }

@@ -1,0 +1,91 @@
+"""How fast a stage of the write path could go with what follows it removed (a
+measuring aid, not product code). With KUBEKV_STAGE_BOUND set and this directory on
+PYTHONPATH, a kubekv server cuts every Put's path short once the first
+KUBEKV_STAGE_BOUND_AFTER writes (default 10,000: `kv_bench.py`'s preload, which it
+counts afterwards) went through for real:
+
+  edge         the handler returns the response at once: the HTTP/2 and gRPC edge, the
+               request checks and the answer's write alone (a serializable read's path)
+  edge-future  the same through a future resolved one loop callback later
+  no-apply     proposed, through Raft, written and fsynced to the log, answered; the
+               apply stage answers each entry without touching the state db
+
+The store is left behind the log, so only a Put-only load measures anything; a server
+run this way is thrown away after. Without KUBEKV_STAGE_BOUND nothing is patched.
+"""
+
+import os
+
+_MODE = os.environ.get("KUBEKV_STAGE_BOUND")
+
+
+def _after() -> list[int]:
+    return [int(os.environ.get("KUBEKV_STAGE_BOUND_AFTER", "10000"))]
+
+
+def _edge(direct: bool) -> None:
+    from etcdproto.etcdserverpb import rpc_pb2 as pb
+    from kubekv_server.member.member import Member
+
+    real_put = Member.put
+    left = _after()
+
+    def put(self, r, cost):
+        if left[0] > 0:
+            left[0] -= 1
+            return real_put(self, r, cost)
+        resp = pb.PutResponse()
+        self.header(resp.header, 1)
+        if direct:
+            return resp
+        fut = self.loop.create_future()
+        self.loop.call_soon(fut.set_result, resp)
+        return fut
+
+    Member.put = put
+
+
+def _no_apply() -> None:
+    from etcdproto.etcdserverpb import rpc_pb2 as pb
+    from etcdproto.kubekvpb import internal_pb2
+    from etcdproto.raftpb import raft_pb2
+    from kubekv_server.apply.applier import Applier, BatchResult
+
+    real_apply, real_inline = Applier.apply, Applier.apply_inline
+    left = _after()
+    normal = raft_pb2.EntryNormal
+    parse = internal_pb2.InternalRequest.FromString
+
+    def answered(self, entries):
+        out = BatchResult(applied_index=self.applied_index)
+        for e in entries:
+            if e.index > self.applied_index and e.type == normal and e.data:
+                resp = pb.PutResponse()
+                resp.header.revision = e.index
+                out.results.append((parse(e.data).id, resp))
+        if entries:
+            self.applied_index = out.applied_index = max(self.applied_index,
+                                                         entries[-1].index)
+        return out
+
+    def apply(self, entries):
+        if left[0] > 0:
+            left[0] -= len(entries)
+            return real_apply(self, entries)
+        return answered(self, entries)
+
+    def apply_inline(self, entries):
+        if left[0] > 0:
+            out = real_inline(self, entries)
+            if out is not None:
+                left[0] -= len(entries)
+            return out
+        return answered(self, entries)
+
+    Applier.apply, Applier.apply_inline = apply, apply_inline
+
+
+if _MODE in ("edge", "edge-future"):
+    _edge(_MODE == "edge")
+elif _MODE == "no-apply":
+    _no_apply()
