@@ -1,8 +1,8 @@
 """How fast a stage of the write path could go with what follows it removed (a
 measuring aid, not product code). With KUBEKV_STAGE_BOUND set and this directory on
 PYTHONPATH, a kubekv server cuts every Put's path short once the first
-KUBEKV_STAGE_BOUND_AFTER writes (default 10,000: `kv_bench.py`'s preload, which it
-counts afterwards) went through for real:
+KUBEKV_STAGE_BOUND_AFTER Puts (default 10,000: the preload of `kv_bench.py` and
+`cluster_bench.py`, which they count afterwards) went through for real:
 
   edge         the handler returns the response at once: the HTTP/2 and gRPC edge, the
                request checks and the answer's write alone (a serializable read's path)
@@ -68,9 +68,13 @@ def _no_apply() -> None:
                                                          entries[-1].index)
         return out
 
+    def puts(entries) -> int:
+        return sum(1 for e in entries if e.type == normal and e.data
+                   and parse(e.data).WhichOneof("request") == "put")
+
     def apply(self, entries):
         if left[0] > 0:
-            left[0] -= len(entries)
+            left[0] -= puts(entries)
             return real_apply(self, entries)
         return answered(self, entries)
 
@@ -78,7 +82,7 @@ def _no_apply() -> None:
         if left[0] > 0:
             out = real_inline(self, entries)
             if out is not None:
-                left[0] -= len(entries)
+                left[0] -= puts(entries)
             return out
         return answered(self, entries)
 
