@@ -11,16 +11,16 @@ KUBEKV_STAGE_BOUND_AFTER Puts (default 10,000: the preload of `kv_bench.py` and
                apply stage answers each entry without touching the state db
 
 The store is left behind the log, so only a Put-only load measures anything; a server
-run this way is thrown away after. Without KUBEKV_STAGE_BOUND nothing is patched.
+run this way is thrown away after. Without KUBEKV_STAGE_BOUND nothing is patched; with
+any other value every Python process that loads this file exits at once.
 """
 
 import os
+import sys
 
 _MODE = os.environ.get("KUBEKV_STAGE_BOUND")
-
-
-def _after() -> list[int]:
-    return [int(os.environ.get("KUBEKV_STAGE_BOUND_AFTER", "10000"))]
+_MODES = ("edge", "edge-future", "no-apply")
+_AFTER = int(os.environ.get("KUBEKV_STAGE_BOUND_AFTER", "10000"))
 
 
 def _edge(direct: bool) -> None:
@@ -28,11 +28,12 @@ def _edge(direct: bool) -> None:
     from kubekv_server.member.member import Member
 
     real_put = Member.put
-    left = _after()
+    left = _AFTER
 
     def put(self, r, cost):
-        if left[0] > 0:
-            left[0] -= 1
+        nonlocal left
+        if left > 0:
+            left -= 1
             return real_put(self, r, cost)
         resp = pb.PutResponse()
         self.header(resp.header, 1)
@@ -52,7 +53,7 @@ def _no_apply() -> None:
     from kubekv_server.apply.applier import Applier, BatchResult
 
     real_apply, real_inline = Applier.apply, Applier.apply_inline
-    left = _after()
+    left = _AFTER
     normal = raft_pb2.EntryNormal
     parse = internal_pb2.InternalRequest.FromString
 
@@ -73,16 +74,18 @@ def _no_apply() -> None:
                    and parse(e.data).WhichOneof("request") == "put")
 
     def apply(self, entries):
-        if left[0] > 0:
-            left[0] -= puts(entries)
+        nonlocal left
+        if left > 0:
+            left -= puts(entries)
             return real_apply(self, entries)
         return answered(self, entries)
 
     def apply_inline(self, entries):
-        if left[0] > 0:
+        nonlocal left
+        if left > 0:
             out = real_inline(self, entries)
             if out is not None:
-                left[0] -= puts(entries)
+                left -= puts(entries)
             return out
         return answered(self, entries)
 
@@ -93,3 +96,5 @@ if _MODE in ("edge", "edge-future"):
     _edge(_MODE == "edge")
 elif _MODE == "no-apply":
     _no_apply()
+elif _MODE:  # a misspelt mode would otherwise measure the whole path under its name
+    sys.exit(f"KUBEKV_STAGE_BOUND={_MODE[:40]!r}: not one of {', '.join(_MODES)}")
