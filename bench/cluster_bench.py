@@ -61,6 +61,7 @@ from bench.loadgen import (  # noqa: E402
     install_signal_handlers,
     make_clients,
     median,
+    other_load,
     run_cell,
     start_process,
     summarize_collapsed,
@@ -516,7 +517,7 @@ def load_side_table(results: dict, ops: list[str], inflights: list[int]) -> str:
                 each = "/".join(f"{x:.2f}" for x in c["server_cores_each"])
                 cc = c["client_cpu_s"] / c["window_s"] if c["window_s"] else 0
                 out.append(f"| {s} | {op} | {n} | {each} ({c['leader']}) | {cc:.2f} "
-                           f"| {c['client_cpu_ms_per_1k']:.1f} | {c['other_busy_cores']:.2f} |")
+                           f"| {c['client_cpu_ms_per_1k']:.1f} | {other_load(c)} |")
     return "\n".join(out)
 
 

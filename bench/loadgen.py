@@ -102,14 +102,17 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def machine_cpu_seconds() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine, summed over cores, from /proc/stat."""
+def machine_cpu_seconds() -> tuple[float, float, float]:
+    """(busy, total, stolen) CPU seconds of the whole machine, summed over cores, from
+    /proc/stat. Stolen time (the hypervisor running another guest on our cores) counts
+    as busy: nothing here could run then. It comes in bursts on the shared machines and
+    is most of a cell's "other load" when that load is large."""
     with open("/proc/stat") as f:
         parts = f.readline().split()[1:]
     vals = [int(v) for v in parts[:8]]  # user nice system idle iowait irq softirq steal
     idle = vals[3] + vals[4]
     total = sum(vals)
-    return (total - idle) / CLK_TCK, total / CLK_TCK
+    return (total - idle) / CLK_TCK, total / CLK_TCK, vals[7] / CLK_TCK
 
 
 def uptime_line() -> str:
@@ -475,6 +478,7 @@ def run_cell(server_pids: Sequence[int], check_servers: Callable[[], None], clie
     server_cpu = sum(per_server)
     client_cpu = c1 - c0
     machine_busy = m1[0] - m0[0]
+    stolen = m1[2] - m0[2]
     return {
         "op": op,
         "inflight": inflight,
@@ -500,6 +504,7 @@ def run_cell(server_pids: Sequence[int], check_servers: Callable[[], None], clie
         "machine_busy_cores": machine_busy / window if window > 0 else 0.0,
         "other_busy_cores": max(machine_busy - server_cpu - client_cpu, 0) / window
         if window > 0 else 0.0,
+        "steal_cores": stolen / window if window > 0 else 0.0,  # (part of the other load)
     }
 
 
@@ -511,8 +516,16 @@ def describe(server_name: str, cell: dict) -> str:
         f"p99 {cell['p99_ms']:7.2f} ms  err {cell['errors']:<3d} {cmp}"
         f"server {cell['server_cpu_ms_per_1k']:6.1f} ms CPU/1k ({cell['server_cores']:.2f} cores)  "
         f"clients {cell['client_cpu_ms_per_1k']:6.1f} ms/1k  "
-        f"others {cell['other_busy_cores']:.2f} cores"
+        f"others {other_load(cell)} cores"
     )
+
+
+def other_load(cell: dict) -> str:
+    """A cell's other load in cores, with the part the hypervisor stole when known (runs
+    saved before it was recorded have none)."""
+    stolen = cell.get("steal_cores")
+    other = f"{cell['other_busy_cores']:.2f}"
+    return other if stolen is None else f"{other} (steal {stolen:.2f})"
 
 
 def compare_note(op: str, inflights: Sequence[int], cell_of: Callable[[str, int], dict | None],
