@@ -51,6 +51,7 @@ from bench.loadgen import (  # noqa: E402
     VALUE_SIZE,
     Interrupted,
     PySpy,
+    add_steal_arguments,
     cell_cpu,
     cell_latency,
     cell_ops,
@@ -62,7 +63,7 @@ from bench.loadgen import (  # noqa: E402
     make_clients,
     median,
     other_load,
-    run_cell,
+    run_cell_unstolen,
     start_process,
     summarize_collapsed,
     uptime_line,
@@ -436,8 +437,9 @@ def bench_system(system: str, tmp: pathlib.Path, args, results: dict) -> None:
             for op in args.ops:
                 for inflight in args.inflight:
                     lead = cluster.lead_from(MEMBERS[0])
-                    cell = run_cell(cluster.pids(), cluster.check_alive, clients, op, inflight,
-                                    args.warmup, args.duration, seed, profiler)
+                    cell = run_cell_unstolen(args.max_steal, args.steal_tries, cluster.pids(),
+                                             cluster.check_alive, clients, op, inflight,
+                                             args.warmup, args.duration, seed, profiler)
                     cell["leader"] = lead
                     cell["leader_cores"] = cell["server_cores_each"][MEMBERS.index(lead)]
                     seed += 1
@@ -600,6 +602,7 @@ def parse_args(argv=None):
                    help="ms between probe writes / Status polls after the kill")
     p.add_argument("--kubekv-flags", default="", help='one string: --kubekv-flags="--x y"')
     p.add_argument("--etcd-flags", default="", help='one string: --etcd-flags="--x y"')
+    add_steal_arguments(p)
     p.add_argument("--json", dest="json_out", help="write all results as JSON here")
     p.add_argument("--tmpdir", help="parent of the temp data dirs (default: $TMPDIR)")
     p.add_argument("--keep-tmp", action="store_true", help="keep data dirs and server logs")
@@ -648,6 +651,8 @@ def main(argv=None) -> int:
         "uptime_before": uptime_line(),
         "duration_s": args.duration,
         "warmup_s": args.warmup,
+        "max_steal_cores": args.max_steal,
+        "steal_tries": args.steal_tries,
         "ops": args.ops,
         "inflight": args.inflight,
         "clients": args.clients,

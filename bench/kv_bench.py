@@ -47,6 +47,7 @@ from bench.loadgen import (  # noqa: E402
     VALUE_SIZE,
     Interrupted,
     PySpy,
+    add_steal_arguments,
     cell_cpu,
     cell_latency,
     cell_ops,
@@ -57,7 +58,7 @@ from bench.loadgen import (  # noqa: E402
     install_signal_handlers,
     make_clients,
     other_load,
-    run_cell,
+    run_cell_unstolen,
     start_server,
     summarize_collapsed,
     uptime_line,
@@ -161,6 +162,7 @@ def parse_args(argv=None):
                         "on one member, etcd-io/etcd#14370, which 3.5.1 does not)")
     p.add_argument("--etcd-flags", default="",
                    help='extra etcd flags, one string: --etcd-flags="--flag value"')
+    add_steal_arguments(p)
     p.add_argument("--json", dest="json_out", help="write all results as JSON here")
     p.add_argument("--tmpdir", help="parent of the servers' temp data dirs (default: $TMPDIR)")
     p.add_argument("--keep-tmp", action="store_true", help="keep data dirs and server logs")
@@ -218,8 +220,9 @@ def bench_server(name: str, tmp: pathlib.Path, args, results: dict, profiler_dir
         seed = 1
         for op in args.ops:
             for inflight in args.inflight:
-                cell = run_cell([sp.proc.pid], lambda: check_alive(sp), clients, op,
-                                inflight, args.warmup, args.duration, seed, profiler)
+                cell = run_cell_unstolen(args.max_steal, args.steal_tries, [sp.proc.pid],
+                                         lambda: check_alive(sp), clients, op, inflight,
+                                         args.warmup, args.duration, seed, profiler)
                 seed += 1
                 per_op.setdefault(op, {})[str(inflight)] = cell
                 print(describe(name, cell), flush=True)
@@ -271,6 +274,8 @@ def main(argv=None) -> int:
         "uptime_before": uptime_line(),
         "duration_s": args.duration,
         "warmup_s": args.warmup,
+        "max_steal_cores": args.max_steal,
+        "steal_tries": args.steal_tries,
         "clients": args.clients,
         "load_client": args.load_client,
         "channels_per_client": args.channels,
