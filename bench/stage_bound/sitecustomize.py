@@ -51,28 +51,18 @@ def _edge(direct: bool) -> None:
     Member.put = put
 
 
-def _no_apply() -> None:
-    from etcdproto.etcdserverpb import rpc_pb2 as pb
+def _patch_apply(cut_apply, cut_inline):
+    """Applier.apply and apply_inline as they are until the first _AFTER Puts were
+    applied, then `cut_apply(applier, entries)` and `cut_inline(applier, entries)`;
+    returns a function saying whether the cut was reached."""
     from etcdproto.kubekvpb import internal_pb2
     from etcdproto.raftpb import raft_pb2
-    from kubekv_server.apply.applier import Applier, BatchResult
+    from kubekv_server.apply.applier import Applier
 
     real_apply, real_inline = Applier.apply, Applier.apply_inline
     left = _AFTER
     normal = raft_pb2.EntryNormal
     parse = internal_pb2.InternalRequest.FromString
-
-    def answered(self, entries):
-        out = BatchResult(applied_index=self.applied_index)
-        for e in entries:
-            if e.index > self.applied_index and e.type == normal and e.data:
-                resp = pb.PutResponse()
-                resp.header.revision = e.index
-                out.results.append((parse(e.data).id, resp))
-        if entries:
-            self.applied_index = out.applied_index = max(self.applied_index,
-                                                         entries[-1].index)
-        return out
 
     def puts(entries) -> int:
         return sum(1 for e in entries if e.type == normal and e.data
@@ -83,7 +73,7 @@ def _no_apply() -> None:
         if left > 0:
             left -= puts(entries)
             return real_apply(self, entries)
-        return answered(self, entries)
+        return cut_apply(self, entries)
 
     def apply_inline(self, entries):
         nonlocal left
@@ -92,9 +82,39 @@ def _no_apply() -> None:
             if out is not None:
                 left -= puts(entries)
             return out
-        return answered(self, entries)
+        return cut_inline(self, entries)
 
     Applier.apply, Applier.apply_inline = apply, apply_inline
+    return lambda: left <= 0
+
+
+def _applied_through(applier, entries, out) -> None:
+    """The applier (and its BatchResult `out`) at the last of `entries`."""
+    if entries:
+        applier.applied_index = out.applied_index = max(applier.applied_index,
+                                                        entries[-1].index)
+
+
+def _no_apply() -> None:
+    from etcdproto.etcdserverpb import rpc_pb2 as pb
+    from etcdproto.kubekvpb import internal_pb2
+    from etcdproto.raftpb import raft_pb2
+    from kubekv_server.apply.applier import BatchResult
+
+    normal = raft_pb2.EntryNormal
+    parse = internal_pb2.InternalRequest.FromString
+
+    def answered(self, entries):
+        out = BatchResult(applied_index=self.applied_index)
+        for e in entries:
+            if e.index > self.applied_index and e.type == normal and e.data:
+                resp = pb.PutResponse()
+                resp.header.revision = e.index
+                out.results.append((parse(e.data).id, resp))
+        _applied_through(self, entries, out)
+        return out
+
+    _patch_apply(answered, answered)
 
 
 def _apply_process() -> None:
@@ -109,17 +129,11 @@ def _apply_process() -> None:
     import threading
 
     from etcdproto.etcdserverpb import rpc_pb2 as pb
-    from etcdproto.kubekvpb import internal_pb2
     from etcdproto.mvccpb import kv_pb2
-    from etcdproto.raftpb import raft_pb2
     from kubekv_raft.driver.runner import Runner
-    from kubekv_server.apply.applier import Applier, BatchResult
+    from kubekv_server.apply.applier import BatchResult
     from kubekv_server.errors import EtcdError
 
-    real_apply, real_inline = Applier.apply, Applier.apply_inline
-    left = _AFTER
-    normal = raft_pb2.EntryNormal
-    parse = internal_pb2.InternalRequest.FromString
     lock = threading.Lock()
     child: list = []
     length = struct.Struct(">I")
@@ -153,41 +167,20 @@ def _apply_process() -> None:
             for e in evs:
                 event(e)
         del rows
-        if entries:
-            self.applied_index = out.applied_index = max(self.applied_index,
-                                                         entries[-1].index)
+        _applied_through(self, entries, out)
         return out
 
-    def puts(entries) -> int:
-        return sum(1 for e in entries if e.type == normal and e.data
-                   and parse(e.data).WhichOneof("request") == "put")
-
-    def apply(self, entries):
-        nonlocal left
-        if left > 0:
-            left -= puts(entries)
-            return real_apply(self, entries)
-        return proxied(self, entries)
-
-    def apply_inline(self, entries):
-        nonlocal left
-        if left > 0:
-            out = real_inline(self, entries)
-            if out is not None:
-                left -= puts(entries)
-            return out
-        return None  # every batch goes to the child (through the apply stage)
-
+    # every batch goes to the child, through the apply stage: none applied inline
+    cut = _patch_apply(proxied, lambda _applier, _entries: None)
     real_here = Runner._apply_here
 
     def apply_here(self, written):
         # the log thread would wait out the child's round trip before its next write:
         # the batch goes to the apply thread instead, which is the apply process's proxy
-        if left > 0:
+        if not cut():
             return real_here(self, written)
         self._start_apply()
 
-    Applier.apply, Applier.apply_inline = apply, apply_inline
     Runner._apply_here = apply_here
 
 
