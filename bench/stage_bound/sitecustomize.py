@@ -137,9 +137,6 @@ def _apply_process() -> None:
     lock = threading.Lock()
     child: list = []
     length = struct.Struct(">I")
-    parsers = {"put": pb.PutResponse.FromString, "delete_range": pb.DeleteRangeResponse
-               .FromString, "txn": pb.TxnResponse.FromString}
-    put_response = pb.PutResponse.FromString
     event = kv_pb2.Event.FromString
 
     def exchange(payload: bytes) -> bytes:
@@ -158,8 +155,8 @@ def _apply_process() -> None:
             reply = exchange(marshal.dumps(wire))
         results, revisions, rows, kinds = marshal.loads(reply)
         for (rid, resp), kind in zip(results, kinds, strict=True):
-            # (a request of another kind is answered as a Put, as no-apply answers all)
-            out.results.append((rid, parsers.get(kind, put_response)(resp)
+            # `kind`: the response's message name in etcdserverpb, as the child built it
+            out.results.append((rid, getattr(pb, kind).FromString(resp)
                                 if isinstance(resp, bytes) else EtcdError(*resp)))
         # the events parsed and the rows rebuilt (marshal.loads) for their cost only: the
         # parent has no watcher, and its store stays as of the cut
@@ -217,7 +214,6 @@ def _child() -> None:
     import tempfile
     import time
 
-    from etcdproto.kubekvpb import internal_pb2
     from etcdproto.raftpb import raft_pb2
     from kubekv_server.apply.applier import Applier
     from kubekv_server.auth import AuthStore
@@ -227,7 +223,6 @@ def _child() -> None:
     from kubekv_server.lease import LeaseStore
     from kubekv_server.mvcc import MVCCStore
 
-    parse = internal_pb2.InternalRequest.FromString
     length = struct.Struct(">I")
     tmp = tempfile.mkdtemp(prefix="kubekv-apply-child-")
     try:
@@ -253,17 +248,12 @@ def _child() -> None:
             apply_cpu += time.thread_time() - t
             applied += len(entries)
             answered += len(out.results)
-            kinds = {}
-            for e in entries:
-                if e.data and e.type == raft_pb2.EntryNormal:
-                    r = parse(e.data)
-                    kinds[r.id] = r.WhichOneof("request")
             results = [(rid, (r.code, r.message) if isinstance(r, EtcdError)
                         else r.SerializeToString()) for rid, r in out.results]
             revisions = [(rev, [ev.SerializeToString() for ev in evs], size)
                          for rev, evs, size in out.revisions]
             reply = marshal.dumps((results, revisions, list(out.rows),
-                                   [kinds.get(rid) for rid, _ in out.results]))
+                                   [type(r).__name__ for _, r in out.results]))
             _write_all(fout, length.pack(len(reply)) + reply)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
