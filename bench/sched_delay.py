@@ -37,8 +37,23 @@ from bench.goload import GoClients  # noqa: E402
 from bench.loadgen import NUM_KEYS, PRELOAD_INFLIGHT, one_member  # noqa: E402
 
 # `perf sched timehist` rows: time, [cpu], task[tid] or task[tid/pid], wait, sch delay, run
+TIME = re.compile(r"^\s*\d+\.\d+(?=\s+\[\d+\])")
 ROW = re.compile(r"^\s*[\d.]+\s+\[\d+\]\s+(.+?)\[(\d+)(?:/(\d+))?\]\s+([\d.]+)\s+([\d.]+)\s+"
                  r"([\d.]+)\s*$")
+
+
+# How long the load runs beyond the recorded seconds: perf's start-up before it records
+# and its write-out after (~1.4 s seen here), with room to spare.
+PERF_SLACK_S = 4.0
+
+
+def recorded_span(text: str) -> float:
+    """Seconds between the first and the last event of a `perf sched timehist`."""
+    times = [float(m.group(0)) for line in text.splitlines()
+             if (m := TIME.match(line)) is not None]
+    if len(times) < 2:
+        raise RuntimeError("perf recorded no scheduler events")
+    return times[-1] - times[0]
 
 
 def parse_timehist(text: str, pids: set[int]) -> dict[int, list[float]]:
@@ -84,24 +99,29 @@ def measure(system: str, a) -> dict:
             clients = GoClients(endpoints, 1, 1)
             try:
                 clients.preload(NUM_KEYS, PRELOAD_INFLIGHT)
-                t0 = time.monotonic() + 0.5
-                t_end = t0 + a.warmup + a.seconds + 1.0
-                active = clients.start_cell(a.op, a.inflight, t0, t_end, 1)
-                time.sleep(max(0.0, t0 + a.warmup - time.monotonic()))
+                # perf records inside the clients' window [t_start, t_end] (its start-up
+                # and write-out take ~1.5 s beyond what it records); the writes it saw are
+                # the window's steady rate times the span its events cover
+                t_start = time.monotonic() + 0.5 + a.warmup
+                t_end = t_start + a.seconds + PERF_SLACK_S
+                active = clients.start_cell(a.op, a.inflight, t_start, t_end, 1)
+                time.sleep(max(0.0, t_start - time.monotonic()))
                 data = tmp / "sched.data"
-                w0 = time.monotonic()
                 subprocess.run(["perf", "sched", "record", "-a", "-o", str(data), "--",
                                 "sleep", str(a.seconds)], check=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                window = time.monotonic() - w0
+                if time.monotonic() > t_end:
+                    raise RuntimeError("perf took longer than the load's window")
                 results = clients.finish_cell(active, t_end)
             finally:
                 clients.close()
-            writes = sum(len(r["lat"]) // 8 for r in results) / (t_end - t0) * window
+            rate = sum(len(r["lat"]) // 8 for r in results) / (t_end - t_start)
             hist = subprocess.run(["perf", "sched", "timehist", "-i", str(data)],
                                   capture_output=True, text=True, check=True).stdout
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    window = recorded_span(hist)
+    writes = rate * window
     per = parse_timehist(hist, set(pids))
     runs = sum(v[0] for v in per.values())
     delay = sum(v[1] for v in per.values())

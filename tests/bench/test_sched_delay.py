@@ -1,9 +1,10 @@
 """bench/sched_delay.py reads `perf sched timehist`: each row counts for the server
-process its thread belongs to, and nothing else's rows count."""
+process its thread belongs to, nothing else's rows count, and the span recorded is
+read from the events' own times (perf records less than it runs)."""
 
 from __future__ import annotations
 
-from bench.sched_delay import parse_timehist
+from bench.sched_delay import parse_timehist, recorded_span
 
 TIMEHIST = """\
            time    cpu  task name                       wait time  sch delay   run time
@@ -31,3 +32,7 @@ def test_rows_count_for_the_process_of_their_thread() -> None:
 def test_other_processes_and_idle_do_not_count() -> None:
     per = parse_timehist(TIMEHIST, {700})
     assert set(per) == {700}
+
+
+def test_the_recorded_span_is_first_to_last_event() -> None:
+    assert abs(recorded_span(TIMEHIST) - (1326.013501 - 1326.012960)) < 1e-9
