@@ -27,12 +27,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.cluster_bench import Cluster  # noqa: E402
+from bench.cluster_bench import parse_args as cluster_bench_args  # noqa: E402
 from bench.goload import GoClients  # noqa: E402
 from bench.loadgen import NUM_KEYS, PRELOAD_INFLIGHT, one_member  # noqa: E402
 
@@ -81,9 +81,7 @@ def servers(system: str, members: int, tmp: pathlib.Path):
         with one_member(system) as sp:
             yield [sp.endpoint], [sp.proc.pid]
         return
-    args = SimpleNamespace(heartbeat_interval=100, election_timeout=1000, kubekv_flags="",
-                           etcd_flags="")
-    cluster = Cluster(system, tmp, args)
+    cluster = Cluster(system, tmp, cluster_bench_args([]))  # cluster_bench's defaults
     try:
         cluster.start()
         cluster.lead_from("n1")
@@ -100,7 +98,7 @@ def measure(system: str, a) -> dict:
             try:
                 clients.preload(NUM_KEYS, PRELOAD_INFLIGHT)
                 # perf records inside the clients' window [t_start, t_end] (its start-up
-                # and write-out take ~1.5 s beyond what it records); the writes it saw are
+                # and write-out take ~1.4 s beyond what it records); the writes it saw are
                 # the window's steady rate times the span its events cover
                 t_start = time.monotonic() + 0.5 + a.warmup
                 t_end = t_start + a.seconds + PERF_SLACK_S
@@ -116,6 +114,8 @@ def measure(system: str, a) -> dict:
             finally:
                 clients.close()
             rate = sum(len(r["lat"]) // 8 for r in results) / (t_end - t_start)
+            if rate <= 0:
+                raise RuntimeError(f"{system}: no write answered in the window")
             hist = subprocess.run(["perf", "sched", "timehist", "-i", str(data)],
                                   capture_output=True, text=True, check=True).stdout
     finally:
@@ -126,7 +126,7 @@ def measure(system: str, a) -> dict:
     runs = sum(v[0] for v in per.values())
     delay = sum(v[1] for v in per.values())
     cpu = sum(v[2] for v in per.values())
-    return {"system": system, "writes": writes, "writes_per_s": writes / window,
+    return {"system": system, "writes": writes, "writes_per_s": rate,
             "runs_per_write": runs / writes, "delay_us_per_write": delay * 1000 / writes,
             "delay_us_per_run": delay * 1000 / runs if runs else 0.0,
             "cpu_us_per_write": cpu * 1000 / writes,
