@@ -31,9 +31,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.goload import GoClients  # noqa: E402
-from bench.loadgen import NUM_KEYS, PRELOAD_INFLIGHT, proc_cpu_seconds  # noqa: E402
-from bench.sched_delay import PERF_SLACK_S, servers  # noqa: E402
+from bench.loadgen import proc_cpu_seconds  # noqa: E402
+from bench.sched_delay import under_load  # noqa: E402
 
 # One sample per this much CPU time of a sampled thread (cpu-clock's period is in ns).
 SAMPLE_PERIOD_NS = 100_000
@@ -78,38 +77,24 @@ def group(samples: dict[str, int]) -> dict[str, int]:
 
 def measure(system: str, a) -> dict:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"cpucode-{system}-"))
+    data = tmp / "cpu.data"
+
+    def record(pids: list[int]) -> tuple[float, float]:
+        """(CPU seconds /proc counted for the servers, seconds) over perf's run."""
+        cpu0, t0 = sum(proc_cpu_seconds(p) for p in pids), time.monotonic()
+        subprocess.run(["perf", "record", "-e", "cpu-clock", "-c", str(SAMPLE_PERIOD_NS),
+                        "-p", ",".join(map(str, pids)), "-o", str(data), "--",
+                        "sleep", str(a.seconds)],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return sum(proc_cpu_seconds(p) for p in pids) - cpu0, time.monotonic() - t0
+
     try:
-        with servers(system, a.members, tmp) as (endpoints, pids):
-            clients = GoClients(endpoints, a.clients, a.channels)
-            try:
-                clients.preload(NUM_KEYS, PRELOAD_INFLIGHT)
-                t_start = time.monotonic() + 0.5 + a.warmup
-                t_end = t_start + a.seconds + PERF_SLACK_S
-                active = clients.start_cell(a.op, a.inflight, t_start, t_end, 1)
-                time.sleep(max(0.0, t_start - time.monotonic()))
-                data = tmp / "cpu.data"
-                cpu0 = sum(proc_cpu_seconds(p) for p in pids)
-                t0 = time.monotonic()
-                subprocess.run(["perf", "record", "-e", "cpu-clock", "-c",
-                                str(SAMPLE_PERIOD_NS), "-p", ",".join(map(str, pids)),
-                                "-o", str(data), "--", "sleep", str(a.seconds)],
-                               check=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-                elapsed = time.monotonic() - t0
-                cpu = sum(proc_cpu_seconds(p) for p in pids) - cpu0
-                if time.monotonic() > t_end:
-                    raise RuntimeError("perf took longer than the load's window")
-                results = clients.finish_cell(active, t_end)
-            finally:
-                clients.close()
-            rate = sum(len(r["lat"]) // 8 for r in results) / (t_end - t_start)
-            if rate <= 0:
-                raise RuntimeError(f"{system}: no write answered in the window")
-            report, symbols = (
-                subprocess.run(["perf", "report", "-i", str(data), "--stdio", "-n",
-                                "--sort", sort, "--percent-limit", "0"],
-                               capture_output=True, text=True, check=True).stdout
-                for sort in ("dso", "dso,sym"))
+        rate, _, (cpu, elapsed) = under_load(system, a, tmp, a.clients, a.channels, record)
+        report, symbols = (
+            subprocess.run(["perf", "report", "-i", str(data), "--stdio", "-n",
+                            "--sort", sort, "--percent-limit", "0"],
+                           capture_output=True, text=True, check=True).stdout
+            for sort in ("dso", "dso,sym"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     samples = parse_report(report)
@@ -118,10 +103,12 @@ def measure(system: str, a) -> dict:
         raise RuntimeError(f"{system}: perf took no sample of the servers")
     proc_us = cpu * 1e6 / (rate * elapsed)
     # perf gives the split, /proc the total: attached to etcd's threads, perf's samples
-    # came to 0.77-1.03 of what /proc counted (kubekv's: 0.98-1.01), which the
+    # came to 0.77-1.05 of what /proc counted (kubekv's: 0.98-1.01), which the
     # split is taken to represent
+
     def per_write(counts: dict[str, int]) -> dict[str, float]:
         return {k: proc_us * n / total for k, n in counts.items()}
+
     return {"system": system, "writes_per_s": rate,
             "sampled_us_per_write": total * SAMPLE_PERIOD_NS / 1000 / (rate * a.seconds),
             "proc_us_per_write": proc_us,

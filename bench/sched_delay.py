@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -45,6 +47,8 @@ ROW = re.compile(r"^\s*[\d.]+\s+\[\d+\]\s+(.+?)\[(\d+)(?:/(\d+))?\]\s+([\d.]+)\s
 # How long the load runs beyond the recorded seconds: perf's start-up before it records
 # and its write-out after (~1.4 s seen here), with room to spare.
 PERF_SLACK_S = 4.0
+
+T = TypeVar("T")
 
 
 def recorded_span(text: str) -> float:
@@ -90,36 +94,50 @@ def servers(system: str, members: int, tmp: pathlib.Path):
         cluster.stop()
 
 
+def under_load(system: str, a, tmp: pathlib.Path, n_clients: int, channels: int,
+               record: Callable[[list[int]], T]) -> tuple[float, list[int], T]:
+    """Start `system` (`a.members` members, data under `tmp`), run `a.op` at `a.inflight`
+    in flight from Go clients, and call `record(pids)` once the load is warm, inside its
+    window. Returns the clients' steady writes/s over the window, the servers' pids and
+    what `record` returned; the servers are stopped by then."""
+    with servers(system, a.members, tmp) as (endpoints, pids):
+        clients = GoClients(endpoints, n_clients, channels)
+        try:
+            clients.preload(NUM_KEYS, PRELOAD_INFLIGHT)
+            # perf records inside the clients' window [t_start, t_end] (its start-up and
+            # write-out take ~1.4 s beyond what it records)
+            t_start = time.monotonic() + 0.5 + a.warmup
+            t_end = t_start + a.seconds + PERF_SLACK_S
+            active = clients.start_cell(a.op, a.inflight, t_start, t_end, 1)
+            time.sleep(max(0.0, t_start - time.monotonic()))
+            got = record(pids)
+            if time.monotonic() > t_end:
+                raise RuntimeError("perf took longer than the load's window")
+            results = clients.finish_cell(active, t_end)
+        finally:
+            clients.close()
+    rate = sum(len(r["lat"]) // 8 for r in results) / (t_end - t_start)
+    if rate <= 0:
+        raise RuntimeError(f"{system}: no write answered in the window")
+    return rate, pids, got
+
+
 def measure(system: str, a) -> dict:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"sched-{system}-"))
+    data = tmp / "sched.data"
+
+    def record(pids: list[int]) -> None:
+        subprocess.run(["perf", "sched", "record", "-a", "-o", str(data), "--",
+                        "sleep", str(a.seconds)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     try:
-        with servers(system, a.members, tmp) as (endpoints, pids):
-            clients = GoClients(endpoints, 1, 1)
-            try:
-                clients.preload(NUM_KEYS, PRELOAD_INFLIGHT)
-                # perf records inside the clients' window [t_start, t_end] (its start-up
-                # and write-out take ~1.4 s beyond what it records); the writes it saw are
-                # the window's steady rate times the span its events cover
-                t_start = time.monotonic() + 0.5 + a.warmup
-                t_end = t_start + a.seconds + PERF_SLACK_S
-                active = clients.start_cell(a.op, a.inflight, t_start, t_end, 1)
-                time.sleep(max(0.0, t_start - time.monotonic()))
-                data = tmp / "sched.data"
-                subprocess.run(["perf", "sched", "record", "-a", "-o", str(data), "--",
-                                "sleep", str(a.seconds)], check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                if time.monotonic() > t_end:
-                    raise RuntimeError("perf took longer than the load's window")
-                results = clients.finish_cell(active, t_end)
-            finally:
-                clients.close()
-            rate = sum(len(r["lat"]) // 8 for r in results) / (t_end - t_start)
-            if rate <= 0:
-                raise RuntimeError(f"{system}: no write answered in the window")
-            hist = subprocess.run(["perf", "sched", "timehist", "-i", str(data)],
-                                  capture_output=True, text=True, check=True).stdout
+        rate, pids, _ = under_load(system, a, tmp, 1, 1, record)
+        hist = subprocess.run(["perf", "sched", "timehist", "-i", str(data)],
+                              capture_output=True, text=True, check=True).stdout
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    # the writes perf saw are the window's steady rate times the span its events cover
     window = recorded_span(hist)
     writes = rate * window
     per = parse_timehist(hist, set(pids))
