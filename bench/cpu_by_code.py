@@ -32,7 +32,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import proc_cpu_seconds  # noqa: E402
-from bench.sched_delay import under_load  # noqa: E402
+from bench.perf_load import under_load  # noqa: E402
 
 # One sample per this much CPU time of a sampled thread (cpu-clock's period is in ns).
 SAMPLE_PERIOD_NS = 100_000

@@ -19,36 +19,22 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import pathlib
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
-from typing import TypeVar
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.cluster_bench import Cluster  # noqa: E402
-from bench.cluster_bench import parse_args as cluster_bench_args  # noqa: E402
-from bench.goload import GoClients  # noqa: E402
-from bench.loadgen import NUM_KEYS, PRELOAD_INFLIGHT, one_member  # noqa: E402
+from bench.perf_load import under_load  # noqa: E402
 
 # `perf sched timehist` rows: time, [cpu], task[tid] or task[tid/pid], wait, sch delay, run
 TIME = re.compile(r"^\s*\d+\.\d+(?=\s+\[\d+\])")
 ROW = re.compile(r"^\s*[\d.]+\s+\[\d+\]\s+(.+?)\[(\d+)(?:/(\d+))?\]\s+([\d.]+)\s+([\d.]+)\s+"
                  r"([\d.]+)\s*$")
-
-
-# How long the load runs beyond the recorded seconds: perf's start-up before it records
-# and its write-out after (~1.4 s seen here), with room to spare.
-PERF_SLACK_S = 4.0
-
-T = TypeVar("T")
 
 
 def recorded_span(text: str) -> float:
@@ -75,51 +61,6 @@ def parse_timehist(text: str, pids: set[int]) -> dict[int, list[float]]:
         acc[1] += float(m.group(5))
         acc[2] += float(m.group(6))
     return out
-
-
-@contextlib.contextmanager
-def servers(system: str, members: int, tmp: pathlib.Path):
-    """(endpoints, pids) of a started one- or three-member `system`, stopped afterwards.
-    Three members: n1 made the leader (a 1-in-flight cell's client talks to n1 alone)."""
-    if members == 1:
-        with one_member(system) as sp:
-            yield [sp.endpoint], [sp.proc.pid]
-        return
-    cluster = Cluster(system, tmp, cluster_bench_args([]))  # cluster_bench's defaults
-    try:
-        cluster.start()
-        cluster.lead_from("n1")
-        yield cluster.endpoints, cluster.pids()
-    finally:
-        cluster.stop()
-
-
-def under_load(system: str, a, tmp: pathlib.Path, n_clients: int, channels: int,
-               record: Callable[[list[int]], T]) -> tuple[float, list[int], T]:
-    """Start `system` (`a.members` members, data under `tmp`), run `a.op` at `a.inflight`
-    in flight from Go clients, and call `record(pids)` once the load is warm, inside its
-    window. Returns the clients' steady writes/s over the window, the servers' pids and
-    what `record` returned; the servers are stopped by then."""
-    with servers(system, a.members, tmp) as (endpoints, pids):
-        clients = GoClients(endpoints, n_clients, channels)
-        try:
-            clients.preload(NUM_KEYS, PRELOAD_INFLIGHT)
-            # perf records inside the clients' window [t_start, t_end] (its start-up and
-            # write-out take ~1.4 s beyond what it records)
-            t_start = time.monotonic() + 0.5 + a.warmup
-            t_end = t_start + a.seconds + PERF_SLACK_S
-            active = clients.start_cell(a.op, a.inflight, t_start, t_end, 1)
-            time.sleep(max(0.0, t_start - time.monotonic()))
-            got = record(pids)
-            if time.monotonic() > t_end:
-                raise RuntimeError("perf took longer than the load's window")
-            results = clients.finish_cell(active, t_end)
-        finally:
-            clients.close()
-    rate = sum(len(r["lat"]) // 8 for r in results) / (t_end - t_start)
-    if rate <= 0:
-        raise RuntimeError(f"{system}: no write answered in the window")
-    return rate, pids, got
 
 
 def measure(system: str, a) -> dict:
